@@ -1,0 +1,36 @@
+# `make run` and `make test` work in a fresh clone: each installs what is missing first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+GRAPH  ?= examples.quickstart:graph
+BACKEND ?= ray
+
+.PHONY: setup run test test-fast bench bench-quick chaos clean
+
+setup:
+	@./scripts/setup.sh
+
+run: setup
+	$(PY) -m dagserve run $(GRAPH) --host $(HOST) --port $(PORT) --backend $(BACKEND)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Unit tests only (no Ray, no servers): seconds.
+test-fast: setup
+	$(PY) -m pytest -q -m "not ray and not http" $(PYTEST_ARGS)
+
+bench: setup
+	@./scripts/setup.sh --bench
+	$(PY) -m benchmarks.run
+
+bench-quick: setup
+	@./scripts/setup.sh --bench
+	$(PY) -m benchmarks.run --quick
+
+chaos: setup
+	$(PY) -m benchmarks.chaos
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

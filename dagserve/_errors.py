@@ -1,0 +1,164 @@
+"""The exceptions dagserve raises.
+
+One root, one class per kind of failure, so callers can catch by type::
+
+    DagserveError
+    ├── GraphError                  building a graph: a misused node, a bad argument
+    │   └── OptionsError            an unknown or invalid node option
+    ├── CompileError                the graph as a whole does not hold together
+    ├── DeployError                 a backend could not bring the graph up (or not in time)
+    ├── NodeNotFoundError           scale/update named a node the graph does not have
+    ├── AppClosedError              the App was shut down
+    ├── RequestError                the caller's payload cannot be served       (HTTP 4xx)
+    │   ├── InputValidationError    the payload failed the Input's schema       (HTTP 422)
+    │   └── NoRouteError            a switch had no case for the value          (HTTP 422)
+    ├── NodeError                   a node raised while serving a request       (HTTP 500)
+    ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
+    └── OverloadedError             a queue was full; retry later               (HTTP 503)
+
+Every message says what happened, where (the node's name) and how to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AppClosedError",
+    "CompileError",
+    "DagserveError",
+    "DeployError",
+    "GraphError",
+    "InputValidationError",
+    "NoRouteError",
+    "NodeError",
+    "NodeNotFoundError",
+    "OptionsError",
+    "OverloadedError",
+    "RequestError",
+    "RequestTimeoutError",
+]
+
+
+class DagserveError(Exception):
+    """Root of every error dagserve raises on purpose."""
+
+    #: HTTP status the ingress answers with for this error.
+    status_code: int = 500
+
+
+class GraphError(DagserveError):
+    """A graph was built wrongly: fix the code that builds it."""
+
+
+class OptionsError(GraphError):
+    """A node option is unknown or has an invalid value."""
+
+
+class CompileError(DagserveError):
+    """The graph as a whole is invalid (inputs, dead nodes, types across an edge)."""
+
+
+class DeployError(DagserveError):
+    """A backend could not deploy the graph, or not within the readiness bound."""
+
+    status_code = 503
+
+
+class NodeNotFoundError(DagserveError, LookupError):
+    """An operation named a node that the graph does not have."""
+
+    status_code = 404
+
+
+class AppClosedError(DagserveError):
+    """The App was shut down; deploy the graph again to use it."""
+
+    status_code = 503
+
+
+class RequestError(DagserveError):
+    """The request cannot be served as sent; the caller should change it."""
+
+    status_code = 400
+
+
+class InputValidationError(RequestError):
+    """The payload failed the graph Input's pydantic schema.
+
+    ``errors`` lists each field error as ``{"loc": [...], "msg": ..., "type": ...}``.
+    """
+
+    status_code = 422
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.errors))
+
+
+class NoRouteError(RequestError):
+    """A switch got a value that matches none of its cases and it has no default."""
+
+    status_code = 422
+
+
+class NodeError(DagserveError):
+    """A node raised while serving a request; the original exception is ``__cause__``.
+
+    ``node`` is the failing node's name, ``error_type`` the original exception's type name.
+    """
+
+    status_code = 500
+
+    def __init__(self, message: str, *, node: str, error_type: str = "Exception") -> None:
+        super().__init__(message)
+        self.node = node
+        self.error_type = error_type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the node name when the error crosses a process (Ray pickles it).
+        return (_rebuild_node_error, (type(self), str(self), self.node, self.error_type))
+
+
+def _rebuild_node_error(cls: type[NodeError], message: str, node: str, error_type: str) -> NodeError:
+    return cls(message, node=node, error_type=error_type)
+
+
+class RequestTimeoutError(DagserveError, TimeoutError):
+    """A node's ``timeout_s`` or the request's deadline passed; ``node`` was still running."""
+
+    status_code = 504
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_timeout, (type(self), str(self), self.node))
+
+
+def _rebuild_timeout(cls: type[RequestTimeoutError], message: str, node: str | None) -> RequestTimeoutError:
+    return cls(message, node=node)
+
+
+class OverloadedError(DagserveError):
+    """A bounded queue was full; the request was rejected without running. Retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, node: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.node = node
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_overloaded, (type(self), str(self), self.node, self.retry_after_s))
+
+
+def _rebuild_overloaded(
+    cls: type[OverloadedError], message: str, node: str | None, retry_after_s: float
+) -> OverloadedError:
+    return cls(message, node=node, retry_after_s=retry_after_s)

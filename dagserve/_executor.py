@@ -1,0 +1,334 @@
+"""The per-request dataflow executor, written once for every backend.
+
+It walks a :class:`~dagserve.Plan` on demand from the output: a step starts as soon as the
+inputs it needs are ready, independent steps run concurrently, a step used by several others runs
+once, and a switch or split evaluates only the branch it picks. Backends differ only in the
+:class:`Runner` that performs a call step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._errors import DagserveError, InputValidationError, NodeError, NoRouteError, RequestError, RequestTimeoutError
+from ._plan import Plan, Ref, Step, fill, refs_in
+
+__all__ = ["Executor", "RequestContext", "Runner", "select", "validate_payload"]
+
+_UNSET: Any = object()
+
+
+class Runner(Protocol):
+    """How a backend performs one call step.
+
+    ``call`` returns an awaitable for the step's result. When ``passthrough`` is true, that
+    awaitable may be handed, un-awaited, as a top-level argument to another remote call (Ray Serve
+    resolves it in the downstream replica, so the data never travels through the ingress).
+    """
+
+    passthrough: bool
+
+    def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Awaitable[Any]: ...
+
+
+@dataclass
+class RequestContext:
+    """Per-request state: its id, deadline, and what ran for how long."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    deadline: float | None = None  # time.monotonic() value
+    timings: dict[str, float] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+    route: dict[str, str] = field(default_factory=dict)
+
+
+def select(value: Any, key: Any) -> Any:
+    """``value[key]`` for dicts and sequences, ``getattr`` for pydantic models and objects."""
+    if isinstance(key, str) and not isinstance(value, Mapping) and hasattr(value, "model_fields"):
+        return getattr(value, key)
+    return value[key]
+
+
+def validate_payload(schema: Any, payload: Any) -> Any:
+    """Validate ``payload`` against a pydantic ``schema``; :class:`InputValidationError` lists each error."""
+    if schema is None:
+        return payload
+    from pydantic import ValidationError
+
+    if isinstance(payload, schema):
+        return payload
+    try:
+        return schema.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)
+        ]
+        where = ", ".join(".".join(str(p) for p in e["loc"]) or "body" for e in errors[:5])
+        raise InputValidationError(
+            f"The payload does not match {schema.__name__}: {len(errors)} error(s) at {where}.", errors
+        ) from None
+
+
+class Executor:
+    """Runs one plan's steps for each request through a :class:`Runner`."""
+
+    def __init__(self, plan: Plan, runner: Runner) -> None:
+        self.plan = plan
+        self.runner = runner
+        steps = plan.steps
+        self._steps = steps
+        consumers: list[list[Step | None]] = [[] for _ in steps]
+        for s in steps:
+            for r in _all_refs(s):
+                consumers[r].append(s)
+        for r in refs_in(plan.output):
+            consumers[r].append(None)
+        # A step whose value several others read runs once, in a task they all await.
+        self._shared = [len(c) > 1 for c in consumers]
+        # A call result may stay un-awaited when every reader is a remote call taking it whole.
+        self._pass = [
+            runner.passthrough
+            and s.kind == "call"
+            and not s.inline
+            and bool(consumers[i])
+            and all(c is not None and _takes_whole(c, i) for c in consumers[i])
+            for i, s in enumerate(steps)
+        ]
+        self._timeouts = {s.index: plan.deployment(s.deployment).options.timeout_s for s in steps if s.kind == "call"}
+        self._rng = random.Random()
+        self._output_refs = refs_in(plan.output)
+        self._output_direct = plan.output.index if isinstance(plan.output, Ref) else None
+
+    async def run(self, payload: Any, ctx: RequestContext | None = None) -> Any:
+        """Run the graph for one payload and return the (structured) output."""
+        ctx = ctx or RequestContext()
+        values: list[Any] = [_UNSET] * len(self._steps)
+        for s in self._steps:
+            if s.kind == "input":
+                values[s.index] = validate_payload(self.plan.input_schema, payload)
+        try:
+            if self._output_direct is not None:
+                return await self._value(self._output_direct, values, ctx)
+            await self._gather(self._output_refs, values, ctx, resolve=True)
+            return fill(self.plan.output, values)
+        finally:
+            # A failed or cancelled request leaves no shared step running behind it.
+            for v in values:
+                if isinstance(v, asyncio.Future) and not v.done():
+                    v.cancel()
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    async def _value(self, i: int, values: list[Any], ctx: RequestContext) -> Any:
+        """Step ``i``'s value, resolved."""
+        v = await self._eval(i, values, ctx)
+        if self._pass[i]:
+            return await self._resolve(i, v, ctx)
+        return v
+
+    async def _eval(self, i: int, values: list[Any], ctx: RequestContext) -> Any:
+        v = values[i]
+        if v is not _UNSET:
+            if isinstance(v, asyncio.Future):
+                return await v
+            return v
+        if self._shared[i]:
+            task = asyncio.ensure_future(self._compute(i, values, ctx))
+            values[i] = task
+            v = await task
+            values[i] = v
+            return v
+        v = await self._compute(i, values, ctx)
+        values[i] = v
+        return v
+
+    async def _gather(self, refs: list[int], values: list[Any], ctx: RequestContext, *, resolve: bool, keep: set[int] | None = None) -> None:
+        """Evaluate ``refs`` concurrently; values stay pending only where ``keep`` allows."""
+        todo = [r for r in refs if values[r] is _UNSET or isinstance(values[r], asyncio.Future)]
+        if len(todo) == 1:
+            r = todo[0]
+            await self._eval(r, values, ctx)
+        elif todo:
+            await _gather_all([self._eval(r, values, ctx) for r in todo])
+        if resolve:
+            for r in refs:
+                if self._pass[r] and (keep is None or r not in keep):
+                    values[r] = await self._resolve(r, values[r], ctx)
+
+    async def _compute(self, i: int, values: list[Any], ctx: RequestContext) -> Any:
+        step = self._steps[i]
+        kind = step.kind
+        if kind == "call":
+            return await self._call(step, values, ctx)
+        if kind == "select":
+            parent = step.inputs[0]
+            v = await self._value(parent, values, ctx)
+            return self._select(step, parent, v)
+        if kind == "switch":
+            return await self._switch(step, values, ctx)
+        if kind == "split":
+            return await self._split(step, values, ctx)
+        raise AssertionError(f"unexpected step kind {kind}")  # pragma: no cover
+
+    async def _call(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
+        refs = list(step.inputs)
+        keep = None if step.inline else _whole_refs(step)
+        # Pass-through values must be resolved for everything but whole top-level arguments.
+        await self._gather(refs, values, ctx, resolve=True, keep=keep)
+        args = fill(step.args, values) if step.args else ()
+        kwargs = fill(step.kwargs, values) if step.kwargs else {}
+        name = step.name
+        ctx.running.add(name)
+        start = time.perf_counter()
+        try:
+            pending = self.runner.call(step, args, kwargs, ctx)
+            if self._pass[step.index]:
+                return pending
+            timeout = self._timeouts[step.index]
+            if timeout is not None:
+                try:
+                    return await asyncio.wait_for(pending, timeout)
+                except TimeoutError:
+                    raise RequestTimeoutError(
+                        f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s "
+                        "or make the node faster.",
+                        node=name,
+                    ) from None
+            return await pending
+        except DagserveError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _node_error(name, exc) from exc
+        finally:
+            ctx.running.discard(name)
+            ctx.timings[name] = time.perf_counter() - start
+
+    async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:
+        name = self._steps[i].name
+        try:
+            return await pending
+        except DagserveError:
+            raise
+        except Exception as exc:
+            raise _node_error(name, exc) from exc
+
+    def _select(self, step: Step, parent: int, value: Any) -> Any:
+        try:
+            return select(value, step.key)
+        except (KeyError, IndexError, AttributeError, TypeError) as exc:
+            if self._steps[parent].kind == "input":
+                raise RequestError(
+                    f"The payload has no {step.key!r} (needed by {step.name!r}); send it in the request body."
+                    if not isinstance(exc, TypeError)
+                    else f"The payload is a {type(value).__name__}, so {step.name} cannot be read; send a JSON object."
+                ) from None
+            raise NodeError(
+                f"Selecting {step.key!r} from the output of {self._steps[parent].name!r} failed: "
+                f"{type(exc).__name__}: {exc}. Check what that node returns.",
+                node=step.name,
+                error_type=type(exc).__name__,
+            ) from exc
+
+    async def _switch(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
+        key = await self._value(step.inputs[0], values, ctx)
+        template = _UNSET
+        for case, t in step.cases:
+            try:
+                if case == key:
+                    template = t
+                    break
+            except Exception:  # an exotic value whose == raises cannot match
+                continue
+        if template is _UNSET:
+            if not step.has_default:
+                cases = [c for c, _ in step.cases]
+                raise NoRouteError(
+                    f"Switch {step.name!r} got {_short(key)} which matches none of its cases {cases!r} and "
+                    "it has no default; send a supported value or add default= to the switch."
+                )
+            template = step.default
+            ctx.route[step.name] = "default"
+        else:
+            ctx.route[step.name] = repr(case)
+        return await self._branch(template, values, ctx)
+
+    async def _split(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
+        if isinstance(step.key, Ref):
+            key = await self._value(step.key.index, values, ctx)
+            digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+            u = int.from_bytes(digest, "big") / 2.0**64
+        else:
+            u = self._rng.random()
+        acc = 0.0
+        label = step.weights[-1][0]
+        for name, w in step.weights:
+            acc += w
+            if u < acc:
+                label = name
+                break
+        ctx.route[step.name] = label
+        template = dict(step.cases)[label]
+        return await self._branch(template, values, ctx)
+
+    async def _branch(self, template: Any, values: list[Any], ctx: RequestContext) -> Any:
+        if isinstance(template, Ref):
+            return await self._value(template.index, values, ctx)
+        await self._gather(refs_in(template), values, ctx, resolve=True)
+        return fill(template, values)
+
+
+def _all_refs(s: Step) -> list[int]:
+    refs = list(s.inputs)
+    if isinstance(s.key, Ref) and s.key.index not in refs:
+        refs.append(s.key.index)
+    return refs
+
+
+def _whole_refs(step: Step) -> set[int]:
+    out = {t.index for t in step.args if isinstance(t, Ref)}
+    out.update(t.index for t in step.kwargs.values() if isinstance(t, Ref))
+    return out
+
+
+def _takes_whole(consumer: Step, i: int) -> bool:
+    """Does ``consumer`` read step ``i`` only as a whole top-level argument of a remote call?"""
+    if consumer.kind != "call" or consumer.inline:
+        return False
+    whole = _whole_refs(consumer)
+    if i not in whole:
+        return False
+    nested = [t for t in (*consumer.args, *consumer.kwargs.values()) if not isinstance(t, Ref)]
+    return i not in refs_in(nested)
+
+
+async def _gather_all(coros: list[Any]) -> None:
+    """Run coroutines concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        # Retrieve the others' outcomes so nothing is reported as never retrieved.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _node_error(name: str, exc: BaseException) -> NodeError:
+    text = str(exc) or "(no message)"
+    return NodeError(f"Node {name!r} raised {type(exc).__name__}: {text}", node=name, error_type=type(exc).__name__)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,53 @@
+"""What ``App.status()`` returns: per node, replicas and the options in force."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["AppStatus", "NodeStatus"]
+
+NodeState = Literal["RUNNING", "UPDATING", "PENDING", "UNHEALTHY", "STOPPED"]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One deployment's state.
+
+    ``pending_reason`` says why replicas are not running yet (for example that no Ray node has a
+    free 0.25 GPU); ``options`` are the options in force; ``replica_ids`` identify the running
+    replicas (stable across other nodes' scaling).
+    """
+
+    name: str
+    kind: str
+    inline: bool
+    state: NodeState
+    target_replicas: int
+    running_replicas: int
+    pending_replicas: int = 0
+    pending_reason: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    replica_ids: tuple[str, ...] = ()
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """A deployed graph's state: ``ready`` when every node runs its target replicas."""
+
+    graph: str
+    backend: str
+    nodes: dict[str, NodeStatus]
+
+    @property
+    def ready(self) -> bool:
+        return all(n.state == "RUNNING" and n.running_replicas >= n.target_replicas for n in self.nodes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph": self.graph,
+            "backend": self.backend,
+            "ready": self.ready,
+            "nodes": {k: asdict(v) for k, v in self.nodes.items()},
+        }

@@ -1,0 +1,10 @@
+"""Backends execute a :class:`~dagserve.Plan`. ``local`` runs in-process; ``ray`` on Ray Serve.
+
+The Ray backend is imported only when asked for, so ``import dagserve`` never imports ray.
+"""
+
+from __future__ import annotations
+
+from ._base import Backend, get_backend
+
+__all__ = ["Backend", "get_backend"]

@@ -1,0 +1,263 @@
+"""The in-process backend: the same plan, no Ray, for unit tests and small services.
+
+Each deployment gets ``num_replicas`` in-process replicas (a model class is constructed once per
+replica), each taking at most ``max_ongoing_requests`` at once, with at most
+``max_queued_requests`` waiting for a slot before :class:`~dagserve.OverloadedError`. Batched
+nodes use the same grouping rules as on Ray Serve. Async node code runs on the event loop; sync
+node code runs in a thread pool so it never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .._batching import Batcher
+from .._errors import DeployError, OverloadedError
+from .._status import AppStatus, NodeStatus
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._executor import RequestContext
+    from .._options import NodeOptions
+    from .._plan import DeploymentSpec, Plan, Step
+
+__all__ = ["LocalBackend"]
+
+_ids = itertools.count(1)
+
+
+class _Replica:
+    __slots__ = ("batchers", "draining", "id", "instance", "ongoing", "spec")
+
+    def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
+        self.spec = spec
+        self.id = f"{spec.name}#{next(_ids)}"
+        self.ongoing = 0
+        self.draining = False
+        if spec.kind == "model":
+            try:
+                self.instance = spec.target(*spec.init_args, **dict(spec.init_kwargs))
+            except Exception as exc:
+                raise DeployError(
+                    f"Node {spec.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
+                ) from exc
+        else:
+            self.instance = None
+        self.batchers: dict[str, Batcher] = {}
+        size = spec.options.max_batch_size
+        if size is not None:
+            for m in spec.methods:
+                self.batchers[m] = Batcher(
+                    spec.name, functools.partial(self._invoke, m, pool), size, spec.options.batch_wait_timeout_s
+                )
+
+    def bound(self, method: str) -> Any:
+        if self.instance is None:
+            return self.spec.target
+        return getattr(self.instance, method)
+
+    async def _invoke(self, method: str, pool: ThreadPoolExecutor, items: list[Any]) -> Any:
+        fn = self.bound(method)
+        if self.spec.is_async(method):
+            return await fn(items)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, items)
+
+
+class _LocalDeployment:
+    def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
+        self.spec = spec
+        self.pool = pool
+        self.replicas: list[_Replica] = [_Replica(spec, pool) for _ in range(spec.options.initial_replicas())]
+        self.waiters: collections.deque[asyncio.Future[_Replica]] = collections.deque()
+
+    @property
+    def limit(self) -> int:
+        return self.spec.options.effective_max_ongoing_requests
+
+    def _pick(self) -> _Replica | None:
+        best: _Replica | None = None
+        limit = self.limit
+        for r in self.replicas:
+            if not r.draining and r.ongoing < limit and (best is None or r.ongoing < best.ongoing):
+                best = r
+        return best
+
+    async def acquire(self) -> _Replica:
+        r = self._pick()
+        if r is not None:
+            r.ongoing += 1
+            return r
+        cap = self.spec.options.max_queued_requests
+        if cap is not None and len(self.waiters) >= cap:
+            raise OverloadedError(
+                f"Node {self.spec.name!r} is overloaded: {len(self.waiters)} requests already wait "
+                f"(max_queued_requests={cap}). Retry later, or add replicas.",
+                node=self.spec.name,
+            )
+        fut: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(fut.result())
+            raise
+        finally:
+            try:
+                self.waiters.remove(fut)
+            except ValueError:
+                pass
+
+    def release(self, r: _Replica) -> None:
+        r.ongoing -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        while self.waiters:
+            nxt = self._pick()
+            if nxt is None:
+                return
+            fut = self.waiters.popleft()
+            if not fut.done():
+                nxt.ongoing += 1
+                fut.set_result(nxt)
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        r = await self.acquire()
+        try:
+            batcher = r.batchers.get(method)
+            if batcher is not None:
+                return await batcher.submit(args[0])
+            fn = r.bound(method)
+            if self.spec.is_async(method):
+                return await fn(*args, **kwargs)
+            if kwargs:
+                return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.release(r)
+
+
+class _LocalRunner:
+    passthrough = False
+
+    def __init__(self, deployments: dict[str, _LocalDeployment]) -> None:
+        self.deployments = deployments
+
+    def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        return self.deployments[step.deployment].call(step.method, args, kwargs)  # type: ignore[index,arg-type]
+
+
+class LocalBackend(Backend):
+    """Runs every node in this process. ``max_threads`` bounds the pool for sync node code."""
+
+    name = "local"
+
+    def __init__(self, *, max_threads: int = 64) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="dagserve-node")
+        self._deployments: dict[str, _LocalDeployment] = {}
+        self._runner = _LocalRunner(self._deployments)
+        self._plan: Plan | None = None
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def deploy(self, plan: Plan, *, ready_timeout_s: float) -> None:
+        self._plan = plan
+        for spec in plan.deployments:
+            self._deployments[spec.name] = _LocalDeployment(spec, self._pool)
+
+    def bind_loop(self, loop: Any) -> None:
+        self._loop = loop
+
+    @property
+    def runner(self) -> _LocalRunner:
+        return self._runner
+
+    def status(self) -> AppStatus:
+        nodes = {}
+        for name, d in self._deployments.items():
+            live = [r for r in d.replicas if not r.draining]
+            nodes[name] = NodeStatus(
+                name=name,
+                kind=d.spec.kind,
+                inline=d.spec.inline,
+                state="RUNNING",
+                target_replicas=len(live),
+                running_replicas=len(live),
+                options=d.spec.options.in_force(),
+                replica_ids=tuple(r.id for r in live),
+            )
+        return AppStatus(graph=self._plan.graph_name if self._plan else "", backend=self.name, nodes=nodes)
+
+    def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
+        from dataclasses import replace
+
+        d = self._deployments[spec.name]
+        target = options.initial_replicas()
+        with self._lock:
+            d.spec = replace(d.spec, options=options)
+            live = [r for r in d.replicas if not r.draining]
+            if target > len(live):
+                added = [_Replica(d.spec, self._pool) for _ in range(target - len(live))]
+                d.replicas = d.replicas + added
+                self._call_on_loop(d.wake)
+            elif target < len(live):
+                # Drop the least busy replicas; they finish what they hold before they go.
+                going = sorted(live, key=lambda r: r.ongoing)[: len(live) - target]
+                for r in going:
+                    r.draining = True
+                self._drain(d, going, wait_s)
+
+    def update(self, spec: DeploymentSpec, new: DeploymentSpec, *, wait_s: float) -> None:
+        d = self._deployments[spec.name]
+        with self._lock:
+            old = [r for r in d.replicas if not r.draining]
+            fresh = [_Replica(new, self._pool) for _ in range(new.options.initial_replicas())]
+            d.spec = new
+            for r in old:
+                r.draining = True
+            d.replicas = d.replicas + fresh
+            self._call_on_loop(d.wake)
+            self._drain(d, old, wait_s)
+
+    def _drain(self, d: _LocalDeployment, going: list[_Replica], wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while any(r.ongoing for r in going) and time.monotonic() < deadline:
+            if self._loop is not None and self._loop.is_running() and _on_loop_thread(self._loop):
+                break  # cannot wait on our own loop; the replicas finish and are dropped below
+            time.sleep(0.01)
+        gone = {id(r) for r in going}
+        d.replicas = [r for r in d.replicas if id(r) not in gone or r.ongoing]
+        if any(r.ongoing for r in going):
+            self._schedule_cleanup(d, going)
+
+    def _schedule_cleanup(self, d: _LocalDeployment, going: list[_Replica]) -> None:
+        def sweep() -> None:
+            d.replicas = [r for r in d.replicas if not (r.draining and r.ongoing == 0 and r in going)]
+
+        threading.Timer(1.0, sweep).start()
+
+    def _call_on_loop(self, fn: Any) -> None:
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _on_loop_thread(loop):
+            loop.call_soon_threadsafe(fn)
+        elif loop is not None and loop.is_running():
+            fn()
+
+    def shutdown(self) -> None:
+        self._deployments.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
