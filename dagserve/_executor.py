@@ -51,8 +51,11 @@ class RequestContext:
 
 def select(value: Any, key: Any) -> Any:
     """``value[key]`` for dicts and sequences, ``getattr`` for pydantic models and objects."""
-    if isinstance(key, str) and not isinstance(value, Mapping) and hasattr(value, "model_fields"):
-        return getattr(value, key)
+    if isinstance(key, str) and not isinstance(value, Mapping) and hasattr(type(value), "model_fields"):
+        try:
+            return getattr(value, key)
+        except AttributeError:
+            raise KeyError(key) from None
     return value[key]
 
 
@@ -187,6 +190,7 @@ class Executor:
         name = step.name
         ctx.running.add(name)
         start = time.perf_counter()
+        cancelled = False
         try:
             pending = self.runner.call(step, args, kwargs, ctx)
             if self._pass[step.index]:
@@ -205,11 +209,13 @@ class Executor:
         except DagserveError:
             raise
         except asyncio.CancelledError:
+            cancelled = True  # stays in ctx.running: the deadline error names it
             raise
         except Exception as exc:
             raise _node_error(name, exc) from exc
         finally:
-            ctx.running.discard(name)
+            if not cancelled:
+                ctx.running.discard(name)
             ctx.timings[name] = time.perf_counter() - start
 
     async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:

@@ -13,7 +13,7 @@ Defaults are chosen for serving under concurrency, not copied from Ray Serve:
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -55,7 +55,7 @@ class NodeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-    num_replicas: int | Literal["auto"] = 1
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     autoscaling: Autoscaling | None = None
     max_batch_size: int | None = Field(None, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
@@ -71,8 +71,6 @@ class NodeOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> NodeOptions:
-        if isinstance(self.num_replicas, int) and self.num_replicas < 1:
-            raise ValueError("num_replicas must be at least 1 (or 'auto')")
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ValueError("num_gpus above 1 must be a whole number (fractions only below 1)")
         if self.inline:
@@ -150,7 +148,9 @@ def make_options(owner: str, base: NodeOptions | None = None, **overrides: Any) 
         return NodeOptions(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "options"
+        loc = first["loc"]
+        # pydantic adds union-member names ("int", "literal['auto']") to loc; keep field paths only.
+        field = ".".join(str(p) for p in loc[: 2 if loc and loc[0] == "autoscaling" else 1])
         value = first.get("input")
         msg = first["msg"].removeprefix("Value error, ")
         raise OptionsError(

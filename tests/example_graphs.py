@@ -1,0 +1,147 @@
+"""Tiny importable graphs shared by the executor, backend and parity tests.
+
+Each builder returns a fresh ``Graph``; counters live on module-level objects so tests can check
+what ran. Node code is deliberately trivial: the tests are about dataflow, not models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+from pydantic import BaseModel
+
+import dagserve
+
+CALLS: collections.Counter[str] = collections.Counter()
+_lock = threading.Lock()
+
+
+def record(name: str) -> None:
+    with _lock:
+        CALLS[name] += 1
+
+
+@dagserve.node
+def pre(x: int) -> int:
+    return x + 1
+
+
+@dagserve.node
+class Scale:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+    async def offset(self, x: int) -> int:
+        return x + self.factor
+
+
+@dagserve.node
+def post(x: int) -> dict[str, int]:
+    return {"y": x}
+
+
+@dagserve.node
+async def slow(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+@dagserve.node
+def combine(parts: list[int]) -> int:
+    return sum(parts)
+
+
+@dagserve.node
+def counted(x: int, tag: str) -> int:
+    # Records that it ran (only in-process backends share this counter with the test).
+    record(tag)
+    return x
+
+
+@dagserve.node
+def fail(x: int) -> int:
+    raise ValueError(f"bad value {x}")
+
+
+@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
+async def batch_double(xs: list[int]) -> list[int]:
+    await asyncio.sleep(0.01)
+    return [2 * x for x in xs]
+
+
+@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
+async def batch_size(xs: list[int]) -> list[int]:
+    """Answers each request with the size of the batch it ran in."""
+    await asyncio.sleep(0.01)
+    return [len(xs)] * len(xs)
+
+
+@dagserve.node(max_batch_size=4)
+async def batch_wrong_length(xs: list[int]) -> list[int]:
+    return xs[:-1]
+
+
+class Req(BaseModel):
+    x: int
+    route: str = "a"
+
+
+def chain() -> dagserve.Graph:
+    return dagserve.Graph(pre >> Scale(3) >> post, name="chain")
+
+
+def fan_out(seconds: float = 0.3) -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        x = pre(inp["x"])
+        out = combine([slow(x, seconds), slow(x, seconds)])
+    return dagserve.Graph({"sum": out, "x": x}, name="fan_out")
+
+
+def structured() -> dagserve.Graph:
+    s = Scale(10)
+    with dagserve.Input(schema=Req) as inp:
+        x = pre(inp["x"])
+        out = {"scaled": s(x), "offset": s.offset(x), "pair": (x, [inp["x"], 7])}
+    return dagserve.Graph(out, name="structured")
+
+
+def switched() -> dagserve.Graph:
+    with dagserve.Input(schema=Req) as inp:
+        out = dagserve.switch(
+            inp["route"],
+            {"a": counted(inp["x"], "branch_a"), "b": counted(pre(inp["x"]), "branch_b")},
+            default=counted(inp["x"], "branch_default"),
+        )
+    return dagserve.Graph(out, name="switched")
+
+
+def shared_once() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        shared = counted(inp, "shared")
+        out = [pre(shared), Scale(2)(shared), shared]
+    return dagserve.Graph(out, name="shared")
+
+
+def split(key: bool = False) -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        out = dagserve.split(
+            {"stable": post(inp["x"]), "canary": post(pre(inp["x"]))},
+            {"stable": 90, "canary": 10},
+            key=inp["user"] if key else None,
+        )
+    return dagserve.Graph(out, name="split")
+
+
+def failing() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        out = post(fail(pre(inp)))
+    return dagserve.Graph(out, name="failing")
+
+
+def batched() -> dagserve.Graph:
+    return dagserve.Graph(batch_size, name="batched")
