@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ class Runner(Protocol):
 class RequestContext:
     """Per-request state: its id, deadline, and what ran for how long."""
 
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=lambda: os.urandom(12).hex())
     deadline: float | None = None  # time.monotonic() value
     timings: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
@@ -105,6 +105,10 @@ class Executor:
             for i, s in enumerate(steps)
         ]
         self._timeouts = {s.index: plan.deployment(s.deployment).options.timeout_s for s in steps if s.kind == "call"}
+        # Per-step work that does not depend on the request, done once here, not per call.
+        self._keep = [None if s.inline or s.kind != "call" else _whole_refs(s) for s in steps]
+        self._inputs = [list(s.inputs) for s in steps]
+        self._build_args = [_arg_builder(s) for s in steps]
         self._rng = random.Random()
         self._output_refs = refs_in(plan.output)
         self._output_direct = plan.output.index if isinstance(plan.output, Ref) else None
@@ -181,12 +185,10 @@ class Executor:
         raise AssertionError(f"unexpected step kind {kind}")  # pragma: no cover
 
     async def _call(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
-        refs = list(step.inputs)
-        keep = None if step.inline else _whole_refs(step)
+        i = step.index
         # Pass-through values must be resolved for everything but whole top-level arguments.
-        await self._gather(refs, values, ctx, resolve=True, keep=keep)
-        args = fill(step.args, values) if step.args else ()
-        kwargs = fill(step.kwargs, values) if step.kwargs else {}
+        await self._gather(self._inputs[i], values, ctx, resolve=True, keep=self._keep[i])
+        args, kwargs = self._build_args[i](values)
         name = step.name
         ctx.running.add(name)
         start = time.perf_counter()
@@ -297,6 +299,19 @@ def _all_refs(s: Step) -> list[int]:
     if isinstance(s.key, Ref) and s.key.index not in refs:
         refs.append(s.key.index)
     return refs
+
+
+def _arg_builder(step: Step) -> Any:
+    """A function values -> (args, kwargs) for a call step, specialised for the common shapes."""
+    if step.kind != "call":
+        return None
+    if not step.kwargs and all(isinstance(t, Ref) for t in step.args):
+        idx = [t.index for t in step.args]
+        if len(idx) == 1:
+            j = idx[0]
+            return lambda values: ((values[j],), {})
+        return lambda values: (tuple([values[j] for j in idx]), {})
+    return lambda values: (fill(step.args, values), fill(step.kwargs, values))
 
 
 def _whole_refs(step: Step) -> set[int]:
