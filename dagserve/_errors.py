@@ -14,7 +14,9 @@ One root, one class per kind of failure, so callers can catch by type::
     │   └── NoRouteError            a switch had no case for the value          (HTTP 422)
     ├── NodeError                   a node raised while serving a request       (HTTP 500)
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
-    └── OverloadedError             a queue was full; retry later               (HTTP 503)
+    ├── OverloadedError             a queue was full; retry later               (HTTP 503)
+    └── RenderError                 a diagram could not be drawn
+        └── GraphvizNotFoundError   Graphviz's `dot` program is not installed
 
 Every message says what happened, where (the node's name) and how to fix it.
 """
@@ -29,12 +31,14 @@ __all__ = [
     "DagserveError",
     "DeployError",
     "GraphError",
+    "GraphvizNotFoundError",
     "InputValidationError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
     "OptionsError",
     "OverloadedError",
+    "RenderError",
     "RequestError",
     "RequestTimeoutError",
 ]
@@ -162,3 +166,11 @@ def _rebuild_overloaded(
     cls: type[OverloadedError], message: str, node: str | None, retry_after_s: float
 ) -> OverloadedError:
     return cls(message, node=node, retry_after_s=retry_after_s)
+
+
+class RenderError(DagserveError):
+    """A diagram could not be drawn: an unknown output format, or Graphviz's ``dot`` failed."""
+
+
+class GraphvizNotFoundError(RenderError):
+    """Graphviz's ``dot`` program is not on PATH; ``to_dot()`` still works without it."""

@@ -665,10 +665,15 @@ class Graph:
 
         return render(self, path, **kwargs)
 
-    def _repr_svg_(self) -> str:
+    def _repr_svg_(self) -> str | None:
+        """Notebook display; ``None`` (Jupyter falls back to the text repr) without ``dot``."""
+        from ._errors import GraphvizNotFoundError
         from ._render import to_svg
 
-        return to_svg(self)
+        try:
+            return to_svg(self)
+        except GraphvizNotFoundError:
+            return None
 
     def __repr__(self) -> str:
         return f"<dagserve.Graph {self.name!r}>"
