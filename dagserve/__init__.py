@@ -36,19 +36,24 @@ from ._errors import (
     DagserveError,
     DeployError,
     GraphError,
+    GraphvizNotFoundError,
     InputValidationError,
     NodeError,
     NodeNotFoundError,
     NoRouteError,
     OptionsError,
     OverloadedError,
+    RenderError,
     RequestError,
     RequestTimeoutError,
 )
 from ._executor import RequestContext
 from ._graph import Graph, Input, node, split, switch
+from ._offline import MapResult
 from ._options import Autoscaling, NodeOptions
 from ._plan import DeploymentSpec, Edge, Plan, Step
+from ._request_id import RequestIdFilter, current_request_id
+from ._server import asgi_app, serve
 from ._status import AppStatus, NodeStatus
 
 __version__ = "0.1.0"
@@ -65,8 +70,10 @@ __all__ = [
     "Edge",
     "Graph",
     "GraphError",
+    "GraphvizNotFoundError",
     "Input",
     "InputValidationError",
+    "MapResult",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
@@ -75,13 +82,18 @@ __all__ = [
     "OptionsError",
     "OverloadedError",
     "Plan",
+    "RenderError",
     "RequestContext",
     "RequestError",
+    "RequestIdFilter",
     "RequestTimeoutError",
     "Step",
+    "asgi_app",
     "compile",
+    "current_request_id",
     "deploy",
     "node",
+    "serve",
     "split",
     "switch",
 ]

@@ -14,9 +14,11 @@ from ._errors import AppClosedError, DagserveError, DeployError, GraphError, Opt
 from ._executor import Executor, RequestContext
 from ._graph import Graph
 from ._options import make_options
+from ._request_id import reset_request_id, set_request_id
 from .backends import Backend, get_backend
 
 if TYPE_CHECKING:
+    from ._offline import MapResult
     from ._plan import DeploymentSpec, Plan
     from ._status import AppStatus
 
@@ -88,6 +90,8 @@ class App:
         self._lock = threading.Lock()
         #: Called after every request with (app, context, error or None, seconds).
         self.observers: list[RequestObserver] = []
+        #: Requests running now (read by the metrics' in-flight gauge); changed on the home loop only.
+        self.in_flight = 0
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -143,6 +147,9 @@ class App:
         loop = asyncio.get_running_loop()
         start = loop.time()
         error: BaseException | None = None
+        self.in_flight += 1
+        # Node code and log records in this process see the request id (dagserve.current_request_id).
+        token = set_request_id(ctx.request_id)
         try:
             if timeout is None:
                 return await self._executor.run(payload, ctx)
@@ -163,6 +170,8 @@ class App:
             error = exc
             raise
         finally:
+            reset_request_id(token)
+            self.in_flight -= 1
             if self.observers:
                 elapsed = loop.time() - start
                 for observe in self.observers:
@@ -177,6 +186,25 @@ class App:
         from ._offline import map_app
 
         return map_app(self, payloads, concurrency=concurrency, ordered=ordered, return_exceptions=return_exceptions)
+
+    def map_results(self, payloads: Iterable[Any], *, concurrency: int = 64, ordered: bool = True) -> Iterator[MapResult[Any]]:
+        """Like :meth:`map`, but yields a :class:`~dagserve.MapResult` per payload: ``index``,
+        ``payload``, ``ok``, ``value``, ``error`` and per-node ``timings`` (useful when unordered)."""
+        from ._offline import map_results
+
+        return map_results(self, payloads, concurrency=concurrency, ordered=ordered)
+
+    def asgi(self, **options: Any) -> Any:
+        """The ASGI (Starlette) app serving this graph over HTTP, to mount in your own web app::
+
+            web = Starlette(routes=[Mount("/ml", app=app.asgi())])   # POST /ml/ runs the graph
+
+        ``options`` are those of :func:`dagserve.asgi_app` (``token``, ``max_body_bytes`` ...).
+        The App stays yours: shut it down when your server stops.
+        """
+        from ._server import asgi_app
+
+        return asgi_app(self, **options)
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:

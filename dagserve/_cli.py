@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "render": "dagserve._render:render_command",
     "status": "dagserve._ops:status_command",
     "scale": "dagserve._ops:scale_command",
+    "update": "dagserve._ops:update_command",
     "batch": "dagserve._offline:batch_command",
 }
 

@@ -324,6 +324,11 @@ class ModelClass(_Stage):
                     "argument; constructor arguments are constants loaded once per replica. "
                     "Pass per-request values when calling the instance: model(x)."
                 )
+            if isinstance(value, (_Stage, ModelClass)):
+                raise GraphError(
+                    f"Model {self.name!r} got {value!r} as a constructor argument; in dagserve, nodes do "
+                    "not hold each other. Connect them in the graph instead: b(a(x)) or a >> b."
+                )
         try:
             inspect.signature(self.cls).bind(*args, **kwargs)
         except TypeError as exc:

@@ -175,7 +175,7 @@ class Plan:
                 return matches[0]
         known = ", ".join(repr(d.name) for d in self.deployments)
         raise NodeNotFoundError(
-            f"Graph {self.graph_name!r} has no node {node if isinstance(node, str) else repr(node)!s}; "
+            f"Graph {self.graph_name!r} has no node {node!r}; "
             f"its nodes are: {known}."
         )
 

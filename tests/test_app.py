@@ -105,7 +105,7 @@ def test_scale_errors() -> None:
             app.scale("post", max_batch_size=3)
         with pytest.raises(OptionsError, match=r"Node 'pre' runs inline in the ingress process and has no replicas"):
             app.scale("pre", num_replicas=2)
-        with pytest.raises(NodeNotFoundError, match=r"Graph 'scaling' has no node missing; its nodes are: 'pre', 'post'"):
+        with pytest.raises(NodeNotFoundError, match=r"Graph 'scaling' has no node 'missing'; its nodes are: 'pre', 'post'"):
             app.scale("missing", num_replicas=2)
         with pytest.raises(OptionsError, match=r"Invalid option num_replicas=0 for node 'post'"):
             app.scale("post", num_replicas=0)

@@ -167,3 +167,19 @@ def test_update_swaps_implementation_and_options() -> None:
         app.update("Scale", init_args=(1,))
         assert app.call(1) == {"y": 6}
         assert app.status().nodes["pre"].replica_ids == pre_ids
+
+
+def test_node_code_sees_the_request_id() -> None:
+    @dagserve.node
+    def sync_rid(x: int) -> str | None:
+        return dagserve.current_request_id()
+
+    @dagserve.node
+    async def async_rid(x: int) -> str | None:
+        return dagserve.current_request_id()
+
+    with dagserve.Input() as inp:
+        g = dagserve.Graph([sync_rid(inp), async_rid(inp)], name="rid")
+    with dagserve.deploy(g, backend="local") as app:
+        assert app.call(1, request_id="req-42") == ["req-42", "req-42"]
+    assert dagserve.current_request_id() is None

@@ -177,7 +177,7 @@ def test_plan_is_frozen_and_summarised() -> None:
 def test_unknown_node_lookup_lists_known_ones() -> None:
     with dagserve.Input() as inp:
         plan = dagserve.compile(dagserve.Graph(shout(inp)))
-    with pytest.raises(dagserve.NodeNotFoundError, match=r"has no node nope; its nodes are: 'shout'"):
+    with pytest.raises(dagserve.NodeNotFoundError, match=r"has no node 'nope'; its nodes are: 'shout'"):
         plan.deployment("nope")
 
 

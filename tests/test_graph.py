@@ -111,6 +111,13 @@ def test_constructor_arguments_must_be_constants() -> None:
         Model(inp)
 
 
+def test_nodes_cannot_be_constructor_arguments() -> None:
+    with pytest.raises(GraphError, match=r"Model 'Model' got <dagserve model instance 'Model'> as a constructor argument; .*b\(a\(x\)\)"):
+        Model(Model())
+    with pytest.raises(GraphError, match=r"got <dagserve function node 'double'> as a constructor argument"):
+        Model(scale=[double])
+
+
 def test_batched_node_takes_one_positional_argument() -> None:
     b = Batched()
     with dagserve.Input() as inp:

@@ -53,6 +53,14 @@ class Backend(abc.ABC):
     def bind_loop(self, loop: Any) -> None:  # noqa: B027 - optional hook
         """Called once with the event loop the App will run requests on."""
 
+    def batch_sizes(self) -> dict[str, dict[int, int]]:
+        """Per batched node, how many batches of each size ran since deploy (``{size: count}``).
+
+        Cumulative and summed over the node's replicas, past and present; read when metrics are
+        scraped. Backends that cannot see their batches return ``{}``.
+        """
+        return {}
+
 
 def get_backend(name: str | Backend, **kwargs: Any) -> Backend:
     """A backend by name (``"local"`` or ``"ray"``), or the instance given."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ _ids = itertools.count(1)
 class _Replica:
     __slots__ = ("batchers", "draining", "id", "instance", "ongoing", "spec")
 
-    def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
         self.spec = spec
         self.id = f"{spec.name}#{next(_ids)}"
         self.ongoing = 0
@@ -55,7 +57,7 @@ class _Replica:
         if size is not None:
             for m in spec.methods:
                 self.batchers[m] = Batcher(
-                    spec.name, functools.partial(self._invoke, m, pool), size, spec.options.batch_wait_timeout_s
+                    spec.name, functools.partial(self._invoke, m, pool), size, spec.options.batch_wait_timeout_s, on_batch
                 )
 
     def bound(self, method: str) -> Any:
@@ -74,8 +76,15 @@ class _LocalDeployment:
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
         self.spec = spec
         self.pool = pool
-        self.replicas: list[_Replica] = [_Replica(spec, pool) for _ in range(spec.options.initial_replicas())]
+        # Batch sizes over every replica this deployment ever had (for metrics).
+        self.batch_counts: collections.Counter[int] = collections.Counter()
+        self.replicas: list[_Replica] = [
+            _Replica(spec, pool, self.count_batch) for _ in range(spec.options.initial_replicas())
+        ]
         self.waiters: collections.deque[asyncio.Future[_Replica]] = collections.deque()
+
+    def count_batch(self, size: int) -> None:
+        self.batch_counts[size] += 1
 
     @property
     def limit(self) -> int:
@@ -138,9 +147,11 @@ class _LocalDeployment:
             fn = r.bound(method)
             if self.spec.is_async(method):
                 return await fn(*args, **kwargs)
+            # The thread sees this request's context (request id for logs) like async nodes do.
+            run = contextvars.copy_context().run
             if kwargs:
-                return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(self.pool, run, functools.partial(fn, *args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(self.pool, run, fn, *args)
         finally:
             self.release(r)
 
@@ -196,6 +207,9 @@ class LocalBackend(Backend):
             )
         return AppStatus(graph=self._plan.graph_name if self._plan else "", backend=self.name, nodes=nodes)
 
+    def batch_sizes(self) -> dict[str, dict[int, int]]:
+        return {name: dict(d.batch_counts) for name, d in list(self._deployments.items()) if d.batch_counts}
+
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         from dataclasses import replace
 
@@ -205,7 +219,7 @@ class LocalBackend(Backend):
             d.spec = replace(d.spec, options=options)
             live = [r for r in d.replicas if not r.draining]
             if target > len(live):
-                added = [_Replica(d.spec, self._pool) for _ in range(target - len(live))]
+                added = [_Replica(d.spec, self._pool, d.count_batch) for _ in range(target - len(live))]
                 d.replicas = d.replicas + added
                 self._call_on_loop(d.wake)
             elif target < len(live):
@@ -219,7 +233,7 @@ class LocalBackend(Backend):
         d = self._deployments[spec.name]
         with self._lock:
             old = [r for r in d.replicas if not r.draining]
-            fresh = [_Replica(new, self._pool) for _ in range(new.options.initial_replicas())]
+            fresh = [_Replica(new, self._pool, d.count_batch) for _ in range(new.options.initial_replicas())]
             d.spec = new
             for r in old:
                 r.draining = True

@@ -1,0 +1,449 @@
+"""The HTTP ingress: a Starlette application that runs graphs per request.
+
+Routes (one graph: ``POST /``, also at ``POST /<name>``; several: ``POST /<name>`` each and
+``GET /`` lists them)::
+
+    POST /<name>        run the graph on the JSON body          (bearer token if configured)
+    GET  /              list the graphs (several graphs only)   (bearer token if configured)
+    GET  /openapi.json  OpenAPI 3.1 description
+    GET  /docs          interactive page (Swagger UI from a CDN)
+    GET  /-/healthz     the process answers
+    GET  /-/ready       every deployment of every graph is ready (503 otherwise)
+    GET  /-/graph       the plan as JSON          (?graph=<name> when several)
+    GET  /-/graph.svg   the live diagram          (?graph=<name> when several)
+    GET  /metrics       from dagserve._metrics, when it is available
+    *    /-/admin/...   from dagserve._admin, only when an admin token is configured
+                        (its routes check that token themselves)
+
+Every non-2xx answer has the shape documented in :mod:`dagserve._http_errors`; every answer
+carries ``x-request-id``. This module imports Starlette at the top: import it lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from ._errors import DagserveError, GraphError
+from ._executor import RequestContext
+from ._http_errors import HTTPError, error_body, error_from_exception, status_type
+from ._jsonio import dump_json, parse_json
+from ._openapi import docs_page, openapi_document
+from ._request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from ._app import App
+    from ._server import IngressConfig
+
+try:  # per-node timings in response headers when the client asks (x-dagserve-trace: 1)
+    from ._trace import trace_headers, trace_requested
+except ImportError:  # pragma: no cover - _trace ships with dagserve
+    trace_headers = trace_requested = None  # type: ignore[assignment]
+
+__all__ = ["Ingress", "create_app"]
+
+logger = logging.getLogger("dagserve.http")
+
+#: Scope key holding the request id (the ASGI scope is shared by every layer of one request).
+SCOPE_REQUEST_ID = "dagserve.request_id"
+#: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
+SCOPE_REJECT = "dagserve.reject"
+#: Paths a graph name may not take.
+RESERVED_NAMES = frozenset({"openapi.json", "docs", "metrics"})
+_JSON = "application/json"
+_RID_HEADER = REQUEST_ID_HEADER.encode()
+
+
+def create_app(apps: Mapping[str, App], config: IngressConfig) -> Starlette:
+    """The Starlette application serving ``apps`` (graph name -> App) with ``config``."""
+    return Ingress(apps, config).starlette
+
+
+class Ingress:
+    """One ingress: its graphs, limits and counters, and the Starlette app that routes to them."""
+
+    def __init__(self, apps: Mapping[str, App], config: IngressConfig) -> None:
+        if not apps:
+            raise GraphError("The ingress needs at least one App to serve.")
+        for name in apps:
+            if name in RESERVED_NAMES:
+                raise GraphError(
+                    f"Graph name {name!r} clashes with the ingress route /{name}; rename the graph "
+                    f"(names {sorted(RESERVED_NAMES)} are reserved)."
+                )
+        self.apps = dict(apps)
+        self.config = config
+        self.single = len(self.apps) == 1
+        #: Graph requests running now (bounded by ``config.max_in_flight``).
+        self.in_flight = 0
+        #: Set when the server starts shutting down: /-/ready answers 503 from then on.
+        self.draining = False
+        self._token = _token_bytes(config.token)
+        self._openapi: dict[str, bytes] = {}
+        self.starlette = Starlette(
+            routes=self._routes(),
+            # Right inside Starlette's own error middleware: the id exists before any route runs.
+            middleware=[Middleware(RequestIdMiddleware)],
+            exception_handlers={HTTPException: self._http_exception, DagserveError: self._dagserve_exception},
+        )
+        self.starlette.state.dagserve = self
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = []
+        for name, app in self.apps.items():
+            endpoint = self._graph_endpoint(app)
+            if self.single:
+                routes.append(Route("/", endpoint, methods=["POST"], name="graph_root"))
+            routes.append(Route(f"/{name}", endpoint, methods=["POST"], name=f"graph:{name}"))
+        if not self.single:
+            routes.append(Route("/", self._list_graphs, methods=["GET"], name="graphs"))
+        routes += [
+            Route("/openapi.json", self._openapi_json, methods=["GET"], name="openapi"),
+            Route("/docs", self._docs, methods=["GET"], name="docs"),
+            Route("/-/healthz", self._healthz, methods=["GET"], name="healthz"),
+            Route("/-/ready", self._ready, methods=["GET"], name="ready"),
+            Route("/-/graph", self._plan_json, methods=["GET"], name="plan"),
+            Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
+        ]
+        metrics = _optional_hook("dagserve._metrics", "metrics_endpoint")
+        if metrics is not None:
+            routes.append(Route("/metrics", self._guarded(metrics(self.apps)), methods=["GET"], name="metrics"))
+        admin_token = self.config.admin_token
+        if admin_token:
+            admin_routes = _optional_hook("dagserve._admin", "admin_routes")
+            if admin_routes is None:
+                raise DagserveError(
+                    "An admin token is configured but this dagserve has no admin routes (dagserve._admin "
+                    "is missing); unset DAGSERVE_ADMIN_TOKEN / admin_token."
+                )
+            # The admin module checks its token on every route itself (401 missing, 403 wrong).
+            routes.append(Mount("/-/admin", routes=list(admin_routes(self.apps, admin_token)), name="admin"))
+        return routes
+
+    # -- graph routes ----------------------------------------------------------------------------
+    def _graph_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
+        async def run_graph(request: Request) -> Response:
+            rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
+            ctx: RequestContext | None = None
+            start = time.perf_counter()
+            try:
+                self._authorize(request)
+                _check_content_type(request)
+                payload = parse_json(await self._read_body(request), max_depth=self.config.max_json_depth)
+                limit = self.config.max_in_flight
+                if limit is not None and self.in_flight >= limit:
+                    raise HTTPError(
+                        503,
+                        f"The server already runs {self.in_flight} requests (max_in_flight={limit}); retry shortly.",
+                        error_type="OverloadedError",
+                        headers={"retry-after": "1"},
+                    )
+                ctx = RequestContext(request_id=rid)
+                self.in_flight += 1
+                try:
+                    result = await app.acall(payload, context=ctx)
+                finally:
+                    self.in_flight -= 1
+                content = dump_json(result)
+            except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
+                gone = HTTPError(400, "The client disconnected before sending the whole body.", headers=_CLOSE)
+                return self._error_response(gone, request, rid)
+            except asyncio.CancelledError:
+                if not self.draining:
+                    raise
+                # The server's shutdown grace period ran out: say so instead of a bare 500.
+                exc = HTTPError(
+                    503,
+                    "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
+                    error_type="ShuttingDown",
+                    headers=_CLOSE,
+                )
+                return self._error_response(exc, request, rid)
+            except Exception as exc:
+                return self._error_response(exc, request, rid, self._trace(request, ctx, start))
+            return Response(content, media_type=_JSON, headers=self._trace(request, ctx, start))
+
+        return run_graph
+
+    def _trace(self, request: Request, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
+        if ctx is None or trace_requested is None or not trace_requested(request.headers):
+            return None
+        return trace_headers(ctx, time.perf_counter() - start)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read as it streams in, stopped at the size limit or the deadline."""
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=_CLOSE)
+            if int(declared) > limit:
+                raise HTTPError(413, _too_large(int(declared), limit), headers=_CLOSE)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPError(413, _too_large(None, limit), headers=_CLOSE)
+                    if chunk:
+                        chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                error_type="RequestBodyTimeout",
+                message=f"The request body did not arrive within {self.config.body_timeout_s:g} s "
+                f"({size} bytes came); send it faster or raise body_timeout_s.",
+                headers=_CLOSE,
+            ) from None
+        return b"".join(chunks)
+
+    # -- auth --------------------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if self._token is not None:
+            check_bearer(request.headers.get("authorization"), self._token)
+
+    def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            self._authorize(request)
+            return await endpoint(request)
+
+        return guarded
+
+    # -- other routes ------------------------------------------------------------------------------
+    async def _list_graphs(self, request: Request) -> Response:
+        self._authorize(request)
+        root = request.scope.get("root_path", "")
+        graphs = [
+            {"name": name, "path": f"{root}/{name}", "description": app.graph.description}
+            for name, app in self.apps.items()
+        ]
+        return _json({"graphs": graphs})
+
+    async def _openapi_json(self, request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        doc = self._openapi.get(root)
+        if doc is None:
+            doc = dump_json(
+                openapi_document(
+                    self.apps, single=self.single, auth=self._token is not None, root_path=root, title=self.config.title
+                )
+            )
+            self._openapi[root] = doc
+        return Response(doc, media_type=_JSON)
+
+    async def _docs(self, request: Request) -> Response:
+        title = self.config.title or ("dagserve: " + ", ".join(self.apps))
+        return HTMLResponse(docs_page(title, "openapi.json"))
+
+    async def _healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def _ready(self, request: Request) -> Response:
+        if self.draining:
+            raise HTTPError(503, "The server is shutting down.", error_type="NotReady", headers={"retry-after": "5"})
+        states: dict[str, bool] = {}
+        for name, app in self.apps.items():
+            try:
+                states[name] = (await run_in_threadpool(app.status)).ready
+            except Exception:  # a closed App or an unreachable backend is simply not ready
+                states[name] = False
+        if all(states.values()):
+            return _json({"ready": True, "graphs": states})
+        waiting = ", ".join(n for n, ok in states.items() if not ok)
+        raise HTTPError(
+            503,
+            f"Not ready: {waiting} (a deployment is starting, scaling up or unhealthy).",
+            error_type="NotReady",
+            headers={"retry-after": "5"},
+            extra={"graphs": states},
+        )
+
+    def _pick_app(self, request: Request) -> App:
+        name = request.query_params.get("graph")
+        if name is None:
+            if self.single:
+                return next(iter(self.apps.values()))
+            raise HTTPError(400, f"Several graphs are served; add ?graph=<name> (one of {sorted(self.apps)}).")
+        app = self.apps.get(name)
+        if app is None:
+            raise HTTPError(404, f"No graph {name!r} is served here; graphs: {sorted(self.apps)}.")
+        return app
+
+    async def _plan_json(self, request: Request) -> Response:
+        self._authorize(request)
+        return _json(self._pick_app(request).plan.summary())
+
+    async def _plan_svg(self, request: Request) -> Response:
+        self._authorize(request)
+        app = self._pick_app(request)
+        live_svg = _optional_hook("dagserve._render", "live_svg")
+        if live_svg is None:
+            raise HTTPError(501, "The live diagram is not available in this build (dagserve._render.live_svg).")
+        svg = await run_in_threadpool(live_svg, app)
+        return Response(svg, media_type="image/svg+xml")
+
+    # -- errors ------------------------------------------------------------------------------------
+    def _error_response(
+        self, exc: BaseException, request: Request, rid: str, extra_headers: Mapping[str, str] | None = None
+    ) -> Response:
+        status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug)
+        if status >= 500:
+            if isinstance(exc, DagserveError):
+                logger.warning("request %s failed with %s: %s", rid, status, exc)
+            else:
+                logger.error("request %s failed", rid, exc_info=exc)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request %s rejected with %s: %s", rid, status, exc)
+        if extra_headers:
+            headers.update(extra_headers)
+        return _error(status, body, headers)
+
+    async def _dagserve_exception(self, request: Request, exc: Exception) -> Response:
+        return self._error_response(exc, request, _rid(request.scope))
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
+        status = exc.status_code
+        path = request.url.path
+        if status == 404:
+            message = f"There is no route {path!r}; the routes are listed at /openapi.json and /docs."
+        elif status == 405:
+            allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow", "")
+            message = f"{path!r} does not accept {request.method}; use {allow or 'another method'}."
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else status_type(status)
+        body = error_body(status, status_type(status), message, request_id=_rid(request.scope))
+        return _error(status, body, dict(exc.headers or {}))
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (the client's ``x-request-id`` when sane) and returns it.
+
+    Pure ASGI (no per-request task or body buffering); the id is in the scope, in a context
+    variable for the whole request (so logs and node code see it), and in the response header.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for key, value in scope["headers"]:
+            if key == _RID_HEADER:
+                rid = sane_request_id(value)
+                break
+        if rid is None:
+            rid = new_request_id()
+        scope[SCOPE_REQUEST_ID] = rid
+        id_header = (_RID_HEADER, rid.encode())
+        refused = scope.get(SCOPE_REJECT)
+        if refused is not None:
+            status, error_type, message = refused
+            body = dump_json(error_body(status, error_type, message, request_id=rid))
+            await Response(body, status, headers={**_CLOSE, REQUEST_ID_HEADER: rid}, media_type=_JSON)(
+                scope, receive, send
+            )
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        token = set_request_id(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            reset_request_id(token)
+
+
+def check_bearer(header: str | None, token: bytes) -> None:
+    """Raise a 401 :class:`HTTPError` unless ``header`` is ``Bearer <token>`` (constant-time compare)."""
+    if header is None:
+        raise HTTPError(
+            401,
+            "This route needs a bearer token: send the header 'Authorization: Bearer <token>'.",
+            headers={"www-authenticate": 'Bearer realm="dagserve"'},
+        )
+    scheme, _, value = header.strip().partition(" ")
+    given = value.strip().encode("latin-1", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
+        raise HTTPError(
+            401,
+            "The bearer token is missing or wrong; send 'Authorization: Bearer <token>' with the server's token.",
+            headers={"www-authenticate": 'Bearer realm="dagserve", error="invalid_token"'},
+        )
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+_CLOSE = {"connection": "close"}  # the rest of the body is never read: do not reuse the connection
+
+
+def _token_bytes(token: str | None) -> bytes | None:
+    return token.encode("utf-8") if token else None
+
+
+def _check_content_type(request: Request) -> None:
+    value = request.headers.get("content-type")
+    if value is None:
+        return  # a body without a type is taken as JSON
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPError(415, f"The content type is {media!r}; send the body as application/json.")
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HTTPError(415, f"The body's charset is {val.strip()!r}; send JSON encoded as UTF-8.")
+
+
+def _too_large(declared: int | None, limit: int) -> str:
+    size = f"is {declared} bytes" if declared is not None else "is larger than that"
+    return f"The request body {size}; the limit is {limit} bytes (max_body_bytes). Send less, or raise the limit."
+
+
+def _rid(scope: Scope) -> str:
+    return scope.get(SCOPE_REQUEST_ID) or new_request_id()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(dump_json(data), status_code=status, media_type=_JSON)
+
+
+def _error(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    if status == 503:
+        headers.setdefault("retry-after", "1")
+    return Response(dump_json(body), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _optional_hook(module: str, attr: str) -> Any:
+    """``module.attr`` when that module exists (another part of dagserve may not be built yet)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+    return getattr(mod, attr, None)

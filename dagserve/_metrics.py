@@ -1,0 +1,331 @@
+"""Prometheus metrics for running graphs, through the standard ``prometheus_client`` library.
+
+One registry per process (:func:`default_metrics`); :func:`instrument` hangs an observer on an
+:class:`~dagserve.App` and :func:`render_metrics` produces the text ``GET /metrics`` returns
+(:func:`metrics_endpoint` is that route for the ingress)::
+
+    from dagserve._metrics import instrument, render_metrics, CONTENT_TYPE
+
+    instrument(app)                      # once per App; idempotent
+    body = render_metrics()              # bytes in the Prometheus text format
+
+What is exported (``graph`` is the graph's name, ``node`` a deployment's name as in ``App.status()``):
+
+============================================  ====================================================
+``dagserve_requests_total``                   counter ``{graph, outcome}``: requests by outcome
+                                              (ok, client_error, node_error, timeout, overloaded,
+                                              cancelled, error)
+``dagserve_request_latency_seconds``          histogram ``{graph}``: whole-request latency
+``dagserve_requests_in_flight``               gauge ``{graph}``: requests running now
+``dagserve_node_requests_total``              counter ``{graph, node, outcome}``: node calls; the
+                                              node an error names gets that outcome, the other
+                                              nodes of a failed request get ``aborted``
+``dagserve_node_latency_seconds``             histogram ``{graph, node}``: one observation per call
+``dagserve_batch_size``                       histogram ``{graph, node}``: sizes of the batches
+                                              batched nodes ran (from the backend)
+``dagserve_replicas``                         gauge ``{graph, node, state}``: ``target``,
+                                              ``running`` and ``pending`` replicas
+``dagserve_graph_ready``                      gauge ``{graph}``: 1 when every node runs its target
+``dagserve_route_total``                      counter ``{graph, node, branch}``: branches chosen by
+                                              ``switch`` and ``split`` nodes (a canary is visible)
+============================================  ====================================================
+
+Counters and histograms are updated after each request, on the App's event loop (a few
+microseconds); gauges are read from the App and its backend when the registry is scraped, so
+rendering may block (``App.status()`` on Ray asks the Serve controller): call it from a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from ._trace import OUTCOMES, failing_node, outcome_of, trace_observer
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from ._app import App
+    from ._executor import RequestContext
+    from ._plan import Plan
+
+__all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "Metrics",
+    "default_metrics",
+    "instrument",
+    "metrics_endpoint",
+    "render_metrics",
+]
+
+log = logging.getLogger("dagserve.metrics")
+
+Endpoint = Callable[["Request"], Awaitable["Response"]]
+
+#: ``Content-Type`` of :func:`render_metrics`'s output.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Seconds; from a 1 ms business-logic node to a minute-long generation.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Batch sizes; powers of two, as batch limits usually are.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+#: Outcomes that count as a node's errors in status tables.
+ERROR_OUTCOMES = frozenset({"node_error", "timeout", "overloaded"})
+
+
+class Metrics:
+    """The metrics of every App it instruments, in one :class:`prometheus_client.CollectorRegistry`.
+
+    Most code uses the per-process instance (:func:`default_metrics`); tests make their own with a
+    fresh registry. ``registry`` is public: register your own collectors there to serve them on
+    the same ``/metrics``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dagserve_requests", "Requests served, by outcome.", ["graph", "outcome"], registry=r
+        )
+        self.request_latency = Histogram(
+            "dagserve_request_latency_seconds",
+            "Whole-request latency, from the graph's input to its output.",
+            ["graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.node_requests = Counter(
+            "dagserve_node_requests",
+            "Calls of each node, by outcome (aborted: the request failed at another node).",
+            ["graph", "node", "outcome"],
+            registry=r,
+        )
+        self.node_latency = Histogram(
+            "dagserve_node_latency_seconds",
+            "Latency of each node call, as the graph's executor sees it.",
+            ["graph", "node"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.routes = Counter(
+            "dagserve_route", "Branches chosen by switch and split nodes.", ["graph", "node", "branch"], registry=r
+        )
+        self._lock = threading.Lock()
+        self._apps: list[App] = []
+        # (graph, node) -> [calls, errors]: cheap totals for status tables, without a scrape.
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        r.register(_LiveCollector(self))
+
+    # -- wiring ------------------------------------------------------------------------------------
+    def instrument(self, app: App) -> None:
+        """Record ``app``'s requests from now on (idempotent); also logs each request's path to
+        the ``dagserve.trace`` logger at DEBUG (:func:`~dagserve._trace.trace_observer`)."""
+        with self._lock:
+            if any(a is app for a in self._apps):
+                return
+            self._apps.append(app)
+        for outcome in OUTCOMES:  # zero series exist from the start, so rate() works at once
+            self.requests.labels(app.name, outcome)
+        app.observers.append(_Observer(self))
+        if trace_observer not in app.observers:  # request paths to "dagserve.trace" at DEBUG
+            app.observers.append(trace_observer)
+
+    def apps(self) -> list[App]:
+        """Instrumented Apps still open (closed ones are dropped; their counters stay)."""
+        with self._lock:
+            self._apps = [a for a in self._apps if not a.closed]
+            return list(self._apps)
+
+    def node_counts(self, graph: str) -> dict[str, dict[str, int]]:
+        """Per node of ``graph``: ``{"requests": calls, "errors": calls that failed there}``."""
+        out: dict[str, dict[str, int]] = {}
+        for (g, node), (calls, errors) in list(self._counts.items()):
+            if g == graph:
+                out[node] = {"requests": calls, "errors": errors}
+        return out
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (may block; see the module docstring)."""
+        return generate_latest(self.registry)
+
+    # -- recording ---------------------------------------------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # ``labels()`` validates and locks on every call; the labelled children never change.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
+
+    def _record(self, app: App, nodes: dict[str, str], ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
+        graph = app.name
+        outcome = outcome_of(error)
+        child = self._child
+        child(self.requests, graph, outcome).inc()
+        child(self.request_latency, graph).observe(seconds)
+        culprit = _culprit_step(failing_node(error), ctx.timings, nodes) if error is not None else None
+        for step, secs in ctx.timings.items():
+            node = nodes.get(step, step)
+            if error is None:
+                node_outcome = "ok"
+            elif step == culprit:
+                node_outcome = outcome
+            else:
+                node_outcome = "aborted"
+            child(self.node_requests, graph, node, node_outcome).inc()
+            child(self.node_latency, graph, node).observe(secs)
+            counts = self._counts.get((graph, node))
+            if counts is None:
+                counts = self._counts.setdefault((graph, node), [0, 0])
+            counts[0] += 1
+            if node_outcome in ERROR_OUTCOMES:
+                counts[1] += 1
+        for step, branch in ctx.route.items():
+            child(self.routes, graph, step, branch).inc()
+
+
+class _Observer:
+    """The App observer: maps step names to node names (cached per plan) and records."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._plan: Plan | None = None
+        self._nodes: dict[str, str] = {}
+
+    def __call__(self, app: App, ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
+        plan = app.plan
+        if plan is not self._plan:  # scale/update replace the plan; step names stay the same
+            self._nodes = {s.name: s.deployment for s in plan.steps if s.kind == "call" and s.deployment}
+            self._plan = plan
+        try:
+            self._metrics._record(app, self._nodes, ctx, error, seconds)
+        except Exception:  # pragma: no cover - metrics must never fail a request
+            log.exception("Recording metrics for graph %r failed.", app.name)
+
+
+def _culprit_step(blamed: str | None, timings: dict[str, float], nodes: dict[str, str]) -> str | None:
+    """The step an error blames: errors name a step (NodeError, timeouts) or a node (overload)."""
+    if blamed is None:
+        return None
+    if blamed in timings:
+        return blamed
+    for step in timings:
+        if nodes.get(step) == blamed:
+            return step
+    return None
+
+
+class _LiveCollector:
+    """Gauges read at scrape time: in-flight requests, replicas, readiness and batch sizes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        # Without describe(), registering would call collect() (and App.status()) right away.
+        return list(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
+        return (
+            GaugeMetricFamily("dagserve_requests_in_flight", "Requests running now.", labels=["graph"]),
+            GaugeMetricFamily(
+                "dagserve_replicas", "Replicas per node: target, running and pending.", labels=["graph", "node", "state"]
+            ),
+            GaugeMetricFamily("dagserve_graph_ready", "1 when every node runs its target replicas.", labels=["graph"]),
+            HistogramMetricFamily(
+                "dagserve_batch_size", "Sizes of the batches that batched nodes ran.", labels=["graph", "node"]
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight, replicas, ready, batch = self._families()
+        for app in self._metrics.apps():
+            graph = app.name
+            in_flight.add_metric([graph], app.in_flight)
+            try:
+                status = app.status()
+                sizes = app.backend.batch_sizes()
+            except Exception as exc:  # a node being torn down must not break the whole scrape
+                log.warning("Reading the state of graph %r for metrics failed: %s", graph, exc)
+                continue
+            ready.add_metric([graph], 1.0 if status.ready else 0.0)
+            for node in status.nodes.values():
+                if node.inline:
+                    continue
+                replicas.add_metric([graph, node.name, "target"], node.target_replicas)
+                replicas.add_metric([graph, node.name, "running"], node.running_replicas)
+                replicas.add_metric([graph, node.name, "pending"], node.pending_replicas)
+            for spec in app.plan.deployments:
+                if spec.batched:
+                    counts = sizes.get(spec.name, {})
+                    batch.add_metric([graph, spec.name], _buckets(counts), sum_value=float(sum(s * n for s, n in counts.items())))
+        yield in_flight
+        yield replicas
+        yield ready
+        yield batch
+
+
+def _buckets(counts: dict[int, int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for le in BATCH_SIZE_BUCKETS:
+        out.append((str(float(le)), float(sum(n for s, n in counts.items() if s <= le))))
+    out.append(("+Inf", float(sum(counts.values()))))
+    return out
+
+
+_default: Metrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> Metrics:
+    """The per-process :class:`Metrics`, created on first use with process and GC metrics too."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+            m = Metrics()
+            ProcessCollector(registry=m.registry)
+            PlatformCollector(registry=m.registry)
+            GCCollector(registry=m.registry)
+            _default = m
+        return _default
+
+
+def instrument(app: App, metrics: Metrics | None = None) -> Metrics:
+    """Record ``app``'s requests in ``metrics`` (the per-process one by default); returns it."""
+    m = metrics if metrics is not None else default_metrics()
+    m.instrument(app)
+    return m
+
+
+def metrics_endpoint(apps: Mapping[str, App] | Iterable[App], metrics: Metrics | None = None) -> Endpoint:
+    """A Starlette endpoint for ``GET /metrics`` serving ``metrics`` (the per-process registry by
+    default), after instrumenting ``apps`` there. Rendering runs in a worker thread because the
+    gauges ask the backends for their state."""
+    m = metrics if metrics is not None else default_metrics()
+    for app in apps.values() if isinstance(apps, Mapping) else apps:
+        m.instrument(app)
+
+    async def metrics_route(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import Response
+
+        return Response(await run_in_threadpool(m.render), media_type=CONTENT_TYPE)
+
+    return metrics_route
+
+
+def render_metrics(metrics: Metrics | None = None) -> bytes:
+    """``GET /metrics``'s body (``Content-Type``: :data:`CONTENT_TYPE`). Blocks; run it in a thread."""
+    return (metrics if metrics is not None else default_metrics()).render()

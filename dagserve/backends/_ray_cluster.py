@@ -1,0 +1,285 @@
+"""Getting a Ray to deploy on: a private loopback-only instance started on demand, or a cluster.
+
+One process talks to one Ray. :func:`acquire` reuses the Ray this process is already connected
+to, or starts a new local instance (``address="local"``: never join a cluster recorded by an
+earlier run), or connects to ``address`` (``"auto"``, ``"ray://host:port"`` or a GCS
+``host:port``). Every deployed App holds a lease; when the last one is released, a Ray that
+dagserve started is stopped, a cluster dagserve connected to is disconnected from (never
+stopped), and a Ray the user started is left alone.
+
+A Ray that dagserve starts:
+
+* binds every port to 127.0.0.1 (Ray's own switch for that is read from
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; replicas also move Serve's inter-deployment gRPC
+  server off ``[::]``, see :mod:`._ray_replica`), with the dashboard off;
+* uses Ray's token authentication (``RAY_AUTH_MODE=token``) unless the environment says otherwise;
+* runs Serve in throughput-optimized mode unless told not to (see docs/ray.md for figures), with
+  Serve's "direct ingress" HTTP servers off: the ingress is dagserve's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import DeployError
+from ._ray_replica import LOOPBACK_ENV
+
+__all__ = ["DEFAULT_THROUGHPUT_OPTIMIZED", "RaySession", "acquire", "ensure_serve", "release", "start_local_ray"]
+
+#: Serve's throughput-optimized settings for a Ray dagserve starts (docs/ray.md has the figures).
+DEFAULT_THROUGHPUT_OPTIMIZED = True
+
+_log = logging.getLogger("dagserve.ray")
+_lock = threading.RLock()
+
+
+@dataclass
+class RaySession:
+    """This process's use of Ray: who started it, with what, and how many Apps use it."""
+
+    owned: bool  # dagserve started this Ray instance and stops it after the last App
+    connected: bool  # dagserve called ray.init (started or joined); it disconnects after the last App
+    address: str | None
+    start_options: dict[str, Any] = field(default_factory=dict)
+    users: int = 0
+
+
+_session: RaySession | None = None
+
+
+def acquire(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    throughput_optimized: bool | None = None,
+    log_to_driver: bool = False,
+) -> RaySession:
+    """A lease on a Ray for one App; pair with :func:`release`."""
+    import ray
+
+    global _session
+    start = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or None}
+    asked = {k: v for k, v in start.items() if v is not None}
+    with _lock:
+        if _session is not None and not ray.is_initialized():
+            _session = None  # someone called ray.shutdown() behind our back
+        if ray.is_initialized():
+            session = _session or RaySession(owned=False, connected=False, address=_current_address())
+            _check_same_cluster(session, address)
+            if asked and (not session.owned or {k: session.start_options.get(k) for k in asked} != asked):
+                raise DeployError(
+                    f"Ray is already running in this process, so {_kv(asked)} cannot be applied: those "
+                    "options only take effect when dagserve starts Ray. Drop them, or shut down the "
+                    "running Ray (and every App on it) first."
+                )
+        elif address in (None, "local"):
+            start_local_ray(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                throughput_optimized=throughput_optimized,
+                log_to_driver=log_to_driver,
+            )
+            session = RaySession(owned=True, connected=True, address="local", start_options=start)
+        else:
+            if asked:
+                raise DeployError(
+                    f"{_kv(asked)} only apply when dagserve starts a local Ray; a cluster at "
+                    f"{address!r} has the resources its nodes were started with."
+                )
+            _set_serve_env(throughput_optimized if throughput_optimized is not None else False)
+            try:
+                ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+            except Exception as exc:
+                raise DeployError(
+                    f"Could not connect to the Ray cluster at {address!r}: {type(exc).__name__}: {exc}. "
+                    "Check that it runs (`ray status`) and that the address is right."
+                ) from exc
+            session = RaySession(owned=False, connected=True, address=address)
+        session.users += 1
+        _session = session
+        return session
+
+
+def release(session: RaySession) -> None:
+    """Give back one App's lease; the last one stops or disconnects what dagserve started."""
+    import ray
+
+    global _session
+    with _lock:
+        session.users = max(0, session.users - 1)
+        if session.users or _session is not session:
+            return
+        _session = None
+        if not session.connected or not ray.is_initialized():
+            return
+        # Stopping a Ray that dagserve started takes Serve down with it, at once (serve.shutdown()
+        # would first drain every replica); forget the client Serve cached for it.
+        from ray.serve import context as serve_context
+
+        with contextlib.suppress(Exception):
+            serve_context._disconnect()
+        ray.shutdown()
+
+
+def start_local_ray(
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    throughput_optimized: bool | None = None,
+    log_to_driver: bool = False,
+) -> None:
+    """Start a new local Ray on 127.0.0.1 with the dashboard off and token auth on.
+
+    Tests use it to share one such Ray per module; ``RayBackend`` calls it when no Ray runs.
+    """
+    import ray
+
+    _set_serve_env(DEFAULT_THROUGHPUT_OPTIMIZED if throughput_optimized is None else throughput_optimized)
+    # Ray 2.60 turns token authentication on for a new local instance unless RAY_AUTH_MODE says
+    # otherwise (it must do so itself: it also refreshes its cached config); it logs a warning
+    # about it that is noise here, since dagserve wants exactly that.
+    with _loopback_only(), _quiet("ray._private.authentication.authentication_token_setup"):
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            resources=resources or None,
+            log_to_driver=log_to_driver,
+            logging_level=logging.WARNING,
+        )
+
+
+def ensure_serve(*, proxy_port: int | None = None) -> None:
+    """Start Serve when it is not running: with its HTTP proxy off, or on 127.0.0.1:``proxy_port``.
+
+    A Serve that already runs is used as it is; :func:`proxy_address` says whether it has a proxy.
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        if proxy_port is None:
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": proxy_port})
+    # Serve sets its logger to INFO when it starts, then logs each application deploy and handle
+    # in this process: noise in a dagserve process (its warnings and errors still show).
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def proxy_address() -> tuple[str, int] | None:
+    """Host and port of Serve's HTTP proxy, or ``None`` when Serve runs without one."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    details = client.get_serve_details()
+    if str(details.get("proxy_location") or "").lower().endswith("disabled"):
+        return None
+    http = details.get("http_options") or {}
+    if not http.get("port"):
+        return None
+    return str(http.get("host") or "127.0.0.1"), int(http["port"])
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While Ray starts: choose 127.0.0.1 as the node address, and mark its processes loopback.
+
+    Ray resolves ``_node_ip_address="127.0.0.1"`` back to the machine's address; the switch it
+    honours is ``ENABLE_RAY_CLUSTER`` (false: "use the loopback address"), read from the
+    environment at import, so the module constant is set too. Both are restored afterwards so a
+    later connection to a real cluster from this process is not affected. Ray's processes inherit
+    the environment at spawn, so replicas see ``LOOPBACK_ENV``.
+    """
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", LOOPBACK_ENV)}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[LOOPBACK_ENV] = "1"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _set_serve_env(throughput_optimized: bool) -> None:
+    """Serve reads these once, when ``ray.serve`` is first imported in a process: set them before
+    that (Ray processes started afterwards inherit them)."""
+    if throughput_optimized:
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # Throughput mode would give each application's root replica an HTTP and a gRPC server
+        # of its own ("direct ingress"); dagserve's ingress is its own, so keep them off.
+        os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
+        # Throughput mode would also run Serve's request router on the loop that first uses a
+        # handle, and bind the process-wide long-poll client to that loop for good. An App's
+        # loop may change (each asyncio.run() is a new one), so keep the router on its own loop.
+        os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "1")
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def token_auth_enabled() -> bool:
+    """Does this process talk to Ray with token authentication?"""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:  # pragma: no cover - a Ray without token auth
+        return False
+    return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
+
+
+def _current_address() -> str | None:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # pragma: no cover - very old or client-mode Ray
+        return None
+
+
+def _check_same_cluster(session: RaySession, address: str | None) -> None:
+    if address in (None, "auto", "local") or session.address in (None, address):
+        return
+    current = _current_address()
+    if current == address:
+        return
+    raise DeployError(
+        f"This process is already connected to Ray at {current or session.address!r}, so it cannot "
+        f"also deploy to {address!r}: one process talks to one Ray cluster. Deploy without address= "
+        "to use the running one, or use another process."
+    )
+
+
+def _kv(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())

@@ -1,0 +1,201 @@
+"""What runs inside each Ray Serve replica: one wrapper class for every node.
+
+:class:`NodeReplica` is the Serve deployment class of every plan deployment. It builds the
+user's model class once per replica (or holds the function), runs sync node code in a thread
+pool so the replica's event loop stays free and async code on that loop, batches with
+``serve.batch`` (one queue per called method), forwards a user-defined ``check_health`` to
+Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
+survives the trip back through Ray.
+
+This module is imported by Ray worker processes when they unpickle the deployment; it imports
+ray lazily, and only what a replica needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._batching import check_batch_result
+from .._errors import DagserveError, DeployError, NodeError
+
+__all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec"]
+
+#: Set (to "1") in the environment of a Ray instance dagserve starts on loopback only; replicas
+#: then bind Serve's inter-deployment gRPC server to 127.0.0.1 instead of every interface.
+LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
+
+#: What travels with every call: (method, step name, request id).
+Header = tuple[str, str, str]
+
+# Upper bound on threads for sync node code per replica; threads start only when needed.
+_MAX_THREADS = 64
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """The part of a :class:`~dagserve.DeploymentSpec` a replica needs (no graph objects)."""
+
+    name: str
+    kind: Literal["model", "function"]
+    target: Any
+    methods: tuple[str, ...]
+    async_methods: frozenset[str]
+    init_args: tuple[Any, ...] = ()
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_batch_size: int | None = None
+    batch_wait_timeout_s: float = 0.01
+
+
+class NodeReplica:
+    """The Serve deployment class behind every remote node.
+
+    Serve calls ``__call__(header, *args, **kwargs)``; ``header`` is ``(method, step name,
+    request id)``. Extra constructor keywords (the handles Serve passes to an application's
+    root deployment) are ignored.
+    """
+
+    def __init__(self, spec: ReplicaSpec, **_children: Any) -> None:
+        _bind_grpc_to_loopback()
+        self._spec = spec
+        self._name = spec.name
+        # Threads start only as sync calls need them; the bound keeps a burst from making hundreds.
+        self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix=f"dagserve-{spec.name}")
+        if spec.kind == "model":
+            try:
+                self._instance: Any = spec.target(*spec.init_args, **spec.init_kwargs)
+            except Exception as exc:
+                raise DeployError(
+                    f"Node {spec.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
+                ) from exc
+        else:
+            self._instance = None
+        self._batch_counts: Counter[int] = Counter()
+        self._batchers: dict[str, Any] = {}
+        if spec.max_batch_size is not None:
+            from ray import serve
+
+            for method in spec.methods:
+                run = functools.partial(self._run_batch, method)
+
+                async def _dagserve_batch(items: list[Any], _run: Any = run) -> list[Any]:
+                    return await _run(items)
+
+                self._batchers[method] = serve.batch(
+                    max_batch_size=spec.max_batch_size, batch_wait_timeout_s=spec.batch_wait_timeout_s
+                )(_dagserve_batch)
+        user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
+        self._user_check = user_check if callable(user_check) else None
+
+    # -- serving -------------------------------------------------------------------------------
+    async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:
+        method, step, request_id = header
+        token = _set_request_id(request_id)
+        try:
+            batcher = self._batchers.get(method)
+            if batcher is not None:
+                return await batcher(args[0])
+            fn = self._bound(method)
+            if method in self._spec.async_methods:
+                return await fn(*args, **kwargs)
+            ctx = contextvars.copy_context()
+            call = functools.partial(ctx.run, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except DagserveError:
+            raise
+        except Exception as exc:
+            text = str(exc) or "(no message)"
+            raise NodeError(
+                f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__
+            ) from exc
+        finally:
+            _reset_request_id(token)
+
+    async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
+        self._batch_counts[len(items)] += 1
+        fn = self._bound(method)
+        if method in self._spec.async_methods:
+            result = await fn(items)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, fn, items)
+        return check_batch_result(self._name, result, len(items))
+
+    def _bound(self, method: str) -> Any:
+        if self._instance is None:
+            return self._spec.target
+        return getattr(self._instance, method)
+
+    # -- what Serve and the backend ask of a replica -------------------------------------------
+    async def check_health(self) -> None:
+        """Serve's periodic health check: the user's ``check_health`` when the model defines one."""
+        check = self._user_check
+        if check is None:
+            return
+        if inspect.iscoroutinefunction(check):
+            await check()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, check)
+
+    def dagserve_batch_counts(self) -> dict[int, int]:
+        """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
+        return dict(self._batch_counts)
+
+    def dagserve_replica_info(self) -> dict[str, Any]:
+        """Where this replica runs: its process id and Ray node id (for tests and diagnostics)."""
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_request_id(request_id: str) -> Any:
+    try:
+        from .._request_id import set_request_id
+    except ImportError:  # pragma: no cover - the ingress module set is partial
+        return None
+    return set_request_id(request_id)
+
+
+def _reset_request_id(token: Any) -> None:
+    if token is None:
+        return
+    from .._request_id import reset_request_id
+
+    reset_request_id(token)
+
+
+def _bind_grpc_to_loopback() -> None:
+    """Make Serve's inter-deployment gRPC server listen on 127.0.0.1 on a loopback-only Ray.
+
+    Serve 2.60 binds it to ``[::]:0`` (every interface) unconditionally. On a Ray instance that
+    dagserve started on loopback every peer is local, so nothing needs to reach it from outside.
+    The replica starts that server after constructing this class, so patching here is in time.
+    """
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    try:
+        from ray.serve._private import replica as serve_replica
+    except ImportError:  # pragma: no cover - a Serve without that module has no such server
+        return
+    original = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_dagserve_loopback", False):
+        return
+
+    def add_port(server: Any, address: str) -> Any:
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    add_port._dagserve_loopback = True  # type: ignore[attr-defined]
+    serve_replica.add_port_to_grpc_server = add_port

@@ -1,0 +1,684 @@
+"""The Ray Serve backend: every plan deployment its own Serve deployment.
+
+Each remote node becomes a Serve deployment (class :class:`~._ray_replica.NodeReplica`) with its
+own replicas or autoscaling, batching, CPU/GPU share and queue bounds; a graph is one named
+Serve application (``name`` = graph name, no HTTP route), so several graphs live side by side
+and are torn down alone. The per-request executor runs wherever the App runs (the ingress
+process) and calls the deployments through Serve handles; a call's un-awaited response is handed
+whole to the next call, so intermediate results travel replica to replica. ``inline`` nodes run
+in the ingress process through the local backend's deployment class.
+
+::
+
+    app = dagserve.deploy(graph, backend="ray")                     # starts a local Ray if none
+    app = dagserve.deploy(graph, backend="ray", address="auto")     # joins a running cluster
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .._errors import DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
+from .._status import AppStatus, NodeStatus
+from . import _ray_cluster
+from ._base import Backend
+from ._ray_replica import NodeReplica, ReplicaSpec
+from .local import _LocalDeployment
+
+if TYPE_CHECKING:
+    from .._executor import RequestContext
+    from .._options import NodeOptions
+    from .._plan import DeploymentSpec, Plan, Step
+
+__all__ = ["RayBackend", "deployment_options"]
+
+#: Serve health-check cadence for node replicas: faster than Serve's 10 s / 30 s so a hung
+#: replica is replaced within ~15 s (docs/reliability.md), slow enough to cost nothing.
+DEFAULT_HEALTH_CHECK_PERIOD_S = 5.0
+DEFAULT_HEALTH_CHECK_TIMEOUT_S = 10.0
+#: A replica being removed (scale-down, update, shutdown) finishes its requests for up to this long.
+DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 10.0
+#: How often a draining replica checks whether it is idle (Serve's default is 2 s).
+_GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
+#: A constructor that raises is retried this many times before the node is reported failed
+#: (Serve's default, 20, hides a deterministic __init__ error behind minutes of retries).
+_MAX_CONSTRUCTOR_RETRIES = 3
+#: Replica range for ``num_replicas="auto"``, matching ``NodeOptions.replica_range``.
+_AUTO_SCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}
+
+
+def deployment_options(
+    spec: DeploymentSpec,
+    *,
+    health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
+    health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+    graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+) -> dict[str, Any]:
+    """The ``serve.deployment(...)`` keyword arguments for one plan deployment."""
+    o = spec.options
+    actor: dict[str, Any] = {"num_cpus": o.num_cpus}
+    if o.num_gpus:
+        actor["num_gpus"] = o.num_gpus
+    if o.memory is not None:
+        actor["memory"] = o.memory
+    if o.resources:
+        actor["resources"] = dict(o.resources)
+    out: dict[str, Any] = {
+        "name": spec.name,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": o.effective_max_ongoing_requests,
+        "health_check_period_s": health_check_period_s,
+        "health_check_timeout_s": health_check_timeout_s,
+        "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": _GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+        "max_constructor_retry_count": _MAX_CONSTRUCTOR_RETRIES,
+    }
+    if o.max_queued_requests is not None:
+        out["max_queued_requests"] = o.max_queued_requests
+    if o.autoscaling is not None:
+        a = o.autoscaling
+        config: dict[str, Any] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+        }
+        for key in ("initial_replicas", "upscale_delay_s", "downscale_delay_s"):
+            value = getattr(a, key)
+            if value is not None:
+                config[key] = value
+        out["autoscaling_config"] = config
+    elif o.num_replicas == "auto":
+        out["autoscaling_config"] = dict(_AUTO_SCALING)
+    else:
+        out["num_replicas"] = o.num_replicas
+    return out
+
+
+def replica_spec(spec: DeploymentSpec) -> ReplicaSpec:
+    """What a replica is constructed with (no graph objects, so it pickles small)."""
+    o = spec.options
+    return ReplicaSpec(
+        name=spec.name,
+        kind=spec.kind,
+        target=spec.target,
+        methods=spec.methods,
+        async_methods=frozenset(spec.async_methods),
+        init_args=tuple(spec.init_args),
+        init_kwargs=dict(spec.init_kwargs),
+        max_batch_size=o.max_batch_size,
+        batch_wait_timeout_s=o.batch_wait_timeout_s,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Calls in flight
+# ------------------------------------------------------------------------------------------------
+
+_serve_errors: tuple[type[BaseException], ...] | None = None
+
+
+def _errors() -> tuple[Any, ...]:
+    """(RayTaskError, BackPressureError, replica-lost errors, cancellation errors), imported once."""
+    global _serve_errors
+    if _serve_errors is None:
+        from ray import exceptions as rex
+        from ray.serve import exceptions as sex
+
+        lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, sex.ReplicaUnavailableError)
+        _serve_errors = (rex.RayTaskError, sex.BackPressureError, lost, (rex.TaskCancelledError,))  # type: ignore[assignment]
+    return _serve_errors  # type: ignore[return-value]
+
+
+class _Pending:
+    """One call step in flight on Serve.
+
+    Awaiting it gives the step's result (errors turned into dagserve's typed errors, lost replicas
+    retried for ``retries=N`` nodes). Handed whole to the runner as an argument of the next call,
+    it is replaced by the underlying ``DeploymentResponse``, which Serve resolves in the next
+    replica. An upstream call whose value must be checked here first (``retries`` or
+    ``timeout_s``) is awaited before the next call is sent.
+    """
+
+    __slots__ = ("_dispatch", "_response", "_task", "args", "handle", "header", "kwargs", "spec", "step", "upstream")
+
+    def __init__(
+        self,
+        handle: Any,
+        spec: DeploymentSpec,
+        step: Step,
+        header: tuple[str, str, str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.handle = handle
+        self.spec = spec
+        self.step = step
+        self.header = header
+        self.args = args
+        self.kwargs = kwargs
+        self.upstream = [a for a in (*args, *kwargs.values()) if isinstance(a, _Pending)]
+        self._response: Any = None
+        self._dispatch: asyncio.Future[Any] | None = None
+        self._task: asyncio.Future[Any] | None = None
+        if all(u.passable for u in self.upstream):
+            self._response = self._send(args, kwargs)
+        else:
+            self._dispatch = asyncio.ensure_future(self._send_later())
+
+    @property
+    def passable(self) -> bool:
+        """May this call's response go whole to the next call (no check needed here first)?"""
+        o = self.spec.options
+        return self._response is not None and not o.retries and o.timeout_s is None
+
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        args = tuple(a._response if isinstance(a, _Pending) else a for a in args)
+        if kwargs:
+            kwargs = {k: v._response if isinstance(v, _Pending) else v for k, v in kwargs.items()}
+        return self.handle.remote(self.header, *args, **kwargs)
+
+    async def _send_later(self) -> Any:
+        """Resolve or wait for the upstream calls that cannot go whole, then send."""
+
+        async def ready(a: Any) -> Any:
+            if not isinstance(a, _Pending):
+                return a
+            o = a.spec.options
+            if o.retries or o.timeout_s is not None:
+                return await a  # its value, checked (and retried) here
+            await a.response()
+            return a  # still passed whole
+
+        args = tuple([await ready(a) for a in self.args])
+        kwargs = {k: await ready(v) for k, v in self.kwargs.items()}
+        self._response = self._send(args, kwargs)
+        return self._response
+
+    async def response(self) -> Any:
+        """The ``DeploymentResponse`` (after the upstream calls it waits on, if any)."""
+        if self._response is None and self._dispatch is not None:
+            await self._dispatch
+        return self._response
+
+    # -- receiving -----------------------------------------------------------------------------
+    def __await__(self) -> Any:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._result())
+        return self._task.__await__()
+
+    async def _result(self) -> Any:
+        timeout = self.spec.options.timeout_s
+        if timeout is None:
+            return await self._receive()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._receive()
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeoutError):
+                raise
+            name = self.step.name
+            raise RequestTimeoutError(
+                f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make the "
+                "node faster.",
+                node=name,
+            ) from None
+
+    async def _receive(self) -> Any:
+        task_error, backpressure, lost, cancelled = _errors()
+        retries = self.spec.options.retries
+        attempt = 0
+        while True:
+            response = await self.response()
+            try:
+                return await response
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            except task_error as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, DagserveError):
+                    raise cause from exc
+                if isinstance(cause, lost):
+                    await self._raise_upstream_failure()
+                    error: BaseException = cause
+                else:
+                    raise self._node_error(cause if isinstance(cause, BaseException) else exc) from exc
+            except backpressure as exc:
+                await self._raise_upstream_failure()
+                raise self._overloaded(exc) from exc
+            except lost as exc:
+                await self._raise_upstream_failure()
+                error = exc
+            except cancelled as exc:
+                await self._raise_upstream_failure()
+                raise self._node_error(exc) from exc
+            except DagserveError:
+                raise
+            except Exception as exc:
+                await self._raise_upstream_failure()
+                raise self._node_error(exc) from exc
+            # The replica serving this call was lost: retry on another one if the node allows it.
+            if attempt >= retries:
+                raise self._lost_error(error, attempt) from error
+            attempt += 1
+            self._response = self._send(self.args, self.kwargs)
+
+    async def _raise_upstream_failure(self) -> None:
+        """When an upstream call failed, that failure (with its node name) is the one to report."""
+        for u in self.upstream:
+            await u  # raises the upstream node's error, if it failed
+
+    def cancel(self) -> None:
+        """Cancel this call and the calls it consumes (best effort, as Serve allows)."""
+        if self._dispatch is not None and not self._dispatch.done():
+            self._dispatch.cancel()
+        if self._response is not None:
+            try:
+                self._response.cancel()
+            except Exception:  # noqa: S110 - cancelling a finished or lost call is not an error
+                pass
+        for u in self.upstream:
+            u.cancel()
+
+    # -- errors --------------------------------------------------------------------------------
+    def _node_error(self, exc: BaseException) -> NodeError:
+        name = self.step.name
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
+        return NodeError(f"Node {name!r} raised {type(exc).__name__}: {text}", node=name, error_type=type(exc).__name__)
+
+    def _overloaded(self, exc: Any) -> OverloadedError:
+        name = self.step.name
+        cap = self.spec.options.max_queued_requests
+        retry_after = getattr(exc, "retry_after_s", None) or 1.0
+        return OverloadedError(
+            f"Node {name!r} is overloaded: its queue is full (max_queued_requests={cap}). Retry later, or add "
+            "replicas.",
+            node=name,
+            retry_after_s=float(retry_after),
+        )
+
+    def _lost_error(self, exc: BaseException, attempts: int) -> NodeError:
+        name = self.step.name
+        tried = f" after {attempts} retr{'y' if attempts == 1 else 'ies'}" if attempts else ""
+        hint = (
+            "" if self.spec.options.retries else " Declare the node with retries=N if it is safe to run it again."
+        )
+        return NodeError(
+            f"Node {name!r} failed: the replica serving the request was lost{tried} ({type(exc).__name__}); "
+            f"Serve replaces lost replicas.{hint}",
+            node=name,
+            error_type=type(exc).__name__,
+        )
+
+
+class _RayRunner:
+    """Performs call steps: remote ones through Serve handles, inline ones in this process."""
+
+    passthrough = True
+
+    def __init__(self, backend: RayBackend) -> None:
+        self._backend = backend
+
+    def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        name: str = step.deployment  # type: ignore[assignment]
+        b = self._backend
+        if step.inline:
+            return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
+        header = (step.method or "__call__", step.name, ctx.request_id)
+        return _Pending(b._handle(name), b._specs[name], step, header, args, kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The backend
+# ------------------------------------------------------------------------------------------------
+
+
+class RayBackend(Backend):
+    """Deploys a plan onto Ray Serve.
+
+    ``address``: ``None`` uses the Ray this process is connected to, or starts a private local
+    one (127.0.0.1 only, dashboard off, token auth, stopped after the last App); ``"auto"``,
+    ``"ray://host:port"`` or a GCS ``"host:port"`` join a running cluster (never stopped).
+    ``num_cpus`` / ``num_gpus`` / ``resources`` are what a Ray that dagserve starts declares
+    (``num_gpus=1`` on a machine without GPUs declares a logical one). ``ingress_replicas=N`` also
+    runs the HTTP ingress as a Serve deployment of N replicas behind Serve's proxy on 127.0.0.1.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        ingress_replicas: int | None = None,
+        proxy_port: int | None = None,
+        throughput_optimized: bool | None = None,
+        log_to_driver: bool = False,
+        health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
+        health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+        graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        max_threads: int = 64,
+    ) -> None:
+        if ingress_replicas is not None and (isinstance(ingress_replicas, bool) or ingress_replicas < 1):
+            raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
+        self.address = address
+        self.ingress_replicas = ingress_replicas
+        self._cluster_options: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "resources": resources,
+            "throughput_optimized": throughput_optimized,
+            "log_to_driver": log_to_driver,
+        }
+        self._proxy_port = proxy_port
+        self._serve_options = {
+            "health_check_period_s": health_check_period_s,
+            "health_check_timeout_s": health_check_timeout_s,
+            "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
+        }
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="dagserve-inline")
+        self._plan: Plan | None = None
+        self._specs: dict[str, DeploymentSpec] = {}
+        self._local: dict[str, _LocalDeployment] = {}
+        self._versions: dict[str, int] = {}
+        self._token = uuid.uuid4().hex[:8]
+        self._handles: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner = _RayRunner(self)
+        self._session: _ray_cluster.RaySession | None = None
+        self._app_name: str | None = None
+        self._deployed = False
+        self._closed = False
+        self._lock = threading.RLock()
+        #: The HTTP address of the ingress deployment (``ingress_replicas=N``), e.g. for clients.
+        self.ingress_url: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def deploy(self, plan: Plan, *, ready_timeout_s: float) -> None:
+        if self._plan is not None:
+            raise DeployError("This RayBackend already deployed a graph; create one backend per App.")
+        self._plan = plan
+        self._app_name = plan.graph_name
+        self._specs = {d.name: d for d in plan.deployments}
+        try:
+            self._session = _ray_cluster.acquire(self.address, **self._cluster_options)
+            for spec in plan.deployments:
+                if spec.inline:
+                    self._local[spec.name] = _LocalDeployment(spec, self._pool)
+            if not plan.remote_deployments and self.ingress_replicas is None:
+                return  # every node runs inline: nothing to put on Serve
+            _ray_cluster.ensure_serve(proxy_port=self._proxy_port_for_start())
+            self._check_name_free()
+            self._versions = {d.name: 1 for d in plan.remote_deployments}
+            self._deployed = True  # from here on, shutdown deletes the application
+            self._run_application()
+            self._wait(list(self._versions), time.monotonic() + ready_timeout_s, what="ready")
+            if self.ingress_replicas is not None:
+                from ._ray_ingress import ingress_url
+
+                self.ingress_url = ingress_url(self._app_name)
+        except BaseException:
+            # Replicas that never started (no room for them) would hold a blocking delete for the
+            # whole graceful-shutdown period: let Serve remove them in the background.
+            self._shutdown(wait=False)
+            raise
+
+    def shutdown(self) -> None:
+        self._shutdown(wait=True)
+
+    def _shutdown(self, *, wait: bool) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        session, self._session = self._session, None
+        self._close_handles()
+        try:
+            if self._deployed and session is not None:
+                last_owned = session.owned and session.users <= 1
+                if not last_owned:  # a Ray we stop next takes every application with it
+                    from ray import serve
+
+                    try:
+                        serve.delete(self._app_name, _blocking=wait)
+                    except Exception:  # noqa: S110 - Ray is already gone: nothing left to delete
+                        pass
+        finally:
+            self._local.clear()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if session is not None:
+                _ray_cluster.release(session)
+
+    def bind_loop(self, loop: Any) -> None:
+        # Serve handles may bind their router to the loop that first uses them: make new ones.
+        self._loop = loop
+        self._handles = {}
+
+    @property
+    def runner(self) -> _RayRunner:
+        return self._runner
+
+    # -- operating -----------------------------------------------------------------------------
+    def status(self) -> AppStatus:
+        from ._ray_status import node_statuses
+
+        plan = self._plan
+        graph = plan.graph_name if plan is not None else ""
+        details = self._serve_details() if self._deployed and not self._closed else None
+        nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
+        return AppStatus(graph=graph, backend=self.name, nodes=nodes)
+
+    def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
+        with self._lock:
+            self._specs[spec.name] = replace(self._specs[spec.name], options=options)
+            self._run_application()
+        self._wait([spec.name], time.monotonic() + wait_s, what="scaled")
+
+    def update(self, spec: DeploymentSpec, new: DeploymentSpec, *, wait_s: float) -> None:
+        old = self._specs[spec.name]
+        with self._lock:
+            self._specs[spec.name] = new
+            if new.inline:
+                self._local[spec.name] = _LocalDeployment(new, self._pool)
+                return
+            new_code = replica_spec(old) != replica_spec(new)
+            restart = new_code or _actor_options(old) != _actor_options(new)
+            before = set(self._replica_ids(spec.name)) if restart else set()
+            if new_code:
+                self._versions[spec.name] += 1  # new code, constructor or batching: new replicas
+            self._run_application()
+        self._wait([spec.name], time.monotonic() + wait_s, what="updated", replaced=before)
+
+    def replicas(self, node: str) -> list[dict[str, Any]]:
+        """The node's live replicas as Serve reports them (``replica_id``, ``state``, ``pid``,
+        ``node_id``, ``actor_name`` ...), for diagnostics and tests."""
+        from ._ray_status import live_replicas
+
+        if not self._deployed or self._closed:
+            return []
+        return live_replicas(self._serve_details(), self._app_name or "", node)
+
+    def batch_sizes(self) -> dict[str, dict[int, int]]:
+        """Batch sizes per batched node, summed over its live replicas (replicas that are gone are not counted)."""
+        out: dict[str, dict[int, int]] = {}
+        for name, spec in self._specs.items():
+            if not spec.batched:
+                continue
+            if spec.inline:
+                local = self._local.get(name)
+                counts = dict(local.batch_counts) if local is not None else {}
+            elif self._deployed:
+                counts = self._remote_batch_counts(name)
+            else:
+                continue
+            if counts:
+                out[name] = counts
+        return out
+
+    # -- Serve plumbing ------------------------------------------------------------------------
+    def _handle(self, name: str) -> Any:
+        h = self._handles.get(name)
+        if h is None:
+            from ray.serve.handle import DeploymentHandle
+
+            # A handle of our own rather than Serve's cached one: its router may live on the App's
+            # loop, and we shut it down there (Serve's own teardown would try synchronously).
+            h = DeploymentHandle(name, self._app_name)
+            self._handles[name] = h
+        return h
+
+    def _close_handles(self) -> None:
+        handles, self._handles = list(self._handles.values()), {}
+        loop = self._loop
+        if not handles or loop is None or loop.is_closed() or not loop.is_running():
+            return
+
+        async def close() -> None:
+            for h in handles:
+                try:
+                    await h.shutdown_async()
+                except Exception:  # noqa: S110 - a router already gone needs no shutdown
+                    pass
+
+        if _on_loop_thread(loop):
+            loop.create_task(close())  # cannot block our own loop; it finishes on its own
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
+        except Exception:  # noqa: S110 - best effort: the routers die with the process anyway
+            pass
+
+    def _run_application(self) -> None:
+        """(Re)deploy the graph's Serve application; deployments whose version and options did not
+        change keep their replicas."""
+        from ray import serve
+
+        remote = [s for s in self._specs.values() if not s.inline]
+        if self.ingress_replicas is not None:
+            from ._ray_ingress import bind_ingress
+
+            root = bind_ingress(self, [self._bind(s) for s in remote])
+            route_prefix: str | None = f"/{self._app_name}"
+        else:
+            # The first node's deployment is the application's root; binding the others to it
+            # makes Serve deploy them together (the replica ignores them).
+            children = [self._bind(s) for s in remote[1:]]
+            root = self._bind(remote[0], _children=children) if children else self._bind(remote[0])
+            route_prefix = None
+        target = serve.RunTarget(root, name=self._app_name, route_prefix=route_prefix, logging_config=_LOGGING)
+        try:
+            serve.run_many([target], wait_for_applications_running=False)
+        except Exception as exc:
+            raise DeployError(
+                f"Ray Serve refused graph {self._app_name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _bind(self, spec: DeploymentSpec, **children: Any) -> Any:
+        from ray import serve
+
+        d = serve.deployment(NodeReplica, **deployment_options(spec, **self._serve_options))
+        d = d.options(version=f"{self._token}-{self._versions[spec.name]}", _internal=True)
+        return d.bind(replica_spec(spec), **children)
+
+    def _proxy_port_for_start(self) -> int | None:
+        if self.ingress_replicas is None:
+            return None
+        if self._proxy_port is not None:
+            return self._proxy_port
+        from ._ray_ingress import free_port
+
+        return free_port()
+
+    def _check_name_free(self) -> None:
+        from ray import serve
+
+        deadline = time.monotonic() + _DELETING_WAIT_S
+        while True:
+            app = serve.status().applications.get(self._app_name)
+            if app is None:
+                return
+            if str(getattr(app.status, "value", app.status)) != "DELETING" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # an earlier App of this graph is still being torn down
+        raise DeployError(
+                f"A graph named {self._app_name!r} is already deployed on this Ray; shut that App down first, "
+                "or give this graph another name (dagserve.Graph(..., name=...))."
+            )
+
+    def _serve_details(self) -> dict[str, Any]:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
+        return client.get_serve_details()  # type: ignore[no-any-return]
+
+    def _replica_ids(self, name: str) -> list[str]:
+        from ._ray_status import replica_ids
+
+        return replica_ids(self._serve_details(), self._app_name or "", name)
+
+    def _wait(self, names: list[str], deadline: float, *, what: str, replaced: set[str] | None = None) -> None:
+        """Until every named node runs exactly its target replicas (none of ``replaced``), or the deadline."""
+        from ._ray_status import problems
+
+        delay = 0.05
+        while True:
+            ranges = {n: self._specs[n].options.replica_range() for n in names}
+            found = problems(self._serve_details(), self._app_name or "", names, replaced or set(), ranges)
+            failed = {n: p for n, p in found.items() if p.startswith("failed")}
+            if failed:
+                raise DeployError(_describe(self._app_name, failed, what, final=True))
+            if not found:
+                return
+            if time.monotonic() >= deadline:
+                raise DeployError(_describe(self._app_name, found, what, final=False))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _remote_batch_counts(self, name: str) -> dict[int, int]:
+        try:
+            response = self._handle(name).broadcast("dagserve_batch_counts")
+            results = response.results(timeout_s=2.0)
+        except Exception:
+            return {}
+        total: dict[int, int] = {}
+        for counts in results:
+            for size, n in counts.items():
+                total[int(size)] = total.get(int(size), 0) + int(n)
+        return total
+
+
+_LOGGING = {"enable_access_log": False}
+#: How long deploy waits for an earlier application of the same name that is being deleted.
+_DELETING_WAIT_S = 30.0
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _actor_options(spec: DeploymentSpec) -> dict[str, Any]:
+    return deployment_options(spec)["ray_actor_options"]  # type: ignore[no-any-return]
+
+
+def _describe(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
+    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
+    if final:
+        return f"Graph {app!r} could not be deployed on Ray: {lines}."
+    names = ", ".join(repr(n) for n in problems)
+    return (
+        f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
+        "resources they wait for, lower their requests, or raise the wait (ready_timeout_s / wait_s)."
+    )

@@ -1,0 +1,218 @@
+"""The same graph suite on the "local" and "ray" backends gives identical results.
+
+One graph routes each payload (by ``case``) to a sub-graph: a chain, a fan-out, a node shared by
+three readers, a keyed split, structured outputs, a batched node and failing nodes. It is deployed
+once per backend (one Ray for the module) and every payload's answer, or error (type, node,
+message), must match. Node calls are recorded in a file, so what ran is visible across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import dagserve
+from dagserve import NodeError
+from dagserve.backends._ray_cluster import start_local_ray
+
+pytestmark = pytest.mark.ray
+
+
+class Case(BaseModel):
+    case: str
+    x: int = 0
+    user: str = "u1"
+
+
+@dagserve.node
+def pre(x: int) -> int:
+    return x + 1
+
+
+@dagserve.node
+class Scale:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+    async def offset(self, x: int) -> int:
+        return x + self.factor
+
+
+@dagserve.node
+def post(x: int) -> dict[str, int]:
+    return {"y": x}
+
+
+@dagserve.node
+async def slow(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+@dagserve.node(inline=True)
+def combine(parts: list[int]) -> int:
+    return sum(parts)
+
+
+@dagserve.node
+class Recorder:
+    """Appends its tag to a file per call: which nodes ran, seen from any process."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path = path
+        self.tag = tag
+
+    def __call__(self, x: int) -> int:
+        with open(self.path, "a") as f:
+            f.write(self.tag + "\n")
+        return x
+
+
+@dagserve.node
+def fail(x: int) -> int:
+    raise ValueError(f"bad value {x}")
+
+
+@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
+async def batch_double(xs: list[int]) -> list[int]:
+    await asyncio.sleep(0.01)
+    return [2 * x for x in xs]
+
+
+@dagserve.node(max_batch_size=4)
+async def batch_wrong_length(xs: list[int]) -> list[int]:
+    return xs[:-1]
+
+
+def suite(record_to: Path) -> dagserve.Graph:
+    path = str(record_to)
+    scale3 = Scale(3)  # one instance in several places: one deployment
+    with dagserve.Input(schema=Case) as inp:
+        x = inp["x"]
+        px = pre(x)
+        shared = Recorder(path, "shared")(x)  # same class, other arguments: other deployments
+        cases = {
+            "chain": post(scale3(px)),
+            "fan_out": {"sum": combine([slow(px, 0.3), slow(px, 0.3)]), "x": px},
+            "shared": [pre(shared), Scale(2)(shared), shared],
+            "lazy_a": Recorder(path, "a")(x),
+            "lazy_b": Recorder(path, "b")(px),
+            "split": dagserve.split(
+                {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, key=inp["user"]
+            ),
+            "structured": {"scaled": scale3(px), "offset": scale3.offset(px), "pair": (px, [x, 7])},
+            "batched": batch_double(x),
+            "error": post(fail(px)),
+            "batch_error": batch_wrong_length(x),
+        }
+        out = dagserve.switch(inp["case"], cases)
+    return dagserve.Graph(out, name="parity")
+
+
+PAYLOADS: list[dict[str, Any]] = [
+    {"case": "chain", "x": 4},
+    {"case": "fan_out", "x": 1},
+    {"case": "shared", "x": 3},
+    {"case": "lazy_a", "x": 5},
+    {"case": "lazy_b", "x": 5},
+    *({"case": "split", "x": 10, "user": f"user-{i}"} for i in range(8)),
+    {"case": "structured", "x": 1},
+    {"case": "batched", "x": 21},
+    {"case": "error", "x": 1},
+    {"case": "batch_error", "x": 1},
+    {"case": "no such case", "x": 1},
+    {"x": 1},
+]
+
+
+def outcome(app: dagserve.App, payload: dict[str, Any]) -> Any:
+    try:
+        return ("ok", app.call(payload))
+    except dagserve.DagserveError as exc:
+        return ("error", type(exc).__name__, getattr(exc, "node", None), getattr(exc, "error_type", None), str(exc))
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    base = tmp_path_factory.mktemp("parity")
+    start_local_ray(num_cpus=2)
+    try:
+        local = dagserve.deploy(suite(base / "local.log"), backend="local")
+        ray_app = dagserve.deploy(suite(base / "ray.log"), backend="ray", ready_timeout_s=180)
+        yield {"local": local, "ray": ray_app, "logs": {"local": base / "local.log", "ray": base / "ray.log"}}
+        ray_app.shutdown()
+        local.shutdown()
+    finally:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def recorded(path: Path) -> collections.Counter[str]:
+    return collections.Counter(path.read_text().split()) if path.exists() else collections.Counter()
+
+
+def test_every_payload_gives_the_same_answer_or_error(apps: dict[str, Any]) -> None:
+    local = [outcome(apps["local"], p) for p in PAYLOADS]
+    remote = [outcome(apps["ray"], p) for p in PAYLOADS]
+    for payload, a, b in zip(PAYLOADS, local, remote, strict=True):
+        assert a == b, f"{payload}: local {a} != ray {b}"
+    by_case = {p.get("case"): o for p, o in zip(PAYLOADS, remote, strict=True)}
+    assert by_case["chain"] == ("ok", {"y": 15})
+    assert by_case["structured"] == ("ok", {"scaled": 6, "offset": 5, "pair": (2, [1, 7])})
+    assert by_case["error"][:4] == ("error", "NodeError", "fail", "ValueError")
+    assert by_case["error"][4] == "Node 'fail' raised ValueError: bad value 2"
+    assert "returned 0 results for a batch of 1" in by_case["batch_error"][4]
+    assert by_case["no such case"][1] == "NoRouteError"
+    assert by_case[None][1] == "InputValidationError"
+    routes = {o[1]["y"] for p, o in zip(PAYLOADS, remote, strict=True) if p.get("case") == "split"}
+    assert routes == {10, 11}  # eight users over a 50/50 keyed split reach both branches
+
+
+def test_shared_node_runs_once_and_switch_runs_only_the_chosen_branch(apps: dict[str, Any]) -> None:
+    for backend in ("local", "ray"):
+        log = apps["logs"][backend]
+        log.unlink(missing_ok=True)
+        app = apps[backend]
+        assert app.call({"case": "shared", "x": 3}) == [4, 6, 3]
+        assert recorded(log) == {"shared": 1}, backend
+        assert app.call({"case": "lazy_a", "x": 1}) == 1
+        assert app.call({"case": "lazy_a", "x": 2}) == 2
+        assert app.call({"case": "chain", "x": 2}) == {"y": 9}
+        assert recorded(log) == {"shared": 1, "a": 2}, backend  # "b" never ran, nor "shared" again
+
+
+def test_branches_run_concurrently_on_both(apps: dict[str, Any]) -> None:
+    for backend in ("local", "ray"):
+        app = apps[backend]
+        app.call({"case": "fan_out", "x": 0})  # warm
+        t = time.perf_counter()
+        assert app.call({"case": "fan_out", "x": 1}) == {"sum": 4, "x": 2}
+        # Two 0.3 s branches in sequence would take 0.6 s; generous bound for a loaded machine.
+        assert time.perf_counter() - t < 0.55, backend
+
+
+def test_concurrent_batched_requests_agree(apps: dict[str, Any]) -> None:
+    async def many(app: dagserve.App) -> list[Any]:
+        return await asyncio.gather(*(app.acall({"case": "batched", "x": i}) for i in range(24)))
+
+    results = {b: asyncio.run(many(apps[b])) for b in ("local", "ray")}
+    assert results["local"] == results["ray"] == [2 * i for i in range(24)]
+
+
+def test_node_error_keeps_its_type_across_processes(apps: dict[str, Any]) -> None:
+    with pytest.raises(NodeError, match=r"^Node 'fail' raised ValueError: bad value 8$") as info:
+        apps["ray"].call({"case": "error", "x": 7})
+    assert info.value.node == "fail" and info.value.error_type == "ValueError" and info.value.status_code == 500

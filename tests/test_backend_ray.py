@@ -1,0 +1,407 @@
+"""The Ray Serve backend on a real local Ray (one per module, with one logical GPU)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dagserve
+from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
+from dagserve._request_id import current_request_id
+from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
+from dagserve.backends.ray import deployment_options
+
+pytestmark = pytest.mark.ray
+
+
+# -- nodes ------------------------------------------------------------------------------------------
+
+
+@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
+async def batch_size(xs: list[int]) -> list[int]:
+    """Answers each request with the size of the batch it ran in."""
+    await asyncio.sleep(0.02)
+    return [len(xs)] * len(xs)
+
+
+@dagserve.node(num_replicas=2)
+class Who:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __call__(self, x: int) -> dict[str, Any]:
+        return {"tag": self.tag, "pid": os.getpid(), "rid": current_request_id(), "x": x}
+
+
+@dagserve.node
+def blocking(x: int, seconds: float) -> str:
+    time.sleep(seconds)
+    return threading.current_thread().name
+
+
+@dagserve.node(inline=True)
+def here(x: int) -> int:
+    return os.getpid()
+
+
+@dagserve.node(max_ongoing_requests=1, max_queued_requests=1)
+async def narrow(x: int) -> int:
+    await asyncio.sleep(0.5)
+    return x
+
+
+@dagserve.node(timeout_s=0.5)
+async def sleeper(x: int, path: str) -> int:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        Path(path).write_text("cancelled")
+        raise
+    return x
+
+
+@dagserve.node(num_gpus=0.25, num_replicas=4)
+class OnGpu:
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@dagserve.node(num_gpus=0.25)
+def fifth(x: int) -> int:
+    return x
+
+
+@dagserve.node
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@dagserve.node
+class Times:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return x * self.k
+
+
+def features(cancel_marker: Path) -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        x = inp["x"]
+        out = dagserve.switch(
+            inp["case"],
+            {
+                "batch": batch_size(x),
+                "who": Who("a")(x),
+                "who_b": Who("b")(x),
+                "block": [blocking(x, 0.3), blocking(x, 0.3)],
+                "inline": here(x),
+                "narrow": narrow(x),
+                "timeout": sleeper(x, str(cancel_marker)),
+            },
+        )
+    return dagserve.Graph(out, name="features")
+
+
+def chain() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        out = Times(2)(add_one(inp))
+    return dagserve.Graph(out, name="scaling")
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    start_local_ray(num_cpus=2, num_gpus=1)
+    yield
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ray") / "cancelled"
+
+
+@pytest.fixture(scope="module")
+def app(ray_instance: None, marker: Path) -> Iterator[dagserve.App]:
+    with dagserve.deploy(features(marker), backend="ray", ready_timeout_s=180) as app:
+        yield app
+
+
+def serve_apps() -> set[str]:
+    from ray import serve
+
+    return set(serve.status().applications)
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# -- mapping (no Ray needed) ------------------------------------------------------------------------
+
+
+def test_options_map_onto_serve_deployment_options() -> None:
+    spec = dagserve.compile(
+        dagserve.Graph(
+            add_one.options(
+                num_cpus=0.5, num_gpus=0.25, memory=2**30, resources={"second": 1}, max_queued_requests=7,
+                autoscaling={"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4, "upscale_delay_s": 2},
+            ),
+            name="m",
+        )
+    ).deployment("add_one")
+    opts = deployment_options(spec)
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.25, "memory": 2**30, "resources": {"second": 1}}
+    assert opts["autoscaling_config"] == {
+        "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0, "upscale_delay_s": 2.0,
+    }
+    assert "num_replicas" not in opts
+    assert opts["max_queued_requests"] == 7 and opts["max_ongoing_requests"] == 100
+    batched = dagserve.compile(dagserve.Graph(batch_size.options(max_batch_size=64), name="b")).deployment("batch_size")
+    plain = deployment_options(batched)
+    assert plain["num_replicas"] == 1 and plain["max_ongoing_requests"] == 128  # room for two full batches
+    assert plain["ray_actor_options"] == {"num_cpus": 0.0}
+
+
+# -- one deployed graph -----------------------------------------------------------------------------
+
+
+def test_status_reports_every_node_with_replicas_and_options(app: dagserve.App) -> None:
+    status = app.status()
+    assert status.ready and status.backend == "ray"
+    assert set(status.nodes) == {"batch_size", "Who", "Who_2", "blocking", "here", "narrow", "sleeper"}
+    who = status.nodes["Who"]
+    assert who.running_replicas == who.target_replicas == 2 and len(who.replica_ids) == 2
+    assert who.options == {"num_replicas": 2} and who.state == "RUNNING" and who.kind == "model"
+    assert status.nodes["Who_2"].replica_ids != who.replica_ids  # same class, other arguments
+    assert status.nodes["here"].inline and status.nodes["here"].running_replicas == 1
+    assert status.nodes["narrow"].options == {"max_ongoing_requests": 1, "max_queued_requests": 1}
+
+
+def test_batches_form_under_concurrency(app: dagserve.App) -> None:
+    async def many() -> list[int]:
+        return await asyncio.gather(*(app.acall({"case": "batch", "x": i}) for i in range(24)))
+
+    sizes = asyncio.run(many())
+    assert max(sizes) > 1 and max(sizes) <= 8
+    counts = app.backend.batch_sizes()["batch_size"]
+    assert sum(size * n for size, n in counts.items()) >= 24
+
+
+def test_requests_spread_over_replicas_in_other_processes(app: dagserve.App) -> None:
+    async def many(case: str) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(app.acall({"case": case, "x": i}) for i in range(40)))
+
+    answers = asyncio.run(many("who"))
+    pids = {a["pid"] for a in answers}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert {a["tag"] for a in answers} == {"a"}
+    assert {a["tag"] for a in asyncio.run(many("who_b"))} == {"b"}
+
+
+def test_request_id_reaches_node_code(app: dagserve.App) -> None:
+    assert app.call({"case": "who", "x": 1}, request_id="req-42")["rid"] == "req-42"
+
+
+def test_sync_node_code_runs_in_the_replica_thread_pool(app: dagserve.App) -> None:
+    app.call({"case": "block", "x": 0})  # warm
+    t = time.perf_counter()
+    names = app.call({"case": "block", "x": 1})
+    assert time.perf_counter() - t < 0.55  # both 0.3 s sleeps overlapped in one replica
+    assert all(n.startswith("dagserve-blocking") for n in names)
+
+
+def test_inline_node_runs_in_the_ingress_process(app: dagserve.App) -> None:
+    assert app.call({"case": "inline", "x": 1}) == os.getpid()
+
+
+def test_full_queue_is_rejected_as_overloaded(app: dagserve.App) -> None:
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(app.acall({"case": "narrow", "x": i}) for i in range(6)), return_exceptions=True)
+
+    results = asyncio.run(burst())
+    rejected = [r for r in results if isinstance(r, OverloadedError)]
+    assert rejected and any(isinstance(r, int) for r in results)
+    assert all(r.node == "narrow" and r.status_code == 503 for r in rejected)
+    assert "max_queued_requests=1" in str(rejected[0])
+
+
+def test_node_timeout_cancels_the_remote_call(app: dagserve.App, marker: Path) -> None:
+    with pytest.raises(RequestTimeoutError, match=r"Node 'sleeper' did not answer within its timeout_s=0\.5") as info:
+        app.call({"case": "timeout", "x": 1})
+    assert info.value.node == "sleeper" and info.value.status_code == 504
+    wait_until(marker.exists, 10, "the replica to see its call cancelled")
+
+
+# -- GPUs, readiness and failures ---------------------------------------------------------------------
+
+
+def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_instance: None) -> None:
+    with dagserve.Input() as inp:
+        four = dagserve.Graph(OnGpu()(inp), name="gpus")
+    with dagserve.deploy(four, backend="ray", ready_timeout_s=120) as app:
+        node = app.status().nodes["OnGpu"]
+        assert node.running_replicas == 4 and node.options == {"num_replicas": 4, "num_gpus": 0.25}
+        assert app.call(3) == 3
+
+        with dagserve.Input() as inp:
+            one_more = dagserve.Graph(fifth(inp), name="fifth")
+        with pytest.raises(DeployError, match=r"node\(s\) 'fifth' not ready .*no Ray node has a free 0\.25 GPU"):
+            dagserve.deploy(one_more, backend="ray", ready_timeout_s=3)
+        wait_until(lambda: "fifth" not in serve_apps(), 30, "the failed graph to be removed")
+
+        with pytest.raises(DeployError, match=r"'OnGpu' not ready"):
+            app.scale("OnGpu", num_replicas=5, wait_s=3)
+        node = app.status().nodes["OnGpu"]
+        assert node.running_replicas == 4 and node.pending_replicas == 1
+        assert node.pending_reason is not None and "no Ray node has a free 0.25 GPU" in node.pending_reason
+        app.scale("OnGpu", num_replicas=4, wait_s=60)
+        assert app.status().ready
+    assert "gpus" not in serve_apps()
+
+
+def test_constructor_failure_is_a_deploy_error_naming_the_node(ray_instance: None) -> None:
+    @dagserve.node
+    class Broken:
+        def __init__(self) -> None:
+            raise FileNotFoundError("weights.bin")
+
+        def __call__(self, x: int) -> int:
+            return x
+
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(Broken()(inp), name="broken")
+    with pytest.raises(DeployError, match=r"Node 'Broken' failed to start: its __init__ raised FileNotFoundError: weights\.bin"):
+        dagserve.deploy(g, backend="ray", ready_timeout_s=120)
+
+
+# -- operating ------------------------------------------------------------------------------------
+
+
+def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
+    with dagserve.deploy(chain(), backend="ray", ready_timeout_s=120) as app:
+        assert app.call(1) == 4
+        before = app.status().nodes
+        app.scale("Times", num_replicas=2)
+        after = app.status().nodes
+        assert after["Times"].running_replicas == 2
+        assert set(before["Times"].replica_ids) < set(after["Times"].replica_ids)  # the old one kept
+        assert after["add_one"].replica_ids == before["add_one"].replica_ids
+        app.scale("Times", num_replicas=1)  # drains one
+        scaled_down = app.status().nodes
+        assert scaled_down["Times"].running_replicas == 1 and len(scaled_down["Times"].replica_ids) == 1
+        assert scaled_down["add_one"].replica_ids == before["add_one"].replica_ids
+
+        app.update("Times", max_ongoing_requests=7)  # a light change: replicas stay
+        light = app.status().nodes
+        assert light["Times"].replica_ids == scaled_down["Times"].replica_ids
+        assert light["Times"].options == {"max_ongoing_requests": 7}
+
+        app.update("Times", init_args=(5,))  # a new constructor: new replicas
+        assert app.call(1) == 10
+        updated = app.status().nodes
+        assert not set(updated["Times"].replica_ids) & set(light["Times"].replica_ids)
+        assert updated["add_one"].replica_ids == before["add_one"].replica_ids
+
+
+def test_graphs_live_side_by_side_and_tear_down_alone(app: dagserve.App) -> None:
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(add_one(inp), name="neighbour")
+    other = dagserve.deploy(g, backend="ray", ready_timeout_s=120)
+    try:
+        assert other.call(1) == 2 and {"features", "neighbour"} <= serve_apps()
+        with pytest.raises(DeployError, match=r"A graph named 'neighbour' is already deployed on this Ray"):
+            dagserve.deploy(g, backend="ray")
+    finally:
+        other.shutdown()
+    assert "neighbour" not in serve_apps()
+    assert app.call({"case": "who", "x": 2})["x"] == 2  # the other graph still serves
+    with pytest.raises(dagserve.AppClosedError):
+        other.call(1)
+
+
+def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
+    """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
+    agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""
+    listening = _listening_sockets(_descendants(os.getpid()))
+    assert len(listening) >= 5, listening  # GCS, raylet, controller, replicas... were found
+    outside = [(pid, addr) for pid, addr in listening if not _is_loopback(addr)]
+    assert not outside, f"listening beyond loopback: {outside}"
+    assert token_auth_enabled()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        out.add(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[int, str]]:
+    """(pid, local address) of every TCP socket in LISTEN state that one of ``pids`` holds."""
+    listen_by_inode: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    listen_by_inode[fields[9]] = fields[1]
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = target[8:-1]
+                if inode in listen_by_inode:
+                    out.append((pid, listen_by_inode[inode]))
+    return out
+
+
+def _is_loopback(hex_addr: str) -> bool:
+    ip = hex_addr.split(":")[0]
+    if len(ip) == 8:  # IPv4, little-endian bytes: 0100007F is 127.0.0.1
+        return ip.upper().endswith("7F")
+    # IPv6: ::1, or ::ffff:127.x.x.x (the IPv4-mapped loopback)
+    return ip.upper() in ("00000000000000000000000001000000",) or (
+        ip.upper().startswith("0000000000000000FFFF0000") and ip.upper().endswith("7F")
+    )

@@ -1,0 +1,157 @@
+"""The ingress's OpenAPI 3.1 document: valid, and describing each graph's request, response and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from pydantic import BaseModel
+
+import dagserve
+from examples.quickstart import graph as quickstart
+from tests import ingress_graphs as g
+
+ERRORS = {"400", "408", "413", "415", "422", "500", "503", "504"}
+
+
+class Reply(BaseModel):
+    label: str
+    score: float
+
+
+@dagserve.node
+def to_reply(x: int) -> Reply:
+    return Reply(label="ok", score=float(x))
+
+
+@dagserve.node
+def count(x: int) -> int:
+    return x
+
+
+@dagserve.node
+def untyped(x):  # type: ignore[no-untyped-def]
+    return x
+
+
+def shaped() -> dagserve.Graph:
+    with dagserve.Input(schema=g.Item) as inp:
+        out = {
+            "reply": to_reply(inp["x"]),
+            "pair": (count(inp["x"]), "const"),
+            "anything": untyped(inp["x"]),
+            "routed": dagserve.switch(inp["tag"], {"a": count(inp["x"]), "b": to_reply(inp["x"])}),
+            "payload": inp,
+        }
+    return dagserve.Graph(out, name="shaped")
+
+
+@pytest.fixture
+def deployed() -> Iterator[list[dagserve.App]]:
+    apps = [dagserve.deploy(gr, backend="local") for gr in (shaped(), g.echoing(), quickstart)]
+    yield apps
+    for a in apps:
+        a.shutdown()
+
+
+async def fetch(web: Any, path: str = "/openapi.json") -> dict[str, Any]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as c:
+        r = await c.get(path)
+        assert r.status_code == 200
+        return r.json()
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    return doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+
+
+async def test_single_graph_document_is_valid_openapi_31(deployed: list[dagserve.App]) -> None:
+    doc = await fetch(deployed[2].asgi())
+    validate(doc)
+    assert doc["openapi"] == "3.1.0"
+    assert doc["info"]["title"] == "dagserve: reviews"
+    assert set(doc["paths"]) == {"/", "/reviews", "/-/healthz", "/-/ready"}
+    op = doc["paths"]["/"]["post"]
+    assert op["operationId"] == "run_reviews_root"
+    assert doc["paths"]["/reviews"]["post"]["operationId"] == "run_reviews"
+    request = resolve(doc, op["requestBody"]["content"]["application/json"]["schema"])
+    assert request["required"] == ["text"]
+    assert set(request["properties"]) == {"text", "lang"}
+    assert set(op["responses"]) == {"200"} | ERRORS  # no 401 without a token
+    assert "security" not in op
+    for status in ERRORS:
+        response = op["responses"][status]
+        assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/dagserve.Error"}
+        assert "x-request-id" in response["headers"]
+    assert "retry-after" in op["responses"]["503"]["headers"]
+    # both branches of the quickstart's switch return dict[str, object]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "object",
+        "additionalProperties": True,
+    }
+
+
+async def test_response_schema_follows_the_output_structure_and_annotations(deployed: list[dagserve.App]) -> None:
+    doc = await fetch(dagserve.asgi_app(deployed))
+    validate(doc)
+    schema = doc["paths"]["/shaped"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema["type"] == "object"
+    assert schema["required"] == ["anything", "pair", "payload", "reply", "routed"]
+    props = schema["properties"]
+    assert resolve(doc, props["reply"])["required"] == ["label", "score"]
+    assert props["pair"] == {
+        "type": "array",
+        "prefixItems": [{"type": "integer"}, {"const": "const"}],
+        "minItems": 2,
+        "maxItems": 2,
+    }
+    assert props["anything"] == {}
+    assert props["routed"]["anyOf"][0] == {"type": "integer"}
+    assert resolve(doc, props["routed"]["anyOf"][1])["title"] == "Reply"
+    assert set(resolve(doc, props["payload"])["properties"]) == {"x", "tag"}
+    # an untyped input takes any JSON
+    echo = doc["paths"]["/echo"]["post"]
+    assert echo["requestBody"]["content"]["application/json"]["schema"] == {}
+
+
+async def test_several_graphs_with_a_token_document_listing_and_security(deployed: list[dagserve.App]) -> None:
+    doc = await fetch(dagserve.asgi_app(deployed, token="t"))
+    validate(doc)
+    assert set(doc["paths"]) == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"}
+    assert doc["info"]["title"] == "dagserve"
+    assert doc["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    for path in ("/shaped", "/echo", "/reviews"):
+        op = doc["paths"][path]["post"]
+        assert op["security"] == [{"bearerAuth": []}]
+        assert "www-authenticate" in op["responses"]["401"]["headers"]
+    listing = doc["paths"]["/"]["get"]
+    assert listing["security"] == [{"bearerAuth": []}] and "401" in listing["responses"]
+    assert "security" not in doc["paths"]["/-/ready"]["get"]
+
+
+async def test_error_schema_matches_real_error_bodies(deployed: list[dagserve.App]) -> None:
+    import jsonschema
+
+    web = deployed[2].asgi()
+    doc = await fetch(web)
+    error_schema = doc["components"]["schemas"]["dagserve.Error"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as c:
+        for r in [await c.post("/", json={"lang": 1}), await c.post("/", content=b"{"), await c.get("/x")]:
+            jsonschema.validate(r.json(), error_schema)
+
+
+async def test_docs_page_loads_swagger_ui_on_the_document(deployed: list[dagserve.App]) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=deployed[2].asgi(title="Reviews <API>")), base_url="http://t"
+    ) as c:
+        r = await c.get("/docs")
+    assert r.headers["content-type"].startswith("text/html")
+    assert "<title>Reviews &lt;API&gt;</title>" in r.text
+    assert "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" in r.text
+    assert 'url: "openapi.json"' in r.text

@@ -1,0 +1,102 @@
+"""Deploying onto a running multi-node Ray cluster (three Ray nodes on this machine, loopback).
+
+The cluster is made with ``ray.cluster_utils.Cluster``: a head and a node offering a custom
+resource ``second``. A node declared ``resources={"second": 1}`` must run there; when that Ray
+node is removed, Serve must reschedule the replica on another node that offers ``second``.
+dagserve connects with ``address=`` and must never stop the cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dagserve
+from dagserve.backends._ray_cluster import _loopback_only
+
+pytestmark = pytest.mark.ray
+
+
+@dagserve.node
+def front(x: int) -> int:
+    return x + 1
+
+
+@dagserve.node(resources={"second": 1})
+class Placed:
+    def __call__(self, x: int) -> int:
+        return x * 10
+
+
+def graph() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        out = Placed()(front(inp))
+    return dagserve.Graph(out, name="placed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    import ray
+    from ray import cluster_utils
+
+    assert not ray.is_initialized(), "this module connects to its own cluster"
+    # Loopback only, like a Ray that dagserve starts; and keep the cluster's address out of
+    # /tmp/ray/ray_current_cluster, where other processes' `ray.init()` would find it.
+    original_write = ray._private.utils.write_ray_address
+    ray._private.utils.write_ray_address = lambda *a, **k: None
+    try:
+        with _loopback_only():
+            c = cluster_utils.Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+            )
+            c.add_node(num_cpus=1, resources={"second": 1})
+    finally:
+        ray._private.utils.write_ray_address = original_write
+    yield c
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+    c.shutdown()
+
+
+def replica_node(app: dagserve.App, node: str) -> str:
+    running = [r for r in app.backend.replicas(node) if r["state"] == "RUNNING"]  # type: ignore[attr-defined]
+    assert len(running) == 1, running
+    return str(running[0]["node_id"])
+
+
+def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(cluster: Any) -> None:
+    import ray
+
+    head, second = cluster.head_node, next(iter(cluster.worker_nodes))
+    app = dagserve.deploy(graph(), backend="ray", address=cluster.address, ready_timeout_s=180)
+    try:
+        assert app.call(1) == 20
+        assert replica_node(app, "Placed") == second.node_id
+        assert replica_node(app, "front") in {head.node_id, second.node_id}
+
+        with _loopback_only():
+            third = cluster.add_node(num_cpus=1, resources={"second": 1})
+        removed_at = time.monotonic()
+        cluster.remove_node(second)
+        while True:
+            try:
+                if replica_node(app, "Placed") == third.node_id and app.call(2) == 30:
+                    break
+            except (AssertionError, dagserve.DagserveError):
+                pass
+            assert time.monotonic() - removed_at < 90, "the replica was not rescheduled on the third node"
+            time.sleep(0.5)
+        print(f"\nreplica rescheduled on the third node {time.monotonic() - removed_at:.1f} s after its node was removed")
+        assert app.status().ready
+    finally:
+        app.shutdown()
+    # dagserve connected to this cluster: it disconnects, and the cluster keeps running.
+    assert not ray.is_initialized()
+    ray.init(address=cluster.address)
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2

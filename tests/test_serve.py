@@ -1,0 +1,219 @@
+"""``dagserve.serve``: deploy, serve with uvicorn, drain on SIGTERM within a bound, tear down."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import dagserve
+import dagserve._server as srv
+from tests import ingress_graphs as g
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import dagserve, dagserve._server as srv
+from tests.ingress_graphs import SLOW
+made = []
+real_deploy = srv.deploy
+def spy(*args, **kwargs):
+    app = real_deploy(*args, **kwargs)
+    made.append(app)
+    return app
+srv.deploy = spy
+dagserve.serve(SLOW, port=0, shutdown_timeout_s=3, log_level="warning",
+               on_ready=lambda url: print("READY", url, flush=True))
+print("RETURNED closed=%s" % all(a.closed for a in made), flush=True)
+"""
+
+
+def lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    q: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            q.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def wait_for(q: queue.Queue[str], prefix: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line.startswith(prefix):
+            return line.strip()
+    raise AssertionError(f"no line starting with {prefix!r} within {timeout} s")
+
+
+@pytest.mark.http
+def test_sigterm_drains_requests_in_flight_within_the_bound_then_tears_down() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out = lines_of(proc)
+        url = wait_for(out, "READY").split()[1]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            short = pool.submit(httpx.post, url, json={"x": 1, "seconds": 1.0}, timeout=20)
+            long = pool.submit(httpx.post, url, json={"x": 2, "seconds": 30.0}, timeout=20)
+            time.sleep(0.5)  # both are running
+            proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            # the short request finishes normally although shutdown has begun
+            r = short.result(timeout=20)
+            assert r.status_code == 200 and r.json() == 1
+            # the long one is cut when the 3 s bound runs out, not after its 30 s, with a clear 503
+            cut = long.result(timeout=20)
+            assert cut.status_code == 503
+            assert cut.json()["error"]["type"] == "ShuttingDown"
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - sent < 12
+        assert wait_for(out, "RETURNED") == "RETURNED closed=True"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_taken_port_raises_and_tears_the_graphs_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dagserve.App] = []
+    real = srv.deploy
+
+    def spy(*args: object, **kwargs: object) -> dagserve.App:
+        app = real(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(app)
+        return app
+
+    monkeypatch.setattr(srv, "deploy", spy)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(dagserve.DagserveError, match=f"could not start on 127.0.0.1:{port}"):
+            dagserve.serve(g.typed(), port=port, log_level="critical")
+    assert len(made) == 1 and made[0].closed
+
+
+def test_one_backend_instance_cannot_run_several_graphs() -> None:
+    from dagserve.backends.local import LocalBackend
+
+    with pytest.raises(dagserve.OptionsError, match="A backend instance runs one graph"):
+        dagserve.serve([g.typed(), g.echoing()], backend=LocalBackend())
+
+
+def test_apps_passed_in_stay_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(srv, "run_server", lambda web, **kw: None)  # serve "until stopped": at once
+    app = dagserve.deploy(g.typed(), backend="local")
+    try:
+        dagserve.serve(app)
+        assert not app.closed
+        assert app.call({"x": 1}) == {"y": 2, "tag": "a"}
+    finally:
+        app.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ([], "empty list"),
+        ("graph", "takes a Graph, an App or a list"),
+        ([g.typed(), 3], "takes Graphs or Apps, got 3"),
+        ([g.typed(), g.typed()], "Several graphs are named 'typed'"),
+    ],
+)
+def test_bad_arguments_fail_before_deploying(value: object, match: str) -> None:
+    with pytest.raises(dagserve.GraphError, match=match):
+        dagserve.serve(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_in_flight", 0), ("header_timeout_s", 0), ("shutdown_timeout_s", -1), ("body_timeout_s", "5")],
+)
+def test_invalid_limits_fail_before_deploying(monkeypatch: pytest.MonkeyPatch, option: str, value: object) -> None:
+    deployed: list[object] = []
+    monkeypatch.setattr(srv, "deploy", lambda *a, **k: deployed.append(a))
+    with pytest.raises(dagserve.OptionsError, match=f"{option}={value!r} is invalid"):
+        dagserve.serve(g.typed(), **{option: value})
+    assert deployed == []
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert srv.is_loopback(host) is loopback
+
+
+def test_binding_beyond_loopback_without_a_token_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="dagserve.serve"):
+        assert srv.warn_if_exposed("0.0.0.0", None) is True
+        assert srv.warn_if_exposed("0.0.0.0", "secret") is False
+        assert srv.warn_if_exposed("127.0.0.1", None) is False
+    [record] = caplog.records
+    assert "SERVING ON 0.0.0.0 WITHOUT A TOKEN" in record.getMessage()
+    assert "DAGSERVE_TOKEN" in record.getMessage()
+
+
+def test_serve_warns_before_listening_beyond_loopback_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    listened: list[str] = []
+    monkeypatch.setattr(srv, "run_server", lambda web, **kw: listened.append(kw["host"]))
+    monkeypatch.delenv("DAGSERVE_TOKEN", raising=False)
+    with caplog.at_level(logging.WARNING, logger="dagserve.serve"):
+        dagserve.serve(g.typed(), host="0.0.0.0")
+        dagserve.serve(g.typed(), host="0.0.0.0", token="t")
+    assert listened == ["0.0.0.0", "0.0.0.0"]
+    assert [r.getMessage().count("WITHOUT A TOKEN") for r in caplog.records] == [1]
+
+
+def test_url_for_shows_an_address_a_browser_can_open() -> None:
+    assert srv.url_for("0.0.0.0", 8000) == "http://127.0.0.1:8000/"
+    assert srv.url_for("::", 80) == "http://[::1]:80/"
+    assert srv.url_for("localhost", 1) == "http://localhost:1/"
+
+
+def test_token_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGSERVE_TOKEN", "env")
+    assert srv.resolve_token(None, "DAGSERVE_TOKEN") == "env"
+    assert srv.resolve_token("arg", "DAGSERVE_TOKEN") == "arg"
+    assert srv.resolve_token("", "DAGSERVE_TOKEN") is None  # an empty token never matches "Bearer "
+    monkeypatch.delenv("DAGSERVE_TOKEN")
+    assert srv.resolve_token(None, "DAGSERVE_TOKEN") is None
