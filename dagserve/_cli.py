@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "status": "dagserve._ops:status_command",
     "scale": "dagserve._ops:scale_command",
     "update": "dagserve._ops:update_command",
-    "batch": "dagserve._offline:batch_command",
+    "batch": "dagserve._batch_run:batch_command",
 }
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve._cli import main
-from dagserve._offline import BatchError, recover, run_batch
+from dagserve._batch_run import BatchError, recover, run_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "tests.test_cli_batch:graph"

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import dagserve
 from dagserve import AppClosedError, DagserveError, InputValidationError, MapResult, NodeError
 from dagserve._cli import main
-from dagserve._offline import run_batch
+from dagserve._batch_run import run_batch
 
 from . import test_cli_batch as cb
 
@@ -116,7 +116,7 @@ def test_ordered_map_keeps_input_order_and_fills_batches(app: dagserve.App) -> N
 
 def test_unordered_map_yields_as_results_complete(app: dagserve.App) -> None:
     # Payload 0 is slow, so with ordered=False it arrives after the others.
-    items = [{"x": 0, "delay": 0.5}, *({"x": i, "delay": 0.0} for i in range(1, 20))]
+    items = [{"x": 0, "delay": 1.0}, *({"x": i, "delay": 0.0} for i in range(1, 20))]
     results = list(app.map_results(items, concurrency=20, ordered=False))
     assert sorted(r.index for r in results) == list(range(20))
     assert results[-1].index == 0
