@@ -55,6 +55,7 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 def _wait_ready(server: RunningServer, cases: Sequence[Case], deadline: float, verify: bool) -> None:
     pending = list(cases)
+    last = "no response yet"
     # trust_env=False: never route 127.0.0.1 through a proxy from the environment.
     with httpx.Client(timeout=5.0, trust_env=False) as client:
         while pending:
@@ -66,16 +67,18 @@ def _wait_ready(server: RunningServer, cases: Sequence[Case], deadline: float, v
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"{server.system.name} did not answer {[c.name for c in pending]} within "
-                    f"{server.system.startup_timeout_s:.0f} s; log {server.log_path}:\n"
+                    f"{server.system.startup_timeout_s:.0f} s (last: {last}); log {server.log_path}:\n"
                     f"{log_tail(server.log_path)}"
                 )
             case = pending[0]
             try:
                 response = client.post(server.url(case), json=case.body)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__} on {case.path}"
                 time.sleep(0.25)
                 continue
             if response.status_code != 200:
+                last = f"HTTP {response.status_code} on {case.path}: {response.text[:120]!r}"
                 time.sleep(0.25)
                 continue
             answer = response.json()
@@ -95,8 +98,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pass
-    # The server leads its own process group (start_new_session), so this reaches only what
-    # it started, e.g. Ray processes a killed server could not shut down.
+    # The server leads its own process group (start_new_session), so this reaches only what it
+    # started: after a SIGKILL, its raylet and GCS. Ray workers run in sessions of their own
+    # and exit when their raylet dies.
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

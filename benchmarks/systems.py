@@ -105,8 +105,31 @@ def _register_defaults() -> None:
             baseline=True,
         )
     )
-    # The dagserve systems are registered here by the lead once
-    # benchmarks/servers/dagserve_app.py is written (see the module docstring).
+    register(
+        SystemSpec(
+            name="dagserve",
+            command=server("dagserve_app", "--backend", "ray"),
+            workloads=frozenset(WORKLOADS),
+            description="dagserve graph on Ray, default options: every node its own deployment",
+        )
+    )
+    register(
+        SystemSpec(
+            name="dagserve-inline",
+            command=server("dagserve_app", "--backend", "ray", "--inline"),
+            workloads=frozenset({"chain"}),
+            description="dagserve on Ray with the business-logic nodes inline (only the model is a deployment)",
+        )
+    )
+    register(
+        SystemSpec(
+            name="dagserve-local",
+            command=server("dagserve_app", "--backend", "local"),
+            workloads=frozenset({"chain"}),
+            description="dagserve graph on the in-process backend (no Ray)",
+            startup_timeout_s=30.0,
+        )
+    )
 
 
 _register_defaults()

@@ -14,11 +14,11 @@ import pytest
 
 import dagserve
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve._request_id import current_request_id
 from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
+from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray import deployment_options
 
-pytestmark = pytest.mark.ray
+ray_test = pytest.mark.ray  # integration tests on the module's Ray; the others need no Ray
 
 
 # -- nodes ------------------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ class Who:
         self.tag = tag
 
     def __call__(self, x: int) -> dict[str, Any]:
-        return {"tag": self.tag, "pid": os.getpid(), "rid": current_request_id(), "x": x}
+        return {"tag": self.tag, "pid": os.getpid(), "rid": dagserve.current_request_id(), "x": x}
 
 
 @dagserve.node
@@ -122,6 +122,10 @@ def chain() -> dagserve.Graph:
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
     start_local_ray(num_cpus=2, num_gpus=1)
+    from ray import serve
+
+    # With Serve's HTTP proxy (on loopback, a free port), for the ingress_replicas test.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
     yield
     import ray
     from ray import serve
@@ -162,7 +166,11 @@ def test_options_map_onto_serve_deployment_options() -> None:
     spec = dagserve.compile(
         dagserve.Graph(
             add_one.options(
-                num_cpus=0.5, num_gpus=0.25, memory=2**30, resources={"second": 1}, max_queued_requests=7,
+                num_cpus=0.5,
+                num_gpus=0.25,
+                memory=2**30,
+                resources={"second": 1},
+                max_queued_requests=7,
                 autoscaling={"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4, "upscale_delay_s": 2},
             ),
             name="m",
@@ -171,7 +179,10 @@ def test_options_map_onto_serve_deployment_options() -> None:
     opts = deployment_options(spec)
     assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.25, "memory": 2**30, "resources": {"second": 1}}
     assert opts["autoscaling_config"] == {
-        "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0, "upscale_delay_s": 2.0,
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 4.0,
+        "upscale_delay_s": 2.0,
     }
     assert "num_replicas" not in opts
     assert opts["max_queued_requests"] == 7 and opts["max_ongoing_requests"] == 100
@@ -184,6 +195,7 @@ def test_options_map_onto_serve_deployment_options() -> None:
 # -- one deployed graph -----------------------------------------------------------------------------
 
 
+@ray_test
 def test_status_reports_every_node_with_replicas_and_options(app: dagserve.App) -> None:
     status = app.status()
     assert status.ready and status.backend == "ray"
@@ -196,6 +208,7 @@ def test_status_reports_every_node_with_replicas_and_options(app: dagserve.App) 
     assert status.nodes["narrow"].options == {"max_ongoing_requests": 1, "max_queued_requests": 1}
 
 
+@ray_test
 def test_batches_form_under_concurrency(app: dagserve.App) -> None:
     async def many() -> list[int]:
         return await asyncio.gather(*(app.acall({"case": "batch", "x": i}) for i in range(24)))
@@ -206,6 +219,7 @@ def test_batches_form_under_concurrency(app: dagserve.App) -> None:
     assert sum(size * n for size, n in counts.items()) >= 24
 
 
+@ray_test
 def test_requests_spread_over_replicas_in_other_processes(app: dagserve.App) -> None:
     async def many(case: str) -> list[dict[str, Any]]:
         return await asyncio.gather(*(app.acall({"case": case, "x": i}) for i in range(40)))
@@ -217,10 +231,12 @@ def test_requests_spread_over_replicas_in_other_processes(app: dagserve.App) -> 
     assert {a["tag"] for a in asyncio.run(many("who_b"))} == {"b"}
 
 
+@ray_test
 def test_request_id_reaches_node_code(app: dagserve.App) -> None:
     assert app.call({"case": "who", "x": 1}, request_id="req-42")["rid"] == "req-42"
 
 
+@ray_test
 def test_sync_node_code_runs_in_the_replica_thread_pool(app: dagserve.App) -> None:
     app.call({"case": "block", "x": 0})  # warm
     t = time.perf_counter()
@@ -229,10 +245,12 @@ def test_sync_node_code_runs_in_the_replica_thread_pool(app: dagserve.App) -> No
     assert all(n.startswith("dagserve-blocking") for n in names)
 
 
+@ray_test
 def test_inline_node_runs_in_the_ingress_process(app: dagserve.App) -> None:
     assert app.call({"case": "inline", "x": 1}) == os.getpid()
 
 
+@ray_test
 def test_full_queue_is_rejected_as_overloaded(app: dagserve.App) -> None:
     async def burst() -> list[Any]:
         return await asyncio.gather(*(app.acall({"case": "narrow", "x": i}) for i in range(6)), return_exceptions=True)
@@ -244,6 +262,7 @@ def test_full_queue_is_rejected_as_overloaded(app: dagserve.App) -> None:
     assert "max_queued_requests=1" in str(rejected[0])
 
 
+@ray_test
 def test_node_timeout_cancels_the_remote_call(app: dagserve.App, marker: Path) -> None:
     with pytest.raises(RequestTimeoutError, match=r"Node 'sleeper' did not answer within its timeout_s=0\.5") as info:
         app.call({"case": "timeout", "x": 1})
@@ -254,10 +273,13 @@ def test_node_timeout_cancels_the_remote_call(app: dagserve.App, marker: Path) -
 # -- GPUs, readiness and failures ---------------------------------------------------------------------
 
 
+@ray_test
 def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_instance: None) -> None:
     with dagserve.Input() as inp:
         four = dagserve.Graph(OnGpu()(inp), name="gpus")
-    with dagserve.deploy(four, backend="ray", ready_timeout_s=120) as app:
+    # A replica that never started holds its removal for the graceful-shutdown period: keep it short.
+    quick = {"graceful_shutdown_timeout_s": 1.0}
+    with dagserve.deploy(four, backend="ray", ready_timeout_s=120, **quick) as app:
         node = app.status().nodes["OnGpu"]
         assert node.running_replicas == 4 and node.options == {"num_replicas": 4, "num_gpus": 0.25}
         assert app.call(3) == 3
@@ -265,7 +287,7 @@ def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_
         with dagserve.Input() as inp:
             one_more = dagserve.Graph(fifth(inp), name="fifth")
         with pytest.raises(DeployError, match=r"node\(s\) 'fifth' not ready .*no Ray node has a free 0\.25 GPU"):
-            dagserve.deploy(one_more, backend="ray", ready_timeout_s=3)
+            dagserve.deploy(one_more, backend="ray", ready_timeout_s=3, **quick)
         wait_until(lambda: "fifth" not in serve_apps(), 30, "the failed graph to be removed")
 
         with pytest.raises(DeployError, match=r"'OnGpu' not ready"):
@@ -278,6 +300,7 @@ def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_
     assert "gpus" not in serve_apps()
 
 
+@ray_test
 def test_constructor_failure_is_a_deploy_error_naming_the_node(ray_instance: None) -> None:
     @dagserve.node
     class Broken:
@@ -289,13 +312,16 @@ def test_constructor_failure_is_a_deploy_error_naming_the_node(ray_instance: Non
 
     with dagserve.Input() as inp:
         g = dagserve.Graph(Broken()(inp), name="broken")
-    with pytest.raises(DeployError, match=r"Node 'Broken' failed to start: its __init__ raised FileNotFoundError: weights\.bin"):
+    with pytest.raises(
+        DeployError, match=r"Node 'Broken' failed to start: its __init__ raised FileNotFoundError: weights\.bin"
+    ):
         dagserve.deploy(g, backend="ray", ready_timeout_s=120)
 
 
 # -- operating ------------------------------------------------------------------------------------
 
 
+@ray_test
 def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
     with dagserve.deploy(chain(), backend="ray", ready_timeout_s=120) as app:
         assert app.call(1) == 4
@@ -322,12 +348,27 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
         assert updated["add_one"].replica_ids == before["add_one"].replica_ids
 
 
-def test_graphs_live_side_by_side_and_tear_down_alone(app: dagserve.App) -> None:
+@ray_test
+@pytest.mark.http
+def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(app: dagserve.App) -> None:
+    import httpx
+
     with dagserve.Input() as inp:
         g = dagserve.Graph(add_one(inp), name="neighbour")
-    other = dagserve.deploy(g, backend="ray", ready_timeout_s=120)
+    other = dagserve.deploy(g, backend="ray", ingress_replicas=2, ready_timeout_s=120)
     try:
-        assert other.call(1) == 2 and {"features", "neighbour"} <= serve_apps()
+        url = other.backend.ingress_url  # type: ignore[attr-defined]
+        assert url is not None and url.startswith("http://127.0.0.1:") and url.endswith("/neighbour")
+        assert len(other.backend.replicas(INGRESS_DEPLOYMENT)) == 2  # type: ignore[attr-defined]
+        with httpx.Client(timeout=30) as client:
+            for _ in range(4):
+                r = client.post(url + "/", json=41, headers={"x-request-id": "via-proxy-1"})
+                assert (r.status_code, r.json(), r.headers["x-request-id"]) == (200, 42, "via-proxy-1")
+            bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json"})
+            assert bad.status_code == 400 and bad.json()["error"]["type"] == "InvalidJSON"
+            assert client.get(url + "/-/ready").json() == {"ready": True, "graphs": {"neighbour": True}}
+        assert other.call(1) == 2  # the App still runs the graph in this process too
+        assert {"features", "neighbour"} <= serve_apps()
         with pytest.raises(DeployError, match=r"A graph named 'neighbour' is already deployed on this Ray"):
             dagserve.deploy(g, backend="ray")
     finally:
@@ -338,6 +379,7 @@ def test_graphs_live_side_by_side_and_tear_down_alone(app: dagserve.App) -> None
         other.call(1)
 
 
+@ray_test
 def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
     """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
     agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""
@@ -346,6 +388,147 @@ def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None
     outside = [(pid, addr) for pid, addr in listening if not _is_loopback(addr)]
     assert not outside, f"listening beyond loopback: {outside}"
     assert token_auth_enabled()
+
+
+# -- calls in flight, with fake handles (no Ray) ------------------------------------------------------
+
+
+class FakeResponse:
+    """Stands for a DeploymentResponse: yields ``outcomes`` in turn (a value, or an exception)."""
+
+    def __init__(self, outcome: Any, delay: float = 0.0, assigned: bool = True) -> None:
+        import concurrent.futures
+
+        self.outcome = outcome
+        self.delay = delay
+        self.cancelled = False
+        # Serve's own field: done once the router has handed the call to a replica.
+        self._replica_result_future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if assigned:
+            self._replica_result_future.set_result(None)
+
+    def __await__(self) -> Any:
+        return self._get().__await__()
+
+    async def _get(self) -> Any:
+        await asyncio.sleep(self.delay)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    def __init__(self, *outcomes: Any, delay: float = 0.0, assigned: bool = True) -> None:
+        self.outcomes = list(outcomes)
+        self.delay = delay
+        self.assigned = assigned
+        self.sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.responses: list[FakeResponse] = []
+
+    def remote(self, header: Any, *args: Any, **kwargs: Any) -> FakeResponse:
+        self.sent.append((args, kwargs))
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        self.responses.append(FakeResponse(outcome, self.delay, self.assigned))
+        return self.responses[-1]
+
+
+def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **options: Any) -> Any:
+    from dagserve._plan import Step
+    from dagserve.backends.ray import _Pending
+
+    spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
+    step = Step(0, name, "call", (), deployment=name, method="__call__")
+    return _Pending(handle, spec, step, ("__call__", name, "rid"), args, {}, ctx)
+
+
+async def test_a_response_goes_whole_to_the_next_call() -> None:
+    first, second = FakeHandle(1), FakeHandle(2)
+    a = pending(first, "a", 0)
+    b = pending(second, "b", a)
+    assert await b == 2
+    assert second.sent[0][0] == (first.responses[0],)  # the response itself, not its value
+
+
+async def test_an_upstream_node_with_retries_or_a_timeout_is_checked_before_the_next_call() -> None:
+    for options in ({"retries": 1}, {"timeout_s": 5.0}):
+        first, second = FakeHandle(7), FakeHandle(8)
+        b = pending(second, "b", pending(first, "a", 0, **options))
+        assert await b == 8
+        assert second.sent[0][0] == (7,)  # resolved here first
+
+
+async def test_a_node_with_a_timeout_gets_its_inputs_as_values() -> None:
+    first, second = FakeHandle(7), FakeHandle(8)
+    assert await pending(second, "b", pending(first, "a", 0), timeout_s=5.0) == 8
+    assert second.sent[0][0] == (7,)  # its clock starts when the input is ready
+
+
+async def test_a_deadline_names_the_upstream_call_still_running() -> None:
+    ctx = dagserve.RequestContext()
+    first, second = FakeHandle(1, delay=5, assigned=False), FakeHandle(2, delay=5, assigned=False)
+    b = pending(second, "b", pending(first, "a", 0, ctx=ctx), ctx=ctx)
+    ctx.running.add("b")  # as the executor does while it awaits b
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_await(b), 0.05)
+    assert ctx.running == {"a"}
+
+
+async def test_a_lost_replica_is_retried_for_a_retries_node_only() -> None:
+    from ray.exceptions import ActorDiedError
+
+    handle = FakeHandle(ActorDiedError(), 5)
+    assert await pending(handle, "a", 0, retries=2) == 5 and len(handle.sent) == 2
+    with pytest.raises(
+        NodeError, match=r"Node 'a' failed: the replica serving the request was lost \(ActorDiedError\)"
+    ) as info:
+        await pending(FakeHandle(ActorDiedError(), 5), "a", 0)
+    assert info.value.node == "a" and "retries=N" in str(info.value)
+    with pytest.raises(NodeError, match=r"lost after 2 retries"):
+        await pending(FakeHandle(ActorDiedError()), "a", 0, retries=2)
+
+
+async def test_errors_become_dagserve_errors_naming_the_node() -> None:
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    raised = NodeError("Node 'a' raised ValueError: no", node="a", error_type="ValueError")
+    user = FakeHandle(RayTaskError("f", "traceback", raised).as_instanceof_cause())
+    with pytest.raises(NodeError, match=r"^Node 'a' raised ValueError: no$"):
+        await pending(user, "a", 0, retries=3)
+    assert len(user.sent) == 1  # user errors are never retried
+    full = FakeHandle(BackPressureError(num_queued_requests=3, max_queued_requests=3))
+    with pytest.raises(
+        OverloadedError, match=r"Node 'a' is overloaded: its queue is full \(max_queued_requests=3\)"
+    ) as info:
+        await pending(full, "a", 0, max_queued_requests=3)
+    assert info.value.node == "a"
+
+
+async def test_a_failure_caused_upstream_is_reported_for_the_upstream_node() -> None:
+    from ray.exceptions import ActorDiedError
+
+    first, second = FakeHandle(ActorDiedError()), FakeHandle(ActorDiedError())
+    b = pending(second, "b", pending(first, "a", 0))
+    with pytest.raises(NodeError, match=r"^Node 'a' failed"):
+        await b
+
+
+async def test_cancelling_a_call_cancels_the_calls_it_consumes() -> None:
+    first, second = FakeHandle(1, delay=5), FakeHandle(2, delay=5)
+    b = pending(second, "b", pending(first, "a", 0))
+    task = asyncio.ensure_future(_await(b))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert second.responses[0].cancelled and first.responses[0].cancelled
+
+
+async def _await(p: Any) -> Any:
+    return await p
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -49,9 +49,7 @@ def cluster() -> Iterator[Any]:
     ray._private.utils.write_ray_address = lambda *a, **k: None
     try:
         with _loopback_only():
-            c = cluster_utils.Cluster(
-                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-            )
+            c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
             c.add_node(num_cpus=1, resources={"second": 1})
     finally:
         ray._private.utils.write_ray_address = original_write
@@ -70,7 +68,9 @@ def replica_node(app: dagserve.App, node: str) -> str:
     return str(running[0]["node_id"])
 
 
-def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(cluster: Any) -> None:
+def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
 
     head, second = cluster.head_node, next(iter(cluster.worker_nodes))
@@ -92,11 +92,19 @@ def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(cluster: A
                 pass
             assert time.monotonic() - removed_at < 90, "the replica was not rescheduled on the third node"
             time.sleep(0.5)
-        print(f"\nreplica rescheduled on the third node {time.monotonic() - removed_at:.1f} s after its node was removed")
+        print(
+            f"\nreplica rescheduled on the third node {time.monotonic() - removed_at:.1f} s after its node was removed"
+        )
         assert app.status().ready
     finally:
         app.shutdown()
-    # dagserve connected to this cluster: it disconnects, and the cluster keeps running.
+    # dagserve connected to this cluster: it disconnects, and the cluster keeps running, as
+    # "auto" (reading RAY_ADDRESS, as `ray.init(address="auto")` does) finds.
     assert not ray.is_initialized()
-    ray.init(address=cluster.address)
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    with dagserve.Input() as inp:
+        small = dagserve.Graph(front(inp), name="auto")
+    with dagserve.deploy(small, backend="ray", address="auto", ready_timeout_s=120) as again:
+        assert again.call(1) == 2
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # head and the third node
+    assert not ray.is_initialized()

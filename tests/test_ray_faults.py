@@ -84,8 +84,13 @@ def app(marker: Path) -> Iterator[dagserve.App]:
 
     assert not ray.is_initialized(), "this module lets dagserve start Ray itself"
     app = dagserve.deploy(
-        graph(marker), backend="ray", num_cpus=2, health_check_period_s=1.0, health_check_timeout_s=2.0,
-        graceful_shutdown_timeout_s=2.0, ready_timeout_s=180,
+        graph(marker),
+        backend="ray",
+        num_cpus=2,
+        health_check_period_s=1.0,
+        health_check_timeout_s=2.0,
+        graceful_shutdown_timeout_s=2.0,
+        ready_timeout_s=180,
     )
     yield app
     app.shutdown()
@@ -121,7 +126,8 @@ async def kill_under_load(app: dagserve.App, case: str, *, clients: int = 16, se
     recovered = None
     while recovered is None and time.monotonic() - killed_at < 60:
         running = [
-            r for r in await asyncio.to_thread(replicas, app, case)
+            r
+            for r in await asyncio.to_thread(replicas, app, case)
             if r["state"] == "RUNNING" and r["replica_id"] != victim["replica_id"]
         ]
         if len(running) >= 2:
@@ -129,7 +135,12 @@ async def kill_under_load(app: dagserve.App, case: str, *, clients: int = 16, se
         else:
             await asyncio.sleep(0.1)
     await asyncio.gather(*tasks)
-    figures = {"sent": counts["ok"] + counts["failed"], "ok": counts["ok"], "failed": counts["failed"], "recovery_s": recovered}
+    figures = {
+        "sent": counts["ok"] + counts["failed"],
+        "ok": counts["ok"],
+        "failed": counts["failed"],
+        "recovery_s": recovered,
+    }
     print(f"\nSIGKILL one of 2 replicas of {case!r} under {clients} clients: {figures}")
     return {**figures, "errors": errors}
 

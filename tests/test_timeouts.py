@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import time
@@ -18,11 +19,13 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 import dagserve
+from benchmarks.chaos import HttpClient
 from dagserve import RequestTimeoutError
 from dagserve._server import BackgroundServer
 
@@ -132,6 +135,12 @@ def task_count(client: httpx.Client, path: str, baseline: int | None = None, wit
         time.sleep(0.05)
 
 
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
 def rss_bytes() -> int:
     """This process's resident memory, from /proc."""
     with open("/proc/self/statm") as f:
@@ -169,6 +178,7 @@ def local_server() -> Iterator[str]:
     apps = [
         dagserve.deploy(probe_graph("deadline"), backend="local", request_timeout_s=DEADLINE_S),
         dagserve.deploy(probe_graph("node_timeout", timeout_s=NODE_TIMEOUT_S), backend="local"),
+        dagserve.deploy(probe_graph("short_deadline"), backend="local", request_timeout_s=0.2),
     ]
     try:
         with BackgroundServer(dagserve.asgi_app(apps)) as url:
@@ -213,34 +223,40 @@ async def test_a_thousand_timed_out_requests_leak_no_task_and_no_memory(local_se
     """1,000 requests past the deadline through the HTTP ingress: every one a 504 naming the probe,
     every probe call cancelled, the sink never run, the serving loop back to the tasks it had, and
     this process (server and client) not grown by more than 16 KiB per request."""
-    n, concurrency = 1000, 50
+    n, concurrency, path = 1000, 100, "/short_deadline"
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=local_server, timeout=30) as client:
+    # A keep-alive HTTP/1.1 client on asyncio streams: httpx's AsyncClient costs ~10x more CPU
+    # per request, which on a shared 2-core machine turns this test from 2 s into 15 s.
+    client = HttpClient(port_of(local_server), max_connections=concurrency)
+    try:
 
         async def one(i: int) -> tuple[int, str | None]:
             async with sem:
-                r = await client.post("/deadline", json=run_body(HANG_S, x=i))
-                return r.status_code, r.json()["error"]["node"] if r.status_code == 504 else None
+                status, _, body = await client.request("POST", path, run_body(HANG_S, x=i))
+                return status, json.loads(body)["error"]["node"] if status == 504 else None
 
         # Each 504 is logged as a warning, and pytest keeps every record it captures: that
         # would be the test harness growing, not the server.
         with quiet("dagserve.http"):
             await asyncio.gather(*(one(i) for i in range(100)))  # warm-up: caches, pools, connections
             with httpx.Client(base_url=local_server, timeout=30) as sync:
-                baseline_tasks = await asyncio.to_thread(task_count, sync, "/deadline")
-                before = await asyncio.to_thread(settled_stats, sync, "/deadline", expect_started=100)
+                baseline_tasks = await asyncio.to_thread(task_count, sync, path)
+                before = await asyncio.to_thread(settled_stats, sync, path, expect_started=100)
             gc.collect()
             rss_before = rss_bytes()
             answers = Counter(await asyncio.gather(*(one(i) for i in range(n))))
             with httpx.Client(base_url=local_server, timeout=30) as sync:
-                after_tasks = await asyncio.to_thread(task_count, sync, "/deadline", baseline_tasks)
+                after_tasks = await asyncio.to_thread(task_count, sync, path, baseline_tasks)
                 after = await asyncio.to_thread(
-                    settled_stats, sync, "/deadline", expect_started=before["probe"]["started"] + n
+                    settled_stats, sync, path, expect_started=before["probe"]["started"] + n // 2
                 )
             gc.collect()
             grown = rss_bytes() - rss_before
-    assert answers == {(504, "Probe"): n}
-    assert after["probe"]["started"] - before["probe"]["started"] == n
+    finally:
+        await client.close()
+    # On a busy machine a request may reach its deadline before the probe starts (node None).
+    assert sum(answers.values()) == n and set(answers) <= {(504, "Probe"), (504, None)}, answers
+    assert after["probe"]["started"] - before["probe"]["started"] == answers[(504, "Probe")]
     assert after["probe"]["cancelled"] == after["probe"]["started"] and after["probe"]["finished"] == 0
     assert after["sink"] == 0
     assert after_tasks <= baseline_tasks, (baseline_tasks, after_tasks)
@@ -304,16 +320,19 @@ def ray_server() -> Iterator[str]:
 @pytest.mark.http
 def test_ray_node_timeout_is_a_504_and_the_replica_sees_its_call_cancelled(ray_server: str) -> None:
     with httpx.Client(base_url=ray_server, timeout=30) as c:
-        assert c.post("/ray_node_timeout", json=run_body(0.0, x=3)).json() == 3  # warm
+        assert c.post("/ray_node_timeout", json=run_body(0.0, x=3)).json() == 3  # a fast call passes
+        before = settled_stats(c, "/ray_node_timeout", expect_started=1)
         t = time.perf_counter()
         r = c.post("/ray_node_timeout", json=run_body(SHORT_HANG_S))
         elapsed = time.perf_counter() - t
         assert_timeout_body(r, node="Probe", message=f"Node 'Probe' did not answer within its timeout_s={NODE_TIMEOUT_S:g}")
         assert elapsed < SHORT_HANG_S
         time.sleep(SHORT_HANG_S)
-        s = settled_stats(c, "/ray_node_timeout", expect_started=2)
-    assert s["probe"] == {"started": 2, "cancelled": 1, "finished": 1}  # the warm call finished
-    assert s["sink"] == 1  # only for the warm call
+        s = settled_stats(c, "/ray_node_timeout", expect_started=before["probe"]["started"] + 1)
+    assert s["probe"]["started"] == before["probe"]["started"] + 1
+    assert s["probe"]["cancelled"] == before["probe"]["cancelled"] + 1
+    assert s["probe"]["finished"] == before["probe"]["finished"]
+    assert s["sink"] == before["sink"]
 
 
 @pytest.mark.ray
@@ -346,46 +365,46 @@ def test_ray_request_deadline_names_the_node_still_running(ray_server: str) -> N
 
 @pytest.mark.ray
 @pytest.mark.http
-async def test_ray_timed_out_requests_leak_no_task_and_no_memory(ray_server: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_ray_timed_out_requests_leak_no_task_and_no_memory(ray_server: str) -> None:
     """200 requests past a node's timeout_s on Ray: all 504, all cancelled in the replica, the
-    serving loop back to its tasks, traced memory (this process) grown < 2 KiB per request, and
-    nothing logged as an unretrieved task exception."""
+    serving loop back to its tasks, and traced memory (this process) grown < 2 KiB per request."""
     n, concurrency = 200, 25
     sem = asyncio.Semaphore(concurrency)
     path = "/ray_node_timeout"
-    async with httpx.AsyncClient(base_url=ray_server, timeout=30) as client:
+    client = HttpClient(port_of(ray_server), max_connections=concurrency)
 
-        async def one(i: int) -> int:
-            async with sem:
-                return (await client.post(path, json=run_body(HANG_S, x=i))).status_code
+    async def one(i: int) -> int:
+        async with sem:
+            return (await client.request("POST", path, run_body(HANG_S, x=i)))[0]
 
-        await asyncio.gather(*(one(i) for i in range(25)))  # warm-up
-        with httpx.Client(base_url=ray_server, timeout=30) as sync:
-            baseline_tasks = await asyncio.to_thread(task_count, sync, path)
-            before = await asyncio.to_thread(settled_stats, sync, path, expect_started=1)
-        gc.collect()
-        caplog.set_level(logging.ERROR, logger="asyncio")
-        tracemalloc.start()
-        try:
-            start_bytes = tracemalloc.get_traced_memory()[0]
-            statuses = Counter(await asyncio.gather(*(one(i) for i in range(n))))
+    try:
+        with quiet("dagserve.http"):
+            await asyncio.gather(*(one(i) for i in range(25)))  # warm-up
             with httpx.Client(base_url=ray_server, timeout=30) as sync:
-                after_tasks = await asyncio.to_thread(task_count, sync, path, baseline_tasks)
-                after = await asyncio.to_thread(
-                    settled_stats, sync, path, expect_started=before["probe"]["started"] + n
-                )
+                baseline_tasks = await asyncio.to_thread(task_count, sync, path)
+                before = await asyncio.to_thread(settled_stats, sync, path, expect_started=25)
             gc.collect()
-            grown = tracemalloc.get_traced_memory()[0] - start_bytes
-        finally:
-            tracemalloc.stop()
+            tracemalloc.start()
+            try:
+                start_bytes = tracemalloc.get_traced_memory()[0]
+                statuses = Counter(await asyncio.gather(*(one(i) for i in range(n))))
+                with httpx.Client(base_url=ray_server, timeout=30) as sync:
+                    after_tasks = await asyncio.to_thread(task_count, sync, path, baseline_tasks)
+                    after = await asyncio.to_thread(
+                        settled_stats, sync, path, expect_started=before["probe"]["started"] + n
+                    )
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - start_bytes
+            finally:
+                tracemalloc.stop()
+    finally:
+        await client.close()
     assert statuses == {504: n}
     assert after["probe"]["started"] - before["probe"]["started"] == n
     assert after["probe"]["cancelled"] - before["probe"]["cancelled"] == n
     assert after["sink"] == before["sink"]
     assert after_tasks <= baseline_tasks, (baseline_tasks, after_tasks)
     assert grown < n * 2048, f"traced memory grew by {grown} bytes over {n} timed-out requests"
-    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
-    assert not unretrieved, unretrieved[0].getMessage()
 
 
 @pytest.mark.ray
@@ -395,11 +414,16 @@ def test_ray_request_deadline_logs_no_unretrieved_task_exception(ray_server: str
     timed-out request buries real errors). Fails today: Serve resolves the probe's result for the
     sink's call in a task of its own, which dagserve's cancellation leaves unretrieved."""
     caplog.set_level(logging.ERROR, logger="asyncio")
-    with httpx.Client(base_url=ray_server, timeout=30) as c:
+    # The ingress logs each 504 with its error, whose traceback keeps Serve's task alive for as
+    # long as pytest keeps the log record: drop those records so the task is collected as in production.
+    with quiet("dagserve.http"), httpx.Client(base_url=ray_server, timeout=30) as c:
         for i in range(5):
             assert c.post("/ray_deadline", json=run_body(HANG_S, x=i)).status_code == 504
         settled_stats(c, "/ray_deadline", expect_started=5)
-    time.sleep(0.5)
-    gc.collect()
+    for _ in range(10):  # bounded: the tasks are collected within moments of the requests
+        gc.collect()
+        if any("never retrieved" in r.getMessage() for r in caplog.records):
+            break
+        time.sleep(0.2)
     unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
-    assert not unretrieved, unretrieved[0].getMessage() + "\n" + str(unretrieved[0].exc_info)
+    assert not unretrieved, unretrieved[0].getMessage()

@@ -96,8 +96,12 @@ def acquire(
                     f"{address!r} has the resources its nodes were started with."
                 )
             _set_serve_env(throughput_optimized if throughput_optimized is not None else False)
+            # A cluster on this machine's loopback: stop Ray from rewriting 127.0.0.1 to the
+            # machine's address (where such a cluster does not listen).
+            keep = _loopback_only(mark_processes=False) if _is_loopback(address) else contextlib.nullcontext()
             try:
-                ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+                with keep:
+                    ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
             except Exception as exc:
                 raise DeployError(
                     f"Could not connect to the Ray cluster at {address!r}: {type(exc).__name__}: {exc}. "
@@ -198,21 +202,23 @@ def proxy_address() -> tuple[str, int] | None:
 
 
 @contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """While Ray starts: choose 127.0.0.1 as the node address, and mark its processes loopback.
+def _loopback_only(*, mark_processes: bool = True) -> Iterator[None]:
+    """While Ray starts (or connects): use 127.0.0.1 as this node's address.
 
-    Ray resolves ``_node_ip_address="127.0.0.1"`` back to the machine's address; the switch it
-    honours is ``ENABLE_RAY_CLUSTER`` (false: "use the loopback address"), read from the
-    environment at import, so the module constant is set too. Both are restored afterwards so a
-    later connection to a real cluster from this process is not affected. Ray's processes inherit
-    the environment at spawn, so replicas see ``LOOPBACK_ENV``.
+    Ray resolves ``_node_ip_address="127.0.0.1"`` (and a ``127.0.0.1:port`` address to connect
+    to) back to the machine's address; the switch it honours is ``ENABLE_RAY_CLUSTER`` (false:
+    "use the loopback address"), read from the environment at import, so the module constant is
+    set too. Both are restored afterwards, so a later connection to a real cluster from this
+    process is not affected. With ``mark_processes``, the Ray processes started meanwhile inherit
+    ``LOOPBACK_ENV`` (replicas then keep Serve's gRPC server on loopback too).
     """
     from ray._private import ray_constants
 
     saved_env = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", LOOPBACK_ENV)}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ[LOOPBACK_ENV] = "1"
+    if mark_processes:
+        os.environ[LOOPBACK_ENV] = "1"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
@@ -233,10 +239,45 @@ def _set_serve_env(throughput_optimized: bool) -> None:
         # Throughput mode would give each application's root replica an HTTP and a gRPC server
         # of its own ("direct ingress"); dagserve's ingress is its own, so keep them off.
         os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
-        # Throughput mode would also run Serve's request router on the loop that first uses a
-        # handle, and bind the process-wide long-poll client to that loop for good. An App's
-        # loop may change (each asyncio.run() is a new one), so keep the router on its own loop.
-        os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "1")
+    # Throughput mode also runs Serve's request router on the event loop that uses the handle
+    # (about 1.7x the requests/s of a router on its own loop, docs/ray.md); the backend makes new
+    # handles when an App moves to another loop, and hides the noise the old loop's router makes.
+    _quiet_serve_noise()
+
+
+class _ServeNoise(logging.Filter):
+    """Drops errors Serve logs for situations dagserve creates on purpose; nothing is wrong.
+
+    * With the router on the caller's loop, a finished ``asyncio.run()`` (tests, scripts) leaves
+      a router and a long-poll client bound to a closed loop; their next callback logs an error.
+      The App already uses new handles on its new loop.
+    * When a request is cancelled (its deadline passed) while one call's result was handed to
+      the next, Serve's router resolves that result in a task of its own; cancelling both calls
+      leaves that task's ``RequestCancelledError`` unretrieved, and asyncio logs it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "has been disabled: Bound asyncio event loop is not running" in message:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        if message.startswith("failed to run async callback"):
+            return not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
+        if message.startswith("Task exception was never retrieved") and "ray/serve" in message:
+            from ray.exceptions import TaskCancelledError
+
+            return not isinstance(exc, TaskCancelledError)
+        return True
+
+
+_noise_filter = _ServeNoise()
+
+
+def _quiet_serve_noise() -> None:
+    for name in ("ray.serve", "ray._raylet", "asyncio"):
+        log = logging.getLogger(name)
+        if _noise_filter not in log.filters:
+            log.addFilter(_noise_filter)
 
 
 @contextlib.contextmanager
@@ -259,12 +300,28 @@ def token_auth_enabled() -> bool:
     return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
 
 
+def _is_loopback(address: str) -> bool:
+    """Does ``address`` (``"auto"`` read from the environment) point at this machine's loopback?"""
+    from ray._private.services import get_ray_address_from_environment, parse_address
+
+    if address == "auto":
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except Exception:  # noqa: BLE001 - no address to be found: ray.init will say so itself
+            return False
+    if not address or address.startswith("ray://"):
+        return False
+    parsed = parse_address(address)
+    host = parsed[0] if parsed else ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def _current_address() -> str | None:
     import ray
 
     try:
         return str(ray.get_runtime_context().gcs_address)
-    except Exception:  # pragma: no cover - very old or client-mode Ray
+    except Exception:  # noqa: BLE001  # pragma: no cover - very old or client-mode Ray
         return None
 
 

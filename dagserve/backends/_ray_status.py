@@ -59,17 +59,28 @@ def node_statuses(app: str, specs: list[DeploymentSpec], details: dict[str, Any]
         options = spec.options.in_force()
         if spec.inline:
             out[spec.name] = NodeStatus(
-                name=spec.name, kind=spec.kind, inline=True, state="RUNNING", target_replicas=1,
-                running_replicas=1, options=options, message="runs inside the ingress process",
+                name=spec.name,
+                kind=spec.kind,
+                inline=True,
+                state="RUNNING",
+                target_replicas=1,
+                running_replicas=1,
+                options=options,
+                message="runs inside the ingress process",
             )
             continue
         dep = _deployment(details, app, spec.name)
         if dep is None:
             out[spec.name] = NodeStatus(
-                name=spec.name, kind=spec.kind, inline=False, state="PENDING" if details else "STOPPED",
-                target_replicas=spec.options.initial_replicas(), running_replicas=0,
+                name=spec.name,
+                kind=spec.kind,
+                inline=False,
+                state="PENDING" if details else "STOPPED",
+                target_replicas=spec.options.initial_replicas(),
+                running_replicas=0,
                 pending_replicas=spec.options.initial_replicas() if details else 0,
-                pending_reason="Serve has not created the deployment yet" if details else None, options=options,
+                pending_reason="Serve has not created the deployment yet" if details else None,
+                options=options,
             )
             continue
         live = _live(dep)
@@ -140,11 +151,15 @@ def problems(
             why = resources.why_pending(dep.get("required_resources") or {})
             out[name] = f"{len(running)} of {target} replicas running; {why}"
         elif len(live) > target or len(dep.get("replicas") or []) > len(live):
-            out[name] = f"{len(dep.get('replicas') or [])} replicas for a target of {target}; the extra ones are draining"
+            out[name] = (
+                f"{len(dep.get('replicas') or [])} replicas for a target of {target}; the extra ones are draining"
+            )
         elif old:
             out[name] = f"{len(old)} replica(s) of the previous version still running"
         elif status != "HEALTHY":
-            out[name] = f"Serve reports {status}" + (f": {_short(str(dep.get('message')))}" if dep.get("message") else "")
+            out[name] = f"Serve reports {status}" + (
+                f": {_short(str(dep.get('message')))}" if dep.get("message") else ""
+            )
     return out
 
 
@@ -161,7 +176,7 @@ class _Resources:
             from ray._private import state
 
             return cls(dict(state.total_resources_per_node()), dict(state.available_resources_per_node()))
-        except Exception:  # pragma: no cover - an older Ray without these helpers
+        except Exception:  # noqa: BLE001  # pragma: no cover - an older Ray without these helpers
             return cls({}, {})
 
     def why_pending(self, required: dict[str, Any]) -> str:

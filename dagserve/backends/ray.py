@@ -17,6 +17,7 @@ in the ingress process through the local backend's deployment class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .._errors import DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
-from .._status import AppStatus, NodeStatus
+from .._status import AppStatus
 from . import _ray_cluster
 from ._base import Backend
 from ._ray_replica import NodeReplica, ReplicaSpec
@@ -145,7 +146,20 @@ class _Pending:
     ``timeout_s``) is awaited before the next call is sent.
     """
 
-    __slots__ = ("_dispatch", "_response", "_task", "args", "handle", "header", "kwargs", "spec", "step", "upstream")
+    __slots__ = (
+        "_dispatch",
+        "_response",
+        "_task",
+        "_wants_values",
+        "args",
+        "ctx",
+        "handle",
+        "header",
+        "kwargs",
+        "spec",
+        "step",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -155,7 +169,9 @@ class _Pending:
         header: tuple[str, str, str],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        ctx: RequestContext | None = None,
     ) -> None:
+        self.ctx = ctx
         self.handle = handle
         self.spec = spec
         self.step = step
@@ -166,7 +182,10 @@ class _Pending:
         self._response: Any = None
         self._dispatch: asyncio.Future[Any] | None = None
         self._task: asyncio.Future[Any] | None = None
-        if all(u.passable for u in self.upstream):
+        # A node with timeout_s gets its inputs as values, so its clock starts when they are ready
+        # (as on the local backend), not while an upstream node still runs.
+        self._wants_values = spec.options.timeout_s is not None
+        if all(u.passable for u in self.upstream) and not (self.upstream and self._wants_values):
             self._response = self._send(args, kwargs)
         else:
             self._dispatch = asyncio.ensure_future(self._send_later())
@@ -191,7 +210,7 @@ class _Pending:
             if not isinstance(a, _Pending):
                 return a
             o = a.spec.options
-            if o.retries or o.timeout_s is not None:
+            if o.retries or o.timeout_s is not None or self._wants_values:
                 return await a  # its value, checked (and retried) here
             await a.response()
             return a  # still passed whole
@@ -239,6 +258,7 @@ class _Pending:
             try:
                 return await response
             except asyncio.CancelledError:
+                self._blame_upstream()
                 self.cancel()
                 raise
             except task_error as exc:
@@ -275,15 +295,33 @@ class _Pending:
         for u in self.upstream:
             await u  # raises the upstream node's error, if it failed
 
+    def _blame_upstream(self) -> None:
+        """At a deadline, a call still waiting for its inputs is not the one running: report the
+        upstream calls it waits for (the executor counts a handed-on call done once handed on)."""
+        ctx = self.ctx
+        waiting = self._waiting_on()
+        if ctx is None or not waiting:
+            return
+        ctx.running.discard(self.step.name)
+        ctx.running.update(u.step.name for u in waiting)
+
+    def _waiting_on(self) -> list[_Pending]:
+        """The upstream calls this call still waits for (it is not on a replica yet)."""
+        if not self.upstream or _assigned(self._response):
+            return []
+        out: list[_Pending] = []
+        for u in self.upstream:
+            if not _finished(u):
+                out.extend(u._waiting_on() or [u])
+        return out
+
     def cancel(self) -> None:
         """Cancel this call and the calls it consumes (best effort, as Serve allows)."""
         if self._dispatch is not None and not self._dispatch.done():
             self._dispatch.cancel()
         if self._response is not None:
-            try:
+            with contextlib.suppress(Exception):  # cancelling a finished or lost call is not an error
                 self._response.cancel()
-            except Exception:  # noqa: S110 - cancelling a finished or lost call is not an error
-                pass
         for u in self.upstream:
             u.cancel()
 
@@ -307,15 +345,24 @@ class _Pending:
     def _lost_error(self, exc: BaseException, attempts: int) -> NodeError:
         name = self.step.name
         tried = f" after {attempts} retr{'y' if attempts == 1 else 'ies'}" if attempts else ""
-        hint = (
-            "" if self.spec.options.retries else " Declare the node with retries=N if it is safe to run it again."
-        )
+        hint = "" if self.spec.options.retries else " Declare the node with retries=N if it is safe to run it again."
         return NodeError(
             f"Node {name!r} failed: the replica serving the request was lost{tried} ({type(exc).__name__}); "
             f"Serve replaces lost replicas.{hint}",
             node=name,
             error_type=type(exc).__name__,
         )
+
+
+def _assigned(response: Any) -> bool:
+    """Has Serve handed this call to a replica yet? (False when unknown.)"""
+    future = getattr(response, "_replica_result_future", None)
+    return bool(future is not None and future.done() and not future.cancelled())
+
+
+def _finished(p: _Pending) -> bool:
+    """Did this call's result come back to us (only known for calls awaited here)?"""
+    return p._task is not None and p._task.done()
 
 
 class _RayRunner:
@@ -332,7 +379,7 @@ class _RayRunner:
         if step.inline:
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
         header = (step.method or "__call__", step.name, ctx.request_id)
-        return _Pending(b._handle(name), b._specs[name], step, header, args, kwargs)
+        return _Pending(b._handle(name), b._specs[name], step, header, args, kwargs, ctx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,6 +408,7 @@ class RayBackend(Backend):
         num_gpus: float | None = None,
         resources: dict[str, float] | None = None,
         ingress_replicas: int | None = None,
+        ingress_options: dict[str, Any] | None = None,
         proxy_port: int | None = None,
         throughput_optimized: bool | None = None,
         log_to_driver: bool = False,
@@ -373,6 +421,14 @@ class RayBackend(Backend):
             raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
         self.address = address
         self.ingress_replicas = ingress_replicas
+        #: ``dagserve.asgi_app`` keyword arguments for the ingress replicas (token, limits...).
+        from .._app import DEFAULT_REQUEST_TIMEOUT_S
+
+        self.ingress_options: dict[str, Any] = dict(ingress_options or {})
+        self.ingress_request_timeout_s: float | None = self.ingress_options.pop(
+            "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S
+        )
+        self.ingress_max_ongoing_requests: int = int(self.ingress_options.pop("max_ongoing_requests", 1000))
         self._cluster_options: dict[str, Any] = {
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
@@ -391,6 +447,7 @@ class RayBackend(Backend):
         self._specs: dict[str, DeploymentSpec] = {}
         self._local: dict[str, _LocalDeployment] = {}
         self._versions: dict[str, int] = {}
+        self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
         self._handles: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -398,6 +455,7 @@ class RayBackend(Backend):
         self._session: _ray_cluster.RaySession | None = None
         self._app_name: str | None = None
         self._deployed = False
+        self._attached = False  # an ingress replica's view of an application deployed elsewhere
         self._closed = False
         self._lock = threading.RLock()
         #: The HTTP address of the ingress deployment (``ingress_replicas=N``), e.g. for clients.
@@ -411,27 +469,48 @@ class RayBackend(Backend):
         self._app_name = plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
         try:
-            self._session = _ray_cluster.acquire(self.address, **self._cluster_options)
             for spec in plan.deployments:
                 if spec.inline:
                     self._local[spec.name] = _LocalDeployment(spec, self._pool)
             if not plan.remote_deployments and self.ingress_replicas is None:
-                return  # every node runs inline: nothing to put on Serve
+                return  # every node runs inline in this process: Ray is not needed
+            self._session = _ray_cluster.acquire(self.address, **self._cluster_options)
             _ray_cluster.ensure_serve(proxy_port=self._proxy_port_for_start())
+            waiting = [d.name for d in plan.remote_deployments]
+            if self.ingress_replicas is not None:
+                from ._ray_ingress import INGRESS_DEPLOYMENT, check_proxy
+
+                check_proxy()
+                waiting.append(INGRESS_DEPLOYMENT)
             self._check_name_free()
             self._versions = {d.name: 1 for d in plan.remote_deployments}
             self._deployed = True  # from here on, shutdown deletes the application
             self._run_application()
-            self._wait(list(self._versions), time.monotonic() + ready_timeout_s, what="ready")
+            self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready")
             if self.ingress_replicas is not None:
                 from ._ray_ingress import ingress_url
 
-                self.ingress_url = ingress_url(self._app_name)
+                self.ingress_url = ingress_url(self._app_name or "")
         except BaseException:
             # Replicas that never started (no room for them) would hold a blocking delete for the
             # whole graceful-shutdown period: let Serve remove them in the background.
             self._shutdown(wait=False)
             raise
+
+    @classmethod
+    def attached(cls, plan: Plan, versions: dict[str, int]) -> RayBackend:
+        """A backend for a graph another process deployed: it calls the deployments (and runs
+        inline nodes here) but never changes or deletes them. Ingress replicas use it."""
+        backend = cls()
+        backend._plan = plan
+        backend._app_name = plan.graph_name
+        backend._specs = {d.name: d for d in plan.deployments}
+        backend._versions = dict(versions)
+        backend._deployed = backend._attached = True
+        for spec in plan.deployments:
+            if spec.inline:
+                backend._local[spec.name] = _LocalDeployment(spec, backend._pool)
+        return backend
 
     def shutdown(self) -> None:
         self._shutdown(wait=True)
@@ -444,15 +523,13 @@ class RayBackend(Backend):
         session, self._session = self._session, None
         self._close_handles()
         try:
-            if self._deployed and session is not None:
+            if self._deployed and session is not None and not self._attached:
                 last_owned = session.owned and session.users <= 1
                 if not last_owned:  # a Ray we stop next takes every application with it
                     from ray import serve
 
-                    try:
+                    with contextlib.suppress(Exception):  # Ray is already gone: nothing left to delete
                         serve.delete(self._app_name, _blocking=wait)
-                    except Exception:  # noqa: S110 - Ray is already gone: nothing left to delete
-                        pass
         finally:
             self._local.clear()
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -460,9 +537,10 @@ class RayBackend(Backend):
                 _ray_cluster.release(session)
 
     def bind_loop(self, loop: Any) -> None:
-        # Serve handles may bind their router to the loop that first uses them: make new ones.
         self._loop = loop
-        self._handles = {}
+        if self._handles and not _router_in_own_loop():
+            # Serve's router then lives on the loop that first used the handle: make new handles.
+            self._handles = {}
 
     @property
     def runner(self) -> _RayRunner:
@@ -479,12 +557,14 @@ class RayBackend(Backend):
         return AppStatus(graph=graph, backend=self.name, nodes=nodes)
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
+        self._check_owner()
         with self._lock:
             self._specs[spec.name] = replace(self._specs[spec.name], options=options)
             self._run_application()
         self._wait([spec.name], time.monotonic() + wait_s, what="scaled")
 
     def update(self, spec: DeploymentSpec, new: DeploymentSpec, *, wait_s: float) -> None:
+        self._check_owner()
         old = self._specs[spec.name]
         with self._lock:
             self._specs[spec.name] = new
@@ -496,6 +576,7 @@ class RayBackend(Backend):
             before = set(self._replica_ids(spec.name)) if restart else set()
             if new_code:
                 self._versions[spec.name] += 1  # new code, constructor or batching: new replicas
+            self._ingress_version += 1  # ingress replicas hold the plan: give them the new one
             self._run_application()
         self._wait([spec.name], time.monotonic() + wait_s, what="updated", replaced=before)
 
@@ -526,6 +607,13 @@ class RayBackend(Backend):
         return out
 
     # -- Serve plumbing ------------------------------------------------------------------------
+    def _check_owner(self) -> None:
+        if self._attached:
+            raise DeployError(
+                f"This App only calls graph {self._app_name!r}, which another process deployed; scale and "
+                "update it from the App that deployed it."
+            )
+
     def _handle(self, name: str) -> Any:
         h = self._handles.get(name)
         if h is None:
@@ -539,24 +627,27 @@ class RayBackend(Backend):
 
     def _close_handles(self) -> None:
         handles, self._handles = list(self._handles.values()), {}
+        if not handles:
+            return
+        if _router_in_own_loop():
+            for h in handles:
+                with contextlib.suppress(Exception):  # a router already gone needs no shutdown
+                    h.shutdown()
+            return
         loop = self._loop
-        if not handles or loop is None or loop.is_closed() or not loop.is_running():
+        if loop is None or loop.is_closed() or not loop.is_running():
             return
 
         async def close() -> None:
             for h in handles:
-                try:
+                with contextlib.suppress(Exception):  # a router already gone needs no shutdown
                     await h.shutdown_async()
-                except Exception:  # noqa: S110 - a router already gone needs no shutdown
-                    pass
 
         if _on_loop_thread(loop):
             loop.create_task(close())  # cannot block our own loop; it finishes on its own
             return
-        try:
+        with contextlib.suppress(Exception):  # best effort: the routers die with the process anyway
             asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
-        except Exception:  # noqa: S110 - best effort: the routers die with the process anyway
-            pass
 
     def _run_application(self) -> None:
         """(Re)deploy the graph's Serve application; deployments whose version and options did not
@@ -579,9 +670,7 @@ class RayBackend(Backend):
         try:
             serve.run_many([target], wait_for_applications_running=False)
         except Exception as exc:
-            raise DeployError(
-                f"Ray Serve refused graph {self._app_name!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise DeployError(f"Ray Serve refused graph {self._app_name!r}: {type(exc).__name__}: {exc}") from exc
 
     def _bind(self, spec: DeploymentSpec, **children: Any) -> Any:
         from ray import serve
@@ -611,9 +700,9 @@ class RayBackend(Backend):
                 break
             time.sleep(0.2)  # an earlier App of this graph is still being torn down
         raise DeployError(
-                f"A graph named {self._app_name!r} is already deployed on this Ray; shut that App down first, "
-                "or give this graph another name (dagserve.Graph(..., name=...))."
-            )
+            f"A graph named {self._app_name!r} is already deployed on this Ray; shut that App down first, "
+            "or give this graph another name (dagserve.Graph(..., name=...))."
+        )
 
     def _serve_details(self) -> dict[str, Any]:
         from ray.serve.context import _get_global_client
@@ -632,7 +721,7 @@ class RayBackend(Backend):
 
         delay = 0.05
         while True:
-            ranges = {n: self._specs[n].options.replica_range() for n in names}
+            ranges = {n: self._specs[n].options.replica_range() for n in names if n in self._specs}
             found = problems(self._serve_details(), self._app_name or "", names, replaced or set(), ranges)
             failed = {n: p for n, p in found.items() if p.startswith("failed")}
             if failed:
@@ -648,7 +737,7 @@ class RayBackend(Backend):
         try:
             response = self._handle(name).broadcast("dagserve_batch_counts")
             results = response.results(timeout_s=2.0)
-        except Exception:
+        except Exception:  # noqa: BLE001 - metrics are best effort; a busy or gone replica gives none
             return {}
         total: dict[int, int] = {}
         for counts in results:
@@ -660,6 +749,13 @@ class RayBackend(Backend):
 _LOGGING = {"enable_access_log": False}
 #: How long deploy waits for an earlier application of the same name that is being deleted.
 _DELETING_WAIT_S = 30.0
+
+
+def _router_in_own_loop() -> bool:
+    """Does Serve run handle routers on a loop of their own (usable from any event loop)?"""
+    from ray.serve._private import constants
+
+    return bool(constants.RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

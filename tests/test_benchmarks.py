@@ -1,0 +1,88 @@
+"""The benchmarks do the same work everywhere: every system gives every case's expected answer.
+
+Timings are never tested (they live in ``make bench``). Each system is started once for all the
+workloads it serves (one Ray instance per Ray-based system, as in a benchmark run), all side by
+side, shared by the tests through a module-scoped fixture; the wrk report parser and the hop
+slope are unit-tested below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import check
+from benchmarks.systems import SYSTEMS
+from benchmarks.workloads import WORKLOADS
+
+CASES = [(w.name, c) for w in WORKLOADS.values() for c in w.cases]
+
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def all_answers() -> dict[str, check.Answers]:
+    return check.answers_of_all(list(SYSTEMS))
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_system_answers_every_case_it_serves_as_expected(
+    system: str, all_answers: dict[str, check.Answers]
+) -> None:
+    served = [c for w, c in CASES if w in SYSTEMS[system].workloads]
+    assert served, f"{system} serves no case"
+    for case in served:
+        assert all_answers[system][case.name] == [case.expected] * 3, case.name
+
+
+@pytest.mark.parametrize(("workload", "case"), CASES, ids=[c.name for _, c in CASES])
+def test_systems_agree(workload: str, case: Any, all_answers: dict[str, check.Answers]) -> None:
+    got = {s: a[case.name] for s, a in all_answers.items() if case.name in a}
+    assert got, f"no system serves {case.name}"
+    first = next(iter(got.values()))
+    assert all(a == first for a in got.values()), got
+
+
+WRK_REPORT = """Running 2s test @ http://127.0.0.1:8000/chain
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   186.46us   98.96us   2.52s    92.39%
+    Req/Sec    21.80k     0.85k   23.39k    72.73%
+  Latency Distribution
+     50%  139.00us
+     75%  253.00us
+     90%    1.50ms
+     99%    2.52s
+  23823 requests in 1.10s, 3.39MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  21665.96
+Transfer/sec:      3.08MB
+"""
+
+
+def test_wrk_report_is_read_with_units_and_every_error_counted() -> None:
+    from benchmarks import wrk
+
+    result = wrk.parse(WRK_REPORT)
+    assert result.p50_ms == pytest.approx(0.139)
+    assert result.p99_ms == pytest.approx(2520.0)
+    assert result.rps == pytest.approx(21665.96)
+    assert (result.requests, result.duration_s) == (23823, pytest.approx(1.1))
+    assert result.errors == 1 + 2 + 3 + 4 + 5
+
+
+def test_wrk_report_without_latency_block_is_refused() -> None:
+    from benchmarks import wrk
+
+    without = "\n".join(line for line in WRK_REPORT.splitlines() if "%" not in line or "Stdev" in line)
+    with pytest.raises(wrk.WrkError, match="--latency"):
+        wrk.parse(without)
+
+
+def test_hop_slope_is_least_squares() -> None:
+    from benchmarks.report import least_squares
+
+    assert least_squares([(1, 3.0), (3, 7.0), (6, 13.0)]) == (pytest.approx(2.0), pytest.approx(1.0))
