@@ -93,11 +93,14 @@ class Batcher:
             try:
                 results = check_batch_result(self.node, await self._run([i for i, _ in batch]), size)
             except BaseException as exc:  # every caller in the batch sees the failure
+                if isinstance(exc, asyncio.CancelledError):
+                    for _, f in batch:
+                        f.cancel()
+                    raise
+                # SystemExit/KeyboardInterrupt from node code fail the batch's requests, not the loop.
                 for _, f in batch:
                     if not f.done():
                         f.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
                 return
             for (_, f), r in zip(batch, results, strict=True):
                 if not f.done():

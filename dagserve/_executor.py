@@ -213,7 +213,8 @@ class Executor:
         except asyncio.CancelledError:
             cancelled = True  # stays in ctx.running: the deadline error names it
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A node calling sys.exit() fails its request, never the server's event loop.
             raise _node_error(name, exc) from exc
         finally:
             if not cancelled:
@@ -226,7 +227,7 @@ class Executor:
             return await pending
         except DagserveError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             raise _node_error(name, exc) from exc
 
     def _select(self, step: Step, parent: int, value: Any) -> Any:

@@ -53,6 +53,11 @@ async def async_exit(x: int) -> int:
     raise SystemExit(4)
 
 
+@dagserve.node(max_batch_size=4, batch_wait_timeout_s=0.001)
+async def batch_exit(xs: list[int]) -> list[int]:
+    raise SystemExit(5)
+
+
 @dagserve.node
 def broken(x: int) -> int:
     raise ValueError(f"cannot handle {x}")
@@ -80,6 +85,7 @@ def failures() -> dagserve.Graph:
                 # Fan-outs: each branch runs in a task of its own.
                 "sync_exit": [sync_exit(x), wait(x, 0.0)],
                 "async_exit": [async_exit(x), wait(x, 0.0)],
+                "batch_exit": batch_exit(x),  # a batch runs in a task of its own
             },
         )
     return dagserve.Graph(out, name="failures")
@@ -117,11 +123,12 @@ async def test_a_failing_node_leaves_concurrent_requests_and_the_server_untouche
 
 
 @pytest.mark.http
-@pytest.mark.parametrize("case", ["sync_exit", "async_exit"])
+@pytest.mark.parametrize("case", ["sync_exit", "async_exit", "batch_exit"])
 def test_a_node_raising_system_exit_fails_its_request_not_the_server(failures_server: str, case: str) -> None:
     """Fails today: SystemExit raised in a node that runs in a task of its own (a fan-out branch,
     a batch) escapes asyncio's task machinery and stops the server's event loop, so every later
-    request gets 'connection refused'. It should be that node's 500 like any other exception."""
+    request gets 'connection refused'. It should be that node's 500 like any other exception
+    (docs/reliability.md, "Faults and retries")."""
     with httpx.Client(base_url=failures_server, timeout=10) as c:
         r = c.post("/", json={"case": case, "x": 1})
         try:
@@ -256,7 +263,7 @@ async def test_chaos_client_reads_what_httpx_reads_and_reuses_connections(echo_s
     client = HttpClient(port)
     try:
         answers = [await client.request("POST", "/", {"n": i, "text": "é" * 100}) for i in range(5)]
-        status, headers, body = await client.request("GET", "/nowhere")
+        status, _, body = await client.request("GET", "/nowhere")
         outcome = await client.post("/", [1, 2], time.monotonic(), time.monotonic)
         assert len(client._idle) == 1  # one connection, kept alive throughout
     finally:

@@ -353,11 +353,8 @@ def test_ray_request_deadline_cancels_the_slow_call_and_the_next_node_never_runs
 @pytest.mark.ray
 @pytest.mark.http
 def test_ray_request_deadline_names_the_node_still_running(ray_server: str) -> None:
-    """The probe is still running when the deadline passes; the sink only waits for its result.
-
-    Fails today: the executor hands the probe's pending result straight to the sink's call and
-    drops the probe from ``ctx.running``, so the 504 names 'Sink' (see docs/reliability.md).
-    """
+    """The probe is still running when the deadline passes; the sink only waits for its result
+    (which Serve hands from replica to replica): the 504 must blame the probe, not the sink."""
     with httpx.Client(base_url=ray_server, timeout=30) as c:
         r = c.post("/ray_deadline", json=run_body(HANG_S))
     assert_timeout_body(r, node="Probe", message=f"did not finish within {DEADLINE_S:g} s; still running: Probe")
@@ -411,8 +408,8 @@ async def test_ray_timed_out_requests_leak_no_task_and_no_memory(ray_server: str
 @pytest.mark.http
 def test_ray_request_deadline_logs_no_unretrieved_task_exception(ray_server: str, caplog: pytest.LogCaptureFixture) -> None:
     """A deadline on Ray must not log 'Task exception was never retrieved' (one ERROR traceback per
-    timed-out request buries real errors). Fails today: Serve resolves the probe's result for the
-    sink's call in a task of its own, which dagserve's cancellation leaves unretrieved."""
+    timed-out request would bury real errors): Serve resolves the probe's result for the sink's
+    call in a task of its own, which the cancellation leaves unretrieved."""
     caplog.set_level(logging.ERROR, logger="asyncio")
     # The ingress logs each 504 with its error, whose traceback keeps Serve's task alive for as
     # long as pytest keeps the log record: drop those records so the task is collected as in production.
