@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]
 
-DEFAULT_BACKEND = "local"
+#: The backend ``deploy`` uses when none is given: every node a Ray Serve deployment (docs/ray.md).
+DEFAULT_BACKEND = "ray"
 #: A request still running after this many seconds fails with RequestTimeoutError (HTTP 504).
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 #: ``deploy`` gives up (DeployError) when deployments are not ready after this many seconds.
@@ -49,8 +50,8 @@ def deploy(
 ) -> App:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
 
-    ``backend`` is ``"local"`` (in-process, no Ray) or ``"ray"`` (Ray Serve), or a backend
-    instance; ``backend_options`` go to the backend (for Ray: ``address=``, ``num_gpus=`` ...)::
+    ``backend`` is ``"ray"`` (Ray Serve, the default) or ``"local"`` (in-process, no Ray), or a
+    backend instance; ``backend_options`` go to the backend (for Ray: ``address=``, ``num_gpus=`` ...)::
 
         with dagserve.deploy(graph, backend="local") as app:
             print(app.call({"text": "hello"}))

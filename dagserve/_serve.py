@@ -95,7 +95,7 @@ class _Size(click.ParamType):
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
 )
-@click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run [default: local].")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run: ray (one Serve deployment per node) or local (in-process) [default: ray].")
 @click.option("--address", default=None, help="Ray cluster address (passed to the backend as address=).")
 @click.option(
     "--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token required by graph routes [env {TOKEN_ENV}]."
@@ -162,59 +162,24 @@ class _Size(click.ParamType):
     show_default=True,
     help="Log level of dagserve and uvicorn.",
 )
-def run_command(
-    target: str,
-    host: str,
-    port: int,
-    backend: str | None,
-    address: str | None,
-    token: str | None,
-    admin_token: str | None,
-    max_body_size: int,
-    max_in_flight: int,
-    body_timeout: float,
-    header_timeout: float,
-    request_timeout: float | None,
-    ready_timeout: float | None,
-    shutdown_timeout: float,
-    debug: bool,
-    access_log: bool,
-    log_level: str,
-) -> None:
+def run_command(target: str, **options: Any) -> None:
     """Serve the graph(s) at MODULE:ATTR over HTTP (e.g. examples.quickstart:graph).
 
     ATTR is a dagserve.Graph or a list of Graphs. One graph answers POST /; several answer
     POST /<name>. GET /docs shows the API; GET /-/ready says when every deployment is up.
     """
-    if address and backend != "ray":
+    if options["address"] and options["backend"] not in (None, "ray"):
         raise click.BadParameter(
             "--address is a Ray cluster's address; use it with --backend ray.", param_hint="--address"
         )
     graphs = _graphs(target, load_target(target))
-    with _logging_to_stderr(log_level):
-        _run(
-            graphs,
-            host,
-            port,
-            backend,
-            address,
-            token,
-            admin_token,
-            max_body_size,
-            max_in_flight,
-            body_timeout,
-            header_timeout,
-            request_timeout,
-            ready_timeout,
-            shutdown_timeout,
-            debug,
-            access_log,
-            log_level,
-        )
+    with _logging_to_stderr(options["log_level"]):
+        _run(graphs, **options)
 
 
 def _run(
     graphs: list[Graph],
+    *,
     host: str,
     port: int,
     backend: str | None,

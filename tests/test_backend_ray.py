@@ -323,8 +323,10 @@ def test_constructor_failure_is_a_deploy_error_naming_the_node(ray_instance: Non
 
 @ray_test
 def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
-    with dagserve.deploy(chain(), backend="ray", ready_timeout_s=120) as app:
+    # Also the object-reference transport: add_one's result goes to Times as a reference.
+    with dagserve.deploy(chain(), backend="ray", ready_timeout_s=120, pass_by_reference=True) as app:
         assert app.call(1) == 4
+        assert app.backend._handle("add_one").handle_options._by_reference  # type: ignore[attr-defined]
         before = app.status().nodes
         app.scale("Times", num_replicas=2)
         after = app.status().nodes
@@ -371,9 +373,12 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(a
         assert {"features", "neighbour"} <= serve_apps()
         with pytest.raises(DeployError, match=r"A graph named 'neighbour' is already deployed on this Ray"):
             dagserve.deploy(g, backend="ray")
+        pids = [r["pid"] for n in ("add_one", INGRESS_DEPLOYMENT) for r in other.backend.replicas(n)]  # type: ignore[attr-defined]
+        assert len(pids) == 3
     finally:
         other.shutdown()
     assert "neighbour" not in serve_apps()
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 30, "the graph's replica processes to exit")
     assert app.call({"case": "who", "x": 2})["x"] == 2  # the other graph still serves
     with pytest.raises(dagserve.AppClosedError):
         other.call(1)
@@ -532,6 +537,14 @@ async def _await(p: Any) -> Any:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _descendants(root: int) -> set[int]:

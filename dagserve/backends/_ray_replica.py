@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib
 import inspect
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .._batching import check_batch_result
 from .._errors import DagserveError, DeployError, NodeError
+from .._request_id import reset_request_id, set_request_id
 
-__all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec"]
+__all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", "ship"]
 
 #: Set (to "1") in the environment of a Ray instance dagserve starts on loopback only; replicas
 #: then bind Serve's inter-deployment gRPC server to 127.0.0.1 instead of every interface.
@@ -37,6 +40,76 @@ Header = tuple[str, str, str]
 
 # Upper bound on threads for sync node code per replica; threads start only when needed.
 _MAX_THREADS = 64
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """Where a node's function or class lives, to import it in the replica.
+
+    Importing beats pickling the code by value: a function pickled by value drags along the
+    module globals it uses, which fails for locks, clients and the like (and a decorated node
+    cannot be pickled by reference: its module attribute is the dagserve wrapper). ``fallback``
+    is the target itself when it also pickles by value (Ray then sends it along), for a replica
+    that cannot import the module; ``None`` when it does not.
+    """
+
+    module: str
+    qualname: str
+    fallback: Any = field(default=None, compare=False, repr=False)
+
+    def resolve(self, node: str) -> Any:
+        try:
+            obj: Any = importlib.import_module(self.module)
+            for part in self.qualname.split("."):
+                obj = getattr(obj, part)
+            return _unwrap(obj)
+        except (ImportError, AttributeError) as exc:
+            if self.fallback is not None:
+                return self.fallback
+            raise DeployError(
+                f"Node {node!r} failed to start: the replica cannot import {self.module}.{self.qualname} "
+                f"({type(exc).__name__}: {exc}), and its code cannot be sent by value. Make the module "
+                "importable on every Ray node (install it, or deploy with a runtime_env working_dir)."
+            ) from exc
+
+
+def ship(target: Any) -> Any:
+    """What to send to replicas for ``target``: a :class:`TargetRef` when it can be imported by name
+    (in this process, from a module other than ``__main__``), else the object itself (pickled by value)."""
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+        return target
+    obj: Any = sys.modules.get(module)
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        return target
+    if _unwrap(obj) is not target:
+        return target
+    return TargetRef(module, qualname, target if _pickles_by_value(target) else None)
+
+
+def _pickles_by_value(target: Any) -> bool:
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(target)
+    except Exception:  # noqa: BLE001 - anything that stops pickling means "no"
+        return False
+    return True
+
+
+def _unwrap(obj: Any) -> Any:
+    """The user function or class behind a dagserve node wrapper (``fn`` / ``cls``)."""
+    from .._graph import FunctionNode, ModelClass
+
+    if isinstance(obj, FunctionNode):
+        return obj.fn
+    if isinstance(obj, ModelClass):
+        return obj.cls
+    return obj
 
 
 @dataclass(frozen=True)
@@ -64,6 +137,8 @@ class NodeReplica:
 
     def __init__(self, spec: ReplicaSpec, **_children: Any) -> None:
         _bind_grpc_to_loopback()
+        if isinstance(spec.target, TargetRef):
+            spec = replace(spec, target=spec.target.resolve(spec.name))
         self._spec = spec
         self._name = spec.name
         # Threads start only as sync calls need them; the bound keeps a burst from making hundreds.
@@ -97,7 +172,7 @@ class NodeReplica:
     # -- serving -------------------------------------------------------------------------------
     async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:
         method, step, request_id = header
-        token = _set_request_id(request_id)
+        token = set_request_id(request_id)  # node code and log records see the request's id
         try:
             batcher = self._batchers.get(method)
             if batcher is not None:
@@ -110,13 +185,13 @@ class NodeReplica:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except DagserveError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
             text = str(exc) or "(no message)"
             raise NodeError(
                 f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__
             ) from exc
         finally:
-            _reset_request_id(token)
+            reset_request_id(token)
 
     async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
         self._batch_counts[len(items)] += 1
@@ -157,22 +232,6 @@ class NodeReplica:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _set_request_id(request_id: str) -> Any:
-    try:
-        from .._request_id import set_request_id
-    except ImportError:  # pragma: no cover - the ingress module set is partial
-        return None
-    return set_request_id(request_id)
-
-
-def _reset_request_id(token: Any) -> None:
-    if token is None:
-        return
-    from .._request_id import reset_request_id
-
-    reset_request_id(token)
 
 
 def _bind_grpc_to_loopback() -> None:

@@ -29,7 +29,7 @@ from .._errors import DagserveError, DeployError, NodeError, OverloadedError, Re
 from .._status import AppStatus
 from . import _ray_cluster
 from ._base import Backend
-from ._ray_replica import NodeReplica, ReplicaSpec
+from ._ray_replica import NodeReplica, ReplicaSpec, ship
 from .local import _LocalDeployment
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def replica_spec(spec: DeploymentSpec) -> ReplicaSpec:
     return ReplicaSpec(
         name=spec.name,
         kind=spec.kind,
-        target=spec.target,
+        target=ship(spec.target),
         methods=spec.methods,
         async_methods=frozenset(spec.async_methods),
         init_args=tuple(spec.init_args),
@@ -411,6 +411,7 @@ class RayBackend(Backend):
         ingress_options: dict[str, Any] | None = None,
         proxy_port: int | None = None,
         throughput_optimized: bool | None = None,
+        pass_by_reference: bool = False,
         log_to_driver: bool = False,
         health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
@@ -437,6 +438,7 @@ class RayBackend(Backend):
             "log_to_driver": log_to_driver,
         }
         self._proxy_port = proxy_port
+        self.pass_by_reference = pass_by_reference
         self._serve_options = {
             "health_check_period_s": health_check_period_s,
             "health_check_timeout_s": health_check_timeout_s,
@@ -622,6 +624,11 @@ class RayBackend(Backend):
             # A handle of our own rather than Serve's cached one: its router may live on the App's
             # loop, and we shut it down there (Serve's own teardown would try synchronously).
             h = DeploymentHandle(name, self._app_name)
+            if self.pass_by_reference:
+                # Ray's actor transport: a response handed to the next call travels as an object
+                # reference, fetched by the next replica (by default Serve's gRPC transport
+                # resolves it here and sends the value on, which is faster on one machine).
+                h = h.options(_by_reference=True)
             self._handles[name] = h
         return h
 
@@ -734,8 +741,13 @@ class RayBackend(Backend):
             delay = min(delay * 2, 0.5)
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
+        # Only through a handle the requests already use: a handle made here, off the App's event
+        # loop, would bind Serve's router to this thread (and requests would then use it).
+        handle = self._handles.get(name)
+        if handle is None:
+            return {}  # no request reached the node through this App yet: no batches either
         try:
-            response = self._handle(name).broadcast("dagserve_batch_counts")
+            response = handle.broadcast("dagserve_batch_counts")
             results = response.results(timeout_s=2.0)
         except Exception:  # noqa: BLE001 - metrics are best effort; a busy or gone replica gives none
             return {}
