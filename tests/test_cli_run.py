@@ -98,7 +98,8 @@ def test_bad_targets_are_usage_errors(target: str, message: str) -> None:
 
 
 def test_address_needs_the_ray_backend() -> None:
-    result = CliRunner().invoke(main, ["run", "examples.quickstart:graph", "--address", "auto"])
+    # Ray is the default backend, so --address alone is fine; with --backend local it is a mistake.
+    result = CliRunner().invoke(main, ["run", "examples.quickstart:graph", "--backend", "local", "--address", "auto"])
     assert result.exit_code == 2
     assert "--address is a Ray cluster's address; use it with --backend ray" in result.output
 
