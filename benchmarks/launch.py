@@ -23,6 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 60.0
 
 
+#: Starts on a fresh port when another process took the one picked (see ``running``).
+_PORT_ATTEMPTS = 3
+
+
 class ServerError(RuntimeError):
     """A server exited, never answered, or answered wrongly."""
 
@@ -116,24 +120,35 @@ def running(
 
     With ``verify`` (the default) an answer other than the case's ``expected`` raises ServerError.
     """
-    port = free_port()
-    argv = system.argv([w.name for w in workloads], port)
-    log_path = log_dir / f"{system.name}-{'-'.join(w.name for w in workloads)}.log"
-    started = time.monotonic()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env={**os.environ, **system.env},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    # The port is free when picked but is bound only later, by the server; a process starting at
+    # the same time (another system's Ray picks random ports) can take it first. Then try another.
+    for attempt in range(_PORT_ATTEMPTS):
+        port = free_port()
+        argv = system.argv([w.name for w in workloads], port)
+        log_path = log_dir / f"{system.name}-{'-'.join(w.name for w in workloads)}.log"
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env={**os.environ, **system.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         server = RunningServer(system, port, process, log_path)
         cases = [c for w in workloads for c in w.cases]
-        _wait_ready(server, cases, started + system.startup_timeout_s, verify)
+        try:
+            _wait_ready(server, cases, started + system.startup_timeout_s, verify)
+            break
+        except BaseException as exc:
+            _stop(process)
+            lost_port = isinstance(exc, ServerError) and b"address already in use" in log_path.read_bytes()
+            if lost_port and attempt + 1 < _PORT_ATTEMPTS:
+                continue
+            raise
+    try:
         server.startup_s = time.monotonic() - started
         yield server
     finally:
