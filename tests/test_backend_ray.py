@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import dagserve
+from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
 from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
@@ -388,7 +389,7 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(a
 def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
     """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
     agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""
-    listening = _listening_sockets(_descendants(os.getpid()))
+    listening = _listening_sockets(descendants(os.getpid()))
     assert len(listening) >= 5, listening  # GCS, raylet, controller, replicas... were found
     outside = [(pid, addr) for pid, addr in listening if not _is_loopback(addr)]
     assert not outside, f"listening beyond loopback: {outside}"
@@ -545,25 +546,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, stack = set(), [root]
-    while stack:
-        pid = stack.pop()
-        out.add(pid)
-        stack.extend(children.get(pid, []))
-    return out
 
 
 def _listening_sockets(pids: set[int]) -> list[tuple[int, str]]:
