@@ -82,8 +82,8 @@ def _register_defaults() -> None:
         SystemSpec(
             name="ray-core",
             command=server("raycore_app"),
-            workloads=frozenset({"chain"}),
-            description="Starlette app, pre/post in-process, model step in a plain async Ray actor",
+            workloads=frozenset({"chain", "hop"}),
+            description="Starlette app calling plain async Ray actors (chain: the model step; hop: one actor per step)",
             baseline=True,
         )
     )

@@ -1,9 +1,11 @@
 """An asyncio batcher: concurrent single calls in, one list call out.
 
-The local backend uses it so a batched node behaves as it does on Ray Serve (``serve.batch``):
-calls are grouped up to ``max_batch_size`` or until ``wait_s`` has passed since the first one
-waiting, one batch runs at a time per replica, and the user function takes a list and returns a
-list of the same length.
+Both backends use it (the local one in-process, the Ray one inside each Serve replica): calls are
+grouped up to ``max_batch_size`` or until ``wait_s`` has passed since the first one waiting, one
+batch runs at a time per replica, and the next batch forms only when the previous one has finished,
+so whatever queued meanwhile goes together (Serve's own ``serve.batch`` closes a batch every
+``wait_s`` even while the model is busy, which keeps batches small under load). The user function
+takes a list and returns a list of the same length.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ ray_test = pytest.mark.ray  # integration tests on the module's Ray; the others 
 # -- nodes ------------------------------------------------------------------------------------------
 
 
-@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
+@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.01)
 async def batch_size(xs: list[int]) -> list[int]:
-    """Answers each request with the size of the batch it ran in."""
-    await asyncio.sleep(0.02)
+    """Answers each request with the size of the batch it ran in (a batch holds the node 0.2 s)."""
+    await asyncio.sleep(0.2)
     return [len(xs)] * len(xs)
 
 
@@ -218,6 +218,26 @@ def test_batches_form_under_concurrency(app: dagserve.App) -> None:
     assert max(sizes) > 1 and max(sizes) <= 8
     counts = app.backend.batch_sizes()["batch_size"]
     assert sum(size * n for size, n in counts.items()) >= 24
+
+
+@ray_test
+def test_batches_grow_while_the_previous_batch_runs(app: dagserve.App) -> None:
+    """Requests trickling in while a batch holds the node wait for it and then go together.
+
+    Serve's own ``serve.batch`` (2.60) would close a batch every ``batch_wait_timeout_s`` (10 ms)
+    and queue those behind the running one: 16 arrivals 10 ms apart would run as ~16 batches of 1.
+    """
+
+    async def trickle() -> list[int]:
+        calls = []
+        for i in range(16):
+            calls.append(asyncio.ensure_future(app.acall({"case": "batch", "x": i})))
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*calls)
+
+    sizes = asyncio.run(trickle())
+    assert max(sizes) == 8  # a full batch formed behind the first one
+    assert len(sizes) - sizes.count(1) >= 12  # most requests shared a batch
 
 
 @ray_test

@@ -3,7 +3,7 @@
 :class:`NodeReplica` is the Serve deployment class of every plan deployment. It builds the
 user's model class once per replica (or holds the function), runs sync node code in a thread
 pool so the replica's event loop stays free and async code on that loop, batches with
-``serve.batch`` (one queue per called method), forwards a user-defined ``check_health`` to
+dagserve's :class:`~dagserve._batching.Batcher` (one queue per called method), forwards a user-defined ``check_health`` to
 Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
 survives the trip back through Ray.
 
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .._batching import check_batch_result
+from .._batching import Batcher
 from .._errors import DagserveError, DeployError, NodeError
 from .._request_id import reset_request_id, set_request_id
 
@@ -153,19 +153,20 @@ class NodeReplica:
         else:
             self._instance = None
         self._batch_counts: Counter[int] = Counter()
-        self._batchers: dict[str, Any] = {}
+        self._batchers: dict[str, Batcher] = {}
         if spec.max_batch_size is not None:
-            from ray import serve
-
+            # dagserve's own batcher, not ``serve.batch``: Serve 2.60 forms the next batch as soon
+            # as its wait ends, even while the previous batch still holds the model, so under load
+            # batches stay at (arrival rate x wait) items instead of growing to max_batch_size.
+            # Ours forms a batch only when the previous one has finished (docs/batching.md).
             for method in spec.methods:
-                run = functools.partial(self._run_batch, method)
-
-                async def _dagserve_batch(items: list[Any], _run: Any = run) -> list[Any]:
-                    return await _run(items)
-
-                self._batchers[method] = serve.batch(
-                    max_batch_size=spec.max_batch_size, batch_wait_timeout_s=spec.batch_wait_timeout_s
-                )(_dagserve_batch)
+                self._batchers[method] = Batcher(
+                    spec.name,
+                    functools.partial(self._run_batch, method),
+                    spec.max_batch_size,
+                    spec.batch_wait_timeout_s,
+                    on_batch=self._count_batch,
+                )
         user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
         self._user_check = user_check if callable(user_check) else None
 
@@ -176,7 +177,7 @@ class NodeReplica:
         try:
             batcher = self._batchers.get(method)
             if batcher is not None:
-                return await batcher(args[0])
+                return await batcher.submit(args[0])
             fn = self._bound(method)
             if method in self._spec.async_methods:
                 return await fn(*args, **kwargs)
@@ -193,14 +194,14 @@ class NodeReplica:
         finally:
             reset_request_id(token)
 
-    async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
-        self._batch_counts[len(items)] += 1
+    async def _run_batch(self, method: str, items: list[Any]) -> Any:
         fn = self._bound(method)
         if method in self._spec.async_methods:
-            result = await fn(items)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, fn, items)
-        return check_batch_result(self._name, result, len(items))
+            return await fn(items)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, items)
+
+    def _count_batch(self, size: int) -> None:
+        self._batch_counts[size] += 1
 
     def _bound(self, method: str) -> Any:
         if self._instance is None:
