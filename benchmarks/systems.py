@@ -82,8 +82,8 @@ def _register_defaults() -> None:
         SystemSpec(
             name="ray-core",
             command=server("raycore_app"),
-            workloads=frozenset({"chain", "hop"}),
-            description="Starlette app calling plain async Ray actors (chain: the model step; hop: one actor per step)",
+            workloads=frozenset({"chain", "hop", "batched"}),
+            description="Starlette app calling plain async Ray actors (chain: the model step; hop: one actor per step; batched: a bare batch loop)",
             baseline=True,
         )
     )

@@ -108,3 +108,48 @@ def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
         assert again.call(1) == 2
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # head and the third node
     assert not ray.is_initialized()
+
+
+# -- start-up retry (a unit test of _ray_cluster: ray.init is stubbed, no Ray starts) --------------
+
+
+def _stub_init(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list[dict[str, Any]]:
+    import ray
+
+    calls: list[dict[str, Any]] = []
+
+    def init(**kwargs: Any) -> None:
+        calls.append(kwargs)
+        if errors:
+            raise errors.pop(0)
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    return calls
+
+
+def test_local_ray_start_is_retried_once_when_gcs_never_came_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dagserve.backends._ray_cluster import start_local_ray
+
+    gcs = RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc")
+    calls = _stub_init(monkeypatch, [gcs])
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        start_local_ray(num_cpus=1)
+    assert len(calls) == 2 and calls[1]["address"] == "local"
+    assert "starting it once more" in caplog.text
+
+    calls = _stub_init(monkeypatch, [gcs, RuntimeError("Timed out waiting for file .../gcs_server_port_def")])
+    with pytest.raises(RuntimeError, match="gcs_server_port_def"):
+        start_local_ray(num_cpus=1)
+    assert len(calls) == 2  # once more, not forever
+
+
+def test_other_local_ray_start_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagserve.backends._ray_cluster import start_local_ray
+
+    calls = _stub_init(monkeypatch, [RuntimeError("Maybe you called ray.init twice by accident?")])
+    with pytest.raises(RuntimeError, match="twice"):
+        start_local_ray(num_cpus=1)
+    assert len(calls) == 1

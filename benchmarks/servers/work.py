@@ -37,9 +37,13 @@ def combine(values: list[int]) -> dict[str, Any]:
 
 
 def burn(n: int) -> dict[str, Any]:
-    """Hold the CPU for BURN_S (a busy loop, so it really costs CPU time), then answer."""
-    deadline = time.perf_counter() + BURN_S
-    while time.perf_counter() < deadline:
+    """Spend BURN_S of this thread's CPU time (a busy loop), then answer.
+
+    CPU time, not wall time: a replica running several calls in threads shares one GIL, so a
+    wall-clock loop would let overlapping calls finish "10 ms" while each got a fraction of it.
+    """
+    deadline = time.thread_time() + BURN_S
+    while time.thread_time() < deadline:
         pass
     return {"y": model(n)}
 
