@@ -139,11 +139,7 @@ class _LocalDeployment:
                 fut.set_result(nxt)
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        r = self._pick()  # a free replica: taken at once, without a coroutine of its own
-        if r is not None:
-            r.ongoing += 1
-        else:
-            r = await self.acquire()
+        r = await self.acquire()
         try:
             batcher = r.batchers.get(method)
             if batcher is not None:
