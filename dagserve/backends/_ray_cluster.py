@@ -168,8 +168,8 @@ def start_local_ray(
                 )
             return
         except RuntimeError as exc:
-            # Seen once in ~50 suite runs on a busy 2-core machine: Ray's GCS never wrote its port
-            # file (its session has no logs at all). A second, fresh start works; anything else,
+            # Seen once in a full suite run on the 2-core CI machine: Ray's GCS never wrote its
+            # port file (its session has no logs at all). A second, fresh start works; anything else,
             # or a second failure, is raised as it is.
             if attempt == 2 or "gcs_server_port" not in str(exc):
                 raise

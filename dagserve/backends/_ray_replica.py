@@ -3,8 +3,8 @@
 :class:`NodeReplica` is the Serve deployment class of every plan deployment. It builds the
 user's model class once per replica (or holds the function), runs sync node code in a thread
 pool so the replica's event loop stays free and async code on that loop, batches with
-dagserve's :class:`~dagserve._batching.Batcher` (one queue per called method), forwards a user-defined ``check_health`` to
-Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
+dagserve's :class:`~dagserve._batching.Batcher` (one queue per called method), forwards a
+user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
 survives the trip back through Ray.
 
 This module is imported by Ray worker processes when they unpickle the deployment; it imports
@@ -158,7 +158,7 @@ class NodeReplica:
             # dagserve's own batcher, not ``serve.batch``: Serve 2.60 forms the next batch as soon
             # as its wait ends, even while the previous batch still holds the model, so under load
             # batches stay at (arrival rate x wait) items instead of growing to max_batch_size.
-            # Ours forms a batch only when the previous one has finished (docs/batching.md).
+            # Ours forms a batch only when the previous one has finished (docs/ray.md#batching).
             for method in spec.methods:
                 self._batchers[method] = Batcher(
                     spec.name,
