@@ -406,6 +406,35 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(a
 
 
 @ray_test
+def test_calls_to_local_replicas_skip_serves_router(app: dagserve.App) -> None:
+    """Once the ingress has connected to a node's replicas, calls go over their Unix sockets
+    (the direct transport), spread over both replicas, and answer as through Serve."""
+    wait_until(lambda: app.call({"case": "who", "x": 1})["x"] == 1 and app.backend.transport("Who") == "direct",
+               10, "the direct transport to Who")
+    answers = [app.call({"case": "who", "x": i}) for i in range(20)]
+    assert [a["x"] for a in answers] == list(range(20))
+    assert len({a["pid"] for a in answers}) == 2  # both replicas, in their own processes
+    assert app.backend.transport("here") == "inline"
+    with pytest.raises(KeyError, match="no node 'nope'"):
+        app.backend.transport("nope")
+
+
+@ray_test
+def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: None) -> None:
+    """Serve's autoscaler counts only what its handles route: autoscaled nodes keep Serve's
+    router. ``direct_transport=False`` sends every call through it; answers do not change."""
+    with dagserve.Input() as inp:
+        out = Times(3)(add_one.options(num_replicas="auto")(inp))
+    graph = dagserve.Graph(out, name="transports")
+    with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as app:
+        wait_until(lambda: app.call(1) == 6 and app.backend.transport("Times") == "direct", 10, "direct to Times")
+        assert app.backend.transport("add_one") == "serve"
+    with dagserve.deploy(graph, backend="ray", direct_transport=False, ready_timeout_s=120) as app:
+        assert [app.call(i) for i in range(5)] == [(i + 1) * 3 for i in range(5)]
+        assert app.backend.transport("Times") == "serve" and not app.backend._pools
+
+
+@ray_test
 def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
     """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
     agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""

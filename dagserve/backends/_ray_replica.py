@@ -18,6 +18,7 @@ import contextvars
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections import Counter
@@ -28,6 +29,9 @@ from typing import Any, Literal
 from .._batching import Batcher
 from .._errors import DagserveError, DeployError, NodeError
 from .._request_id import reset_request_id, set_request_id
+from ._direct import ReplicaServer, socket_dir
+
+log = logging.getLogger("dagserve.ray")
 
 __all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", "ship"]
 
@@ -125,6 +129,8 @@ class ReplicaSpec:
     init_kwargs: dict[str, Any] = field(default_factory=dict)
     max_batch_size: int | None = None
     batch_wait_timeout_s: float = 0.01
+    #: Also serve calls over a Unix socket for an ingress on this machine (``_direct``).
+    direct: bool = True
 
 
 class NodeReplica:
@@ -169,6 +175,40 @@ class NodeReplica:
                 )
         user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
         self._user_check = user_check if callable(user_check) else None
+        self._direct: ReplicaServer | None = None
+        if spec.direct:
+            self._start_direct()
+
+    def _start_direct(self) -> None:
+        """Listen on this replica's Unix socket for an ingress on this machine (``_direct``)."""
+        try:
+            loop = asyncio.get_running_loop()  # Serve builds replicas on their event loop
+            import ray
+            from ray import serve
+
+            ctx = serve.get_replica_context()
+            directory = socket_dir(ray.get_runtime_context().gcs_address, ctx.app_name, ctx.deployment)
+        except Exception as exc:  # noqa: BLE001 - without it, calls go through Serve as before
+            log.warning("Node %r: direct transport off (%s: %s)", self._name, type(exc).__name__, exc)
+            return
+        if directory is None:
+            return
+        server = ReplicaServer(
+            os.path.join(directory, ctx.replica_id.unique_id + ".sock"), self._direct_call, self.dagserve_batch_counts
+        )
+
+        async def start() -> None:
+            try:
+                await server.start()
+            except OSError as exc:
+                log.warning("Node %r: direct transport off, cannot listen on %s (%s)", self._name, server.path, exc)
+                return
+            self._direct = server
+
+        loop.create_task(start())
+
+    def _direct_call(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self(header, *args, **kwargs)
 
     # -- serving -------------------------------------------------------------------------------
     async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:
@@ -229,7 +269,31 @@ class NodeReplica:
 
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    def __del__(self) -> None:
+    def __del__(self) -> Any:
+        """Serve's graceful shutdown: refuse new direct calls and finish the ones held first.
+
+        Serve awaits what ``__del__`` returns when it is a coroutine (it also accepts ``async def
+        __del__``, which garbage collection could not run): the drain is returned only while the
+        socket is open and this thread runs the replica's loop, so a plain ``del`` never gets one.
+        """
+        direct = getattr(self, "_direct", None)
+        if direct is not None and direct.open:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                direct.close()
+            else:
+                return self._drain()
+        self._release_threads()
+        return None
+
+    async def _drain(self) -> None:
+        direct = self._direct
+        if direct is not None:
+            await direct.drain()
+        self._release_threads()
+
+    def _release_threads(self) -> None:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

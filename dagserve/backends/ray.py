@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import threading
 import time
 import uuid
@@ -29,6 +31,7 @@ from .._errors import DagserveError, DeployError, NodeError, OverloadedError, Re
 from .._status import AppStatus
 from . import _ray_cluster
 from ._base import Backend
+from ._direct import DirectCall, DirectPool, QueueFull, ReplicaLost, replica_stats, socket_dir
 from ._ray_replica import NodeReplica, ReplicaSpec, ship
 from .local import _LocalDeployment
 
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from .._plan import DeploymentSpec, Plan, Step
 
 __all__ = ["RayBackend", "deployment_options"]
+
+log = logging.getLogger("dagserve.ray")
 
 #: Serve health-check cadence for node replicas: faster than Serve's 10 s / 30 s so a hung
 #: replica is replaced within ~15 s (docs/reliability.md), slow enough to cost nothing.
@@ -101,7 +106,7 @@ def deployment_options(
     return out
 
 
-def replica_spec(spec: DeploymentSpec) -> ReplicaSpec:
+def replica_spec(spec: DeploymentSpec, *, direct: bool = True) -> ReplicaSpec:
     """What a replica is constructed with (no graph objects, so it pickles small)."""
     o = spec.options
     return ReplicaSpec(
@@ -114,6 +119,7 @@ def replica_spec(spec: DeploymentSpec) -> ReplicaSpec:
         init_kwargs=dict(spec.init_kwargs),
         max_batch_size=o.max_batch_size,
         batch_wait_timeout_s=o.batch_wait_timeout_s,
+        direct=direct,
     )
 
 
@@ -125,25 +131,26 @@ _serve_errors: tuple[type[BaseException], ...] | None = None
 
 
 def _errors() -> tuple[Any, ...]:
-    """(RayTaskError, BackPressureError, replica-lost errors, cancellation errors), imported once."""
+    """(RayTaskError, queue-full errors, replica-lost errors, cancellation errors), imported once."""
     global _serve_errors
     if _serve_errors is None:
         from ray import exceptions as rex
         from ray.serve import exceptions as sex
 
-        lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, sex.ReplicaUnavailableError)
-        _serve_errors = (rex.RayTaskError, sex.BackPressureError, lost, (rex.TaskCancelledError,))  # type: ignore[assignment]
+        lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, sex.ReplicaUnavailableError, ReplicaLost)
+        backpressure = (sex.BackPressureError, QueueFull)
+        _serve_errors = (rex.RayTaskError, backpressure, lost, (rex.TaskCancelledError,))  # type: ignore[assignment]
     return _serve_errors  # type: ignore[return-value]
 
 
 class _Pending:
-    """One call step in flight on Serve.
+    """One call step in flight, through a Serve handle or the direct transport (``pool``).
 
     Awaiting it gives the step's result (errors turned into dagserve's typed errors, lost replicas
-    retried for ``retries=N`` nodes). Handed whole to the runner as an argument of the next call,
-    it is replaced by the underlying ``DeploymentResponse``, which Serve resolves in the next
+    retried for ``retries=N`` nodes). Handed whole to the runner as an argument of the next Serve
+    call, it is replaced by the underlying ``DeploymentResponse``, which Serve resolves in the next
     replica. An upstream call whose value must be checked here first (``retries`` or
-    ``timeout_s``) is awaited before the next call is sent.
+    ``timeout_s``), or feeds a direct call, is awaited before the next call is sent.
     """
 
     __slots__ = (
@@ -156,6 +163,7 @@ class _Pending:
         "handle",
         "header",
         "kwargs",
+        "pool",
         "spec",
         "step",
         "upstream",
@@ -170,9 +178,11 @@ class _Pending:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ctx: RequestContext | None = None,
+        pool: DirectPool | None = None,
     ) -> None:
         self.ctx = ctx
         self.handle = handle
+        self.pool = pool
         self.spec = spec
         self.step = step
         self.header = header
@@ -184,7 +194,8 @@ class _Pending:
         self._task: asyncio.Future[Any] | None = None
         # A node with timeout_s gets its inputs as values, so its clock starts when they are ready
         # (as on the local backend), not while an upstream node still runs.
-        self._wants_values = spec.options.timeout_s is not None
+        # A direct call sends values: a Serve response cannot travel over its socket.
+        self._wants_values = spec.options.timeout_s is not None or pool is not None
         if all(u.passable for u in self.upstream) and not (self.upstream and self._wants_values):
             self._response = self._send(args, kwargs)
         else:
@@ -194,10 +205,16 @@ class _Pending:
     def passable(self) -> bool:
         """May this call's response go whole to the next call (no check needed here first)?"""
         o = self.spec.options
-        return self._response is not None and not o.retries and o.timeout_s is None
+        return self._response is not None and self.pool is None and not o.retries and o.timeout_s is None
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.pool is not None:
+            # Upstream calls were awaited before the first send (a retry finds them finished).
+            args = tuple(_value(a) for a in args)
+            if kwargs:
+                kwargs = {k: _value(v) for k, v in kwargs.items()}
+            return self.pool.call(self.header, args, kwargs)
         args = tuple(a._response if isinstance(a, _Pending) else a for a in args)
         if kwargs:
             kwargs = {k: v._response if isinstance(v, _Pending) else v for k, v in kwargs.items()}
@@ -210,7 +227,7 @@ class _Pending:
             if not isinstance(a, _Pending):
                 return a
             o = a.spec.options
-            if o.retries or o.timeout_s is not None or self._wants_values:
+            if a.pool is not None or o.retries or o.timeout_s is not None or self._wants_values:
                 return await a  # its value, checked (and retried) here
             await a.response()
             return a  # still passed whole
@@ -254,7 +271,12 @@ class _Pending:
         retries = self.spec.options.retries
         attempt = 0
         while True:
-            response = await self.response()
+            try:
+                response = await self.response()  # a direct call first waits for its inputs' values
+            except asyncio.CancelledError:
+                self._blame_upstream()
+                self.cancel()
+                raise
             try:
                 return await response
             except asyncio.CancelledError:
@@ -354,15 +376,22 @@ class _Pending:
         )
 
 
+def _value(a: Any) -> Any:
+    """An argument's value: a finished upstream call's result, or the argument itself."""
+    return a._task.result() if isinstance(a, _Pending) else a
+
+
 def _assigned(response: Any) -> bool:
-    """Has Serve handed this call to a replica yet? (False when unknown.)"""
+    """Has this call reached a replica yet? (False when unknown.)"""
+    if isinstance(response, DirectCall):
+        return response.assigned
     future = getattr(response, "_replica_result_future", None)
     return bool(future is not None and future.done() and not future.cancelled())
 
 
 def _finished(p: _Pending) -> bool:
     """Did this call's result come back to us (only known for calls awaited here)?"""
-    return p._task is not None and p._task.done()
+    return p._task is not None and p._task.done() and not p._task.cancelled()
 
 
 class _RayRunner:
@@ -379,7 +408,9 @@ class _RayRunner:
         if step.inline:
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
         header = (step.method or "__call__", step.name, ctx.request_id)
-        return _Pending(b._handle(name), b._specs[name], step, header, args, kwargs, ctx)
+        pool = b._direct_pool(name)
+        handle = None if pool is not None else b._handle(name)
+        return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,6 +448,7 @@ class RayBackend(Backend):
         health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
         graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
         max_threads: int = 64,
+        direct_transport: bool = True,
     ) -> None:
         if ingress_replicas is not None and (isinstance(ingress_replicas, bool) or ingress_replicas < 1):
             raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
@@ -452,6 +484,11 @@ class RayBackend(Backend):
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
         self._handles: dict[str, Any] = {}
+        #: Calls to fixed-size nodes on a one-machine Ray skip Serve's router (``_direct``).
+        self.direct_transport = direct_transport
+        self._pools: dict[str, DirectPool | None] = {}
+        self._direct_cluster: str | None = None  # the Ray cluster's GCS address, while direct applies
+        self._direct_checked = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = _RayRunner(self)
         self._session: _ray_cluster.RaySession | None = None
@@ -489,6 +526,7 @@ class RayBackend(Backend):
             self._deployed = True  # from here on, shutdown deletes the application
             self._run_application()
             self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready")
+            self._check_direct()
             if self.ingress_replicas is not None:
                 from ._ray_ingress import ingress_url
 
@@ -512,6 +550,7 @@ class RayBackend(Backend):
         for spec in plan.deployments:
             if spec.inline:
                 backend._local[spec.name] = _LocalDeployment(spec, backend._pool)
+        backend._check_direct()
         return backend
 
     def shutdown(self) -> None:
@@ -539,6 +578,8 @@ class RayBackend(Backend):
                 _ray_cluster.release(session)
 
     def bind_loop(self, loop: Any) -> None:
+        if loop is not self._loop and self._pools:
+            self._close_pools()  # connections belong to the loop that opened them
         self._loop = loop
         if self._handles and not _router_in_own_loop():
             # Serve's router then lives on the loop that first used the handle: make new handles.
@@ -632,7 +673,90 @@ class RayBackend(Backend):
             self._handles[name] = h
         return h
 
+    # -- direct transport ----------------------------------------------------------------------
+    def _direct_pool(self, name: str) -> DirectPool | None:
+        """The node's direct pool when its calls may skip Serve's router, else ``None``.
+
+        Only for nodes with a fixed replica count (Serve's autoscaler counts the requests its own
+        handles route), on a Ray of one machine (every replica is then local), once the pool has
+        connected to a replica (until then, and whenever none accepts calls, Serve routes them).
+        Runs on the App's event loop.
+        """
+        cluster = self._direct_cluster
+        if cluster is None:
+            return None
+        if time.monotonic() - self._direct_checked > _DIRECT_RECHECK_S:
+            self._direct_checked = time.monotonic()  # a cluster may grow: look again, off the loop
+            asyncio.get_running_loop().run_in_executor(None, self._check_direct)
+        spec = self._specs[name]
+        if not _direct_eligible(spec):
+            return None
+        pool = self._pools.get(name)
+        if pool is None:
+            if name in self._pools:
+                return None  # no private socket directory (logged once)
+            directory = socket_dir(cluster, self._app_name or "", name)
+            if directory is None:
+                self._pools[name] = None
+                return None
+            o = spec.options
+            pool = DirectPool(
+                directory,
+                max_ongoing=o.effective_max_ongoing_requests,
+                max_queued=o.max_queued_requests,
+                loop=asyncio.get_running_loop(),
+            )
+            self._pools[name] = pool
+            return None  # it connects in the background; this call goes through Serve
+        return pool if pool.usable else None
+
+    def transport(self, node: str) -> str:
+        """How calls to ``node`` travel now: ``"direct"`` (a Unix socket to a replica on this
+        machine), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
+        spec = self._specs.get(node)
+        if spec is None:
+            raise KeyError(f"Graph {self._app_name!r} has no node {node!r}; nodes: {', '.join(self._specs)}")
+        if spec.inline:
+            return "inline"
+        pool = self._pools.get(node)
+        direct = self._direct_cluster is not None and _direct_eligible(spec) and pool is not None and pool.usable
+        return "direct" if direct else "serve"
+
+    def _check_direct(self) -> None:
+        """Does the direct transport apply (asked of Ray: one machine, connected locally)?"""
+        self._direct_checked = time.monotonic()
+        if not self.direct_transport or os.environ.get(DIRECT_ENV, "1") == "0":
+            self._direct_cluster = None
+            return
+        try:
+            import ray
+
+            if ray.util.client.ray.is_connected():
+                self._direct_cluster = None  # Ray Client: this process is not on the cluster
+                return
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+            single = len(alive) == 1
+            self._direct_cluster = ray.get_runtime_context().gcs_address if single else None
+        except Exception as exc:  # noqa: BLE001 - without an answer, Serve routes every call
+            log.warning("Direct transport off: asking Ray for its nodes failed (%s: %s)", type(exc).__name__, exc)
+            self._direct_cluster = None
+
+    def _close_pools(self) -> None:
+        pools = [p for p in self._pools.values() if p is not None]
+        self._pools = {}
+        loop = self._loop
+        if not pools or loop is None or loop.is_closed():
+            return
+        if _on_loop_thread(loop):
+            for pool in pools:
+                pool.close()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile: nothing to close
+                for pool in pools:
+                    loop.call_soon_threadsafe(pool.close)
+
     def _close_handles(self) -> None:
+        self._close_pools()
         handles, self._handles = list(self._handles.values()), {}
         if not handles:
             return
@@ -684,7 +808,7 @@ class RayBackend(Backend):
 
         d = serve.deployment(NodeReplica, **deployment_options(spec, **self._serve_options))
         d = d.options(version=f"{self._token}-{self._versions[spec.name]}", _internal=True)
-        return d.bind(replica_spec(spec), **children)
+        return d.bind(replica_spec(spec, direct=self.direct_transport), **children)
 
     def _proxy_port_for_start(self) -> int | None:
         if self.ingress_replicas is None:
@@ -741,6 +865,15 @@ class RayBackend(Backend):
             delay = min(delay * 2, 0.5)
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
+        if self._direct_cluster is not None and not _in_event_loop():
+            # Straight from the replicas' sockets: right whichever transport the calls took.
+            directory = socket_dir(self._direct_cluster, self._app_name or "", name)
+            try:
+                found = replica_stats(directory) if directory is not None else []
+            except Exception:  # noqa: BLE001 - metrics are best effort
+                found = []
+            if found:
+                return _sum_counts(found)
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
         handle = self._handles.get(name)
@@ -751,14 +884,22 @@ class RayBackend(Backend):
             results = response.results(timeout_s=2.0)
         except Exception:  # noqa: BLE001 - metrics are best effort; a busy or gone replica gives none
             return {}
-        total: dict[int, int] = {}
-        for counts in results:
-            for size, n in counts.items():
-                total[int(size)] = total.get(int(size), 0) + int(n)
-        return total
+        return _sum_counts(results)
+
+
+def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for counts in results:
+        for size, n in counts.items():
+            total[int(size)] = total.get(int(size), 0) + int(n)
+    return total
 
 
 _LOGGING = {"enable_access_log": False}
+#: Set to "0" to send every call through Serve's router (same as ``direct_transport=False``).
+DIRECT_ENV = "DAGSERVE_DIRECT_TRANSPORT"
+#: How often the ingress asks Ray again whether it still runs on one machine.
+_DIRECT_RECHECK_S = 10.0
 #: How long deploy waits for an earlier application of the same name that is being deleted.
 _DELETING_WAIT_S = 30.0
 
@@ -768,6 +909,19 @@ def _router_in_own_loop() -> bool:
     from ray.serve._private import constants
 
     return bool(constants.RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP)
+
+
+def _direct_eligible(spec: DeploymentSpec) -> bool:
+    """Fixed replica counts only: Serve's autoscaler sees just the requests its handles route."""
+    return spec.options.autoscaling is None and spec.options.num_replicas != "auto"
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
