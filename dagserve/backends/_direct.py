@@ -369,6 +369,12 @@ class _ClientConn(_Framed):
         self.calls: dict[int, DirectCall] = {}
         self.draining = False
 
+    @property
+    def accepting(self) -> bool:
+        """May a new call be sent here (open, and the replica is not stopping)?"""
+        t = self.transport
+        return not self.draining and t is not None and not t.is_closing()
+
     def submit(self, call: DirectCall) -> None:
         call._conn = self
         self.calls[call.rid] = call
@@ -432,7 +438,7 @@ class DirectPool:
     @property
     def usable(self) -> bool:
         """Is at least one replica connected and accepting calls?"""
-        return any(not c.draining for c in self._conns.values())
+        return any(c.accepting for c in self._conns.values())
 
     def call(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DirectCall:
         """Send one call (or queue it); raises :class:`QueueFull` when the queue is full."""
@@ -478,7 +484,7 @@ class DirectPool:
         best: _ClientConn | None = None
         for i in range(n):
             conn = ring[(start + i) % n]
-            if conn.draining or len(conn.calls) >= self.max_ongoing:
+            if not conn.accepting or len(conn.calls) >= self.max_ongoing:
                 continue
             if best is None or len(conn.calls) < len(best.calls):
                 best = conn
@@ -486,7 +492,7 @@ class DirectPool:
 
     def _slot_freed(self, conn: _ClientConn) -> None:
         queue = self._queue
-        while queue and not conn.draining and conn.transport is not None and len(conn.calls) < self.max_ongoing:
+        while queue and conn.accepting and len(conn.calls) < self.max_ongoing:
             call = queue.popleft()
             if not call.future.done():
                 conn.submit(call)
