@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ._deadlines import FixedTimeout
 from ._errors import DagserveError, GraphError
 from ._executor import RequestContext
 from ._http_errors import HTTPError, error_body, error_from_exception, status_type
@@ -94,6 +95,8 @@ class Ingress:
         #: Set when the server starts shutting down: /-/ready answers 503 from then on.
         self.draining = False
         self._token = _token_bytes(config.token)
+        # The body deadline, on one loop timer for all requests (see _deadlines).
+        self._body_deadline = FixedTimeout(config.body_timeout_s)
         self._openapi: dict[str, bytes] = {}
         self.starlette = Starlette(
             routes=self._routes(),
@@ -198,7 +201,7 @@ class Ingress:
         chunks: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
+            async with self._body_deadline():
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
