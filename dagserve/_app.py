@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ._compiler import compile as compile_graph
+from ._deadlines import FixedTimeout
 from ._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
 from ._executor import Executor, RequestContext
 from ._graph import Graph
@@ -83,7 +84,7 @@ class App:
         self.graph = graph
         self._plan = plan
         self.backend = backend
-        self.request_timeout_s = request_timeout_s
+        self._request_deadline = FixedTimeout(request_timeout_s)
         self._executor = Executor(plan, backend.runner)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -95,6 +96,16 @@ class App:
         self.in_flight = 0
 
     # -- identity ------------------------------------------------------------------------------
+    @property
+    def request_timeout_s(self) -> float | None:
+        """Seconds a request may run before it fails with RequestTimeoutError (``None``: no limit)."""
+        return self._request_deadline.delay
+
+    @request_timeout_s.setter
+    def request_timeout_s(self, value: float | None) -> None:
+        # The default deadline of every request, on one loop timer for all of them (see _deadlines).
+        self._request_deadline = FixedTimeout(value)
+
     @property
     def name(self) -> str:
         return self._plan.graph_name
@@ -144,7 +155,10 @@ class App:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
 
     async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
-        timeout = timeout_s if timeout_s is not None else self.request_timeout_s
+        if timeout_s is None:
+            timeout, deadline = self.request_timeout_s, self._request_deadline()
+        else:
+            timeout, deadline = timeout_s, asyncio.timeout(timeout_s)
         loop = asyncio.get_running_loop()
         start = loop.time()
         error: BaseException | None = None
@@ -155,7 +169,7 @@ class App:
             if timeout is None:
                 return await self._executor.run(payload, ctx)
             try:
-                async with asyncio.timeout(timeout):
+                async with deadline:
                     return await self._executor.run(payload, ctx)
             except TimeoutError as exc:
                 if isinstance(exc, RequestTimeoutError):

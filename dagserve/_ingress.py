@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ._deadlines import FixedTimeout
 from ._errors import DagserveError, GraphError
 from ._executor import RequestContext
 from ._http_errors import HTTPError, error_body, error_from_exception, status_type
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
     from ._server import IngressConfig
 
 try:  # per-node timings in response headers when the client asks (x-dagserve-trace: 1)
-    from ._trace import trace_headers, trace_requested
+    from ._trace import TRACE_HEADER, trace_headers, trace_requested
 except ImportError:  # pragma: no cover - _trace ships with dagserve
+    TRACE_HEADER = "x-dagserve-trace"
     trace_headers = trace_requested = None  # type: ignore[assignment]
 
 __all__ = ["Ingress", "create_app"]
@@ -94,6 +96,8 @@ class Ingress:
         #: Set when the server starts shutting down: /-/ready answers 503 from then on.
         self.draining = False
         self._token = _token_bytes(config.token)
+        # The body deadline, on one loop timer for all requests (see _deadlines).
+        self._body_deadline = FixedTimeout(config.body_timeout_s)
         self._openapi: dict[str, bytes] = {}
         self.starlette = Starlette(
             routes=self._routes(),
@@ -142,10 +146,12 @@ class Ingress:
             rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
             ctx: RequestContext | None = None
             start = time.perf_counter()
+            auth, content_type, content_length, trace = _graph_headers(request.scope)
             try:
-                self._authorize(request)
-                _check_content_type(request)
-                payload = parse_json(await self._read_body(request), max_depth=self.config.max_json_depth)
+                if self._token is not None:
+                    check_bearer(auth, self._token)
+                _check_content_type(content_type)
+                payload = parse_json(await self._read_body(request, content_length), max_depth=self.config.max_json_depth)
                 limit = self.config.max_in_flight
                 if limit is not None and self.in_flight >= limit:
                     raise HTTPError(
@@ -176,20 +182,17 @@ class Ingress:
                 )
                 return self._error_response(exc, request, rid)
             except Exception as exc:
-                return self._error_response(exc, request, rid, self._trace(request, ctx, start))
-            return Response(content, media_type=_JSON, headers=self._trace(request, ctx, start))
+                return self._error_response(exc, request, rid, _trace(trace, ctx, start))
+            return Response(content, media_type=_JSON, headers=_trace(trace, ctx, start))
 
         return run_graph
 
-    def _trace(self, request: Request, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
-        if ctx is None or trace_requested is None or not trace_requested(request.headers):
-            return None
-        return trace_headers(ctx, time.perf_counter() - start)
+    async def _read_body(self, request: Request, declared: str | None) -> bytes:
+        """The body, read as it streams in, stopped at the size limit or the deadline.
 
-    async def _read_body(self, request: Request) -> bytes:
-        """The body, read as it streams in, stopped at the size limit or the deadline."""
+        ``declared`` is the Content-Length header, if any.
+        """
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=_CLOSE)
@@ -198,7 +201,7 @@ class Ingress:
         chunks: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
+            async with self._body_deadline():
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
@@ -405,8 +408,29 @@ def _token_bytes(token: str | None) -> bytes | None:
     return token.encode("utf-8") if token else None
 
 
-def _check_content_type(request: Request) -> None:
-    value = request.headers.get("content-type")
+#: Request headers a graph route reads -> their place in _graph_headers' answer.
+_GRAPH_HEADERS = {b"authorization": 0, b"content-type": 1, b"content-length": 2, TRACE_HEADER.encode(): 3}
+
+
+def _graph_headers(scope: Scope) -> list[str | None]:
+    """Authorization, Content-Type, Content-Length and x-dagserve-trace (the first of each, or
+    ``None``), in one pass over the raw headers (whose names ASGI gives in lower case)."""
+    found: list[str | None] = [None, None, None, None]
+    for key, value in scope["headers"]:
+        i = _GRAPH_HEADERS.get(key)
+        if i is not None and found[i] is None:
+            found[i] = value.decode("latin-1")
+    return found
+
+
+def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
+    """Timing headers when the client asked for them (``value``: its x-dagserve-trace header)."""
+    if value is None or ctx is None or trace_requested is None or not trace_requested({TRACE_HEADER: value}):
+        return None
+    return trace_headers(ctx, time.perf_counter() - start)
+
+
+def _check_content_type(value: str | None) -> None:
     if value is None:
         return  # a body without a type is taken as JSON
     media, _, params = value.partition(";")

@@ -23,6 +23,9 @@ import operator
 import re
 from typing import Any
 
+# At the top, not in dump_json (~0.4 µs per call): pydantic is loaded with dagserve anyway (_options).
+from pydantic_core import PydanticSerializationError, to_json
+
 from ._errors import DagserveError, RequestError
 
 __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONBodyError", "OutputEncodingError", "dump_json", "parse_json"]
@@ -152,8 +155,6 @@ def _fallback(value: Any) -> Any:
 
 def dump_json(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON; :class:`OutputEncodingError` when something cannot be written."""
-    from pydantic_core import PydanticSerializationError, to_json
-
     try:
         return to_json(value, fallback=_fallback, inf_nan_mode="null", bytes_mode="base64")
     except (PydanticSerializationError, TypeError, ValueError, RecursionError) as exc:

@@ -144,7 +144,15 @@ class Metrics:
         return generate_latest(self.registry)
 
     # -- recording ---------------------------------------------------------------------------------
-    def _record(self, app: App, nodes: dict[str, str], ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
+    def _record(
+        self,
+        app: App,
+        nodes: dict[str, str],
+        series: dict[str, _NodeSeries],
+        ctx: RequestContext,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
         graph = app.name
         outcome = outcome_of(error)
         culprit = _culprit_step(failing_node(error), ctx.timings, nodes) if error is not None else None
@@ -153,27 +161,34 @@ class Metrics:
             requests = self._requests
             requests[key] = requests.get(key, 0) + 1
             _observe(self._request_latency, (graph,), seconds)
-            node_requests, node_latency, counts_by_node = self._node_requests, self._node_latency, self._counts
+            node_requests = self._node_requests
             for step, secs in ctx.timings.items():
-                node = nodes.get(step, step)
+                s = series.get(step)
+                if s is None:
+                    s = series[step] = self._node_series(graph, nodes.get(step, step))
                 if error is None:
-                    node_outcome = "ok"
-                elif step == culprit:
-                    node_outcome = outcome
+                    key = s.ok_key
                 else:
-                    node_outcome = "aborted"
-                key = (graph, node, node_outcome)
+                    node_outcome = outcome if step == culprit else "aborted"
+                    key = (graph, s.node, node_outcome)
+                    if node_outcome in ERROR_OUTCOMES:
+                        s.counts[1] += 1
                 node_requests[key] = node_requests.get(key, 0) + 1
-                _observe(node_latency, (graph, node), secs)
-                counts = counts_by_node.get((graph, node))
-                if counts is None:
-                    counts = counts_by_node[(graph, node)] = [0, 0]
-                counts[0] += 1
-                if node_outcome in ERROR_OUTCOMES:
-                    counts[1] += 1
+                h = s.latency
+                h[bisect_left(LATENCY_BUCKETS, secs)] += 1  # as _observe
+                h[-1] += secs
+                s.counts[0] += 1
             for step, branch in ctx.route.items():
                 key = (graph, step, branch)
                 self._routes[key] = self._routes.get(key, 0) + 1
+
+    def _node_series(self, graph: str, node: str) -> _NodeSeries:
+        """Node ``node``'s latency histogram and totals (created now if new); hold ``_series_lock``."""
+        latency = self._node_latency.get((graph, node))
+        if latency is None:
+            latency = self._node_latency[(graph, node)] = _new_histogram()
+        counts = self._counts.setdefault((graph, node), [0, 0])
+        return _NodeSeries(graph, node, latency, counts)
 
     def _snapshot(self) -> tuple[Any, ...]:
         with self._series_lock:
@@ -186,13 +201,30 @@ class Metrics:
             )
 
 
+def _new_histogram() -> list[float]:
+    """Per-bucket (not cumulative) counts, then +Inf, then the sum."""
+    return [0.0] * (len(LATENCY_BUCKETS) + 2)
+
+
 def _observe(series: dict[tuple[str, ...], list[float]], key: tuple[str, ...], value: float) -> None:
-    """One histogram observation: per-bucket (not cumulative) counts, then +Inf, then the sum."""
+    """One histogram observation."""
     h = series.get(key)
     if h is None:
-        h = series[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        h = series[key] = _new_histogram()
     h[bisect_left(LATENCY_BUCKETS, value)] += 1  # the first bucket whose bound is >= value (le)
     h[-1] += value
+
+
+class _NodeSeries:
+    """Where one node's calls are counted: found once per step, since these entries never move."""
+
+    __slots__ = ("counts", "latency", "node", "ok_key")
+
+    def __init__(self, graph: str, node: str, latency: list[float], counts: list[int]) -> None:
+        self.node = node
+        self.ok_key = (graph, node, "ok")  # the node_requests key of a successful call
+        self.latency = latency  # the histogram in Metrics._node_latency
+        self.counts = counts  # [calls, errors] in Metrics._counts
 
 
 class _RequestCollector:
@@ -260,14 +292,16 @@ class _Observer:
         self._metrics = metrics
         self._plan: Plan | None = None
         self._nodes: dict[str, str] = {}
+        self._series: dict[str, _NodeSeries] = {}  # step name -> its node's series
 
     def __call__(self, app: App, ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
         plan = app.plan
         if plan is not self._plan:  # scale/update replace the plan; step names stay the same
             self._nodes = {s.name: s.deployment for s in plan.steps if s.kind == "call" and s.deployment}
+            self._series = {}
             self._plan = plan
         try:
-            self._metrics._record(app, self._nodes, ctx, error, seconds)
+            self._metrics._record(app, self._nodes, self._series, ctx, error, seconds)
         except Exception:  # pragma: no cover - metrics must never fail a request
             log.exception("Recording metrics for graph %r failed.", app.name)
 

@@ -455,10 +455,13 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if self._awaiting_head() and self._head_timer is None:
-                self._arm()
+            head_started = self._awaiting_head()  # so this read and those counted since hold the head
             super().data_received(data)
             if self._awaiting_head():
+                # The head's clock starts with its first byte (this read): armed only now, so that a
+                # head arriving whole, as most do, never arms and cancels a timer.
+                if self._head_timer is None:
+                    self._arm()
                 self._head_bytes += len(data)
                 if self._head_bytes > max_header_bytes:
                     self._reject(
@@ -466,10 +469,14 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
                     )
                 return
             self._disarm()
+            received = self._head_bytes + len(data)
             self._head_bytes = 0
             cycle = self.cycle
             if cycle is not self._last_cycle:
                 self._last_cycle = cycle
+                if head_started and received <= max_header_bytes:
+                    return  # the head fit in fewer bytes than the limit
+                # A pipelined head (it began while the previous request ran) or a large one: measure it.
                 scope = cycle.scope
                 size = (
                     len(scope["raw_path"])

@@ -56,6 +56,26 @@ async def test_chain_runs_in_order() -> None:
     assert runner.calls == ["pre", "Scale", "post"]
 
 
+async def test_straight_line_plans_run_step_by_step_with_the_same_bookkeeping() -> None:
+    ex, runner = make(eg.chain())
+    assert ex._line is not None and [s.name for s in ex._line] == ["pre", "Scale", "post"]
+    ctx = RequestContext()
+    assert await ex.run(4, ctx) == {"y": 15}
+    assert runner.calls == ["pre", "Scale", "post"]
+    assert list(ctx.timings) == ["pre", "Scale", "post"] and not ctx.running
+    with dagserve.Input() as inp:
+        ex, _ = make(dagserve.Graph(eg.post(inp["x"]), name="line_with_select"))
+    assert ex._line is not None
+    assert await ex.run({"x": 1}) == {"y": 1}
+    with pytest.raises(RequestError, match=r"The payload has no 'x'"):
+        await ex.run({"y": 1})
+    # Anything with a step reading several others, routing, a structured output or pass-through
+    # results takes the general path.
+    for graph in (eg.fan_out(), eg.switched(), eg.split(), eg.structured(), eg.shared_once()):
+        assert make(graph)[0]._line is None
+    assert make(eg.chain(), passthrough=True)[0]._line is None
+
+
 async def test_structured_output_and_schema() -> None:
     ex, _ = make(eg.structured())
     out = await ex.run({"x": 1})

@@ -333,6 +333,58 @@ def test_two_hundred_trickling_connections_do_not_starve_normal_clients() -> Non
     assert max(loaded) < 2.0
 
 
+def test_header_deadline_and_size_on_a_kept_alive_connection(server: str) -> None:
+    """The head's clock starts at its first byte on a reused connection too; heads in pieces
+    within the deadline pass, one that stops arriving gets 408, one over the limit 431."""
+    parts = urlsplit(server)
+    get = b"GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def answer(reader: Any) -> tuple[int, bytes]:
+        status = int(reader.readline().split()[1])
+        length = 0
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return status, reader.read(length)
+
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s, s.makefile("rb") as reader:
+        s.sendall(get)
+        assert answer(reader)[0] == 200
+        time.sleep(0.7)  # idle longer than the head deadline: only a started head is timed
+        s.sendall(get[:10])
+        time.sleep(0.2)
+        s.sendall(get[10:])
+        assert answer(reader)[0] == 200
+        s.sendall(get[:-2])
+        status, body = answer(reader)
+        assert status == 408 and json.loads(body)["error"]["type"] == "RequestHeaderTimeout"
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s, s.makefile("rb") as reader:
+        s.sendall(get)
+        assert answer(reader)[0] == 200
+        s.sendall(b"GET /-/healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n")
+        status, body = answer(reader)
+        assert status == 431 and json.loads(body)["error"]["type"] == "RequestHeadTooLarge"
+    # Pipelined: a large head arriving in pieces while the request before it still runs.
+    slow = json.dumps({"x": 1, "seconds": 0.2}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s, s.makefile("rb") as reader:
+        s.sendall(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(slow)).encode()
+            + b"\r\n\r\n"
+            + slow
+        )
+        big = b"GET /-/healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"
+        s.sendall(big[:5000])
+        time.sleep(0.05)
+        s.sendall(big[5000:])
+        assert answer(reader)[0] == 200
+        status, body = answer(reader)
+        assert status == 431 and json.loads(body)["error"]["type"] == "RequestHeadTooLarge"
+
+
 def test_tricklers_are_cut_at_the_header_and_body_deadlines() -> None:
     app = dagserve.deploy(g.typed(), backend="local")
     with BackgroundServer(app.asgi(body_timeout_s=0.5), header_timeout_s=0.5) as url:

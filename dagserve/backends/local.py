@@ -73,6 +73,8 @@ class _Replica:
 
 
 class _LocalDeployment:
+    limit: int  # max_ongoing_requests per replica in force (see spec)
+
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
         self.spec = spec
         self.pool = pool
@@ -87,8 +89,13 @@ class _LocalDeployment:
         self.batch_counts[size] += 1
 
     @property
-    def limit(self) -> int:
-        return self.spec.options.effective_max_ongoing_requests
+    def spec(self) -> DeploymentSpec:
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: DeploymentSpec) -> None:  # scale and update replace the spec
+        self._spec = spec
+        self.limit = spec.options.effective_max_ongoing_requests  # read on every call: worked out once
 
     def _pick(self) -> _Replica | None:
         best: _Replica | None = None
@@ -98,11 +105,15 @@ class _LocalDeployment:
                 best = r
         return best
 
-    async def acquire(self) -> _Replica:
+    def _take(self) -> _Replica | None:
+        """A slot on the least busy replica with one free, taken now; ``None`` when all are busy."""
         r = self._pick()
         if r is not None:
             r.ongoing += 1
-            return r
+        return r
+
+    async def _wait_for_slot(self) -> _Replica:
+        """Queue for a slot (handed over by ``wake``); OverloadedError when the queue is full."""
         cap = self.spec.options.max_queued_requests
         if cap is not None and len(self.waiters) >= cap:
             raise OverloadedError(
@@ -139,7 +150,7 @@ class _LocalDeployment:
                 fut.set_result(nxt)
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        r = await self.acquire()
+        r = self._take() or await self._wait_for_slot()
         try:
             batcher = r.batchers.get(method)
             if batcher is not None:
