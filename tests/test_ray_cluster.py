@@ -145,6 +145,12 @@ def test_local_ray_start_is_retried_once_when_gcs_never_came_up(
         start_local_ray(num_cpus=1)
     assert len(calls) == 2  # once more, not forever
 
+    # Ray raises a bare Exception when the raylet never registers with the GCS.
+    raylet = Exception("The current node timed out during startup. This could happen because some of the raylet failed")
+    calls = _stub_init(monkeypatch, [raylet])
+    start_local_ray(num_cpus=1)
+    assert len(calls) == 2
+
 
 def test_other_local_ray_start_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     from dagserve.backends._ray_cluster import start_local_ray
