@@ -58,6 +58,7 @@ def failure(workload: Workload, case: Case, system: str, reason: str, mode: str)
         "errors": None,
         "concurrency": case.concurrency,
         "mode": mode,
+        "failed": True,
         "note": f"failed: {reason}",
     }
 

@@ -3,7 +3,9 @@
 For each workload, each selected system that serves it is started in its own process (one Ray
 instance per system and workload, shared by the workload's cases), every case is warmed up and
 then measured with wrk on 127.0.0.1, and the server is torn down before the next system starts.
-Every figure in a table is from this run; ratios compare systems on the same case.
+Every figure in a table is from this run; ratios compare systems on the same case. The
+``build`` workload (``benchmarks/build.py``) runs last: import, compile, render and the time from
+``dagserve run`` to the first answer, each in a fresh process.
 
 Full mode: 6 s measured after a 2 s warm-up per case. ``--quick``: 2 s after 1 s, a smoke test.
 Results go to ``benchmarks/results/latest.json`` (see ``benchmarks/report.py`` for the records);
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import launch, report, wrk
+from benchmarks import build, launch, report, wrk
 from benchmarks.systems import SYSTEMS, SystemSpec
 from benchmarks.workloads import WORKLOADS, Workload
 
@@ -89,11 +91,25 @@ def run_workload(
     return records
 
 
+def run_build(mode: Mode, log_dir: Path) -> list[report.Record]:
+    """The ``build`` workload (benchmarks/build.py): the same in quick and full mode."""
+    log("[build] import, compile, render, first answer")
+    try:
+        recs = build.records(build.measure(log_dir), mode.name)
+    except Exception as exc:  # noqa: BLE001 - a failed measurement is reported, the others kept
+        log(f"[build] FAILED: {exc}")
+        return [{"workload": "build", "case": "build", "system": "dagserve", "rps": None, "p50_ms": None,
+                 "p99_ms": None, "errors": None, "concurrency": 1, "mode": mode.name, "failed": True,
+                 "note": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}]
+    print(build.table(recs) + "\n", flush=True)
+    return recs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s runs after 1 s warm-up (smoke test)")
-    parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), metavar="WORKLOAD",
-                        help=f"workloads to run (default all: {', '.join(WORKLOADS)})")
+    parser.add_argument("--only", nargs="+", choices=[*WORKLOADS, "build"], metavar="WORKLOAD",
+                        help=f"workloads to run (default all: {', '.join(WORKLOADS)}, build)")
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), metavar="NAME",
                         help=f"systems to run (default all: {', '.join(SYSTEMS)})")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
@@ -103,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = QUICK if args.quick else FULL
-    workloads = [WORKLOADS[name] for name in (args.only or WORKLOADS)]
+    chosen = args.only or [*WORKLOADS, "build"]
+    workloads = [WORKLOADS[name] for name in chosen if name != "build"]
     systems = [SYSTEMS[name] for name in (args.systems or SYSTEMS)]
     baselines = [s.name for s in SYSTEMS.values() if s.baseline]
     log_dir = Path(tempfile.mkdtemp(prefix="dagserve-bench-"))
@@ -121,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         records += mine
         tables.append(report.table(workload, mine, baselines))
         print(tables[-1] + "\n", flush=True)
+    if "build" in chosen:
+        records += run_build(mode, log_dir)
     elapsed = time.monotonic() - started
 
     report.write_json(args.output, records)
     print(f"{len(records)} records written to {args.output}; took {elapsed:.0f} s ({mode.name} mode)")
     # Errors are data (serve-docs may time out under load); only a system that failed to run fails.
-    return 1 if any(r["rps"] is None for r in records) else 0
+    return 1 if any(r.get("failed") for r in records) else 0
 
 
 if __name__ == "__main__":

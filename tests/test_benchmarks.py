@@ -8,6 +8,8 @@ slope are unit-tested below.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +88,19 @@ def test_hop_slope_is_least_squares() -> None:
     from benchmarks.report import least_squares
 
     assert least_squares([(1, 3.0), (3, 7.0), (6, 13.0)]) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+def test_build_workload_times_compile_and_render_of_the_graphs_it_names(tmp_path: Path) -> None:
+    """The build workload's compile and render script really builds a 1,000-node chain and draws a
+    200-node graph (it asserts both itself); timings are only reported, never checked here."""
+    from benchmarks import build
+
+    figures = json.loads(build._python(build._COMPILE_AND_RENDER, str(tmp_path / "wide.svg")))
+    assert set(figures) == {"compile_1000", "render_200"} and all(v > 0 for v in figures.values())
+    svg = (tmp_path / "wide.svg").read_text()
+    assert "l19_n9" in svg and "in_0" in svg  # the last layer and the first are drawn
+    recs = build.records({**figures, "import": 0.2, "first_answer": 9.0}, "quick")
+    assert {r["case"] for r in recs} == set(build.TARGETS)
+    assert all({"workload", "system", "rps", "p50_ms", "p99_ms", "errors", "concurrency"} <= set(r) for r in recs)
+    assert [r["meets_target"] for r in recs if r["case"] in ("import", "first_answer")] == [True, True]
+    assert "first_answer" in build.table(recs)
