@@ -4,9 +4,10 @@ Each remote node becomes a Serve deployment (class :class:`~._ray_replica.NodeRe
 own replicas or autoscaling, batching, CPU/GPU share and queue bounds; a graph is one named
 Serve application (``name`` = graph name, no HTTP route), so several graphs live side by side
 and are torn down alone. The per-request executor runs wherever the App runs (the ingress
-process) and calls the deployments through Serve handles; a call's un-awaited response is handed
-whole to the next call, so intermediate results travel replica to replica. ``inline`` nodes run
-in the ingress process through the local backend's deployment class.
+process) and calls replicas on its machine over Unix sockets (``_direct``), the others through
+Serve handles, where a call's un-awaited response is handed whole to the next call (Serve
+resolves it). ``inline`` nodes run in the ingress process through the local backend's
+deployment class.
 
 ::
 
@@ -395,7 +396,7 @@ def _finished(p: _Pending) -> bool:
 
 
 class _RayRunner:
-    """Performs call steps: remote ones through Serve handles, inline ones in this process."""
+    """Performs call steps: remote ones over the direct transport or Serve handles, inline ones here."""
 
     passthrough = True
 
