@@ -359,10 +359,13 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
         assert scaled_down["Times"].running_replicas == 1 and len(scaled_down["Times"].replica_ids) == 1
         assert scaled_down["add_one"].replica_ids == before["add_one"].replica_ids
 
-        app.update("Times", max_ongoing_requests=7)  # a light change: replicas stay
+        wait_until(lambda: app.call(1) == 4 and app.backend.transport("Times") == "direct", 10, "direct to Times")
+        app.update("Times", max_ongoing_requests=7, max_queued_requests=3)  # a light change: replicas stay
         light = app.status().nodes
         assert light["Times"].replica_ids == scaled_down["Times"].replica_ids
-        assert light["Times"].options == {"max_ongoing_requests": 7}
+        assert light["Times"].options == {"max_ongoing_requests": 7, "max_queued_requests": 3}
+        pool = app.backend._pools["Times"]  # the ingress holds calls to the new bounds too
+        assert pool is not None and (pool.max_ongoing, pool.max_queued) == (7, 3)
 
         app.update("Times", init_args=(5,))  # a new constructor: new replicas
         assert app.call(1) == 10

@@ -604,6 +604,7 @@ class RayBackend(Backend):
         self._check_owner()
         with self._lock:
             self._specs[spec.name] = replace(self._specs[spec.name], options=options)
+            self._pool_limits(spec.name)
             self._run_application()
         self._wait([spec.name], time.monotonic() + wait_s, what="scaled")
 
@@ -612,6 +613,7 @@ class RayBackend(Backend):
         old = self._specs[spec.name]
         with self._lock:
             self._specs[spec.name] = new
+            self._pool_limits(spec.name)
             if new.inline:
                 self._local[spec.name] = _LocalDeployment(new, self._pool)
                 return
@@ -722,6 +724,13 @@ class RayBackend(Backend):
         pool = self._pools.get(node)
         direct = self._direct_cluster is not None and _direct_eligible(spec) and pool is not None and pool.usable
         return "direct" if direct else "serve"
+
+    def _pool_limits(self, name: str) -> None:
+        """A node's queue bounds changed (scale, update): its direct pool holds to the new ones."""
+        pool = self._pools.get(name)
+        if pool is not None:
+            o = self._specs[name].options
+            pool.max_ongoing, pool.max_queued = o.effective_max_ongoing_requests, o.max_queued_requests
 
     def _check_direct(self) -> None:
         """Does the direct transport apply (asked of Ray: one machine, connected locally)?"""
