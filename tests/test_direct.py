@@ -48,10 +48,23 @@ class Replica:
             import threading
 
             return threading.Lock()
+        if method == "unloadable":
+            return Unloadable()
         raise AssertionError(method)
 
     def stats(self) -> dict[int, int]:
         return {4: len(self.started)}
+
+
+def _refuse_to_load() -> None:
+    raise ImportError("no module named 'only_on_the_replica'")
+
+
+class Unloadable:
+    """Pickles fine; loading it fails, like a class only the replica's environment has."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
 
 
 @pytest.fixture
@@ -220,6 +233,7 @@ async def test_a_stale_socket_is_removed_and_a_new_replica_found(directory: str)
     s.close()
     pool = await connected(directory, 0)
     try:
+        await pool.scan()  # refused a second time: stale
         assert not os.path.exists(stale)
         server, _ = await serve(directory, "r2")
         await pool.scan()
@@ -243,22 +257,23 @@ async def test_sockets_are_private_to_this_user(tmp_path: Path, monkeypatch: pyt
     real = _direct.socket_dir("127.0.0.1:6379", "app", "node")
     assert real is not None and len(os.path.join(real, "0123456789abcdef.sock")) < 108  # AF_UNIX limit
     monkeypatch.setattr(_direct.tempfile, "gettempdir", lambda: str(tmp_path))
-    root = tmp_path / f"dagserve-{os.getuid()}"
-    root.mkdir(mode=0o755)
-    os.chmod(root, 0o755)  # readable by others, as a umask could leave it
     path = _direct.socket_dir("127.0.0.1:6379", "app", "node")
     assert path is not None
+    root = tmp_path / f"dagserve-{os.getuid()}"
     for p in (root, Path(path)):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700
     server, _ = await serve(path, "r1")
     try:
         assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
         reader, writer = await asyncio.open_unix_connection(server.path)
-        transport = writer.transport
-        assert _direct._same_user(transport)  # the peer check: uid of the connecting process
+        assert _direct._same_user(writer.transport)  # the peer check: uid of the connecting process
         writer.close()
     finally:
         server.close()
+    # A directory others could write to is refused, never repaired (a socket planted meanwhile).
+    os.chmod(root, 0o755)
+    assert _direct.socket_dir("127.0.0.1:6379", "app", "node") is None
+    os.chmod(root, 0o700)
     # A directory owned by someone else is never used.
     monkeypatch.setattr(_direct.os, "getuid", lambda: os.stat(root).st_uid + 1)
     assert _direct.socket_dir("127.0.0.1:6379", "app", "node") is None
@@ -291,3 +306,124 @@ async def test_calls_made_one_at_a_time_take_turns_over_the_replicas(directory: 
         pool.close()
         for s, _ in servers:
             s.close()
+
+
+async def test_a_value_the_ingress_cannot_load_fails_its_call_only(directory: str) -> None:
+    server, replica = await serve(directory, "r1")
+    pool = await connected(directory, 1)
+    try:
+        held = pool.call(header("hold"), (1,), {})
+        with pytest.raises(NodeError, match="cannot load") as err:
+            await pool.call(header("unloadable"), (), {})
+        assert err.value.node == "Step" and err.value.error_type == "ImportError"
+        replica.release.set()
+        assert await held == ("r1", 1)  # the connection and the other call are fine
+        assert pool.usable
+    finally:
+        pool.close()
+        server.close()
+
+
+def test_objects_of_main_travel_by_value(tmp_path: Path) -> None:
+    """Plain pickle names a ``__main__`` class; the replica's ``__main__`` is not ours."""
+    import pickle
+    import subprocess
+    import sys
+    import types
+
+    main = sys.modules["__main__"]
+    cls = types.new_class("PointInMain", (), {}, lambda ns: ns.update({"__module__": "__main__"}))
+    cls.__qualname__ = "PointInMain"
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(main, "PointInMain", cls, raising=False)
+    try:
+        obj = cls()
+        obj.x = 3  # type: ignore[attr-defined]
+        assert b"__main__" in pickle.dumps(obj)
+        data = _direct.dumps(obj)
+    finally:
+        monkey.undo()
+    out = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).x)"],
+        input=data, capture_output=True, check=True, timeout=60,
+    )
+    assert out.stdout.strip() == b"3"
+
+
+async def test_a_cancelled_queued_call_leaves_the_queue(directory: str) -> None:
+    server, replica = await serve(directory, "r1")
+    pool = await connected(directory, 1, max_ongoing=1, max_queued=1)
+    try:
+        first = pool.call(header("hold"), (1,), {})
+        queued = pool.call(header("hold"), (2,), {})
+        queued.cancel()
+        later = pool.call(header("hold"), (3,), {})  # room again: not QueueFull
+        replica.release.set()
+        assert await first == ("r1", 1)
+        assert await later == ("r1", 3)
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_a_closed_pool_fails_calls_at_once_even_retries(directory: str) -> None:
+    server, _ = await serve(directory, "r1")
+    pool = await connected(directory, 1)
+    try:
+        held = pool.call(header("hold"), (1,), {})
+        await settle()
+        pool.close()
+        with pytest.raises(ReplicaLost):
+            await held
+        with pytest.raises(_direct.PoolClosed):
+            await asyncio.wait_for(pool.call(header("echo"), (2,), {}), 1.0)  # a retry: not queued forever
+    finally:
+        server.close()
+
+
+async def test_a_cancel_read_with_its_call_leaves_nothing_in_flight(directory: str) -> None:
+    server, _ = await serve(directory, "r1")
+    pool = await connected(directory, 1)
+    try:
+        calls = [pool.call(header("hold"), (i,), {}) for i in range(5)]
+        for c in calls:
+            c.cancel()  # same loop iteration: CALL and CANCEL leave in one write
+        await settle()
+        assert server.in_flight() == 0
+        await asyncio.wait_for(server.drain(close_after_s=0.05), 1.0)
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_raised_limits_start_queued_calls_at_once(directory: str) -> None:
+    server, replica = await serve(directory, "r1")
+    pool = await connected(directory, 1, max_ongoing=1)
+    try:
+        calls = [pool.call(header("hold"), (i,), {}) for i in range(3)]
+        await settle()
+        assert len(replica.started) == 1
+        pool.set_limits(3, None)
+        await settle()
+        assert len(replica.started) == 3
+        replica.release.set()
+        assert [x for _, x in await asyncio.gather(*calls)] == [0, 1, 2]
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_a_socket_is_removed_only_when_refused_twice(directory: str) -> None:
+    import socket
+
+    path = os.path.join(directory, "starting.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)  # bound, not yet listening: a replica between bind and listen
+    try:
+        pool = await connected(directory, 0)
+        assert os.path.exists(path)  # one refusal: kept
+        await pool.scan()
+        assert not os.path.exists(path)  # refused again a scan later: stale
+        pool.close()
+    finally:
+        s.close()

@@ -198,10 +198,11 @@ def test_serve_warns_before_listening_beyond_loopback_without_a_token(
     monkeypatch.setattr(srv, "run_server", lambda web, **kw: listened.append(kw["host"]))
     monkeypatch.delenv("DAGSERVE_TOKEN", raising=False)
     with caplog.at_level(logging.WARNING, logger="dagserve.serve"):
-        dagserve.serve(g.typed(), host="0.0.0.0")
-        dagserve.serve(g.typed(), host="0.0.0.0", token="t")
+        dagserve.serve(g.typed(), host="0.0.0.0", backend="local")
+        dagserve.serve(g.typed(), host="0.0.0.0", backend="local", token="t")
     assert listened == ["0.0.0.0", "0.0.0.0"]
-    assert [r.getMessage().count("WITHOUT A TOKEN") for r in caplog.records] == [1]
+    mine = [r for r in caplog.records if r.name == "dagserve.serve"]
+    assert [r.getMessage().count("WITHOUT A TOKEN") for r in mine] == [1]
 
 
 def test_url_for_shows_an_address_a_browser_can_open() -> None:

@@ -19,10 +19,12 @@ How it works:
   the calls it held with :class:`ReplicaLost` (retried for nodes with ``retries=N``).
 * A cancelled call (deadline, timeout, client gone) sends ``CANCEL``: the replica cancels it.
 
-Frames are a 4-byte big-endian length and a pickle. Requests: ``(CALL, id, payload)`` where
-``payload`` is the pickled ``(header, args, kwargs)``, ``(CANCEL, id)``, ``(STATS, id)``.
-Answers: ``(id, OK | ERROR | REJECTED, value)``. Values pickle with :mod:`pickle` (protocol 5)
-and fall back to cloudpickle for what it cannot take (lambdas, local classes).
+Frames are an 8-byte big-endian length and a pickled envelope. Requests: ``(CALL, id, payload)``
+where ``payload`` is the pickled ``(header, args, kwargs)``, ``(CANCEL, id)``, ``(STATS, id)``.
+Answers: ``(id, OK | ERROR, value)`` with the value (or exception) pickled apart, so one the caller
+cannot load fails its call only; ``(id, REJECTED, None)``; ``(0, DRAINING, None)`` when the
+replica stops. Values pickle with :mod:`pickle` (protocol 5), and with cloudpickle for what it
+cannot take (lambdas) or names ``__main__`` (the other process's ``__main__`` is not ours).
 
 This module imports no Ray; the backend decides where it applies (see ``RayBackend``).
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -47,6 +50,7 @@ from typing import Any
 __all__ = [
     "DirectCall",
     "DirectPool",
+    "PoolClosed",
     "QueueFull",
     "ReplicaLost",
     "ReplicaServer",
@@ -61,7 +65,7 @@ CALL, CANCEL, STATS = 0, 1, 2
 OK, ERROR, REJECTED, DRAINING = 0, 1, 2, 3
 #: How long a stopping replica waits for each ingress to hang up after its last answer.
 DRAIN_CLOSE_S = 5.0
-_LEN = struct.Struct("!I")
+_LEN = struct.Struct("!Q")
 #: How often the ingress looks for replicas that appeared or went away.
 SCAN_INTERVAL_S = 0.5
 
@@ -74,21 +78,30 @@ class QueueFull(Exception):
     """Every replica holds ``max_ongoing_requests`` calls and the queue holds ``max_queued_requests``."""
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj``; cloudpickle (from Ray) for what plain pickle cannot take."""
-    try:
-        return pickle.dumps(obj, protocol=5)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        from ray import cloudpickle
+class PoolClosed(Exception):
+    """The pool was closed (its App shut down, or moved to another event loop); not retried."""
 
-        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``; cloudpickle (from Ray) for what plain pickle cannot take, and for anything
+    that names ``__main__``: plain pickle refers to such classes and functions by name, and the
+    other process's ``__main__`` is not this one (cloudpickle sends them by value, as Serve does)."""
+    try:
+        data = pickle.dumps(obj, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        data = b""
+    if data and b"__main__" not in data:
+        return data
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
 
 
 def socket_dir(cluster: str, app: str, deployment: str) -> str | None:
     """The directory holding the sockets of ``deployment``'s replicas, created private (0700).
 
-    ``None`` when it cannot be made private (another user owns the parent): the transport is then
-    off and calls go through Serve. The path stays short, as Unix socket paths must (< 108 bytes).
+    ``None`` when it is not private (another user owns it, or others may write to it): the
+    transport is then off and calls go through Serve. The path stays short, as Unix socket paths must (< 108 bytes).
     """
     root = os.path.join(tempfile.gettempdir(), f"dagserve-{os.getuid()}")
     key = hashlib.sha1(f"{cluster}\0{app}\0{deployment}".encode()).hexdigest()[:16]
@@ -98,11 +111,14 @@ def socket_dir(cluster: str, app: str, deployment: str) -> str | None:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(p, 0o700)
             st = os.lstat(p)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-                log.warning("Not using the direct transport: %s is not a directory of this user.", p)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                # Never repaired: another user could have put a socket in it while it was open.
+                log.warning(
+                    "Not using the direct transport: %s is not a private (0700) directory of this user; "
+                    "remove it to let dagserve create it again.",
+                    p,
+                )
                 return None
-            if st.st_mode & 0o077:
-                os.chmod(p, 0o700)  # ours, but readable by others (a umask, an older version)
     except OSError as exc:
         log.warning("Not using the direct transport: cannot create %s (%s).", path, exc)
         return None
@@ -120,21 +136,25 @@ class _Framed(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
         frames = []
-        while end - pos >= 4:
+        size = _LEN.size
+        while end - pos >= size:
             (n,) = _LEN.unpack_from(buf, pos)
-            if end - pos - 4 < n:
+            if end - pos - size < n:
                 break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
+            frames.append(bytes(buf[pos + size : pos + size + n]))
+            pos += size + n
         if pos:
             del buf[:pos]
         for frame in frames:
+            # The envelope is ours (a tuple of ints and bytes): one that fails to load means the
+            # stream is broken, and the connection goes (values inside are loaded per call).
             self.frame_received(pickle.loads(frame))
 
     def frame_received(self, frame: Any) -> None:
@@ -148,7 +168,7 @@ class _Framed(asyncio.Protocol):
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def close(self) -> None:
         """Write what is pending, then close (asyncio sends buffered bytes before closing)."""
@@ -214,6 +234,19 @@ class ReplicaServer:
         for conn in self._conns:
             conn.send(dumps((0, DRAINING, None)))
 
+    def abort(self) -> None:
+        """Close at once, from any thread, without telling callers (their calls fail as lost)."""
+        self.draining = True
+        with contextlib.suppress(Exception):
+            if self._server is not None:
+                self._server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):  # a loop already closed: the process is ending
+                if conn.transport is not None:
+                    conn.transport.abort()
+
     async def drain(self, close_after_s: float = DRAIN_CLOSE_S) -> None:
         """Stop accepting, finish the calls in flight, and let each caller hang up (it does once it
         holds no call here), so no call crosses the close; then close whatever is left."""
@@ -270,36 +303,39 @@ class _ServerConn(_Framed):
                 return
             task = asyncio.get_running_loop().create_task(self._run(rid, frame[2]))
             self.tasks[rid] = task
+            # Also when a CANCEL read with its CALL stops the task before it ever ran.
+            task.add_done_callback(functools.partial(self._finished, rid))
         elif op == CANCEL:
             task = self.tasks.get(rid)
             if task is not None:
                 task.cancel()
         elif op == STATS:
             try:
-                self.send(dumps((rid, OK, self.server._stats())))
+                self.send(dumps((rid, OK, dumps(self.server._stats()))))
             except Exception as exc:  # noqa: BLE001 - a stats failure is answered, not fatal
-                self.send(dumps((rid, ERROR, RuntimeError(str(exc)))))
+                self.send(dumps((rid, ERROR, dumps(RuntimeError(str(exc))))))
 
     async def _run(self, rid: int, payload: bytes) -> None:
-        data: bytes | None = None
+        """Run one call and answer it; the value is pickled apart from the envelope, so a value
+        the caller cannot load fails that call only."""
         try:
             header, args, kwargs = pickle.loads(payload)
             value = await self.server._dispatch(header, args, kwargs)
             try:
-                data = dumps((rid, OK, value))
+                answer = (rid, OK, dumps(value))
             except Exception as exc:  # noqa: BLE001 - an unpicklable result fails its call only
-                data = dumps((rid, ERROR, _unsendable(header, exc)))
+                answer = (rid, ERROR, dumps(_unsendable(header, exc)))
         except asyncio.CancelledError:
-            pass  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
+            return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
             try:
-                data = dumps((rid, ERROR, exc))
+                answer = (rid, ERROR, dumps(exc))
             except Exception as pickling:  # noqa: BLE001
-                data = dumps((rid, ERROR, RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})")))
-        # Answer before counting the call done: a draining server closes the connection then.
+                answer = (rid, ERROR, dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})")))
+        self.send(dumps(answer))  # before the call counts as done: a draining server then closes
+
+    def _finished(self, rid: int, _task: asyncio.Task[Any]) -> None:
         self.tasks.pop(rid, None)
-        if data is not None:
-            self.send(data)
         self.server._task_done()
 
 
@@ -334,11 +370,12 @@ def _unsendable(header: Any, exc: BaseException) -> BaseException:
 class DirectCall:
     """One call through the pool; await it for the result. ``cancel()`` tells the replica."""
 
-    __slots__ = ("_conn", "_pool", "future", "payload", "rid")
+    __slots__ = ("_conn", "_pool", "future", "payload", "rid", "step")
 
-    def __init__(self, pool: DirectPool, payload: bytes) -> None:
+    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
         self._pool = pool
         self.payload = payload
+        self.step = step
         self.rid = next(pool._ids)
         self.future: asyncio.Future[Any] = pool._loop.create_future()
         self._conn: _ClientConn | None = None
@@ -356,9 +393,38 @@ class DirectCall:
         if not self.future.done():
             self.future.cancel()
         conn = self._conn
-        if conn is not None and conn.calls.pop(self.rid, None) is not None:
+        if conn is None:
+            with contextlib.suppress(ValueError):  # queued: it no longer counts against the bound
+                self._pool._queue.remove(self)
+        elif conn.calls.pop(self.rid, None) is not None:
             conn.send(dumps((CANCEL, self.rid)))
             self._pool._slot_freed(conn)
+
+    def _settle(self, status: int, value: bytes) -> None:
+        """Resolve with an answer's value, loaded here: one this process cannot load (a class
+        only the replica has) fails this call, not the connection."""
+        if self.future.done():
+            return
+        try:
+            loaded = pickle.loads(value)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is this call's failure
+            from .._errors import NodeError
+
+            self.future.set_exception(
+                NodeError(
+                    f"Node {self.step!r} returned a value this process cannot load ({type(exc).__name__}: {exc}); "
+                    "return plain data, or install the value's package where the graph is called.",
+                    node=self.step,
+                    error_type=type(exc).__name__,
+                )
+            )
+            return
+        if status == OK:
+            self.future.set_result(loaded)
+        elif isinstance(loaded, BaseException):
+            self.future.set_exception(loaded)
+        else:
+            self.future.set_exception(RuntimeError(f"replica error: {loaded!r}"))
 
 
 class _ClientConn(_Framed):
@@ -376,9 +442,10 @@ class _ClientConn(_Framed):
         return not self.draining and t is not None and not t.is_closing()
 
     def submit(self, call: DirectCall) -> None:
+        data = dumps((CALL, call.rid, call.payload))
         call._conn = self
         self.calls[call.rid] = call
-        self.send(dumps((CALL, call.rid, call.payload)))
+        self.send(data)
 
     def frame_received(self, frame: Any) -> None:
         rid, status, value = frame
@@ -394,11 +461,8 @@ class _ClientConn(_Framed):
             self.draining = True  # the replica is stopping: the call never ran, send it elsewhere
             call._conn = None
             self.pool._dispatch(call)
-        elif not call.future.done():
-            if status == OK:
-                call.future.set_result(value)
-            else:
-                call.future.set_exception(value)
+        else:
+            call._settle(status, value)
         self.pool._slot_freed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -431,6 +495,7 @@ class DirectPool:
         self._turn = itertools.count()
         self._connecting: set[str] = set()
         self._queue: collections.deque[DirectCall] = collections.deque()
+        self._refused: set[str] = set()  # replicas that refused a connection once
         self._closed = False
         self._scanner = loop.create_task(self._scan_forever())
 
@@ -449,7 +514,9 @@ class DirectPool:
             error: BaseException | None = exc
         else:
             error = None
-        call = DirectCall(self, payload)
+        call = DirectCall(self, payload, header[1] if isinstance(header, tuple) and len(header) > 1 else "?")
+        if error is None and self._closed:
+            error = PoolClosed("the pool is closed")
         if error is None:
             try:
                 self._dispatch(call, new=True)
@@ -460,6 +527,10 @@ class DirectPool:
         return call
 
     def _dispatch(self, call: DirectCall, *, new: bool = False) -> None:
+        if self._closed:
+            if not call.future.done():
+                call.future.set_exception(PoolClosed("the pool is closed"))
+            return
         conn = self._pick()
         if conn is not None and not self._queue:
             conn.submit(call)
@@ -499,6 +570,12 @@ class DirectPool:
         if conn.draining and not conn.calls:
             conn.close()
 
+    def set_limits(self, max_ongoing: int, max_queued: int | None) -> None:
+        """New queue bounds (a node scaled or updated); queued calls take any room at once."""
+        self.max_ongoing, self.max_queued = max_ongoing, max_queued
+        for conn in self._ring:
+            self._slot_freed(conn)
+
     def _lost(self, conn: _ClientConn) -> None:
         if self._conns.get(conn.replica) is conn:
             del self._conns[conn.replica]
@@ -530,22 +607,28 @@ class DirectPool:
                     conn.close()
         new = [r for r in names if r not in self._conns and r not in self._connecting]
         if new:
+            self._connecting.update(new)  # now, so a scan running meanwhile does not try them too
             await asyncio.gather(*(self._connect(r) for r in new))
 
     async def _connect(self, replica: str) -> None:
         path = os.path.join(self.directory, replica + ".sock")
-        self._connecting.add(replica)
         try:
             _, conn = await self._loop.create_unix_connection(lambda: _ClientConn(self, replica), path)
         except ConnectionRefusedError:
-            # Nobody listens: the replica died without cleaning up (SIGKILL). Remove its socket.
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            # Nobody listens: the replica died without cleaning up (SIGKILL), or is between bind
+            # and listen. Refused again a scan later, its socket is stale: remove it.
+            if replica in self._refused:
+                self._refused.discard(replica)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            else:
+                self._refused.add(replica)
             return
         except OSError:
             return  # gone between the listing and the connect
         finally:
             self._connecting.discard(replica)
+        self._refused.discard(replica)
         if self._closed:
             conn.close()
             return
@@ -562,8 +645,19 @@ class DirectPool:
             conn.close()
         for call in self._queue:
             if not call.future.done():
-                call.future.set_exception(ReplicaLost("the application is shutting down"))
+                call.future.set_exception(PoolClosed("the application is shutting down"))
         self._queue.clear()
+
+    def abandon(self) -> None:
+        """Its event loop is closed: hang up every connection (the replicas see the caller gone)."""
+        self._closed = True
+        for conn in list(self._conns.values()):
+            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._conns = {}
+        self._ring = []
 
 
 def replica_stats(directory: str, timeout_s: float = 2.0) -> list[Any]:
@@ -577,9 +671,9 @@ def replica_stats(directory: str, timeout_s: float = 2.0) -> list[Any]:
         try:
             data = dumps((STATS, 1))
             writer.write(_LEN.pack(len(data)) + data)
-            (n,) = _LEN.unpack(await reader.readexactly(4))
+            (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
             _, status, value = pickle.loads(await reader.readexactly(n))
-            return value if status == OK else None
+            return pickle.loads(value) if status == OK else None
         finally:
             writer.close()
 

@@ -281,7 +281,7 @@ class NodeReplica:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                direct.close()
+                direct.abort()  # not on the replica's loop (garbage collection): close at once
             else:
                 return self._drain()
         self._release_threads()

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .._errors import DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
+from .._errors import AppClosedError, DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
 from .._status import AppStatus
 from . import _ray_cluster
 from ._base import Backend
-from ._direct import DirectCall, DirectPool, QueueFull, ReplicaLost, replica_stats, socket_dir
+from ._direct import DirectCall, DirectPool, PoolClosed, QueueFull, ReplicaLost, replica_stats, socket_dir
 from ._ray_replica import NodeReplica, ReplicaSpec, ship
 from .local import _LocalDeployment
 
@@ -302,6 +302,10 @@ class _Pending:
             except cancelled as exc:
                 await self._raise_upstream_failure()
                 raise self._node_error(exc) from exc
+            except PoolClosed as exc:  # not retried: the App is going away
+                raise AppClosedError(
+                    f"The App shut down while node {self.step.name!r} was running this request."
+                ) from exc
             except DagserveError:
                 raise
             except Exception as exc:
@@ -686,7 +690,7 @@ class RayBackend(Backend):
         Runs on the App's event loop.
         """
         cluster = self._direct_cluster
-        if cluster is None:
+        if cluster is None or self._closed:
             return None
         if time.monotonic() - self._direct_checked > _DIRECT_RECHECK_S:
             self._direct_checked = time.monotonic()  # a cluster may grow: look again, off the loop
@@ -727,10 +731,15 @@ class RayBackend(Backend):
 
     def _pool_limits(self, name: str) -> None:
         """A node's queue bounds changed (scale, update): its direct pool holds to the new ones."""
-        pool = self._pools.get(name)
-        if pool is not None:
-            o = self._specs[name].options
-            pool.max_ongoing, pool.max_queued = o.effective_max_ongoing_requests, o.max_queued_requests
+        pool, loop = self._pools.get(name), self._loop
+        if pool is None:
+            return
+        o = self._specs[name].options
+        limits = (o.effective_max_ongoing_requests, o.max_queued_requests)
+        if loop is not None and loop.is_running() and not _on_loop_thread(loop):
+            loop.call_soon_threadsafe(pool.set_limits, *limits)
+        else:
+            pool.set_limits(*limits)
 
     def _check_direct(self) -> None:
         """Does the direct transport apply (asked of Ray: one machine, connected locally)?"""
@@ -755,7 +764,11 @@ class RayBackend(Backend):
         pools = [p for p in self._pools.values() if p is not None]
         self._pools = {}
         loop = self._loop
-        if not pools or loop is None or loop.is_closed():
+        if not pools or loop is None:
+            return
+        if loop.is_closed() or not loop.is_running():
+            for pool in pools:
+                pool.abandon()  # nothing runs that loop any more: just hang up
             return
         if _on_loop_thread(loop):
             for pool in pools:
