@@ -7,8 +7,11 @@ tests/test_backend_ray.py and the fault and timeout suites.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,13 @@ class Unloadable:
         return (_refuse_to_load, ())
 
 
+@dataclass
+class Cluster:
+    pool: DirectPool
+    servers: dict[str, ReplicaServer]
+    replicas: dict[str, Replica]
+
+
 @pytest.fixture
 def directory(tmp_path: Path) -> str:
     d = tmp_path / "sockets"
@@ -89,6 +99,19 @@ async def connected(directory: str, n: int, **limits: Any) -> DirectPool:
     return pool
 
 
+@contextlib.asynccontextmanager
+async def replicas(directory: str, *names: str, **limits: Any) -> AsyncIterator[Cluster]:
+    """Replica servers named ``names`` and a pool connected to them; all closed on the way out."""
+    started = {n: await serve(directory, n) for n in names}
+    pool = await connected(directory, len(names), **limits)
+    try:
+        yield Cluster(pool, {n: s for n, (s, _) in started.items()}, {n: r for n, (_, r) in started.items()})
+    finally:
+        pool.close()
+        for server, _ in started.values():
+            server.close()
+
+
 def header(method: str) -> tuple[str, str, str]:
     return (method, "Step", "req-1")
 
@@ -99,23 +122,18 @@ async def settle() -> None:
 
 
 async def test_a_call_round_trips_and_errors_keep_the_node_name(directory: str) -> None:
-    server, _ = await serve(directory, "r1")
-    pool = await connected(directory, 1)
-    try:
+    async with replicas(directory, "r1") as c:
+        pool = c.pool
         assert pool.usable
         assert await pool.call(header("echo"), (1, {"a": [1.5]}), {}) == ("r1", 1, {"a": [1.5]})
         with pytest.raises(NodeError) as err:
             await pool.call(header("fail"), (), {})
         assert err.value.node == "Step" and err.value.error_type == "ValueError"
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_results_that_cannot_be_sent_fail_their_call_only(directory: str) -> None:
-    server, _ = await serve(directory, "r1")
-    pool = await connected(directory, 1)
-    try:
+    async with replicas(directory, "r1") as c:
+        pool = c.pool
         assert callable(await pool.call(header("unpicklable"), (), {}))  # cloudpickle takes a lambda
         with pytest.raises(NodeError, match="cannot be sent back") as err:
             await pool.call(header("lock"), (), {})
@@ -125,31 +143,23 @@ async def test_results_that_cannot_be_sent_fail_their_call_only(directory: str) 
         with pytest.raises(TypeError):
             await pool.call(header("echo"), (threading.Lock(),), {})  # arguments that cannot be sent
         assert await pool.call(header("echo"), (2,), {}) == ("r1", 2)  # the connection is fine
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_calls_go_to_the_least_busy_replica(directory: str) -> None:
-    servers = [await serve(directory, f"r{i}") for i in range(2)]
-    pool = await connected(directory, 2)
-    try:
+    async with replicas(directory, "r0", "r1") as c:
+        pool = c.pool
         held = [pool.call(header("hold"), (i,), {}) for i in range(4)]
         await settle()
-        assert [len(r.started) for _, r in servers] == [2, 2]
-        for _, r in servers:
+        assert [len(r.started) for r in c.replicas.values()] == [2, 2]
+        for r in c.replicas.values():
             r.release.set()
         assert sorted(x for _, x in await asyncio.gather(*held)) == [0, 1, 2, 3]
-    finally:
-        pool.close()
-        for s, _ in servers:
-            s.close()
 
 
 async def test_max_ongoing_then_a_bounded_queue_then_queue_full(directory: str) -> None:
-    server, replica = await serve(directory, "r1")
-    pool = await connected(directory, 1, max_ongoing=1, max_queued=1)
-    try:
+    async with replicas(directory, "r1", max_ongoing=1, max_queued=1) as c:
+        pool = c.pool
+        replica = c.replicas["r1"]
         first = pool.call(header("hold"), (1,), {})
         second = pool.call(header("hold"), (2,), {})
         third = pool.call(header("hold"), (3,), {})
@@ -160,15 +170,12 @@ async def test_max_ongoing_then_a_bounded_queue_then_queue_full(directory: str) 
         replica.release.set()
         assert await first == ("r1", 1)
         assert await second == ("r1", 2)  # the freed slot went straight to the queued call
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_cancel_reaches_the_replica_and_frees_the_slot(directory: str) -> None:
-    server, replica = await serve(directory, "r1")
-    pool = await connected(directory, 1, max_ongoing=1)
-    try:
+    async with replicas(directory, "r1", max_ongoing=1) as c:
+        pool = c.pool
+        replica = c.replicas["r1"]
         call = pool.call(header("hold"), (1,), {})
         queued = pool.call(header("echo"), (2,), {})
         await settle()
@@ -178,9 +185,6 @@ async def test_cancel_reaches_the_replica_and_frees_the_slot(directory: str) -> 
         assert replica.cancelled == 1
         with pytest.raises(asyncio.CancelledError):
             await call
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_a_stopping_replica_refuses_new_calls_and_finishes_the_ones_it_holds(directory: str) -> None:
@@ -265,7 +269,7 @@ async def test_sockets_are_private_to_this_user(tmp_path: Path, monkeypatch: pyt
     server, _ = await serve(path, "r1")
     try:
         assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
-        reader, writer = await asyncio.open_unix_connection(server.path)
+        _reader, writer = await asyncio.open_unix_connection(server.path)
         assert _direct._same_user(writer.transport)  # the peer check: uid of the connecting process
         writer.close()
     finally:
@@ -297,21 +301,16 @@ async def test_a_call_crossing_an_idle_replicas_shutdown_is_sent_elsewhere_not_l
 
 
 async def test_calls_made_one_at_a_time_take_turns_over_the_replicas(directory: str) -> None:
-    servers = [await serve(directory, f"r{i}") for i in range(3)]
-    pool = await connected(directory, 3)
-    try:
+    async with replicas(directory, "r0", "r1", "r2") as c:
+        pool = c.pool
         names = [(await pool.call(header("echo"), (i,), {}))[0] for i in range(9)]
         assert sorted(names) == ["r0"] * 3 + ["r1"] * 3 + ["r2"] * 3
-    finally:
-        pool.close()
-        for s, _ in servers:
-            s.close()
 
 
 async def test_a_value_the_ingress_cannot_load_fails_its_call_only(directory: str) -> None:
-    server, replica = await serve(directory, "r1")
-    pool = await connected(directory, 1)
-    try:
+    async with replicas(directory, "r1") as c:
+        pool = c.pool
+        replica = c.replicas["r1"]
         held = pool.call(header("hold"), (1,), {})
         with pytest.raises(NodeError, match="cannot load") as err:
             await pool.call(header("unloadable"), (), {})
@@ -319,9 +318,6 @@ async def test_a_value_the_ingress_cannot_load_fails_its_call_only(directory: st
         replica.release.set()
         assert await held == ("r1", 1)  # the connection and the other call are fine
         assert pool.usable
-    finally:
-        pool.close()
-        server.close()
 
 
 def test_objects_of_main_travel_by_value(tmp_path: Path) -> None:
@@ -351,9 +347,9 @@ def test_objects_of_main_travel_by_value(tmp_path: Path) -> None:
 
 
 async def test_a_cancelled_queued_call_leaves_the_queue(directory: str) -> None:
-    server, replica = await serve(directory, "r1")
-    pool = await connected(directory, 1, max_ongoing=1, max_queued=1)
-    try:
+    async with replicas(directory, "r1", max_ongoing=1, max_queued=1) as c:
+        pool = c.pool
+        replica = c.replicas["r1"]
         first = pool.call(header("hold"), (1,), {})
         queued = pool.call(header("hold"), (2,), {})
         queued.cancel()
@@ -361,9 +357,6 @@ async def test_a_cancelled_queued_call_leaves_the_queue(directory: str) -> None:
         replica.release.set()
         assert await first == ("r1", 1)
         assert await later == ("r1", 3)
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_a_closed_pool_fails_calls_at_once_even_retries(directory: str) -> None:
@@ -382,24 +375,21 @@ async def test_a_closed_pool_fails_calls_at_once_even_retries(directory: str) ->
 
 
 async def test_a_cancel_read_with_its_call_leaves_nothing_in_flight(directory: str) -> None:
-    server, _ = await serve(directory, "r1")
-    pool = await connected(directory, 1)
-    try:
+    async with replicas(directory, "r1") as c:
+        pool = c.pool
+        server = c.servers["r1"]
         calls = [pool.call(header("hold"), (i,), {}) for i in range(5)]
         for c in calls:
             c.cancel()  # same loop iteration: CALL and CANCEL leave in one write
         await settle()
         assert server.in_flight() == 0
         await asyncio.wait_for(server.drain(close_after_s=0.05), 1.0)
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_raised_limits_start_queued_calls_at_once(directory: str) -> None:
-    server, replica = await serve(directory, "r1")
-    pool = await connected(directory, 1, max_ongoing=1)
-    try:
+    async with replicas(directory, "r1", max_ongoing=1) as c:
+        pool = c.pool
+        replica = c.replicas["r1"]
         calls = [pool.call(header("hold"), (i,), {}) for i in range(3)]
         await settle()
         assert len(replica.started) == 1
@@ -408,9 +398,6 @@ async def test_raised_limits_start_queued_calls_at_once(directory: str) -> None:
         assert len(replica.started) == 3
         replica.release.set()
         assert [x for _, x in await asyncio.gather(*calls)] == [0, 1, 2]
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_a_socket_is_removed_only_when_refused_twice(directory: str) -> None:
