@@ -188,9 +188,9 @@ async def test_cancel_reaches_the_replica_and_frees_the_slot(directory: str) -> 
 
 
 async def test_a_stopping_replica_refuses_new_calls_and_finishes_the_ones_it_holds(directory: str) -> None:
-    (old, old_replica), (new, new_replica) = await serve(directory, "old"), await serve(directory, "new")
-    pool = await connected(directory, 2)
-    try:
+    async with replicas(directory, "old", "new") as c:
+        pool, old = c.pool, c.servers["old"]
+        old_replica, new_replica = c.replicas["old"], c.replicas["new"]
         held = [pool.call(header("hold"), (i,), {}) for i in range(2)]  # one on each replica
         await settle()
         drained = asyncio.ensure_future(old.drain())
@@ -208,10 +208,6 @@ async def test_a_stopping_replica_refuses_new_calls_and_finishes_the_ones_it_hol
         await asyncio.wait_for(drained, 2)
         await settle()
         assert list(pool._conns) == ["new"]
-    finally:
-        pool.close()
-        old.close()
-        new.close()
 
 
 async def test_a_replica_that_dies_fails_its_calls_and_is_forgotten(directory: str) -> None:
@@ -284,9 +280,8 @@ async def test_sockets_are_private_to_this_user(tmp_path: Path, monkeypatch: pyt
 
 
 async def test_a_call_crossing_an_idle_replicas_shutdown_is_sent_elsewhere_not_lost(directory: str) -> None:
-    (old, _), (new, _) = await serve(directory, "old"), await serve(directory, "new")
-    pool = await connected(directory, 2)
-    try:
+    async with replicas(directory, "old", "new") as c:
+        pool, old = c.pool, c.servers["old"]
         drained = asyncio.ensure_future(old.drain())
         # Sent before the replica's DRAINING notice arrives: on the wire while it stops.
         crossing = _direct.DirectCall(pool, _direct.dumps((header("echo"), ("x",), {})))
@@ -294,10 +289,6 @@ async def test_a_call_crossing_an_idle_replicas_shutdown_is_sent_elsewhere_not_l
         assert await crossing == ("new", "x")
         await asyncio.wait_for(drained, 1.0)  # the ingress hung up at once; no 5 s wait
         assert list(pool._conns) == ["new"]
-    finally:
-        pool.close()
-        old.close()
-        new.close()
 
 
 async def test_calls_made_one_at_a_time_take_turns_over_the_replicas(directory: str) -> None:
