@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 
 from pydantic import BaseModel
 
@@ -49,6 +50,19 @@ def post(x: int) -> dict[str, int]:
 async def slow(x: int, seconds: float) -> int:
     await asyncio.sleep(seconds)
     return x
+
+
+@dagserve.node
+async def timed(x: int, seconds: float) -> list[float]:
+    """Sleeps and answers when it started and ended (wall clock: comparable across processes)."""
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return [start, time.time()]
+
+
+def overlapped(spans: list[list[float]]) -> bool:
+    """Whether every span was running at one moment: concurrency shown by order, not by speed."""
+    return max(s[0] for s in spans) < min(s[1] for s in spans)
 
 
 @dagserve.node
@@ -100,6 +114,14 @@ def fan_out(seconds: float = 0.3) -> dagserve.Graph:
         x = pre(inp["x"])
         out = combine([slow(x, seconds), slow(x, seconds)])
     return dagserve.Graph({"sum": out, "x": x}, name="fan_out")
+
+
+def overlapping(seconds: float = 0.3) -> dagserve.Graph:
+    """Two independent branches; each answers its own [start, end]."""
+    with dagserve.Input() as inp:
+        x = pre(inp["x"])
+        out = [timed(x, seconds), timed(x, seconds)]
+    return dagserve.Graph(out, name="overlapping")
 
 
 def structured() -> dagserve.Graph:

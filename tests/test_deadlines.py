@@ -17,7 +17,7 @@ async def test_a_scope_past_its_deadline_raises_timeout_error_on_time() -> None:
     with pytest.raises(TimeoutError):
         async with deadline():
             await asyncio.sleep(10)
-    assert 0.04 < time.monotonic() - start < 1.0
+    assert 0.04 < time.monotonic() - start < 5.0  # not early, and long before the 10 s sleep ends
 
 
 async def test_scopes_that_finish_in_time_never_expire_and_leave_the_queue_empty() -> None:

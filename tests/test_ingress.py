@@ -284,14 +284,14 @@ async def test_body_slower_than_the_deadline_is_408(make: Make) -> None:
 
     async def trickle() -> AsyncIterator[bytes]:
         yield b"[1,"
-        await asyncio.sleep(5)
+        await asyncio.sleep(60)
         yield b"2]"
 
     start = time.perf_counter()
     r = await c.post("/", content=trickle(), headers={"content-type": "application/json"})
     error = assert_error(r, 408, "RequestBodyTimeout")
     assert "0.3 s" in error["message"]
-    assert time.perf_counter() - start < 4  # answered at the deadline, not when the body ended
+    assert time.perf_counter() - start < 30  # ordering: answered at the deadline, long before the body ends
 
 
 async def test_bad_content_length_is_400(make: Make) -> None:

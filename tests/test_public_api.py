@@ -60,17 +60,12 @@ def test_every_error_derives_from_the_root() -> None:
     assert errors and all(issubclass(e, dagserve.DagserveError) for e in errors)
 
 
-def test_import_is_fast_and_light() -> None:
+def test_import_is_light() -> None:
+    # How fast the import is belongs to `make bench` (its build workload); here only what it pulls in.
     code = (
-        "import sys, time; t = time.perf_counter(); import dagserve; dt = time.perf_counter() - t; "
-        "heavy = [m for m in ('ray', 'starlette', 'uvicorn', 'graphviz', 'networkx', 'prometheus_client', 'rich') "
-        "if m in sys.modules]; print(dt, heavy)"
-    )
-    # Best of three: the first import in a fresh process also pays for cold disk caches.
-    best = min(
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[0])
-        for _ in range(3)
+        "import sys, dagserve; "
+        "print([m for m in ('ray', 'starlette', 'uvicorn', 'graphviz', 'networkx', 'prometheus_client', 'rich') "
+        "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split(maxsplit=1)[1].strip() == "[]", out
-    assert best < 0.3, f"import dagserve took {best:.3f} s"
+    assert out.strip() == "[]", out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -481,9 +480,7 @@ def test_a_200_node_graph_renders_left_to_right_without_overlaps(tmp_path: Path)
     graph = _wide_graph()
     names = _drawn_names(graph)
     assert len(names) == 200
-    start = time.monotonic()
-    svg = graph.render(tmp_path / "wide.svg").read_text(encoding="utf-8")
-    assert time.monotonic() - start < 30  # "in seconds": about 1 s here, generous for a loaded machine
+    svg = graph.render(tmp_path / "wide.svg").read_text(encoding="utf-8")  # how fast: `make bench` (build)
     texts = set(_svg_texts(svg))
     assert set(names) <= texts
     boxes = _boxes(svg)
