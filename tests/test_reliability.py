@@ -125,10 +125,9 @@ async def test_a_failing_node_leaves_concurrent_requests_and_the_server_untouche
 @pytest.mark.http
 @pytest.mark.parametrize("case", ["sync_exit", "async_exit", "batch_exit"])
 def test_a_node_raising_system_exit_fails_its_request_not_the_server(failures_server: str, case: str) -> None:
-    """Fails today: SystemExit raised in a node that runs in a task of its own (a fan-out branch,
-    a batch) escapes asyncio's task machinery and stops the server's event loop, so every later
-    request gets 'connection refused'. It should be that node's 500 like any other exception
-    (docs/reliability.md, "Faults and retries")."""
+    """SystemExit raised in a node, also one running in a task of its own (a fan-out branch, a
+    batch), is that node's 500 like any other exception; it must not escape asyncio's task
+    machinery and stop the server's event loop (docs/reliability.md, "Faults and retries")."""
     with httpx.Client(base_url=failures_server, timeout=10) as c:
         r = c.post("/", json={"case": case, "x": 1})
         try:
