@@ -32,7 +32,7 @@ import click
 from ._admin import admin_token as configured_admin_token
 from ._admin import private_token_dir, remove_token_file, write_token_file
 from ._cli import load_target
-from ._errors import DagserveError
+from ._errors import DagserveError, GraphError
 from ._graph import Graph
 from ._request_id import RequestIdFilter
 from ._server import (
@@ -43,6 +43,7 @@ from ._server import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     TOKEN_ENV,
+    check_unique_names,
     is_loopback,
     serve,
 )
@@ -295,6 +296,10 @@ def _graphs(target: str, obj: Any) -> list[Graph]:
     if isinstance(obj, Graph):
         return [obj]
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
+        try:
+            check_unique_names(obj)  # before anything deploys
+        except GraphError as exc:
+            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
         return list(obj)
     raise click.BadParameter(
         f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"

@@ -138,4 +138,6 @@ def overloaded() -> dagserve.Graph:
 SLOW = slow()
 #: Two graphs in one server.
 BOTH = [typed(), echoing()]
+#: Two graphs with one name (and so one route): refused before either deploys.
+SAME_NAME = [typed(), echoing(), typed()]
 NOT_A_GRAPH = 42

@@ -284,3 +284,11 @@ def test_no_admin_with_a_token_is_a_contradiction(nothing_deploys: list[str]) ->
     result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:BOTH", "--no-admin", "--admin-token", "t"])
     assert result.exit_code == 2 and "drop one of them" in result.output
     assert nothing_deploys == []
+
+
+def test_two_graphs_with_one_name_are_refused_before_anything_deploys(nothing_deploys: list[str]) -> None:
+    result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:SAME_NAME", "--backend", "local"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "Several graphs are named 'typed'" in out and "Graph(..., name='...')" in out
+    assert nothing_deploys == []
