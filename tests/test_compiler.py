@@ -239,12 +239,17 @@ class Open(BaseModel):
     a: str = ""
 
 
+def compile_error(graph: dagserve.Graph) -> str:
+    """The message of the CompileError compiling ``graph`` raises."""
+    with pytest.raises(CompileError) as info:
+        dagserve.compile(graph)
+    return str(info.value)
+
+
 def test_reading_a_field_the_schema_does_not_declare_is_a_compile_error() -> None:
     with dagserve.Input(schema=OnlyA) as inp:
         graph = dagserve.Graph(shout(inp["b"]), name="undeclared")
-    with pytest.raises(CompileError) as info:
-        dagserve.compile(graph)
-    message = str(info.value)
+    message = compile_error(graph)
     assert "Node 'shout' reads input['b']" in message
     assert "schema OnlyA has no field 'b' (fields: a)" in message
     assert "Declare it in OnlyA (e.g. `b: str`)" in message
@@ -307,9 +312,7 @@ class OneItem:
 def test_a_batched_parameter_annotated_as_one_item_is_a_compile_error() -> None:
     with dagserve.Input() as inp:
         graph = dagserve.Graph(upper_one(inp["text"]), name="one")
-    with pytest.raises(CompileError) as info:
-        dagserve.compile(graph)
-    message = str(info.value)
+    message = compile_error(graph)
     assert "Node 'upper_one' is batched (max_batch_size=4)" in message
     assert "its parameter 'x' receives a list of up to 4 items, but it is annotated str" in message
     assert "Annotate it `x: list[str]`" in message and "or drop max_batch_size" in message
