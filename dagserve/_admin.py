@@ -19,6 +19,10 @@ from the metrics) and ``p50_s`` / ``p99_s`` / ``rate_per_s`` (recent window, fro
 :mod:`dagserve._stats`). Scale and update accept ``?wait_s=`` (seconds to wait for the new
 replicas) and answer with the node's new status. ``App.scale`` and ``App.update`` block until the
 change is done, so they run in a worker thread while the event loop keeps serving requests.
+
+A ``dagserve run`` on a loopback address without a token creates one and keeps it, for
+``dagserve status/scale/update`` on this machine, in a file only this user can read
+(:func:`write_token_file`; one file per host and port, removed when the server stops).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ import hmac
 import json
 import logging
 import os
+import stat
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import DagserveError, GraphError
@@ -40,7 +47,21 @@ if TYPE_CHECKING:
     from ._app import App
     from ._metrics import Metrics
 
-__all__ = ["ADMIN_PREFIX", "TOKEN_ENV", "AppsSource", "admin_mount", "admin_routes", "admin_token", "graph_status"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "TOKEN_ENV",
+    "AppsSource",
+    "TokenFileError",
+    "admin_mount",
+    "admin_routes",
+    "admin_token",
+    "graph_status",
+    "private_token_dir",
+    "remove_token_file",
+    "token_dir",
+    "token_for_url",
+    "write_token_file",
+]
 
 log = logging.getLogger("dagserve.admin")
 
@@ -65,6 +86,119 @@ def admin_token(token: str | None = None) -> str | None:
     value = token if token is not None else os.environ.get(TOKEN_ENV)
     value = value.strip() if value else None
     return value or None
+
+
+# -- the token file of a loopback `dagserve run` ----------------------------------------------------
+
+
+class TokenFileError(DagserveError):
+    """The admin token file cannot be written or trusted (its directory is not private)."""
+
+
+def token_dir() -> Path:
+    """Where loopback servers keep the admin tokens they create: ``$XDG_RUNTIME_DIR/dagserve``
+    (a per-user directory emptied at logout), else ``$XDG_CONFIG_HOME/dagserve`` or
+    ``~/.config/dagserve``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "dagserve"
+    config = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(config) if config and os.path.isabs(config) else Path.home() / ".config"
+    return base / "dagserve"
+
+
+def token_path(host: str, port: int) -> Path:
+    """The token file of the server on ``host:port`` (``localhost`` is 127.0.0.1, where it binds)."""
+    name = host.strip("[]").lower()
+    name = "127.0.0.1" if name == "localhost" else name
+    return token_dir() / f"admin-token-{name.replace(':', '_')}-{port}"  # no colons in file names (IPv6)
+
+
+def _check_private(path: Path, *, directory: bool) -> None:
+    """Refuse (never repair) a path another user owns or may read: a token there is not secret."""
+    st = os.lstat(path)
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not kind_ok or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        what = "directory (mode 0700)" if directory else "file (mode 0600)"
+        raise TokenFileError(
+            f"{path} is not a private {what} of this user, so it cannot hold the admin token. Remove it "
+            f"and dagserve creates it again, or give the token explicitly (--admin-token / ${TOKEN_ENV})."
+        )
+
+
+def private_token_dir() -> Path:
+    """:func:`token_dir`, created private (0700) when missing; :class:`TokenFileError` when it
+    cannot be created or is not private."""
+    path = token_dir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    except OSError as exc:
+        raise TokenFileError(
+            f"Cannot create {path} for the admin token: {exc}. Give the token explicitly "
+            f"(--admin-token / ${TOKEN_ENV}) or serve with --no-admin."
+        ) from None
+    _check_private(path, directory=True)
+    return path
+
+
+def write_token_file(host: str, port: int, token: str) -> Path:
+    """Store ``token`` for the server on ``host:port``, readable by this user only (0600 in a 0700
+    directory); an older file there (a server that was killed) is replaced. Returns the path."""
+    path = private_token_dir() / token_path(host, port).name
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, token.encode() + b"\n")
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # atomic: a client never reads half a token
+    except OSError as exc:
+        raise TokenFileError(
+            f"Cannot store the admin token in {path.parent}: {exc}. Give the token explicitly "
+            f"(--admin-token / ${TOKEN_ENV}) or serve with --no-admin."
+        ) from None
+    return path
+
+
+def remove_token_file(path: Path, token: str) -> None:
+    """Remove the file written by :func:`write_token_file` if it still holds ``token`` (a newer
+    server on the same address may have replaced it)."""
+    try:
+        if path.read_text().strip() == token:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def token_for_url(url: str) -> str | None:
+    """The token a loopback server at ``url`` stored with :func:`write_token_file`, or ``None``.
+
+    Only loopback URLs are looked up: a token of this machine is never sent elsewhere.
+    """
+    from ._server import is_loopback
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if not parts.hostname or not is_loopback(parts.hostname):
+        return None
+    candidates = ["127.0.0.1", "::1"] if parts.hostname.lower() == "localhost" else [parts.hostname]
+    for host in candidates:
+        path = token_path(host, port)
+        try:
+            _check_private(path.parent, directory=True)
+            _check_private(path, directory=False)
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def graph_status(app: App, metrics: Metrics | None = None) -> dict[str, Any]:

@@ -194,17 +194,26 @@ class _Scan:
     # (index, byte offset where the record starts, ok) for each complete record
     records: list[tuple[int, int, bool]]
     end: int  # byte offset after the last complete record
+    unterminated: bool = False  # the last complete record lacks its newline
 
 
 def _scan(path: Path) -> _Scan:
     records: list[tuple[int, int, bool]] = []
     offset = end = 0
+    unterminated = False
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
             start = offset
             offset += len(raw)
             if not raw.endswith(b"\n"):
-                break  # the last line of a killed run: cut off, redone on resume
+                # The last line of a killed run. A record is one JSON object, and no cut-off part
+                # of one parses: a line that parses was written whole and only its newline is
+                # missing, so it is kept; anything else is torn, dropped and redone on resume.
+                try:
+                    json.loads(raw)
+                except ValueError:
+                    break
+                unterminated = True
             try:
                 rec = json.loads(raw)
                 index, ok = rec["index"], rec["ok"]
@@ -222,7 +231,7 @@ def _scan(path: Path) -> _Scan:
                 )
             records.append((index, start, ok))
             end = offset
-    return _Scan(path, records, end)
+    return _Scan(path, records, end, unterminated)
 
 
 def recover(paths: list[Path]) -> tuple[int, int]:
@@ -231,7 +240,8 @@ def recover(paths: list[Path]) -> tuple[int, int]:
     Returns ``(done, failed)``: every record with index below ``done`` is in one of the files,
     ``failed`` of them are error records. Files are truncated to exactly those records, which drops
     a half-written last line and anything written past a gap (when output and errors files were
-    flushed at different moments), so a resumed run neither loses nor duplicates a record.
+    flushed at different moments), so a resumed run neither loses nor duplicates a record. A
+    whole last record that lacks only its newline is kept, and gets its newline.
     """
     scans = [_scan(p) for p in paths if p.exists()]
     seen = {index for s in scans for index, _, _ in s.records}
@@ -249,6 +259,9 @@ def recover(paths: list[Path]) -> tuple[int, int]:
         if cut != s.path.stat().st_size:
             with s.path.open("r+b") as f:
                 f.truncate(cut)
+        elif s.unterminated:
+            with s.path.open("ab") as f:
+                f.write(b"\n")  # so the resumed run's first record starts a line of its own
     return done, failed
 
 

@@ -4,12 +4,14 @@
 2. check the inputs (exactly one ``Input``; nodes built under it that never reach the output);
 3. name deployments and steps deterministically;
 4. lower each node to a :class:`Step` with templates instead of node references;
-5. check annotated types across call edges;
+5. check annotated types across call edges, the payload fields read against the Input's schema,
+   and that batched nodes take a list;
 6. check the whole with networkx (acyclic, every step reachable from the input).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -39,7 +41,8 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     """Validate ``graph`` and lower it to a frozen :class:`Plan`.
 
     Raises :class:`~dagserve.CompileError` for graph-wide problems (several inputs, dead nodes,
-    types that cannot meet across an edge).
+    types that cannot meet across an edge, a payload field the Input's schema does not declare, a
+    batched node whose parameter is annotated as one item).
     """
     if not isinstance(graph, Graph):
         raise CompileError(f"dagserve.compile takes a dagserve.Graph, got {type(graph).__name__}.")
@@ -50,6 +53,8 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     index = {id(n): i for i, n in enumerate(nodes)}
     steps = tuple(_lower(i, n, index, step_names, dep_of, deployments) for i, n in enumerate(nodes))
     _check_types(nodes, steps, step_names)
+    _check_fields(nodes, step_names)
+    _check_batched(nodes, step_names)
     output = _template(graph.output, index)
     edges = _edges(steps)
     _check_dag(graph.name, steps, index[id(inp)], output)
@@ -339,6 +344,100 @@ def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, st
                 f"expects {_type_name(expected)} for its argument {pname!r}. Convert the value in "
                 "between, or fix one of the annotations."
             )
+
+
+def _check_fields(nodes: list[Node], names: dict[int, str]) -> None:
+    """Selections from a payload with a schema must name a field of it: the executor reads them
+    as attributes of the validated model, so an undeclared one fails every request (a 400 that
+    blames the caller even when the payload has the field, since validation drops it)."""
+    models: dict[int, Any] = {}  # node -> the pydantic model its value is, where known
+    readers: dict[int, list[str]] = {}
+    for n in nodes:
+        for d in n.dependencies():
+            readers.setdefault(id(d), []).append(names[id(n)])
+    for n in nodes:
+        if isinstance(n, Input):
+            models[id(n)] = n.schema
+        elif isinstance(n, SelectNode) and models.get(id(n.parent)) is not None:
+            model = models[id(n.parent)]
+            users = readers.get(id(n))
+            who = f"Node {users[0]!r}" if users else "The graph's output"
+            field = _model_field(model, n.key, f"{who} reads {names[id(n)]}")
+            sub = getattr(field, "annotation", None)
+            models[id(n)] = sub if isinstance(sub, type) and hasattr(sub, "model_fields") else None
+
+
+def _model_field(model: Any, key: Any, where: str) -> Any:
+    """``model``'s field ``key`` (``None`` for other readable attributes); :class:`CompileError`
+    when a validated ``model`` has no such attribute."""
+    if not isinstance(key, str):
+        raise CompileError(
+            f"{where}, but that value is a {model.__name__} (the Input's schema), read by field name only. "
+            f"Select one of its fields ({_field_list(model)}) by name."
+        )
+    field = model.model_fields.get(key)
+    if field is not None:
+        return field
+    attribute = inspect.getattr_static(model, key, None)
+    if key in model.model_computed_fields or isinstance(attribute, (property, functools.cached_property)):
+        return None
+    if model.model_config.get("extra") == "allow":  # undeclared fields are kept on the model
+        return None
+    raise CompileError(
+        f"{where}, but the Input's schema {model.__name__} has no field {key!r} ({_field_list(model)}): "
+        "validation would drop it from every payload and every request would fail. Declare it in "
+        f"{model.__name__} (e.g. `{key}: str`), or select one of its fields."
+    )
+
+
+def _field_list(model: Any) -> str:
+    fields = list(model.model_fields)
+    return f"fields: {', '.join(fields)}" if fields else "it has no fields"
+
+
+def _check_batched(nodes: list[Node], names: dict[int, str]) -> None:
+    """A batched node's method gets a list of items; a parameter annotated as one item (``str``)
+    would fail on every request (``AttributeError: 'list' object has no attribute ...``)."""
+    for n in nodes:
+        if not isinstance(n, CallNode) or n.target.node_options.max_batch_size is None:
+            continue
+        fn = n.callable()
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            continue
+        if isinstance(n.target, ModelInstance):
+            params = params[1:]
+        if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            continue
+        pname = params[0].name
+        annotation = _hints(fn).get(pname)
+        if _takes_a_list(annotation):
+            continue
+        size = n.target.node_options.max_batch_size
+        item = _type_name(annotation)
+        raise CompileError(
+            f"Node {names[id(n)]!r} is batched (max_batch_size={size}), so its parameter {pname!r} receives "
+            f"a list of up to {size} items, but it is annotated {item}. Annotate it `{pname}: list[{item}]` "
+            "and return a list with one result per item, or drop max_batch_size to get one item per call."
+        )
+
+
+def _takes_a_list(annotation: Any) -> bool:
+    """Could a list be what ``annotation`` describes? Unknown or uncheckable annotations can."""
+    classes = _concrete(annotation)
+    if classes is None:
+        return True
+    # A tuple is a sequence of items too, read the same way as the list. Array types (numpy, torch)
+    # are commonly built from the list (np.stack(batch)): not refused on a guess.
+    return any(c is tuple or hasattr(c, "__array__") or _subclass(list, c) for c in classes)
+
+
+def _subclass(cls: type, parent: type) -> bool:
+    try:
+        return issubclass(cls, parent)
+    except TypeError:  # not a class issubclass understands: cannot tell, so allow
+        return True
 
 
 def _bound_arg(n: CallNode, pname: str) -> Any:

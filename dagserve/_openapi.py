@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 description of the ingress, and the interactive page that shows it.
 
 Each graph route gets its request schema from the graph Input's pydantic model (any JSON when it
-has none) and its response schema from the output: the output template's structure (dicts,
+has none), where a field that a switch without a default routes on, on every request, lists the
+values it has cases for (``enum``), since any other value gets 422; and its response schema from
+the output: the output template's structure (dicts,
 lists, tuples) with, at each node, the JSON Schema of that node's return annotation
 (``pydantic.TypeAdapter(...).json_schema()``); a switch or split gives ``anyOf`` its branches;
 anything unannotated, or not describable by pydantic, is left open (``{}``). Every error status
@@ -10,14 +12,17 @@ the route can answer is listed with the one error schema.
 
 from __future__ import annotations
 
+import copy
+import enum
 import html
+import math
 import re
 import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._http_errors import error_schema
-from ._plan import Plan, Ref
+from ._plan import Plan, Ref, refs_in
 
 if TYPE_CHECKING:
     from ._app import App
@@ -131,11 +136,113 @@ def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any]],
     except Exception:  # pragma: no cover - each adapter was checked alone; an odd mix leaves schemas open
         mapping, top = {}, {}
     resolved = {key: schema for (key, _mode), schema in mapping.items()}
+    components = dict(top.get("$defs", {}))
     out: dict[str, tuple[Any, Any]] = {}
-    for name in apps:
-        request_schema = resolved.get((name, "input"), _ANY)
+    for name, app in apps.items():
+        request_schema = _routed_fields(app.plan, resolved.get((name, "input"), _ANY), components)
         out[name] = (request_schema, _render(shapes[name], resolved))
-    return out, dict(top.get("$defs", {}))
+    return out, components
+
+
+def _routed_fields(plan: Plan, request_schema: Any, components: dict[str, Any]) -> Any:
+    """``request_schema`` with an ``enum`` on each field a switch without a default routes on (see
+    :func:`_accepted_values`), as a copy: the model's component may serve other graphs too."""
+    accepted = _accepted_values(plan)
+    if not accepted or plan.input_schema is None:
+        return request_schema
+    base = request_schema
+    ref = base.get("$ref") if isinstance(base, dict) else None
+    if isinstance(ref, str) and ref.startswith(_REF_TEMPLATE.format(model="")):
+        base = components.get(ref.rsplit("/", 1)[1])
+    if not isinstance(base, dict) or not isinstance(base.get("properties"), dict):
+        return request_schema
+    schema = copy.deepcopy(base)
+    required: list[str] = list(schema.get("required", []))
+    for name, values in accepted.items():
+        field = plan.input_schema.model_fields.get(name)
+        key = field.validation_alias or field.alias or name if field is not None else None
+        if not isinstance(key, str) or key not in schema["properties"]:
+            continue  # read through extra fields or a property: nothing in the schema to narrow
+        prop = {k: v for k, v in schema["properties"][key].items() if k != "default"}
+        prop["enum"] = values
+        if not field.is_required():  # type: ignore[union-attr]
+            default = field.get_default(call_default_factory=True)  # type: ignore[union-attr]
+            if any(_same(default, v) for v in values):
+                prop["default"] = schema["properties"][key]["default"]
+            elif key not in required:
+                required.append(key)  # absent means the default, which no case takes
+        schema["properties"][key] = prop
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _accepted_values(plan: Plan) -> dict[str, list[Any]]:
+    """Input field -> the JSON values accepted for it, from each switch without a default that runs
+    on every request and routes on that field (several such switches: the values all accept).
+
+    Switches inside another switch's or split's branch run only for some payloads, so they narrow
+    nothing; keys that are not JSON scalars are not described either.
+    """
+    accepted: dict[str, list[Any]] = {}
+    for index in _always_run(plan):
+        step = plan.steps[index]
+        if step.kind != "switch" or step.has_default:
+            continue
+        key_step = plan.steps[step.inputs[0]]
+        if key_step.kind != "select" or plan.steps[key_step.inputs[0]].kind != "input":
+            continue
+        if not isinstance(key_step.key, str):
+            continue
+        values = [_json_scalar(case) for case, _ in step.cases]
+        if any(v is _UNDESCRIBED for v in values):
+            continue
+        unique = [v for i, v in enumerate(values) if not any(_same(v, w) for w in values[:i])]
+        before = accepted.get(key_step.key)
+        if before is not None:
+            unique = [v for v in before if any(_same(v, w) for w in unique)]
+        accepted[key_step.key] = unique
+    return {k: v for k, v in accepted.items() if v}
+
+
+def _always_run(plan: Plan) -> set[int]:
+    """Steps every request runs: from the output through every input, but only the key of a switch
+    or split (their branches run for some payloads)."""
+    todo = refs_in(plan.output)
+    seen: set[int] = set()
+    while todo:
+        index = todo.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        step = plan.steps[index]
+        if step.kind == "switch":
+            todo.append(step.inputs[0])
+        elif step.kind == "split":
+            if isinstance(step.key, Ref):
+                todo.append(step.key.index)
+        else:
+            todo.extend(step.inputs)
+    return seen
+
+
+_UNDESCRIBED = object()
+
+
+def _json_scalar(value: Any) -> Any:
+    """``value`` as the JSON scalar a payload holds for it (an Enum member's value), or _UNDESCRIBED."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return _UNDESCRIBED
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``1 == 1.0`` but ``True != 1``."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _shape(plan: Plan, template: Any, adapters: dict[tuple[str, str], Any]) -> Any:

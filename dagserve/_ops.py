@@ -1,8 +1,10 @@
 """``dagserve status``, ``dagserve scale`` and ``dagserve update``: operate a running server.
 
 They talk to the server's admin routes (:mod:`dagserve._admin`) over HTTP, so the server must
-have been started with an admin token; pass the same token with ``--token`` or (better, it stays
-out of the process list) ``DAGSERVE_ADMIN_TOKEN``::
+have been started with an admin token. A ``dagserve run`` on 127.0.0.1 without one creates one
+and stores it where these commands find it, so on the same machine nothing needs passing.
+Otherwise pass the server's token with ``--token`` or (better, it stays out of the process list)
+``DAGSERVE_ADMIN_TOKEN``; an explicit token always wins over the stored one::
 
     export DAGSERVE_ADMIN_TOKEN=s3cret
     dagserve status --url http://127.0.0.1:8000
@@ -22,7 +24,7 @@ from typing import Any
 
 import click
 
-from ._admin import ADMIN_PREFIX, TOKEN_ENV
+from ._admin import ADMIN_PREFIX, TOKEN_ENV, TokenFileError, token_dir, token_for_url
 
 __all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
 
@@ -38,8 +40,15 @@ class AdminClient:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
         self.url = url.rstrip("/")
-        self.token = token
         self.timeout_s = timeout_s
+        self.stored = False  # the token came from the file a loopback `dagserve run` wrote
+        if not token:
+            try:
+                token = token_for_url(self.url)
+            except TokenFileError as exc:
+                raise click.ClickException(str(exc)) from None
+            self.stored = token is not None
+        self.token = token
 
     def status(self, graph: str | None = None) -> dict[str, Any]:
         if graph is None:
@@ -54,7 +63,11 @@ class AdminClient:
 
     def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         if not self.token:
-            raise click.UsageError(f"The admin routes need a token: pass --token or set ${TOKEN_ENV}.")
+            raise click.UsageError(
+                f"The admin routes need a token: pass --token or set ${TOKEN_ENV}. (A `dagserve run` on "
+                f"127.0.0.1 without one stores the token it creates in {token_dir()}, where this command "
+                f"looks; there is none for {self.url}.)"
+            )
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + ADMIN_PREFIX + path, data=data, method=method)
         req.add_header("authorization", f"Bearer {self.token}")
@@ -91,6 +104,11 @@ class AdminClient:
         if exc.code == 401:
             return f"The server refused the request: {message or 'no token'}. Pass --token or set ${TOKEN_ENV}."
         if exc.code == 403:
+            if self.stored:
+                return (
+                    f"The server rejected the admin token stored in {token_dir()} (left by an earlier server on "
+                    f"this address?); pass the server's token with --token or ${TOKEN_ENV}."
+                )
             return f"The server rejected the admin token; use the one it was started with (${TOKEN_ENV})."
         return message or f"HTTP {exc.code}: {exc.reason}"
 
@@ -213,7 +231,11 @@ def _print_status(data: dict[str, Any]) -> None:
 _url_option = click.option(
     "--url", envvar=URL_ENV, default=DEFAULT_URL, show_default=True, help=f"The server's base URL (or ${URL_ENV})."
 )
-_token_option = click.option("--token", envvar=TOKEN_ENV, help=f"Admin token (default: ${TOKEN_ENV}).")
+_token_option = click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    help=f"Admin token (default: ${TOKEN_ENV}, else the one a loopback `dagserve run` stored for --url).",
+)
 _wait_option = click.option(
     "--wait", "wait_s", type=click.FloatRange(min=0), default=None, help="Seconds to wait for the new replicas."
 )

@@ -8,6 +8,11 @@
 the deployments as they come up; then one line on stdout gives the URL. Ctrl+C (SIGINT) or
 SIGTERM stops gracefully: requests in flight finish (``--shutdown-timeout``), then the graphs
 are torn down.
+
+The admin routes (``dagserve status/scale/update``) need a token. On a loopback address without
+one, ``dagserve run`` creates one and stores it for those commands in a file only this user can
+read (see :func:`dagserve._admin.write_token_file`), removed when the server stops. On any other
+address the token must be given (``--admin-token``), or the admin routes turned off (``--no-admin``).
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import threading
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._admin import admin_token as configured_admin_token
+from ._admin import private_token_dir, remove_token_file, write_token_file
 from ._cli import load_target
-from ._errors import DagserveError
+from ._errors import DagserveError, GraphError
 from ._graph import Graph
 from ._request_id import RequestIdFilter
 from ._server import (
@@ -33,6 +43,8 @@ from ._server import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     TOKEN_ENV,
+    check_unique_names,
+    is_loopback,
     serve,
 )
 
@@ -104,8 +116,10 @@ class _Size(click.ParamType):
     "--admin-token",
     envvar=ADMIN_TOKEN_ENV,
     default=None,
-    help=f"Bearer token of the admin routes [env {ADMIN_TOKEN_ENV}].",
+    help=f"Bearer token of the admin routes [env {ADMIN_TOKEN_ENV}; on loopback, default: a new one, stored "
+    "for dagserve status/scale/update].",
 )
+@click.option("--no-admin", is_flag=True, help="Serve without the admin routes (and create no admin token).")
 @click.option(
     "--max-body-size",
     type=_Size(),
@@ -172,9 +186,37 @@ def run_command(target: str, **options: Any) -> None:
         raise click.BadParameter(
             "--address is a Ray cluster's address; use it with --backend ray.", param_hint="--address"
         )
+    # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
+    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
     graphs = _graphs(target, load_target(target))
     with _logging_to_stderr(options["log_level"]):
-        _run(graphs, **options)
+        _run(graphs, stored_admin_token=created, **options)
+
+
+def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
+    """The admin token to serve with ("" for no admin routes), and whether it was created here."""
+    token = configured_admin_token(given)
+    if no_admin:
+        if token:
+            raise click.UsageError(
+                "--no-admin turns the admin routes off, but an admin token is given (--admin-token or "
+                f"${ADMIN_TOKEN_ENV}); drop one of them."
+            )
+        return "", False
+    if token:
+        return token, False
+    if not is_loopback(host):
+        # A token created here would only be readable on this machine; elsewhere it must be chosen.
+        raise click.UsageError(
+            f"Serving on {host} (reachable from other machines) needs an explicit admin token: pass "
+            f"--admin-token or set ${ADMIN_TOKEN_ENV} (give the same to dagserve status/scale/update with --token), "
+            "or pass --no-admin to serve without the admin routes."
+        )
+    try:
+        private_token_dir()  # where the token will be stored: checked now, written once the port is bound
+    except DagserveError as exc:
+        raise click.ClickException(str(exc)) from None
+    return secrets.token_urlsafe(32), True
 
 
 def _run(
@@ -196,6 +238,7 @@ def _run(
     debug: bool,
     access_log: bool,
     log_level: str,
+    stored_admin_token: bool = False,
 ) -> None:
     from rich.console import Console
 
@@ -211,8 +254,14 @@ def _run(
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     names = ", ".join(a.name for a in apps)
+    token_file: list[Path] = []
 
     def announce(url: str) -> None:
+        if stored_admin_token and admin_token:
+            # Written once the port is known (--port 0), before the URL line a client waits for.
+            path = write_token_file(host, urllib.parse.urlsplit(url).port or port, admin_token)
+            token_file.append(path)
+            click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
         routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
         click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
 
@@ -236,6 +285,8 @@ def _run(
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        for path in token_file:
+            remove_token_file(path, admin_token or "")
         for app in reversed(apps):
             app.shutdown()
     click.echo("dagserve: stopped.", err=True)
@@ -245,6 +296,10 @@ def _graphs(target: str, obj: Any) -> list[Graph]:
     if isinstance(obj, Graph):
         return [obj]
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
+        try:
+            check_unique_names(obj)  # before anything deploys
+        except GraphError as exc:
+            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
         return list(obj)
     raise click.BadParameter(
         f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"

@@ -221,6 +221,18 @@ def resolve_token(token: str | None, env: str) -> str | None:
     return token or None
 
 
+def check_unique_names(items: Iterable[Graph | App]) -> None:
+    """:class:`GraphError` naming any graph name given twice: served together, each graph needs its
+    own route. Checked before anything is deployed."""
+    names = [i.name for i in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise GraphError(
+            f"Several graphs are named {', '.join(map(repr, dupes))}; each graph needs its own name "
+            "(its route is /<name>): Graph(..., name='...')."
+        )
+
+
 def is_loopback(host: str) -> bool:
     """Does ``host`` listen on this machine only?"""
     if host.lower() == "localhost":
@@ -289,13 +301,7 @@ def _as_list(value: Any) -> list[Any]:
     for item in items:
         if not isinstance(item, (Graph, App)):
             raise GraphError(f"dagserve.serve takes Graphs or Apps, got {item!r} in the list.")
-    names = [i.name for i in items]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise GraphError(
-            f"Several graphs are named {', '.join(map(repr, dupes))}; each graph needs its own name "
-            "(its route is /<name>): Graph(..., name='...')."
-        )
+    check_unique_names(items)
     return items
 
 

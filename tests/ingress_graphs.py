@@ -102,6 +102,36 @@ def strict() -> dagserve.Graph:
     return dagserve.Graph(out, name="strict")
 
 
+class Greeting(BaseModel):
+    """A request routed on ``lang`` by a switch without a default: only its cases are served."""
+
+    model_config = ConfigDict(strict=True)
+
+    name: str
+    lang: str
+    style: int = 0
+
+
+@dagserve.node
+def hello(name: str) -> str:
+    return f"hello {name}"
+
+
+@dagserve.node
+def bonjour(name: str) -> str:
+    return f"bonjour {name}"
+
+
+def routed() -> dagserve.Graph:
+    """Two switches without a default on input fields (``style`` has a default value, one of its
+    cases), and inside a branch a switch with a default (it accepts any value)."""
+    with dagserve.Input(schema=Greeting) as inp:
+        polite = dagserve.switch(inp["name"], {"x": hello(inp["name"])}, default=bonjour(inp["name"]))
+        greeting = dagserve.switch(inp["lang"], {"en": polite, "fr": bonjour(inp["name"])})
+        tone = dagserve.switch(inp["style"], {0: hello(inp["name"]), 1: bonjour(inp["name"])})
+    return dagserve.Graph({"greeting": greeting, "tone": tone}, name="routed")
+
+
 def echoing() -> dagserve.Graph:
     return dagserve.Graph(echo, name="echo")
 
@@ -138,4 +168,6 @@ def overloaded() -> dagserve.Graph:
 SLOW = slow()
 #: Two graphs in one server.
 BOTH = [typed(), echoing()]
+#: Two graphs with one name (and so one route): refused before either deploys.
+SAME_NAME = [typed(), echoing(), typed()]
 NOT_A_GRAPH = 42

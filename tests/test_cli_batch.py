@@ -267,6 +267,55 @@ def test_recover_cuts_back_to_the_first_gap_between_two_files(tmp_path: Path) ->
     assert recover([out, errors]) == (3, 1)
 
 
+def _record(i: int, ok: bool = True) -> str:
+    """A record as a run writes it, without its newline."""
+    body = {"output": {"id": i, "upper": f"T{i}"}} if ok else {"error": {"type": "NodeError", "node": "measure"}}
+    return json.dumps({"index": i, "line": i + 1, "ok": ok, **body})
+
+
+@pytest.mark.parametrize("tail", ['{"index": 3, "line": 4, "ok": tr', "{", '{"index": 3, "line": 4, "ok": true, "output": {"id"'])
+def test_resume_drops_only_a_torn_last_line(tmp_path: Path, tail: str) -> None:
+    out = tmp_path / "out.jsonl"
+    kept = "".join(_record(i, ok=i != 1) + "\n" for i in range(3))
+    out.write_text(kept + tail)
+    assert recover([out]) == (3, 1)
+    assert out.read_text() == kept  # everything before the torn line, byte for byte
+
+    result = batch(write_jsonl(tmp_path / "in.jsonl", good(6)), "-o", out, "--resume")
+    assert result.exit_code == 1, result.output  # record 1 is an error record from the first run
+    assert re.search(r"resumed after\s+3 records \(1 failed\)", result.output)
+    assert re.search(r"processed\s+3\n", result.output)
+    records = read_records(out)
+    assert [r["index"] for r in records] == list(range(6))
+    assert out.read_text().startswith(kept)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_resume_keeps_a_whole_last_record_that_lacks_only_its_newline(tmp_path: Path, n: int) -> None:
+    out = tmp_path / "out.jsonl"
+    written = "\n".join(_record(i) for i in range(n))  # the last record's newline never made it
+    out.write_text(written)
+    assert recover([out]) == (n, 0)
+    assert out.read_text() == written + "\n"
+
+    result = batch(write_jsonl(tmp_path / "in.jsonl", good(6)), "-o", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"resumed after\s+{n} records \(0 failed\)", result.output)
+    assert re.search(rf"processed\s+{6 - n}\n", result.output)  # the kept record is not redone
+    records = read_records(out)
+    assert [r["index"] for r in records] == list(range(6))
+    assert [r["output"]["id"] for r in records] == list(range(6))
+
+
+def test_recover_keeps_an_unterminated_last_record_of_the_errors_file(tmp_path: Path) -> None:
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    out.write_text(_record(0) + "\n" + _record(2) + "\n")
+    errors.write_text(_record(1, ok=False))
+    assert recover([out, errors]) == (3, 1)
+    assert errors.read_text() == _record(1, ok=False) + "\n"
+    assert out.read_text() == _record(0) + "\n" + _record(2) + "\n"
+
+
 def test_usage_errors(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", good(1))
     out = tmp_path / "out.jsonl"

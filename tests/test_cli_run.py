@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,16 +11,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
 
+import dagserve._serve
+from dagserve._admin import TOKEN_ENV as ADMIN_TOKEN_ENV
+from dagserve._admin import token_for_url
 from dagserve._cli import main
 from dagserve._serve import parse_size
 from tests.test_serve import lines_of, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = re.compile(r"http://127\.0\.0\.1:\d+/")
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Admin token files of the servers started here go to a directory of the test, not the user's."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    return runtime
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -158,3 +173,122 @@ def test_bad_sizes_are_refused() -> None:
         parse_size("ten")
     result = CliRunner().invoke(main, ["run", "examples.quickstart:graph", "--max-body-size", "0"])
     assert result.exit_code == 2 and "must be more than 0 bytes" in result.output
+
+
+# -- the admin token of a loopback server -----------------------------------------------------------
+
+
+@pytest.mark.http
+def test_a_loopback_server_without_an_admin_token_makes_one_that_status_reads(private_runtime_dir: Path) -> None:
+    proc = start("tests.ingress_graphs:BOTH", "--backend", "local")
+    try:
+        line = wait_for(lines_of(proc), "dagserve: serving typed, echo at ")
+        base = URL.search(line).group(0).rstrip("/")  # type: ignore[union-attr]
+        port = int(base.rsplit(":", 1)[1])
+        token_dir = private_runtime_dir / "dagserve"
+        token_file = token_dir / f"admin-token-127.0.0.1-{port}"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert token_dir.stat().st_mode & 0o777 == 0o700
+        token = token_file.read_text().strip()
+        assert len(token) >= 32 and token_for_url(base) == token
+        # No --token, no environment variable: the stored token is used.
+        status = CliRunner().invoke(main, ["status", "--url", base, "--json"], terminal_width=120)
+        assert status.exit_code == 0, status.output
+        assert set(json.loads(status.output)["graphs"]) == {"typed", "echo"}
+        scaled = CliRunner().invoke(main, ["scale", "echo", "echo", "--replicas", "2", "--url", base])
+        assert scaled.exit_code == 0, scaled.output
+        # An explicit token still wins over the stored one.
+        wrong = CliRunner().invoke(main, ["status", "--url", base, "--token", "not-it"])
+        assert wrong.exit_code == 1 and "rejected the admin token" in wrong.output
+        from_env = CliRunner().invoke(main, ["status", "--url", base], env={ADMIN_TOKEN_ENV: "not-it"})
+        assert from_env.exit_code == 1 and "rejected the admin token" in from_env.output
+        # Another port has no token stored: the message says where one would be.
+        other = CliRunner().invoke(main, ["status", "--url", f"http://127.0.0.1:{port + 1}"])
+        assert other.exit_code == 2 and "need a token" in other.output and str(token_dir) in other.output
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    assert f"admin token for dagserve status/scale/update in {token_file}" in err
+    assert not token_file.exists()  # removed at shutdown
+    assert list(token_dir.iterdir()) == []
+
+
+def test_the_stored_token_is_never_read_for_another_machine(private_runtime_dir: Path) -> None:
+    from dagserve._admin import write_token_file
+
+    path = write_token_file("127.0.0.1", 8123, "local-secret")
+    assert token_for_url("http://127.0.0.1:8123") == "local-secret"
+    assert token_for_url("http://localhost:8123/") == "local-secret"
+    assert token_for_url("http://127.0.0.1:8124") is None
+    assert token_for_url("http://10.0.0.5:8123") is None
+    assert token_for_url("http://example.com:8123") is None
+    path.chmod(0o644)  # readable by others: not trusted, and said so
+    result = CliRunner().invoke(main, ["status", "--url", "http://127.0.0.1:8123"])
+    assert result.exit_code == 1 and "is not a private file (mode 0600)" in result.output
+
+
+def test_a_token_directory_others_can_read_is_refused_not_repaired(private_runtime_dir: Path) -> None:
+    (private_runtime_dir / "dagserve").mkdir(mode=0o755)
+    (private_runtime_dir / "dagserve").chmod(0o755)
+    result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:BOTH", "--backend", "local"])
+    assert result.exit_code == 1
+    assert "is not a private directory (mode 0700)" in result.output and "--admin-token" in result.output
+    assert (private_runtime_dir / "dagserve").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.fixture
+def nothing_deploys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replaces deploying (and so serving) by a record of the attempt: these tests never bind."""
+    attempts: list[str] = []
+
+    def refuse(graphs: list[object], *args: object, **kwargs: object) -> list[object]:
+        attempts.append("deploy")
+        raise click.ClickException("deploying is replaced in this test")
+
+    monkeypatch.setattr(dagserve._serve, "_deploy_all", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "example.com"])
+def test_a_non_loopback_server_needs_an_explicit_admin_token(
+    host: str, nothing_deploys: list[str], private_runtime_dir: Path
+) -> None:
+    result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:BOTH", "--backend", "local", "--host", host])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert f"Serving on {host} (reachable from other machines) needs an explicit admin token" in out
+    assert "--admin-token" in out and ADMIN_TOKEN_ENV in out and "--no-admin" in out
+    assert nothing_deploys == []  # refused before deploying, so long before binding
+    assert not (private_runtime_dir / "dagserve").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--admin-token", "chosen"], {}),
+        ([], {ADMIN_TOKEN_ENV: "chosen"}),
+        (["--no-admin"], {}),
+    ],
+)
+def test_a_non_loopback_server_goes_on_with_a_token_or_without_admin_routes(
+    args: list[str], env: dict[str, str], nothing_deploys: list[str]
+) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "tests.ingress_graphs:BOTH", "--backend", "local", "--host", "0.0.0.0", *args], env=env
+    )
+    assert nothing_deploys == ["deploy"], result.output
+    assert "deploying is replaced in this test" in result.output
+
+
+def test_no_admin_with_a_token_is_a_contradiction(nothing_deploys: list[str]) -> None:
+    result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:BOTH", "--no-admin", "--admin-token", "t"])
+    assert result.exit_code == 2 and "drop one of them" in result.output
+    assert nothing_deploys == []
+
+
+def test_two_graphs_with_one_name_are_refused_before_anything_deploys(nothing_deploys: list[str]) -> None:
+    result = CliRunner().invoke(main, ["run", "tests.ingress_graphs:SAME_NAME", "--backend", "local"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "Several graphs are named 'typed'" in out and "Graph(..., name='...')" in out
+    assert nothing_deploys == []

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 import dagserve
 from dagserve import CompileError, Plan
@@ -195,3 +200,175 @@ def test_a_thousand_node_chain_compiles_without_recursion_limits() -> None:
     plan = dagserve.compile(dagserve.Graph(x))
     assert len(plan.steps) == 1001
     assert plan.steps[-1].name == "shout#1000"
+
+
+# -- payload fields against the Input's schema ------------------------------------------------------
+
+
+class OnlyA(BaseModel):
+    a: str
+
+
+class Inner(BaseModel):
+    x: str
+
+
+class Outer(BaseModel):
+    inner: Inner
+    n: int = 0
+    aliased: str = Field("", alias="Aliased")
+
+    @property
+    def shouted(self) -> str:
+        return self.inner.x.upper()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def twice(self) -> int:
+        return 2 * self.n
+
+
+@dagserve.node
+def echo(value: Any) -> Any:
+    return value
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    a: str = ""
+
+
+def compile_error(graph: dagserve.Graph) -> str:
+    """The message of the CompileError compiling ``graph`` raises."""
+    with pytest.raises(CompileError) as info:
+        dagserve.compile(graph)
+    return str(info.value)
+
+
+def test_reading_a_field_the_schema_does_not_declare_is_a_compile_error() -> None:
+    with dagserve.Input(schema=OnlyA) as inp:
+        graph = dagserve.Graph(shout(inp["b"]), name="undeclared")
+    message = compile_error(graph)
+    assert "Node 'shout' reads input['b']" in message
+    assert "schema OnlyA has no field 'b' (fields: a)" in message
+    assert "Declare it in OnlyA (e.g. `b: str`)" in message
+    # deploy compiles too: the graph never starts, instead of failing every request with a 400.
+    with pytest.raises(CompileError, match="has no field 'b'"):
+        dagserve.deploy(graph, backend="local")
+
+
+@pytest.mark.parametrize(
+    ("select", "match"),
+    [
+        (lambda inp: inp["inner"]["y"], r"reads input\['inner'\]\['y'\], but the Input's schema Inner has no field 'y' \(fields: x\)"),
+        (lambda inp: inp["Aliased"], r"Outer has no field 'Aliased' \(fields: inner, n, aliased\)"),
+        (lambda inp: inp[0], r"is a Outer \(the Input's schema\), read by field name only"),
+    ],
+)
+def test_undeclared_fields_are_found_in_nested_models_aliases_and_positions(select: Any, match: str) -> None:
+    with dagserve.Input(schema=Outer) as inp:
+        graph = dagserve.Graph(echo(select(inp)), name="undeclared")
+    with pytest.raises(CompileError, match=match):
+        dagserve.compile(graph)
+
+
+def test_declared_fields_properties_and_open_schemas_compile() -> None:
+    with dagserve.Input(schema=Outer) as inp:
+        out = {
+            "x": shout(inp["inner"]["x"]),
+            "n": echo(inp["n"]),
+            "a": echo(inp["aliased"]),
+            "shouted": echo(inp["shouted"]),
+            "twice": echo(inp["twice"]),
+            "inner": echo(inp["inner"]),
+        }
+        graph = dagserve.Graph(out, name="declared")
+    with dagserve.deploy(graph, backend="local") as app:
+        result = app.call({"inner": {"x": "hi"}, "n": 2, "Aliased": "al"})
+    assert result == {"x": "HI", "n": 2, "a": "al", "shouted": "HI", "twice": 4, "inner": Inner(x="hi")}
+    with dagserve.Input(schema=Open) as inp:
+        graph = dagserve.Graph(echo(inp["b"]), name="open")
+    with dagserve.deploy(graph, backend="local") as app:
+        assert app.call({"b": 7}) == 7  # extra="allow" keeps undeclared fields
+    with dagserve.Input() as inp:  # no schema: any field may be read
+        dagserve.compile(dagserve.Graph(echo(inp["anything"][0]), name="schemaless"))
+
+
+# -- batched nodes take a list ----------------------------------------------------------------------
+
+
+@dagserve.node(max_batch_size=4)
+def upper_one(x: str) -> str:
+    return x.upper()
+
+
+@dagserve.node(max_batch_size=4)
+class OneItem:
+    def __call__(self, item: OnlyA) -> str:
+        return item.a
+
+
+def test_a_batched_parameter_annotated_as_one_item_is_a_compile_error() -> None:
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(upper_one(inp["text"]), name="one")
+    message = compile_error(graph)
+    assert "Node 'upper_one' is batched (max_batch_size=4)" in message
+    assert "its parameter 'x' receives a list of up to 4 items, but it is annotated str" in message
+    assert "Annotate it `x: list[str]`" in message and "or drop max_batch_size" in message
+    with pytest.raises(CompileError, match="upper_one"):
+        dagserve.deploy(graph, backend="local")
+    with dagserve.Input(schema=OnlyA) as inp:
+        graph = dagserve.Graph(OneItem()(inp), name="model")
+    with pytest.raises(CompileError, match=r"Node 'OneItem' is batched .* parameter 'item' .* annotated OnlyA"):
+        dagserve.compile(graph)
+
+
+T = TypeVar("T")
+
+
+@dagserve.node(max_batch_size=4)
+class Stacked:
+    def __call__(self, items: np.ndarray) -> list[int]:  # built from the list: np.stack(items)
+        return [int(v) for v in np.stack(items).sum(axis=1)]
+
+
+def _batched_with(annotation: Any) -> Any:
+    def fn(items):  # type: ignore[no-untyped-def]
+        return [len(i) for i in items]
+
+    if annotation is not inspect.Parameter.empty:
+        fn.__annotations__ = {"items": annotation}
+    return dagserve.node(max_batch_size=4, name="batched")(fn)
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        list[str],
+        list,
+        Sequence[str],
+        Iterable[str],
+        Any,
+        object,
+        str | list[str],
+        tuple[str, ...],
+        T,
+        "NotDefinedAnywhere",  # an unresolvable string annotation: cannot be checked, so allowed
+        "list[str]",  # a string annotation that resolves: checked
+        inspect.Parameter.empty,  # unannotated
+    ],
+)
+def test_batched_parameters_that_may_be_lists_compile_and_run(annotation: Any) -> None:
+    node = _batched_with(annotation)
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(node(inp["text"]), name="lists")
+    with dagserve.deploy(graph, backend="local") as app:
+        assert app.call({"text": "abc"}) == 3
+
+
+def test_a_batched_array_parameter_compiles() -> None:
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(Stacked()(inp["v"]), name="arrays")
+    with dagserve.deploy(graph, backend="local") as app:
+        assert app.call({"v": [1, 2, 3]}) == 6

@@ -1,7 +1,9 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI document (schemathesis, all checks).
 
 The server is real uvicorn on 127.0.0.1 serving the README's example graph, a graph with a
-strict pydantic Input and a schema-less echo graph, behind a bearer token. Schemathesis runs
+strict pydantic Input, a schema-less echo graph and a graph routed by switches without a default
+on input fields (their values must be described, or valid-looking payloads get 422), behind a
+bearer token. Schemathesis runs
 its coverage and fuzzing phases for a bounded time; the run must find zero failures.
 """
 
@@ -33,6 +35,7 @@ def served() -> Iterator[str]:
         dagserve.deploy(quickstart, backend="local"),
         dagserve.deploy(g.strict(), backend="local"),
         dagserve.deploy(g.echoing(), backend="local"),
+        dagserve.deploy(g.routed(), backend="local"),
     ]
     with BackgroundServer(dagserve.asgi_app(apps, token="fuzz-token")) as url:
         yield url
@@ -63,4 +66,4 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "No issues found" in summary, summary
     # every operation was exercised: the graphs, the listing, and the health routes
-    assert "6 selected / 6 total" in proc.stdout, summary
+    assert "7 selected / 7 total" in proc.stdout, summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,3 +156,85 @@ async def test_docs_page_loads_swagger_ui_on_the_document(deployed: list[dagserv
     assert "<title>Reviews &lt;API&gt;</title>" in r.text
     assert "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" in r.text
     assert 'url: "openapi.json"' in r.text
+
+
+# -- switches on input fields: the values they accept --------------------------------------------
+
+
+class Lang(str, enum.Enum):
+    EN = "en"
+    FR = "fr"
+    DE = "de"
+
+
+class Routed(BaseModel):
+    lang: str
+    kind: Lang = Lang.DE
+    level: int = 5
+    mode: str = "a"
+
+
+@dagserve.node
+def tag(x: Any) -> str:
+    return str(x)
+
+
+def request_schema(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    return resolve(doc, doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"])
+
+
+async def test_a_switch_without_a_default_lists_the_values_its_input_field_accepts() -> None:
+    app = dagserve.deploy(g.routed(), backend="local")
+    try:
+        web = app.asgi()
+        doc = await fetch(web)
+        validate(doc)
+        schema = request_schema(doc, "/routed")
+        assert schema["properties"]["lang"] == {"title": "Lang", "type": "string", "enum": ["en", "fr"]}
+        # style's default (0) is a case, so it may still be left out.
+        assert schema["properties"]["style"] == {"title": "Style", "type": "integer", "enum": [0, 1], "default": 0}
+        assert schema["properties"]["name"] == {"title": "Name", "type": "string"}  # its switch has a default
+        assert schema["required"] == ["name", "lang"]
+        # The model's own component is left as it is: other graphs may use it without a switch.
+        assert "enum" not in doc["components"]["schemas"]["Greeting"]["properties"]["lang"]
+        # The server answers exactly as described: listed values are served, others get 422.
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as c:
+            for lang in ("en", "fr"):
+                for style in ([0, 1], []):
+                    body = {"name": "n", "lang": lang} | ({"style": style[0]} if style else {})
+                    assert (await c.post("/", json=body)).status_code == 200, body
+            for body in ({"name": "n", "lang": ""}, {"name": "n", "lang": "de"}, {"name": "n", "lang": "en", "style": 2}):
+                r = await c.post("/", json=body)
+                assert r.status_code == 422 and r.json()["error"]["type"] == "NoRouteError", body
+    finally:
+        app.shutdown()
+
+
+async def test_enums_are_intersected_made_required_and_left_out_where_a_switch_runs_only_sometimes() -> None:
+    with dagserve.Input(schema=Routed) as inp:
+        out = {
+            # two switches on lang: only the values both take are served
+            "a": dagserve.switch(inp["lang"], {"en": tag(inp["lang"]), "fr": tag(inp["lang"]), "de": tag(inp)}),
+            "b": dagserve.switch(inp["lang"], {"fr": tag(inp), "en": tag(inp), "it": tag(inp)}),
+            # kind's default (DE) is no case: leaving kind out gets 422, so it becomes required
+            "c": dagserve.switch(inp["kind"], {Lang.EN: tag(inp), Lang.FR: tag(inp)}),
+            # a switch in one branch of a split runs for some requests only: level stays open
+            "d": dagserve.split(
+                {"x": dagserve.switch(inp["level"], {1: tag(inp)}), "y": tag(inp)}, {"x": 50, "y": 50}
+            ),
+            # a switch with a default takes anything
+            "e": dagserve.switch(inp["mode"], {"a": tag(inp)}, default=tag(inp)),
+        }
+        graph = dagserve.Graph(out, name="narrowed")
+    app = dagserve.deploy(graph, backend="local")
+    try:
+        doc = await fetch(app.asgi())
+    finally:
+        app.shutdown()
+    validate(doc)
+    schema = request_schema(doc, "/")
+    props = schema["properties"]
+    assert props["lang"]["enum"] == ["en", "fr"]
+    assert props["kind"]["enum"] == ["en", "fr"] and "default" not in props["kind"]
+    assert schema["required"] == ["lang", "kind"]
+    assert "enum" not in props["level"] and "enum" not in props["mode"]
