@@ -12,7 +12,7 @@ are torn down.
 The admin routes (``dagserve status/scale/update``) need a token. On a loopback address without
 one, ``dagserve run`` creates one and stores it for those commands in a file only this user can
 read (see :func:`dagserve._admin.write_token_file`), removed when the server stops. On any other
-address the token must be given (``--admin-token``), or the admin routes turned off (``--no-admin``).
+address the token must be given (``--admin-token``); without one the admin routes are off.
 """
 
 from __future__ import annotations
@@ -207,11 +207,13 @@ def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, boo
         return token, False
     if not is_loopback(host):
         # A token created here would only be readable on this machine; elsewhere it must be chosen.
-        raise click.UsageError(
-            f"Serving on {host} (reachable from other machines) needs an explicit admin token: pass "
-            f"--admin-token or set ${ADMIN_TOKEN_ENV} (give the same to dagserve status/scale/update with --token), "
-            "or pass --no-admin to serve without the admin routes."
+        click.echo(
+            f"dagserve: serving on {host} without admin routes; to scale or update from another machine, "
+            f"pass --admin-token or set ${ADMIN_TOKEN_ENV} (and give the same to dagserve status/scale/update "
+            "with --token).",
+            err=True,
         )
+        return "", False
     try:
         private_token_dir()  # where the token will be stored: checked now, written once the port is bound
     except DagserveError as exc:
