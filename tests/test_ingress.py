@@ -184,10 +184,19 @@ async def test_content_type_must_be_json_in_utf8(make: Make) -> None:
         assert "application/json" in error["message"]
     r = await c.post("/", content=b"{}", headers={"content-type": "application/json; charset=latin-1"})
     assert "UTF-8" in assert_error(r, 415, "UnsupportedMediaType")["message"]
-    for ok in ("application/json", "application/json; charset=UTF-8", "application/problem+json", None):
-        headers = {"content-type": ok} if ok else {}
-        r = await c.post("/", content=b'{"a": 1}', headers=headers)
+    for ok in ("application/json", "application/json; charset=UTF-8", "application/problem+json"):
+        r = await c.post("/", content=b'{"a": 1}', headers={"content-type": ok})
         assert r.status_code == 200 and r.json() == {"a": 1}, ok
+
+
+async def test_a_body_without_content_type_is_refused_before_it_is_read(make: Make) -> None:
+    """Issue 15: a web page can POST a body without a type to a local server without asking (a
+    no-cors fetch); only application/json, which needs the server's consent, is accepted."""
+    c = await make(g.echoing(), max_body_bytes=10)
+    r = await c.post("/", content=b'{"a": "more than ten bytes"}')  # 413 had it been read first
+    assert "content-type" not in r.request.headers
+    error = assert_error(r, 415, "UnsupportedMediaType")
+    assert "no Content-Type" in error["message"] and "application/json" in error["message"]
 
 
 async def test_node_failure_is_500_naming_type_and_node_without_traceback(make: Make) -> None:
@@ -255,12 +264,27 @@ async def test_numpy_pydantic_tuples_sets_and_nan_serialise(make: Make) -> None:
 # -- body limits ------------------------------------------------------------------------------------------
 
 
-async def test_declared_body_over_the_limit_is_413_before_reading(make: Make) -> None:
+async def test_declared_body_over_the_limit_is_413_once_the_rest_is_dropped(make: Make) -> None:
+    """Within twice the limit the rest is read and dropped (a client that sends everything before
+    reading then sees the 413) and the connection stays usable; beyond, nothing is read and the
+    connection closes."""
     c = await make(g.echoing(), max_body_bytes=1000)
     r = await c.post("/", content=b"[" + b"1," * 600 + b"1]", headers={"content-type": "application/json"})
     error = assert_error(r, 413, "PayloadTooLarge")
-    assert "1000 bytes" in error["message"]
+    assert "1203 bytes" in error["message"] and "1000 bytes" in error["message"]
+    assert "connection" not in r.headers
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(30):
+            sent += 100
+            yield b" " * 100
+
+    r = await c.post("/", content=chunks(), headers={"content-type": "application/json", "content-length": "3000"})
+    assert_error(r, 413, "PayloadTooLarge")
     assert r.headers["connection"] == "close"
+    assert sent <= 100  # over twice the limit: not read at all
     assert (await c.post("/", json=list(range(10)))).status_code == 200
 
 
@@ -276,7 +300,8 @@ async def test_streamed_body_over_the_limit_is_413_while_streaming(make: Make) -
 
     r = await c.post("/", content=chunks(), headers={"content-type": "application/json"})
     assert_error(r, 413, "PayloadTooLarge")
-    assert sent <= 1200  # reading stopped at the limit, not after the whole body
+    assert r.headers["connection"] == "close"
+    assert sent <= 2100  # reading stopped at twice the limit, not after the whole body
 
 
 async def test_body_slower_than_the_deadline_is_408(make: Make) -> None:

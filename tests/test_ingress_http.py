@@ -394,7 +394,10 @@ def test_tricklers_are_cut_at_the_header_and_body_deadlines() -> None:
             async def one(body: bool) -> bytes:
                 r, w = await asyncio.open_connection("127.0.0.1", port)
                 if body:
-                    w.write(b"POST /typed HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+                    w.write(
+                        b"POST /typed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 50\r\n\r\n"
+                    )
                 else:
                     w.write(b"POST /typed HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 got = b""
