@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -148,6 +149,69 @@ async def test_payload_failing_the_schema_is_422_listing_each_field_before_any_n
     missing = assert_error(await c.post("/", json={}), 422, "InputValidationError")
     assert missing["errors"] == [{"loc": ["x"], "msg": "Field required", "type": "missing"}]
     assert g.RAN["double"] == before
+
+
+class Letter(BaseModel):
+    body: str
+    to: str
+
+
+async def test_a_payload_that_is_not_an_object_is_named_as_the_payload_not_a_field(make: Make) -> None:
+    """Issue 15: an empty location was written "body", which reads as the schema's field "body"."""
+    with dagserve.Input(schema=Letter) as inp:
+        graph = dagserve.Graph(g.echo(inp["body"]), name="letters")
+    c = await make(graph)
+    error = assert_error(await c.post("/", json=["not", "an", "object"]), 422, "InputValidationError")
+    assert error["message"] == "The payload does not match Letter: 1 error(s) at the payload itself."
+    assert error["errors"][0]["loc"] == []
+    error = assert_error(await c.post("/", json={"to": "x"}), 422, "InputValidationError")
+    assert error["message"] == "The payload does not match Letter: 1 error(s) at body."
+
+
+# -- the Host header --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("api.example.com", 200),
+        ("API.Example.com:8443", 200),
+        ("eu.models.example.org", 200),
+        ("example.org", 403),  # *.example.org is its subdomains only
+        ("10.0.0.5:80", 200),
+        ("localhost:1234", 200),
+        ("127.0.0.1", 200),
+        ("[::1]:8000", 200),
+        ("example.com", 403),
+        ("api.example.com.attacker.net", 403),
+        ("", 403),
+    ],
+)
+async def test_allowed_hosts_accepts_loopback_and_the_names_listed(make: Make, host: str, status: int) -> None:
+    c = await make(g.echoing(), allowed_hosts=["api.example.com", "*.example.org", "10.0.0.5"])
+    r = await c.post("/", json=1, headers={"host": host})
+    assert r.status_code == status, r.text
+    if status == 403:
+        error = assert_error(r, 403, "HostNotAllowed")
+        assert "api.example.com, *.example.org, 10.0.0.5" in error["message"]
+        assert assert_error(await c.get("/-/healthz", headers={"host": host}), 403, "HostNotAllowed")
+
+
+async def test_a_mounted_app_accepts_any_host_unless_told(make: Make) -> None:
+    """Behind the user's own server (or Serve's proxy) the Host is the server's business."""
+    c = await make(g.echoing())
+    assert (await c.post("/", json=1, headers={"host": "anything.example"})).json() == 1
+    c = await make(g.echoing(), allowed_hosts=["*"])
+    assert (await c.post("/", json=1, headers={"host": "anything.example"})).json() == 1
+    c = await make(g.echoing(), allowed_hosts="api.example.com")  # one name, not its letters
+    assert (await c.post("/", json=1, headers={"host": "api.example.com"})).json() == 1
+    assert (await c.post("/", json=1, headers={"host": "a"})).status_code == 403
+
+
+@pytest.mark.parametrize("entry", ["http://api.example.com", "api.example.com/x", "", "a b", "*x.example.com", 3])
+def test_allowed_hosts_entries_must_be_host_names(entry: Any) -> None:
+    with pytest.raises(dagserve.OptionsError, match="is not a host name"):
+        dagserve.asgi_app(dagserve.deploy(g.echoing(), backend="local"), allowed_hosts=[entry])
 
 
 HOSTILE_BODIES = {
