@@ -507,7 +507,8 @@ def test_max_in_flight_counts_a_request_while_its_body_arrives() -> None:
         with BackgroundServer(app.asgi(max_in_flight=1, body_timeout_s=20)) as url:
             parts = urlsplit(url)
             with socket.create_connection((parts.hostname, parts.port), timeout=20) as s, s.makefile("rb") as r:
-                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,")
+                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n")
+                s.sendall(b"[1,")
                 time.sleep(0.5)  # ordering only: the server has the head and waits for the body
                 busy = httpx.post(url, json=[3], timeout=10)
                 assert busy.status_code == 503, busy.text

@@ -312,7 +312,8 @@ def test_the_installed_uvicorn_has_what_the_server_extends() -> None:
 
     srv.check_uvicorn()
     cycle = sys.modules[AutoHTTPProtocol.__module__].RequestResponseCycle
-    assert srv.uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, uvicorn.config.LOGGING_CONFIG) == []
+    logging_config = uvicorn.config.LOGGING_CONFIG
+    assert srv.uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, logging_config) == []
 
 
 def test_a_uvicorn_without_what_the_server_extends_is_named_precisely() -> None:
