@@ -611,11 +611,13 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
     its connection for ever. Here the head must arrive within ``header_timeout_s`` of the
     connection (or, on a kept-alive connection, of its first byte) and stay under
     ``max_header_bytes``; otherwise the client gets a JSON 408 or 431 and the connection closes.
+    It also tells the ingress when a connection is lost (``HangUpWatch`` in each request's scope),
+    so that the graph run of a client that hung up is cancelled at once.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     from ._http_errors import error_body
-    from ._ingress import SCOPE_REJECT
+    from ._ingress import SCOPE_HANGUP, SCOPE_REJECT, HangUpWatch
     from ._jsonio import dump_json
     from ._request_id import new_request_id
 
@@ -628,6 +630,7 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._watch = HangUpWatch()  # tells the ingress when the client hangs up
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -650,10 +653,11 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
             cycle = self.cycle
             if cycle is not self._last_cycle:
                 self._last_cycle = cycle
+                scope = cycle.scope
+                scope[SCOPE_HANGUP] = self._watch
                 if head_started and received <= max_header_bytes:
                     return  # the head fit in fewer bytes than the limit
                 # A pipelined head (it began while the previous request ran) or a large one: measure it.
-                scope = cycle.scope
                 size = (
                     len(scope["raw_path"])
                     + len(scope["query_string"])
@@ -671,6 +675,7 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            self._watch.hung_up()  # cancels the graph run on this connection, if any
 
         def _awaiting_head(self) -> bool:
             cycle = self.cycle

@@ -8,9 +8,11 @@ how its calls ended, where it runs (in this process, or in its Ray replica).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +20,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 import dagserve
+from dagserve._ingress import SCOPE_HANGUP
 from dagserve._server import BackgroundServer
 from tests.test_timeouts import probe_graph, run_body, settled_stats, stats
 
@@ -94,6 +101,45 @@ def test_a_client_that_stays_gets_its_answer(local_server: str) -> None:
         counted = cancelled_count(c, "hangup")
         assert [c.post("/hangup", json=run_body(0.05, x=i)).json() for i in range(20)] == list(range(20))
         assert cancelled_count(c, "hangup") == counted
+
+
+@contextlib.contextmanager
+def plain_uvicorn(web: Any) -> Iterator[str]:
+    """uvicorn with its own HTTP protocol, not dagserve's (which tells the ingress about lost
+    connections): as when the ingress is mounted in the user's server."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(web, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, name="plain-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def test_dagserves_server_tells_the_ingress_of_each_lost_connection() -> None:
+    """Under dagserve's server the ingress needs no task per request to watch for hang-ups."""
+
+    async def show(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(type(request.scope.get(SCOPE_HANGUP)).__name__)
+
+    with BackgroundServer(Starlette(routes=[Route("/", show)])) as url:
+        assert [httpx.get(url).text for _ in range(2)] == ["HangUpWatch"] * 2
+
+
+def test_under_another_server_a_client_that_hangs_up_cancels_its_graph() -> None:
+    app = dagserve.deploy(probe_graph("hangup_plain"), backend="local")
+    try:
+        with plain_uvicorn(dagserve.asgi_app(app)) as url:
+            check_cancelled(url, "/hangup_plain", "hangup_plain")
+    finally:
+        app.shutdown()
 
 
 # -- Ray -----------------------------------------------------------------------------------------------
