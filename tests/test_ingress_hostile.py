@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.test_serve import lines_of, wait_for
+from tests.test_serve import server_process, wait_for
 
 pytestmark = pytest.mark.http
 
-ROOT = Path(__file__).resolve().parents[1]
 JSON = {"content-type": "application/json"}
 
 SERVER = """
@@ -37,24 +32,8 @@ dagserve.serve(typed(), port=0, backend="local", log_level="warning",
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSERVE_TOKEN", "DAGSERVE_ADMIN_TOKEN")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield wait_for(lines_of(proc), "READY").split()[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with server_process("-c", SERVER) as out:
+        yield wait_for(out, "READY").split()[1]
 
 
 def escaped_quotes(n: int) -> bytes:

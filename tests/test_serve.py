@@ -81,7 +81,11 @@ def test_sigterm_drains_requests_in_flight_within_the_bound_then_tears_down() ->
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             short = pool.submit(httpx.post, url, json={"x": 1, "seconds": 1.0}, timeout=20)
             long = pool.submit(httpx.post, url, json={"x": 2, "seconds": 30.0}, timeout=20)
-            time.sleep(0.5)  # both are running
+            # Both are running (a fixed pause was too short on a loaded machine: connection refused).
+            deadline = time.monotonic() + 20
+            while 'dagserve_requests_in_flight{graph="slow"} 2.0' not in httpx.get(url + "metrics", timeout=10).text:
+                assert time.monotonic() < deadline, "the two requests never ran together"
+                time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             # the short request finishes normally although shutdown has begun
@@ -256,12 +260,12 @@ def test_serve_takes_the_token_from_the_environment_for_the_host_check(monkeypat
 
 
 @contextlib.contextmanager
-def running(*options: str) -> Iterator[tuple[str, queue.Queue[str]]]:
-    """``dagserve run tests.ingress_graphs:SLOW --backend local --port 0 *options``: its URL and stdout."""
+def server_process(*argv: str) -> Iterator[queue.Queue[str]]:
+    """``python *argv`` from the repository, without this environment's tokens: its stdout
+    lines. Stopped with SIGINT (killed if it lingers)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSERVE_TOKEN", "DAGSERVE_ADMIN_TOKEN")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagserve", "run", "tests.ingress_graphs:SLOW", "--backend", "local", "--port", "0"]
-        + list(options),
+        [sys.executable, *argv],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -269,8 +273,7 @@ def running(*options: str) -> Iterator[tuple[str, queue.Queue[str]]]:
         env={**env, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        out = lines_of(proc)
-        yield wait_for(out, "dagserve: serving slow at ").split()[4], out
+        yield lines_of(proc)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -278,6 +281,14 @@ def running(*options: str) -> Iterator[tuple[str, queue.Queue[str]]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def running(*options: str) -> Iterator[tuple[str, queue.Queue[str]]]:
+    """``dagserve run tests.ingress_graphs:SLOW --backend local --port 0 *options``: its URL and stdout."""
+    run = ("-m", "dagserve", "run", "tests.ingress_graphs:SLOW", "--backend", "local", "--port", "0")
+    with server_process(*run, *options) as out:
+        yield wait_for(out, "dagserve: serving slow at ").split()[4], out
 
 
 @pytest.mark.http
