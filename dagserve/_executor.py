@@ -73,7 +73,9 @@ def validate_payload(schema: Any, payload: Any) -> Any:
         errors = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)
         ]
-        where = ", ".join(".".join(str(p) for p in e["loc"]) or "body" for e in errors[:5])
+        # An empty location is the payload itself (not a JSON object, say), never a field: a schema
+        # may well have a field named "body".
+        where = ", ".join(".".join(str(p) for p in e["loc"]) or "the payload itself" for e in errors[:5])
         raise InputValidationError(
             f"The payload does not match {schema.__name__}: {len(errors)} error(s) at {where}.", errors
         ) from None

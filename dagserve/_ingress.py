@@ -26,7 +26,7 @@ import hmac
 import importlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -44,6 +44,7 @@ from ._http_errors import HTTPError, error_body, error_from_exception, status_ty
 from ._jsonio import dump_json, parse_json
 from ._openapi import docs_page, openapi_document
 from ._request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
+from ._server import host_name, is_loopback
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,6 +66,8 @@ logger = logging.getLogger("dagserve.http")
 SCOPE_REQUEST_ID = "dagserve.request_id"
 #: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
 SCOPE_REJECT = "dagserve.reject"
+#: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
+SCOPE_HANGUP = "dagserve.hangup"
 #: Paths a graph name may not take.
 RESERVED_NAMES = frozenset({"openapi.json", "docs", "metrics"})
 _JSON = "application/json"
@@ -102,7 +105,7 @@ class Ingress:
         self.starlette = Starlette(
             routes=self._routes(),
             # Right inside Starlette's own error middleware: the id exists before any route runs.
-            middleware=[Middleware(RequestIdMiddleware)],
+            middleware=[Middleware(RequestIdMiddleware, hosts=_host_filter(config.allowed_hosts))],
             exception_handlers={HTTPException: self._http_exception, DagserveError: self._dagserve_exception},
         )
         self.starlette.state.dagserve = self
@@ -146,30 +149,24 @@ class Ingress:
             rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
             ctx: RequestContext | None = None
             start = time.perf_counter()
-            auth, content_type, content_length, trace = _graph_headers(request.scope)
+            auth, content_type, content_length, trace, expect = _graph_headers(request.scope)
+            admitted = reading = False
             try:
                 if self._token is not None:
                     check_bearer(auth, self._token)
                 _check_content_type(content_type)
-                payload = parse_json(await self._read_body(request, content_length), max_depth=self.config.max_json_depth)
-                limit = self.config.max_in_flight
-                if limit is not None and self.in_flight >= limit:
-                    raise HTTPError(
-                        503,
-                        f"The server already runs {self.in_flight} requests (max_in_flight={limit}); retry shortly.",
-                        error_type="OverloadedError",
-                        headers={"retry-after": "1"},
-                    )
+                self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
+                admitted = reading = True
+                body = await self._read_body(request, content_length, expect)
+                if len(body) <= _PARSE_INLINE_BYTES:
+                    payload = parse_json(body, max_depth=self.config.max_json_depth)
+                else:  # on a worker thread, so that the event loop keeps serving meanwhile
+                    payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
                 ctx = RequestContext(request_id=rid)
-                self.in_flight += 1
-                try:
-                    result = await app.acall(payload, context=ctx)
-                finally:
-                    self.in_flight -= 1
+                result = await self._run_watched(app, payload, ctx, request)
                 content = dump_json(result)
             except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
-                gone = HTTPError(400, "The client disconnected before sending the whole body.", headers=_CLOSE)
-                return self._error_response(gone, request, rid)
+                return self._error_response(_gone("before sending the whole body"), request, rid)
             except asyncio.CancelledError:
                 if not self.draining:
                     raise
@@ -182,22 +179,42 @@ class Ingress:
                 )
                 return self._error_response(exc, request, rid)
             except Exception as exc:
-                return self._error_response(exc, request, rid, _trace(trace, ctx, start))
+                headers = _trace(trace, ctx, start)
+                if not reading and not await self._discard_body(request, content_length, expect):
+                    headers = {**(headers or {}), **_CLOSE}
+                return self._error_response(exc, request, rid, headers)
+            finally:
+                if admitted:
+                    self.in_flight -= 1
             return Response(content, media_type=_JSON, headers=_trace(trace, ctx, start))
 
         return run_graph
 
-    async def _read_body(self, request: Request, declared: str | None) -> bytes:
+    def _admit(self) -> None:
+        """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
+        limit = self.config.max_in_flight
+        if limit is not None and self.in_flight >= limit:
+            raise HTTPError(
+                503,
+                f"The server already runs {self.in_flight} requests (max_in_flight={limit}); retry shortly.",
+                error_type="OverloadedError",
+                headers={"retry-after": "1"},
+            )
+        self.in_flight += 1
+
+    async def _read_body(self, request: Request, declared: str | None, expect: str | None) -> bytes:
         """The body, read as it streams in, stopped at the size limit or the deadline.
 
-        ``declared`` is the Content-Length header, if any.
+        ``declared`` is the Content-Length header, ``expect`` the Expect header, if any. A body
+        over the limit gets 413 once its rest is read and dropped (see :meth:`_discard_body`).
         """
         limit = self.config.max_body_bytes
         if declared is not None:
             if not declared.isdigit():
                 raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=_CLOSE)
             if int(declared) > limit:
-                raise HTTPError(413, _too_large(int(declared), limit), headers=_CLOSE)
+                drained = await self._discard_body(request, declared, expect)
+                raise HTTPError(413, _too_large(int(declared), limit), headers=None if drained else _CLOSE)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -205,7 +222,7 @@ class Ingress:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
-                        raise HTTPError(413, _too_large(None, limit), headers=_CLOSE)
+                        break
                     if chunk:
                         chunks.append(chunk)
         except TimeoutError:
@@ -216,7 +233,80 @@ class Ingress:
                 f"({size} bytes came); send it faster or raise body_timeout_s.",
                 headers=_CLOSE,
             ) from None
+        if size > limit:  # a body without Content-Length (chunked) that grew past the limit
+            drained = await self._discard_body(request, None, None, read=size)
+            raise HTTPError(413, _too_large(None, limit), headers=None if drained else _CLOSE)
         return b"".join(chunks)
+
+    async def _discard_body(self, request: Request, declared: str | None, expect: str | None, read: int = 0) -> bool:
+        """Read and drop the rest of a body the ingress refused; ``True`` once it is all read.
+
+        Clients such as urllib and requests send the whole body before they read the answer: a
+        connection closed with their body unread resets, and they never see the answer. So the
+        rest is read (``read`` bytes came already), up to twice ``max_body_bytes`` in all and
+        within ``body_timeout_s``; beyond either, or when the client waits for
+        ``100 Continue`` before sending, ``False``: answer with ``Connection: close``.
+        """
+        if read == 0 and expect is not None and expect.strip().lower() == "100-continue":
+            return False  # nothing sent yet; reading would ask for the body with 100 Continue
+        cap = 2 * self.config.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            return False
+        try:
+            async with self._body_deadline():
+                while True:
+                    message = await request.receive()
+                    if message["type"] != "http.request":
+                        return False  # the client went away
+                    read += len(message.get("body", b""))
+                    if read > cap:
+                        return False
+                    if not message.get("more_body", False):
+                        return True
+        except TimeoutError:
+            return False
+
+    async def _run_watched(self, app: App, payload: Any, ctx: RequestContext, request: Request) -> Any:
+        """``app.acall``, cancelled (and :class:`HTTPError` 499) when the client hangs up meanwhile.
+
+        The graph's calls are cancelled as a deadline cancels them (on Ray, in the replicas), and
+        the App's observers count the request as ``cancelled``. dagserve's own server says when a
+        connection is lost (:class:`HangUpWatch`, nearly free); under another server a task
+        waits for ``http.disconnect`` (~15 µs per request).
+        """
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI request always runs in a task
+        watch: HangUpWatch | None = request.scope.get(SCOPE_HANGUP)
+        if watch is None:
+            return await self._run_watching_receive(app, payload, ctx, request.receive, task)
+        if watch.gone:
+            raise _gone("before its graph ran")
+        hook = task.cancel
+        watch.hooks.add(hook)
+        try:
+            return await app.acall(payload, context=ctx)
+        except asyncio.CancelledError:
+            if not watch.gone or hook in watch.hooks:
+                raise  # not the client: the server's shutdown
+            task.uncancel()
+            raise _gone(_GONE_WHILE_RUNNING) from None
+        finally:
+            watch.hooks.discard(hook)  # before this task next yields: the hook can no longer fire
+
+    async def _run_watching_receive(
+        self, app: App, payload: Any, ctx: RequestContext, receive: Receive, task: asyncio.Task[Any]
+    ) -> Any:
+        watcher = asyncio.get_running_loop().create_task(_cancel_on_hang_up(receive, task))
+        try:
+            return await app.acall(payload, context=ctx)
+        except asyncio.CancelledError:
+            if not (watcher.done() and not watcher.cancelled() and watcher.result()):
+                raise  # not the client: the server's shutdown
+            task.uncancel()
+            raise _gone(_GONE_WHILE_RUNNING) from None
+        finally:
+            # Cancelled before this task next yields: the watcher can no longer cancel it.
+            watcher.cancel()
 
     # -- auth --------------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
@@ -337,48 +427,131 @@ class Ingress:
         return _error(status, body, dict(exc.headers or {}))
 
 
+class HangUpWatch:
+    """One connection as dagserve's server sees it (in the scope under :data:`SCOPE_HANGUP`):
+    ``gone`` once the connection is lost, when each callback in ``hooks`` is called (the
+    ingress puts there the ``cancel`` of each request it runs on the connection)."""
+
+    __slots__ = ("gone", "hooks")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.hooks: set[Callable[[], object]] = set()
+
+    def hung_up(self) -> None:
+        self.gone = True
+        hooks, self.hooks = self.hooks, set()
+        for hook in hooks:
+            hook()
+
+
+async def _cancel_on_hang_up(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    """Wait for the client to disconnect, then cancel ``task`` and return ``True``.
+
+    Once the body is read, an ASGI server's ``receive()`` returns only when the connection
+    closes (``http.disconnect``); anything else ends the watch without cancelling.
+    """
+    try:
+        message = await receive()
+    except Exception:  # a server whose receive() fails here cannot tell us: stop watching
+        return False
+    if message["type"] != "http.disconnect":
+        return False
+    task.cancel()
+    return True
+
+
 class RequestIdMiddleware:
-    """Gives every HTTP request an id (the client's ``x-request-id`` when sane) and returns it.
+    """Gives every HTTP request an id (the client's ``x-request-id`` when sane) and returns it;
+    refuses, before any route runs, a request whose ``Host`` ``hosts`` does not accept.
 
     Pure ASGI (no per-request task or body buffering); the id is in the scope, in a context
-    variable for the whole request (so logs and node code see it), and in the response header.
+    variable for the whole request (so logs, uvicorn's access log and node code see it), and in
+    the response header.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hosts: HostFilter | None = None) -> None:
         self.app = app
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
+        given = host = None
         for key, value in scope["headers"]:
             if key == _RID_HEADER:
-                rid = sane_request_id(value)
-                break
+                if given is None:
+                    given = value
+            elif key == b"host" and host is None:
+                host = value
+        rid = sane_request_id(given) if given is not None else None
         if rid is None:
             rid = new_request_id()
         scope[SCOPE_REQUEST_ID] = rid
-        id_header = (_RID_HEADER, rid.encode())
-        refused = scope.get(SCOPE_REJECT)
-        if refused is not None:
-            status, error_type, message = refused
-            body = dump_json(error_body(status, error_type, message, request_id=rid))
-            await Response(body, status, headers={**_CLOSE, REQUEST_ID_HEADER: rid}, media_type=_JSON)(
-                scope, receive, send
-            )
-            return
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            await send(message)
-
         token = set_request_id(rid)
         try:
+            refused = scope.get(SCOPE_REJECT)
+            if refused is None and self.hosts is not None and not self.hosts.allows(host):
+                refused = (403, "HostNotAllowed", self.hosts.refusal(host))
+            if refused is not None:
+                status, error_type, message = refused
+                body = dump_json(error_body(status, error_type, message, request_id=rid))
+                await Response(body, status, headers={**_CLOSE, REQUEST_ID_HEADER: rid}, media_type=_JSON)(
+                    scope, receive, send
+                )
+                return
+            id_header = (_RID_HEADER, rid.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                await send(message)
+
             await self.app(scope, receive, send_with_id)
         finally:
             reset_request_id(token)
+
+
+class HostFilter:
+    """The ``Host`` headers a server answers: loopback ones (``localhost``, ``127.0.0.1``,
+    ``[::1]``, any port) and the names listed (``api.example.com``; ``*.example.com`` for its
+    subdomains; ``*`` for any).
+
+    Why: a web page the user opens may send requests to a server on the user's machine, and
+    through DNS rebinding (its own name re-pointed at 127.0.0.1) read the answers; its requests
+    then carry the page's name as Host, which this refuses.
+    """
+
+    def __init__(self, listed: Iterable[str] = ()) -> None:
+        self.listed = tuple(listed)
+        names = [host_name(entry) for entry in self.listed]
+        self.any = "*" in names
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
+        self.names = frozenset(n for n in names if not n.startswith("*"))
+        self._known: dict[bytes, bool] = {}  # raw Host header -> verdict (a few distinct values)
+
+    def allows(self, raw: bytes | None) -> bool:
+        if self.any:
+            return True
+        if raw is None:
+            return False  # HTTP/1.1 requires Host; every browser sends it
+        verdict = self._known.get(raw)
+        if verdict is None:
+            name = host_name(raw.decode("latin-1"))
+            verdict = is_loopback(name) or name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
+            if len(self._known) < 256:  # bounded: a client sending many names gets no cache
+                self._known[raw] = verdict
+        return verdict
+
+    def refusal(self, raw: bytes | None) -> str:
+        accepted = ", ".join(["localhost", "127.0.0.1", "[::1]", *self.listed])
+        given = "no Host header" if raw is None else f"the Host {raw.decode('latin-1')[:100]!r}"
+        return (
+            f"This server answers requests for {accepted} only, and this one has {given}. A web page may be "
+            "trying to reach a server on this machine (DNS rebinding). If you reach the server by that name "
+            "yourself, list it with --allowed-host NAME (allowed_hosts=[...] in Python), or set a token."
+        )
 
 
 def check_bearer(header: str | None, token: bytes) -> None:
@@ -402,6 +575,20 @@ def check_bearer(header: str | None, token: bytes) -> None:
 # -- helpers -----------------------------------------------------------------------------------------
 
 _CLOSE = {"connection": "close"}  # the rest of the body is never read: do not reuse the connection
+#: Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones on a thread.
+_PARSE_INLINE_BYTES = 64 * 1024
+
+
+_GONE_WHILE_RUNNING = "while its graph ran; the graph's work was cancelled"
+
+
+def _gone(when: str) -> HTTPError:
+    """The answer to a client that disconnected (nobody reads it: it is for the log)."""
+    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers=_CLOSE)
+
+
+def _host_filter(allowed_hosts: tuple[str, ...] | None) -> HostFilter | None:
+    return None if allowed_hosts is None else HostFilter(allowed_hosts)
 
 
 def _token_bytes(token: str | None) -> bytes | None:
@@ -409,13 +596,19 @@ def _token_bytes(token: str | None) -> bytes | None:
 
 
 #: Request headers a graph route reads -> their place in _graph_headers' answer.
-_GRAPH_HEADERS = {b"authorization": 0, b"content-type": 1, b"content-length": 2, TRACE_HEADER.encode(): 3}
+_GRAPH_HEADERS = {
+    b"authorization": 0,
+    b"content-type": 1,
+    b"content-length": 2,
+    TRACE_HEADER.encode(): 3,
+    b"expect": 4,
+}
 
 
 def _graph_headers(scope: Scope) -> list[str | None]:
-    """Authorization, Content-Type, Content-Length and x-dagserve-trace (the first of each, or
-    ``None``), in one pass over the raw headers (whose names ASGI gives in lower case)."""
-    found: list[str | None] = [None, None, None, None]
+    """Authorization, Content-Type, Content-Length, x-dagserve-trace and Expect (the first of
+    each, or ``None``), in one pass over the raw headers (whose names ASGI gives in lower case)."""
+    found: list[str | None] = [None, None, None, None, None]
     for key, value in scope["headers"]:
         i = _GRAPH_HEADERS.get(key)
         if i is not None and found[i] is None:
@@ -432,7 +625,13 @@ def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[
 
 def _check_content_type(value: str | None) -> None:
     if value is None:
-        return  # a body without a type is taken as JSON
+        # A web page may send a body without a type to any server without asking first (a no-cors
+        # fetch); one typed application/json needs the server's consent (CORS), which we never give.
+        raise HTTPError(
+            415,
+            "The request has no Content-Type; send the body as application/json "
+            "(curl: -H 'content-type: application/json').",
+        )
     media, _, params = value.partition(";")
     media = media.strip().lower()
     if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):

@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import operator
-import re
 from typing import Any
 
 # At the top, not in dump_json (~0.4 µs per call): pydantic is loaded with dagserve anyway (_options).
@@ -90,20 +89,44 @@ _DECODER = json.JSONDecoder(
     object_pairs_hook=_unique_keys,
 )
 
-# Strings (which may hold brackets) and every non-bracket byte are removed before measuring how
-# deep the brackets nest: opening ones count +1, closing ones -1, and the running sum's maximum
-# is the depth. Every step runs in C (re, bytes.translate, map, accumulate, filter).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+# Only quotes (a string may hold brackets) and brackets matter for how deep a body nests.
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
+# Opening brackets become 2 and closing ones 0, so that "minus 1" is the step in depth.
 _STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+# The quotes-and-brackets are split at quotes this many bytes at a time (bounded memory).
+_CHUNK = 1 << 16
 
 
 def _too_deep(body: bytes, limit: int) -> bool:
+    """Do the arrays/objects of ``body`` nest more than ``limit`` deep?
+
+    One pass over the bytes, whatever they hold, with no regular expression (which can
+    backtrack) and no recursion; every step is a C loop of the standard library (replace,
+    translate, split, accumulate), so a 10 MiB body costs less than decoding it. Invalid JSON
+    may be measured wrongly, but only after the point where the decoder stops reading it, so
+    the decoder never nests deeper than measured.
+    """
     if body.count(b"[") + body.count(b"{") <= limit:
         return False  # cannot nest deeper than it has brackets: the usual case
-    steps = _STRING.sub(b"", body).translate(_STEP, _NOT_BRACKET)
-    depths = itertools.accumulate(map(operator.sub, steps, itertools.repeat(1)))
-    return next(filter(limit.__lt__, depths), None) is not None  # stops at the first level too deep
+    if b"\\" in body:
+        # Inside a string a backslash escapes the next byte. Dropping escaped backslashes (left
+        # to right, as the decoder pairs them), then escaped quotes, leaves only the quotes that
+        # open or close strings.
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = body.translate(None, _NOT_STRUCTURAL)
+    depth = 0
+    outside = 0  # 0 when the chunk starts outside a string, 1 inside: the index of the first piece outside
+    for start in range(0, len(marks), _CHUNK):
+        pieces = marks[start : start + _CHUNK].split(b'"')
+        brackets = b"".join(pieces[outside::2])
+        if len(pieces) % 2 == 0:  # an odd number of quotes: the chunk ends on the other side
+            outside ^= 1
+        if brackets:
+            steps = map(operator.sub, brackets.translate(_STEP), itertools.repeat(1))
+            if max(itertools.accumulate(steps, initial=depth)) > limit:
+                return True
+            depth += 2 * (brackets.count(b"[") + brackets.count(b"{")) - len(brackets)
+    return False
 
 
 def parse_json(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:

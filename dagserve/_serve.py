@@ -167,6 +167,14 @@ class _Size(click.ParamType):
     show_default=True,
     help="Seconds in-flight requests get on SIGINT/SIGTERM.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable; *.example.com, * for any). "
+    "On loopback without a token only localhost, 127.0.0.1 and [::1] are answered otherwise.",
+)
 @click.option("--debug", is_flag=True, help="Put tracebacks in error bodies (never in production).")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
 @click.option(
@@ -237,6 +245,7 @@ def _run(
     request_timeout: float | None,
     ready_timeout: float | None,
     shutdown_timeout: float,
+    allowed_hosts: tuple[str, ...],
     debug: bool,
     access_log: bool,
     log_level: str,
@@ -279,6 +288,7 @@ def _run(
             header_timeout_s=header_timeout,
             max_in_flight=max_in_flight,
             shutdown_timeout_s=shutdown_timeout,
+            allowed_hosts=allowed_hosts,
             debug=debug,
             access_log=access_log,
             log_level=log_level,

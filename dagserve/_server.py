@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
+import inspect
 import ipaddress
 import logging
 import os
 import signal
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,8 +77,13 @@ class IngressConfig:
     max_json_depth: int = MAX_DEPTH
     debug: bool = False
     title: str | None = None
+    #: ``None``: any Host header; a tuple: loopback hosts and these names only (see HostFilter).
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.allowed_hosts is not None:
+            for entry in self.allowed_hosts:
+                _check_host_entry(entry)
         _positive("max_body_bytes", self.max_body_bytes, integer=True)
         _positive("max_json_depth", self.max_json_depth, integer=True)
         if self.body_timeout_s is not None:
@@ -93,6 +102,7 @@ def asgi_app(
     max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
     debug: bool = False,
     title: str | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Any:
     """The ASGI (Starlette) application serving one or several deployed graphs.
 
@@ -106,8 +116,10 @@ def asgi_app(
     ``Authorization: Bearer <token>``; ``admin_token`` (default ``DAGSERVE_ADMIN_TOKEN``) adds
     the admin routes under ``/-/admin``. Bodies larger than ``max_body_bytes`` get 413, bodies
     slower than ``body_timeout_s`` 408, and requests beyond ``max_in_flight`` running at once 503.
-    ``debug`` puts tracebacks in error bodies. The caller keeps owning the Apps: shut them down
-    when the web server stops.
+    ``debug`` puts tracebacks in error bodies. ``allowed_hosts`` (e.g. ``["api.example.com"]``)
+    makes every route refuse, with 403, a request whose ``Host`` header is neither loopback nor
+    listed; by default any Host is accepted here (your server decides). The caller keeps owning
+    the Apps: shut them down when the web server stops.
     """
     config = IngressConfig(
         token=resolve_token(token, TOKEN_ENV),
@@ -117,6 +129,7 @@ def asgi_app(
         max_in_flight=max_in_flight,
         debug=debug,
         title=title,
+        allowed_hosts=_host_list(allowed_hosts),
     )
     from ._ingress import create_app
 
@@ -137,6 +150,7 @@ def serve(
     max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     debug: bool = False,
+    allowed_hosts: Iterable[str] | None = None,
     access_log: bool = False,
     log_level: str = "info",
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
@@ -156,18 +170,23 @@ def serve(
     requests in flight finish for up to ``shutdown_timeout_s``, then tears the graphs down and
     returns. ``on_ready(url)`` is called once the port is bound (``port=0`` picks a free one).
     Binding to anything but loopback without a ``token`` logs a warning: anyone who can reach the
-    port can run the graphs. Other options are those of :func:`asgi_app`; ``header_timeout_s``
-    bounds how long a client may take to send a request's headers.
+    port can run the graphs. Bound to loopback without a ``token``, the server answers only
+    requests whose ``Host`` is loopback (``localhost``, ``127.0.0.1``, ``[::1]``) or listed in
+    ``allowed_hosts``, so that web pages cannot reach it through DNS rebinding. Other options are
+    those of :func:`asgi_app`; ``header_timeout_s`` bounds how long a client may take to send a
+    request's headers.
     """
     items = _as_list(graph_or_graphs)
     _check_server_options(header_timeout_s, DEFAULT_MAX_HEADER_BYTES, shutdown_timeout_s)
+    token = resolve_token(token, TOKEN_ENV)
     config = IngressConfig(
-        token=resolve_token(token, TOKEN_ENV),
+        token=token,
         admin_token=resolve_token(admin_token, ADMIN_TOKEN_ENV),
         max_body_bytes=max_body_bytes,
         body_timeout_s=body_timeout_s,
         max_in_flight=max_in_flight,
         debug=debug,
+        allowed_hosts=served_hosts(host, token, allowed_hosts),
     )
     if backend is not None and not isinstance(backend, str) and sum(isinstance(i, Graph) for i in items) > 1:
         raise OptionsError(
@@ -241,6 +260,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: assume it resolves outside
+
+
+def host_name(value: str) -> str:
+    """The name in a ``Host`` header (or an ``allowed_hosts`` entry): lower case, without the
+    port, the brackets of an IPv6 address or a final dot. ``"[::1]:8000"`` -> ``"::1"``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".") or value
+
+
+def served_hosts(host: str, token: str | None, allowed_hosts: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The ``Host`` names a server that dagserve binds itself answers (``IngressConfig.allowed_hosts``).
+
+    Listed names: loopback and those. None listed: loopback only when bound to loopback without
+    a request token (a web page could otherwise reach it), else any (``None``).
+    """
+    listed = _host_list(allowed_hosts)
+    if listed:
+        return listed
+    return () if is_loopback(host) and not token else None
+
+
+def _host_list(allowed_hosts: Iterable[str] | None) -> tuple[str, ...] | None:
+    if allowed_hosts is None:
+        return None
+    if isinstance(allowed_hosts, str):
+        return (allowed_hosts,)  # one name, not its characters
+    return tuple(allowed_hosts)
+
+
+def _check_host_entry(entry: object) -> None:
+    name = host_name(entry) if isinstance(entry, str) and not any(c in entry for c in "/@?# \t") else ""
+    body = name[2:] if name.startswith("*.") else name
+    if name != "*" and (not body or "*" in body):
+        raise OptionsError(
+            f"allowed_hosts entry {entry!r} is not a host name; give names such as 'api.example.com', "
+            "'*.example.com' (its subdomains), '10.0.0.5' or '*' (any)."
+        )
 
 
 def warn_if_exposed(host: str, token: str | None) -> bool:
@@ -369,9 +430,14 @@ def make_server(
     log_level: str | int | None = "info",
     on_ready: Callable[[str], None] | None = None,
 ) -> Any:
-    """A configured (not yet running) uvicorn server for ``web``."""
+    """A configured (not yet running) uvicorn server for ``web``.
+
+    Raises :class:`DagserveError` when the installed uvicorn lacks what dagserve's server
+    extends (see :func:`check_uvicorn`).
+    """
     import uvicorn
 
+    check_uvicorn()
     _check_server_options(header_timeout_s, max_header_bytes, shutdown_timeout_s)
     config = uvicorn.Config(
         web,
@@ -381,11 +447,121 @@ def make_server(
         loop="auto",  # uvloop when installed
         lifespan="off",  # the ingress needs no startup/shutdown of its own: serve() owns the Apps
         access_log=access_log,
+        log_config=_log_config(),
         log_level=log_level,
         timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
     )
     return _server_class()(config, host=host, on_ready=on_ready)
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's default logging set-up, with the request id at the end of each access line."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    from ._request_id import RequestIdFilter
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["dagserve_request_id"] = {"()": RequestIdFilter}
+    config["formatters"]["access"]["fmt"] += " [%(request_id)s]"
+    config["handlers"]["access"].setdefault("filters", []).append("dagserve_request_id")
+    return config
+
+
+#: The uvicorn releases whose internals dagserve's server is written against (pyproject.toml pins them).
+UVICORN_SUPPORTED = ">=0.30,<0.55"
+
+
+@functools.cache
+def check_uvicorn() -> None:
+    """Raise :class:`DagserveError` unless the installed uvicorn has what dagserve's server uses.
+
+    The server subclasses uvicorn's HTTP protocol (for the request-head deadline and size limit,
+    which uvicorn lacks) and its ``Server`` (readiness, draining, signals), and reads attributes
+    uvicorn does not document. A uvicorn without them must fail at start, not serve without
+    those limits.
+    """
+    import uvicorn
+    import uvicorn.config
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    cycle = getattr(sys.modules[AutoHTTPProtocol.__module__], "RequestResponseCycle", None)
+    problems = uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, uvicorn.config.LOGGING_CONFIG)
+    if problems:
+        raise DagserveError(
+            f"dagserve's HTTP server cannot run on uvicorn {getattr(uvicorn, '__version__', '?')}: "
+            f"{'; '.join(problems)}. It extends uvicorn's protocol and server (request-head deadline and size "
+            f"limit, draining); install a uvicorn it supports: pip install 'uvicorn[standard]{UVICORN_SUPPORTED}'."
+        )
+
+
+def uvicorn_problems(server: type, config: type, protocol: type, cycle: type | None, logging_config: Any) -> list[str]:
+    """What dagserve's server needs of these uvicorn classes and does not find (empty: all there).
+
+    Methods are looked up; attributes set on instances are looked for among the names the
+    classes' own code uses (a renamed attribute disappears from there).
+    """
+    problems: list[str] = []
+
+    def need(cls: type | None, label: str, methods: tuple[str, ...], attributes: tuple[str, ...]) -> None:
+        if cls is None:
+            problems.append(f"{label} is missing")
+            return
+        problems.extend(f"{label}.{m}() is missing" for m in methods if not callable(getattr(cls, m, None)))
+        used = _names_used(cls)
+        problems.extend(f"{label} no longer has .{a}" for a in attributes if a not in used)
+
+    need(server, "uvicorn.Server", _SERVER_METHODS, ("started", "servers", "should_exit", "config"))
+    need(protocol, f"{protocol.__name__} (uvicorn's HTTP protocol)", _PROTOCOL_METHODS, ("cycle", "transport", "loop"))
+    need(cycle, "its RequestResponseCycle", (), ("scope", "response_complete"))
+    if "sockets" not in _parameters(getattr(server, "startup", None)):
+        problems.append("uvicorn.Server.startup() takes no sockets=")
+    taken = _parameters(config)
+    problems.extend(f"uvicorn.Config takes no {k}=" for k in _CONFIG_OPTIONS if k not in taken)
+    try:
+        logging_config["formatters"]["access"]["fmt"] + ""
+        logging_config["handlers"]["access"]["class"] + ""
+    except (KeyError, TypeError):
+        problems.append("uvicorn.config.LOGGING_CONFIG has no 'access' formatter and handler")
+    return problems
+
+
+_SERVER_METHODS = ("run", "startup", "shutdown", "capture_signals", "handle_exit")
+_PROTOCOL_METHODS = ("connection_made", "data_received", "connection_lost")
+_CONFIG_OPTIONS = (
+    "http",
+    "loop",
+    "lifespan",
+    "access_log",
+    "log_config",
+    "log_level",
+    "timeout_graceful_shutdown",
+    "server_header",
+)
+
+
+def _parameters(fn: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _names_used(cls: type) -> set[str]:
+    """Every attribute and global name the code of ``cls`` and its bases (not ``object``) uses."""
+    names: set[str] = set()
+    codes = [
+        fn.__code__
+        for klass in cls.__mro__[:-1]
+        for value in vars(klass).values()
+        for fn in (getattr(value, "__func__", value), getattr(value, "fget", None))
+        if hasattr(fn, "__code__")
+    ]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return names
 
 
 @functools.cache
@@ -441,11 +617,13 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
     its connection for ever. Here the head must arrive within ``header_timeout_s`` of the
     connection (or, on a kept-alive connection, of its first byte) and stay under
     ``max_header_bytes``; otherwise the client gets a JSON 408 or 431 and the connection closes.
+    It also tells the ingress when a connection is lost (``HangUpWatch`` in each request's scope),
+    so that the graph run of a client that hung up is cancelled at once.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     from ._http_errors import error_body
-    from ._ingress import SCOPE_REJECT
+    from ._ingress import SCOPE_HANGUP, SCOPE_REJECT, HangUpWatch
     from ._jsonio import dump_json
     from ._request_id import new_request_id
 
@@ -458,6 +636,7 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._watch = HangUpWatch()  # tells the ingress when the client hangs up
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -480,10 +659,11 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
             cycle = self.cycle
             if cycle is not self._last_cycle:
                 self._last_cycle = cycle
+                scope = cycle.scope
+                scope[SCOPE_HANGUP] = self._watch
                 if head_started and received <= max_header_bytes:
                     return  # the head fit in fewer bytes than the limit
                 # A pipelined head (it began while the previous request ran) or a large one: measure it.
-                scope = cycle.scope
                 size = (
                     len(scope["raw_path"])
                     + len(scope["query_string"])
@@ -501,6 +681,7 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            self._watch.hung_up()  # cancels the graph run on this connection, if any
 
         def _awaiting_head(self) -> bool:
             cycle = self.cycle

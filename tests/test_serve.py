@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -79,7 +81,11 @@ def test_sigterm_drains_requests_in_flight_within_the_bound_then_tears_down() ->
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             short = pool.submit(httpx.post, url, json={"x": 1, "seconds": 1.0}, timeout=20)
             long = pool.submit(httpx.post, url, json={"x": 2, "seconds": 30.0}, timeout=20)
-            time.sleep(0.5)  # both are running
+            # Both are running (a fixed pause was too short on a loaded machine: connection refused).
+            deadline = time.monotonic() + 20
+            while 'dagserve_requests_in_flight{graph="slow"} 2.0' not in httpx.get(url + "metrics", timeout=10).text:
+                assert time.monotonic() < deadline, "the two requests never ran together"
+                time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             # the short request finishes normally although shutdown has begun
             r = short.result(timeout=20)
@@ -216,3 +222,170 @@ def test_token_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert srv.resolve_token("", "DAGSERVE_TOKEN") is None  # an empty token never matches "Bearer "
     monkeypatch.delenv("DAGSERVE_TOKEN")
     assert srv.resolve_token(None, "DAGSERVE_TOKEN") is None
+
+
+# -- the Host check of servers dagserve binds (issue 15) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "allowed", "expected"),
+    [
+        ("127.0.0.1", None, None, ()),  # loopback, no token: loopback Hosts only
+        ("localhost", None, None, ()),
+        ("::1", None, [], ()),
+        ("127.0.0.1", None, ["api.example"], ("api.example",)),
+        ("127.0.0.1", "t", None, None),  # a token protects it: any Host
+        ("0.0.0.0", None, None, None),  # reachable from outside anyway (and warned about)
+        ("0.0.0.0", "t", ["api.example", "*.corp.example"], ("api.example", "*.corp.example")),
+    ],
+)
+def test_serve_checks_the_host_header_on_loopback_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, host: str, token: str | None, allowed: list[str] | None, expected: object
+) -> None:
+    served: list[object] = []
+    monkeypatch.setattr(srv, "run_server", lambda web, **kw: served.append(web.state.dagserve.config.allowed_hosts))
+    monkeypatch.delenv("DAGSERVE_TOKEN", raising=False)
+    dagserve.serve(g.typed(), host=host, backend="local", token=token, allowed_hosts=allowed, log_level="critical")
+    assert served == [expected]
+
+
+def test_serve_takes_the_token_from_the_environment_for_the_host_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[object] = []
+    monkeypatch.setattr(srv, "run_server", lambda web, **kw: served.append(web.state.dagserve.config.allowed_hosts))
+    monkeypatch.setenv("DAGSERVE_TOKEN", "from-env")
+    dagserve.serve(g.typed(), backend="local")
+    assert served == [None]
+
+
+@contextlib.contextmanager
+def server_process(*argv: str) -> Iterator[queue.Queue[str]]:
+    """``python *argv`` from the repository, without this environment's tokens: its stdout
+    lines. Stopped with SIGINT (killed if it lingers)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSERVE_TOKEN", "DAGSERVE_ADMIN_TOKEN")}
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        yield lines_of(proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def running(*options: str) -> Iterator[tuple[str, queue.Queue[str]]]:
+    """``dagserve run tests.ingress_graphs:SLOW --backend local --port 0 *options``: its URL and stdout."""
+    run = ("-m", "dagserve", "run", "tests.ingress_graphs:SLOW", "--backend", "local", "--port", "0")
+    with server_process(*run, *options) as out:
+        yield wait_for(out, "dagserve: serving slow at ").split()[4], out
+
+
+@pytest.mark.http
+def test_run_answers_the_allowed_hosts_besides_loopback() -> None:
+    with running("--allowed-host", "api.example", "--allowed-host", "*.corp.example") as (url, _):
+        for host in ("api.example", "ml.corp.example:8000", "localhost", None):
+            r = httpx.post(url, json={"x": 3, "seconds": 0}, headers={"host": host} if host else {}, timeout=10)
+            assert r.status_code == 200 and r.json() == 3, host
+        for host in ("other.example", "corp.example"):
+            refused = httpx.post(url, json={"x": 3, "seconds": 0}, headers={"host": host}, timeout=10)
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "HostNotAllowed", host
+
+
+@pytest.mark.http
+def test_run_access_log_lines_carry_the_request_id() -> None:
+    """As docs/cli.md says (issue 15): each ``--access-log`` line ends with the request's id."""
+    with running("--access-log") as (url, out):
+        for status, headers in ((200, {"x-request-id": "access-1"}), (403, {"host": "other.example"})):
+            r = httpx.post(url, json={"x": 3, "seconds": 0}, headers=headers, timeout=10)
+            assert r.status_code == status
+            line = wait_for(out, "INFO:")
+            assert line.endswith(f'"POST / HTTP/1.1" {status} {r.reason_phrase} [{r.headers["x-request-id"]}]'), line
+
+
+# -- uvicorn's internals (issue 15) -------------------------------------------------------------------------
+
+
+def test_the_installed_uvicorn_has_what_the_server_extends() -> None:
+    import uvicorn
+    import uvicorn.config
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    srv.check_uvicorn()
+    cycle = sys.modules[AutoHTTPProtocol.__module__].RequestResponseCycle
+    logging_config = uvicorn.config.LOGGING_CONFIG
+    assert srv.uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, logging_config) == []
+
+
+def test_a_uvicorn_without_what_the_server_extends_is_named_precisely() -> None:
+    import uvicorn
+
+    class Server:  # a future uvicorn: startup renamed, no signal capture, no .servers
+        def __init__(self, config: object) -> None:
+            self.config, self.started, self.should_exit = config, False, False
+
+        def run(self) -> None: ...
+
+        async def start(self, sockets: object = None) -> None: ...
+
+        async def shutdown(self, sockets: object = None) -> None: ...
+
+        def handle_exit(self, sig: int, frame: object) -> None: ...
+
+    class Protocol:  # the request cycle under another name
+        def __init__(self) -> None:
+            self.loop, self.transport, self.current = None, None, None
+
+        def connection_made(self, transport: object) -> None: ...
+
+        def data_received(self, data: bytes) -> None: ...
+
+        def connection_lost(self, exc: object) -> None: ...
+
+    class Cycle:
+        def __init__(self, scope: dict[str, object]) -> None:
+            self.scope, self.complete = scope, False
+
+    def config(app: object, host: str, port: int, http: object, loop: str) -> None: ...
+
+    problems = srv.uvicorn_problems(Server, config, Protocol, Cycle, {"formatters": {}})
+    assert problems == [
+        "uvicorn.Server.startup() is missing",
+        "uvicorn.Server.capture_signals() is missing",
+        "uvicorn.Server no longer has .servers",
+        "Protocol (uvicorn's HTTP protocol) no longer has .cycle",
+        "its RequestResponseCycle no longer has .response_complete",
+        "uvicorn.Server.startup() takes no sockets=",
+        "uvicorn.Config takes no lifespan=",
+        "uvicorn.Config takes no access_log=",
+        "uvicorn.Config takes no log_config=",
+        "uvicorn.Config takes no log_level=",
+        "uvicorn.Config takes no timeout_graceful_shutdown=",
+        "uvicorn.Config takes no server_header=",
+        "uvicorn.config.LOGGING_CONFIG has no 'access' formatter and handler",
+    ]
+    assert uvicorn.Server.startup  # the real one is untouched
+
+
+def test_the_server_refuses_to_start_on_a_uvicorn_it_cannot_extend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(srv, "uvicorn_problems", lambda *a: ["uvicorn.Server.capture_signals() is missing"])
+    srv.check_uvicorn.cache_clear()
+    try:
+        with pytest.raises(dagserve.DagserveError, match=r"cannot run on uvicorn .*capture_signals\(\) is missing.*"
+                           r"pip install 'uvicorn\[standard\]>=0\.30,<0\.55'"):
+            srv.make_server(object(), host="127.0.0.1", port=0)
+        app = dagserve.deploy(g.typed(), backend="local")
+        with pytest.raises(dagserve.DagserveError, match="cannot run on uvicorn"):
+            dagserve.serve(app, port=0)
+        assert not app.closed  # an App passed in stays running
+        app.shutdown()
+    finally:
+        srv.check_uvicorn.cache_clear()
