@@ -611,3 +611,36 @@ async def test_a_replica_never_reads_from_a_caller_of_another_user(tmp_path: Pat
             server.close()
     finally:
         os.rmdir(reachable)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+async def test_an_abandoned_pool_hangs_up_whatever_its_loop(directory: str, loop_kind: str) -> None:
+    """``abandon`` runs once the pool's loop no longer runs (an App's server stopped): the replica
+    must see its caller go. uvloop's transport sockets have no ``shutdown()``."""
+    import uvloop
+
+    server, _ = await serve(directory, "r1")
+
+    def use_then_leave() -> asyncio.AbstractEventLoop:
+        loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+
+        async def use() -> DirectPool:
+            pool = await connected(directory, 1)
+            assert await pool.call(header("echo"), (1,), {}) == ("r1", 1)
+            pool._scanner.cancel()
+            return pool
+
+        pool = loop.run_until_complete(use())
+        pool.abandon()  # the loop is stopped now
+        return loop
+
+    try:
+        loop = await asyncio.to_thread(use_then_leave)
+        for _ in range(100):
+            if not server._conns:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._conns
+        loop.close()
+    finally:
+        server.close()

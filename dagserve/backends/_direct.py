@@ -858,9 +858,12 @@ class DirectPool:
         self._closed = True
         for conn in list(self._conns.values()):
             sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                # Through a duplicate: uvloop's transport sockets have no shutdown(), and the
+                # duplicate shares the connection, so the replica sees it end either way.
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
         self._conns = {}
         self._ring = []
 
