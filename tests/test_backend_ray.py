@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,13 @@ import dagserve
 from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
+from dagserve._app import App
+from dagserve.backends import ray as ray_backend
+from dagserve.backends._direct import _LEN
 from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
-from dagserve.backends.ray import deployment_options
+from dagserve.backends.ray import RayBackend, deployment_options
+
+from .foreign_peer import foreign_socket, needs_root
 
 from . import example_graphs as eg
 
@@ -94,6 +100,40 @@ class Times:
 
     def __call__(self, x: int) -> int:
         return x * self.k
+
+
+@dagserve.node(max_ongoing_requests=2)
+class Peak:
+    """Answers with the most calls it has seen running at once (each holds it 0.5 s)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+
+    async def __call__(self, x: int) -> int:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(0.5)
+            return self.peak
+        finally:
+            self.running -= 1
+
+
+@dagserve.node(num_replicas=2)
+def where(x: int) -> tuple[int, float]:
+    """Which replica process ran the call, and when it started."""
+    return os.getpid(), time.time()
+
+
+@dagserve.node
+def blob(n: int) -> bytes:
+    return b"x" * n
+
+
+@dagserve.node
+def size_of(data: bytes) -> int:
+    return len(data)
 
 
 def features(cancel_marker: Path) -> dagserve.Graph:
@@ -436,6 +476,148 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
     with dagserve.deploy(graph, backend="ray", direct_transport=False, ready_timeout_s=120) as app:
         assert [app.call(i) for i in range(5)] == [(i + 1) * 3 for i in range(5)]
         assert app.backend.transport("Times") == "serve" and not app.backend._pools
+
+
+def attached(app: dagserve.App, **options: Any) -> dagserve.App:
+    """Another ingress on the same deployed graph (as an ingress replica is), in this process."""
+    backend = RayBackend.attached(app._plan, dict(app.backend._versions), **options)  # type: ignore[attr-defined]
+    return App(app.graph, app._plan, backend, request_timeout_s=60)
+
+
+@ray_test
+def test_a_replica_holds_max_ongoing_requests_over_every_ingress_and_serve_routed_calls(ray_instance: None) -> None:
+    """Two ingresses on the direct transport and one through Serve's router share a replica with
+    max_ongoing_requests=2: it never runs more than 2 calls at once, the direct calls it refused
+    (counted) ran later or elsewhere, and every call succeeds."""
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(Peak()(inp), name="shared")
+    with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as first:
+        second, routed = attached(first), attached(first, direct_transport=False)
+        try:
+            for app in (first, second):
+                wait_until(lambda a=app: a.call(0) == 1 and a.backend.transport("Peak") == "direct", 10, "direct")
+            assert routed.call(0) == 1 and routed.backend.transport("Peak") == "serve"
+            start = threading.Barrier(12)
+            answers: list[Any] = []
+
+            def one(app: dagserve.App) -> None:
+                start.wait(30)
+                try:
+                    answers.append(app.call(1, timeout_s=60))
+                except Exception as exc:  # noqa: BLE001 - every failure is kept and fails the test
+                    answers.append(exc)
+
+            threads = [threading.Thread(target=one, args=(a,)) for a in (first, second, routed) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert len(answers) == 12 and all(isinstance(a, int) for a in answers), answers
+            assert max(answers) == 2  # the replica ran 2 at once, never more
+            refusals = first.backend.direct_refusals()["Peak"] + second.backend.direct_refusals()["Peak"]  # type: ignore[attr-defined]
+            assert refusals >= 1
+        finally:
+            second.shutdown()
+            routed.shutdown()
+
+
+@ray_test
+def test_a_replica_serve_begins_to_stop_takes_no_new_direct_calls(
+    ray_instance: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serve drains its own requests first (a wait of graceful_shutdown_wait_loop_s at least, 3 s
+    here) and calls the replica's __del__ only then: direct calls must stop reaching the replica
+    when the stop begins, not then. Calls keep succeeding on the other replica meanwhile."""
+    monkeypatch.setattr(ray_backend, "_GRACEFUL_SHUTDOWN_WAIT_LOOP_S", 3.0)
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(where(inp), name="stopping")
+    with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as app:
+        wait_until(lambda: app.call(0) and app.backend.transport("where") == "direct", 10, "direct to where")
+        before = {r["pid"] for r in app.backend.replicas("where")}  # type: ignore[attr-defined]
+        assert len(before) == 2
+        served: list[tuple[int, float]] = []
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            deadline = time.monotonic() + 120
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    served.append(tuple(app.call(0, timeout_s=30)))
+                except BaseException as exc:  # noqa: BLE001 - kept, fails the test
+                    failures.append(exc)
+                time.sleep(0.005)
+
+        caller = threading.Thread(target=load)
+        caller.start()
+        scaler = threading.Thread(target=app.scale, args=("where",), kwargs={"num_replicas": 1, "wait_s": 90})
+        try:
+            scaler.start()
+            deadline = time.monotonic() + 60
+            while len(live := {r["pid"] for r in app.backend.replicas("where")}) > 1:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "Serve did not begin to stop a replica"
+                time.sleep(0.05)
+            stopping_since = time.time()  # Serve reports it stopping (it may have begun a little earlier)
+            (stopped,) = before - live
+            scaler.join(120)
+        finally:
+            stop.set()
+            caller.join(60)
+        assert not failures, failures[:3]
+        late = [t - stopping_since for pid, t in served if pid == stopped and t > stopping_since + 1.0]
+        assert not late, f"{len(late)} calls started on the stopping replica up to {max(late):.1f} s after it began to stop"
+        assert any(pid != stopped and t > stopping_since for pid, t in served)  # calls went on meanwhile
+
+
+@ray_test
+def test_direct_calls_over_the_frame_limit_fail_naming_the_node_and_stalled_frames_are_cut(
+    ray_instance: None,
+) -> None:
+    with dagserve.Input() as inp:
+        out = dagserve.switch(inp["case"], {"blob": size_of(blob(inp["n"])), "send": size_of(inp["data"])})
+        graph = dagserve.Graph(out, name="frames")
+    limits = {"direct_max_frame_bytes": 64 * 1024, "direct_frame_timeout_s": 0.5}
+    with dagserve.deploy(graph, backend="ray", ready_timeout_s=120, **limits) as app:
+        def direct() -> bool:
+            return app.call({"case": "blob", "n": 10}) == 10 and all(
+                app.backend.transport(n) == "direct" for n in ("blob", "size_of")
+            )
+
+        wait_until(direct, 10, "direct to both nodes")
+        assert app.call({"case": "blob", "n": 60_000}) == 60_000
+        with pytest.raises(NodeError, match=r"Node 'blob': the result of a call pickled to \d+ bytes") as err:
+            app.call({"case": "blob", "n": 100_000})
+        assert err.value.node == "blob" and err.value.error_type == "FrameTooLarge"
+        with pytest.raises(NodeError, match=r"Node 'size_of#2': the arguments of a call pickled to") as err:
+            app.call({"case": "send", "data": b"x" * 100_000})  # the graph's second size_of step
+        assert err.value.node == "size_of#2" and err.value.error_type == "FrameTooLarge"
+        assert app.call({"case": "send", "data": b"x" * 1000}) == 1000  # connections unharmed
+
+        pool = app.backend._pools["size_of"]  # type: ignore[attr-defined]
+        (path,) = [e.path for e in os.scandir(pool.directory) if e.name.endswith(".sock")]
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(_LEN.pack(100) + b"0123456789")  # a tenth of a frame, then nothing
+            s.settimeout(30)
+            assert s.recv(1) == b""  # the replica hung up (after its 0.5 s deadline)
+        assert app.call({"case": "send", "data": b"ok"}) == 2
+
+
+@ray_test
+@pytest.mark.skipif(not needs_root, reason="making a process of another user needs root")
+def test_the_ingress_ignores_a_socket_of_another_user_among_the_replicas(app: dagserve.App, tmp_path: Path) -> None:
+    """A socket planted in a node's socket directory by another user's process is never read from:
+    calls keep going to the real replica, and batch counts read over the sockets skip it too."""
+    wait_until(lambda: app.call({"case": "batch", "x": 1}) == 1 and app.backend.transport("batch_size") == "direct",
+               10, "direct to batch_size")
+    pool = app.backend._pools["batch_size"]  # type: ignore[attr-defined]
+    marker = tmp_path / "ran-their-code"
+    with foreign_socket(os.path.join(pool.directory, "planted.sock"), marker):
+        wait_until(lambda: "planted" in pool._foreign, 10, "the pool to try the planted socket")
+        assert [app.call({"case": "batch", "x": i}) for i in range(4)] == [1] * 4
+        assert "planted" not in pool._conns
+        assert sum(app.backend.batch_sizes()["batch_size"].values()) >= 5
+    assert not marker.exists()
 
 
 @ray_test

@@ -19,7 +19,9 @@ import pytest
 
 from dagserve import NodeError
 from dagserve.backends import _direct
-from dagserve.backends._direct import DirectPool, QueueFull, ReplicaLost, ReplicaServer
+from dagserve.backends._direct import DirectPool, FrameLimits, QueueFull, ReplicaLost, ReplicaServer
+
+from .foreign_peer import foreign_peer, foreign_socket, needs_root
 
 
 class Replica:
@@ -30,8 +32,18 @@ class Replica:
         self.started: list[Any] = []
         self.cancelled = 0
         self.release = asyncio.Event()
+        self.running = 0
+        self.peak = 0  # most calls running at once
 
     async def dispatch(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            return await self._dispatch(header, args)
+        finally:
+            self.running -= 1
+
+    async def _dispatch(self, header: Any, args: tuple[Any, ...]) -> Any:
         method, step, _request_id = header
         self.started.append(args)
         if method == "echo":
@@ -43,6 +55,8 @@ class Replica:
                 self.cancelled += 1
                 raise
             return (self.name, *args)
+        if method == "blob":
+            return b"x" * args[0]
         if method == "fail":
             raise NodeError(f"Node {step!r} raised ValueError: bad", node=step, error_type="ValueError")
         if method == "unpicklable":
@@ -84,25 +98,28 @@ def directory(tmp_path: Path) -> str:
     return str(d)
 
 
-async def serve(directory: str, name: str) -> tuple[ReplicaServer, Replica]:
+async def serve(directory: str, name: str, **options: Any) -> tuple[ReplicaServer, Replica]:
+    """A replica server; ``options``: ``limit`` (its max_ongoing_requests), ``limits`` (FrameLimits)."""
     replica = Replica(name)
-    server = ReplicaServer(os.path.join(directory, f"{name}.sock"), replica.dispatch, replica.stats)
+    server = ReplicaServer(os.path.join(directory, f"{name}.sock"), replica.dispatch, replica.stats, **options)
     await server.start()
     return server, replica
 
 
 async def connected(directory: str, n: int, **limits: Any) -> DirectPool:
     pool = DirectPool(directory, max_ongoing=limits.get("max_ongoing", 100), max_queued=limits.get("max_queued"),
-                      loop=asyncio.get_running_loop())
+                      loop=asyncio.get_running_loop(), limits=limits.get("frames"))
     await pool.scan()
     assert len(pool._conns) == n
     return pool
 
 
 @contextlib.asynccontextmanager
-async def replicas(directory: str, *names: str, **limits: Any) -> AsyncIterator[Cluster]:
-    """Replica servers named ``names`` and a pool connected to them; all closed on the way out."""
-    started = {n: await serve(directory, n) for n in names}
+async def replicas(directory: str, *names: str, server: dict[str, Any] | None = None,
+                   **limits: Any) -> AsyncIterator[Cluster]:
+    """Replica servers named ``names`` (``server``: their options) and a pool connected to them;
+    all closed on the way out."""
+    started = {n: await serve(directory, n, **(server or {})) for n in names}
     pool = await connected(directory, len(names), **limits)
     try:
         yield Cluster(pool, {n: s for n, (s, _) in started.items()}, {n: r for n, (_, r) in started.items()})
@@ -405,3 +422,225 @@ async def test_a_socket_is_removed_only_when_refused_twice(directory: str) -> No
         pool.close()
     finally:
         s.close()
+
+
+# -- the replica's max_ongoing_requests, over every caller ---------------------------------------
+
+
+async def test_a_full_replica_refuses_a_second_ingress_whose_call_runs_when_a_slot_frees(directory: str) -> None:
+    """Two ingresses (pools) each allowed 1 call on a replica whose limit is 1: the second one's
+    call is refused (counted), waits in its pool, and runs once the replica says it has room."""
+    async with replicas(directory, "r1", server={"limit": lambda: 1}, max_ongoing=1) as c:
+        first, server, replica = c.pool, c.servers["r1"], c.replicas["r1"]
+        second = await connected(directory, 1, max_ongoing=1)
+        try:
+            held = first.call(header("hold"), (1,), {})
+            await settle()
+            waiting = second.call(header("echo"), (2,), {})
+            await settle()
+            assert second.refusals == 1 and server.refusals == 1
+            assert not waiting.future.done() and not waiting.assigned  # queued in its pool, not failed
+            assert replica.started == [(1,)]
+            replica.release.set()
+            assert await held == ("r1", 1)
+            assert await asyncio.wait_for(waiting, 2) == ("r1", 2)
+            assert replica.peak == 1
+        finally:
+            second.close()
+
+
+async def test_a_refused_call_goes_to_a_replica_with_room(directory: str) -> None:
+    async with replicas(directory, "r0", "r1", server={"limit": lambda: 1}) as c:
+        other = await connected(directory, 2)
+        try:
+            held = other.call(header("hold"), (0,), {})  # another ingress fills one replica
+            await settle()
+            (busy,) = [name for name, r in c.replicas.items() if r.started]
+            answers = [await asyncio.wait_for(c.pool.call(header("echo"), (i,), {}), 2) for i in range(4)]
+            assert {name for name, _ in answers} == {"r0", "r1"} - {busy}  # none failed, none ran there
+            assert c.pool.refusals >= 1  # taking turns, at least one call was sent there first
+            assert c.replicas[busy].started == [(0,)]
+            c.replicas[busy].release.set()
+            assert (await held)[1] == 0
+        finally:
+            other.close()
+
+
+async def test_calls_serve_routes_share_the_limit_with_direct_calls(directory: str) -> None:
+    """A call Serve routed (``admit``) waits while direct calls fill the replica, and a direct call
+    is refused while Serve's calls fill it; each runs as soon as a slot frees."""
+    async with replicas(directory, "r1", server={"limit": lambda: 1}) as c:
+        pool, server, replica = c.pool, c.servers["r1"], c.replicas["r1"]
+        held = pool.call(header("hold"), (1,), {})
+        await settle()
+        routed = asyncio.ensure_future(server.admit())
+        await settle()
+        assert not routed.done()  # the replica is full of direct calls
+        replica.release.set()
+        await held
+        await asyncio.wait_for(routed, 2)  # the freed slot went to it
+        replica.release.clear()
+        direct = pool.call(header("echo"), (2,), {})
+        await settle()
+        assert pool.refusals == 1 and not direct.future.done()
+        server.release()  # the routed call finished
+        assert await asyncio.wait_for(direct, 2) == ("r1", 2)
+        assert server.ongoing == 0
+
+
+async def test_a_raised_replica_limit_applies_to_the_next_call(directory: str) -> None:
+    limit = [1]
+    async with replicas(directory, "r1", server={"limit": lambda: limit[0]}) as c:
+        held = c.pool.call(header("hold"), (1,), {})
+        await settle()
+        limit[0] = 2  # Serve's max_ongoing_requests changed in place (app.update)
+        assert await asyncio.wait_for(c.pool.call(header("echo"), (2,), {}), 2) == ("r1", 2)
+        assert c.pool.refusals == 0
+        c.replicas["r1"].release.set()
+        await held
+
+
+# -- frame limits -------------------------------------------------------------------------------------
+
+
+async def test_arguments_or_results_over_the_frame_limit_fail_their_call_naming_the_node(directory: str) -> None:
+    frames = FrameLimits(max_bytes=4096)
+    async with replicas(directory, "r1", server={"limits": frames}, frames=frames) as c:
+        pool, replica = c.pool, c.replicas["r1"]
+        with pytest.raises(NodeError, match=r"Node 'Step': the arguments of a call pickled to \d+ bytes, over .* 4096 bytes") as err:
+            await pool.call(header("echo"), (b"x" * 5000,), {})
+        assert err.value.node == "Step" and err.value.error_type == "FrameTooLarge"
+        assert replica.started == []  # never sent
+        with pytest.raises(NodeError, match=r"the result of a call pickled to \d+ bytes.*DAGSERVE_DIRECT_MAX_FRAME_BYTES") as err:
+            await pool.call(header("blob"), (5000,), {})
+        assert err.value.node == "Step" and err.value.error_type == "FrameTooLarge"
+        assert await pool.call(header("blob"), (100,), {}) == b"x" * 100  # the connection is fine
+        assert pool.usable
+
+
+async def test_a_replica_drops_a_caller_that_announces_too_large_a_frame_or_stalls_mid_frame(directory: str) -> None:
+    server, replica = await serve(directory, "r1", limits=FrameLimits(max_bytes=4096, timeout_s=0.2))
+    try:
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        writer.write(_direct._LEN.pack(10**12))  # nothing is buffered toward it: closed at once
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        frame = _direct.dumps((_direct.CALL, 1, _direct.dumps((header("echo"), (1,), {}))))
+        writer.write(_direct._LEN.pack(len(frame)) + frame[:10])  # then nothing more
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the 0.2 s deadline
+        writer.close()
+        assert replica.started == [] and server._conns == set()
+    finally:
+        server.close()
+
+
+async def test_a_replica_that_stalls_mid_answer_fails_the_call_instead_of_hanging(directory: str) -> None:
+    path = os.path.join(directory, "stuck.sock")
+
+    async def stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)
+        writer.write(_direct._LEN.pack(1000) + b"abc")  # a third of an answer, then silence
+        await asyncio.sleep(30)
+
+    stub = await asyncio.start_unix_server(stuck, path)
+    pool = await connected(directory, 1, frames=FrameLimits(timeout_s=0.2))
+    try:
+        with pytest.raises(ReplicaLost, match="stalled"):
+            await asyncio.wait_for(pool.call(header("echo"), (1,), {}), 5)
+    finally:
+        pool.close()
+        stub.close()
+
+
+async def test_frames_that_keep_coming_are_never_cut_by_the_deadline(directory: str) -> None:
+    """The deadline is per frame, from its first byte: a stream of calls whose reads always end
+    inside some frame is progress, not a stall."""
+    frames = FrameLimits(timeout_s=0.3)
+    async with replicas(directory, "r1", server={"limits": frames}, frames=frames) as c:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.0
+        while loop.time() < end:  # many overlapping calls of 64 KiB each way
+            results = await asyncio.gather(*(c.pool.call(header("blob"), (65536,), {}) for _ in range(8)))
+            assert all(len(r) == 65536 for r in results)
+        assert c.pool.usable
+
+
+# -- peers of another user -----------------------------------------------------------------------------
+
+other_user = pytest.mark.skipif(not needs_root, reason="making a process of another user needs root")
+
+
+@other_user
+async def test_the_ingress_never_reads_from_a_socket_of_another_user(directory: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran-their-code"
+    with foreign_socket(os.path.join(directory, "planted.sock"), marker):
+        server, _ = await serve(directory, "r1")
+        try:
+            pool = await connected(directory, 1)
+            try:
+                await settle()
+                assert list(pool._conns) == ["r1"] and pool._foreign == {"planted"}
+                assert [(await pool.call(header("echo"), (i,), {}))[0] for i in range(4)] == ["r1"] * 4
+                await pool.scan()  # not tried again
+                stats = await asyncio.get_running_loop().run_in_executor(None, _direct.replica_stats, directory)
+                assert stats == [{4: 4}]  # the planted socket's answer was not read either
+            finally:
+                pool.close()
+        finally:
+            server.close()
+    assert not marker.exists()
+
+
+@other_user
+async def test_a_replica_never_reads_from_a_caller_of_another_user(tmp_path: Path) -> None:
+    import tempfile
+
+    reachable = tempfile.mkdtemp(prefix="dagserve-open-")  # a directory others may enter: misconfigured
+    os.chmod(reachable, 0o755)
+    marker = tmp_path / "ran-their-code"
+    try:
+        server, replica = await serve(reachable, "r1")
+        os.chmod(server.path, 0o666)
+        try:
+            with foreign_peer("connect", server.path, marker):
+                await settle()
+                assert server._conns == set()
+            assert not marker.exists() and replica.started == []
+        finally:
+            server.close()
+    finally:
+        os.rmdir(reachable)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+async def test_an_abandoned_pool_hangs_up_whatever_its_loop(directory: str, loop_kind: str) -> None:
+    """``abandon`` runs once the pool's loop no longer runs (an App's server stopped): the replica
+    must see its caller go. uvloop's transport sockets have no ``shutdown()``."""
+    import uvloop
+
+    server, _ = await serve(directory, "r1")
+
+    def use_then_leave() -> asyncio.AbstractEventLoop:
+        loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+
+        async def use() -> DirectPool:
+            pool = await connected(directory, 1)
+            assert await pool.call(header("echo"), (1,), {}) == ("r1", 1)
+            pool._scanner.cancel()
+            return pool
+
+        pool = loop.run_until_complete(use())
+        pool.abandon()  # the loop is stopped now
+        return loop
+
+    try:
+        loop = await asyncio.to_thread(use_then_leave)
+        for _ in range(100):
+            if not server._conns:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._conns
+        loop.close()
+    finally:
+        server.close()

@@ -14,17 +14,29 @@ How it works:
   replica, sends each call to the replica with the fewest calls in flight, holds at most
   ``max_ongoing_requests`` calls on a replica, and queues the rest (up to ``max_queued_requests``,
   then :class:`QueueFull`). A freed slot goes straight to the oldest queued call.
-* A replica that Serve stops (scale-down, update) first refuses new calls (``REJECTED``: the pool
-  sends them elsewhere, they never ran) and finishes the ones it holds. A replica that dies fails
-  the calls it held with :class:`ReplicaLost` (retried for nodes with ``retries=N``).
+* The replica enforces ``max_ongoing_requests`` too, over every caller (several ingresses, calls
+  Serve routed): a full replica refuses a call (``BUSY``: it never ran; the pool sends it to
+  another replica or queues it first in line) and tells the refused caller when a slot frees
+  (``ROOM``). Calls Serve routes wait in the replica for a slot (:meth:`ReplicaServer.admit`).
+* A replica that Serve stops (scale-down, update) refuses new calls from the moment the stop
+  begins (``REJECTED``: the pool sends them elsewhere, they never ran) and finishes the ones it
+  holds. A replica that dies fails the calls it held with :class:`ReplicaLost` (retried for nodes
+  with ``retries=N``).
 * A cancelled call (deadline, timeout, client gone) sends ``CANCEL``: the replica cancels it.
 
 Frames are an 8-byte big-endian length and a pickled envelope. Requests: ``(CALL, id, payload)``
 where ``payload`` is the pickled ``(header, args, kwargs)``, ``(CANCEL, id)``, ``(STATS, id)``.
 Answers: ``(id, OK | ERROR, value)`` with the value (or exception) pickled apart, so one the caller
-cannot load fails its call only; ``(id, REJECTED, None)``; ``(0, DRAINING, None)`` when the
-replica stops. Values pickle with :mod:`pickle` (protocol 5), and with cloudpickle for what it
-cannot take (lambdas) or names ``__main__`` (the other process's ``__main__`` is not ours).
+cannot load fails its call only; ``(id, REJECTED | BUSY, None)``; notices ``(0, DRAINING, None)``
+when the replica stops and ``(0, ROOM, None)`` when it has a slot again. Values pickle with
+:mod:`pickle` (protocol 5), and with cloudpickle for what it cannot take (lambdas) or names
+``__main__`` (the other process's ``__main__`` is not ours).
+
+Both ends check, before reading a frame, that the other process runs as the same user
+(``SO_PEERCRED``), and bound what they read (:class:`FrameLimits`): a call whose arguments or
+result pickle larger than ``max_bytes`` fails with a :class:`~dagserve.NodeError` naming the node
+(``error_type="FrameTooLarge"``) before anything is sent; a frame announced larger, or one that
+does not arrive whole within ``timeout_s``, closes the connection (its calls fail as lost).
 
 This module imports no Ray; the backend decides where it applies (see ``RayBackend``).
 """
@@ -43,13 +55,18 @@ import pickle
 import socket
 import stat
 import struct
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "DEFAULT_FRAME_TIMEOUT_S",
+    "DEFAULT_MAX_FRAME_BYTES",
     "DirectCall",
     "DirectPool",
+    "FrameLimits",
     "PoolClosed",
     "QueueFull",
     "ReplicaLost",
@@ -62,7 +79,13 @@ __all__ = [
 log = logging.getLogger("dagserve.ray")
 
 CALL, CANCEL, STATS = 0, 1, 2
-OK, ERROR, REJECTED, DRAINING = 0, 1, 2, 3
+OK, ERROR, REJECTED, DRAINING, BUSY, ROOM = 0, 1, 2, 3, 4, 5
+#: Largest pickled arguments or result of one call, by default (``RayBackend(direct_max_frame_bytes=)``).
+DEFAULT_MAX_FRAME_BYTES = 256 * 2**20
+#: How long a frame may take to arrive whole once its first bytes came, by default.
+DEFAULT_FRAME_TIMEOUT_S = 30.0
+#: What the envelope (a tuple of small ints around the value's bytes) may add to a frame.
+_ENVELOPE_BYTES = 1024
 #: How long a stopping replica waits for each ingress to hang up after its last answer.
 DRAIN_CLOSE_S = 5.0
 _LEN = struct.Struct("!Q")
@@ -80,6 +103,15 @@ class QueueFull(Exception):
 
 class PoolClosed(Exception):
     """The pool was closed (its App shut down, or moved to another event loop); not retried."""
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """Bounds on what one connection reads: ``max_bytes`` per call's pickled arguments or result
+    (both ends check before sending), ``timeout_s`` for a frame to arrive whole once begun."""
+
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
 
 
 def dumps(obj: Any) -> bytes:
@@ -126,17 +158,44 @@ def socket_dir(cluster: str, app: str, deployment: str) -> str | None:
 
 
 class _Framed(asyncio.Protocol):
-    """Length-prefixed pickles both ways; writes made in one loop iteration go out in one syscall."""
+    """Length-prefixed pickles both ways; writes made in one loop iteration go out in one syscall.
 
-    def __init__(self) -> None:
+    Reads nothing from a process of another user (the connection is dropped at once: ``foreign``),
+    no frame announced larger than the limits allow, and no frame that stalls past its deadline.
+    """
+
+    def __init__(self, limits: FrameLimits) -> None:
         self.transport: asyncio.Transport | None = None
+        self.foreign = False
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._limits = limits
+        self._max_frame = limits.max_bytes + _ENVELOPE_BYTES
+        self._partial_since: float | None = None  # when the frame now arriving began
+        self._stall: asyncio.TimerHandle | None = None
+        self._broken_because = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
+        if not _same_user(transport):
+            # Frames are pickles: loading one from another user's process would run its code here.
+            log.warning("Direct transport: refused a connection %s: the other process runs as another user.", self.where)
+            self.foreign = True
+            transport.abort()
+            return
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    @property
+    def where(self) -> str:
+        """This connection, for log records and errors."""
+        raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -146,12 +205,22 @@ class _Framed(asyncio.Protocol):
         size = _LEN.size
         while end - pos >= size:
             (n,) = _LEN.unpack_from(buf, pos)
+            if n > self._max_frame:
+                self._break(f"a frame of {n} bytes was announced, over the limit of {self._limits.max_bytes} bytes")
+                return
             if end - pos - size < n:
                 break
             frames.append(bytes(buf[pos + size : pos + size + n]))
             pos += size + n
         if pos:
             del buf[:pos]
+        if buf:  # a frame has begun: it must arrive whole within the deadline
+            if pos or self._partial_since is None:
+                self._partial_since = self._loop.time()
+            if self._stall is None:
+                self._stall = self._loop.call_later(self._limits.timeout_s, self._check_stall)
+        else:
+            self._partial_since = None  # a pending check finds nothing to do
         for frame in frames:
             # The envelope is ours (a tuple of ints and bytes): one that fails to load means the
             # stream is broken, and the connection goes (values inside are loaded per call).
@@ -159,6 +228,29 @@ class _Framed(asyncio.Protocol):
 
     def frame_received(self, frame: Any) -> None:
         raise NotImplementedError
+
+    def _check_stall(self) -> None:
+        self._stall = None
+        since = self._partial_since
+        if since is None or self.transport is None:
+            return
+        left = since + self._limits.timeout_s - self._loop.time()
+        if left > 0:
+            self._stall = self._loop.call_later(left, self._check_stall)
+            return
+        self._break(
+            f"a frame stalled: {len(self._buf)} bytes of it came, then not the rest within "
+            f"{self._limits.timeout_s:g} s"
+        )
+
+    def _break(self, why: str) -> None:
+        """The stream cannot go on (too large, stalled): drop the connection."""
+        log.warning("Direct transport: closing the connection %s: %s.", self.where, why)
+        self._broken_because = why
+        self._buf.clear()
+        self._partial_since = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, data: bytes) -> None:
         transport = self.transport
@@ -194,17 +286,36 @@ Dispatch = Callable[[Any, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 class ReplicaServer:
     """Serves one replica's calls on a Unix socket (runs on the replica's event loop).
 
-    ``dispatch(header, args, kwargs)`` runs one call (the replica's ``__call__``); ``stats()``
-    answers ``STATS`` frames (batch counts).
+    ``dispatch(header, args, kwargs)`` runs one call (the replica's node code); ``stats()``
+    answers ``STATS`` frames (batch counts). ``limit()`` is the replica's ``max_ongoing_requests``
+    (read per call: Serve changes it in place), over the direct calls and the calls Serve routes
+    here (which take their slot with :meth:`admit`); a direct call past it is refused (``BUSY``).
     """
 
-    def __init__(self, path: str, dispatch: Dispatch, stats: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        path: str,
+        dispatch: Dispatch,
+        stats: Callable[[], Any],
+        *,
+        limit: Callable[[], int] | None = None,
+        limits: FrameLimits | None = None,
+    ) -> None:
         self.path = path
         self._dispatch = dispatch
         self._stats = stats
+        self.limit: Callable[[], int] = limit or _unlimited
+        self.limits = limits or FrameLimits()
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_ServerConn] = set()
         self.draining = False
+        self.closed = False
+        #: Calls running here now: direct ones and those Serve routed (through ``admit``).
+        self.ongoing = 0
+        #: Direct calls refused because the replica was full (each was sent elsewhere or queued).
+        self.refusals = 0
+        # Who waits for a free slot (a refused connection, a call Serve routed), told when one frees.
+        self._want_room: dict[Any, Callable[[], None]] = {}
         self._changed = asyncio.Event()  # a call finished or a caller hung up (for drain)
 
     async def start(self) -> None:
@@ -214,13 +325,32 @@ class ReplicaServer:
         self._server = await loop.create_unix_server(lambda: _ServerConn(self), self.path)
         os.chmod(self.path, 0o600)
 
-    @property
-    def open(self) -> bool:
-        return self._server is not None and not self.draining
-
     def in_flight(self) -> int:
         return sum(len(c.tasks) for c in self._conns)
 
+    # -- the replica's max_ongoing_requests, over every caller ----------------------------------
+    async def admit(self) -> None:
+        """Take a slot for a call Serve routed here, waiting while the replica is full (Serve's
+        router counts only the calls it routes); give it back with :meth:`release`."""
+        while self.ongoing >= self.limit():
+            waiter = asyncio.get_running_loop().create_future()
+            self._want_room[waiter] = functools.partial(_wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._want_room.pop(waiter, None)
+        self.ongoing += 1
+
+    def release(self) -> None:
+        """A call finished: its slot goes to whoever waits for one."""
+        self.ongoing -= 1
+        self._changed.set()
+        if self._want_room and self.ongoing < self.limit():
+            waiting, self._want_room = self._want_room, {}
+            for tell in waiting.values():  # all of them: those that lose the race wait again
+                tell()
+
+    # -- stopping --------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
         """No new connections; every caller is told (``DRAINING``) to send nothing more, and a call
         already on its way is refused (``REJECTED``: the caller sends it elsewhere). Held calls go on."""
@@ -232,11 +362,11 @@ class ReplicaServer:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         for conn in self._conns:
-            conn.send(dumps((0, DRAINING, None)))
+            conn.send(_DRAINING_FRAME)
 
     def abort(self) -> None:
         """Close at once, from any thread, without telling callers (their calls fail as lost)."""
-        self.draining = True
+        self.draining = self.closed = True
         with contextlib.suppress(Exception):
             if self._server is not None:
                 self._server.close()
@@ -266,41 +396,62 @@ class ReplicaServer:
 
     def close(self) -> None:
         self.stop_accepting()
+        self.closed = True
         for conn in list(self._conns):
             conn.close()
 
-    def _task_done(self) -> None:
-        self._changed.set()
+
+def _unlimited() -> int:
+    return sys.maxsize
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+_DRAINING_FRAME = pickle.dumps((0, DRAINING, None), protocol=5)
+_ROOM_FRAME = pickle.dumps((0, ROOM, None), protocol=5)
 
 
 class _ServerConn(_Framed):
     def __init__(self, server: ReplicaServer) -> None:
-        super().__init__()
+        super().__init__(server.limits)
         self.server = server
         self.tasks: dict[int, asyncio.Task[Any]] = {}
 
+    @property
+    def where(self) -> str:
+        return f"on {self.server.path}"
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if not _same_user(transport):
-            log.warning("Direct transport: refused a connection from another user on %s", self.server.path)
-            transport.close()
-            return
-        self.server._conns.add(self)
+        if self.transport is not None:
+            self.server._conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The caller is gone: nobody waits for these results any more (as when Serve cancels).
-        self.transport = None
-        self.server._conns.discard(self)
-        self.server._changed.set()
+        super().connection_lost(exc)
+        server = self.server
+        server._conns.discard(self)
+        server._want_room.pop(self, None)
+        server._changed.set()
         for task in self.tasks.values():
             task.cancel()
 
     def frame_received(self, frame: Any) -> None:
         op, rid = frame[0], frame[1]
         if op == CALL:
-            if self.server.draining:
+            server = self.server
+            if server.draining:
                 self.send(dumps((rid, REJECTED, None)))
                 return
+            if server.ongoing >= server.limit():
+                server.refusals += 1
+                server._want_room[self] = self._room
+                self.send(dumps((rid, BUSY, None)))
+                return
+            server.ongoing += 1
             task = asyncio.get_running_loop().create_task(self._run(rid, frame[2]))
             self.tasks[rid] = task
             # Also when a CANCEL read with its CALL stops the task before it ever ran.
@@ -315,33 +466,43 @@ class _ServerConn(_Framed):
             except Exception as exc:  # noqa: BLE001 - a stats failure is answered, not fatal
                 self.send(dumps((rid, ERROR, dumps(RuntimeError(str(exc))))))
 
+    def _room(self) -> None:
+        self.send(_ROOM_FRAME)
+
     async def _run(self, rid: int, payload: bytes) -> None:
         """Run one call and answer it; the value is pickled apart from the envelope, so a value
         the caller cannot load fails that call only."""
+        header: Any = None
         try:
             header, args, kwargs = pickle.loads(payload)
             value = await self.server._dispatch(header, args, kwargs)
             try:
-                answer = (rid, OK, dumps(value))
+                status, data = OK, dumps(value)
             except Exception as exc:  # noqa: BLE001 - an unpicklable result fails its call only
-                answer = (rid, ERROR, dumps(_unsendable(header, exc)))
+                status, data = ERROR, dumps(_unsendable(header, exc))
         except asyncio.CancelledError:
             return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
+            status = ERROR
             try:
-                answer = (rid, ERROR, dumps(exc))
+                data = dumps(exc)
             except Exception as pickling:  # noqa: BLE001
-                answer = (rid, ERROR, dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})")))
-        self.send(dumps(answer))  # before the call counts as done: a draining server then closes
+                data = dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
+        limit = self._limits.max_bytes
+        if len(data) > limit:  # checked here, so the caller gets an error naming the node, not a cut connection
+            what = "result" if status == OK else "error"
+            status, data = ERROR, dumps(_too_large(_step(header), what, len(data), limit))
+        self.send(dumps((rid, status, data)))  # before the call counts as done: a draining server then closes
 
     def _finished(self, rid: int, _task: asyncio.Task[Any]) -> None:
         self.tasks.pop(rid, None)
-        self.server._task_done()
+        self.server.release()
 
 
 def _same_user(transport: asyncio.BaseTransport) -> bool:
     """Is the peer process run by this user? (Linux ``SO_PEERCRED``; elsewhere the 0700 directory
-    and 0600 socket are the guard.) Frames are pickles: only our own processes may send them."""
+    and 0600 socket are the guard.) Frames are pickles: only our own processes may send them.
+    Both ends ask it before reading a frame."""
     sock = transport.get_extra_info("socket")
     peercred = getattr(socket, "SO_PEERCRED", None)
     if sock is None or peercred is None:
@@ -350,15 +511,32 @@ def _same_user(transport: asyncio.BaseTransport) -> bool:
     return bool(uid == os.getuid())
 
 
+def _step(header: Any) -> str:
+    """The step name a call's header carries (``"?"`` when it cannot be read)."""
+    return header[1] if isinstance(header, tuple) and len(header) > 1 else "?"
+
+
 def _unsendable(header: Any, exc: BaseException) -> BaseException:
     from .._errors import NodeError
 
-    step = header[1] if isinstance(header, tuple) and len(header) > 1 else "?"
+    step = _step(header)
     return NodeError(
         f"Node {step!r} returned a value that cannot be sent back ({type(exc).__name__}: {exc}); return "
         "plain data (dicts, lists, numbers, strings, arrays) or a picklable object.",
         node=step,
         error_type=type(exc).__name__,
+    )
+
+
+def _too_large(step: str, what: str, size: int, limit: int) -> BaseException:
+    from .._errors import NodeError
+
+    return NodeError(
+        f"Node {step!r}: the {what} of a call pickled to {size} bytes, over the direct transport's limit of "
+        f"{limit} bytes per call. Send less (a path or URL instead of the bytes), or raise the limit: "
+        "RayBackend(direct_max_frame_bytes=...) or DAGSERVE_DIRECT_MAX_FRAME_BYTES.",
+        node=step,
+        error_type="FrameTooLarge",
     )
 
 
@@ -429,11 +607,17 @@ class DirectCall:
 
 class _ClientConn(_Framed):
     def __init__(self, pool: DirectPool, replica: str) -> None:
-        super().__init__()
+        super().__init__(pool.limits)
         self.pool = pool
         self.replica = replica
         self.calls: dict[int, DirectCall] = {}
         self.draining = False
+        #: The replica refused a call as full (``BUSY``): nothing is sent until it says ``ROOM``.
+        self.full = False
+
+    @property
+    def where(self) -> str:
+        return f"to replica {self.replica}"
 
     @property
     def accepting(self) -> bool:
@@ -449,16 +633,26 @@ class _ClientConn(_Framed):
 
     def frame_received(self, frame: Any) -> None:
         rid, status, value = frame
-        if status == DRAINING:
-            self.draining = True  # the replica is stopping: no new calls; hang up once ours are back
-            if not self.calls:
-                self.close()
+        if not rid:  # a notice (0 is no call's id)
+            if status == DRAINING:
+                self.draining = True  # the replica is stopping: no new calls; hang up once ours are back
+                if not self.calls:
+                    self.close()
+            elif status == ROOM:
+                self.full = False
+                self.pool._slot_freed(self)
             return
         call = self.calls.pop(rid, None)
         if call is None:
             return  # a call cancelled here: its late answer is dropped
-        if status == REJECTED:
-            self.draining = True  # the replica is stopping: the call never ran, send it elsewhere
+        if status == REJECTED or status == BUSY:
+            # It never ran: the replica is stopping, or full (other callers hold its slots). Send
+            # it to another replica, or first in the queue; a full replica says when it has room.
+            if status == REJECTED:
+                self.draining = True
+            else:
+                self.full = True
+                self.pool.refusals += 1
             call._conn = None
             self.pool._dispatch(call)
         else:
@@ -466,11 +660,12 @@ class _ClientConn(_Framed):
         self.pool._slot_freed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        super().connection_lost(exc)
         calls, self.calls = list(self.calls.values()), {}
+        why = self._broken_because or "closed the connection"
         for call in calls:
             if not call.future.done():
-                call.future.set_exception(ReplicaLost(f"replica {self.replica} closed the connection"))
+                call.future.set_exception(ReplicaLost(f"replica {self.replica}: {why}"))
         self.pool._lost(self)
 
 
@@ -484,10 +679,14 @@ class DirectPool:
         max_ongoing: int,
         max_queued: int | None,
         loop: asyncio.AbstractEventLoop,
+        limits: FrameLimits | None = None,
     ) -> None:
         self.directory = directory
         self.max_ongoing = max_ongoing
         self.max_queued = max_queued
+        self.limits = limits or FrameLimits()
+        #: Calls a full replica refused (each went to another replica or waited in the queue).
+        self.refusals = 0
         self._loop = loop
         self._ids = itertools.count(1)
         self._conns: dict[str, _ClientConn] = {}
@@ -496,6 +695,7 @@ class DirectPool:
         self._connecting: set[str] = set()
         self._queue: collections.deque[DirectCall] = collections.deque()
         self._refused: set[str] = set()  # replicas that refused a connection once
+        self._foreign: set[str] = set()  # sockets of another user's process: never used
         self._closed = False
         self._scanner = loop.create_task(self._scan_forever())
 
@@ -507,14 +707,16 @@ class DirectPool:
 
     def call(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DirectCall:
         """Send one call (or queue it); raises :class:`QueueFull` when the queue is full."""
+        step = _step(header)
         try:
             payload = dumps((header, args, kwargs))
         except Exception as exc:  # noqa: BLE001 - unpicklable arguments fail this call only
             payload = b""
             error: BaseException | None = exc
         else:
-            error = None
-        call = DirectCall(self, payload, header[1] if isinstance(header, tuple) and len(header) > 1 else "?")
+            limit = self.limits.max_bytes
+            error = _too_large(step, "arguments", len(payload), limit) if len(payload) > limit else None
+        call = DirectCall(self, payload, step)
         if error is None and self._closed:
             error = PoolClosed("the pool is closed")
         if error is None:
@@ -555,7 +757,7 @@ class DirectPool:
         best: _ClientConn | None = None
         for i in range(n):
             conn = ring[(start + i) % n]
-            if not conn.accepting or len(conn.calls) >= self.max_ongoing:
+            if conn.full or not conn.accepting or len(conn.calls) >= self.max_ongoing:
                 continue
             if best is None or len(conn.calls) < len(best.calls):
                 best = conn
@@ -563,7 +765,7 @@ class DirectPool:
 
     def _slot_freed(self, conn: _ClientConn) -> None:
         queue = self._queue
-        while queue and conn.accepting and len(conn.calls) < self.max_ongoing:
+        while queue and not conn.full and conn.accepting and len(conn.calls) < self.max_ongoing:
             call = queue.popleft()
             if not call.future.done():
                 conn.submit(call)
@@ -605,7 +807,7 @@ class DirectPool:
                 conn.draining = True
                 if not conn.calls:
                     conn.close()
-        new = [r for r in names if r not in self._conns and r not in self._connecting]
+        new = [r for r in names if r not in self._conns and r not in self._connecting and r not in self._foreign]
         if new:
             self._connecting.update(new)  # now, so a scan running meanwhile does not try them too
             await asyncio.gather(*(self._connect(r) for r in new))
@@ -629,6 +831,9 @@ class DirectPool:
         finally:
             self._connecting.discard(replica)
         self._refused.discard(replica)
+        if conn.foreign:
+            self._foreign.add(replica)  # dropped before a byte was read; logged once
+            return
         if self._closed:
             conn.close()
             return
@@ -653,9 +858,12 @@ class DirectPool:
         self._closed = True
         for conn in list(self._conns.values()):
             sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                # Through a duplicate: uvloop's transport sockets have no shutdown(), and the
+                # duplicate shares the connection, so the replica sees it end either way.
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
         self._conns = {}
         self._ring = []
 
@@ -669,6 +877,8 @@ def replica_stats(directory: str, timeout_s: float = 2.0) -> list[Any]:
     async def ask(path: str) -> Any:
         reader, writer = await asyncio.open_unix_connection(path)
         try:
+            if not _same_user(writer.transport):
+                return None  # its answer is a pickle: not from another user's process
             data = dumps((STATS, 1))
             writer.write(_LEN.pack(len(data)) + data)
             (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))

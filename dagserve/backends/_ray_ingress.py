@@ -47,12 +47,14 @@ class IngressReplica:
         versions: dict[str, int],
         ingress_options: dict[str, Any],
         request_timeout_s: float | None,
+        direct_options: dict[str, Any] | None = None,
         **_children: Any,
     ) -> None:
         from .._app import App
         from .ray import RayBackend
 
-        backend = RayBackend.attached(plan, versions)
+        # The deploying backend's direct-transport limits: the node replicas hold to the same.
+        backend = RayBackend.attached(plan, versions, **(direct_options or {}))
         graph = _GraphInfo(plan.graph_name, plan.description)
         self._app = App(graph, plan, backend, request_timeout_s=request_timeout_s)  # type: ignore[arg-type]
         self._options = ingress_options
@@ -107,6 +109,7 @@ def bind_ingress(backend: RayBackend, nodes: list[Any]) -> Any:
         dict(backend._versions),
         dict(backend.ingress_options),
         backend.ingress_request_timeout_s,
+        backend.direct_options(),
         _children=nodes,
     )
 

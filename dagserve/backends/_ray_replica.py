@@ -5,7 +5,9 @@ user's model class once per replica (or holds the function), runs sync node code
 pool so the replica's event loop stays free and async code on that loop, batches with
 dagserve's :class:`~dagserve._batching.Batcher` (one queue per called method), forwards a
 user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
-survives the trip back through Ray.
+survives the trip back through Ray. It also serves the direct transport's calls (``_direct``),
+holding them and the calls Serve routes to one ``max_ongoing_requests``, and stops taking them
+as soon as Serve begins to stop the replica.
 
 This module is imported by Ray worker processes when they unpickle the deployment; it imports
 ray lazily, and only what a replica needs.
@@ -14,6 +16,7 @@ ray lazily, and only what a replica needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import importlib
@@ -24,12 +27,13 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .._batching import Batcher
 from .._errors import DagserveError, DeployError, NodeError
 from .._request_id import reset_request_id, set_request_id
-from ._direct import ReplicaServer, socket_dir
+from ._direct import FrameLimits, ReplicaServer, socket_dir
 
 log = logging.getLogger("dagserve.ray")
 
@@ -131,6 +135,8 @@ class ReplicaSpec:
     batch_wait_timeout_s: float = 0.01
     #: Also serve calls over a Unix socket for an ingress on this machine (``_direct``).
     direct: bool = True
+    #: What the direct transport reads and sends per call (the ingress holds to the same).
+    frames: FrameLimits = field(default_factory=FrameLimits)
 
 
 class NodeReplica:
@@ -176,6 +182,8 @@ class NodeReplica:
         user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
         self._user_check = user_check if callable(user_check) else None
         self._direct: ReplicaServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
         if spec.direct:
             self._start_direct()
 
@@ -188,30 +196,62 @@ class NodeReplica:
 
             ctx = serve.get_replica_context()
             directory = socket_dir(ray.get_runtime_context().gcs_address, ctx.app_name, ctx.deployment)
+            limit = _serve_max_ongoing()
         except Exception as exc:  # noqa: BLE001 - without it, calls go through Serve as before
             log.warning("Node %r: direct transport off (%s: %s)", self._name, type(exc).__name__, exc)
             return
         if directory is None:
             return
         server = ReplicaServer(
-            os.path.join(directory, ctx.replica_id.unique_id + ".sock"), self._direct_call, self.dagserve_batch_counts
+            os.path.join(directory, ctx.replica_id.unique_id + ".sock"),
+            self._run,
+            self.dagserve_batch_counts,
+            limit=limit,
+            limits=self._spec.frames,
         )
+        self._loop = loop
+        _tell_replica_when_serve_stops_it()
 
         async def start() -> None:
+            if self._stopping:
+                return  # Serve began stopping this replica before it listened
             try:
                 await server.start()
             except OSError as exc:
                 log.warning("Node %r: direct transport off, cannot listen on %s (%s)", self._name, server.path, exc)
                 return
             self._direct = server
+            if self._stopping:
+                server.stop_accepting()
 
         loop.create_task(start())
 
-    def _direct_call(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self(header, *args, **kwargs)
+    def _dagserve_stopping(self) -> None:
+        """Serve began stopping this replica (called on Serve's own loop, see
+        :func:`_tell_replica_when_serve_stops_it`): refuse new direct calls now, finish the held ones."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop_accepting)
+
+    def _stop_accepting(self) -> None:
+        self._stopping = True
+        if self._direct is not None:
+            self._direct.stop_accepting()
 
     # -- serving -------------------------------------------------------------------------------
     async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:
+        """A call Serve routed here: it shares ``max_ongoing_requests`` with the direct calls."""
+        direct = self._direct
+        if direct is None:
+            return await self._run(header, args, kwargs)
+        await direct.admit()
+        try:
+            return await self._run(header, args, kwargs)
+        finally:
+            direct.release()
+
+    async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one call, however it came (Serve, or the direct transport)."""
         method, step, request_id = header
         token = set_request_id(request_id)  # node code and log records see the request's id
         try:
@@ -270,14 +310,15 @@ class NodeReplica:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def __del__(self) -> Any:
-        """Serve's graceful shutdown: refuse new direct calls and finish the ones held first.
+        """The end of Serve's graceful shutdown: finish the direct calls held (new ones have been
+        refused since the shutdown began, ``_dagserve_stopping``), then close.
 
         Serve awaits what ``__del__`` returns when it is a coroutine (it also accepts ``async def
         __del__``, which garbage collection could not run): the drain is returned only while the
-        socket is open and this thread runs the replica's loop, so a plain ``del`` never gets one.
+        server is not closed and this thread runs the replica's loop, so a plain ``del`` never gets one.
         """
         direct = getattr(self, "_direct", None)
-        if direct is not None and direct.open:
+        if direct is not None and not direct.closed:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -297,6 +338,48 @@ class NodeReplica:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _serve_max_ongoing() -> Callable[[], int]:
+    """The replica's ``max_ongoing_requests`` as Serve holds it now (``app.update`` changes it in
+    place, without a new replica), read from Serve's replica context."""
+    from ray.serve import context
+
+    def limit() -> int:
+        return int(context._get_internal_replica_context()._deployment_config.max_ongoing_requests)
+
+    limit()  # fails here (direct transport off, logged) on a Serve without that context
+    return limit
+
+
+def _tell_replica_when_serve_stops_it() -> None:
+    """Make Serve call ``NodeReplica._dagserve_stopping`` as soon as it begins stopping a replica.
+
+    Serve 2.60 calls the user class's ``__del__`` only at the end of its graceful shutdown, after
+    waiting for its own requests (at least ``graceful_shutdown_wait_loop_s``); until then the
+    replica would take direct calls that Serve, which stopped routing to it, does not wait for.
+    ``Replica.perform_graceful_shutdown`` (what the controller calls) is wrapped once per process;
+    on a Serve without it, ``__del__`` alone stops the direct transport, as before.
+    """
+    try:
+        from ray.serve._private.replica import Replica
+    except ImportError:  # pragma: no cover - a Serve without that module
+        return
+    original = getattr(Replica, "perform_graceful_shutdown", None)
+    if original is None or getattr(original, "_dagserve_hook", False):
+        return
+
+    @functools.wraps(original)
+    async def perform_graceful_shutdown(self: Any, *args: Any, **kwargs: Any) -> Any:
+        wrapper = getattr(self, "_user_callable_wrapper", None)
+        stopping = getattr(getattr(wrapper, "user_callable", None), "_dagserve_stopping", None)
+        if callable(stopping):
+            with contextlib.suppress(Exception):  # never in the way of Serve's own shutdown
+                stopping()
+        return await original(self, *args, **kwargs)
+
+    perform_graceful_shutdown._dagserve_hook = True  # type: ignore[attr-defined]
+    Replica.perform_graceful_shutdown = perform_graceful_shutdown  # type: ignore[method-assign]
 
 
 def _bind_grpc_to_loopback() -> None:

@@ -32,7 +32,18 @@ from .._errors import AppClosedError, DagserveError, DeployError, NodeError, Ove
 from .._status import AppStatus
 from . import _ray_cluster
 from ._base import Backend
-from ._direct import DirectCall, DirectPool, PoolClosed, QueueFull, ReplicaLost, replica_stats, socket_dir
+from ._direct import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_MAX_FRAME_BYTES,
+    DirectCall,
+    DirectPool,
+    FrameLimits,
+    PoolClosed,
+    QueueFull,
+    ReplicaLost,
+    replica_stats,
+    socket_dir,
+)
 from ._ray_replica import NodeReplica, ReplicaSpec, ship
 from .local import _LocalDeployment
 
@@ -107,7 +118,7 @@ def deployment_options(
     return out
 
 
-def replica_spec(spec: DeploymentSpec, *, direct: bool = True) -> ReplicaSpec:
+def replica_spec(spec: DeploymentSpec, *, direct: bool = True, frames: FrameLimits | None = None) -> ReplicaSpec:
     """What a replica is constructed with (no graph objects, so it pickles small)."""
     o = spec.options
     return ReplicaSpec(
@@ -121,6 +132,7 @@ def replica_spec(spec: DeploymentSpec, *, direct: bool = True) -> ReplicaSpec:
         max_batch_size=o.max_batch_size,
         batch_wait_timeout_s=o.batch_wait_timeout_s,
         direct=direct,
+        frames=frames or FrameLimits(),
     )
 
 
@@ -432,6 +444,9 @@ class RayBackend(Backend):
     ``num_cpus`` / ``num_gpus`` / ``resources`` are what a Ray that dagserve starts declares
     (``num_gpus=1`` on a machine without GPUs declares a logical one). ``ingress_replicas=N`` also
     runs the HTTP ingress as a Serve deployment of N replicas behind Serve's proxy on 127.0.0.1.
+    ``direct_max_frame_bytes`` (default ``$DAGSERVE_DIRECT_MAX_FRAME_BYTES``, else 256 MiB) and
+    ``direct_frame_timeout_s`` bound what one direct-transport call carries and how long a frame
+    may take to arrive (docs/ray.md#the-direct-transport).
     """
 
     name = "ray"
@@ -454,9 +469,13 @@ class RayBackend(Backend):
         graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
         max_threads: int = 64,
         direct_transport: bool = True,
+        direct_max_frame_bytes: int | None = None,
+        direct_frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
     ) -> None:
         if ingress_replicas is not None and (isinstance(ingress_replicas, bool) or ingress_replicas < 1):
             raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
+        #: What one direct-transport call may carry; the replicas and ingress replicas get the same.
+        self.frame_limits = _frame_limits(direct_max_frame_bytes, direct_frame_timeout_s)
         self.address = address
         self.ingress_replicas = ingress_replicas
         #: ``dagserve.asgi_app`` keyword arguments for the ingress replicas (token, limits...).
@@ -543,10 +562,11 @@ class RayBackend(Backend):
             raise
 
     @classmethod
-    def attached(cls, plan: Plan, versions: dict[str, int]) -> RayBackend:
+    def attached(cls, plan: Plan, versions: dict[str, int], **options: Any) -> RayBackend:
         """A backend for a graph another process deployed: it calls the deployments (and runs
-        inline nodes here) but never changes or deletes them. Ingress replicas use it."""
-        backend = cls()
+        inline nodes here) but never changes or deletes them. Ingress replicas use it, with the
+        deploying backend's :meth:`direct_options`."""
+        backend = cls(**options)
         backend._plan = plan
         backend._app_name = plan.graph_name
         backend._specs = {d.name: d for d in plan.deployments}
@@ -712,10 +732,23 @@ class RayBackend(Backend):
                 max_ongoing=o.effective_max_ongoing_requests,
                 max_queued=o.max_queued_requests,
                 loop=asyncio.get_running_loop(),
+                limits=self.frame_limits,
             )
             self._pools[name] = pool
             return None  # it connects in the background; this call goes through Serve
         return pool if pool.usable else None
+
+    def direct_options(self) -> dict[str, Any]:
+        """The direct transport's settings, for a backend attached elsewhere (ingress replicas)."""
+        return {
+            "direct_max_frame_bytes": self.frame_limits.max_bytes,
+            "direct_frame_timeout_s": self.frame_limits.timeout_s,
+        }
+
+    def direct_refusals(self) -> dict[str, int]:
+        """Per node, the direct calls this process sent that a full replica refused (each went to
+        another replica or waited in the queue; none failed): replicas shared with other callers."""
+        return {name: pool.refusals for name, pool in self._pools.items() if pool is not None}
 
     def transport(self, node: str) -> str:
         """How calls to ``node`` travel now: ``"direct"`` (a Unix socket to a replica on this
@@ -831,7 +864,7 @@ class RayBackend(Backend):
 
         d = serve.deployment(NodeReplica, **deployment_options(spec, **self._serve_options))
         d = d.options(version=f"{self._token}-{self._versions[spec.name]}", _internal=True)
-        return d.bind(replica_spec(spec, direct=self.direct_transport), **children)
+        return d.bind(replica_spec(spec, direct=self.direct_transport, frames=self.frame_limits), **children)
 
     def _proxy_port_for_start(self) -> int | None:
         if self.ingress_replicas is None:
@@ -921,10 +954,29 @@ def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
 _LOGGING = {"enable_access_log": False}
 #: Set to "0" to send every call through Serve's router (same as ``direct_transport=False``).
 DIRECT_ENV = "DAGSERVE_DIRECT_TRANSPORT"
+#: The default of ``direct_max_frame_bytes`` (bytes per call's pickled arguments or result).
+MAX_FRAME_ENV = "DAGSERVE_DIRECT_MAX_FRAME_BYTES"
 #: How often the ingress asks Ray again whether it still runs on one machine.
 _DIRECT_RECHECK_S = 10.0
 #: How long deploy waits for an earlier application of the same name that is being deleted.
 _DELETING_WAIT_S = 30.0
+
+
+def _frame_limits(max_bytes: int | None, timeout_s: float) -> FrameLimits:
+    """The direct transport's frame limits from the backend's options (or the environment)."""
+    given: Any = max_bytes
+    source = "direct_max_frame_bytes"
+    if given is None:
+        given = os.environ.get(MAX_FRAME_ENV, "").strip() or DEFAULT_MAX_FRAME_BYTES
+        source = MAX_FRAME_ENV
+        with contextlib.suppress(ValueError):
+            given = int(given)
+    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+        raise DeployError(f"{source} must be a whole number of bytes >= 1, got {given!r}.")
+    max_bytes = given
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise DeployError(f"direct_frame_timeout_s must be a number of seconds > 0, got {timeout_s!r}.")
+    return FrameLimits(max_bytes, float(timeout_s))
 
 
 def _router_in_own_loop() -> bool:
