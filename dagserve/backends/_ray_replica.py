@@ -364,9 +364,15 @@ def _tell_replica_when_serve_stops_it() -> None:
     try:
         from ray.serve._private.replica import Replica
     except ImportError:  # pragma: no cover - a Serve without that module
-        return
+        Replica = None
     original = getattr(Replica, "perform_graceful_shutdown", None)
-    if original is None or getattr(original, "_dagserve_hook", False):
+    if original is None:  # pragma: no cover - ray is pinned to a version that has it
+        logging.getLogger("dagserve.ray").warning(
+            "This Ray Serve has no Replica.perform_graceful_shutdown: a stopping replica takes direct calls "
+            "until Serve deletes it (the ingress retries them elsewhere); pin ray to the version dagserve names."
+        )
+        return
+    if getattr(original, "_dagserve_hook", False):
         return
 
     @functools.wraps(original)
