@@ -82,7 +82,9 @@ def validate_payload(schema: Any, payload: Any) -> Any:
 class Executor:
     """Runs one plan's steps for each request through a :class:`Runner`."""
 
-    def __init__(self, plan: Plan, runner: Runner) -> None:
+    def __init__(self, plan: Plan, runner: Runner, *, previous: Executor | None = None) -> None:
+        """``previous``: the executor this one replaces when a running App's plan changes (scale,
+        update); seeded splits then go on with their sequence instead of starting it again."""
         self.plan = plan
         self.runner = runner
         steps = plan.steps
@@ -110,6 +112,13 @@ class Executor:
         self._inputs = [list(s.inputs) for s in steps]
         self._build_args = [_arg_builder(s) for s in steps]
         self._rng = random.Random()
+        # A seeded split draws from a generator of its own, so the n-th request reaching it takes
+        # the same branch in every App of the graph (docs/graphs.md); a keyed one salts its hash.
+        self._seeded: dict[int, random.Random] = (
+            previous._seeded
+            if previous is not None
+            else {s.index: random.Random(s.seed) for s in steps if s.kind == "split" and s.seed is not None}
+        )
         self._output_refs = refs_in(plan.output)
         self._output_direct = plan.output.index if isinstance(plan.output, Ref) else None
         self._line = _straight_line(plan, runner)
@@ -292,10 +301,11 @@ class Executor:
     async def _split(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         if isinstance(step.key, Ref):
             key = await self._value(step.key.index, values, ctx)
-            digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+            text = repr(key) if step.seed is None else f"{step.seed}:{key!r}"
+            digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
             u = int.from_bytes(digest, "big") / 2.0**64
         else:
-            u = self._rng.random()
+            u = self._seeded.get(step.index, self._rng).random()
         acc = 0.0
         label = step.weights[-1][0]
         for name, w in step.weights:

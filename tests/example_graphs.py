@@ -127,12 +127,13 @@ def shared_once() -> dagserve.Graph:
     return dagserve.Graph(out, name="shared")
 
 
-def split(key: bool = False) -> dagserve.Graph:
+def split(key: bool = False, seed: int | None = None) -> dagserve.Graph:
     with dagserve.Input() as inp:
         out = dagserve.split(
             {"stable": post(inp["x"]), "canary": post(pre(inp["x"]))},
             {"stable": 90, "canary": 10},
             key=inp["user"] if key else None,
+            seed=seed,
         )
     return dagserve.Graph(out, name="split")
 

@@ -1,7 +1,7 @@
 """The same graph suite on the "local" and "ray" backends gives identical results.
 
 One graph routes each payload (by ``case``) to a sub-graph: a chain, a fan-out, a node shared by
-three readers, a keyed split, structured outputs, a batched node and failing nodes. It is deployed
+three readers, a keyed and a seeded split, structured outputs, a batched node and failing nodes. It is deployed
 once per backend (one Ray for the module) and every payload's answer, or error (type, node,
 message), must match. Node calls are recorded in a file, so what ran is visible across processes.
 """
@@ -110,6 +110,9 @@ def suite(record_to: Path) -> dagserve.Graph:
             "split": dagserve.split(
                 {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, key=inp["user"]
             ),
+            "seeded": dagserve.split(
+                {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, seed=7, name="seeded"
+            ),
             "structured": {"scaled": scale3(px), "offset": scale3.offset(px), "pair": (px, [x, 7])},
             "batched": batch_double(x),
             "error": post(fail(px)),
@@ -216,3 +219,17 @@ def test_node_error_keeps_its_type_across_processes(apps: dict[str, Any]) -> Non
     with pytest.raises(NodeError, match=r"^Node 'fail' raised ValueError: bad value 8$") as info:
         apps["ray"].call({"case": "error", "x": 7})
     assert info.value.node == "fail" and info.value.error_type == "ValueError" and info.value.status_code == 500
+
+
+def test_a_seeded_split_takes_the_same_branches_in_every_deployment(apps: dict[str, Any], tmp_path: Path) -> None:
+    """The n-th request reaching a split with seed=7 takes the same branch in every App (only this
+    test sends "seeded" requests, so each App starts its sequence here)."""
+
+    def branches(app: dagserve.App) -> list[int]:  # 0: stable, 1: canary
+        return [app.call({"case": "seeded", "x": 10})["y"] - 10 for _ in range(40)]
+
+    with dagserve.deploy(suite(tmp_path / "fresh.log"), backend="local") as fresh:
+        expected = branches(fresh)
+    assert 5 < sum(expected) < 35  # both branches, about half each
+    assert branches(apps["local"]) == expected
+    assert branches(apps["ray"]) == expected
