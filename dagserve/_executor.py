@@ -31,6 +31,11 @@ class Runner(Protocol):
     ``call`` returns an awaitable for the step's result. When ``passthrough`` is true, that
     awaitable may be handed, un-awaited, as a top-level argument to another remote call (Ray Serve
     resolves it in the downstream replica, so the data never travels through the ingress).
+
+    The executor records each call's time in ``ctx.timings`` (from the call to its result) unless
+    the runner has already recorded one for that step: a passthrough runner must, since a call
+    handed on un-awaited finishes after the executor has moved on, and the next call's wait for
+    it is not that call's own time.
     """
 
     passthrough: bool
@@ -247,7 +252,8 @@ class Executor:
         finally:
             if not cancelled:
                 ctx.running.discard(name)
-            ctx.timings[name] = time.perf_counter() - start
+            if name not in ctx.timings:  # unless the runner recorded the call's own time (Runner)
+                ctx.timings[name] = time.perf_counter() - start
 
     async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:
         name = self._steps[i].name

@@ -59,6 +59,18 @@ async def slow(x: int, seconds: float) -> int:
     return x
 
 
+@dagserve.node
+async def nap(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+@dagserve.node
+async def doze(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
 @dagserve.node(inline=True)
 def combine(parts: list[int]) -> int:
     return sum(parts)
@@ -113,6 +125,7 @@ def suite(record_to: Path) -> dagserve.Graph:
             "seeded": dagserve.split(
                 {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, seed=7, name="seeded"
             ),
+            "timed": doze(nap(px, 0.2), 0.05),  # on Ray, nap's result goes to doze un-awaited
             "structured": {"scaled": scale3(px), "offset": scale3.offset(px), "pair": (px, [x, 7])},
             "batched": batch_double(x),
             "error": post(fail(px)),
@@ -233,3 +246,28 @@ def test_a_seeded_split_takes_the_same_branches_in_every_deployment(apps: dict[s
     assert 5 < sum(expected) < 35  # both branches, about half each
     assert branches(apps["local"]) == expected
     assert branches(apps["ray"]) == expected
+
+
+def test_each_node_is_timed_on_its_own(apps: dict[str, Any]) -> None:
+    """nap (0.2 s) feeds doze (0.05 s): each node's time is its own, not the time it waited for
+    its input, in the request's timings and in what metrics and latency stats record from them.
+    (On Ray the first call goes through Serve's router, the later ones over the direct transport.)"""
+    from dagserve._metrics import Metrics
+    from dagserve._stats import stats_for
+
+    for backend in ("local", "ray"):
+        app = apps[backend]
+        metrics = Metrics()
+        metrics.instrument(app)
+        stats = stats_for(app)
+        stats.clear()
+        for _ in range(3):
+            ctx = dagserve.RequestContext()
+            assert asyncio.run(app.acall({"case": "timed", "x": 1}, context=ctx)) == 2
+            # Ordering with wide margins, not speed: nap slept 0.2 s, doze 0.05 s.
+            assert ctx.timings["nap"] >= 0.15 and ctx.timings["doze"] < ctx.timings["nap"], (backend, ctx.timings)
+        _, _, _, latency, _ = metrics._snapshot()
+        nap_s, doze_s = latency[("parity", "nap")][-1], latency[("parity", "doze")][-1]  # sums of 3 calls
+        assert nap_s >= 0.45 and doze_s < nap_s, (backend, nap_s, doze_s)
+        nodes = stats.nodes()
+        assert nodes["nap"].p50_s >= 0.15 and nodes["doze"].p50_s < nodes["nap"].p50_s, backend

@@ -93,6 +93,18 @@ class Times:
         return x * self.k
 
 
+@dagserve.node
+async def nap(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+@dagserve.node
+async def doze(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
 def features(cancel_marker: Path) -> dagserve.Graph:
     with dagserve.Input() as inp:
         x = inp["x"]
@@ -438,6 +450,24 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
 
 
 @ray_test
+def test_a_node_is_timed_on_its_own_when_serve_resolves_its_input(ray_instance: None) -> None:
+    """nap's response goes whole to doze through Serve (by value, and as an object reference);
+    nobody awaits nap here, yet its time is its own and doze's does not include it."""
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(doze(nap(inp, 0.2), 0.05), name="timed")
+    for by_reference in (False, True):
+        with dagserve.deploy(
+            graph, backend="ray", direct_transport=False, pass_by_reference=by_reference, ready_timeout_s=120
+        ) as app:
+            for _ in range(2):
+                ctx = dagserve.RequestContext()
+                assert asyncio.run(app.acall(1, context=ctx)) == 1
+                # Ordering with wide margins, not speed: nap slept 0.2 s, doze 0.05 s.
+                assert ctx.timings["nap"] >= 0.15 and ctx.timings["doze"] < ctx.timings["nap"], ctx.timings
+            assert app.backend.transport("nap") == "serve"  # type: ignore[attr-defined]
+
+
+@ray_test
 def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
     """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
     agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""
@@ -572,6 +602,32 @@ async def test_a_failure_caused_upstream_is_reported_for_the_upstream_node() -> 
     b = pending(second, "b", pending(first, "a", 0))
     with pytest.raises(NodeError, match=r"^Node 'a' failed"):
         await b
+
+
+async def test_calls_record_their_own_time_also_when_handed_on_whole() -> None:
+    import concurrent.futures
+
+    class Result:  # Serve's replica result: takes done callbacks, called when the value is ready
+        def __init__(self) -> None:
+            self.callbacks: list[Any] = []
+
+        def add_done_callback(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+    ctx = dagserve.RequestContext()
+    first, second = FakeHandle(1), FakeHandle(2, delay=0.05)  # (a fake's delay starts when awaited)
+    a = pending(first, "a", 0, ctx=ctx)
+    done = Result()
+    a._response._replica_result_future = concurrent.futures.Future()
+    a._response._replica_result_future.set_result(done)
+    b = pending(second, "b", a, ctx=ctx)
+    assert second.sent[0][0] == (first.responses[0],)  # handed on whole: never awaited here
+    await asyncio.sleep(0.2)  # a runs...
+    for callback in done.callbacks:  # ...and is done; b then runs 0.05 s
+        callback("the value, which the timing ignores")
+    assert await b == 2
+    # b's own time runs from a's end; generous margins (ordering, not speed).
+    assert ctx.timings["a"] >= 0.15 and ctx.timings["b"] < ctx.timings["a"], ctx.timings
 
 
 async def test_cancelling_a_call_cancels_the_calls_it_consumes() -> None:

@@ -152,13 +152,21 @@ class _Pending:
     call, it is replaced by the underlying ``DeploymentResponse``, which Serve resolves in the next
     replica. An upstream call whose value must be checked here first (``retries`` or
     ``timeout_s``), or feeds a direct call, is awaited before the next call is sent.
+
+    It also records its node's own time in the request's timings (the executor sees only when a
+    call was handed on): from when it was sent, or when the last of the calls it takes whole
+    finished, to when its result was ready. A call handed on whole is never awaited here; Serve
+    tells when its result is ready, and the call that took it records both times.
     """
 
     __slots__ = (
         "_dispatch",
+        "_finished",
         "_response",
+        "_sent",
         "_task",
         "_wants_values",
+        "_watched",
         "args",
         "ctx",
         "handle",
@@ -193,6 +201,9 @@ class _Pending:
         self._response: Any = None
         self._dispatch: asyncio.Future[Any] | None = None
         self._task: asyncio.Future[Any] | None = None
+        self._sent: float | None = None  # time.perf_counter() values
+        self._finished: float | None = None
+        self._watched = False
         # A node with timeout_s gets its inputs as values, so its clock starts when they are ready
         # (as on the local backend), not while an upstream node still runs.
         # A direct call sends values: a Serve response cannot travel over its socket.
@@ -210,16 +221,29 @@ class _Pending:
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._sent is None:  # a retry is part of the node's time
+            self._sent = time.perf_counter()
         if self.pool is not None:
             # Upstream calls were awaited before the first send (a retry finds them finished).
             args = tuple(_value(a) for a in args)
             if kwargs:
                 kwargs = {k: _value(v) for k, v in kwargs.items()}
             return self.pool.call(self.header, args, kwargs)
-        args = tuple(a._response if isinstance(a, _Pending) else a for a in args)
+        args = tuple(_whole(a) for a in args)
         if kwargs:
-            kwargs = {k: v._response if isinstance(v, _Pending) else v for k, v in kwargs.items()}
+            kwargs = {k: _whole(v) for k, v in kwargs.items()}
         return self.handle.remote(self.header, *args, **kwargs)
+
+    def _watch(self) -> None:
+        """This call's response goes whole to the next call: note when its result is ready."""
+        if not self._watched:
+            self._watched = True
+            _when_done(self._response, self._mark_finished)
+
+    def _mark_finished(self, _: Any = None) -> None:
+        # May run on another thread (Ray's or the router's): one attribute store, nothing else.
+        if self._finished is None:
+            self._finished = time.perf_counter()
 
     async def _send_later(self) -> Any:
         """Resolve or wait for the upstream calls that cannot go whole, then send."""
@@ -252,20 +276,36 @@ class _Pending:
 
     async def _result(self) -> Any:
         timeout = self.spec.options.timeout_s
-        if timeout is None:
-            return await self._receive()
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 return await self._receive()
-        except TimeoutError as exc:
-            if isinstance(exc, RequestTimeoutError):
-                raise
-            name = self.step.name
-            raise RequestTimeoutError(
-                f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make the "
-                "node faster.",
-                node=name,
-            ) from None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._receive()
+            except TimeoutError as exc:
+                if isinstance(exc, RequestTimeoutError):
+                    raise
+                name = self.step.name
+                raise RequestTimeoutError(
+                    f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make "
+                    "the node faster.",
+                    node=name,
+                ) from None
+        finally:
+            self._finished = time.perf_counter()
+            if self.ctx is not None:
+                self._record(self.ctx.timings)
+
+    def _record(self, timings: dict[str, float]) -> None:
+        """Put this call's own time in ``timings``, then that of the calls it took whole that
+        nobody awaited here (their time is known only now)."""
+        if self._sent is None or self._finished is None:
+            return  # never sent (an input failed) or not finished: the executor's time stands
+        ready = max([self._sent, *(u._finished for u in self.upstream if u._finished is not None)])
+        timings[self.step.name] = max(0.0, self._finished - ready)
+        for u in self.upstream:
+            if u._task is None:
+                u._record(timings)
 
     async def _receive(self) -> Any:
         task_error, backpressure, lost, cancelled = _errors()
@@ -384,6 +424,34 @@ class _Pending:
 def _value(a: Any) -> Any:
     """An argument's value: a finished upstream call's result, or the argument itself."""
     return a._task.result() if isinstance(a, _Pending) else a
+
+
+def _whole(a: Any) -> Any:
+    """An argument for a Serve call: an upstream call goes as its response (Serve resolves it)."""
+    if isinstance(a, _Pending):
+        a._watch()
+        return a._response
+    return a
+
+
+def _when_done(response: Any, callback: Any) -> None:
+    """Call ``callback`` (on any thread) once a Serve call's result is ready, without fetching it.
+
+    The response is handed to a replica first (its ``_replica_result_future``); the replica's
+    result then takes done callbacks, as Serve's router adds its own. Without those fields (a Serve
+    that changed them), nothing is called and the call's time stays unknown.
+    """
+    future = getattr(response, "_replica_result_future", None)
+    if future is None:
+        return
+
+    def assigned(f: Any) -> None:
+        if not f.cancelled() and f.exception() is None:
+            add = getattr(f.result(), "add_done_callback", None)
+            if add is not None:
+                add(callback)
+
+    future.add_done_callback(assigned)
 
 
 def _assigned(response: Any) -> bool:
