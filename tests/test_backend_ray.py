@@ -388,9 +388,14 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
 
 @ray_test
 @pytest.mark.http
-def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(app: dagserve.App) -> None:
+def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(
+    app: dagserve.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
+    # The token is the deploying process's: the replicas' environment (Ray's) has none.
+    monkeypatch.setenv("DAGSERVE_TOKEN", "from-the-driver")
+    auth = {"authorization": "Bearer from-the-driver"}
     with dagserve.Input() as inp:
         g = dagserve.Graph(add_one(inp), name="neighbour")
     other = dagserve.deploy(g, backend="ray", ingress_replicas=2, ready_timeout_s=120)
@@ -400,9 +405,10 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(a
         assert len(other.backend.replicas(INGRESS_DEPLOYMENT)) == 2  # type: ignore[attr-defined]
         with httpx.Client(timeout=30) as client:
             for _ in range(4):
-                r = client.post(url + "/", json=41, headers={"x-request-id": "via-proxy-1"})
+                r = client.post(url + "/", json=41, headers={"x-request-id": "via-proxy-1", **auth})
                 assert (r.status_code, r.json(), r.headers["x-request-id"]) == (200, 42, "via-proxy-1")
-            bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json"})
+            assert client.post(url + "/", json=41).status_code == 401
+            bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json", **auth})
             assert bad.status_code == 400 and bad.json()["error"]["type"] == "InvalidJSON"
             assert client.get(url + "/-/ready").json() == {"ready": True, "graphs": {"neighbour": True}}
         assert other.call(1) == 2  # the App still runs the graph in this process too
@@ -476,6 +482,8 @@ def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None
     outside = [(pid, addr) for pid, addr in listening if not _is_loopback(addr)]
     assert not outside, f"listening beyond loopback: {outside}"
     assert token_auth_enabled()
+    token_file = Path.home() / ".ray" / "auth_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600  # the token is its owner's only
 
 
 # -- calls in flight, with fake handles (no Ray) ------------------------------------------------------

@@ -500,6 +500,8 @@ class RayBackend(Backend):
     ``num_cpus`` / ``num_gpus`` / ``resources`` are what a Ray that dagserve starts declares
     (``num_gpus=1`` on a machine without GPUs declares a logical one). ``ingress_replicas=N`` also
     runs the HTTP ingress as a Serve deployment of N replicas behind Serve's proxy on 127.0.0.1.
+    ``allow_unauthenticated_ray=True`` lets dagserve start a Ray without token authentication when
+    the environment turns it off (refused otherwise).
     """
 
     name = "ray"
@@ -522,6 +524,7 @@ class RayBackend(Backend):
         graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
         max_threads: int = 64,
         direct_transport: bool = True,
+        allow_unauthenticated_ray: bool = False,
     ) -> None:
         if ingress_replicas is not None and (isinstance(ingress_replicas, bool) or ingress_replicas < 1):
             raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
@@ -541,6 +544,7 @@ class RayBackend(Backend):
             "resources": resources,
             "throughput_optimized": throughput_optimized,
             "log_to_driver": log_to_driver,
+            "allow_unauthenticated": allow_unauthenticated_ray,
         }
         self._proxy_port = proxy_port
         self.pass_by_reference = pass_by_reference
