@@ -332,7 +332,14 @@ def _count(be: Backend) -> str:
     except Exception:  # a backend that cannot report while deploying
         return "starting"
     running = sum(1 for n in nodes if n.state == "RUNNING" and n.running_replicas >= n.target_replicas)
-    return f"{running}/{len(nodes)} nodes running"
+    text = f"{running}/{len(nodes)} nodes running"
+    pending = [
+        f"{n.name} {n.running_replicas} of {n.target_replicas} replicas, {n.pending_replicas} pending "
+        f"({n.pending_reason or 'starting'})"
+        for n in nodes
+        if n.pending_replicas
+    ]
+    return text + ("; " + "; ".join(pending) if pending else "")
 
 
 def _watch(be: Backend, name: str, progress: Any, task: Any, done: threading.Event) -> None:

@@ -205,6 +205,40 @@ def test_options_map_onto_serve_deployment_options() -> None:
     assert plain["ray_actor_options"] == {"num_cpus": 0.0}
 
 
+def test_pending_replicas_are_explained_and_infeasible_requests_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagserve.backends._ray_status import _Resources, problems
+
+    one_gpu = {"node": {"CPU": 2.0, "GPU": 1.0}}
+    full = _Resources(one_gpu, {"node": {"CPU": 2.0, "GPU": 0.0}})
+    quarter = {"CPU": 0, "GPU": 0.25}
+    assert full.infeasible(quarter) is None and not full.has_room(quarter)
+    assert full.why_pending(quarter).startswith("no Ray node has a free 0.25 GPU (1 of 1 in use")
+    assert full.infeasible({"GPU": 2}) == (
+        "no Ray node has 2 GPU at all (the largest has 1); add a node that has it, or lower the node's request"
+    )
+    assert "no Ray node has 1 of resource 'tpu' at all" in str(full.infeasible({"tpu": 1}))
+    # An autoscaler that can add a node type with 2 GPUs: worth waiting for.
+    scaling = _Resources(one_gpu, one_gpu, [{"CPU": 8.0, "GPU": 2.0}])
+    assert scaling.infeasible({"GPU": 2}) is None
+    assert scaling.why_pending({"GPU": 2}) == "no Ray node has 2 GPU yet; waiting for the autoscaler to add one that has"
+
+    def details(*replicas: tuple[str, str | None]) -> dict[str, Any]:
+        reps = [{"replica_id": f"r{i}", "state": st, "node_id": node} for i, (st, node) in enumerate(replicas)]
+        dep = {"status": "UPDATING", "target_num_replicas": len(reps), "replicas": reps, "required_resources": quarter}
+        return {"applications": {"g": {"deployments": {"OnGpu": dep}}}}
+
+    monkeypatch.setattr(_Resources, "read", classmethod(lambda cls: full))
+    waiting = details(("RUNNING", "n"), ("STARTING", None))  # the second one has no room
+    assert problems(waiting, "g", ["OnGpu"], set(), {}, serving=True) == {}
+    assert problems(waiting, "g", ["OnGpu"], set(), {})["OnGpu"].startswith("1 of 2 replicas running")
+    starting = details(("RUNNING", "n"), ("STARTING", "n"), ("STARTING", None))  # one is being built
+    assert "OnGpu" in problems(starting, "g", ["OnGpu"], set(), {}, serving=True)
+    none_yet = details(("STARTING", None))
+    assert "OnGpu" in problems(none_yet, "g", ["OnGpu"], set(), {}, serving=True)
+    monkeypatch.setattr(_Resources, "read", classmethod(lambda cls: _Resources(one_gpu, one_gpu)))
+    assert "OnGpu" in problems(waiting, "g", ["OnGpu"], set(), {}, serving=True)  # room: it is being placed
+
+
 # -- one deployed graph -----------------------------------------------------------------------------
 
 
@@ -331,6 +365,37 @@ def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_
         app.scale("OnGpu", num_replicas=4, wait_s=60)
         assert app.status().ready
     assert "gpus" not in serve_apps()
+
+
+@ray_test
+def test_deploy_returns_once_every_node_runs_and_an_infeasible_request_fails_at_once(
+    ray_instance: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five 0.25 GPU replicas on one logical GPU: deploy serves with four and reports the fifth
+    pending, well before its generous ready timeout. A request no Ray node can ever hold fails
+    at once (a wait could not help), naming the node and the resource."""
+    with dagserve.Input() as inp:
+        five = dagserve.Graph(OnGpu.options(num_replicas=5)()(inp), name="five")
+    quick = {"graceful_shutdown_timeout_s": 1.0}  # a replica that never started is removed quickly
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        app = dagserve.deploy(five, backend="ray", ready_timeout_s=600, **quick)
+    with app:
+        node = app.status().nodes["OnGpu"]
+        assert (node.running_replicas, node.pending_replicas, node.target_replicas) == (4, 1, 5)
+        assert node.pending_reason is not None and "no Ray node has a free 0.25 GPU" in node.pending_reason
+        assert "node 'OnGpu' runs 4 of 5 replicas; 1 pending: no Ray node has a free 0.25 GPU" in caplog.text
+        assert app.call(7) == 7
+
+    for options, resource in (({"num_gpus": 2}, "2 GPU"), ({"resources": {"tpu": 1}}, "1 of resource 'tpu'")):
+        with dagserve.Input() as inp:
+            big = dagserve.Graph(add_one.options(name="big", **options)(inp), name="infeasible")
+        with pytest.raises(
+            DeployError,
+            match=rf"Graph 'infeasible' could not be deployed on Ray: node 'big': each replica asks for {resource}, "
+            rf"and no Ray node has {resource} at all",
+        ):
+            dagserve.deploy(big, backend="ray", ready_timeout_s=600, **quick)
+        wait_until(lambda: "infeasible" not in serve_apps(), 30, "the failed graph to be removed")
 
 
 @ray_test

@@ -128,6 +128,21 @@ def test_a_ray_without_token_auth_is_refused_unless_allowed(monkeypatch: pytest.
     assert result.exit_code == 2 and "use it with --backend ray" in result.output
 
 
+def test_the_progress_line_names_pending_replicas_and_why() -> None:
+    from dagserve._serve import _count
+    from dagserve._status import AppStatus, NodeStatus
+
+    class Deployed:  # a backend whose deploy returned with a replica still waiting for room
+        def status(self) -> AppStatus:
+            full = NodeStatus("clean", "function", False, "RUNNING", 1, 1)
+            short = NodeStatus("OnGpu", "model", False, "UPDATING", 5, 4, 1, "no Ray node has a free 0.25 GPU")
+            return AppStatus("g", "ray", {"clean": full, "OnGpu": short})
+
+    assert _count(Deployed()) == (  # type: ignore[arg-type]
+        "1/2 nodes running; OnGpu 4 of 5 replicas, 1 pending (no Ray node has a free 0.25 GPU)"
+    )
+
+
 def test_a_taken_port_is_a_clean_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -602,7 +602,10 @@ class RayBackend(Backend):
             self._versions = {d.name: 1 for d in plan.remote_deployments}
             self._deployed = True  # from here on, shutdown deletes the application
             self._run_application()
-            self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready")
+            # Serving once every node runs a replica: the others may wait for room for long
+            # (a fifth 0.25 GPU replica on one GPU); status() and the log say which and why.
+            self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready", serving=True)
+            self._log_pending()
             self._check_direct()
             if self.ingress_replicas is not None:
                 from ._ray_ingress import ingress_url
@@ -941,14 +944,25 @@ class RayBackend(Backend):
 
         return replica_ids(self._serve_details(), self._app_name or "", name)
 
-    def _wait(self, names: list[str], deadline: float, *, what: str, replaced: set[str] | None = None) -> None:
-        """Until every named node runs exactly its target replicas (none of ``replaced``), or the deadline."""
+    def _wait(
+        self,
+        names: list[str],
+        deadline: float,
+        *,
+        what: str,
+        replaced: set[str] | None = None,
+        serving: bool = False,
+    ) -> None:
+        """Until every named node runs exactly its target replicas (none of ``replaced``), or with
+        ``serving`` at least one, or the deadline; a request no Ray node can hold fails at once."""
         from ._ray_status import problems
 
         delay = 0.05
         while True:
             ranges = {n: self._specs[n].options.replica_range() for n in names if n in self._specs}
-            found = problems(self._serve_details(), self._app_name or "", names, replaced or set(), ranges)
+            found = problems(
+                self._serve_details(), self._app_name or "", names, replaced or set(), ranges, serving=serving
+            )
             failed = {n: p for n, p in found.items() if p.startswith("failed")}
             if failed:
                 raise DeployError(_describe(self._app_name, failed, what, final=True))
@@ -958,6 +972,20 @@ class RayBackend(Backend):
                 raise DeployError(_describe(self._app_name, found, what, final=False))
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _log_pending(self) -> None:
+        """Say which nodes serve with fewer replicas than asked, and why the others wait."""
+        for node in self.status().nodes.values():
+            if node.pending_replicas:
+                log.warning(
+                    "Graph %r serves, but node %r runs %d of %d replicas; %d pending: %s.",
+                    self._app_name,
+                    node.name,
+                    node.running_replicas,
+                    node.target_replicas,
+                    node.pending_replicas,
+                    node.pending_reason or "starting",
+                )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
         if self._direct_cluster is not None and not _in_event_loop():
@@ -1031,9 +1059,10 @@ def _actor_options(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def _describe(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
-    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
     if final:
+        lines = "; ".join(f"node {name!r}: {why.removeprefix('failed: ')}" for name, why in problems.items())
         return f"Graph {app!r} could not be deployed on Ray: {lines}."
+    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
     names = ", ".join(repr(n) for n in problems)
     return (
         f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
