@@ -22,6 +22,8 @@ import dagserve
 from dagserve import NodeError
 from dagserve.backends._ray_cluster import start_local_ray
 
+from .example_graphs import doze, nap
+
 pytestmark = pytest.mark.ray
 
 
@@ -55,18 +57,6 @@ def post(x: int) -> dict[str, int]:
 
 @dagserve.node
 async def slow(x: int, seconds: float) -> int:
-    await asyncio.sleep(seconds)
-    return x
-
-
-@dagserve.node
-async def nap(x: int, seconds: float) -> int:
-    await asyncio.sleep(seconds)
-    return x
-
-
-@dagserve.node
-async def doze(x: int, seconds: float) -> int:
     await asyncio.sleep(seconds)
     return x
 

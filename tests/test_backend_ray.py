@@ -19,6 +19,8 @@ from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
 from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray import deployment_options
 
+from . import example_graphs as eg
+
 ray_test = pytest.mark.ray  # integration tests on the module's Ray; the others need no Ray
 
 
@@ -91,18 +93,6 @@ class Times:
 
     def __call__(self, x: int) -> int:
         return x * self.k
-
-
-@dagserve.node
-async def nap(x: int, seconds: float) -> int:
-    await asyncio.sleep(seconds)
-    return x
-
-
-@dagserve.node
-async def doze(x: int, seconds: float) -> int:
-    await asyncio.sleep(seconds)
-    return x
 
 
 def features(cancel_marker: Path) -> dagserve.Graph:
@@ -524,12 +514,9 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
 def test_a_node_is_timed_on_its_own_when_serve_resolves_its_input(ray_instance: None) -> None:
     """nap's response goes whole to doze through Serve (by value, and as an object reference);
     nobody awaits nap here, yet its time is its own and doze's does not include it."""
-    with dagserve.Input() as inp:
-        graph = dagserve.Graph(doze(nap(inp, 0.2), 0.05), name="timed")
     for by_reference in (False, True):
-        with dagserve.deploy(
-            graph, backend="ray", direct_transport=False, pass_by_reference=by_reference, ready_timeout_s=120
-        ) as app:
+        serve_only = {"direct_transport": False, "pass_by_reference": by_reference}
+        with dagserve.deploy(eg.napped(0.2, 0.05), backend="ray", ready_timeout_s=120, **serve_only) as app:
             for _ in range(2):
                 ctx = dagserve.RequestContext()
                 assert asyncio.run(app.acall(1, context=ctx)) == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,8 +243,6 @@ def _private_token_file() -> None:
         if not path.exists():
             if custom:
                 return  # Ray says itself that the file it was pointed at is missing
-            from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -251,7 +250,7 @@ def _private_token_file() -> None:
                 pass  # another process made it meanwhile: tightened below
             else:
                 with os.fdopen(fd, "w") as f:
-                    f.write(generate_new_authentication_token())
+                    f.write(secrets.token_hex(32))  # as Ray makes one: 256 random bits
                 return
         if path.stat().st_mode & 0o077:
             if custom:

@@ -131,9 +131,8 @@ def problems(
     ``ranges`` gives each node's allowed replica target (min, max); ``replaced`` are replica ids
     that must be gone (an update's old replicas). With ``serving``, a node with a replica running
     counts when the others wait for room on a Ray node, not when they are placed and starting
-    (``deploy``: they may wait for long, and are reported as pending). A reason
-    starting with ``failed`` means waiting longer will not help (a failed constructor, an
-    infeasible resource request)."""
+    (``deploy``: they may wait for long, and are reported as pending). A reason starting with
+    ``failed`` means waiting longer will not help (a failed constructor, an infeasible request)."""
     out: dict[str, str] = {}
     resources: _Resources | None = None
     for name in names:
