@@ -283,7 +283,7 @@ class App:
     def _replace_spec(self, new: DeploymentSpec) -> None:
         deployments = tuple(new if d.name == new.name else d for d in self._plan.deployments)
         self._plan = replace(self._plan, deployments=deployments)
-        self._executor = Executor(self._plan, self.backend.runner)
+        self._executor = Executor(self._plan, self.backend.runner, previous=self._executor)
 
     def shutdown(self) -> None:
         """Tear the graph down (idempotent). Requests afterwards raise :class:`AppClosedError`."""

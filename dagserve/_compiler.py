@@ -30,7 +30,6 @@ from ._graph import (
     SelectNode,
     SplitNode,
     SwitchNode,
-    _walk,
 )
 from ._plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 

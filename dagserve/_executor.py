@@ -31,6 +31,11 @@ class Runner(Protocol):
     ``call`` returns an awaitable for the step's result. When ``passthrough`` is true, that
     awaitable may be handed, un-awaited, as a top-level argument to another remote call (Ray Serve
     resolves it in the downstream replica, so the data never travels through the ingress).
+
+    The executor records each call's time in ``ctx.timings`` (from the call to its result) unless
+    the runner has already recorded one for that step: a passthrough runner must, since a call
+    handed on un-awaited finishes after the executor has moved on, and the next call's wait for
+    it is not that call's own time.
     """
 
     passthrough: bool
@@ -84,7 +89,9 @@ def validate_payload(schema: Any, payload: Any) -> Any:
 class Executor:
     """Runs one plan's steps for each request through a :class:`Runner`."""
 
-    def __init__(self, plan: Plan, runner: Runner) -> None:
+    def __init__(self, plan: Plan, runner: Runner, *, previous: Executor | None = None) -> None:
+        """``previous``: the executor this one replaces when a running App's plan changes (scale,
+        update); seeded splits then go on with their sequence instead of starting it again."""
         self.plan = plan
         self.runner = runner
         steps = plan.steps
@@ -112,6 +119,13 @@ class Executor:
         self._inputs = [list(s.inputs) for s in steps]
         self._build_args = [_arg_builder(s) for s in steps]
         self._rng = random.Random()
+        # A seeded split draws from a generator of its own, so the n-th request reaching it takes
+        # the same branch in every App of the graph (docs/graphs.md); a keyed one salts its hash.
+        self._seeded: dict[int, random.Random] = (
+            previous._seeded
+            if previous is not None
+            else {s.index: random.Random(s.seed) for s in steps if s.kind == "split" and s.seed is not None}
+        )
         self._output_refs = refs_in(plan.output)
         self._output_direct = plan.output.index if isinstance(plan.output, Ref) else None
         self._line = _straight_line(plan, runner)
@@ -240,7 +254,8 @@ class Executor:
         finally:
             if not cancelled:
                 ctx.running.discard(name)
-            ctx.timings[name] = time.perf_counter() - start
+            if name not in ctx.timings:  # unless the runner recorded the call's own time (Runner)
+                ctx.timings[name] = time.perf_counter() - start
 
     async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:
         name = self._steps[i].name
@@ -294,10 +309,11 @@ class Executor:
     async def _split(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         if isinstance(step.key, Ref):
             key = await self._value(step.key.index, values, ctx)
-            digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+            text = repr(key) if step.seed is None else f"{step.seed}:{key!r}"
+            digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
             u = int.from_bytes(digest, "big") / 2.0**64
         else:
-            u = self._rng.random()
+            u = self._seeded.get(step.index, self._rng).random()
         acc = 0.0
         label = step.weights[-1][0]
         for name, w in step.weights:

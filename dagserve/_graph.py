@@ -570,7 +570,10 @@ def split(
 
     ``weights`` are relative (90/10 and 0.9/0.1 mean the same). Without ``key`` each request is
     routed at random; with ``key`` (e.g. ``inp["user_id"]``) the choice is sticky: a stable hash of
-    the key's value, so one user always sees the same branch::
+    the key's value, so one user always sees the same branch. ``seed`` (an int) makes the random
+    choice reproducible: the n-th request reaching the split in an App takes the same branch in
+    every deployment with that seed; with ``key`` it salts the hash, so experiments with other
+    seeds bucket users independently (docs/graphs.md)::
 
         out = dagserve.split({"stable": v1(x), "canary": v2(x)}, {"stable": 90, "canary": 10})
     """
@@ -600,6 +603,8 @@ def split(
         raise GraphError("split weights add up to 0; give at least one branch a positive weight.")
     if key is not None and not isinstance(key, Node):
         raise GraphError(f"split(key=...) takes a graph node such as inp['user_id'], got {key!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise GraphError(f"split(seed=...) takes an int, got {seed!r}.")
     return SplitNode(dict(branches), {k: v / total for k, v in raw.items()}, key, seed, name)
 
 

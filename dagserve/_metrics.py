@@ -21,6 +21,7 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
                                               node an error names gets that outcome, the other
                                               nodes of a failed request get ``aborted``
 ``dagserve_node_latency_seconds``             histogram ``{graph, node}``: one observation per call
+                                              (the node's own time: from its inputs being ready)
 ``dagserve_batch_size``                       histogram ``{graph, node}``: sizes of the batches
                                               batched nodes ran (from the backend)
 ``dagserve_replicas``                         gauge ``{graph, node, state}``: ``target``,
@@ -251,7 +252,7 @@ class _RequestCollector:
             ),
             HistogramMetricFamily(
                 "dagserve_node_latency_seconds",
-                "Latency of each node call, as the graph's executor sees it.",
+                "Each node call's own time, from its inputs being ready to its result.",
                 labels=["graph", "node"],
             ),
             CounterMetricFamily(

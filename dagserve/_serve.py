@@ -110,6 +110,12 @@ class _Size(click.ParamType):
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run: ray (one Serve deployment per node) or local (in-process) [default: ray].")
 @click.option("--address", default=None, help="Ray cluster address (passed to the backend as address=).")
 @click.option(
+    "--allow-unauthenticated-ray",
+    is_flag=True,
+    help="Start a local Ray even when RAY_AUTH_MODE turns its token auth off (refused otherwise; the "
+    "Ray backend also reads DAGSERVE_ALLOW_UNAUTHENTICATED_RAY=1).",
+)
+@click.option(
     "--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token required by graph routes [env {TOKEN_ENV}]."
 )
 @click.option(
@@ -194,6 +200,11 @@ def run_command(target: str, **options: Any) -> None:
         raise click.BadParameter(
             "--address is a Ray cluster's address; use it with --backend ray.", param_hint="--address"
         )
+    if options["allow_unauthenticated_ray"] and options["backend"] not in (None, "ray"):
+        raise click.BadParameter(
+            "--allow-unauthenticated-ray is about the Ray dagserve starts; use it with --backend ray.",
+            param_hint="--allow-unauthenticated-ray",
+        )
     # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
     options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
     graphs = _graphs(target, load_target(target))
@@ -236,6 +247,7 @@ def _run(
     port: int,
     backend: str | None,
     address: str | None,
+    allow_unauthenticated_ray: bool,
     token: str | None,
     admin_token: str | None,
     max_body_size: int,
@@ -255,6 +267,8 @@ def _run(
 
     console = Console(stderr=True)
     backend_options: dict[str, Any] = {"address": address} if address else {}
+    if allow_unauthenticated_ray:
+        backend_options["allow_unauthenticated_ray"] = True
     deploy_options: dict[str, Any] = {}
     if request_timeout is not None:
         deploy_options["request_timeout_s"] = request_timeout
@@ -385,7 +399,14 @@ def _count(be: Backend) -> str:
     except Exception:  # a backend that cannot report while deploying
         return "starting"
     running = sum(1 for n in nodes if n.state == "RUNNING" and n.running_replicas >= n.target_replicas)
-    return f"{running}/{len(nodes)} nodes running"
+    text = f"{running}/{len(nodes)} nodes running"
+    pending = [
+        f"{n.name} {n.running_replicas} of {n.target_replicas} replicas, {n.pending_replicas} pending "
+        f"({n.pending_reason or 'starting'})"
+        for n in nodes
+        if n.pending_replicas
+    ]
+    return text + ("; " + "; ".join(pending) if pending else "")
 
 
 def _watch(be: Backend, name: str, progress: Any, task: Any, done: threading.Event) -> None:

@@ -149,12 +149,26 @@ def shared_once() -> dagserve.Graph:
     return dagserve.Graph(out, name="shared")
 
 
-def split(key: bool = False) -> dagserve.Graph:
+# Two sleeping nodes, one feeding the other: each node's own time shows in timings (a -> b).
+@dagserve.node
+async def nap(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+@dagserve.node
+async def doze(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x
+
+
+def split(key: bool = False, seed: int | None = None) -> dagserve.Graph:
     with dagserve.Input() as inp:
         out = dagserve.split(
             {"stable": post(inp["x"]), "canary": post(pre(inp["x"]))},
             {"stable": 90, "canary": 10},
             key=inp["user"] if key else None,
+            seed=seed,
         )
     return dagserve.Graph(out, name="split")
 
@@ -167,3 +181,10 @@ def failing() -> dagserve.Graph:
 
 def batched() -> dagserve.Graph:
     return dagserve.Graph(batch_size, name="batched")
+
+
+def napped(first_s: float = 0.2, then_s: float = 0.05) -> dagserve.Graph:
+    """nap (``first_s``) feeds doze (``then_s``); on Ray nap's result goes to doze un-awaited."""
+    with dagserve.Input() as inp:
+        out = doze(nap(inp, first_s), then_s)
+    return dagserve.Graph(out, name="napped")

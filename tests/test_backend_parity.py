@@ -1,7 +1,7 @@
 """The same graph suite on the "local" and "ray" backends gives identical results.
 
 One graph routes each payload (by ``case``) to a sub-graph: a chain, a fan-out, a node shared by
-three readers, a keyed split, structured outputs, a batched node and failing nodes. It is deployed
+three readers, a keyed and a seeded split, structured outputs, a batched node and failing nodes. It is deployed
 once per backend (one Ray for the module) and every payload's answer, or error (type, node,
 message), must match. Node calls are recorded in a file, so what ran is visible across processes.
 """
@@ -112,6 +112,10 @@ def suite(record_to: Path) -> dagserve.Graph:
             "split": dagserve.split(
                 {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, key=inp["user"]
             ),
+            "seeded": dagserve.split(
+                {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, seed=7, name="seeded"
+            ),
+            "timed": eg.doze(eg.nap(px, 0.2), 0.05),  # on Ray, nap's result goes to doze un-awaited
             "structured": {"scaled": scale3(px), "offset": scale3.offset(px), "pair": (px, [x, 7])},
             "batched": batch_double(x),
             "error": post(fail(px)),
@@ -216,3 +220,42 @@ def test_node_error_keeps_its_type_across_processes(apps: dict[str, Any]) -> Non
     with pytest.raises(NodeError, match=r"^Node 'fail' raised ValueError: bad value 8$") as info:
         apps["ray"].call({"case": "error", "x": 7})
     assert info.value.node == "fail" and info.value.error_type == "ValueError" and info.value.status_code == 500
+
+
+def test_a_seeded_split_takes_the_same_branches_in_every_deployment(apps: dict[str, Any], tmp_path: Path) -> None:
+    """The n-th request reaching a split with seed=7 takes the same branch in every App (only this
+    test sends "seeded" requests, so each App starts its sequence here)."""
+
+    def branches(app: dagserve.App) -> list[int]:  # 0: stable, 1: canary
+        return [app.call({"case": "seeded", "x": 10})["y"] - 10 for _ in range(40)]
+
+    with dagserve.deploy(suite(tmp_path / "fresh.log"), backend="local") as fresh:
+        expected = branches(fresh)
+    assert 5 < sum(expected) < 35  # both branches, about half each
+    assert branches(apps["local"]) == expected
+    assert branches(apps["ray"]) == expected
+
+
+def test_each_node_is_timed_on_its_own(apps: dict[str, Any]) -> None:
+    """nap (0.2 s) feeds doze (0.05 s): each node's time is its own, not the time it waited for
+    its input, in the request's timings and in what metrics and latency stats record from them.
+    (On Ray the first call goes through Serve's router, the later ones over the direct transport.)"""
+    from dagserve._metrics import Metrics
+    from dagserve._stats import stats_for
+
+    for backend in ("local", "ray"):
+        app = apps[backend]
+        metrics = Metrics()
+        metrics.instrument(app)
+        stats = stats_for(app)
+        stats.clear()
+        for _ in range(3):
+            ctx = dagserve.RequestContext()
+            assert asyncio.run(app.acall({"case": "timed", "x": 1}, context=ctx)) == 2
+            # Ordering with wide margins, not speed: nap slept 0.2 s, doze 0.05 s.
+            assert ctx.timings["nap"] >= 0.15 and ctx.timings["doze"] < ctx.timings["nap"], (backend, ctx.timings)
+        _, _, _, latency, _ = metrics._snapshot()
+        nap_s, doze_s = latency[("parity", "nap")][-1], latency[("parity", "doze")][-1]  # sums of 3 calls
+        assert nap_s >= 0.45 and doze_s < nap_s, (backend, nap_s, doze_s)
+        nodes = stats.nodes()
+        assert nodes["nap"].p50_s >= 0.15 and nodes["doze"].p50_s < nodes["nap"].p50_s, backend

@@ -23,9 +23,8 @@ from dagserve.backends._direct import _LEN
 from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray import RayBackend, deployment_options
 
-from .foreign_peer import foreign_socket, needs_root
-
 from . import example_graphs as eg
+from .foreign_peer import foreign_socket, needs_root
 
 ray_test = pytest.mark.ray  # integration tests on the module's Ray; the others need no Ray
 
@@ -236,6 +235,40 @@ def test_options_map_onto_serve_deployment_options() -> None:
     assert plain["ray_actor_options"] == {"num_cpus": 0.0}
 
 
+def test_pending_replicas_are_explained_and_infeasible_requests_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagserve.backends._ray_status import _Resources, problems
+
+    one_gpu = {"node": {"CPU": 2.0, "GPU": 1.0}}
+    full = _Resources(one_gpu, {"node": {"CPU": 2.0, "GPU": 0.0}})
+    quarter = {"CPU": 0, "GPU": 0.25}
+    assert full.infeasible(quarter) is None and not full.has_room(quarter)
+    assert full.why_pending(quarter).startswith("no Ray node has a free 0.25 GPU (1 of 1 in use")
+    assert full.infeasible({"GPU": 2}) == (
+        "no Ray node has 2 GPU at all (the largest has 1); add a node that has it, or lower the node's request"
+    )
+    assert "no Ray node has 1 of resource 'tpu' at all" in str(full.infeasible({"tpu": 1}))
+    # An autoscaler that can add a node type with 2 GPUs: worth waiting for.
+    scaling = _Resources(one_gpu, one_gpu, [{"CPU": 8.0, "GPU": 2.0}])
+    assert scaling.infeasible({"GPU": 2}) is None
+    assert scaling.why_pending({"GPU": 2}) == "no Ray node has 2 GPU yet; waiting for the autoscaler to add one that has"
+
+    def details(*replicas: tuple[str, str | None]) -> dict[str, Any]:
+        reps = [{"replica_id": f"r{i}", "state": st, "node_id": node} for i, (st, node) in enumerate(replicas)]
+        dep = {"status": "UPDATING", "target_num_replicas": len(reps), "replicas": reps, "required_resources": quarter}
+        return {"applications": {"g": {"deployments": {"OnGpu": dep}}}}
+
+    monkeypatch.setattr(_Resources, "read", classmethod(lambda cls: full))
+    waiting = details(("RUNNING", "n"), ("STARTING", None))  # the second one has no room
+    assert problems(waiting, "g", ["OnGpu"], set(), {}, serving=True) == {}
+    assert problems(waiting, "g", ["OnGpu"], set(), {})["OnGpu"].startswith("1 of 2 replicas running")
+    starting = details(("RUNNING", "n"), ("STARTING", "n"), ("STARTING", None))  # one is being built
+    assert "OnGpu" in problems(starting, "g", ["OnGpu"], set(), {}, serving=True)
+    none_yet = details(("STARTING", None))
+    assert "OnGpu" in problems(none_yet, "g", ["OnGpu"], set(), {}, serving=True)
+    monkeypatch.setattr(_Resources, "read", classmethod(lambda cls: _Resources(one_gpu, one_gpu)))
+    assert "OnGpu" in problems(waiting, "g", ["OnGpu"], set(), {}, serving=True)  # room: it is being placed
+
+
 # -- one deployed graph -----------------------------------------------------------------------------
 
 
@@ -363,6 +396,37 @@ def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_
 
 
 @ray_test
+def test_deploy_returns_once_every_node_runs_and_an_infeasible_request_fails_at_once(
+    ray_instance: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five 0.25 GPU replicas on one logical GPU: deploy serves with four and reports the fifth
+    pending, well before its generous ready timeout. A request no Ray node can ever hold fails
+    at once (a wait could not help), naming the node and the resource."""
+    with dagserve.Input() as inp:
+        five = dagserve.Graph(OnGpu.options(num_replicas=5)()(inp), name="five")
+    quick = {"graceful_shutdown_timeout_s": 1.0}  # a replica that never started is removed quickly
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        app = dagserve.deploy(five, backend="ray", ready_timeout_s=600, **quick)
+    with app:
+        node = app.status().nodes["OnGpu"]
+        assert (node.running_replicas, node.pending_replicas, node.target_replicas) == (4, 1, 5)
+        assert node.pending_reason is not None and "no Ray node has a free 0.25 GPU" in node.pending_reason
+        assert "node 'OnGpu' runs 4 of 5 replicas; 1 pending: no Ray node has a free 0.25 GPU" in caplog.text
+        assert app.call(7) == 7
+
+    for options, resource in (({"num_gpus": 2}, "2 GPU"), ({"resources": {"tpu": 1}}, "1 of resource 'tpu'")):
+        with dagserve.Input() as inp:
+            big = dagserve.Graph(add_one.options(name="big", **options)(inp), name="infeasible")
+        with pytest.raises(
+            DeployError,
+            match=rf"Graph 'infeasible' could not be deployed on Ray: node 'big': each replica asks for {resource}, "
+            rf"and no Ray node has {resource} at all",
+        ):
+            dagserve.deploy(big, backend="ray", ready_timeout_s=600, **quick)
+        wait_until(lambda: "infeasible" not in serve_apps(), 30, "the failed graph to be removed")
+
+
+@ray_test
 def test_constructor_failure_is_a_deploy_error_naming_the_node(ray_instance: None) -> None:
     @dagserve.node
     class Broken:
@@ -417,9 +481,14 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
 
 @ray_test
 @pytest.mark.http
-def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(app: dagserve.App) -> None:
+def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(
+    app: dagserve.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
+    # The token is the deploying process's: the replicas' environment (Ray's) has none.
+    monkeypatch.setenv("DAGSERVE_TOKEN", "from-the-driver")
+    auth = {"authorization": "Bearer from-the-driver"}
     with dagserve.Input() as inp:
         g = dagserve.Graph(add_one(inp), name="neighbour")
     other = dagserve.deploy(g, backend="ray", ingress_replicas=2, ready_timeout_s=120)
@@ -429,9 +498,10 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(a
         assert len(other.backend.replicas(INGRESS_DEPLOYMENT)) == 2  # type: ignore[attr-defined]
         with httpx.Client(timeout=30) as client:
             for _ in range(4):
-                r = client.post(url + "/", json=41, headers={"x-request-id": "via-proxy-1"})
+                r = client.post(url + "/", json=41, headers={"x-request-id": "via-proxy-1", **auth})
                 assert (r.status_code, r.json(), r.headers["x-request-id"]) == (200, 42, "via-proxy-1")
-            bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json"})
+            assert client.post(url + "/", json=41).status_code == 401
+            bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json", **auth})
             assert bad.status_code == 400 and bad.json()["error"]["type"] == "InvalidJSON"
             assert client.get(url + "/-/ready").json() == {"ready": True, "graphs": {"neighbour": True}}
         assert other.call(1) == 2  # the App still runs the graph in this process too
@@ -621,6 +691,21 @@ def test_the_ingress_ignores_a_socket_of_another_user_among_the_replicas(app: da
 
 
 @ray_test
+def test_a_node_is_timed_on_its_own_when_serve_resolves_its_input(ray_instance: None) -> None:
+    """nap's response goes whole to doze through Serve (by value, and as an object reference);
+    nobody awaits nap here, yet its time is its own and doze's does not include it."""
+    for by_reference in (False, True):
+        serve_only = {"direct_transport": False, "pass_by_reference": by_reference}
+        with dagserve.deploy(eg.napped(0.2, 0.05), backend="ray", ready_timeout_s=120, **serve_only) as app:
+            for _ in range(2):
+                ctx = dagserve.RequestContext()
+                assert asyncio.run(app.acall(1, context=ctx)) == 1
+                # Ordering with wide margins, not speed: nap slept 0.2 s, doze 0.05 s.
+                assert ctx.timings["nap"] >= 0.15 and ctx.timings["doze"] < ctx.timings["nap"], ctx.timings
+            assert app.backend.transport("nap") == "serve"  # type: ignore[attr-defined]
+
+
+@ray_test
 def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None:
     """Every listening TCP socket of this process and the Ray processes it started (GCS, raylet,
     agents, Serve controller, replicas) is bound to 127.0.0.1; read from /proc, not a tool."""
@@ -629,6 +714,8 @@ def test_ray_listens_on_loopback_only_with_token_auth(app: dagserve.App) -> None
     outside = [(pid, addr) for pid, addr in listening if not _is_loopback(addr)]
     assert not outside, f"listening beyond loopback: {outside}"
     assert token_auth_enabled()
+    token_file = Path.home() / ".ray" / "auth_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600  # the token is its owner's only
 
 
 # -- calls in flight, with fake handles (no Ray) ------------------------------------------------------
@@ -755,6 +842,32 @@ async def test_a_failure_caused_upstream_is_reported_for_the_upstream_node() -> 
     b = pending(second, "b", pending(first, "a", 0))
     with pytest.raises(NodeError, match=r"^Node 'a' failed"):
         await b
+
+
+async def test_calls_record_their_own_time_also_when_handed_on_whole() -> None:
+    import concurrent.futures
+
+    class Result:  # Serve's replica result: takes done callbacks, called when the value is ready
+        def __init__(self) -> None:
+            self.callbacks: list[Any] = []
+
+        def add_done_callback(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+    ctx = dagserve.RequestContext()
+    first, second = FakeHandle(1), FakeHandle(2, delay=0.05)  # (a fake's delay starts when awaited)
+    a = pending(first, "a", 0, ctx=ctx)
+    done = Result()
+    a._response._replica_result_future = concurrent.futures.Future()
+    a._response._replica_result_future.set_result(done)
+    b = pending(second, "b", a, ctx=ctx)
+    assert second.sent[0][0] == (first.responses[0],)  # handed on whole: never awaited here
+    await asyncio.sleep(0.2)  # a runs...
+    for callback in done.callbacks:  # ...and is done; b then runs 0.05 s
+        callback("the value, which the timing ignores")
+    assert await b == 2
+    # b's own time runs from a's end; generous margins (ordering, not speed).
+    assert ctx.timings["a"] >= 0.15 and ctx.timings["b"] < ctx.timings["a"], ctx.timings
 
 
 async def test_cancelling_a_call_cancels_the_calls_it_consumes() -> None:

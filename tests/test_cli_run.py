@@ -119,6 +119,45 @@ def test_address_needs_the_ray_backend() -> None:
     assert "--address is a Ray cluster's address; use it with --backend ray" in result.output
 
 
+def test_a_ray_without_token_auth_is_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("DAGSERVE_ALLOW_UNAUTHENTICATED_RAY", raising=False)
+    result = CliRunner().invoke(main, ["run", "examples.quickstart:graph", "--backend", "ray"])
+    assert result.exit_code == 1, result.output
+    assert "dagserve starts Ray only with token authentication" in result.output
+
+    class Started(Exception):
+        pass
+
+    def init(**kwargs: object) -> None:
+        raise Started  # the flag reached the backend: it went on to start Ray (stubbed here)
+
+    monkeypatch.setattr(ray, "init", init)
+    result = CliRunner().invoke(main, ["run", "examples.quickstart:graph", "--allow-unauthenticated-ray"])
+    assert isinstance(result.exception, Started), result.output
+    result = CliRunner().invoke(
+        main, ["run", "examples.quickstart:graph", "--backend", "local", "--allow-unauthenticated-ray"]
+    )
+    assert result.exit_code == 2 and "use it with --backend ray" in result.output
+
+
+def test_the_progress_line_names_pending_replicas_and_why() -> None:
+    from dagserve._serve import _count
+    from dagserve._status import AppStatus, NodeStatus
+
+    class Deployed:  # a backend whose deploy returned with a replica still waiting for room
+        def status(self) -> AppStatus:
+            full = NodeStatus("clean", "function", False, "RUNNING", 1, 1)
+            short = NodeStatus("OnGpu", "model", False, "UPDATING", 5, 4, 1, "no Ray node has a free 0.25 GPU")
+            return AppStatus("g", "ray", {"clean": full, "OnGpu": short})
+
+    assert _count(Deployed()) == (  # type: ignore[arg-type]
+        "1/2 nodes running; OnGpu 4 of 5 replicas, 1 pending (no Ray node has a free 0.25 GPU)"
+    )
+
+
 def test_a_taken_port_is_a_clean_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -139,6 +178,7 @@ def test_help_lists_the_options() -> None:
         "--port",
         "--backend",
         "--address",
+        "--allow-unauthenticated-ray",
         "--token",
         "--admin-token",
         "--max-body-size",

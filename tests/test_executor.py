@@ -190,6 +190,38 @@ async def test_sticky_split_by_key() -> None:
     assert {next(iter(r)) for r in routes.values()} == {"stable", "canary"}
 
 
+async def routes(ex: Executor, payloads: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for payload in payloads:
+        ctx = RequestContext()
+        await ex.run(payload, ctx)
+        out.append(ctx.route["split"])
+    return out
+
+
+async def test_seeded_split_repeats_its_sequence_in_every_executor() -> None:
+    payloads = [{"x": i} for i in range(200)]
+    first = await routes(make(eg.split(seed=7))[0], payloads)
+    assert await routes(make(eg.split(seed=7))[0], payloads) == first
+    assert await routes(make(eg.split(seed=8))[0], payloads) != first
+    assert await routes(make(eg.split())[0], payloads) != first  # unseeded: random (equal: 1 in ~1e14)
+    assert 5 <= first.count("canary") <= 40  # still weighted 90/10
+    # A plan change (App.scale/update) makes a new executor: the sequence goes on, not over.
+    ex = make(eg.split(seed=7))[0]
+    head = await routes(ex, payloads[:100])
+    tail = await routes(Executor(ex.plan, ex.runner, previous=ex), payloads[100:])
+    assert head + tail == first
+
+
+async def test_seed_salts_a_keyed_split() -> None:
+    payloads = [{"x": 1, "user": f"user{i}"} for i in range(200)]
+    plain = await routes(make(eg.split(key=True))[0], payloads)
+    seven = await routes(make(eg.split(key=True, seed=7))[0], payloads)
+    assert await routes(make(eg.split(key=True, seed=7))[0], payloads[::-1]) == seven[::-1]  # sticky
+    assert seven != plain  # another seed, other buckets
+    assert await routes(make(eg.split(key=True))[0], payloads) == plain  # unseeded keys keep their branch
+
+
 async def test_passthrough_hands_pending_results_to_the_next_call() -> None:
     ex, runner = make(eg.chain(), passthrough=True)
     seen: list[Any] = []

@@ -220,6 +220,8 @@ def test_switch_and_split_validation() -> None:
             dagserve.split({"a": inp, "b": inp}, [0, 0])
         with pytest.raises(GraphError, match=r"split\(key=\.\.\.\) takes a graph node"):
             dagserve.split({"a": inp, "b": inp}, [1, 1], key="user")
+        with pytest.raises(GraphError, match=r"split\(seed=\.\.\.\) takes an int, got '7'"):
+            dagserve.split({"a": inp, "b": inp}, [1, 1], seed="7")  # type: ignore[arg-type]
 
 
 def test_graph_outputs_and_names() -> None:

@@ -110,11 +110,19 @@ def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
     assert not ray.is_initialized()
 
 
-# -- start-up retry (a unit test of _ray_cluster: ray.init is stubbed, no Ray starts) --------------
+# -- start-up retry and auth checks (unit tests of _ray_cluster: ray.init is stubbed, no Ray starts) --
 
 
-def _stub_init(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list[dict[str, Any]]:
+def _stub_init(
+    monkeypatch: pytest.MonkeyPatch, errors: list[Exception], *, token_auth: bool = True
+) -> list[dict[str, Any]]:
+    """Stub ray.init (and ray.shutdown, counted as a call {"shutdown": True}); Ray then reports
+    ``token_auth``; the home directory (where Ray's token file lives) is a temporary one."""
+    import tempfile
+
     import ray
+
+    from dagserve.backends import _ray_cluster
 
     calls: list[dict[str, Any]] = []
 
@@ -124,7 +132,11 @@ def _stub_init(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list
             raise errors.pop(0)
 
     monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append({"shutdown": True}))
+    monkeypatch.setattr(_ray_cluster, "token_auth_enabled", lambda: token_auth)
+    monkeypatch.setenv("HOME", tempfile.mkdtemp(prefix="dagserve-home-"))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "DAGSERVE_ALLOW_UNAUTHENTICATED_RAY"):
+        monkeypatch.delenv(name, raising=False)
     return calls
 
 
@@ -137,19 +149,19 @@ def test_local_ray_start_is_retried_once_when_gcs_never_came_up(
     calls = _stub_init(monkeypatch, [gcs])
     with caplog.at_level("WARNING", logger="dagserve.ray"):
         start_local_ray(num_cpus=1)
-    assert len(calls) == 2 and calls[1]["address"] == "local"
+    assert len(calls) == 3 and calls[2]["address"] == "local"  # init, shutdown, init
     assert "starting it once more" in caplog.text
 
     calls = _stub_init(monkeypatch, [gcs, RuntimeError("Timed out waiting for file .../gcs_server_port_def")])
     with pytest.raises(RuntimeError, match="gcs_server_port_def"):
         start_local_ray(num_cpus=1)
-    assert len(calls) == 2  # once more, not forever
+    assert len([c for c in calls if "address" in c]) == 2  # once more, not forever
 
     # Ray raises a bare Exception when the raylet never registers with the GCS.
     raylet = Exception("The current node timed out during startup. This could happen because some of the raylet failed")
     calls = _stub_init(monkeypatch, [raylet])
     start_local_ray(num_cpus=1)
-    assert len(calls) == 2
+    assert len([c for c in calls if "address" in c]) == 2
 
 
 def test_other_local_ray_start_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +171,64 @@ def test_other_local_ray_start_errors_are_not_retried(monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="twice"):
         start_local_ray(num_cpus=1)
     assert len(calls) == 1
+
+
+def test_a_ray_without_token_auth_is_refused_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dagserve import DeployError
+    from dagserve.backends._ray_cluster import start_local_ray
+
+    # The environment turns Ray's auth off: refused before anything starts, through deploy too.
+    calls = _stub_init(monkeypatch, [], token_auth=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    refused = r"dagserve starts Ray only with token authentication, and RAY_AUTH_MODE='disabled' is set"
+    with pytest.raises(DeployError, match=refused) as info:
+        start_local_ray(num_cpus=1)
+    assert "DAGSERVE_ALLOW_UNAUTHENTICATED_RAY=1" in str(info.value) and "--allow-unauthenticated-ray" in str(info.value)
+    with dagserve.Input() as inp:
+        small = dagserve.Graph(front(inp), name="unauthenticated")
+    with pytest.raises(DeployError, match=refused):
+        dagserve.deploy(small, backend="ray")
+    assert calls == []
+
+    # Opted out, by argument or by environment: it starts, with a warning.
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        start_local_ray(num_cpus=1, allow_unauthenticated=True)
+        monkeypatch.setenv("DAGSERVE_ALLOW_UNAUTHENTICATED_RAY", "1")
+        start_local_ray(num_cpus=1)
+    assert len(calls) == 2 and "WITHOUT token authentication" in caplog.text
+
+    # Ray started without auth although nothing asked for that: stopped again, and refused.
+    calls = _stub_init(monkeypatch, [], token_auth=False)
+    with pytest.raises(DeployError, match="and Ray did not turn it on"):
+        start_local_ray(num_cpus=1)
+    assert calls[1:] == [{"shutdown": True}]
+
+
+def test_rays_token_file_is_readable_by_its_owner_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    import os
+    from pathlib import Path
+
+    from dagserve.backends._ray_cluster import start_local_ray
+
+    _stub_init(monkeypatch, [])
+    token = Path.home() / ".ray" / "auth_token"
+    start_local_ray(num_cpus=1)  # no token yet: made private before Ray would make it 0644
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    token.chmod(0o644)  # as an earlier Ray left it
+    start_local_ray(num_cpus=1)
+    assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == first  # tightened, same token
+
+    # A token file the user points Ray at is theirs: a warning, not a change.
+    own = tmp_path / "token"
+    own.write_text("x" * 64)
+    own.chmod(0o640)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(own))
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        start_local_ray(num_cpus=1)
+    assert own.stat().st_mode & 0o777 == 0o640 and f"{own} can be read by other users" in caplog.text
+    assert os.path.exists(token)

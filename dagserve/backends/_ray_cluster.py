@@ -12,7 +12,10 @@ A Ray that dagserve starts:
 * binds every port to 127.0.0.1 (Ray's own switch for that is read from
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; replicas also move Serve's inter-deployment gRPC
   server off ``[::]``, see :mod:`._ray_replica`), with the dashboard off;
-* uses Ray's token authentication (``RAY_AUTH_MODE=token``) unless the environment says otherwise;
+* uses Ray's token authentication (``RAY_AUTH_MODE=token``), checked once Ray runs: an
+  environment that turns it off (``RAY_AUTH_MODE=disabled``) is refused unless the user opted out
+  (``allow_unauthenticated_ray=True`` or ``DAGSERVE_ALLOW_UNAUTHENTICATED_RAY=1``); the token file
+  Ray reads (``~/.ray/auth_token``) is readable by its owner only (Ray would create it 0644);
 * runs Serve in throughput-optimized mode unless told not to (see docs/ray.md for figures), with
   Serve's "direct ingress" HTTP servers off: the ingress is dagserve's own.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .._errors import DeployError
@@ -32,10 +37,22 @@ from ._ray_replica import LOOPBACK_ENV
 
 _log = logging.getLogger("dagserve.ray")
 
-__all__ = ["DEFAULT_THROUGHPUT_OPTIMIZED", "RaySession", "acquire", "ensure_serve", "release", "start_local_ray"]
+__all__ = [
+    "ALLOW_UNAUTHENTICATED_ENV",
+    "DEFAULT_THROUGHPUT_OPTIMIZED",
+    "RaySession",
+    "acquire",
+    "ensure_serve",
+    "release",
+    "start_local_ray",
+]
 
 #: Serve's throughput-optimized settings for a Ray dagserve starts (docs/ray.md has the figures).
 DEFAULT_THROUGHPUT_OPTIMIZED = True
+#: Set to "1" to let dagserve start a Ray without token authentication (docs/ray.md).
+ALLOW_UNAUTHENTICATED_ENV = "DAGSERVE_ALLOW_UNAUTHENTICATED_RAY"
+#: Ray's environment variables for its authentication mode and where its token is.
+_AUTH_MODE_ENV, _TOKEN_ENV, _TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
 _lock = threading.RLock()
 
@@ -62,6 +79,7 @@ def acquire(
     resources: dict[str, float] | None = None,
     throughput_optimized: bool | None = None,
     log_to_driver: bool = False,
+    allow_unauthenticated: bool = False,
 ) -> RaySession:
     """A lease on a Ray for one App; pair with :func:`release`."""
     import ray
@@ -88,6 +106,7 @@ def acquire(
                 resources=resources,
                 throughput_optimized=throughput_optimized,
                 log_to_driver=log_to_driver,
+                allow_unauthenticated=allow_unauthenticated,
             )
             session = RaySession(owned=True, connected=True, address="local", start_options=start)
         else:
@@ -143,13 +162,20 @@ def start_local_ray(
     resources: dict[str, float] | None = None,
     throughput_optimized: bool | None = None,
     log_to_driver: bool = False,
+    allow_unauthenticated: bool = False,
 ) -> None:
     """Start a new local Ray on 127.0.0.1 with the dashboard off and token auth on.
 
     Tests use it to share one such Ray per module; ``RayBackend`` calls it when no Ray runs.
+    Without token authentication (the environment turned it off) it refuses with a
+    :class:`DeployError`, unless ``allow_unauthenticated`` or ``$DAGSERVE_ALLOW_UNAUTHENTICATED_RAY``.
     """
     import ray
 
+    allowed = allow_unauthenticated or os.environ.get(ALLOW_UNAUTHENTICATED_ENV, "").lower() in ("1", "true", "yes")
+    if not allowed and os.environ.get(_AUTH_MODE_ENV, "token").lower() != "token":
+        raise _unauthenticated()  # known before starting: start nothing
+    _private_token_file()
     _set_serve_env(DEFAULT_THROUGHPUT_OPTIMIZED if throughput_optimized is None else throughput_optimized)
     # Ray 2.60 turns token authentication on for a new local instance unless RAY_AUTH_MODE says
     # otherwise (it must do so itself: it also refreshes its cached config); it logs a warning
@@ -166,7 +192,7 @@ def start_local_ray(
                     log_to_driver=log_to_driver,
                     logging_level=logging.WARNING,
                 )
-            return
+            break
         except Exception as exc:
             # Two start-up failures seen in full suite runs on the 2-core CI machine, each once:
             # Ray's GCS never wrote its port file, or its raylet never registered (no raylet log
@@ -177,6 +203,62 @@ def start_local_ray(
             _log.warning("The local Ray did not start (%s); starting it once more.", exc)
             with contextlib.suppress(Exception):
                 ray.shutdown()
+    # What Ray runs with, whatever decided it (the environment, a Ray that changed its default).
+    if token_auth_enabled():
+        return
+    if not allowed:
+        ray.shutdown()
+        raise _unauthenticated()
+    _log.warning(
+        "The local Ray runs WITHOUT token authentication, as allowed (allow_unauthenticated_ray / %s): "
+        "any process on this machine can run code in it.",
+        ALLOW_UNAUTHENTICATED_ENV,
+    )
+
+
+def _unauthenticated() -> DeployError:
+    mode = os.environ.get(_AUTH_MODE_ENV)
+    why = f"{_AUTH_MODE_ENV}={mode!r} is set" if mode is not None else "Ray did not turn it on"
+    return DeployError(
+        f"dagserve starts Ray only with token authentication, and {why}: without it any process on "
+        f"this machine could run code in the Ray. Unset {_AUTH_MODE_ENV} (or set it to 'token'), or "
+        f"opt out explicitly with allow_unauthenticated_ray=True, {ALLOW_UNAUTHENTICATED_ENV}=1 or "
+        "`dagserve run --allow-unauthenticated-ray`."
+    )
+
+
+def _private_token_file() -> None:
+    """Make the token file Ray will read readable by its owner only (before Ray starts).
+
+    Ray 2.60 writes a missing ``~/.ray/auth_token`` with the process umask (0644 usually): any
+    local user could then read the token. Create it first, 0600, with a token made the way Ray
+    makes one; tighten one that exists (an earlier Ray made it). A file named by
+    ``RAY_AUTH_TOKEN_PATH`` is the user's: only a warning when others can read it.
+    """
+    if os.environ.get(_AUTH_MODE_ENV, "token").lower() != "token" or os.environ.get(_TOKEN_ENV):
+        return  # no token at all, or one in the environment, not in a file
+    custom = os.environ.get(_TOKEN_PATH_ENV)
+    path = Path(custom) if custom else Path.home() / ".ray" / "auth_token"
+    try:
+        if not path.exists():
+            if custom:
+                return  # Ray says itself that the file it was pointed at is missing
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process made it meanwhile: tightened below
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))  # as Ray makes one: 256 random bits
+                return
+        if path.stat().st_mode & 0o077:
+            if custom:
+                _log.warning("Ray's token file %s can be read by other users; chmod 600 it.", path)
+            else:
+                path.chmod(0o600)
+    except OSError as exc:
+        _log.warning("Could not make Ray's token file %s private (%s); Ray will use it as it is.", path, exc)
 
 
 #: What Ray's start-up errors say when the processes it spawned never came up (see above).

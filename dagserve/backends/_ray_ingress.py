@@ -107,11 +107,26 @@ def bind_ingress(backend: RayBackend, nodes: list[Any]) -> Any:
     return d.bind(
         stripped,
         dict(backend._versions),
-        dict(backend.ingress_options),
+        driver_options(backend.ingress_options),
         backend.ingress_request_timeout_s,
         backend.direct_options(),
         _children=nodes,
     )
+
+
+def driver_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ingress options with the tokens resolved here, in the process that deploys.
+
+    ``asgi_app`` falls back to ``$DAGSERVE_TOKEN`` / ``$DAGSERVE_ADMIN_TOKEN`` for a token not
+    given; in a replica that would read the Ray worker's environment (set when Ray started, maybe
+    by someone else), not the deployer's. An empty string means "no token" without that fallback.
+    """
+    from .._server import ADMIN_TOKEN_ENV, TOKEN_ENV, resolve_token
+
+    out = dict(options)
+    for key, env in (("token", TOKEN_ENV), ("admin_token", ADMIN_TOKEN_ENV)):
+        out[key] = resolve_token(out.get(key), env) or ""
+    return out
 
 
 def check_proxy() -> tuple[str, int]:

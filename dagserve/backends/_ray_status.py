@@ -2,7 +2,9 @@
 
 Serve reports a replica that Ray cannot place only as "starting" (and, after 30 s, with a
 generic message), so the reason here is worked out from the replica's resource request and the
-free resources of each Ray node: "no Ray node has a free 0.25 GPU" rather than a silent hang.
+free resources of each Ray node: "no Ray node has a free 0.25 GPU" rather than a silent hang. A
+request no Ray node can ever hold (none has that much, and no autoscaler can add one that has) is
+*infeasible*: waiting cannot help, so it fails at once.
 """
 
 from __future__ import annotations
@@ -121,12 +123,16 @@ def problems(
     names: list[str],
     replaced: set[str],
     ranges: dict[str, tuple[int, int]],
+    *,
+    serving: bool = False,
 ) -> dict[str, str]:
     """Why each named node is not (yet) serving as asked; empty when all are.
 
     ``ranges`` gives each node's allowed replica target (min, max); ``replaced`` are replica ids
-    that must be gone (an update's old replicas). A reason starting with ``failed`` means waiting
-    longer will not help."""
+    that must be gone (an update's old replicas). With ``serving``, a node with a replica running
+    counts when the others wait for room on a Ray node, not when they are placed and starting
+    (``deploy``: they may wait for long, and are reported as pending). A reason starting with
+    ``failed`` means waiting longer will not help (a failed constructor, an infeasible request)."""
     out: dict[str, str] = {}
     resources: _Resources | None = None
     for name in names:
@@ -148,7 +154,15 @@ def problems(
             out[name] = f"Serve still targets {target} replicas (asked for {asked})"
         elif len(running) < target:
             resources = resources or _Resources.read()
-            why = resources.why_pending(dep.get("required_resources") or {})
+            required = dep.get("required_resources") or {}
+            placed = [r for r in live if _state(r.get("state")) != _RUNNING and r.get("node_id")]
+            if serving and running and not placed and not resources.has_room(required):
+                continue  # serving; the others wait for room (status() and the log say so)
+            never = resources.infeasible(required)
+            if never is not None:
+                out[name] = f"failed: each replica asks for {_request(required)}, and {never}"
+                continue
+            why = resources.why_pending(required)
             out[name] = f"{len(running)} of {target} replicas running; {why}"
         elif len(live) > target or len(dep.get("replicas") or []) > len(live):
             out[name] = (
@@ -164,34 +178,59 @@ def problems(
 
 
 class _Resources:
-    """Per Ray node: total and free resources (one GCS read, shared by a status call)."""
+    """Per Ray node: total and free resources, and the node types an autoscaler may add (one GCS
+    read each, shared by a status call)."""
 
-    def __init__(self, total: dict[str, dict[str, float]], free: dict[str, dict[str, float]]) -> None:
+    def __init__(
+        self,
+        total: dict[str, dict[str, float]],
+        free: dict[str, dict[str, float]],
+        addable: list[dict[str, float]] | None = None,
+    ) -> None:
         self.total = total
         self.free = free
+        self.addable = addable or []
 
     @classmethod
     def read(cls) -> _Resources:
         try:
             from ray._private import state
 
-            return cls(dict(state.total_resources_per_node()), dict(state.available_resources_per_node()))
+            total, free = dict(state.total_resources_per_node()), dict(state.available_resources_per_node())
         except Exception:  # noqa: BLE001  # pragma: no cover - an older Ray without these helpers
             return cls({}, {})
+        return cls(total, free, _addable_node_types(state.state))
 
-    def why_pending(self, required: dict[str, Any]) -> str:
-        need = {str(k): float(v) for k, v in required.items() if isinstance(v, (int, float)) and v > 0}
-        if not self.total:
-            return "starting: Ray is placing the replica or running its constructor"
+    def infeasible(self, required: dict[str, Any]) -> str | None:
+        """Why no Ray node can ever hold ``required`` (none has it, no autoscaler can add one that
+        has), or ``None`` when one can, or when Ray told nothing."""
+        need = _need(required)
+        nodes = [*self.total.values(), *self.addable]
+        if not need or not self.total or any(_fits(need, n) for n in nodes):
+            return None
         for res, amount in need.items():
-            biggest = max((t.get(res, 0.0) for t in self.total.values()), default=0.0)
+            biggest = max((n.get(res, 0.0) for n in nodes), default=0.0)
             if biggest + _EPS < amount:
                 return (
                     f"no Ray node has {_amount(res, amount)} at all (the largest has {_amount(res, biggest, bare=True)}); "
                     "add a node that has it, or lower the node's request"
                 )
-        if any(all(f.get(r, 0.0) + _EPS >= a for r, a in need.items()) for f in self.free.values()):
+        return "no Ray node has all of it at once; add a node that has, or lower the node's request"
+
+    def has_room(self, required: dict[str, Any]) -> bool:
+        """Has a Ray node the free resources for one more replica (or does Ray tell nothing)?"""
+        need = _need(required)
+        return not self.total or any(_fits(need, f) for f in self.free.values())
+
+    def why_pending(self, required: dict[str, Any]) -> str:
+        need = _need(required)
+        never = self.infeasible(required)
+        if never is not None:
+            return never
+        if self.has_room(required):
             return "starting: Ray is placing the replica or running its constructor"
+        if not any(_fits(need, t) for t in self.total.values()):
+            return f"no Ray node has {_request(required)} yet; waiting for the autoscaler to add one that has"
         for res, amount in need.items():
             if not any(f.get(res, 0.0) + _EPS >= amount for f in self.free.values()):
                 total = sum(t.get(res, 0.0) for t in self.total.values())
@@ -200,8 +239,35 @@ class _Resources:
                     f"no Ray node has a free {_amount(res, amount)} ({_amount(res, total - free, bare=True)} of "
                     f"{_amount(res, total, bare=True)} in use by other replicas); free some, add nodes, or lower the request"
                 )
-        wanted = ", ".join(_amount(r, a) for r, a in need.items())
-        return f"no single Ray node has {wanted} free at once"
+        return f"no single Ray node has {_request(required)} free at once"
+
+
+def _need(required: dict[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in required.items() if isinstance(v, (int, float)) and v > 0}
+
+
+def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(r, 0.0) + _EPS >= a for r, a in need.items())
+
+
+def _request(required: dict[str, Any]) -> str:
+    return ", ".join(_amount(r, a) for r, a in _need(required).items()) or "nothing"
+
+
+def _addable_node_types(state: Any) -> list[dict[str, float]]:
+    """Resources of each node type a Ray autoscaler may still add (none without an autoscaler)."""
+    try:
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - no answer: judge by the nodes there are
+        return []
+    if config is None:
+        return []
+    out = []
+    for group in config.node_group_configs:
+        if group.max_count != 0:  # -1: no limit
+            # A resource of -1 is unlimited in Ray's config: count it as more than any request.
+            out.append({str(k): float("inf") if v == -1 else float(v) for k, v in group.resources.items()})
+    return out
 
 
 def _amount(res: str, value: float, *, bare: bool = False) -> str:

@@ -164,13 +164,21 @@ class _Pending:
     call, it is replaced by the underlying ``DeploymentResponse``, which Serve resolves in the next
     replica. An upstream call whose value must be checked here first (``retries`` or
     ``timeout_s``), or feeds a direct call, is awaited before the next call is sent.
+
+    It also records its node's own time in the request's timings (the executor sees only when a
+    call was handed on): from when it was sent, or when the last of the calls it takes whole
+    finished, to when its result was ready. A call handed on whole is never awaited here; Serve
+    tells when its result is ready, and the call that took it records both times.
     """
 
     __slots__ = (
         "_dispatch",
+        "_finished",
         "_response",
+        "_sent",
         "_task",
         "_wants_values",
+        "_watched",
         "args",
         "ctx",
         "handle",
@@ -205,6 +213,9 @@ class _Pending:
         self._response: Any = None
         self._dispatch: asyncio.Future[Any] | None = None
         self._task: asyncio.Future[Any] | None = None
+        self._sent: float | None = None  # time.perf_counter() values
+        self._finished: float | None = None
+        self._watched = False
         # A node with timeout_s gets its inputs as values, so its clock starts when they are ready
         # (as on the local backend), not while an upstream node still runs.
         # A direct call sends values: a Serve response cannot travel over its socket.
@@ -222,16 +233,29 @@ class _Pending:
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._sent is None:  # a retry is part of the node's time
+            self._sent = time.perf_counter()
         if self.pool is not None:
             # Upstream calls were awaited before the first send (a retry finds them finished).
             args = tuple(_value(a) for a in args)
             if kwargs:
                 kwargs = {k: _value(v) for k, v in kwargs.items()}
             return self.pool.call(self.header, args, kwargs)
-        args = tuple(a._response if isinstance(a, _Pending) else a for a in args)
+        args = tuple(_whole(a) for a in args)
         if kwargs:
-            kwargs = {k: v._response if isinstance(v, _Pending) else v for k, v in kwargs.items()}
+            kwargs = {k: _whole(v) for k, v in kwargs.items()}
         return self.handle.remote(self.header, *args, **kwargs)
+
+    def _watch(self) -> None:
+        """This call's response goes whole to the next call: note when its result is ready."""
+        if not self._watched:
+            self._watched = True
+            _when_done(self._response, self._mark_finished)
+
+    def _mark_finished(self, _: Any = None) -> None:
+        # May run on another thread (Ray's or the router's): one attribute store, nothing else.
+        if self._finished is None:
+            self._finished = time.perf_counter()
 
     async def _send_later(self) -> Any:
         """Resolve or wait for the upstream calls that cannot go whole, then send."""
@@ -264,20 +288,36 @@ class _Pending:
 
     async def _result(self) -> Any:
         timeout = self.spec.options.timeout_s
-        if timeout is None:
-            return await self._receive()
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 return await self._receive()
-        except TimeoutError as exc:
-            if isinstance(exc, RequestTimeoutError):
-                raise
-            name = self.step.name
-            raise RequestTimeoutError(
-                f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make the "
-                "node faster.",
-                node=name,
-            ) from None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._receive()
+            except TimeoutError as exc:
+                if isinstance(exc, RequestTimeoutError):
+                    raise
+                name = self.step.name
+                raise RequestTimeoutError(
+                    f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make "
+                    "the node faster.",
+                    node=name,
+                ) from None
+        finally:
+            self._finished = time.perf_counter()
+            if self.ctx is not None:
+                self._record(self.ctx.timings)
+
+    def _record(self, timings: dict[str, float]) -> None:
+        """Put this call's own time in ``timings``, then that of the calls it took whole that
+        nobody awaited here (their time is known only now)."""
+        if self._sent is None or self._finished is None:
+            return  # never sent (an input failed) or not finished: the executor's time stands
+        ready = max([self._sent, *(u._finished for u in self.upstream if u._finished is not None)])
+        timings[self.step.name] = max(0.0, self._finished - ready)
+        for u in self.upstream:
+            if u._task is None:
+                u._record(timings)
 
     async def _receive(self) -> Any:
         task_error, backpressure, lost, cancelled = _errors()
@@ -398,6 +438,34 @@ def _value(a: Any) -> Any:
     return a._task.result() if isinstance(a, _Pending) else a
 
 
+def _whole(a: Any) -> Any:
+    """An argument for a Serve call: an upstream call goes as its response (Serve resolves it)."""
+    if isinstance(a, _Pending):
+        a._watch()
+        return a._response
+    return a
+
+
+def _when_done(response: Any, callback: Any) -> None:
+    """Call ``callback`` (on any thread) once a Serve call's result is ready, without fetching it.
+
+    The response is handed to a replica first (its ``_replica_result_future``); the replica's
+    result then takes done callbacks, as Serve's router adds its own. Without those fields (a Serve
+    that changed them), nothing is called and the call's time stays unknown.
+    """
+    future = getattr(response, "_replica_result_future", None)
+    if future is None:
+        return
+
+    def assigned(f: Any) -> None:
+        if not f.cancelled() and f.exception() is None:
+            add = getattr(f.result(), "add_done_callback", None)
+            if add is not None:
+                add(callback)
+
+    future.add_done_callback(assigned)
+
+
 def _assigned(response: Any) -> bool:
     """Has this call reached a replica yet? (False when unknown.)"""
     if isinstance(response, DirectCall):
@@ -447,6 +515,8 @@ class RayBackend(Backend):
     ``direct_max_frame_bytes`` (default ``$DAGSERVE_DIRECT_MAX_FRAME_BYTES``, else 256 MiB) and
     ``direct_frame_timeout_s`` bound what one direct-transport call carries and how long a frame
     may take to arrive (docs/ray.md#the-direct-transport).
+    ``allow_unauthenticated_ray=True`` lets dagserve start a Ray without token authentication when
+    the environment turns it off (refused otherwise).
     """
 
     name = "ray"
@@ -471,6 +541,7 @@ class RayBackend(Backend):
         direct_transport: bool = True,
         direct_max_frame_bytes: int | None = None,
         direct_frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
+        allow_unauthenticated_ray: bool = False,
     ) -> None:
         if ingress_replicas is not None and (isinstance(ingress_replicas, bool) or ingress_replicas < 1):
             raise DeployError(f"ingress_replicas must be a whole number >= 1, got {ingress_replicas!r}.")
@@ -492,6 +563,7 @@ class RayBackend(Backend):
             "resources": resources,
             "throughput_optimized": throughput_optimized,
             "log_to_driver": log_to_driver,
+            "allow_unauthenticated": allow_unauthenticated_ray,
         }
         self._proxy_port = proxy_port
         self.pass_by_reference = pass_by_reference
@@ -549,7 +621,10 @@ class RayBackend(Backend):
             self._versions = {d.name: 1 for d in plan.remote_deployments}
             self._deployed = True  # from here on, shutdown deletes the application
             self._run_application()
-            self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready")
+            # Serving once every node runs a replica: the others may wait for room for long
+            # (a fifth 0.25 GPU replica on one GPU); status() and the log say which and why.
+            self._wait(waiting, time.monotonic() + ready_timeout_s, what="ready", serving=True)
+            self._log_pending()
             self._check_direct()
             if self.ingress_replicas is not None:
                 from ._ray_ingress import ingress_url
@@ -902,14 +977,25 @@ class RayBackend(Backend):
 
         return replica_ids(self._serve_details(), self._app_name or "", name)
 
-    def _wait(self, names: list[str], deadline: float, *, what: str, replaced: set[str] | None = None) -> None:
-        """Until every named node runs exactly its target replicas (none of ``replaced``), or the deadline."""
+    def _wait(
+        self,
+        names: list[str],
+        deadline: float,
+        *,
+        what: str,
+        replaced: set[str] | None = None,
+        serving: bool = False,
+    ) -> None:
+        """Until every named node runs exactly its target replicas (none of ``replaced``), or with
+        ``serving`` at least one, or the deadline; a request no Ray node can hold fails at once."""
         from ._ray_status import problems
 
         delay = 0.05
         while True:
             ranges = {n: self._specs[n].options.replica_range() for n in names if n in self._specs}
-            found = problems(self._serve_details(), self._app_name or "", names, replaced or set(), ranges)
+            found = problems(
+                self._serve_details(), self._app_name or "", names, replaced or set(), ranges, serving=serving
+            )
             failed = {n: p for n, p in found.items() if p.startswith("failed")}
             if failed:
                 raise DeployError(_describe(self._app_name, failed, what, final=True))
@@ -919,6 +1005,20 @@ class RayBackend(Backend):
                 raise DeployError(_describe(self._app_name, found, what, final=False))
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _log_pending(self) -> None:
+        """Say which nodes serve with fewer replicas than asked, and why the others wait."""
+        for node in self.status().nodes.values():
+            if node.pending_replicas:
+                log.warning(
+                    "Graph %r serves, but node %r runs %d of %d replicas; %d pending: %s.",
+                    self._app_name,
+                    node.name,
+                    node.running_replicas,
+                    node.target_replicas,
+                    node.pending_replicas,
+                    node.pending_reason or "starting",
+                )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
         if self._direct_cluster is not None and not _in_event_loop():
@@ -1011,9 +1111,10 @@ def _actor_options(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def _describe(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
-    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
     if final:
+        lines = "; ".join(f"node {name!r}: {why.removeprefix('failed: ')}" for name, why in problems.items())
         return f"Graph {app!r} could not be deployed on Ray: {lines}."
+    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
     names = ", ".join(repr(n) for n in problems)
     return (
         f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
