@@ -99,7 +99,7 @@ def escaped_quotes(n: int) -> bytes:
 
 def parse_cost() -> dict[str, float]:
     """CPU seconds (best of 5) parse_json spends refusing each size."""
-    from dagserve._jsonio import JSONBodyError, parse_json
+    from dagserve.http.jsonio import JSONBodyError, parse_json
 
     out = {}
     for label, n in (("64 KB", 32_000), ("1 MB", 512_000), ("10 MB", 5_000_000)):

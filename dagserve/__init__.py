@@ -28,9 +28,10 @@ Python, then serve it with every node its own independently scalable Ray Serve d
 
 from __future__ import annotations
 
-from ._app import App, deploy
-from ._compiler import compile
-from ._errors import (
+from dagserve._version import __version__
+from dagserve.app import App, deploy
+from dagserve.compiler.passes import compile
+from dagserve._errors import (
     AppClosedError,
     CompileError,
     DagserveError,
@@ -47,16 +48,15 @@ from ._errors import (
     RequestError,
     RequestTimeoutError,
 )
-from ._executor import RequestContext
-from ._graph import Graph, Input, node, split, switch
-from ._offline import MapResult
-from ._options import Autoscaling, NodeOptions
-from ._plan import DeploymentSpec, Edge, Plan, Step
-from ._request_id import RequestIdFilter, current_request_id
-from ._server import asgi_app, serve
-from ._status import AppStatus, NodeStatus
+from dagserve.runtime.executor import RequestContext
+from dagserve.graph.nodes import Graph, Input, node, split, switch
+from dagserve.offline.mapping import MapResult
+from dagserve._options import Autoscaling, NodeOptions
+from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
+from dagserve.runtime.request_id import RequestIdFilter, current_request_id
+from dagserve.http.server import asgi_app, serve
+from dagserve.runtime.status import AppStatus, NodeStatus
 
-__version__ = "0.1.0"
 
 __all__ = [
     "App",

@@ -1,5 +1,5 @@
 """``python -m dagserve``: the same as the ``dagserve`` command."""
 
-from dagserve._cli import main
+from dagserve.cli.main import main
 
 main()

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ._errors import OptionsError
+from dagserve._errors import OptionsError
 
 __all__ = ["Autoscaling", "NodeOptions", "make_options"]
 

@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import dagserve
-from dagserve._admin import ADMIN_PREFIX, TOKEN_ENV, admin_mount, admin_routes, admin_token, graph_status
-from dagserve._metrics import Metrics
-from dagserve._stats import stats_for
+from dagserve.http.admin import ADMIN_PREFIX, TOKEN_ENV, admin_mount, admin_routes, admin_token, graph_status
+from dagserve.observe.metrics import Metrics
+from dagserve.observe.stats import stats_for
 
 TOKEN = "s3cret-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve import NodeError
-from dagserve.backends._ray_cluster import start_local_ray
+from dagserve.backends.ray.cluster import start_local_ray
 
 from . import example_graphs as eg
 
@@ -240,8 +240,8 @@ def test_each_node_is_timed_on_its_own(apps: dict[str, Any]) -> None:
     """nap (0.2 s) feeds doze (0.05 s): each node's time is its own, not the time it waited for
     its input, in the request's timings and in what metrics and latency stats record from them.
     (On Ray the first call goes through Serve's router, the later ones over the direct transport.)"""
-    from dagserve._metrics import Metrics
-    from dagserve._stats import stats_for
+    from dagserve.observe.metrics import Metrics
+    from dagserve.observe.stats import stats_for
 
     for backend in ("local", "ray"):
         app = apps[backend]

@@ -16,12 +16,12 @@ import pytest
 import dagserve
 from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve.backends._ray_cluster import start_local_ray, token_auth_enabled
-from dagserve._app import App
+from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
+from dagserve.app import App
 from dagserve.backends import ray as ray_backend
-from dagserve.backends._direct import _LEN
-from dagserve.backends._ray_ingress import INGRESS_DEPLOYMENT, free_port
-from dagserve.backends.ray import RayBackend, deployment_options
+from dagserve.backends.ray.direct import _LEN
+from dagserve.http.serve_ingress import INGRESS_DEPLOYMENT, free_port
+from dagserve.backends.ray.backend import RayBackend, deployment_options
 
 from . import example_graphs as eg
 from .foreign_peer import foreign_socket, needs_root
@@ -236,7 +236,7 @@ def test_options_map_onto_serve_deployment_options() -> None:
 
 
 def test_pending_replicas_are_explained_and_infeasible_requests_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dagserve.backends._ray_status import _Resources, problems
+    from dagserve.backends.ray.status import _Resources, problems
 
     one_gpu = {"node": {"CPU": 2.0, "GPU": 1.0}}
     full = _Resources(one_gpu, {"node": {"CPU": 2.0, "GPU": 0.0}})
@@ -764,8 +764,8 @@ class FakeHandle:
 
 
 def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **options: Any) -> Any:
-    from dagserve._plan import Step
-    from dagserve.backends.ray import _Pending
+    from dagserve.compiler.plan import Step
+    from dagserve.backends.ray.backend import _Pending
 
     spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
     step = Step(0, name, "call", (), deployment=name, method="__call__")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from dagserve import NodeError
-from dagserve._batching import Batcher, check_batch_result
+from dagserve.runtime.batching import Batcher, check_batch_result
 
 
 async def test_groups_concurrent_calls_up_to_the_size() -> None:

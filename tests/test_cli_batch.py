@@ -24,8 +24,8 @@ from click.testing import CliRunner, Result
 from pydantic import BaseModel
 
 import dagserve
-from dagserve._cli import main
-from dagserve._batch_run import BatchError, recover, run_batch
+from dagserve.cli.main import main
+from dagserve.offline.files import BatchError, recover, run_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "tests.test_cli_batch:graph"

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-import dagserve._serve
-from dagserve._admin import TOKEN_ENV as ADMIN_TOKEN_ENV
-from dagserve._admin import token_for_url
-from dagserve._cli import main
-from dagserve._serve import parse_size
+import dagserve.cli.run
+from dagserve.http.admin import TOKEN_ENV as ADMIN_TOKEN_ENV
+from dagserve.http.admin import token_for_url
+from dagserve.cli.main import main
+from dagserve.cli.run import parse_size
 from tests.test_serve import lines_of, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_a_ray_without_token_auth_is_refused_unless_allowed(monkeypatch: pytest.
 
 
 def test_the_progress_line_names_pending_replicas_and_why() -> None:
-    from dagserve._serve import _count
-    from dagserve._status import AppStatus, NodeStatus
+    from dagserve.cli.run import _count
+    from dagserve.runtime.status import AppStatus, NodeStatus
 
     class Deployed:  # a backend whose deploy returned with a replica still waiting for room
         def status(self) -> AppStatus:
@@ -254,7 +254,7 @@ def test_a_loopback_server_without_an_admin_token_makes_one_that_status_reads(pr
 
 
 def test_the_stored_token_is_never_read_for_another_machine(private_runtime_dir: Path) -> None:
-    from dagserve._admin import write_token_file
+    from dagserve.http.admin import write_token_file
 
     path = write_token_file("127.0.0.1", 8123, "local-secret")
     assert token_for_url("http://127.0.0.1:8123") == "local-secret"
@@ -285,7 +285,7 @@ def nothing_deploys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         attempts.append("deploy")
         raise click.ClickException("deploying is replaced in this test")
 
-    monkeypatch.setattr(dagserve._serve, "_deploy_all", refuse)
+    monkeypatch.setattr(dagserve.cli.run, "_deploy_all", refuse)
     return attempts
 
 

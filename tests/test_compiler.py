@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 import dagserve
 from dagserve import CompileError, Plan
-from dagserve._plan import Ref
+from dagserve.compiler.plan import Ref
 
 
 @dagserve.node

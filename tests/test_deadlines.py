@@ -8,7 +8,7 @@ import time
 import pytest
 import uvloop
 
-from dagserve._deadlines import FixedTimeout
+from dagserve.runtime.deadlines import FixedTimeout
 
 
 async def test_a_scope_past_its_deadline_raises_timeout_error_on_time() -> None:

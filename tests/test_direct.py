@@ -1,4 +1,4 @@
-"""The direct transport (dagserve/backends/_direct.py) on its own: real Unix sockets, no Ray.
+"""The direct transport (dagserve/backends/ray/direct.py) on its own: real Unix sockets, no Ray.
 
 The Ray backend's use of it (calls to replicas skip Serve's router) is covered end to end in
 tests/test_backend_ray.py and the fault and timeout suites.
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from dagserve import NodeError
-from dagserve.backends import _direct
-from dagserve.backends._direct import DirectPool, FrameLimits, QueueFull, ReplicaLost, ReplicaServer
+from dagserve.backends.ray import direct as _direct
+from dagserve.backends.ray.direct import DirectPool, FrameLimits, QueueFull, ReplicaLost, ReplicaServer
 
 from .foreign_peer import foreign_peer, foreign_socket, needs_root
 

@@ -182,7 +182,7 @@ def test_text_routing_answers_unknown_languages_without_a_model(text_app: dagser
 
 
 def test_text_routing_canary_gets_a_tenth_of_english_traffic_visible_in_metrics(text_app: dagserve.App) -> None:
-    from dagserve._metrics import Metrics, instrument
+    from dagserve.observe.metrics import Metrics, instrument
 
     metrics = Metrics()  # a private registry: counts only what this test sends
     instrument(text_app, metrics)

@@ -1,4 +1,4 @@
-"""The dataflow executor against a recording Runner (unit tests of _executor.py alone)."""
+"""The dataflow executor against a recording Runner (unit tests of runtime/executor.py alone)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 import dagserve
 from dagserve import InputValidationError, NodeError, NoRouteError, RequestError, RequestTimeoutError
-from dagserve._executor import Executor, RequestContext, select, validate_payload
-from dagserve._plan import Step
+from dagserve.runtime.executor import Executor, RequestContext, select, validate_payload
+from dagserve.compiler.plan import Step
 
 from . import example_graphs as eg
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve import GraphError
-from dagserve._graph import CallNode, Chain, FunctionNode, ModelClass, ModelInstance, SelectNode, SplitNode, SwitchNode
+from dagserve.graph.nodes import CallNode, Chain, FunctionNode, ModelClass, ModelInstance, SelectNode, SplitNode, SwitchNode
 
 
 @dagserve.node

@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 import dagserve
-from dagserve._ingress import Ingress
+from dagserve.http.ingress import Ingress
 from tests import ingress_graphs as g
 
 Make = Callable[..., Awaitable[httpx.AsyncClient]]
@@ -485,12 +485,12 @@ async def test_plan_json_and_live_svg(make: Make, monkeypatch: pytest.MonkeyPatc
     assert {d["name"] for d in plan["deployments"]} == {"double"}
     assert "?graph=<name>" in assert_error(await c.get("/-/graph"), 400, "BadRequest")["message"]
     assert_error(await c.get("/-/graph?graph=nope"), 404, "NotFound")
-    monkeypatch.setitem(sys.modules, "dagserve._render", types.ModuleType("dagserve._render"))
+    monkeypatch.setitem(sys.modules, "dagserve.render", types.ModuleType("dagserve.render"))
     error = assert_error(await c.get("/-/graph.svg?graph=typed"), 501, "NotImplemented")
     assert "live_svg" in error["message"]
-    fake = types.ModuleType("dagserve._render")
+    fake = types.ModuleType("dagserve.render")
     fake.live_svg = lambda app: f"<svg>{app.name}</svg>"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "dagserve._render", fake)
+    monkeypatch.setitem(sys.modules, "dagserve.render", fake)
     r = await c.get("/-/graph.svg?graph=echo")
     assert r.headers["content-type"] == "image/svg+xml" and r.text == "<svg>echo</svg>"
 
@@ -509,7 +509,7 @@ async def test_admin_routes_mount_only_with_an_admin_token(make: Make) -> None:
 
 
 async def test_admin_token_without_admin_routes_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "dagserve._admin", types.ModuleType("dagserve._admin"))
+    monkeypatch.setitem(sys.modules, "dagserve.http.admin", types.ModuleType("dagserve.http.admin"))
     with dagserve.deploy(g.typed(), backend="local") as app:
         with pytest.raises(dagserve.DagserveError, match="admin token is configured but .* no admin routes"):
             dagserve.asgi_app(app, admin_token="adm")
@@ -526,9 +526,9 @@ async def test_metrics_hook_is_served_behind_the_graph_token(make: Make, monkeyp
 
         return metrics
 
-    mod = types.ModuleType("dagserve._metrics")
+    mod = types.ModuleType("dagserve.observe.metrics")
     mod.metrics_endpoint = metrics_endpoint  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "dagserve._metrics", mod)
+    monkeypatch.setitem(sys.modules, "dagserve.observe.metrics", mod)
     c = await make(g.typed(), token="t")
     assert calls == [["typed"]]
     assert_error(await c.get("/metrics"), 401, "Unauthorized")

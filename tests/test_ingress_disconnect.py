@@ -26,8 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import dagserve
-from dagserve._ingress import SCOPE_HANGUP
-from dagserve._server import BackgroundServer
+from dagserve.http.ingress import SCOPE_HANGUP
+from dagserve.http.server import BackgroundServer
 from tests.test_timeouts import probe_graph, run_body, settled_stats, stats
 
 pytestmark = pytest.mark.http
@@ -147,7 +147,7 @@ def test_under_another_server_a_client_that_hangs_up_cancels_its_graph() -> None
 
 @pytest.fixture(scope="module")
 def ray_server() -> Iterator[str]:
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     start_local_ray(num_cpus=2)
     app = None

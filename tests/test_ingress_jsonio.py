@@ -1,4 +1,4 @@
-"""Strict JSON reading and forgiving JSON writing (dagserve._jsonio), without HTTP."""
+"""Strict JSON reading and forgiving JSON writing (dagserve.http.jsonio), without HTTP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from dagserve._jsonio import MAX_DEPTH, JSONBodyError, OutputEncodingError, _too_deep, dump_json, parse_json
+from dagserve.http.jsonio import MAX_DEPTH, JSONBodyError, OutputEncodingError, _too_deep, dump_json, parse_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_depth_check_on_tricky_strings(body: bytes) -> None:
 # holding the interpreter (a regular expression never lets go of it) for hours.
 _WORK = """
 import json, sys, time
-from dagserve._jsonio import JSONBodyError, parse_json
+from dagserve.http.jsonio import JSONBodyError, parse_json
 out = {}
 for n in (32_000, 512_000):  # 64 KB and 1 MB: 101 '[' then '"' and '\\\\"' repeated n times
     body = b"[" * 101 + b'"' + b'\\\\"' * n

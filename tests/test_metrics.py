@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 import dagserve
-from dagserve._executor import RequestContext
-from dagserve._metrics import CONTENT_TYPE, Metrics, default_metrics, instrument, render_metrics
-from dagserve._trace import (
+from dagserve.runtime.executor import RequestContext
+from dagserve.observe.metrics import CONTENT_TYPE, Metrics, default_metrics, instrument, render_metrics
+from dagserve.observe.trace import (
     format_trace,
     outcome_of,
     server_timing,

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 import dagserve
 from dagserve import AppClosedError, DagserveError, InputValidationError, MapResult, NodeError
-from dagserve._cli import main
-from dagserve._batch_run import run_batch
+from dagserve.cli.main import main
+from dagserve.offline.files import run_batch
 
 from . import test_cli_batch as cb
 
@@ -80,7 +80,7 @@ def ray_cluster() -> Iterator[None]:
     import ray
     from ray import serve
 
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     start_local_ray(num_cpus=2, log_to_driver=False)  # loopback-only, no dashboard
     try:

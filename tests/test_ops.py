@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve._admin import TOKEN_ENV
-from dagserve._cli import main
-from dagserve._server import BackgroundServer
+from dagserve.http.admin import TOKEN_ENV
+from dagserve.cli.main import main
+from dagserve.http.server import BackgroundServer
 from tests.test_admin import make_graph
 
 pytestmark = pytest.mark.http
@@ -137,7 +137,7 @@ def test_admin_auth_over_http(server: Server) -> None:
     missing = httpx.get(url)
     assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
     assert httpx.get(url, headers={"authorization": "Basic abc"}).status_code == 401
-    # The issue allows 401 or 403 for a wrong token; dagserve._admin's own check answers 403.
+    # The issue allows 401 or 403 for a wrong token; dagserve.http.admin's own check answers 403.
     assert httpx.get(url, headers={"authorization": "Bearer wrong"}).status_code in (401, 403)
     assert httpx.get(url, headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import dagserve
-from dagserve.backends._ray_cluster import _loopback_only
+from dagserve.backends.ray.cluster import _loopback_only
 
 pytestmark = pytest.mark.ray
 
@@ -122,7 +122,7 @@ def _stub_init(
 
     import ray
 
-    from dagserve.backends import _ray_cluster
+    from dagserve.backends.ray import cluster as _ray_cluster
 
     calls: list[dict[str, Any]] = []
 
@@ -143,7 +143,7 @@ def _stub_init(
 def test_local_ray_start_is_retried_once_when_gcs_never_came_up(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     gcs = RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc")
     calls = _stub_init(monkeypatch, [gcs])
@@ -165,7 +165,7 @@ def test_local_ray_start_is_retried_once_when_gcs_never_came_up(
 
 
 def test_other_local_ray_start_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     calls = _stub_init(monkeypatch, [RuntimeError("Maybe you called ray.init twice by accident?")])
     with pytest.raises(RuntimeError, match="twice"):
@@ -177,7 +177,7 @@ def test_a_ray_without_token_auth_is_refused_unless_allowed(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from dagserve import DeployError
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     # The environment turns Ray's auth off: refused before anything starts, through deploy too.
     calls = _stub_init(monkeypatch, [], token_auth=False)
@@ -212,7 +212,7 @@ def test_rays_token_file_is_readable_by_its_owner_only(
     import os
     from pathlib import Path
 
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     _stub_init(monkeypatch, [])
     token = Path.home() / ".ray" / "auth_token"

@@ -29,7 +29,7 @@ import pytest
 import dagserve
 from benchmarks import chaos
 from benchmarks.chaos import HttpClient, Outcome, Row, percentile, recovery_time, windows
-from dagserve._server import BackgroundServer
+from dagserve.http.server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ _FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
 _FORBIDDEN_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle", "yaml"}
 #: The one module allowed to unpickle: the direct transport, whose frames come only from this user's
 #: own processes (0700 directory, 0600 socket, peer uid checked; tests/test_direct.py shows each).
-_UNPICKLING_ALLOWED = {"backends/_direct.py": {"pickle"}}
+_UNPICKLING_ALLOWED = {"backends/ray/direct.py": {"pickle"}}
 
 
 def test_dagserve_source_never_unpickles_or_evaluates() -> None:
@@ -240,7 +240,7 @@ def test_request_bodies_are_data_never_code(tmp_path: Path) -> None:
 
 
 def test_every_way_to_serve_listens_on_loopback_by_default() -> None:
-    from dagserve._serve import run_command
+    from dagserve.cli.run import run_command
 
     assert inspect.signature(dagserve.serve).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(BackgroundServer).parameters["host"].default == "127.0.0.1"

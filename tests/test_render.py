@@ -15,9 +15,9 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve import GraphvizNotFoundError, RenderError
-from dagserve._cli import main
-from dagserve._render import _svg, live_dot, live_svg, to_dot
-from dagserve._stats import LatencyStats
+from dagserve.cli.main import main
+from dagserve.render import _svg, live_dot, live_svg, to_dot
+from dagserve.observe.stats import LatencyStats
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"

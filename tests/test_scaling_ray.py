@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve._admin import TOKEN_ENV
-from dagserve._cli import main
-from dagserve._metrics import Metrics
-from dagserve._server import BackgroundServer
+from dagserve.http.admin import TOKEN_ENV
+from dagserve.cli.main import main
+from dagserve.observe.metrics import Metrics
+from dagserve.http.server import BackgroundServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 

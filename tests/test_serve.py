@@ -20,13 +20,13 @@ import httpx
 import pytest
 
 import dagserve
-import dagserve._server as srv
+import dagserve.http.server as srv
 from tests import ingress_graphs as g
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
-import dagserve, dagserve._server as srv
+import dagserve, dagserve.http.server as srv
 from tests.ingress_graphs import SLOW
 made = []
 real_deploy = srv.deploy

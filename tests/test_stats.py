@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import dagserve
-from dagserve._stats import Latency, LatencyStats, percentile, stats_for
+from dagserve.observe.stats import Latency, LatencyStats, percentile, stats_for
 
 
 class FakeClock:

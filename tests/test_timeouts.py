@@ -27,7 +27,7 @@ import pytest
 import dagserve
 from benchmarks.chaos import HttpClient
 from dagserve import RequestTimeoutError
-from dagserve._server import BackgroundServer
+from dagserve.http.server import BackgroundServer
 
 #: The slow node sleeps this long unless cancelled: far past every deadline below.
 HANG_S = 30.0
@@ -291,7 +291,7 @@ async def test_app_level_deadline_leaks_nothing_over_a_thousand_requests() -> No
 
 @pytest.fixture(scope="module")
 def ray_server() -> Iterator[str]:
-    from dagserve.backends._ray_cluster import start_local_ray
+    from dagserve.backends.ray.cluster import start_local_ray
 
     start_local_ray(num_cpus=2)
     apps: list[dagserve.App] = []

@@ -5,6 +5,6 @@ The Ray backend is imported only when asked for, so ``import dagserve`` never im
 
 from __future__ import annotations
 
-from ._base import Backend, get_backend
+from dagserve.backends.base import Backend, get_backend
 
 __all__ = ["Backend", "get_backend"]

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .._batching import Batcher
-from .._errors import DeployError, OverloadedError
-from .._status import AppStatus, NodeStatus
-from ._base import Backend
+from dagserve.runtime.batching import Batcher
+from dagserve._errors import DeployError, OverloadedError
+from dagserve.runtime.status import AppStatus, NodeStatus
+from dagserve.backends.base import Backend
 
 if TYPE_CHECKING:
-    from .._executor import RequestContext
-    from .._options import NodeOptions
-    from .._plan import DeploymentSpec, Plan, Step
+    from dagserve.runtime.executor import RequestContext
+    from dagserve._options import NodeOptions
+    from dagserve.compiler.plan import DeploymentSpec, Plan, Step
 
 __all__ = ["LocalBackend"]
 

@@ -1,0 +1,394 @@
+"""``dagserve.deploy(graph) -> App``: a running graph you can call, inspect, scale and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from dagserve.compiler.passes import compile as compile_graph
+from dagserve.runtime.deadlines import FixedTimeout
+from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
+from dagserve.runtime.executor import Executor, RequestContext
+from dagserve.graph.nodes import Graph
+from dagserve._options import make_options
+from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.backends import Backend, get_backend
+
+if TYPE_CHECKING:
+    from dagserve.offline.mapping import MapResult
+    from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.runtime.status import AppStatus
+
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]
+
+#: The backend ``deploy`` uses when none is given: every node a Ray Serve deployment (docs/ray.md).
+DEFAULT_BACKEND = "ray"
+#: A request still running after this many seconds fails with RequestTimeoutError (HTTP 504).
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+#: ``deploy`` gives up (DeployError) when deployments are not ready after this many seconds.
+DEFAULT_READY_TIMEOUT_S = 120.0
+
+_SCALE_FIELDS = frozenset({"num_replicas", "autoscaling"})
+_UPDATE_FIELDS = frozenset(
+    {"num_replicas", "autoscaling", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests",
+     "max_queued_requests", "timeout_s", "retries", "num_cpus", "num_gpus", "memory", "resources"}
+)
+
+RequestObserver = Callable[["App", RequestContext, "BaseException | None", float], None]
+
+
+def deploy(
+    graph: Graph,
+    backend: str | Backend | None = None,
+    *,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    **backend_options: Any,
+) -> App:
+    """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
+
+    ``backend`` is ``"ray"`` (Ray Serve, the default) or ``"local"`` (in-process, no Ray), or a
+    backend instance; ``backend_options`` go to the backend (for Ray: ``address=``, ``num_gpus=`` ...)::
+
+        with dagserve.deploy(graph, backend="local") as app:
+            print(app.call({"text": "hello"}))
+
+    Raises :class:`~dagserve.CompileError` for an invalid graph and
+    :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
+    """
+    if not isinstance(graph, Graph):
+        raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
+    plan = compile_graph(graph)
+    be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
+    try:
+        be.deploy(plan, ready_timeout_s=ready_timeout_s)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            be.shutdown()
+        raise
+    return App(graph, plan, be, request_timeout_s=request_timeout_s)
+
+
+class App:
+    """A deployed graph.
+
+    ``call`` / ``acall`` run it; ``status`` reports per node; ``scale`` and ``update`` change one
+    node while the others keep serving; ``shutdown`` (or leaving a ``with`` block) tears it down.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, backend: Backend, *, request_timeout_s: float | None) -> None:
+        self.graph = graph
+        self._plan = plan
+        self.backend = backend
+        self._request_deadline = FixedTimeout(request_timeout_s)
+        self._executor = Executor(plan, backend.runner)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        #: Called after every request with (app, context, error or None, seconds).
+        self.observers: list[RequestObserver] = []
+        #: Requests running now (read by the metrics' in-flight gauge); changed on the home loop only.
+        self.in_flight = 0
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def request_timeout_s(self) -> float | None:
+        """Seconds a request may run before it fails with RequestTimeoutError (``None``: no limit)."""
+        return self._request_deadline.delay
+
+    @request_timeout_s.setter
+    def request_timeout_s(self, value: float | None) -> None:
+        # The default deadline of every request, on one loop timer for all of them (see runtime/deadlines.py).
+        self._request_deadline = FixedTimeout(value)
+
+    @property
+    def name(self) -> str:
+        return self._plan.graph_name
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in force (options change with ``scale`` and ``update``)."""
+        return self._plan
+
+    # -- calling -------------------------------------------------------------------------------
+    def call(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None) -> Any:
+        """Run the graph on ``payload`` and return its output (blocking).
+
+        Inside async code use ``await app.acall(payload)`` instead.
+        """
+        self._check_open()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            raise DagserveError(
+                "App.call blocks and cannot run inside an event loop; use `await app.acall(payload)` there."
+            )
+        loop = self._home_loop(None)
+        fut = asyncio.run_coroutine_threadsafe(self._run(payload, RequestContext(**_ctx_args(request_id)), timeout_s), loop)
+        return fut.result()
+
+    async def acall(
+        self,
+        payload: Any,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        context: RequestContext | None = None,
+    ) -> Any:
+        """Run the graph on ``payload`` and return its output.
+
+        ``context`` (optional) receives per-node timings and the routes taken.
+        """
+        self._check_open()
+        ctx = context or RequestContext(**_ctx_args(request_id))
+        current = asyncio.get_running_loop()
+        loop = self._home_loop(current)
+        if loop is current:
+            return await self._run(payload, ctx, timeout_s)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
+
+    async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
+        if timeout_s is None:
+            timeout, deadline = self.request_timeout_s, self._request_deadline()
+        else:
+            timeout, deadline = timeout_s, asyncio.timeout(timeout_s)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        error: BaseException | None = None
+        self.in_flight += 1
+        # Node code and log records in this process see the request id (dagserve.current_request_id).
+        token = set_request_id(ctx.request_id)
+        try:
+            if timeout is None:
+                return await self._executor.run(payload, ctx)
+            try:
+                async with deadline:
+                    return await self._executor.run(payload, ctx)
+            except TimeoutError as exc:
+                if isinstance(exc, RequestTimeoutError):
+                    raise
+                running = sorted(ctx.running)
+                where = f"; still running: {', '.join(running)}" if running else ""
+                raise RequestTimeoutError(
+                    f"Request {ctx.request_id} did not finish within {timeout:g} s{where}. Raise the "
+                    "request timeout, or make the slow node faster.",
+                    node=running[0] if running else None,
+                ) from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            reset_request_id(token)
+            self.in_flight -= 1
+            if self.observers:
+                elapsed = loop.time() - start
+                for observe in self.observers:
+                    observe(self, ctx, error, elapsed)
+
+    def map(self, payloads: Iterable[Any], *, concurrency: int = 64, ordered: bool = True, return_exceptions: bool = True) -> Iterator[Any]:
+        """Run the graph over ``payloads`` (any iterable, read lazily) with bounded concurrency.
+
+        Yields results as they complete, in input order when ``ordered``. With
+        ``return_exceptions`` a failed payload yields its exception instead of stopping the run.
+        """
+        from dagserve.offline.mapping import map_app
+
+        return map_app(self, payloads, concurrency=concurrency, ordered=ordered, return_exceptions=return_exceptions)
+
+    def map_results(self, payloads: Iterable[Any], *, concurrency: int = 64, ordered: bool = True) -> Iterator[MapResult[Any]]:
+        """Like :meth:`map`, but yields a :class:`~dagserve.MapResult` per payload: ``index``,
+        ``payload``, ``ok``, ``value``, ``error`` and per-node ``timings`` (useful when unordered)."""
+        from dagserve.offline.mapping import map_results
+
+        return map_results(self, payloads, concurrency=concurrency, ordered=ordered)
+
+    def asgi(self, **options: Any) -> Any:
+        """The ASGI (Starlette) app serving this graph over HTTP, to mount in your own web app::
+
+            web = Starlette(routes=[Mount("/ml", app=app.asgi())])   # POST /ml/ runs the graph
+
+        ``options`` are those of :func:`dagserve.asgi_app` (``token``, ``max_body_bytes`` ...).
+        The App stays yours: shut it down when your server stops.
+        """
+        from dagserve.http.server import asgi_app
+
+        return asgi_app(self, **options)
+
+    # -- operating -----------------------------------------------------------------------------
+    def status(self) -> AppStatus:
+        """Per node: deployment name, target/running/pending replicas (and why), options in force."""
+        self._check_open()
+        return self.backend.status()
+
+    def scale(self, node: Any, *, wait_s: float = 60.0, **options: Any) -> None:
+        """Change one node's replicas while traffic flows: ``app.scale("Classifier", num_replicas=4)``.
+
+        ``node`` is a node's name or its object (function node, model instance or call). Only
+        ``num_replicas`` and ``autoscaling`` are accepted; other nodes are not touched.
+        """
+        self._check_open()
+        if not options:
+            raise OptionsError("App.scale needs num_replicas=N or autoscaling={...}.")
+        bad = sorted(set(options) - _SCALE_FIELDS)
+        if bad:
+            raise OptionsError(
+                f"App.scale changes replicas only (num_replicas, autoscaling), not {', '.join(bad)}; "
+                "use App.update for other options."
+            )
+        spec = self._plan.deployment(node)
+        if spec.inline:
+            raise OptionsError(f"Node {spec.name!r} runs inline in the ingress process and has no replicas to scale.")
+        new_opts = make_options(spec.name, spec.options, **options)
+        with self._lock:
+            self.backend.scale(spec, new_opts, wait_s=wait_s)
+            self._replace_spec(replace(spec, options=new_opts))
+
+    def update(
+        self,
+        node: Any,
+        *,
+        implementation: Any = None,
+        init_args: tuple[Any, ...] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        wait_s: float = 120.0,
+        **options: Any,
+    ) -> None:
+        """Rolling update of one node: new options and/or a new implementation.
+
+        ``implementation`` is a replacement function (for a function node) or class (for a model
+        node, optionally with new ``init_args``/``init_kwargs``); it must offer the methods the graph
+        calls. Other nodes keep running untouched.
+        """
+        self._check_open()
+        spec = self._plan.deployment(node)
+        bad = sorted(set(options) - _UPDATE_FIELDS)
+        if bad:
+            raise OptionsError(
+                f"App.update cannot change {', '.join(bad)} on a running node; redeploy the graph for that."
+            )
+        new = replace(spec, options=make_options(spec.name, spec.options, **options))
+        if implementation is not None or init_args is not None or init_kwargs is not None:
+            new = _swap_implementation(new, implementation, init_args, init_kwargs)
+        with self._lock:
+            self.backend.update(spec, new, wait_s=wait_s)
+            self._replace_spec(new)
+
+    def _replace_spec(self, new: DeploymentSpec) -> None:
+        deployments = tuple(new if d.name == new.name else d for d in self._plan.deployments)
+        self._plan = replace(self._plan, deployments=deployments)
+        self._executor = Executor(self._plan, self.backend.runner, previous=self._executor)
+
+    def shutdown(self) -> None:
+        """Tear the graph down (idempotent). Requests afterwards raise :class:`AppClosedError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.backend.shutdown()
+        finally:
+            if self._thread is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=5)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<dagserve.App {self.name!r} backend={self.backend.name!r} {state}>"
+
+    # -- loop handling -------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AppClosedError(f"App {self.name!r} was shut down; deploy the graph again to use it.")
+
+    def _home_loop(self, current: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+        """The loop requests run on: the first running loop that called us, else a private one."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            return loop
+        with self._lock:
+            loop = self._loop
+            if loop is not None and loop.is_running():
+                return loop
+            if current is not None:
+                self._loop = current
+            else:
+                self._loop = self._start_thread_loop()
+            self.backend.bind_loop(self._loop)
+            return self._loop
+
+    def _start_thread_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"dagserve-app-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):  # pragma: no cover - a thread that does not start is a broken host
+            raise DeployError("The App's event loop thread did not start within 10 s.")
+        return loop
+
+
+def _ctx_args(request_id: str | None) -> dict[str, Any]:
+    return {"request_id": request_id} if request_id else {}
+
+
+def _swap_implementation(
+    spec: DeploymentSpec, implementation: Any, init_args: tuple[Any, ...] | None, init_kwargs: dict[str, Any] | None
+) -> DeploymentSpec:
+    import inspect
+
+    from dagserve.graph.nodes import FunctionNode, ModelClass
+
+    if isinstance(implementation, (FunctionNode, ModelClass)):
+        implementation = implementation.fn if isinstance(implementation, FunctionNode) else implementation.cls
+    if spec.kind == "function":
+        if init_args is not None or init_kwargs is not None:
+            raise OptionsError(f"Node {spec.name!r} is a function node; it has no constructor arguments.")
+        if not callable(implementation) or inspect.isclass(implementation):
+            raise OptionsError(f"Node {spec.name!r} is a function node; pass a function as implementation.")
+        is_async = inspect.iscoroutinefunction(implementation)
+        return replace(spec, target=implementation, async_methods=frozenset({"__call__"}) if is_async else frozenset())
+    cls = implementation if implementation is not None else spec.target
+    if not inspect.isclass(cls):
+        raise OptionsError(f"Node {spec.name!r} is a model node; pass a class as implementation.")
+    missing = [m for m in spec.methods if not callable(getattr(cls, m, None))]
+    if missing:
+        raise OptionsError(
+            f"{cls.__name__} cannot replace node {spec.name!r}: it lacks the method(s) {', '.join(missing)} "
+            "that the graph calls."
+        )
+    args = tuple(init_args) if init_args is not None else spec.init_args
+    kwargs = dict(init_kwargs) if init_kwargs is not None else dict(spec.init_kwargs)
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise OptionsError(f"{cls.__name__} cannot be constructed with these arguments: {exc}.") from None
+    return replace(
+        spec,
+        target=cls,
+        init_args=args,
+        init_kwargs=kwargs,
+        async_methods=frozenset(m for m in spec.methods if inspect.iscoroutinefunction(getattr(cls, m))),
+    )

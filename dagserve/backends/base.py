@@ -1,0 +1,79 @@
+"""The small interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+from dagserve._errors import DagserveError
+
+if TYPE_CHECKING:
+    from dagserve.runtime.executor import Runner
+    from dagserve._options import NodeOptions
+    from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.runtime.status import AppStatus
+
+__all__ = ["Backend", "get_backend"]
+
+
+class Backend(abc.ABC):
+    """Brings a plan's deployments up, performs call steps, reports and changes them.
+
+    ``deploy`` and ``shutdown`` are synchronous and may block (loading models, starting Ray).
+    ``runner`` is used from the App's event loop only.
+    """
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def deploy(self, plan: Plan, *, ready_timeout_s: float) -> None:
+        """Start every deployment of ``plan``; raise :class:`~dagserve.DeployError` if not ready in time."""
+
+    @property
+    @abc.abstractmethod
+    def runner(self) -> Runner:
+        """The :class:`~dagserve.runtime.executor.Runner` the executor calls for each call step."""
+
+    @abc.abstractmethod
+    def status(self) -> AppStatus:
+        """Per node: target/running/pending replicas and the options in force."""
+
+    @abc.abstractmethod
+    def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
+        """Change one node's replicas (``num_replicas`` or ``autoscaling``) and nothing else."""
+
+    @abc.abstractmethod
+    def update(self, spec: DeploymentSpec, new: DeploymentSpec, *, wait_s: float) -> None:
+        """Replace one node's options or implementation with a rolling update."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Tear every deployment down; idempotent."""
+
+    def bind_loop(self, loop: Any) -> None:  # noqa: B027 - optional hook
+        """Called once with the event loop the App will run requests on."""
+
+    def batch_sizes(self) -> dict[str, dict[int, int]]:
+        """Per batched node, how many batches of each size ran since deploy (``{size: count}``).
+
+        Cumulative and summed over the node's replicas, past and present; read when metrics are
+        scraped. Backends that cannot see their batches return ``{}``.
+        """
+        return {}
+
+
+def get_backend(name: str | Backend, **kwargs: Any) -> Backend:
+    """A backend by name (``"local"`` or ``"ray"``), or the instance given."""
+    if isinstance(name, Backend):
+        if kwargs:
+            raise DagserveError("Backend options go to the backend's constructor when passing an instance.")
+        return name
+    if name == "local":
+        from dagserve.backends.local import LocalBackend
+
+        return LocalBackend(**kwargs)
+    if name == "ray":
+        from dagserve.backends.ray.backend import RayBackend  # imports ray, on demand
+
+        return RayBackend(**kwargs)
+    raise DagserveError(f"Unknown backend {name!r}; use 'local' (in-process) or 'ray' (Ray Serve).")

@@ -1,0 +1,414 @@
+"""What runs inside each Ray Serve replica: one wrapper class for every node.
+
+:class:`NodeReplica` is the Serve deployment class of every plan deployment. It builds the
+user's model class once per replica (or holds the function), runs sync node code in a thread
+pool so the replica's event loop stays free and async code on that loop, batches with
+dagserve's :class:`~dagserve.runtime.batching.Batcher` (one queue per called method), forwards a
+user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
+survives the trip back through Ray. It also serves the direct transport's calls (``direct.py``),
+holding them and the calls Serve routes to one ``max_ongoing_requests``, and stops taking them
+as soon as Serve begins to stop the replica.
+
+This module is imported by Ray worker processes when they unpickle the deployment; it imports
+ray lazily, and only what a replica needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import importlib
+import inspect
+import logging
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from typing import Any, Literal
+
+from dagserve.runtime.batching import Batcher
+from dagserve._errors import DagserveError, DeployError, NodeError
+from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.backends.ray.direct import FrameLimits, ReplicaServer, socket_dir
+
+log = logging.getLogger("dagserve.ray")
+
+__all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", "ship"]
+
+#: Set (to "1") in the environment of a Ray instance dagserve starts on loopback only; replicas
+#: then bind Serve's inter-deployment gRPC server to 127.0.0.1 instead of every interface.
+LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
+
+#: What travels with every call: (method, step name, request id).
+Header = tuple[str, str, str]
+
+# Upper bound on threads for sync node code per replica; threads start only when needed.
+_MAX_THREADS = 64
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """Where a node's function or class lives, to import it in the replica.
+
+    Importing beats pickling the code by value: a function pickled by value drags along the
+    module globals it uses, which fails for locks, clients and the like (and a decorated node
+    cannot be pickled by reference: its module attribute is the dagserve wrapper). ``fallback``
+    is the target itself when it also pickles by value (Ray then sends it along), for a replica
+    that cannot import the module; ``None`` when it does not.
+    """
+
+    module: str
+    qualname: str
+    fallback: Any = field(default=None, compare=False, repr=False)
+
+    def resolve(self, node: str) -> Any:
+        try:
+            obj: Any = importlib.import_module(self.module)
+            for part in self.qualname.split("."):
+                obj = getattr(obj, part)
+            return _unwrap(obj)
+        except (ImportError, AttributeError) as exc:
+            if self.fallback is not None:
+                return self.fallback
+            raise DeployError(
+                f"Node {node!r} failed to start: the replica cannot import {self.module}.{self.qualname} "
+                f"({type(exc).__name__}: {exc}), and its code cannot be sent by value. Make the module "
+                "importable on every Ray node (install it, or deploy with a runtime_env working_dir)."
+            ) from exc
+
+
+def ship(target: Any) -> Any:
+    """What to send to replicas for ``target``: a :class:`TargetRef` when it can be imported by name
+    (in this process, from a module other than ``__main__``), else the object itself (pickled by value)."""
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+        return target
+    obj: Any = sys.modules.get(module)
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        return target
+    if _unwrap(obj) is not target:
+        return target
+    return TargetRef(module, qualname, target if _pickles_by_value(target) else None)
+
+
+def _pickles_by_value(target: Any) -> bool:
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(target)
+    except Exception:  # noqa: BLE001 - anything that stops pickling means "no"
+        return False
+    return True
+
+
+def _unwrap(obj: Any) -> Any:
+    """The user function or class behind a dagserve node wrapper (``fn`` / ``cls``)."""
+    from dagserve.graph.nodes import FunctionNode, ModelClass
+
+    if isinstance(obj, FunctionNode):
+        return obj.fn
+    if isinstance(obj, ModelClass):
+        return obj.cls
+    return obj
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """The part of a :class:`~dagserve.DeploymentSpec` a replica needs (no graph objects)."""
+
+    name: str
+    kind: Literal["model", "function"]
+    target: Any
+    methods: tuple[str, ...]
+    async_methods: frozenset[str]
+    init_args: tuple[Any, ...] = ()
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_batch_size: int | None = None
+    batch_wait_timeout_s: float = 0.01
+    #: Also serve calls over a Unix socket for an ingress on this machine (``direct.py``).
+    direct: bool = True
+    #: What the direct transport reads and sends per call (the ingress holds to the same).
+    frames: FrameLimits = field(default_factory=FrameLimits)
+
+
+class NodeReplica:
+    """The Serve deployment class behind every remote node.
+
+    Serve calls ``__call__(header, *args, **kwargs)``; ``header`` is ``(method, step name,
+    request id)``. Extra constructor keywords (the handles Serve passes to an application's
+    root deployment) are ignored.
+    """
+
+    def __init__(self, spec: ReplicaSpec, **_children: Any) -> None:
+        _bind_grpc_to_loopback()
+        if isinstance(spec.target, TargetRef):
+            spec = replace(spec, target=spec.target.resolve(spec.name))
+        self._spec = spec
+        self._name = spec.name
+        # Threads start only as sync calls need them; the bound keeps a burst from making hundreds.
+        self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix=f"dagserve-{spec.name}")
+        if spec.kind == "model":
+            try:
+                self._instance: Any = spec.target(*spec.init_args, **spec.init_kwargs)
+            except Exception as exc:
+                raise DeployError(
+                    f"Node {spec.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
+                ) from exc
+        else:
+            self._instance = None
+        self._batch_counts: Counter[int] = Counter()
+        self._batchers: dict[str, Batcher] = {}
+        if spec.max_batch_size is not None:
+            # dagserve's own batcher, not ``serve.batch``: Serve 2.60 forms the next batch as soon
+            # as its wait ends, even while the previous batch still holds the model, so under load
+            # batches stay at (arrival rate x wait) items instead of growing to max_batch_size.
+            # Ours forms a batch only when the previous one has finished (docs/ray.md#batching).
+            for method in spec.methods:
+                self._batchers[method] = Batcher(
+                    spec.name,
+                    functools.partial(self._run_batch, method),
+                    spec.max_batch_size,
+                    spec.batch_wait_timeout_s,
+                    on_batch=self._count_batch,
+                )
+        user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
+        self._user_check = user_check if callable(user_check) else None
+        self._direct: ReplicaServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        if spec.direct:
+            self._start_direct()
+
+    def _start_direct(self) -> None:
+        """Listen on this replica's Unix socket for an ingress on this machine (``direct.py``)."""
+        try:
+            loop = asyncio.get_running_loop()  # Serve builds replicas on their event loop
+            import ray
+            from ray import serve
+
+            ctx = serve.get_replica_context()
+            directory = socket_dir(ray.get_runtime_context().gcs_address, ctx.app_name, ctx.deployment)
+            limit = _serve_max_ongoing()
+        except Exception as exc:  # noqa: BLE001 - without it, calls go through Serve as before
+            log.warning("Node %r: direct transport off (%s: %s)", self._name, type(exc).__name__, exc)
+            return
+        if directory is None:
+            return
+        server = ReplicaServer(
+            os.path.join(directory, ctx.replica_id.unique_id + ".sock"),
+            self._run,
+            self.dagserve_batch_counts,
+            limit=limit,
+            limits=self._spec.frames,
+        )
+        self._loop = loop
+        _tell_replica_when_serve_stops_it()
+
+        async def start() -> None:
+            if self._stopping:
+                return  # Serve began stopping this replica before it listened
+            try:
+                await server.start()
+            except OSError as exc:
+                log.warning("Node %r: direct transport off, cannot listen on %s (%s)", self._name, server.path, exc)
+                return
+            self._direct = server
+            if self._stopping:
+                server.stop_accepting()
+
+        loop.create_task(start())
+
+    def _dagserve_stopping(self) -> None:
+        """Serve began stopping this replica (called on Serve's own loop, see
+        :func:`_tell_replica_when_serve_stops_it`): refuse new direct calls now, finish the held ones."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop_accepting)
+
+    def _stop_accepting(self) -> None:
+        self._stopping = True
+        if self._direct is not None:
+            self._direct.stop_accepting()
+
+    # -- serving -------------------------------------------------------------------------------
+    async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:
+        """A call Serve routed here: it shares ``max_ongoing_requests`` with the direct calls."""
+        direct = self._direct
+        if direct is None:
+            return await self._run(header, args, kwargs)
+        await direct.admit()
+        try:
+            return await self._run(header, args, kwargs)
+        finally:
+            direct.release()
+
+    async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one call, however it came (Serve, or the direct transport)."""
+        method, step, request_id = header
+        token = set_request_id(request_id)  # node code and log records see the request's id
+        try:
+            batcher = self._batchers.get(method)
+            if batcher is not None:
+                return await batcher.submit(args[0])
+            fn = self._bound(method)
+            if method in self._spec.async_methods:
+                return await fn(*args, **kwargs)
+            ctx = contextvars.copy_context()
+            call = functools.partial(ctx.run, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except DagserveError:
+            raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
+            text = str(exc) or "(no message)"
+            raise NodeError(
+                f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__
+            ) from exc
+        finally:
+            reset_request_id(token)
+
+    async def _run_batch(self, method: str, items: list[Any]) -> Any:
+        fn = self._bound(method)
+        if method in self._spec.async_methods:
+            return await fn(items)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, items)
+
+    def _count_batch(self, size: int) -> None:
+        self._batch_counts[size] += 1
+
+    def _bound(self, method: str) -> Any:
+        if self._instance is None:
+            return self._spec.target
+        return getattr(self._instance, method)
+
+    # -- what Serve and the backend ask of a replica -------------------------------------------
+    async def check_health(self) -> None:
+        """Serve's periodic health check: the user's ``check_health`` when the model defines one."""
+        check = self._user_check
+        if check is None:
+            return
+        if inspect.iscoroutinefunction(check):
+            await check()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, check)
+
+    def dagserve_batch_counts(self) -> dict[int, int]:
+        """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
+        return dict(self._batch_counts)
+
+    def dagserve_replica_info(self) -> dict[str, Any]:
+        """Where this replica runs: its process id and Ray node id (for tests and diagnostics)."""
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def __del__(self) -> Any:
+        """The end of Serve's graceful shutdown: finish the direct calls held (new ones have been
+        refused since the shutdown began, ``_dagserve_stopping``), then close.
+
+        Serve awaits what ``__del__`` returns when it is a coroutine (it also accepts ``async def
+        __del__``, which garbage collection could not run): the drain is returned only while the
+        server is not closed and this thread runs the replica's loop, so a plain ``del`` never gets one.
+        """
+        direct = getattr(self, "_direct", None)
+        if direct is not None and not direct.closed:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                direct.abort()  # not on the replica's loop (garbage collection): close at once
+            else:
+                return self._drain()
+        self._release_threads()
+        return None
+
+    async def _drain(self) -> None:
+        direct = self._direct
+        if direct is not None:
+            await direct.drain()
+        self._release_threads()
+
+    def _release_threads(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _serve_max_ongoing() -> Callable[[], int]:
+    """The replica's ``max_ongoing_requests`` as Serve holds it now (``app.update`` changes it in
+    place, without a new replica), read from Serve's replica context."""
+    from ray.serve import context
+
+    def limit() -> int:
+        return int(context._get_internal_replica_context()._deployment_config.max_ongoing_requests)
+
+    limit()  # fails here (direct transport off, logged) on a Serve without that context
+    return limit
+
+
+def _tell_replica_when_serve_stops_it() -> None:
+    """Make Serve call ``NodeReplica._dagserve_stopping`` as soon as it begins stopping a replica.
+
+    Serve 2.60 calls the user class's ``__del__`` only at the end of its graceful shutdown, after
+    waiting for its own requests (at least ``graceful_shutdown_wait_loop_s``); until then the
+    replica would take direct calls that Serve, which stopped routing to it, does not wait for.
+    ``Replica.perform_graceful_shutdown`` (what the controller calls) is wrapped once per process;
+    on a Serve without it, ``__del__`` alone stops the direct transport, as before.
+    """
+    try:
+        from ray.serve._private.replica import Replica
+    except ImportError:  # pragma: no cover - a Serve without that module
+        Replica = None
+    original = getattr(Replica, "perform_graceful_shutdown", None)
+    if original is None:  # pragma: no cover - ray is pinned to a version that has it
+        logging.getLogger("dagserve.ray").warning(
+            "This Ray Serve has no Replica.perform_graceful_shutdown: a stopping replica takes direct calls "
+            "until Serve deletes it (the ingress retries them elsewhere); pin ray to the version dagserve names."
+        )
+        return
+    if getattr(original, "_dagserve_hook", False):
+        return
+
+    @functools.wraps(original)
+    async def perform_graceful_shutdown(self: Any, *args: Any, **kwargs: Any) -> Any:
+        wrapper = getattr(self, "_user_callable_wrapper", None)
+        stopping = getattr(getattr(wrapper, "user_callable", None), "_dagserve_stopping", None)
+        if callable(stopping):
+            with contextlib.suppress(Exception):  # never in the way of Serve's own shutdown
+                stopping()
+        return await original(self, *args, **kwargs)
+
+    perform_graceful_shutdown._dagserve_hook = True  # type: ignore[attr-defined]
+    Replica.perform_graceful_shutdown = perform_graceful_shutdown  # type: ignore[method-assign]
+
+
+def _bind_grpc_to_loopback() -> None:
+    """Make Serve's inter-deployment gRPC server listen on 127.0.0.1 on a loopback-only Ray.
+
+    Serve 2.60 binds it to ``[::]:0`` (every interface) unconditionally. On a Ray instance that
+    dagserve started on loopback every peer is local, so nothing needs to reach it from outside.
+    The replica starts that server after constructing this class, so patching here is in time.
+    """
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    try:
+        from ray.serve._private import replica as serve_replica
+    except ImportError:  # pragma: no cover - a Serve without that module has no such server
+        return
+    original = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_dagserve_loopback", False):
+        return
+
+    def add_port(server: Any, address: str) -> Any:
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    add_port._dagserve_loopback = True  # type: ignore[attr-defined]
+    serve_replica.add_port_to_grpc_server = add_port

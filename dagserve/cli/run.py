@@ -1,0 +1,414 @@
+"""``dagserve run MODULE:ATTR``: deploy graphs and serve them over HTTP from the shell.
+
+::
+
+    dagserve run examples.quickstart:graph --backend ray --port 8000
+
+``ATTR`` is a :class:`~dagserve.Graph` or a list of them. A progress display (on stderr) follows
+the deployments as they come up; then one line on stdout gives the URL. Ctrl+C (SIGINT) or
+SIGTERM stops gracefully: requests in flight finish (``--shutdown-timeout``), then the graphs
+are torn down.
+
+The admin routes (``dagserve status/scale/update``) need a token. On a loopback address without
+one, ``dagserve run`` creates one and stores it for those commands in a file only this user can
+read (see :func:`dagserve.http.admin.write_token_file`), removed when the server stops. On any other
+address the token must be given (``--admin-token``); without one the admin routes are off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from dagserve.http.admin import admin_token as configured_admin_token
+from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
+from dagserve.cli.main import load_target
+from dagserve._errors import DagserveError, GraphError
+from dagserve.graph.nodes import Graph
+from dagserve.runtime.request_id import RequestIdFilter
+from dagserve.http.server import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    TOKEN_ENV,
+    check_unique_names,
+    is_loopback,
+    serve,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dagserve.app import App
+    from dagserve.backends import Backend
+
+__all__ = ["parse_size", "run_command"]
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """``"10MiB"`` -> 10485760; also plain bytes, kB/MB/GB (powers of 1000) and KiB/MiB/GiB."""
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a size; write e.g. 10MiB, 512KiB or 1048576.")
+    number, unit = m.groups()
+    return int(float(number) * _UNITS[(unit or "").lower()])
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r} must be more than 0 bytes.", param, ctx)
+        return size
+
+
+@click.command("run")
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface)."
+)
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
+)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run: ray (one Serve deployment per node) or local (in-process) [default: ray].")
+@click.option("--address", default=None, help="Ray cluster address (passed to the backend as address=).")
+@click.option(
+    "--allow-unauthenticated-ray",
+    is_flag=True,
+    help="Start a local Ray even when RAY_AUTH_MODE turns its token auth off (refused otherwise; the "
+    "Ray backend also reads DAGSERVE_ALLOW_UNAUTHENTICATED_RAY=1).",
+)
+@click.option(
+    "--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token required by graph routes [env {TOKEN_ENV}]."
+)
+@click.option(
+    "--admin-token",
+    envvar=ADMIN_TOKEN_ENV,
+    default=None,
+    help=f"Bearer token of the admin routes [env {ADMIN_TOKEN_ENV}; on loopback, default: a new one, stored "
+    "for dagserve status/scale/update].",
+)
+@click.option("--no-admin", is_flag=True, help="Serve without the admin routes (and create no admin token).")
+@click.option(
+    "--max-body-size",
+    type=_Size(),
+    default=DEFAULT_MAX_BODY_BYTES,
+    show_default=True,
+    help="Largest request body (413 beyond).",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+    help="Graph requests at once (503 beyond).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    help="Seconds for a request body to arrive (408).",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds for request headers to arrive (408).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a graph run may take (504) [default: 60].",
+)
+@click.option(
+    "--ready-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds for deployments to come up [default: 120].",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+    show_default=True,
+    help="Seconds in-flight requests get on SIGINT/SIGTERM.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable; *.example.com, * for any). "
+    "On loopback without a token only localhost, 127.0.0.1 and [::1] are answered otherwise.",
+)
+@click.option("--debug", is_flag=True, help="Put tracebacks in error bodies (never in production).")
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level of dagserve and uvicorn.",
+)
+def run_command(target: str, **options: Any) -> None:
+    """Serve the graph(s) at MODULE:ATTR over HTTP (e.g. examples.quickstart:graph).
+
+    ATTR is a dagserve.Graph or a list of Graphs. One graph answers POST /; several answer
+    POST /<name>. GET /docs shows the API; GET /-/ready says when every deployment is up.
+    """
+    if options["address"] and options["backend"] not in (None, "ray"):
+        raise click.BadParameter(
+            "--address is a Ray cluster's address; use it with --backend ray.", param_hint="--address"
+        )
+    if options["allow_unauthenticated_ray"] and options["backend"] not in (None, "ray"):
+        raise click.BadParameter(
+            "--allow-unauthenticated-ray is about the Ray dagserve starts; use it with --backend ray.",
+            param_hint="--allow-unauthenticated-ray",
+        )
+    # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
+    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
+    graphs = _graphs(target, load_target(target))
+    with _logging_to_stderr(options["log_level"]):
+        _run(graphs, stored_admin_token=created, **options)
+
+
+def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
+    """The admin token to serve with ("" for no admin routes), and whether it was created here."""
+    token = configured_admin_token(given)
+    if no_admin:
+        if token:
+            raise click.UsageError(
+                "--no-admin turns the admin routes off, but an admin token is given (--admin-token or "
+                f"${ADMIN_TOKEN_ENV}); drop one of them."
+            )
+        return "", False
+    if token:
+        return token, False
+    if not is_loopback(host):
+        # A token created here would only be readable on this machine; elsewhere it must be chosen.
+        click.echo(
+            f"dagserve: serving on {host} without admin routes; to scale or update from another machine, "
+            f"pass --admin-token or set ${ADMIN_TOKEN_ENV} (and give the same to dagserve status/scale/update "
+            "with --token).",
+            err=True,
+        )
+        return "", False
+    try:
+        private_token_dir()  # where the token will be stored: checked now, written once the port is bound
+    except DagserveError as exc:
+        raise click.ClickException(str(exc)) from None
+    return secrets.token_urlsafe(32), True
+
+
+def _run(
+    graphs: list[Graph],
+    *,
+    host: str,
+    port: int,
+    backend: str | None,
+    address: str | None,
+    allow_unauthenticated_ray: bool,
+    token: str | None,
+    admin_token: str | None,
+    max_body_size: int,
+    max_in_flight: int,
+    body_timeout: float,
+    header_timeout: float,
+    request_timeout: float | None,
+    ready_timeout: float | None,
+    shutdown_timeout: float,
+    allowed_hosts: tuple[str, ...],
+    debug: bool,
+    access_log: bool,
+    log_level: str,
+    stored_admin_token: bool = False,
+) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    backend_options: dict[str, Any] = {"address": address} if address else {}
+    if allow_unauthenticated_ray:
+        backend_options["allow_unauthenticated_ray"] = True
+    deploy_options: dict[str, Any] = {}
+    if request_timeout is not None:
+        deploy_options["request_timeout_s"] = request_timeout
+    if ready_timeout is not None:
+        deploy_options["ready_timeout_s"] = ready_timeout
+    try:
+        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console)
+    except DagserveError as exc:
+        raise click.ClickException(str(exc)) from None
+    names = ", ".join(a.name for a in apps)
+    token_file: list[Path] = []
+
+    def announce(url: str) -> None:
+        if stored_admin_token and admin_token:
+            # Written once the port is known (--port 0), before the URL line a client waits for.
+            path = write_token_file(host, urllib.parse.urlsplit(url).port or port, admin_token)
+            token_file.append(path)
+            click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
+        routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
+        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
+
+    try:
+        serve(
+            apps,
+            host=host,
+            port=port,
+            token=token,
+            admin_token=admin_token,
+            max_body_bytes=max_body_size,
+            body_timeout_s=body_timeout,
+            header_timeout_s=header_timeout,
+            max_in_flight=max_in_flight,
+            shutdown_timeout_s=shutdown_timeout,
+            allowed_hosts=allowed_hosts,
+            debug=debug,
+            access_log=access_log,
+            log_level=log_level,
+            on_ready=announce,
+        )
+    except DagserveError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        for path in token_file:
+            remove_token_file(path, admin_token or "")
+        for app in reversed(apps):
+            app.shutdown()
+    click.echo("dagserve: stopped.", err=True)
+
+
+def _graphs(target: str, obj: Any) -> list[Graph]:
+    if isinstance(obj, Graph):
+        return [obj]
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
+        try:
+            check_unique_names(obj)  # before anything deploys
+        except GraphError as exc:
+            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
+        return list(obj)
+    raise click.BadParameter(
+        f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"
+    )
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """Log records to stderr while serving, each line with the request id it belongs to."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def _deploy_all(
+    graphs: list[Graph],
+    backend: str | None,
+    backend_options: dict[str, Any],
+    deploy_options: dict[str, Any],
+    console: Console,
+) -> list[App]:
+    """Deploy each graph, showing per graph how many of its nodes run so far."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dagserve.app import DEFAULT_BACKEND, deploy
+    from dagserve.backends import get_backend
+
+    apps: list[App] = []
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as progress:
+            for graph in graphs:
+                task = progress.add_task(f"deploying {graph.name}", total=1)
+                be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
+                done = threading.Event()
+                # Deploy on the main thread (Ray wants it); watch the backend from a side thread.
+                watcher = threading.Thread(
+                    target=_watch,
+                    args=(be, graph.name, progress, task, done),
+                    name="dagserve-deploy-progress",
+                    daemon=True,
+                )
+                watcher.start()
+                try:
+                    app = deploy(graph, be, **deploy_options)
+                finally:
+                    done.set()
+                    watcher.join(2)
+                apps.append(app)
+                progress.update(task, description=f"[green]ready[/] {graph.name}: {_count(be)}", completed=1)
+    except BaseException:
+        for app in reversed(apps):
+            app.shutdown()
+        raise
+    return apps
+
+
+def _count(be: Backend) -> str:
+    try:
+        nodes = be.status().nodes.values()
+    except Exception:  # a backend that cannot report while deploying
+        return "starting"
+    running = sum(1 for n in nodes if n.state == "RUNNING" and n.running_replicas >= n.target_replicas)
+    text = f"{running}/{len(nodes)} nodes running"
+    pending = [
+        f"{n.name} {n.running_replicas} of {n.target_replicas} replicas, {n.pending_replicas} pending "
+        f"({n.pending_reason or 'starting'})"
+        for n in nodes
+        if n.pending_replicas
+    ]
+    return text + ("; " + "; ".join(pending) if pending else "")
+
+
+def _watch(be: Backend, name: str, progress: Any, task: Any, done: threading.Event) -> None:
+    while not done.wait(0.5):
+        progress.update(task, description=f"deploying {name}: {_count(be)}")

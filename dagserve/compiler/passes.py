@@ -1,0 +1,503 @@
+"""Graph -> Plan: naming, validation and lowering, in small passes.
+
+1. collect the nodes reachable from the output (dependencies first);
+2. check the inputs (exactly one ``Input``; nodes built under it that never reach the output);
+3. name deployments and steps deterministically;
+4. lower each node to a :class:`Step` with templates instead of node references;
+5. check annotated types across call edges, the payload fields read against the Input's schema,
+   and that batched nodes take a list;
+6. check the whole with networkx (acyclic, every step reachable from the input).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from dagserve._errors import CompileError
+from dagserve.graph.nodes import (
+    CallNode,
+    FunctionNode,
+    Graph,
+    Input,
+    ModelInstance,
+    Node,
+    SelectNode,
+    SplitNode,
+    SwitchNode,
+)
+from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
+
+__all__ = ["compile"]
+
+
+def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.compile
+    """Validate ``graph`` and lower it to a frozen :class:`Plan`.
+
+    Raises :class:`~dagserve.CompileError` for graph-wide problems (several inputs, dead nodes,
+    types that cannot meet across an edge, a payload field the Input's schema does not declare, a
+    batched node whose parameter is annotated as one item).
+    """
+    if not isinstance(graph, Graph):
+        raise CompileError(f"dagserve.compile takes a dagserve.Graph, got {type(graph).__name__}.")
+    nodes = graph.nodes()
+    inp = _check_inputs(graph, nodes)
+    deployments, dep_of = _name_deployments(nodes)
+    step_names = _name_steps(nodes, dep_of)
+    index = {id(n): i for i, n in enumerate(nodes)}
+    steps = tuple(_lower(i, n, index, step_names, dep_of, deployments) for i, n in enumerate(nodes))
+    _check_types(nodes, steps, step_names)
+    _check_fields(nodes, step_names)
+    _check_batched(nodes, step_names)
+    output = _template(graph.output, index)
+    edges = _edges(steps)
+    _check_dag(graph.name, steps, index[id(inp)], output)
+    specs = tuple(_spec(name, src, [s for s in steps if s.deployment == name]) for name, src in deployments.items())
+    return Plan(
+        graph_name=graph.name,
+        input_schema=inp.schema,
+        steps=steps,
+        deployments=specs,
+        edges=edges,
+        output=output,
+        description=graph.description,
+    )
+
+
+# -- pass 2: inputs ------------------------------------------------------------------------------
+
+
+def _check_inputs(graph: Graph, nodes: list[Node]) -> Input:
+    inputs = [n for n in nodes if isinstance(n, Input)]
+    if not inputs:
+        raise CompileError(
+            f"Graph {graph.name!r} never reads its Input; build its nodes from "
+            "`with dagserve.Input() as inp:` so each request's payload reaches them."
+        )
+    if len(inputs) > 1:
+        raise CompileError(
+            f"Graph {graph.name!r} mixes nodes from {len(inputs)} different Inputs; a graph has one "
+            "payload. Build every node from the same `with dagserve.Input() as inp:` block."
+        )
+    inp = inputs[0]
+    reachable = {id(n) for n in nodes}
+    dead = [n for n in inp._created if id(n) not in reachable]
+    if dead:
+        names = ", ".join(sorted({n.describe() for n in dead}))
+        raise CompileError(
+            f"Graph {graph.name!r} has nodes that never reach its output: {names}. Remove them, or "
+            "include their results in the output (e.g. Graph({'a': a, 'b': b}))."
+        )
+    return inp
+
+
+# -- pass 3: names ---------------------------------------------------------------------------------
+
+
+def _name_deployments(nodes: list[Node]) -> tuple[dict[str, FunctionNode[Any] | ModelInstance], dict[int, str]]:
+    """One deployment per model instance and per function node, named in order of appearance."""
+    deployments: dict[str, FunctionNode[Any] | ModelInstance] = {}
+    dep_of: dict[int, str] = {}
+    explicit: dict[str, FunctionNode[Any] | ModelInstance] = {}
+    for n in nodes:
+        if not isinstance(n, CallNode) or id(n.target) in dep_of:
+            continue
+        target = n.target
+        name = target.name
+        if target.node_options.name is not None:
+            other = explicit.get(name)
+            if other is not None and other is not target:
+                raise CompileError(
+                    f"Two different nodes are both named {name!r}; deployment names must be unique. "
+                    "Give one of them another name with .options(name=...)."
+                )
+            explicit[name] = target
+        base, k = name, 1
+        while name in deployments:
+            k += 1
+            name = f"{base}_{k}"
+        deployments[name] = target
+        dep_of[id(target)] = name
+    return deployments, dep_of
+
+
+def _name_steps(nodes: list[Node], dep_of: dict[int, str]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    used: Counter[str] = Counter()
+
+    def unique(base: str) -> str:
+        used[base] += 1
+        return base if used[base] == 1 else f"{base}#{used[base]}"
+
+    for n in nodes:
+        if isinstance(n, Input):
+            base = "input"
+        elif isinstance(n, CallNode):
+            dep = dep_of[id(n.target)]
+            base = dep if n.method == "__call__" else f"{dep}.{n.method}"
+        elif isinstance(n, SelectNode):
+            base = f"{names[id(n.parent)]}[{n.key!r}]"
+        elif isinstance(n, SwitchNode):
+            base = n.name or "switch"
+        elif isinstance(n, SplitNode):
+            base = n.name or "split"
+        else:  # pragma: no cover - every Node subclass is handled above
+            raise CompileError(f"Unknown node type {type(n).__name__}.")
+        names[id(n)] = unique(base)
+    return names
+
+
+# -- pass 4: lowering ------------------------------------------------------------------------------
+
+
+def _template(value: Any, index: dict[int, int]) -> Any:
+    if isinstance(value, Node):
+        return Ref(index[id(value)])
+    if isinstance(value, list):
+        return [_template(v, index) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_template(v, index) for v in value)
+    if isinstance(value, dict):
+        return {k: _template(v, index) for k, v in value.items()}
+    return value
+
+
+def _lower(
+    i: int,
+    n: Node,
+    index: dict[int, int],
+    names: dict[int, str],
+    dep_of: dict[int, str],
+    deployments: dict[str, Any],
+) -> Step:
+    deps = tuple(index[id(d)] for d in n.dependencies())
+    deps = tuple(dict.fromkeys(deps))
+    name = names[id(n)]
+    if isinstance(n, Input):
+        return Step(i, name, "input", (), returns=n.schema)
+    if isinstance(n, CallNode):
+        dep = dep_of[id(n.target)]
+        return Step(
+            i,
+            name,
+            "call",
+            deps,
+            deployment=dep,
+            method=n.method,
+            args=_template(n.args, index),
+            kwargs=_template(n.kwargs, index),
+            inline=n.target.node_options.inline,
+            returns=_return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
+        )
+    if isinstance(n, SelectNode):
+        return Step(i, name, "select", deps, key=n.key)
+    if isinstance(n, SwitchNode):
+        return Step(
+            i,
+            name,
+            "switch",
+            deps,
+            cases=tuple((k, _template(v, index)) for k, v in n.cases.items()),
+            default=_template(n.default, index) if n.has_default else None,
+            has_default=n.has_default,
+        )
+    if isinstance(n, SplitNode):
+        return Step(
+            i,
+            name,
+            "split",
+            deps,
+            key=Ref(index[id(n.key)]) if n.key is not None else None,
+            cases=tuple((k, _template(v, index)) for k, v in n.branches.items()),
+            weights=tuple(n.weights.items()),
+            seed=n.seed,
+        )
+    raise CompileError(f"Unknown node type {type(n).__name__}.")  # pragma: no cover
+
+
+def _spec(name: str, source: Any, calls: list[Step]) -> DeploymentSpec:
+    methods = tuple(dict.fromkeys(s.method for s in calls if s.method is not None))
+    if isinstance(source, FunctionNode):
+        return DeploymentSpec(
+            name=name,
+            kind="function",
+            target=source.fn,
+            options=source.node_options,
+            methods=("__call__",),
+            async_methods=frozenset({"__call__"}) if source.is_async else frozenset(),
+            source=source,
+        )
+    cls = source.model.cls
+    return DeploymentSpec(
+        name=name,
+        kind="model",
+        target=cls,
+        options=source.node_options,
+        methods=methods,
+        async_methods=frozenset(m for m in methods if inspect.iscoroutinefunction(getattr(cls, m))),
+        init_args=tuple(source.init_args),
+        init_kwargs=dict(source.init_kwargs),
+        source=source,
+    )
+
+
+# -- pass 5: types across edges -------------------------------------------------------------------
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: nothing to check
+        return {}
+
+
+def _return_annotation(fn: Callable[..., Any], *, batched: bool) -> Any:
+    ret = _hints(fn).get("return")
+    return _item_type(ret) if batched else ret
+
+
+def _item_type(tp: Any) -> Any:
+    """``list[T]`` -> ``T`` (what one request of a batched node sees)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (list, typing.List) and len(args) == 1:  # noqa: UP006
+        return args[0]
+    return None
+
+
+def _param_annotations(n: CallNode) -> dict[str, Any]:
+    fn = n.callable()
+    hints = _hints(fn)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return {}
+    params = list(sig.parameters.values())
+    if isinstance(n.target, ModelInstance):
+        params = params[1:]
+    batched = n.target.node_options.max_batch_size is not None
+    out: dict[str, Any] = {}
+    try:
+        bound = inspect.Signature(params).bind(*n.args, **n.kwargs)
+    except TypeError:
+        return {}
+    for pname, value in bound.arguments.items():
+        if isinstance(value, Node) and pname in hints:
+            out[pname] = _item_type(hints[pname]) if batched else hints[pname]
+    return out
+
+
+def _concrete(tp: Any) -> tuple[type, ...] | None:
+    """The runtime classes a type annotation admits, or None when it cannot be checked."""
+    if tp is None or tp is Any or isinstance(tp, (str, typing.TypeVar)):
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_concrete(a) for a in typing.get_args(tp)]
+        if any(p is None for p in parts):
+            return None
+        return tuple(c for p in parts for c in p)  # type: ignore[union-attr]
+    if origin is typing.Annotated:
+        return _concrete(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return tuple({type(a) for a in typing.get_args(tp)})
+    if origin is not None:
+        return (origin,) if isinstance(origin, type) else None
+    if tp is type(None):
+        return (type(None),)
+    if isinstance(tp, type) and not getattr(tp, "_is_protocol", False):
+        return (tp,)
+    return None
+
+
+def _meets(produced: tuple[type, ...], expected: tuple[type, ...]) -> bool:
+    numeric = {int: (float, complex), float: (complex,)}
+    for p in produced:
+        for e in expected:
+            try:
+                if issubclass(p, e) or e in numeric.get(p, ()):
+                    return True
+            except TypeError:
+                return True
+    return False
+
+
+def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, str]) -> None:
+    for n in nodes:
+        if not isinstance(n, CallNode):
+            continue
+        for pname, expected in _param_annotations(n).items():
+            arg = _bound_arg(n, pname)
+            if not isinstance(arg, CallNode):
+                continue
+            produced = steps[nodes.index(arg)].returns
+            p, e = _concrete(produced), _concrete(expected)
+            if p is None or e is None or _meets(p, e):
+                continue
+            raise CompileError(
+                f"Node {names[id(arg)]!r} returns {_type_name(produced)} but node {names[id(n)]!r} "
+                f"expects {_type_name(expected)} for its argument {pname!r}. Convert the value in "
+                "between, or fix one of the annotations."
+            )
+
+
+def _check_fields(nodes: list[Node], names: dict[int, str]) -> None:
+    """Selections from a payload with a schema must name a field of it: the executor reads them
+    as attributes of the validated model, so an undeclared one fails every request (a 400 that
+    blames the caller even when the payload has the field, since validation drops it)."""
+    models: dict[int, Any] = {}  # node -> the pydantic model its value is, where known
+    readers: dict[int, list[str]] = {}
+    for n in nodes:
+        for d in n.dependencies():
+            readers.setdefault(id(d), []).append(names[id(n)])
+    for n in nodes:
+        if isinstance(n, Input):
+            models[id(n)] = n.schema
+        elif isinstance(n, SelectNode) and models.get(id(n.parent)) is not None:
+            model = models[id(n.parent)]
+            users = readers.get(id(n))
+            who = f"Node {users[0]!r}" if users else "The graph's output"
+            field = _model_field(model, n.key, f"{who} reads {names[id(n)]}")
+            sub = getattr(field, "annotation", None)
+            models[id(n)] = sub if isinstance(sub, type) and hasattr(sub, "model_fields") else None
+
+
+def _model_field(model: Any, key: Any, where: str) -> Any:
+    """``model``'s field ``key`` (``None`` for other readable attributes); :class:`CompileError`
+    when a validated ``model`` has no such attribute."""
+    if not isinstance(key, str):
+        raise CompileError(
+            f"{where}, but that value is a {model.__name__} (the Input's schema), read by field name only. "
+            f"Select one of its fields ({_field_list(model)}) by name."
+        )
+    field = model.model_fields.get(key)
+    if field is not None:
+        return field
+    attribute = inspect.getattr_static(model, key, None)
+    if key in model.model_computed_fields or isinstance(attribute, (property, functools.cached_property)):
+        return None
+    if model.model_config.get("extra") == "allow":  # undeclared fields are kept on the model
+        return None
+    raise CompileError(
+        f"{where}, but the Input's schema {model.__name__} has no field {key!r} ({_field_list(model)}): "
+        "validation would drop it from every payload and every request would fail. Declare it in "
+        f"{model.__name__} (e.g. `{key}: str`), or select one of its fields."
+    )
+
+
+def _field_list(model: Any) -> str:
+    fields = list(model.model_fields)
+    return f"fields: {', '.join(fields)}" if fields else "it has no fields"
+
+
+def _check_batched(nodes: list[Node], names: dict[int, str]) -> None:
+    """A batched node's method gets a list of items; a parameter annotated as one item (``str``)
+    would fail on every request (``AttributeError: 'list' object has no attribute ...``)."""
+    for n in nodes:
+        if not isinstance(n, CallNode) or n.target.node_options.max_batch_size is None:
+            continue
+        fn = n.callable()
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            continue
+        if isinstance(n.target, ModelInstance):
+            params = params[1:]
+        if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            continue
+        pname = params[0].name
+        annotation = _hints(fn).get(pname)
+        if _takes_a_list(annotation):
+            continue
+        size = n.target.node_options.max_batch_size
+        item = _type_name(annotation)
+        raise CompileError(
+            f"Node {names[id(n)]!r} is batched (max_batch_size={size}), so its parameter {pname!r} receives "
+            f"a list of up to {size} items, but it is annotated {item}. Annotate it `{pname}: list[{item}]` "
+            "and return a list with one result per item, or drop max_batch_size to get one item per call."
+        )
+
+
+def _takes_a_list(annotation: Any) -> bool:
+    """Could a list be what ``annotation`` describes? Unknown or uncheckable annotations can."""
+    classes = _concrete(annotation)
+    if classes is None:
+        return True
+    # A tuple is a sequence of items too, read the same way as the list. Array types (numpy, torch)
+    # are commonly built from the list (np.stack(batch)): not refused on a guess.
+    return any(c is tuple or hasattr(c, "__array__") or _subclass(list, c) for c in classes)
+
+
+def _subclass(cls: type, parent: type) -> bool:
+    try:
+        return issubclass(cls, parent)
+    except TypeError:  # not a class issubclass understands: cannot tell, so allow
+        return True
+
+
+def _bound_arg(n: CallNode, pname: str) -> Any:
+    fn = n.callable()
+    params = list(inspect.signature(fn).parameters.values())
+    if isinstance(n.target, ModelInstance):
+        params = params[1:]
+    return inspect.Signature(params).bind(*n.args, **n.kwargs).arguments.get(pname)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or repr(tp)
+
+
+# -- edges and the networkx check ------------------------------------------------------------------
+
+
+def _edges(steps: tuple[Step, ...]) -> tuple[Edge, ...]:
+    edges: list[Edge] = []
+    for s in steps:
+        if s.kind == "call":
+            labels: dict[int, str | None] = {}
+            for pos, t in enumerate(s.args):
+                for r in refs_in(t):
+                    labels.setdefault(r, None if isinstance(t, Ref) and len(s.args) == 1 else f"arg{pos}")
+            for k, t in s.kwargs.items():
+                for r in refs_in(t):
+                    labels.setdefault(r, k)
+            edges.extend(Edge(steps[r].name, s.name, label) for r, label in labels.items())
+        elif s.kind == "select":
+            edges.append(Edge(steps[s.inputs[0]].name, s.name, f"[{s.key!r}]"))
+        elif s.kind == "switch":
+            edges.append(Edge(steps[s.inputs[0]].name, s.name, "key"))
+            for value, t in s.cases:
+                edges.extend(Edge(steps[r].name, s.name, f"case {value!r}") for r in refs_in(t))
+            if s.has_default:
+                edges.extend(Edge(steps[r].name, s.name, "default") for r in refs_in(s.default))
+        elif s.kind == "split":
+            if isinstance(s.key, Ref):
+                edges.append(Edge(steps[s.key.index].name, s.name, "key"))
+            weights = dict(s.weights)
+            for label, t in s.cases:
+                edges.extend(Edge(steps[r].name, s.name, f"{label} {weights[label]:.0%}") for r in refs_in(t))
+    return tuple(edges)
+
+
+def _check_dag(graph_name: str, steps: tuple[Step, ...], input_index: int, output: Any) -> None:
+    import networkx as nx  # imported when compiling, not by `import dagserve` (it takes ~150 ms)
+
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(steps)))
+    g.add_edges_from((d, s.index) for s in steps for d in s.inputs)
+    if not nx.is_directed_acyclic_graph(g):  # pragma: no cover - nodes are immutable, so never
+        raise CompileError(f"Graph {graph_name!r} has a cycle.")
+    fed = nx.descendants(g, input_index) | {input_index}
+    cut_off = [s.name for s in steps if s.index not in fed and s.kind != "input"]
+    if cut_off:
+        # Nodes computed from constants only are legal but usually a mistake: they do the same
+        # work on every request. They still run; this is reported so the user can hoist them.
+        raise CompileError(
+            f"Graph {graph_name!r} has nodes that do not depend on the request payload: "
+            f"{', '.join(cut_off)}. They would compute the same value for every request; compute it "
+            "once outside the graph and pass it as a constant, or feed them from the Input."
+        )
