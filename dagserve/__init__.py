@@ -28,7 +28,9 @@ Python, then serve it with every node its own independently scalable Ray Serve d
 
 from __future__ import annotations
 
-from dagserve._version import __version__
+from typing import Any
+
+from dagserve._version import __version__ as __version__
 from dagserve.app import App, deploy
 from dagserve.compiler.passes import compile
 from dagserve._errors import (
@@ -50,13 +52,32 @@ from dagserve._errors import (
 )
 from dagserve.runtime.executor import RequestContext
 from dagserve.graph.nodes import Graph, Input, node, split, switch
-from dagserve.offline.mapping import MapResult
+from dagserve.runtime.mapping import MapResult
 from dagserve._options import Autoscaling, NodeOptions
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.runtime.request_id import RequestIdFilter, current_request_id
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.status import AppStatus, NodeStatus
 
+
+
+# -- wiring: the few calls that point up the layers (dagserve/_hooks.py says why) -------------------
+def _serve_ingress(options: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    from dagserve.http.serve_ingress import IngressReplica, driver_options  # imports ray: only with ingress_replicas
+
+    return IngressReplica, driver_options(options)
+
+
+def _wire() -> None:
+    from dagserve import render as _render
+    from dagserve._hooks import hooks
+
+    hooks.to_dot, hooks.render, hooks.to_svg = _render.to_dot, _render.render, _render.to_svg
+    hooks.asgi_app = asgi_app
+    hooks.serve_ingress = _serve_ingress
+
+
+_wire()
 
 __all__ = [
     "App",

@@ -22,6 +22,12 @@ from dagserve._errors import OptionsError
 __all__ = ["Autoscaling", "NodeOptions", "make_options"]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 100
+#: The backend ``deploy`` uses when none is given: every node a Ray Serve deployment (docs/ray.md).
+DEFAULT_BACKEND = "ray"
+#: A request still running after this many seconds fails with RequestTimeoutError (HTTP 504).
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+#: ``deploy`` gives up (DeployError) when deployments are not ready after this many seconds.
+DEFAULT_READY_TIMEOUT_S = 120.0
 
 
 class Autoscaling(BaseModel):

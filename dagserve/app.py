@@ -14,23 +14,18 @@ from dagserve.runtime.deadlines import FixedTimeout
 from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
 from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.graph.nodes import Graph
-from dagserve._options import make_options
+from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.backends import Backend, get_backend
+from dagserve._hooks import hooks
 
 if TYPE_CHECKING:
-    from dagserve.offline.mapping import MapResult
+    from dagserve.runtime.mapping import MapResult
     from dagserve.compiler.plan import DeploymentSpec, Plan
     from dagserve.runtime.status import AppStatus
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]
 
-#: The backend ``deploy`` uses when none is given: every node a Ray Serve deployment (docs/ray.md).
-DEFAULT_BACKEND = "ray"
-#: A request still running after this many seconds fails with RequestTimeoutError (HTTP 504).
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
-#: ``deploy`` gives up (DeployError) when deployments are not ready after this many seconds.
-DEFAULT_READY_TIMEOUT_S = 120.0
 
 _SCALE_FIELDS = frozenset({"num_replicas", "autoscaling"})
 _UPDATE_FIELDS = frozenset(
@@ -198,14 +193,14 @@ class App:
         Yields results as they complete, in input order when ``ordered``. With
         ``return_exceptions`` a failed payload yields its exception instead of stopping the run.
         """
-        from dagserve.offline.mapping import map_app
+        from dagserve.runtime.mapping import map_app
 
         return map_app(self, payloads, concurrency=concurrency, ordered=ordered, return_exceptions=return_exceptions)
 
     def map_results(self, payloads: Iterable[Any], *, concurrency: int = 64, ordered: bool = True) -> Iterator[MapResult[Any]]:
         """Like :meth:`map`, but yields a :class:`~dagserve.MapResult` per payload: ``index``,
         ``payload``, ``ok``, ``value``, ``error`` and per-node ``timings`` (useful when unordered)."""
-        from dagserve.offline.mapping import map_results
+        from dagserve.runtime.mapping import map_results
 
         return map_results(self, payloads, concurrency=concurrency, ordered=ordered)
 
@@ -217,9 +212,7 @@ class App:
         ``options`` are those of :func:`dagserve.asgi_app` (``token``, ``max_body_bytes`` ...).
         The App stays yours: shut it down when your server stops.
         """
-        from dagserve.http.server import asgi_app
-
-        return asgi_app(self, **options)
+        return hooks.need("asgi_app")(self, **options)  # the HTTP layer, above this one
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:

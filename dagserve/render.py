@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from dagserve._errors import DagserveError, GraphvizNotFoundError, RenderError
+from dagserve._errors import GraphvizNotFoundError, RenderError
 from dagserve.graph.nodes import Graph
 from dagserve.compiler.plan import DeploymentSpec, Plan, Ref, Step
 
@@ -38,7 +36,7 @@ if TYPE_CHECKING:
     from dagserve.observe.stats import Latency
     from dagserve.runtime.status import AppStatus, NodeStatus
 
-__all__ = ["FORMATS", "live_dot", "live_svg", "render", "render_command", "to_dot", "to_svg"]
+__all__ = ["FORMATS", "live_dot", "live_svg", "render", "to_dot", "to_svg"]
 
 #: Output format by file suffix.
 FORMATS: dict[str, str] = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
@@ -610,46 +608,3 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n} B"
-
-
-# --------------------------------------------------------------------------------------------
-# The `dagserve render` command
-# --------------------------------------------------------------------------------------------
-
-
-@click.command("render")
-@click.argument("target", metavar="MODULE:ATTR")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="File to write: .svg, .png, .pdf or .dot. Without it the DOT source goes to stdout.",
-)
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(sorted(set(FORMATS.values()))),
-    default=None,
-    help="Output format when the file's suffix does not say it.",
-)
-def render_command(target: str, output: Path | None, fmt: str | None) -> None:
-    """Draw the graph MODULE:ATTR (e.g. examples.quickstart:graph) as a diagram."""
-    from dagserve.cli.main import load_target
-
-    obj = load_target(target)
-    if not isinstance(obj, (Graph, Plan)):
-        raise click.BadParameter(
-            f"{target!r} is a {type(obj).__name__}, not a dagserve.Graph.", param_hint="MODULE:ATTR"
-        )
-    try:
-        if output is None:
-            if fmt not in (None, "dot"):
-                raise click.UsageError(f"--format {fmt} writes a binary file; give it a path with -o FILE.")
-            click.echo(to_dot(obj), nl=False)
-            return
-        path = render(obj, output, format=fmt)
-    except DagserveError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"Wrote {path}", err=True)

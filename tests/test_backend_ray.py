@@ -18,9 +18,9 @@ from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.app import App
-from dagserve.backends import ray as ray_backend
+from dagserve.backends.ray import backend as ray_backend
 from dagserve.backends.ray.direct import _LEN
-from dagserve.http.serve_ingress import INGRESS_DEPLOYMENT, free_port
+from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray.backend import RayBackend, deployment_options
 
 from . import example_graphs as eg

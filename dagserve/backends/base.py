@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError
 
 if TYPE_CHECKING:
     from dagserve.runtime.executor import Runner
@@ -13,7 +12,7 @@ if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
     from dagserve.runtime.status import AppStatus
 
-__all__ = ["Backend", "get_backend"]
+__all__ = ["Backend"]
 
 
 class Backend(abc.ABC):
@@ -60,20 +59,3 @@ class Backend(abc.ABC):
         scraped. Backends that cannot see their batches return ``{}``.
         """
         return {}
-
-
-def get_backend(name: str | Backend, **kwargs: Any) -> Backend:
-    """A backend by name (``"local"`` or ``"ray"``), or the instance given."""
-    if isinstance(name, Backend):
-        if kwargs:
-            raise DagserveError("Backend options go to the backend's constructor when passing an instance.")
-        return name
-    if name == "local":
-        from dagserve.backends.local import LocalBackend
-
-        return LocalBackend(**kwargs)
-    if name == "ray":
-        from dagserve.backends.ray.backend import RayBackend  # imports ray, on demand
-
-        return RayBackend(**kwargs)
-    raise DagserveError(f"Unknown backend {name!r}; use 'local' (in-process) or 'ray' (Ray Serve).")

@@ -31,7 +31,7 @@ import click
 
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
-from dagserve.cli.main import load_target
+from dagserve.cli.targets import load_target
 from dagserve._errors import DagserveError, GraphError
 from dagserve.graph.nodes import Graph
 from dagserve.runtime.request_id import RequestIdFilter
@@ -44,9 +44,9 @@ from dagserve.http.server import (
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     TOKEN_ENV,
     check_unique_names,
-    is_loopback,
     serve,
 )
+from dagserve.http.hosts import is_loopback
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -359,7 +359,8 @@ def _deploy_all(
     """Deploy each graph, showing per graph how many of its nodes run so far."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dagserve.app import DEFAULT_BACKEND, deploy
+    from dagserve._options import DEFAULT_BACKEND
+    from dagserve.app import deploy
     from dagserve.backends import get_backend
 
     apps: list[App] = []

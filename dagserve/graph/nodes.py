@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from dagserve._errors import GraphError
+from dagserve._errors import GraphError, GraphvizNotFoundError
+from dagserve._hooks import hooks
 from dagserve._options import NodeOptions, make_options
 
 if TYPE_CHECKING:
@@ -662,26 +663,19 @@ class Graph:
             stack.extend((d, False) for d in reversed(n.dependencies()) if id(d) not in seen)
         return order
 
-    # Rendering lives in dagserve/render.py; these are thin entry points.
+    # Rendering lives in dagserve/render.py, a layer above this one: reached through its hooks.
     def to_dot(self, **kwargs: Any) -> str:
         """DOT source of the diagram (deterministic: the same graph gives the same text)."""
-        from dagserve.render import to_dot
-
-        return to_dot(self, **kwargs)
+        return hooks.need("to_dot")(self, **kwargs)  # type: ignore[no-any-return]
 
     def render(self, path: str | Path, **kwargs: Any) -> Path:
         """Write the diagram to ``path``: SVG, PNG or PDF by its suffix, DOT source for ``.dot``."""
-        from dagserve.render import render
-
-        return render(self, path, **kwargs)
+        return hooks.need("render")(self, path, **kwargs)  # type: ignore[no-any-return]
 
     def _repr_svg_(self) -> str | None:
         """Notebook display; ``None`` (Jupyter falls back to the text repr) without ``dot``."""
-        from dagserve._errors import GraphvizNotFoundError
-        from dagserve.render import to_svg
-
         try:
-            return to_svg(self)
+            return hooks.need("to_svg")(self)  # type: ignore[no-any-return]
         except GraphvizNotFoundError:
             return None
 

@@ -180,7 +180,7 @@ def token_for_url(url: str) -> str | None:
 
     Only loopback URLs are looked up: a token of this machine is never sent elsewhere.
     """
-    from dagserve.http.server import is_loopback
+    from dagserve.http.hosts import is_loopback
 
     parts = urllib.parse.urlsplit(url)
     try:

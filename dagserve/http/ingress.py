@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -41,22 +40,21 @@ from dagserve.runtime.deadlines import FixedTimeout
 from dagserve._errors import DagserveError, GraphError
 from dagserve.runtime.executor import RequestContext
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
+from dagserve.http.admin import admin_routes
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.openapi import docs_page, openapi_document
+from dagserve.observe.metrics import metrics_endpoint
+from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
+from dagserve.render import live_svg
 from dagserve.runtime.request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
-from dagserve.http.server import host_name, is_loopback
+from dagserve.http.hosts import host_name, is_loopback
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from dagserve.app import App
-    from dagserve.http.server import IngressConfig
+    from dagserve.http.config import IngressConfig
 
-try:  # per-node timings in response headers when the client asks (x-dagserve-trace: 1)
-    from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
-except ImportError:  # pragma: no cover - observe/trace.py ships with dagserve
-    TRACE_HEADER = "x-dagserve-trace"
-    trace_headers = trace_requested = None  # type: ignore[assignment]
 
 __all__ = ["Ingress", "create_app"]
 
@@ -128,17 +126,9 @@ class Ingress:
             Route("/-/graph", self._plan_json, methods=["GET"], name="plan"),
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
         ]
-        metrics = _optional_hook("dagserve.observe.metrics", "metrics_endpoint")
-        if metrics is not None:
-            routes.append(Route("/metrics", self._guarded(metrics(self.apps)), methods=["GET"], name="metrics"))
+        routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
         admin_token = self.config.admin_token
         if admin_token:
-            admin_routes = _optional_hook("dagserve.http.admin", "admin_routes")
-            if admin_routes is None:
-                raise DagserveError(
-                    "An admin token is configured but this dagserve has no admin routes (dagserve.http.admin "
-                    "is missing); unset DAGSERVE_ADMIN_TOKEN / admin_token."
-                )
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
             routes.append(Mount("/-/admin", routes=list(admin_routes(self.apps, admin_token)), name="admin"))
         return routes
@@ -387,9 +377,6 @@ class Ingress:
     async def _plan_svg(self, request: Request) -> Response:
         self._authorize(request)
         app = self._pick_app(request)
-        live_svg = _optional_hook("dagserve.render", "live_svg")
-        if live_svg is None:
-            raise HTTPError(501, "The live diagram is not available in this build (dagserve.render.live_svg).")
         svg = await run_in_threadpool(live_svg, app)
         return Response(svg, media_type="image/svg+xml")
 
@@ -618,7 +605,7 @@ def _graph_headers(scope: Scope) -> list[str | None]:
 
 def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
     """Timing headers when the client asked for them (``value``: its x-dagserve-trace header)."""
-    if value is None or ctx is None or trace_requested is None or not trace_requested({TRACE_HEADER: value}):
+    if value is None or ctx is None or not trace_requested({TRACE_HEADER: value}):
         return None
     return trace_headers(ctx, time.perf_counter() - start)
 
@@ -659,14 +646,3 @@ def _error(status: int, body: dict[str, Any], headers: dict[str, str]) -> Respon
     if status == 503:
         headers.setdefault("retry-after", "1")
     return Response(dump_json(body), status_code=status, media_type=_JSON, headers=headers)
-
-
-def _optional_hook(module: str, attr: str) -> Any:
-    """``module.attr`` when that module exists (another part of dagserve may not be built yet)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
-    return getattr(mod, attr, None)

@@ -6,27 +6,25 @@ around an App attached to the graph's node deployments, behind Serve's HTTP prox
 cluster; in one process the in-process ingress is faster (docs/ray.md).
 
 This module imports ray.serve at import: it is only imported when ``ingress_replicas`` is set.
+Where the deployment goes in the graph's application: ``dagserve.backends.ray.proxy``.
 """
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
-from dagserve._errors import DeployError
-from dagserve.backends.ray import cluster as ray_cluster
+from dagserve.app import App
+from dagserve.backends.ray.backend import RayBackend
+from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
+from dagserve.http.server import asgi_app, resolve_token
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Plan
-    from dagserve.backends.ray.backend import RayBackend
 
-__all__ = ["INGRESS_DEPLOYMENT", "IngressReplica", "bind_ingress", "free_port", "ingress_url"]
-
-#: The ingress deployment's name in the graph's Serve application.
-INGRESS_DEPLOYMENT = "dagserve-ingress"
+__all__ = ["IngressReplica", "driver_options"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +48,6 @@ class IngressReplica:
         direct_options: dict[str, Any] | None = None,
         **_children: Any,
     ) -> None:
-        from dagserve.app import App
-        from dagserve.backends.ray.backend import RayBackend
-
         # The deploying backend's direct-transport limits: the node replicas hold to the same.
         backend = RayBackend.attached(plan, versions, **(direct_options or {}))
         graph = _GraphInfo(plan.graph_name, plan.description)
@@ -60,8 +55,6 @@ class IngressReplica:
         self._options = ingress_options
 
     def __serve_build_asgi_app__(self) -> Any:
-        from dagserve.http.server import asgi_app
-
         return _WithoutRequestIdHeader(asgi_app(self._app, **self._options))
 
 
@@ -86,34 +79,6 @@ class _WithoutRequestIdHeader:
         await self.app(scope, receive, send_once)
 
 
-def bind_ingress(backend: RayBackend, nodes: list[Any]) -> Any:
-    """The ingress deployment, bound with every node deployment (so Serve deploys them together)."""
-    plan = backend._plan
-    assert plan is not None  # deploy() set it; not user input
-    if INGRESS_DEPLOYMENT in backend._specs:
-        raise DeployError(
-            f"A node is named {INGRESS_DEPLOYMENT!r}, the name of the ingress deployment; rename the node."
-        )
-    # Graph objects stay behind: the replicas need only the plan's specs.
-    stripped = replace(plan, deployments=tuple(replace(d, source=None) for d in backend._specs.values()))
-    d = serve.deployment(
-        IngressReplica,
-        name=INGRESS_DEPLOYMENT,
-        num_replicas=backend.ingress_replicas,
-        ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=backend.ingress_max_ongoing_requests,
-    )
-    d = d.options(version=f"{backend._token}-ingress-{backend._ingress_version}", _internal=True)
-    return d.bind(
-        stripped,
-        dict(backend._versions),
-        driver_options(backend.ingress_options),
-        backend.ingress_request_timeout_s,
-        backend.direct_options(),
-        _children=nodes,
-    )
-
-
 def driver_options(options: dict[str, Any]) -> dict[str, Any]:
     """The ingress options with the tokens resolved here, in the process that deploys.
 
@@ -121,35 +86,7 @@ def driver_options(options: dict[str, Any]) -> dict[str, Any]:
     given; in a replica that would read the Ray worker's environment (set when Ray started, maybe
     by someone else), not the deployer's. An empty string means "no token" without that fallback.
     """
-    from dagserve.http.server import ADMIN_TOKEN_ENV, TOKEN_ENV, resolve_token
-
     out = dict(options)
     for key, env in (("token", TOKEN_ENV), ("admin_token", ADMIN_TOKEN_ENV)):
         out[key] = resolve_token(out.get(key), env) or ""
     return out
-
-
-def check_proxy() -> tuple[str, int]:
-    """Serve's HTTP proxy address, or a :class:`DeployError` saying how to get one."""
-    address = ray_cluster.proxy_address()
-    if address is None:
-        raise DeployError(
-            "ingress_replicas needs Serve's HTTP proxy, but Serve already runs on this Ray without one "
-            "(dagserve starts it without a proxy when the ingress runs in-process). Deploy the "
-            "ingress_replicas graph first, or start Serve with its proxy: "
-            "serve.start(http_options={'host': '127.0.0.1', 'port': PORT})."
-        )
-    return address
-
-
-def ingress_url(app_name: str) -> str:
-    """Where the graph's ingress deployment answers, through Serve's proxy."""
-    host, port = check_proxy()
-    return f"http://{host}:{port}/{app_name}"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for Serve's proxy)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

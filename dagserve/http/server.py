@@ -11,7 +11,6 @@ import contextlib
 import copy
 import functools
 import inspect
-import ipaddress
 import logging
 import os
 import signal
@@ -19,13 +18,25 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagserve.app import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, App, deploy
+from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
+from dagserve.app import App, deploy
 from dagserve._errors import DagserveError, GraphError, OptionsError
 from dagserve.graph.nodes import Graph
-from dagserve.http.jsonio import MAX_DEPTH
+from dagserve.http.hosts import host_list, served_hosts, url_for, warn_if_exposed
+from dagserve.http.config import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    TOKEN_ENV,
+    IngressConfig,
+    positive,
+)
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend
@@ -46,51 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dagserve.serve")
-
-#: Environment variable holding the bearer token for graph routes.
-TOKEN_ENV = "DAGSERVE_TOKEN"
-#: Environment variable holding the bearer token for admin routes (which exist only with one).
-ADMIN_TOKEN_ENV = "DAGSERVE_ADMIN_TOKEN"
-#: Largest request body accepted (413 beyond), counted as it streams in.
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-#: The whole body must arrive within this many seconds of the headers (408 otherwise).
-DEFAULT_BODY_TIMEOUT_S = 30.0
-#: A request's headers must arrive within this many seconds of its first byte (408 otherwise).
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-#: Largest request head (request line and headers) accepted (431 beyond).
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-#: Graph requests running at once in one ingress; more get 503 with Retry-After.
-DEFAULT_MAX_IN_FLIGHT = 1000
-#: On SIGINT/SIGTERM, requests in flight get this many seconds to finish.
-DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class IngressConfig:
-    """Limits and switches of one ingress (see :func:`asgi_app`)."""
-
-    token: str | None = None
-    admin_token: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
-    max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT
-    max_json_depth: int = MAX_DEPTH
-    debug: bool = False
-    title: str | None = None
-    #: ``None``: any Host header; a tuple: loopback hosts and these names only (see HostFilter).
-    allowed_hosts: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.allowed_hosts is not None:
-            for entry in self.allowed_hosts:
-                _check_host_entry(entry)
-        _positive("max_body_bytes", self.max_body_bytes, integer=True)
-        _positive("max_json_depth", self.max_json_depth, integer=True)
-        if self.body_timeout_s is not None:
-            _positive("body_timeout_s", self.body_timeout_s)
-        if self.max_in_flight is not None:
-            _positive("max_in_flight", self.max_in_flight, integer=True)
-
 
 def asgi_app(
     apps: App | Iterable[App],
@@ -129,7 +95,7 @@ def asgi_app(
         max_in_flight=max_in_flight,
         debug=debug,
         title=title,
-        allowed_hosts=_host_list(allowed_hosts),
+        allowed_hosts=host_list(allowed_hosts),
     )
     from dagserve.http.ingress import create_app
 
@@ -252,92 +218,10 @@ def check_unique_names(items: Iterable[Graph | App]) -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
-    """Does ``host`` listen on this machine only?"""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: assume it resolves outside
-
-
-def host_name(value: str) -> str:
-    """The name in a ``Host`` header (or an ``allowed_hosts`` entry): lower case, without the
-    port, the brackets of an IPv6 address or a final dot. ``"[::1]:8000"`` -> ``"::1"``."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        return value[1:end] if end > 0 else value
-    if value.count(":") == 1:
-        value = value.partition(":")[0]
-    return value.rstrip(".") or value
-
-
-def served_hosts(host: str, token: str | None, allowed_hosts: Iterable[str] | None) -> tuple[str, ...] | None:
-    """The ``Host`` names a server that dagserve binds itself answers (``IngressConfig.allowed_hosts``).
-
-    Listed names: loopback and those. None listed: loopback only when bound to loopback without
-    a request token (a web page could otherwise reach it), else any (``None``).
-    """
-    listed = _host_list(allowed_hosts)
-    if listed:
-        return listed
-    return () if is_loopback(host) and not token else None
-
-
-def _host_list(allowed_hosts: Iterable[str] | None) -> tuple[str, ...] | None:
-    if allowed_hosts is None:
-        return None
-    if isinstance(allowed_hosts, str):
-        return (allowed_hosts,)  # one name, not its characters
-    return tuple(allowed_hosts)
-
-
-def _check_host_entry(entry: object) -> None:
-    name = host_name(entry) if isinstance(entry, str) and not any(c in entry for c in "/@?# \t") else ""
-    body = name[2:] if name.startswith("*.") else name
-    if name != "*" and (not body or "*" in body):
-        raise OptionsError(
-            f"allowed_hosts entry {entry!r} is not a host name; give names such as 'api.example.com', "
-            "'*.example.com' (its subdomains), '10.0.0.5' or '*' (any)."
-        )
-
-
-def warn_if_exposed(host: str, token: str | None) -> bool:
-    """Log a prominent warning (and return True) when ``host`` is reachable from outside without a token."""
-    if token or is_loopback(host):
-        return False
-    logger.warning(
-        "\n%s\nSERVING ON %s WITHOUT A TOKEN: anyone who can reach this port can run your graphs.\n"
-        "Set DAGSERVE_TOKEN (or --token / token=) to require 'Authorization: Bearer <token>', or bind "
-        "127.0.0.1.\n%s",
-        "!" * 78,
-        host,
-        "!" * 78,
-    )
-    return True
-
-
-def url_for(host: str, port: int) -> str:
-    """``http://host:port/``, with unspecified addresses shown as loopback (what a browser can open)."""
-    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in shown:
-        shown = f"[{shown}]"
-    return f"http://{shown}:{port}/"
-
-
-def _positive(name: str, value: Any, *, integer: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or value <= 0:
-        kind = "a positive integer" if integer else "a positive number of seconds"
-        raise OptionsError(f"Ingress option {name}={value!r} is invalid; it must be {kind}.")
-
-
 def _check_server_options(header_timeout_s: float | None, max_header_bytes: int, shutdown_timeout_s: float) -> None:
     if header_timeout_s is not None:
-        _positive("header_timeout_s", header_timeout_s)
-    _positive("max_header_bytes", max_header_bytes, integer=True)
+        positive("header_timeout_s", header_timeout_s)
+    positive("max_header_bytes", max_header_bytes, integer=True)
     if (
         isinstance(shutdown_timeout_s, bool)
         or not isinstance(shutdown_timeout_s, (int, float))

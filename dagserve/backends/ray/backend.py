@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from dagserve._hooks import hooks
+from dagserve._options import DEFAULT_REQUEST_TIMEOUT_S
 from dagserve._errors import AppClosedError, DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.runtime.status import AppStatus
 from dagserve.backends.ray import cluster as ray_cluster
@@ -550,8 +552,6 @@ class RayBackend(Backend):
         self.address = address
         self.ingress_replicas = ingress_replicas
         #: ``dagserve.asgi_app`` keyword arguments for the ingress replicas (token, limits...).
-        from dagserve.app import DEFAULT_REQUEST_TIMEOUT_S
-
         self.ingress_options: dict[str, Any] = dict(ingress_options or {})
         self.ingress_request_timeout_s: float | None = self.ingress_options.pop(
             "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S
@@ -613,7 +613,7 @@ class RayBackend(Backend):
             ray_cluster.ensure_serve(proxy_port=self._proxy_port_for_start())
             waiting = [d.name for d in plan.remote_deployments]
             if self.ingress_replicas is not None:
-                from dagserve.http.serve_ingress import INGRESS_DEPLOYMENT, check_proxy
+                from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, check_proxy
 
                 check_proxy()
                 waiting.append(INGRESS_DEPLOYMENT)
@@ -627,7 +627,7 @@ class RayBackend(Backend):
             self._log_pending()
             self._check_direct()
             if self.ingress_replicas is not None:
-                from dagserve.http.serve_ingress import ingress_url
+                from dagserve.backends.ray.proxy import ingress_url
 
                 self.ingress_url = ingress_url(self._app_name or "")
         except BaseException:
@@ -918,9 +918,7 @@ class RayBackend(Backend):
 
         remote = [s for s in self._specs.values() if not s.inline]
         if self.ingress_replicas is not None:
-            from dagserve.http.serve_ingress import bind_ingress
-
-            root = bind_ingress(self, [self._bind(s) for s in remote])
+            root = self._bind_ingress([self._bind(s) for s in remote])
             route_prefix: str | None = f"/{self._app_name}"
         else:
             # The first node's deployment is the application's root; binding the others to it
@@ -934,6 +932,39 @@ class RayBackend(Backend):
         except Exception as exc:
             raise DeployError(f"Ray Serve refused graph {self._app_name!r}: {type(exc).__name__}: {exc}") from exc
 
+    def _bind_ingress(self, nodes: list[Any]) -> Any:
+        """The ingress deployment, bound with every node deployment (so Serve deploys them together)."""
+        from ray import serve
+
+        from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT
+
+        plan = self._plan
+        assert plan is not None  # deploy() set it; not user input
+        if INGRESS_DEPLOYMENT in self._specs:
+            raise DeployError(
+                f"A node is named {INGRESS_DEPLOYMENT!r}, the name of the ingress deployment; rename the node."
+            )
+        # Graph objects stay behind: the replicas need only the plan's specs.
+        stripped = replace(plan, deployments=tuple(replace(d, source=None) for d in self._specs.values()))
+        # The HTTP layer's replica class, and the ingress options with their tokens resolved here.
+        replica_class, options = hooks.need("serve_ingress")(self.ingress_options)
+        d = serve.deployment(
+            replica_class,
+            name=INGRESS_DEPLOYMENT,
+            num_replicas=self.ingress_replicas,
+            ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=self.ingress_max_ongoing_requests,
+        )
+        d = d.options(version=f"{self._token}-ingress-{self._ingress_version}", _internal=True)
+        return d.bind(
+            stripped,
+            dict(self._versions),
+            options,
+            self.ingress_request_timeout_s,
+            self.direct_options(),
+            _children=nodes,
+        )
+
     def _bind(self, spec: DeploymentSpec, **children: Any) -> Any:
         from ray import serve
 
@@ -946,7 +977,7 @@ class RayBackend(Backend):
             return None
         if self._proxy_port is not None:
             return self._proxy_port
-        from dagserve.http.serve_ingress import free_port
+        from dagserve.backends.ray.proxy import free_port
 
         return free_port()
 

@@ -13,15 +13,28 @@ import asyncio
 import queue
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from dagserve._errors import AppClosedError, DagserveError
 from dagserve.runtime.executor import RequestContext
 
-if TYPE_CHECKING:
-    from dagserve.app import App
+__all__ = ["App", "MapResult", "map_app", "map_results"]
 
-__all__ = ["MapResult", "map_app", "map_results"]
+
+class App(Protocol):
+    """What a map run needs of :class:`dagserve.App` (which lives a layer above this one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def acall(self, payload: Any, *, context: RequestContext | None = ...) -> Awaitable[Any]: ...
+
+    def _check_open(self) -> None: ...
+
+    def _home_loop(self, current: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop: ...
 
 T = TypeVar("T")
 
