@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 import dagserve
+import dagserve.http.hosts as hosts
 import dagserve.http.server as srv
 from tests import ingress_graphs as g
 
@@ -182,14 +183,14 @@ def test_invalid_limits_fail_before_deploying(monkeypatch: pytest.MonkeyPatch, o
     ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
-    assert srv.is_loopback(host) is loopback
+    assert hosts.is_loopback(host) is loopback
 
 
 def test_binding_beyond_loopback_without_a_token_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="dagserve.serve"):
-        assert srv.warn_if_exposed("0.0.0.0", None) is True
-        assert srv.warn_if_exposed("0.0.0.0", "secret") is False
-        assert srv.warn_if_exposed("127.0.0.1", None) is False
+        assert hosts.warn_if_exposed("0.0.0.0", None) is True
+        assert hosts.warn_if_exposed("0.0.0.0", "secret") is False
+        assert hosts.warn_if_exposed("127.0.0.1", None) is False
     [record] = caplog.records
     assert "SERVING ON 0.0.0.0 WITHOUT A TOKEN" in record.getMessage()
     assert "DAGSERVE_TOKEN" in record.getMessage()
@@ -210,9 +211,9 @@ def test_serve_warns_before_listening_beyond_loopback_without_a_token(
 
 
 def test_url_for_shows_an_address_a_browser_can_open() -> None:
-    assert srv.url_for("0.0.0.0", 8000) == "http://127.0.0.1:8000/"
-    assert srv.url_for("::", 80) == "http://[::1]:80/"
-    assert srv.url_for("localhost", 1) == "http://localhost:1/"
+    assert hosts.url_for("0.0.0.0", 8000) == "http://127.0.0.1:8000/"
+    assert hosts.url_for("::", 80) == "http://[::1]:80/"
+    assert hosts.url_for("localhost", 1) == "http://localhost:1/"
 
 
 def test_token_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
