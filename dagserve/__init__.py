@@ -51,7 +51,7 @@ from dagserve._errors import (
     RequestTimeoutError,
 )
 from dagserve.runtime.executor import RequestContext
-from dagserve.graph.nodes import Graph, Input, node, split, switch
+from dagserve.graph import Graph, Input, node, split, switch
 from dagserve.runtime.mapping import MapResult
 from dagserve._options import Autoscaling, NodeOptions
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step

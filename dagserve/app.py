@@ -13,7 +13,7 @@ from dagserve.compiler.passes import compile as compile_graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
 from dagserve.runtime.executor import Executor, RequestContext
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.backends import Backend, get_backend
@@ -352,7 +352,7 @@ def _swap_implementation(
 ) -> DeploymentSpec:
     import inspect
 
-    from dagserve.graph.nodes import FunctionNode, ModelClass
+    from dagserve.graph import FunctionNode, ModelClass
 
     if isinstance(implementation, (FunctionNode, ModelClass)):
         implementation = implementation.fn if isinstance(implementation, FunctionNode) else implementation.cls

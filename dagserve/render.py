@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import GraphvizNotFoundError, RenderError
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve.compiler.plan import DeploymentSpec, Plan, Ref, Step
 
 if TYPE_CHECKING:

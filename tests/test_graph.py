@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve import GraphError
-from dagserve.graph.nodes import CallNode, Chain, FunctionNode, ModelClass, ModelInstance, SelectNode, SplitNode, SwitchNode
+from dagserve.graph import CallNode, Chain, FunctionNode, ModelClass, ModelInstance, SelectNode, SplitNode, SwitchNode
 
 
 @dagserve.node

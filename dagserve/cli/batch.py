@@ -13,7 +13,7 @@ import click
 from dagserve._errors import DagserveError
 from dagserve.app import deploy
 from dagserve.cli.targets import load_target
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve.offline.files import BatchError, BatchSummary, detect_format, run_batch
 
 __all__ = ["batch_command"]

@@ -9,7 +9,7 @@ import click
 from dagserve._errors import DagserveError
 from dagserve.cli.targets import load_target
 from dagserve.compiler.plan import Plan
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve.render import FORMATS, render, to_dot
 
 __all__ = ["render_command"]

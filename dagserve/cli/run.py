@@ -33,7 +33,7 @@ from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
 from dagserve.cli.targets import load_target
 from dagserve._errors import DagserveError, GraphError
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.http.server import (
     ADMIN_TOKEN_ENV,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
-from dagserve.graph.nodes import (
+from dagserve.graph import (
     CallNode,
     FunctionNode,
     Graph,

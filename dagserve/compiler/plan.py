@@ -159,7 +159,7 @@ class Plan:
 
     def deployment(self, node: Any) -> DeploymentSpec:
         """The deployment for ``node``: its name, or the function node / model instance / call."""
-        from dagserve.graph.nodes import CallNode, FunctionNode, ModelMethod
+        from dagserve.graph import CallNode, FunctionNode, ModelMethod
 
         if isinstance(node, CallNode):
             node = node.target

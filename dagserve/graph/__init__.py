@@ -1,0 +1,39 @@
+"""The graph model users write: nodes (``nodes.py``), ``switch`` and ``split`` (``routing.py``) and
+``Graph`` (``graph.py``). It knows nothing of compiling, running or serving."""
+
+from __future__ import annotations
+
+from dagserve.graph.graph import Graph
+from dagserve.graph.nodes import (
+    CallNode,
+    Chain,
+    FunctionNode,
+    Input,
+    ModelClass,
+    ModelInstance,
+    ModelMethod,
+    Node,
+    SelectNode,
+    Stage,
+    node,
+)
+from dagserve.graph.routing import SplitNode, SwitchNode, split, switch
+
+__all__ = [
+    "CallNode",
+    "Chain",
+    "FunctionNode",
+    "Graph",
+    "Input",
+    "ModelClass",
+    "ModelInstance",
+    "ModelMethod",
+    "Node",
+    "SelectNode",
+    "SplitNode",
+    "Stage",
+    "SwitchNode",
+    "node",
+    "split",
+    "switch",
+]

@@ -2,7 +2,7 @@
 
 Nothing here runs user code or knows about any backend. Calling a decorated function or model
 instance records a :class:`CallNode`; ``x[key]`` records a :class:`SelectNode`; ``switch`` and
-``split`` record routing nodes. The compiler turns the result into a :class:`~dagserve.Plan`.
+``split`` (``routing.py``) record routing nodes; ``Graph`` (``graph.py``) names an output. The compiler turns the result into a :class:`~dagserve.Plan`.
 """
 
 from __future__ import annotations
@@ -10,37 +10,34 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from dagserve._errors import GraphError, GraphvizNotFoundError
-from dagserve._hooks import hooks
+from dagserve._errors import GraphError
 from dagserve._options import NodeOptions, make_options
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pydantic import BaseModel
 
 __all__ = [
+    "MISSING",
     "CallNode",
     "Chain",
     "FunctionNode",
-    "Graph",
     "Input",
     "ModelClass",
     "ModelInstance",
     "ModelMethod",
     "Node",
     "SelectNode",
-    "SplitNode",
-    "SwitchNode",
+    "Stage",
     "node",
-    "split",
-    "switch",
+    "nodes_in",
+    "walk",
 ]
 
-_MISSING: Any = object()
+#: A default that was not given (``None`` is a valid default).
+MISSING: Any = object()
 _active_input: contextvars.ContextVar[Input | None] = contextvars.ContextVar("dagserve_input", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,7 +145,7 @@ class CallNode(Node):
         self.kwargs = kwargs
 
     def dependencies(self) -> tuple[Node, ...]:
-        return tuple(_nodes_in((self.args, self.kwargs)))
+        return tuple(nodes_in((self.args, self.kwargs)))
 
     def callable(self) -> Callable[..., Any]:
         """The user function or unbound method this node calls."""
@@ -184,64 +181,12 @@ class SelectNode(Node):
         return f"{self.parent.describe()}[{self.key!r}]"
 
 
-class SwitchNode(Node):
-    """Routes on ``key``'s value; only the chosen case's nodes run."""
-
-    __slots__ = ("cases", "default", "key", "name")
-
-    def __init__(self, key: Node, cases: dict[Hashable, Any], default: Any, name: str | None) -> None:
-        super().__init__()
-        self.key = key
-        self.cases = cases
-        self.default = default
-        self.name = name
-
-    @property
-    def has_default(self) -> bool:
-        return self.default is not _MISSING
-
-    def dependencies(self) -> tuple[Node, ...]:
-        branches = list(self.cases.values()) + ([self.default] if self.has_default else [])
-        return (self.key, *_nodes_in(branches))
-
-    def describe(self) -> str:
-        return f"switch({self.key.describe()})"
-
-
-class SplitNode(Node):
-    """Weighted routing between branches: random per request, or sticky by ``key``."""
-
-    __slots__ = ("branches", "key", "name", "seed", "weights")
-
-    def __init__(
-        self,
-        branches: dict[str, Any],
-        weights: dict[str, float],
-        key: Node | None,
-        seed: int | None,
-        name: str | None,
-    ) -> None:
-        super().__init__()
-        self.branches = branches
-        self.weights = weights
-        self.key = key
-        self.seed = seed
-        self.name = name
-
-    def dependencies(self) -> tuple[Node, ...]:
-        keyed = (self.key,) if self.key is not None else ()
-        return (*keyed, *_nodes_in(list(self.branches.values())))
-
-    def describe(self) -> str:
-        return "split(" + ", ".join(f"{k}={w:g}" for k, w in self.weights.items()) + ")"
-
-
 # --------------------------------------------------------------------------------------------
 # What the decorator returns: function nodes, model classes and their instances
 # --------------------------------------------------------------------------------------------
 
 
-class _Stage:
+class Stage:
     """Something that can be applied to a node: a function node, a model instance, a method."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Node:  # pragma: no cover - overridden
@@ -256,7 +201,7 @@ class _Stage:
         return Chain(left, self)
 
 
-class FunctionNode(_Stage, Generic[F]):
+class FunctionNode(Stage, Generic[F]):
     """A business-logic node: a plain (sync or async) function, deployed as its own deployment.
 
     Calling it with nodes and/or constants records a call in the graph. The undecorated function
@@ -294,7 +239,7 @@ class FunctionNode(_Stage, Generic[F]):
         return f"<dagserve function node {self.name!r}>"
 
 
-class ModelClass(_Stage):
+class ModelClass(Stage):
     """A model node's class: calling it with constructor arguments gives a :class:`ModelInstance`.
 
     ``__init__`` runs once per replica, so load weights there. The undecorated class is ``.cls``.
@@ -318,14 +263,14 @@ class ModelClass(_Stage):
         return ModelClass(self.cls, make_options(self.name, self._options, **overrides))
 
     def __call__(self, *args: Any, **kwargs: Any) -> ModelInstance:  # type: ignore[override]
-        for value in _walk((args, kwargs)):
+        for value in walk((args, kwargs)):
             if isinstance(value, Node):
                 raise GraphError(
                     f"Model {self.name!r} got a graph node ({value.describe()}) as a constructor "
                     "argument; constructor arguments are constants loaded once per replica. "
                     "Pass per-request values when calling the instance: model(x)."
                 )
-            if isinstance(value, (_Stage, ModelClass)):
+            if isinstance(value, (Stage, ModelClass)):
                 raise GraphError(
                     f"Model {self.name!r} got {value!r} as a constructor argument; in dagserve, nodes do "
                     "not hold each other. Connect them in the graph instead: b(a(x)) or a >> b."
@@ -347,7 +292,7 @@ class ModelClass(_Stage):
         return f"<dagserve model class {self.name!r}>"
 
 
-class ModelInstance(_Stage):
+class ModelInstance(Stage):
     """One configured model: one deployment, however many places in the graph call it."""
 
     def __init__(self, model: ModelClass, init_args: tuple[Any, ...], init_kwargs: dict[str, Any], options: NodeOptions) -> None:
@@ -399,7 +344,7 @@ class ModelInstance(_Stage):
         return f"<dagserve model instance {self.name!r}>"
 
 
-class ModelMethod(_Stage):
+class ModelMethod(Stage):
     """``instance.method``: calling it records a call on the instance's deployment."""
 
     def __init__(self, instance: ModelInstance, method: str) -> None:
@@ -430,7 +375,7 @@ def vars_chain(cls: type) -> set[str]:
     return names
 
 
-class Chain(_Stage):
+class Chain(Stage):
     """``a >> b >> c``: stages applied in order; applying the chain to a node gives a node."""
 
     def __init__(self, *stages: Any) -> None:
@@ -468,7 +413,7 @@ def _apply_stage(stage: Any, value: Any) -> Node:
             f"`>>` needs a step on its right (a decorated function, model instance or method), got the "
             f"node {stage.describe()}."
         )
-    if isinstance(stage, (_Stage, Chain)):
+    if isinstance(stage, (Stage, Chain)):
         out = stage(value)
     elif callable(stage):
         raise GraphError(
@@ -533,157 +478,6 @@ def node(target: Any = None, /, **options: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Routing
-# --------------------------------------------------------------------------------------------
-
-
-def switch(key: Node, cases: Mapping[Hashable, Any], default: Any = _MISSING, *, name: str | None = None) -> SwitchNode:
-    """Route on ``key``'s value: the result is the chosen case's value.
-
-    Only the chosen case runs: nodes that only other cases need are never executed::
-
-        out = dagserve.switch(lang, {"en": english(text), "de": german(text)}, default=fallback(text))
-
-    Without ``default``, a value that matches no case fails the request with
-    :class:`~dagserve.NoRouteError` (HTTP 422).
-    """
-    if not isinstance(key, Node):
-        raise GraphError(
-            f"switch(key, ...) needs a graph node as its key (the value to route on), got {key!r}."
-        )
-    if not isinstance(cases, Mapping) or not cases:
-        raise GraphError("switch(key, cases) needs a non-empty dict mapping each value to a branch.")
-    for k in cases:
-        if isinstance(k, Node):
-            raise GraphError("switch cases are keyed by constant values, not nodes.")
-    return SwitchNode(key, dict(cases), default, name)
-
-
-def split(
-    branches: Mapping[str, Any],
-    weights: Mapping[str, float] | Sequence[float],
-    *,
-    key: Node | None = None,
-    seed: int | None = None,
-    name: str | None = None,
-) -> SplitNode:
-    """Weighted routing between branches (canary, A/B); only the chosen branch runs.
-
-    ``weights`` are relative (90/10 and 0.9/0.1 mean the same). Without ``key`` each request is
-    routed at random; with ``key`` (e.g. ``inp["user_id"]``) the choice is sticky: a stable hash of
-    the key's value, so one user always sees the same branch. ``seed`` (an int) makes the random
-    choice reproducible: the n-th request reaching the split in an App takes the same branch in
-    every deployment with that seed; with ``key`` it salts the hash, so experiments with other
-    seeds bucket users independently (docs/graphs.md)::
-
-        out = dagserve.split({"stable": v1(x), "canary": v2(x)}, {"stable": 90, "canary": 10})
-    """
-    if not isinstance(branches, Mapping) or len(branches) < 2:
-        raise GraphError("split(branches, weights) needs a dict of at least two named branches.")
-    labels = list(branches)
-    for label in labels:
-        if not isinstance(label, str) or not label:
-            raise GraphError(f"split branch labels are non-empty strings, got {label!r}.")
-    if isinstance(weights, Mapping):
-        if set(weights) != set(labels):
-            raise GraphError(
-                f"split weights name {sorted(weights)!r} but the branches are {sorted(labels)!r}; "
-                "give one weight per branch."
-            )
-        raw = {label: weights[label] for label in labels}
-    else:
-        weights = list(weights)
-        if len(weights) != len(labels):
-            raise GraphError(f"split got {len(weights)} weights for {len(labels)} branches; give one per branch.")
-        raw = dict(zip(labels, weights, strict=True))
-    for label, w in raw.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or w != w:
-            raise GraphError(f"split weight for {label!r} must be a number >= 0, got {w!r}.")
-    total = float(sum(raw.values()))
-    if total <= 0:
-        raise GraphError("split weights add up to 0; give at least one branch a positive weight.")
-    if key is not None and not isinstance(key, Node):
-        raise GraphError(f"split(key=...) takes a graph node such as inp['user_id'], got {key!r}.")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise GraphError(f"split(seed=...) takes an int, got {seed!r}.")
-    return SplitNode(dict(branches), {k: v / total for k, v in raw.items()}, key, seed, name)
-
-
-# --------------------------------------------------------------------------------------------
-# The graph
-# --------------------------------------------------------------------------------------------
-
-
-class Graph:
-    """An inference graph: its output (a node, a ``>>`` chain, or a dict/list/tuple of nodes).
-
-    ::
-
-        with dagserve.Input() as inp:
-            graph = dagserve.Graph({"label": classify(inp["text"])}, name="classify")
-
-        graph = dagserve.Graph(clean >> Classifier(vocab) >> respond, name="pipeline")
-    """
-
-    def __init__(self, output: Any, *, name: str = "default", description: str | None = None) -> None:
-        import re
-
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
-            raise GraphError(
-                f"Graph name {name!r} is not usable in URLs and deployment names; use letters, digits, "
-                "'_', '-' and '.', at most 64 characters."
-            )
-        if isinstance(output, (Chain, _Stage)) and not isinstance(output, ModelClass):
-            output = output(Input())
-        elif isinstance(output, ModelClass):
-            raise GraphError(f"Graph(...) got the model class {output.name}; create an instance and call it.")
-        if not any(isinstance(v, Node) for v in _walk(output)):
-            raise GraphError(
-                "Graph(output) needs graph nodes in its output, got only constants; build nodes from "
-                "`with dagserve.Input() as inp:`."
-            )
-        self.output = output
-        self.name = name
-        self.description = description
-
-    def nodes(self) -> list[Node]:
-        """Every node reachable from the output, dependencies first."""
-        seen: dict[int, Node] = {}
-        stack: list[tuple[Node, bool]] = [(n, False) for n in reversed(list(_nodes_in(self.output)))]
-        order: list[Node] = []
-        while stack:
-            n, expanded = stack.pop()
-            if expanded:
-                order.append(n)
-                continue
-            if id(n) in seen:
-                continue
-            seen[id(n)] = n
-            stack.append((n, True))
-            stack.extend((d, False) for d in reversed(n.dependencies()) if id(d) not in seen)
-        return order
-
-    # Rendering lives in dagserve/render.py, a layer above this one: reached through its hooks.
-    def to_dot(self, **kwargs: Any) -> str:
-        """DOT source of the diagram (deterministic: the same graph gives the same text)."""
-        return hooks.need("to_dot")(self, **kwargs)  # type: ignore[no-any-return]
-
-    def render(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write the diagram to ``path``: SVG, PNG or PDF by its suffix, DOT source for ``.dot``."""
-        return hooks.need("render")(self, path, **kwargs)  # type: ignore[no-any-return]
-
-    def _repr_svg_(self) -> str | None:
-        """Notebook display; ``None`` (Jupyter falls back to the text repr) without ``dot``."""
-        try:
-            return hooks.need("to_svg")(self)  # type: ignore[no-any-return]
-        except GraphvizNotFoundError:
-            return None
-
-    def __repr__(self) -> str:
-        return f"<dagserve.Graph {self.name!r}>"
-
-
-# --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
 
@@ -696,20 +490,20 @@ def _is_pydantic_model(obj: Any) -> bool:
     return inspect.isclass(obj) and issubclass(obj, BaseModel)
 
 
-def _walk(value: Any) -> Iterator[Any]:
+def walk(value: Any) -> Iterator[Any]:
     """Every leaf in nested lists/tuples/dicts (dict keys are not walked)."""
     if isinstance(value, (list, tuple)):
         for item in value:
-            yield from _walk(item)
+            yield from walk(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _walk(item)
+            yield from walk(item)
     else:
         yield value
 
 
-def _nodes_in(value: Any) -> Iterator[Node]:
-    for leaf in _walk(value):
+def nodes_in(value: Any) -> Iterator[Node]:
+    for leaf in walk(value):
         if isinstance(leaf, Node):
             yield leaf
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.app import App, deploy
 from dagserve._errors import DagserveError, GraphError, OptionsError
-from dagserve.graph.nodes import Graph
+from dagserve.graph import Graph
 from dagserve.http.hosts import host_list, served_hosts, url_for, warn_if_exposed
 from dagserve.http.config import (
     ADMIN_TOKEN_ENV,

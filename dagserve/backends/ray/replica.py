@@ -111,7 +111,7 @@ def _pickles_by_value(target: Any) -> bool:
 
 def _unwrap(obj: Any) -> Any:
     """The user function or class behind a dagserve node wrapper (``fn`` / ``cls``)."""
-    from dagserve.graph.nodes import FunctionNode, ModelClass
+    from dagserve.graph import FunctionNode, ModelClass
 
     if isinstance(obj, FunctionNode):
         return obj.fn
