@@ -26,8 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import dagserve
-from dagserve.http.ingress import SCOPE_HANGUP
-from dagserve.http.server import BackgroundServer
+from dagserve.http.middleware import SCOPE_HANGUP
+from tests.background_server import BackgroundServer
 from tests.test_timeouts import probe_graph, run_body, settled_stats, stats
 
 pytestmark = pytest.mark.http

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import dagserve
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 from examples.quickstart import graph as quickstart
 from tests import ingress_graphs as g
 

@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 import dagserve
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 from tests import ingress_graphs as g
 
 pytestmark = pytest.mark.http

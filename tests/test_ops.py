@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import dagserve
 from dagserve.http.admin import TOKEN_ENV
 from dagserve.cli.main import main
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 from tests.test_admin import make_graph
 
 pytestmark = pytest.mark.http

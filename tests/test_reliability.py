@@ -29,7 +29,7 @@ import pytest
 import dagserve
 from benchmarks import chaos
 from benchmarks.chaos import HttpClient, Outcome, Row, percentile, recovery_time, windows
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

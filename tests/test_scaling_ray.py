@@ -20,7 +20,7 @@ import dagserve
 from dagserve.http.admin import TOKEN_ENV
 from dagserve.cli.main import main
 from dagserve.observe.metrics import Metrics
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 

@@ -21,6 +21,7 @@ import pytest
 
 import dagserve
 import dagserve.http.hosts as hosts
+import dagserve.http.protocol as proto
 import dagserve.http.server as srv
 from tests import ingress_graphs as g
 
@@ -320,10 +321,10 @@ def test_the_installed_uvicorn_has_what_the_server_extends() -> None:
     import uvicorn.config
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    srv.check_uvicorn()
+    proto.check_uvicorn()
     cycle = sys.modules[AutoHTTPProtocol.__module__].RequestResponseCycle
     logging_config = uvicorn.config.LOGGING_CONFIG
-    assert srv.uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, logging_config) == []
+    assert proto.uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, logging_config) == []
 
 
 def test_a_uvicorn_without_what_the_server_extends_is_named_precisely() -> None:
@@ -357,7 +358,7 @@ def test_a_uvicorn_without_what_the_server_extends_is_named_precisely() -> None:
 
     def config(app: object, host: str, port: int, http: object, loop: str) -> None: ...
 
-    problems = srv.uvicorn_problems(Server, config, Protocol, Cycle, {"formatters": {}})
+    problems = proto.uvicorn_problems(Server, config, Protocol, Cycle, {"formatters": {}})
     assert problems == [
         "uvicorn.Server.startup() is missing",
         "uvicorn.Server.capture_signals() is missing",
@@ -377,16 +378,16 @@ def test_a_uvicorn_without_what_the_server_extends_is_named_precisely() -> None:
 
 
 def test_the_server_refuses_to_start_on_a_uvicorn_it_cannot_extend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(srv, "uvicorn_problems", lambda *a: ["uvicorn.Server.capture_signals() is missing"])
-    srv.check_uvicorn.cache_clear()
+    monkeypatch.setattr(proto, "uvicorn_problems", lambda *a: ["uvicorn.Server.capture_signals() is missing"])
+    proto.check_uvicorn.cache_clear()
     try:
         with pytest.raises(dagserve.DagserveError, match=r"cannot run on uvicorn .*capture_signals\(\) is missing.*"
                            r"pip install 'uvicorn\[standard\]>=0\.30,<0\.55'"):
-            srv.make_server(object(), host="127.0.0.1", port=0)
+            proto.make_server(object(), host="127.0.0.1", port=0)
         app = dagserve.deploy(g.typed(), backend="local")
         with pytest.raises(dagserve.DagserveError, match="cannot run on uvicorn"):
             dagserve.serve(app, port=0)
         assert not app.closed  # an App passed in stays running
         app.shutdown()
     finally:
-        srv.check_uvicorn.cache_clear()
+        proto.check_uvicorn.cache_clear()

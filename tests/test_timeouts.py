@@ -27,7 +27,7 @@ import pytest
 import dagserve
 from benchmarks.chaos import HttpClient
 from dagserve import RequestTimeoutError
-from dagserve.http.server import BackgroundServer
+from tests.background_server import BackgroundServer
 
 #: The slow node sleeps this long unless cancelled: far past every deadline below.
 HANG_S = 30.0

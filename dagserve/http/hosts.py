@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from dagserve._errors import OptionsError
 
-__all__ = ["check_host_entry", "host_list", "host_name", "is_loopback", "served_hosts", "url_for", "warn_if_exposed"]
+__all__ = ["HostFilter", "check_host_entry", "host_list", "host_name", "is_loopback", "served_hosts", "url_for", "warn_if_exposed"]
 
 logger = logging.getLogger("dagserve.serve")
 
@@ -87,3 +87,44 @@ def url_for(host: str, port: int) -> str:
     if ":" in shown:
         shown = f"[{shown}]"
     return f"http://{shown}:{port}/"
+
+
+class HostFilter:
+    """The ``Host`` headers a server answers: loopback ones (``localhost``, ``127.0.0.1``,
+    ``[::1]``, any port) and the names listed (``api.example.com``; ``*.example.com`` for its
+    subdomains; ``*`` for any).
+
+    Why: a web page the user opens may send requests to a server on the user's machine, and
+    through DNS rebinding (its own name re-pointed at 127.0.0.1) read the answers; its requests
+    then carry the page's name as Host, which this refuses.
+    """
+
+    def __init__(self, listed: Iterable[str] = ()) -> None:
+        self.listed = tuple(listed)
+        names = [host_name(entry) for entry in self.listed]
+        self.any = "*" in names
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
+        self.names = frozenset(n for n in names if not n.startswith("*"))
+        self._known: dict[bytes, bool] = {}  # raw Host header -> verdict (a few distinct values)
+
+    def allows(self, raw: bytes | None) -> bool:
+        if self.any:
+            return True
+        if raw is None:
+            return False  # HTTP/1.1 requires Host; every browser sends it
+        verdict = self._known.get(raw)
+        if verdict is None:
+            name = host_name(raw.decode("latin-1"))
+            verdict = is_loopback(name) or name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
+            if len(self._known) < 256:  # bounded: a client sending many names gets no cache
+                self._known[raw] = verdict
+        return verdict
+
+    def refusal(self, raw: bytes | None) -> str:
+        accepted = ", ".join(["localhost", "127.0.0.1", "[::1]", *self.listed])
+        given = "no Host header" if raw is None else f"the Host {raw.decode('latin-1')[:100]!r}"
+        return (
+            f"This server answers requests for {accepted} only, and this one has {given}. A web page may be "
+            "trying to reach a server on this machine (DNS rebinding). If you reach the server by that name "
+            "yourself, list it with --allowed-host NAME (allowed_hosts=[...] in Python), or set a token."
+        )

@@ -25,7 +25,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -46,11 +46,12 @@ from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
 from dagserve.render import live_svg
-from dagserve.runtime.request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
-from dagserve.http.hosts import host_name, is_loopback
+from dagserve.runtime.request_id import new_request_id
+from dagserve.http.hosts import HostFilter
+from dagserve.http.middleware import CLOSE, SCOPE_HANGUP, SCOPE_REQUEST_ID, HangUpWatch, RequestIdMiddleware
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import Receive, Scope
 
     from dagserve.app import App
     from dagserve.http.config import IngressConfig
@@ -60,16 +61,9 @@ __all__ = ["Ingress", "create_app"]
 
 logger = logging.getLogger("dagserve.http")
 
-#: Scope key holding the request id (the ASGI scope is shared by every layer of one request).
-SCOPE_REQUEST_ID = "dagserve.request_id"
-#: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
-SCOPE_REJECT = "dagserve.reject"
-#: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
-SCOPE_HANGUP = "dagserve.hangup"
 #: Paths a graph name may not take.
 RESERVED_NAMES = frozenset({"openapi.json", "docs", "metrics"})
 _JSON = "application/json"
-_RID_HEADER = REQUEST_ID_HEADER.encode()
 
 
 def create_app(apps: Mapping[str, App], config: IngressConfig) -> Starlette:
@@ -165,13 +159,13 @@ class Ingress:
                     503,
                     "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
                     error_type="ShuttingDown",
-                    headers=_CLOSE,
+                    headers=CLOSE,
                 )
                 return self._error_response(exc, request, rid)
             except Exception as exc:
                 headers = _trace(trace, ctx, start)
                 if not reading and not await self._discard_body(request, content_length, expect):
-                    headers = {**(headers or {}), **_CLOSE}
+                    headers = {**(headers or {}), **CLOSE}
                 return self._error_response(exc, request, rid, headers)
             finally:
                 if admitted:
@@ -201,10 +195,10 @@ class Ingress:
         limit = self.config.max_body_bytes
         if declared is not None:
             if not declared.isdigit():
-                raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=_CLOSE)
+                raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=CLOSE)
             if int(declared) > limit:
                 drained = await self._discard_body(request, declared, expect)
-                raise HTTPError(413, _too_large(int(declared), limit), headers=None if drained else _CLOSE)
+                raise HTTPError(413, _too_large(int(declared), limit), headers=None if drained else CLOSE)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -221,11 +215,11 @@ class Ingress:
                 error_type="RequestBodyTimeout",
                 message=f"The request body did not arrive within {self.config.body_timeout_s:g} s "
                 f"({size} bytes came); send it faster or raise body_timeout_s.",
-                headers=_CLOSE,
+                headers=CLOSE,
             ) from None
         if size > limit:  # a body without Content-Length (chunked) that grew past the limit
             drained = await self._discard_body(request, None, None, read=size)
-            raise HTTPError(413, _too_large(None, limit), headers=None if drained else _CLOSE)
+            raise HTTPError(413, _too_large(None, limit), headers=None if drained else CLOSE)
         return b"".join(chunks)
 
     async def _discard_body(self, request: Request, declared: str | None, expect: str | None, read: int = 0) -> bool:
@@ -414,24 +408,6 @@ class Ingress:
         return _error(status, body, dict(exc.headers or {}))
 
 
-class HangUpWatch:
-    """One connection as dagserve's server sees it (in the scope under :data:`SCOPE_HANGUP`):
-    ``gone`` once the connection is lost, when each callback in ``hooks`` is called (the
-    ingress puts there the ``cancel`` of each request it runs on the connection)."""
-
-    __slots__ = ("gone", "hooks")
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.hooks: set[Callable[[], object]] = set()
-
-    def hung_up(self) -> None:
-        self.gone = True
-        hooks, self.hooks = self.hooks, set()
-        for hook in hooks:
-            hook()
-
-
 async def _cancel_on_hang_up(receive: Receive, task: asyncio.Task[Any]) -> bool:
     """Wait for the client to disconnect, then cancel ``task`` and return ``True``.
 
@@ -446,99 +422,6 @@ async def _cancel_on_hang_up(receive: Receive, task: asyncio.Task[Any]) -> bool:
         return False
     task.cancel()
     return True
-
-
-class RequestIdMiddleware:
-    """Gives every HTTP request an id (the client's ``x-request-id`` when sane) and returns it;
-    refuses, before any route runs, a request whose ``Host`` ``hosts`` does not accept.
-
-    Pure ASGI (no per-request task or body buffering); the id is in the scope, in a context
-    variable for the whole request (so logs, uvicorn's access log and node code see it), and in
-    the response header.
-    """
-
-    def __init__(self, app: ASGIApp, hosts: HostFilter | None = None) -> None:
-        self.app = app
-        self.hosts = hosts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = host = None
-        for key, value in scope["headers"]:
-            if key == _RID_HEADER:
-                if given is None:
-                    given = value
-            elif key == b"host" and host is None:
-                host = value
-        rid = sane_request_id(given) if given is not None else None
-        if rid is None:
-            rid = new_request_id()
-        scope[SCOPE_REQUEST_ID] = rid
-        token = set_request_id(rid)
-        try:
-            refused = scope.get(SCOPE_REJECT)
-            if refused is None and self.hosts is not None and not self.hosts.allows(host):
-                refused = (403, "HostNotAllowed", self.hosts.refusal(host))
-            if refused is not None:
-                status, error_type, message = refused
-                body = dump_json(error_body(status, error_type, message, request_id=rid))
-                await Response(body, status, headers={**_CLOSE, REQUEST_ID_HEADER: rid}, media_type=_JSON)(
-                    scope, receive, send
-                )
-                return
-            id_header = (_RID_HEADER, rid.encode())
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", ()), id_header]}
-                await send(message)
-
-            await self.app(scope, receive, send_with_id)
-        finally:
-            reset_request_id(token)
-
-
-class HostFilter:
-    """The ``Host`` headers a server answers: loopback ones (``localhost``, ``127.0.0.1``,
-    ``[::1]``, any port) and the names listed (``api.example.com``; ``*.example.com`` for its
-    subdomains; ``*`` for any).
-
-    Why: a web page the user opens may send requests to a server on the user's machine, and
-    through DNS rebinding (its own name re-pointed at 127.0.0.1) read the answers; its requests
-    then carry the page's name as Host, which this refuses.
-    """
-
-    def __init__(self, listed: Iterable[str] = ()) -> None:
-        self.listed = tuple(listed)
-        names = [host_name(entry) for entry in self.listed]
-        self.any = "*" in names
-        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
-        self.names = frozenset(n for n in names if not n.startswith("*"))
-        self._known: dict[bytes, bool] = {}  # raw Host header -> verdict (a few distinct values)
-
-    def allows(self, raw: bytes | None) -> bool:
-        if self.any:
-            return True
-        if raw is None:
-            return False  # HTTP/1.1 requires Host; every browser sends it
-        verdict = self._known.get(raw)
-        if verdict is None:
-            name = host_name(raw.decode("latin-1"))
-            verdict = is_loopback(name) or name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
-            if len(self._known) < 256:  # bounded: a client sending many names gets no cache
-                self._known[raw] = verdict
-        return verdict
-
-    def refusal(self, raw: bytes | None) -> str:
-        accepted = ", ".join(["localhost", "127.0.0.1", "[::1]", *self.listed])
-        given = "no Host header" if raw is None else f"the Host {raw.decode('latin-1')[:100]!r}"
-        return (
-            f"This server answers requests for {accepted} only, and this one has {given}. A web page may be "
-            "trying to reach a server on this machine (DNS rebinding). If you reach the server by that name "
-            "yourself, list it with --allowed-host NAME (allowed_hosts=[...] in Python), or set a token."
-        )
 
 
 def check_bearer(header: str | None, token: bytes) -> None:
@@ -561,7 +444,6 @@ def check_bearer(header: str | None, token: bytes) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------------
 
-_CLOSE = {"connection": "close"}  # the rest of the body is never read: do not reuse the connection
 #: Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones on a thread.
 _PARSE_INLINE_BYTES = 64 * 1024
 
@@ -571,7 +453,7 @@ _GONE_WHILE_RUNNING = "while its graph ran; the graph's work was cancelled"
 
 def _gone(when: str) -> HTTPError:
     """The answer to a client that disconnected (nobody reads it: it is for the log)."""
-    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers=_CLOSE)
+    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers=CLOSE)
 
 
 def _host_filter(allowed_hosts: tuple[str, ...] | None) -> HostFilter | None:

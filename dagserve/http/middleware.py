@@ -1,0 +1,101 @@
+"""The ASGI layer around the ingress's routes, and what dagserve's server puts in each scope:
+request ids and the Host check (:class:`RequestIdMiddleware`), refusals decided before a body is
+read (:data:`SCOPE_REJECT`) and hang-up notices (:class:`HangUpWatch`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response
+
+from dagserve.http.errors import error_body
+from dagserve.http.hosts import HostFilter
+from dagserve.http.jsonio import dump_json
+from dagserve.runtime.request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["SCOPE_HANGUP", "SCOPE_REJECT", "SCOPE_REQUEST_ID", "HangUpWatch", "RequestIdMiddleware"]
+
+#: Scope key holding the request id (the ASGI scope is shared by every layer of one request).
+SCOPE_REQUEST_ID = "dagserve.request_id"
+#: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
+SCOPE_REJECT = "dagserve.reject"
+#: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
+SCOPE_HANGUP = "dagserve.hangup"
+#: Headers of an answer after which the connection is not reused (the rest of the body is never read).
+CLOSE = {"connection": "close"}
+_JSON = "application/json"
+_RID_HEADER = REQUEST_ID_HEADER.encode()
+
+
+class HangUpWatch:
+    """One connection as dagserve's server sees it (in the scope under :data:`SCOPE_HANGUP`):
+    ``gone`` once the connection is lost, when each callback in ``hooks`` is called (the
+    ingress puts there the ``cancel`` of each request it runs on the connection)."""
+
+    __slots__ = ("gone", "hooks")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.hooks: set[Callable[[], object]] = set()
+
+    def hung_up(self) -> None:
+        self.gone = True
+        hooks, self.hooks = self.hooks, set()
+        for hook in hooks:
+            hook()
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (the client's ``x-request-id`` when sane) and returns it;
+    refuses, before any route runs, a request whose ``Host`` ``hosts`` does not accept.
+
+    Pure ASGI (no per-request task or body buffering); the id is in the scope, in a context
+    variable for the whole request (so logs, uvicorn's access log and node code see it), and in
+    the response header.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: HostFilter | None = None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = host = None
+        for key, value in scope["headers"]:
+            if key == _RID_HEADER:
+                if given is None:
+                    given = value
+            elif key == b"host" and host is None:
+                host = value
+        rid = sane_request_id(given) if given is not None else None
+        if rid is None:
+            rid = new_request_id()
+        scope[SCOPE_REQUEST_ID] = rid
+        token = set_request_id(rid)
+        try:
+            refused = scope.get(SCOPE_REJECT)
+            if refused is None and self.hosts is not None and not self.hosts.allows(host):
+                refused = (403, "HostNotAllowed", self.hosts.refusal(host))
+            if refused is not None:
+                status, error_type, message = refused
+                body = dump_json(error_body(status, error_type, message, request_id=rid))
+                await Response(body, status, headers={**CLOSE, REQUEST_ID_HEADER: rid}, media_type=_JSON)(
+                    scope, receive, send
+                )
+                return
+            id_header = (_RID_HEADER, rid.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+        finally:
+            reset_request_id(token)

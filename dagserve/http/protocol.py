@@ -1,0 +1,381 @@
+"""dagserve's uvicorn server: the HTTP protocol with a request-head deadline and size limit, hang-up
+notices for the ingress, and a check at start that the installed uvicorn still has what it extends.
+
+uvicorn is pinned in pyproject.toml to the range this was written against (``UVICORN_SUPPORTED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import inspect
+import logging
+import signal
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from dagserve._errors import DagserveError, OptionsError
+from dagserve.http.config import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    positive,
+)
+from dagserve.http.hosts import url_for
+
+logger = logging.getLogger("dagserve.serve")
+
+def check_server_options(header_timeout_s: float | None, max_header_bytes: int, shutdown_timeout_s: float) -> None:
+    if header_timeout_s is not None:
+        positive("header_timeout_s", header_timeout_s)
+    positive("max_header_bytes", max_header_bytes, integer=True)
+    if (
+        isinstance(shutdown_timeout_s, bool)
+        or not isinstance(shutdown_timeout_s, (int, float))
+        or shutdown_timeout_s < 0
+    ):
+        raise OptionsError(
+            f"Server option shutdown_timeout_s={shutdown_timeout_s!r} is invalid; it must be >= 0 seconds."
+        )
+
+
+def run_server(
+    web: Any,
+    *,
+    host: str,
+    port: int,
+    header_timeout_s: float | None = DEFAULT_HEADER_TIMEOUT_S,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    access_log: bool = False,
+    log_level: str = "info",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the ASGI app ``web`` with uvicorn until SIGINT/SIGTERM (main thread) or ``should_exit``."""
+    server = make_server(
+        web,
+        host=host,
+        port=port,
+        header_timeout_s=header_timeout_s,
+        max_header_bytes=max_header_bytes,
+        shutdown_timeout_s=shutdown_timeout_s,
+        access_log=access_log,
+        log_level=log_level,
+        on_ready=on_ready,
+    )
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn logs why (typically the address is in use) and exits; a library should raise.
+        raise DagserveError(
+            f"The HTTP server could not start on {host}:{port} (is the port in use? the log above says why)."
+        ) from None
+
+
+def make_server(
+    web: Any,
+    *,
+    host: str,
+    port: int,
+    header_timeout_s: float | None = DEFAULT_HEADER_TIMEOUT_S,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    access_log: bool = False,
+    log_level: str | int | None = "info",
+    on_ready: Callable[[str], None] | None = None,
+) -> Any:
+    """A configured (not yet running) uvicorn server for ``web``.
+
+    Raises :class:`DagserveError` when the installed uvicorn lacks what dagserve's server
+    extends (see :func:`check_uvicorn`).
+    """
+    import uvicorn
+
+    check_uvicorn()
+    check_server_options(header_timeout_s, max_header_bytes, shutdown_timeout_s)
+    config = uvicorn.Config(
+        web,
+        host=host,
+        port=port,
+        http=protocol_class(header_timeout_s, max_header_bytes),
+        loop="auto",  # uvloop when installed
+        lifespan="off",  # the ingress needs no startup/shutdown of its own: serve() owns the Apps
+        access_log=access_log,
+        log_config=_log_config(),
+        log_level=log_level,
+        timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]
+        server_header=False,
+    )
+    return _server_class()(config, host=host, on_ready=on_ready)
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's default logging set-up, with the request id at the end of each access line."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    from dagserve.runtime.request_id import RequestIdFilter
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["dagserve_request_id"] = {"()": RequestIdFilter}
+    config["formatters"]["access"]["fmt"] += " [%(request_id)s]"
+    config["handlers"]["access"].setdefault("filters", []).append("dagserve_request_id")
+    return config
+
+
+#: The uvicorn releases whose internals dagserve's server is written against (pyproject.toml pins them).
+UVICORN_SUPPORTED = ">=0.30,<0.55"
+
+
+@functools.cache
+def check_uvicorn() -> None:
+    """Raise :class:`DagserveError` unless the installed uvicorn has what dagserve's server uses.
+
+    The server subclasses uvicorn's HTTP protocol (for the request-head deadline and size limit,
+    which uvicorn lacks) and its ``Server`` (readiness, draining, signals), and reads attributes
+    uvicorn does not document. A uvicorn without them must fail at start, not serve without
+    those limits.
+    """
+    import uvicorn
+    import uvicorn.config
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    cycle = getattr(sys.modules[AutoHTTPProtocol.__module__], "RequestResponseCycle", None)
+    problems = uvicorn_problems(uvicorn.Server, uvicorn.Config, AutoHTTPProtocol, cycle, uvicorn.config.LOGGING_CONFIG)
+    if problems:
+        raise DagserveError(
+            f"dagserve's HTTP server cannot run on uvicorn {getattr(uvicorn, '__version__', '?')}: "
+            f"{'; '.join(problems)}. It extends uvicorn's protocol and server (request-head deadline and size "
+            f"limit, draining); install a uvicorn it supports: pip install 'uvicorn[standard]{UVICORN_SUPPORTED}'."
+        )
+
+
+def uvicorn_problems(server: type, config: type, protocol: type, cycle: type | None, logging_config: Any) -> list[str]:
+    """What dagserve's server needs of these uvicorn classes and does not find (empty: all there).
+
+    Methods are looked up; attributes set on instances are looked for among the names the
+    classes' own code uses (a renamed attribute disappears from there).
+    """
+    problems: list[str] = []
+
+    def need(cls: type | None, label: str, methods: tuple[str, ...], attributes: tuple[str, ...]) -> None:
+        if cls is None:
+            problems.append(f"{label} is missing")
+            return
+        problems.extend(f"{label}.{m}() is missing" for m in methods if not callable(getattr(cls, m, None)))
+        used = _names_used(cls)
+        problems.extend(f"{label} no longer has .{a}" for a in attributes if a not in used)
+
+    need(server, "uvicorn.Server", _SERVER_METHODS, ("started", "servers", "should_exit", "config"))
+    need(protocol, f"{protocol.__name__} (uvicorn's HTTP protocol)", _PROTOCOL_METHODS, ("cycle", "transport", "loop"))
+    need(cycle, "its RequestResponseCycle", (), ("scope", "response_complete"))
+    if "sockets" not in _parameters(getattr(server, "startup", None)):
+        problems.append("uvicorn.Server.startup() takes no sockets=")
+    taken = _parameters(config)
+    problems.extend(f"uvicorn.Config takes no {k}=" for k in _CONFIG_OPTIONS if k not in taken)
+    try:
+        logging_config["formatters"]["access"]["fmt"] + ""
+        logging_config["handlers"]["access"]["class"] + ""
+    except (KeyError, TypeError):
+        problems.append("uvicorn.config.LOGGING_CONFIG has no 'access' formatter and handler")
+    return problems
+
+
+_SERVER_METHODS = ("run", "startup", "shutdown", "capture_signals", "handle_exit")
+_PROTOCOL_METHODS = ("connection_made", "data_received", "connection_lost")
+_CONFIG_OPTIONS = (
+    "http",
+    "loop",
+    "lifespan",
+    "access_log",
+    "log_config",
+    "log_level",
+    "timeout_graceful_shutdown",
+    "server_header",
+)
+
+
+def _parameters(fn: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _names_used(cls: type) -> set[str]:
+    """Every attribute and global name the code of ``cls`` and its bases (not ``object``) uses."""
+    names: set[str] = set()
+    codes = [
+        fn.__code__
+        for klass in cls.__mro__[:-1]
+        for value in vars(klass).values()
+        for fn in (getattr(value, "__func__", value), getattr(value, "fget", None))
+        if hasattr(fn, "__code__")
+    ]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return names
+
+
+@functools.cache
+def _server_class() -> type:
+    """uvicorn's Server, told who to call when ready and how to drain (built on first use)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def __init__(self, config: Any, *, host: str, on_ready: Callable[[str], None] | None) -> None:
+            super().__init__(config)
+            self._host = host
+            self._on_ready = on_ready
+            self.url: str | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.started:
+                return
+            port = self.servers[0].sockets[0].getsockname()[1]
+            self.url = url_for(self._host, port)
+            if self._on_ready is not None:
+                self._on_ready(self.url)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
+            if ingress is not None:
+                ingress.draining = True  # /-/ready says 503 while requests in flight finish
+            await super().shutdown(sockets=sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after its shutdown; we do not, so that serve() can still
+            # tear the graphs down and return normally.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+@functools.cache
+def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools, else h11) with a deadline and a size bound on request heads.
+
+    uvicorn itself has neither: a client that sends a request's headers one byte at a time holds
+    its connection for ever. Here the head must arrive within ``header_timeout_s`` of the
+    connection (or, on a kept-alive connection, of its first byte) and stay under
+    ``max_header_bytes``; otherwise the client gets a JSON 408 or 431 and the connection closes.
+    It also tells the ingress when a connection is lost (``HangUpWatch`` in each request's scope),
+    so that the graph run of a client that hung up is cancelled at once.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from dagserve.http.errors import error_body
+    from dagserve.http.middleware import SCOPE_HANGUP, SCOPE_REJECT, HangUpWatch
+    from dagserve.http.jsonio import dump_json
+    from dagserve.runtime.request_id import new_request_id
+
+    reasons = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+    class HeadBoundedProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _last_cycle: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._watch = HangUpWatch()  # tells the ingress when the client hangs up
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            head_started = self._awaiting_head()  # so this read and those counted since hold the head
+            super().data_received(data)
+            if self._awaiting_head():
+                # The head's clock starts with its first byte (this read): armed only now, so that a
+                # head arriving whole, as most do, never arms and cancels a timer.
+                if self._head_timer is None:
+                    self._arm()
+                self._head_bytes += len(data)
+                if self._head_bytes > max_header_bytes:
+                    self._reject(
+                        431, "RequestHeadTooLarge", f"The request head is larger than {max_header_bytes} bytes."
+                    )
+                return
+            self._disarm()
+            received = self._head_bytes + len(data)
+            self._head_bytes = 0
+            cycle = self.cycle
+            if cycle is not self._last_cycle:
+                self._last_cycle = cycle
+                scope = cycle.scope
+                scope[SCOPE_HANGUP] = self._watch
+                if head_started and received <= max_header_bytes:
+                    return  # the head fit in fewer bytes than the limit
+                # A pipelined head (it began while the previous request ran) or a large one: measure it.
+                size = (
+                    len(scope["raw_path"])
+                    + len(scope["query_string"])
+                    + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+                )
+                if size > max_header_bytes:
+                    # The whole head came in one read; its task starts on the next loop turn, and the
+                    # ingress answers 431 instead of running it.
+                    scope[SCOPE_REJECT] = (
+                        431,
+                        "RequestHeadTooLarge",
+                        f"The request head is larger than {max_header_bytes} bytes.",
+                    )
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+            self._watch.hung_up()  # cancels the graph run on this connection, if any
+
+        def _awaiting_head(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or cycle.response_complete
+
+        def _arm(self) -> None:
+            if header_timeout_s is not None:
+                self._head_timer = self.loop.call_later(header_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head():
+                self._reject(
+                    408, "RequestHeaderTimeout", f"The request headers did not arrive within {header_timeout_s:g} s."
+                )
+
+        def _reject(self, status: int, error_type: str, message: str) -> None:
+            self._disarm()
+            transport = self.transport
+            if transport.is_closing():
+                return
+            rid = new_request_id()
+            body = dump_json(error_body(status, error_type, message, request_id=rid))
+            head = (
+                f"HTTP/1.1 {status} {reasons[status]}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
+            )
+            transport.write(head.encode("ascii") + body)
+            transport.close()
+
+    return HeadBoundedProtocol
