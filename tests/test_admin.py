@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import dagserve
-from dagserve.http.admin import ADMIN_PREFIX, TOKEN_ENV, admin_mount, admin_routes, admin_token, graph_status
+from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.admin import ADMIN_PREFIX, admin_mount, admin_routes, admin_token, graph_status
 from dagserve.observe.metrics import Metrics
 from dagserve.observe.stats import stats_for
 
@@ -67,7 +68,7 @@ def web_app(apps: dict[str, dagserve.App], token: str | None, metrics: Metrics |
 
 @pytest.fixture(autouse=True)
 def no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_token_comes_from_the_argument_or_the_environment(monkeypatch: pytest.Mo
     assert admin_token(None) is None
     assert admin_token("") is None and admin_token("   ") is None
     assert admin_token(" abc ") == "abc"
-    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "from-env")
     assert admin_token(None) == "from-env"
     assert admin_token("explicit") == "explicit"
 
@@ -115,7 +116,7 @@ async def test_no_token_means_no_routes(app: dagserve.App) -> None:
 
 
 async def test_env_token_turns_the_routes_on(app: dagserve.App, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     web = web_app({"pipeline": app}, None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as c:
         assert (await c.get(f"{ADMIN_PREFIX}/status", headers=AUTH)).status_code == 200

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import dagserve.cli.run
-from dagserve.http.admin import TOKEN_ENV as ADMIN_TOKEN_ENV
+from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.http.admin import token_for_url
 from dagserve.cli.main import main
 from dagserve.cli.run import parse_size

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve.http.admin import TOKEN_ENV
+from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.cli.main import main
 from tests.background_server import BackgroundServer
 from tests.test_admin import make_graph
@@ -47,7 +47,7 @@ def server() -> Iterator[Server]:
 
 
 def cli(*args: str, token: str | None = TOKEN) -> tuple[int, str]:
-    env = {TOKEN_ENV: token} if token is not None else {TOKEN_ENV: ""}
+    env = {ADMIN_TOKEN_ENV: token} if token is not None else {ADMIN_TOKEN_ENV: ""}
     result = CliRunner().invoke(main, list(args), env=env, terminal_width=120)
     return result.exit_code, result.output
 
@@ -119,7 +119,7 @@ def test_errors_say_what_to_do(server: Server, args: tuple[str, ...], token: str
 
 
 def test_a_server_without_a_token_has_no_admin_routes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     app = dagserve.deploy(make_graph(name="no_admin"), backend="local")
     try:
         with BackgroundServer(dagserve.asgi_app(app, token="")) as url:
@@ -129,7 +129,7 @@ def test_a_server_without_a_token_has_no_admin_routes(monkeypatch: pytest.Monkey
         app.shutdown()
     assert r.status_code == 404
     assert code == 1
-    assert "has no admin routes" in out and TOKEN_ENV in out
+    assert "has no admin routes" in out and ADMIN_TOKEN_ENV in out
 
 
 def test_admin_auth_over_http(server: Server) -> None:
@@ -201,7 +201,7 @@ def test_nothing_listening_is_a_clear_error() -> None:
 
 
 def test_the_installed_command_runs_in_a_shell(server: Server) -> None:
-    env = {**os.environ, TOKEN_ENV: TOKEN, "DAGSERVE_URL": server.url, "COLUMNS": "120"}
+    env = {**os.environ, ADMIN_TOKEN_ENV: TOKEN, "DAGSERVE_URL": server.url, "COLUMNS": "120"}
     done = subprocess.run(
         [sys.executable, "-m", "dagserve", "status"], capture_output=True, text=True, env=env, timeout=60, check=False
     )

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve.http.admin import TOKEN_ENV
+from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.cli.main import main
 from dagserve.observe.metrics import Metrics
 from tests.background_server import BackgroundServer
@@ -236,11 +236,11 @@ def test_cli_scales_a_ray_graph_behind_a_real_server(ray_app: dagserve.App) -> N
     with BackgroundServer(dagserve.asgi_app(ray_app, admin_token=TOKEN, token="")) as url, Load(ray_app) as load:
         load.wait_for(10)
         done = runner.invoke(
-            main, ["scale", "ray_ops", "Classifier", "--replicas", "2", "--url", url], env={TOKEN_ENV: TOKEN}, terminal_width=120
+            main, ["scale", "ray_ops", "Classifier", "--replicas", "2", "--url", url], env={ADMIN_TOKEN_ENV: TOKEN}, terminal_width=120
         )
         assert done.exit_code == 0, done.output
         assert "2/2/0" in done.output
-        status = runner.invoke(main, ["status", "--url", url], env={TOKEN_ENV: TOKEN}, terminal_width=120)
+        status = runner.invoke(main, ["status", "--url", url], env={ADMIN_TOKEN_ENV: TOKEN}, terminal_width=120)
         assert status.exit_code == 0, status.output
         assert "ray_ops (ray, ready)" in status.output
         load.wait_for(10)

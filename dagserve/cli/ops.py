@@ -24,7 +24,8 @@ from typing import Any
 
 import click
 
-from dagserve.http.admin import ADMIN_PREFIX, TOKEN_ENV, TokenFileError, token_dir, token_for_url
+from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
+from dagserve.http.config import ADMIN_TOKEN_ENV
 
 __all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
 
@@ -64,7 +65,7 @@ class AdminClient:
     def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         if not self.token:
             raise click.UsageError(
-                f"The admin routes need a token: pass --token or set ${TOKEN_ENV}. (A `dagserve run` on "
+                f"The admin routes need a token: pass --token or set ${ADMIN_TOKEN_ENV}. (A `dagserve run` on "
                 f"127.0.0.1 without one stores the token it creates in {token_dir()}, where this command "
                 f"looks; there is none for {self.url}.)"
             )
@@ -99,17 +100,17 @@ class AdminClient:
         if exc.code == 404 and kind not in ("GraphNotFound", "NodeNotFoundError"):
             return (
                 f"{self.url} has no admin routes. They are off unless the server is started with an admin "
-                f"token: set ${TOKEN_ENV} (or pass admin_token=) when starting it."
+                f"token: set ${ADMIN_TOKEN_ENV} (or pass admin_token=) when starting it."
             )
         if exc.code == 401:
-            return f"The server refused the request: {message or 'no token'}. Pass --token or set ${TOKEN_ENV}."
+            return f"The server refused the request: {message or 'no token'}. Pass --token or set ${ADMIN_TOKEN_ENV}."
         if exc.code == 403:
             if self.stored:
                 return (
                     f"The server rejected the admin token stored in {token_dir()} (left by an earlier server on "
-                    f"this address?); pass the server's token with --token or ${TOKEN_ENV}."
+                    f"this address?); pass the server's token with --token or ${ADMIN_TOKEN_ENV}."
                 )
-            return f"The server rejected the admin token; use the one it was started with (${TOKEN_ENV})."
+            return f"The server rejected the admin token; use the one it was started with (${ADMIN_TOKEN_ENV})."
         return message or f"HTTP {exc.code}: {exc.reason}"
 
 
@@ -233,8 +234,8 @@ _url_option = click.option(
 )
 _token_option = click.option(
     "--token",
-    envvar=TOKEN_ENV,
-    help=f"Admin token (default: ${TOKEN_ENV}, else the one a loopback `dagserve run` stored for --url).",
+    envvar=ADMIN_TOKEN_ENV,
+    help=f"Admin token (default: ${ADMIN_TOKEN_ENV}, else the one a loopback `dagserve run` stored for --url).",
 )
 _wait_option = click.option(
     "--wait", "wait_s", type=click.FloatRange(min=0), default=None, help="Seconds to wait for the new replicas."

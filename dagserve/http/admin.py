@@ -28,7 +28,6 @@ A ``dagserve run`` on a loopback address without a token creates one and keeps i
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import stat
@@ -38,6 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, GraphError
+from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.errors import HTTPError, error_body
+from dagserve.http.jsonio import JSONBodyError, dump_json, parse_json
+from dagserve.runtime.request_id import current_request_id
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -49,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_PREFIX",
-    "TOKEN_ENV",
     "AppsSource",
     "TokenFileError",
     "admin_mount",
@@ -65,8 +67,6 @@ __all__ = [
 
 log = logging.getLogger("dagserve.admin")
 
-#: Environment variable holding the admin token.
-TOKEN_ENV = "DAGSERVE_ADMIN_TOKEN"
 #: Where the admin routes live; ``-`` cannot start a graph name, so they never clash with graphs.
 ADMIN_PREFIX = "/-/admin"
 
@@ -76,6 +76,8 @@ AppsSource = Mapping[str, "App"] | Iterable["App"] | Callable[[], "Mapping[str, 
 
 # Options an HTTP update may change. Replicas go through scale; implementations and resources
 # need code or a redeploy.
+#: Admin bodies carry a few options; anything larger is refused unread (413).
+_MAX_ADMIN_BODY_BYTES = 64 * 1024
 _UPDATE_OPTIONS = frozenset(
     {"max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests", "timeout_s", "retries"}
 )
@@ -83,7 +85,7 @@ _UPDATE_OPTIONS = frozenset(
 
 def admin_token(token: str | None = None) -> str | None:
     """The configured token: ``token`` if given, else ``$DAGSERVE_ADMIN_TOKEN``; empty means none."""
-    value = token if token is not None else os.environ.get(TOKEN_ENV)
+    value = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV)
     value = value.strip() if value else None
     return value or None
 
@@ -122,7 +124,7 @@ def _check_private(path: Path, *, directory: bool) -> None:
         what = "directory (mode 0700)" if directory else "file (mode 0600)"
         raise TokenFileError(
             f"{path} is not a private {what} of this user, so it cannot hold the admin token. Remove it "
-            f"and dagserve creates it again, or give the token explicitly (--admin-token / ${TOKEN_ENV})."
+            f"and dagserve creates it again, or give the token explicitly (--admin-token / ${ADMIN_TOKEN_ENV})."
         )
 
 
@@ -139,7 +141,7 @@ def private_token_dir() -> Path:
     except OSError as exc:
         raise TokenFileError(
             f"Cannot create {path} for the admin token: {exc}. Give the token explicitly "
-            f"(--admin-token / ${TOKEN_ENV}) or serve with --no-admin."
+            f"(--admin-token / ${ADMIN_TOKEN_ENV}) or serve with --no-admin."
         ) from None
     _check_private(path, directory=True)
     return path
@@ -160,7 +162,7 @@ def write_token_file(host: str, port: int, token: str) -> Path:
     except OSError as exc:
         raise TokenFileError(
             f"Cannot store the admin token in {path.parent}: {exc}. Give the token explicitly "
-            f"(--admin-token / ${TOKEN_ENV}) or serve with --no-admin."
+            f"(--admin-token / ${ADMIN_TOKEN_ENV}) or serve with --no-admin."
         ) from None
     return path
 
@@ -279,13 +281,6 @@ def admin_mount(apps: AppsSource, token: str | None = None, *, metrics: Metrics 
     return [Mount(ADMIN_PREFIX, routes=routes, name="admin")]
 
 
-class _HTTPProblem(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-
-
 Handler = Callable[["Request"], Awaitable["Response"]]
 
 
@@ -301,9 +296,9 @@ class _Admin:
             try:
                 self._authorize(request)
                 return await handler(request)
-            except _HTTPProblem as exc:
-                headers = {"www-authenticate": 'Bearer realm="dagserve-admin"'} if exc.status == 401 else None
-                return _error(exc.status, exc.error, str(exc), headers)
+            except HTTPError as exc:
+                headers = {"www-authenticate": 'Bearer realm="dagserve-admin"'} if exc.status_code == 401 else None
+                return _error(exc.status_code, exc.error_type, str(exc), headers)
             except DagserveError as exc:
                 status = 422 if isinstance(exc, GraphError) else exc.status_code
                 return _error(status, type(exc).__name__, str(exc))
@@ -314,15 +309,19 @@ class _Admin:
     def _authorize(self, request: Request) -> None:
         header = request.headers.get("authorization")
         if header is None:
-            raise _HTTPProblem(401, "Unauthorized", "Admin routes need an `Authorization: Bearer <token>` header.")
+            raise HTTPError(
+                401, "Admin routes need an `Authorization: Bearer <token>` header.", error_type="Unauthorized"
+            )
         scheme, _, given = header.strip().partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
-            raise _HTTPProblem(
-                401, "Unauthorized", "The Authorization header is malformed; send `Authorization: Bearer <token>`."
+            raise HTTPError(
+                401, "The Authorization header is malformed; send `Authorization: Bearer <token>`.", error_type="Unauthorized"
             )
         if not hmac.compare_digest(given.encode(), self._secret):
-            raise _HTTPProblem(403, "Forbidden", f"Wrong admin token; use the server's ${TOKEN_ENV}.")
+            raise HTTPError(
+                403, f"Wrong admin token; use the server's ${ADMIN_TOKEN_ENV}.", error_type="Forbidden"
+            )
 
     def observe(self, apps: Iterable[App]) -> None:
         """Start the request counts and latency windows that status reports."""
@@ -347,7 +346,9 @@ class _Admin:
         app = apps.get(name)
         if app is None:
             known = ", ".join(sorted(apps)) or "none"
-            raise _HTTPProblem(404, "GraphNotFound", f"No graph named {name!r} is served here (graphs: {known}).")
+            raise HTTPError(
+                404, f"No graph named {name!r} is served here (graphs: {known}).", error_type="GraphNotFound"
+            )
         return app
 
     # -- endpoints ---------------------------------------------------------------------------------
@@ -370,21 +371,25 @@ class _Admin:
     async def scale(self, request: Request) -> Response:
         body = await _body(request)
         if not body:
-            raise _HTTPProblem(400, "BadRequest", 'Send {"num_replicas": N} or {"autoscaling": {...}} as the JSON body.')
+            raise HTTPError(
+                400, 'Send {"num_replicas": N} or {"autoscaling": {...}} as the JSON body.', error_type="BadRequest"
+            )
         return await self._change(request, "scale", body)
 
     async def update(self, request: Request) -> Response:
         body = await _body(request)
         if not body:
-            raise _HTTPProblem(400, "BadRequest", 'Send the options to change as a JSON body, e.g. {"max_batch_size": 16}.')
+            raise HTTPError(
+                400, 'Send the options to change as a JSON body, e.g. {"max_batch_size": 16}.', error_type="BadRequest"
+            )
         bad = sorted(set(body) - _UPDATE_OPTIONS)
         if bad:
-            raise _HTTPProblem(
+            raise HTTPError(
                 422,
-                "OptionsError",
                 f"Cannot update {', '.join(map(repr, bad))} over HTTP; allowed: {', '.join(sorted(_UPDATE_OPTIONS))}. "
                 "Change replicas with .../scale; swap implementations or resources with App.update in Python, "
                 "or redeploy.",
+                error_type="OptionsError",
             )
         return await self._change(request, "update", body)
 
@@ -399,7 +404,9 @@ class _Admin:
             try:
                 kwargs["wait_s"] = float(wait)
             except ValueError:
-                raise _HTTPProblem(400, "BadRequest", f"wait_s must be a number of seconds, got {wait!r}.") from None
+                raise HTTPError(
+                    400, f"wait_s must be a number of seconds, got {wait!r}.", error_type="BadRequest"
+                ) from None
         method = app.scale if what == "scale" else app.update
 
         def run() -> dict[str, Any]:
@@ -412,28 +419,31 @@ class _Admin:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = bytearray()
+    async for chunk in request.stream():  # bounded: admin bodies are a few options
+        raw += chunk
+        if len(raw) > _MAX_ADMIN_BODY_BYTES:
+            raise HTTPError(413, message=f"Admin request bodies are at most {_MAX_ADMIN_BODY_BYTES} bytes.")
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise _HTTPProblem(400, "BadRequest", f"The body is not valid JSON: {exc}.") from None
+        data = parse_json(bytes(raw))
+    except JSONBodyError as exc:
+        raise HTTPError(400, str(exc), error_type="BadRequest") from None
     if not isinstance(data, dict):
-        raise _HTTPProblem(400, "BadRequest", f"The body must be a JSON object, got {type(data).__name__}.")
+        raise HTTPError(
+            400, f"The body must be a JSON object, got {type(data).__name__}.", error_type="BadRequest"
+        )
     return data
 
 
 def _error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """The ingress's error document (:mod:`dagserve.http.errors`), so clients parse one shape."""
-    from dagserve.http.errors import error_body
-    from dagserve.runtime.request_id import current_request_id
-
     return _json(error_body(status, error_type, message, request_id=current_request_id()), status, headers)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     from starlette.responses import Response
 
-    # default=str: options may hold values JSON has no type for; status tables only print them.
-    return Response(json.dumps(data, default=str), status_code=status, headers=headers, media_type="application/json")
+    # lenient: options may hold values JSON has no type for; status tables only print them.
+    return Response(dump_json(data, lenient=True), status_code=status, headers=headers, media_type="application/json")

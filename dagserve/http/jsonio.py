@@ -176,10 +176,20 @@ def _fallback(value: Any) -> Any:
     raise TypeError(f"an object of type {type(value).__module__}.{type(value).__qualname__} is not JSON serialisable")
 
 
-def dump_json(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON; :class:`OutputEncodingError` when something cannot be written."""
+def _lenient(value: Any) -> Any:
     try:
-        return to_json(value, fallback=_fallback, inf_nan_mode="null", bytes_mode="base64")
+        return _fallback(value)
+    except TypeError:
+        return str(value)
+
+
+def dump_json(value: Any, *, lenient: bool = False) -> bytes:
+    """``value`` as compact UTF-8 JSON; :class:`OutputEncodingError` when something cannot be written.
+
+    ``lenient`` writes what JSON has no type for as its ``str()`` (status tables, not graph outputs).
+    """
+    try:
+        return to_json(value, fallback=_lenient if lenient else _fallback, inf_nan_mode="null", bytes_mode="base64")
     except (PydanticSerializationError, TypeError, ValueError, RecursionError) as exc:
         text = str(exc).removeprefix("Error serializing to JSON: ")
         raise OutputEncodingError(
