@@ -26,43 +26,16 @@ from . import example_graphs as eg
 pytestmark = pytest.mark.ray
 
 
+# The nodes are the shared ones of tests/example_graphs.py; combine runs inline in the ingress here.
+pre, Scale, post, slow, fail = eg.pre, eg.Scale, eg.post, eg.slow, eg.fail
+batch_double, batch_wrong_length = eg.batch_double, eg.batch_wrong_length
+combine = eg.combine.options(inline=True)
+
+
 class Case(BaseModel):
     case: str
     x: int = 0
     user: str = "u1"
-
-
-@dagserve.node
-def pre(x: int) -> int:
-    return x + 1
-
-
-@dagserve.node
-class Scale:
-    def __init__(self, factor: int) -> None:
-        self.factor = factor
-
-    def __call__(self, x: int) -> int:
-        return x * self.factor
-
-    async def offset(self, x: int) -> int:
-        return x + self.factor
-
-
-@dagserve.node
-def post(x: int) -> dict[str, int]:
-    return {"y": x}
-
-
-@dagserve.node
-async def slow(x: int, seconds: float) -> int:
-    await asyncio.sleep(seconds)
-    return x
-
-
-@dagserve.node(inline=True)
-def combine(parts: list[int]) -> int:
-    return sum(parts)
 
 
 @dagserve.node
@@ -77,22 +50,6 @@ class Recorder:
         with open(self.path, "a") as f:
             f.write(self.tag + "\n")
         return x
-
-
-@dagserve.node
-def fail(x: int) -> int:
-    raise ValueError(f"bad value {x}")
-
-
-@dagserve.node(max_batch_size=8, batch_wait_timeout_s=0.05)
-async def batch_double(xs: list[int]) -> list[int]:
-    await asyncio.sleep(0.01)
-    return [2 * x for x in xs]
-
-
-@dagserve.node(max_batch_size=4)
-async def batch_wrong_length(xs: list[int]) -> list[int]:
-    return xs[:-1]
 
 
 def suite(record_to: Path) -> dagserve.Graph:
