@@ -48,7 +48,8 @@ from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
 from dagserve.render import live_svg
 from dagserve.runtime.request_id import new_request_id
 from dagserve.http.hosts import HostFilter
-from dagserve.http.middleware import CLOSE, SCOPE_HANGUP, SCOPE_REQUEST_ID, HangUpWatch, RequestIdMiddleware
+from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
+from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope

@@ -1,10 +1,9 @@
-"""The ASGI layer around the ingress's routes, and what dagserve's server puts in each scope:
-request ids and the Host check (:class:`RequestIdMiddleware`), refusals decided before a body is
-read (:data:`SCOPE_REJECT`) and hang-up notices (:class:`HangUpWatch`)."""
+"""The ASGI layer around the ingress's routes: request ids and the Host check
+(:class:`RequestIdMiddleware`), and the refusals dagserve's server decided before a request's
+body was read (``SCOPE_REJECT``, from :mod:`dagserve.http.protocol`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
@@ -12,41 +11,20 @@ from starlette.responses import Response
 from dagserve.http.errors import error_body
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
+from dagserve.http.protocol import SCOPE_REJECT
 from dagserve.runtime.request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["SCOPE_HANGUP", "SCOPE_REJECT", "SCOPE_REQUEST_ID", "HangUpWatch", "RequestIdMiddleware"]
+__all__ = ["SCOPE_REQUEST_ID", "RequestIdMiddleware"]
 
 #: Scope key holding the request id (the ASGI scope is shared by every layer of one request).
 SCOPE_REQUEST_ID = "dagserve.request_id"
-#: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
-SCOPE_REJECT = "dagserve.reject"
-#: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
-SCOPE_HANGUP = "dagserve.hangup"
 #: Headers of an answer after which the connection is not reused (the rest of the body is never read).
 CLOSE = {"connection": "close"}
 _JSON = "application/json"
 _RID_HEADER = REQUEST_ID_HEADER.encode()
-
-
-class HangUpWatch:
-    """One connection as dagserve's server sees it (in the scope under :data:`SCOPE_HANGUP`):
-    ``gone`` once the connection is lost, when each callback in ``hooks`` is called (the
-    ingress puts there the ``cancel`` of each request it runs on the connection)."""
-
-    __slots__ = ("gone", "hooks")
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.hooks: set[Callable[[], object]] = set()
-
-    def hung_up(self) -> None:
-        self.gone = True
-        hooks, self.hooks = self.hooks, set()
-        for hook in hooks:
-            hook()
 
 
 class RequestIdMiddleware:

@@ -26,7 +26,10 @@ from dagserve.http.config import (
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     positive,
 )
+from dagserve.http.errors import error_body
 from dagserve.http.hosts import url_for
+from dagserve.http.jsonio import dump_json
+from dagserve.runtime.request_id import new_request_id
 
 logger = logging.getLogger("dagserve.serve")
 
@@ -270,6 +273,121 @@ def _server_class() -> type:
     return Server
 
 
+#: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
+SCOPE_HANGUP = "dagserve.hangup"
+#: Scope key the server sets to ``(status, type, message)`` when a request must be refused unread.
+SCOPE_REJECT = "dagserve.reject"
+
+
+class HangUpWatch:
+    """One connection as dagserve's server sees it (in the scope under :data:`SCOPE_HANGUP`):
+    ``gone`` once the connection is lost, when each callback in ``hooks`` is called (the
+    ingress puts there the ``cancel`` of each request it runs on the connection)."""
+
+    __slots__ = ("gone", "hooks")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.hooks: set[Callable[[], object]] = set()
+
+    def hung_up(self) -> None:
+        self.gone = True
+        hooks, self.hooks = self.hooks, set()
+        for hook in hooks:
+            hook()
+
+
+class _HeadBounded:
+    """Mixed into uvicorn's HTTP protocol by :func:`protocol_class` (see there)."""
+
+    header_timeout_s: float | None = None
+    max_header_bytes: int = 0
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+    _last_cycle: Any = None
+    # Set by uvicorn's protocol: its request cycle, transport and loop.
+    cycle: Any
+    transport: Any
+    loop: asyncio.AbstractEventLoop
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._watch = HangUpWatch()  # tells the ingress when the client hangs up
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        head_started = self._awaiting_head()  # so this read and those counted since hold the head
+        super().data_received(data)  # type: ignore[misc]
+        if self._awaiting_head():
+            # The head's clock starts with its first byte (this read): armed only now, so that a
+            # head arriving whole, as most do, never arms and cancels a timer.
+            if self._head_timer is None:
+                self._arm()
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._reject(431, "RequestHeadTooLarge", f"The request head is larger than {self.max_header_bytes} bytes.")
+            return
+        self._disarm()
+        received = self._head_bytes + len(data)
+        self._head_bytes = 0
+        cycle = self.cycle
+        if cycle is not self._last_cycle:
+            self._last_cycle = cycle
+            self._mark_scope(cycle.scope, measured=head_started and received <= self.max_header_bytes)
+
+    def _mark_scope(self, scope: dict[str, Any], *, measured: bool) -> None:
+        scope[SCOPE_HANGUP] = self._watch
+        if measured:
+            return  # the head fit in fewer bytes than the limit
+        # A pipelined head (it began while the previous request ran) or a large one: measure it.
+        size = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > self.max_header_bytes:
+            # The whole head came in one read; its task starts on the next loop turn, and the
+            # ingress answers 431 instead of running it.
+            scope[SCOPE_REJECT] = (431, "RequestHeadTooLarge", f"The request head is larger than {self.max_header_bytes} bytes.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+        self._watch.hung_up()  # cancels the graph run on this connection, if any
+
+    def _awaiting_head(self) -> bool:
+        cycle = self.cycle
+        return cycle is None or bool(cycle.response_complete)
+
+    def _arm(self) -> None:
+        if self.header_timeout_s is not None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head():
+            timeout = self.header_timeout_s or 0.0
+            self._reject(408, "RequestHeaderTimeout", f"The request headers did not arrive within {timeout:g} s.")
+
+    def _reject(self, status: int, error_type: str, message: str) -> None:
+        self._disarm()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        rid = new_request_id()
+        body = dump_json(error_body(status, error_type, message, request_id=rid))
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
+        )
+        transport.write(head.encode("ascii") + body)
+        transport.close()
+
+
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
 @functools.cache
 def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools, else h11) with a deadline and a size bound on request heads.
@@ -283,99 +401,5 @@ def protocol_class(header_timeout_s: float | None, max_header_bytes: int) -> typ
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    from dagserve.http.errors import error_body
-    from dagserve.http.middleware import SCOPE_HANGUP, SCOPE_REJECT, HangUpWatch
-    from dagserve.http.jsonio import dump_json
-    from dagserve.runtime.request_id import new_request_id
-
-    reasons = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
-
-    class HeadBoundedProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-        _head_timer: asyncio.TimerHandle | None = None
-        _head_bytes = 0
-        _last_cycle: Any = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._watch = HangUpWatch()  # tells the ingress when the client hangs up
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            head_started = self._awaiting_head()  # so this read and those counted since hold the head
-            super().data_received(data)
-            if self._awaiting_head():
-                # The head's clock starts with its first byte (this read): armed only now, so that a
-                # head arriving whole, as most do, never arms and cancels a timer.
-                if self._head_timer is None:
-                    self._arm()
-                self._head_bytes += len(data)
-                if self._head_bytes > max_header_bytes:
-                    self._reject(
-                        431, "RequestHeadTooLarge", f"The request head is larger than {max_header_bytes} bytes."
-                    )
-                return
-            self._disarm()
-            received = self._head_bytes + len(data)
-            self._head_bytes = 0
-            cycle = self.cycle
-            if cycle is not self._last_cycle:
-                self._last_cycle = cycle
-                scope = cycle.scope
-                scope[SCOPE_HANGUP] = self._watch
-                if head_started and received <= max_header_bytes:
-                    return  # the head fit in fewer bytes than the limit
-                # A pipelined head (it began while the previous request ran) or a large one: measure it.
-                size = (
-                    len(scope["raw_path"])
-                    + len(scope["query_string"])
-                    + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
-                )
-                if size > max_header_bytes:
-                    # The whole head came in one read; its task starts on the next loop turn, and the
-                    # ingress answers 431 instead of running it.
-                    scope[SCOPE_REJECT] = (
-                        431,
-                        "RequestHeadTooLarge",
-                        f"The request head is larger than {max_header_bytes} bytes.",
-                    )
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-            self._watch.hung_up()  # cancels the graph run on this connection, if any
-
-        def _awaiting_head(self) -> bool:
-            cycle = self.cycle
-            return cycle is None or cycle.response_complete
-
-        def _arm(self) -> None:
-            if header_timeout_s is not None:
-                self._head_timer = self.loop.call_later(header_timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _expired(self) -> None:
-            self._head_timer = None
-            if self._awaiting_head():
-                self._reject(
-                    408, "RequestHeaderTimeout", f"The request headers did not arrive within {header_timeout_s:g} s."
-                )
-
-        def _reject(self, status: int, error_type: str, message: str) -> None:
-            self._disarm()
-            transport = self.transport
-            if transport.is_closing():
-                return
-            rid = new_request_id()
-            body = dump_json(error_body(status, error_type, message, request_id=rid))
-            head = (
-                f"HTTP/1.1 {status} {reasons[status]}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
-            )
-            transport.write(head.encode("ascii") + body)
-            transport.close()
-
-    return HeadBoundedProtocol
+    limits = {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes}
+    return type("HeadBoundedProtocol", (_HeadBounded, AutoHTTPProtocol), limits)

@@ -148,22 +148,12 @@ def serve(
         raise OptionsError(
             "A backend instance runs one graph; pass the backend's name (e.g. backend='ray') to serve several."
         )
-    owned: list[App] = []
+    owned: list[App] = []  # deployed here, so shut down here
     try:
-        apps: list[App] = []
-        for item in items:
-            if isinstance(item, App):
-                apps.append(item)
-                continue
-            app = deploy(
-                item,
-                backend,
-                ready_timeout_s=ready_timeout_s,
-                request_timeout_s=request_timeout_s,
-                **backend_options,
-            )
-            owned.append(app)
-            apps.append(app)
+        apps = [
+            item if isinstance(item, App) else _deployed(item, owned, backend, ready_timeout_s, request_timeout_s, backend_options)
+            for item in items
+        ]
         from dagserve.http.ingress import create_app
 
         web = create_app(_by_name(apps), config)
@@ -184,6 +174,19 @@ def serve(
                 app.shutdown()
             except Exception:
                 logger.exception("shutting down graph %r failed", app.name)
+
+
+def _deployed(
+    graph: Graph,
+    owned: list[App],
+    backend: str | Backend | None,
+    ready_timeout_s: float,
+    request_timeout_s: float | None,
+    backend_options: dict[str, Any],
+) -> App:
+    app = deploy(graph, backend, ready_timeout_s=ready_timeout_s, request_timeout_s=request_timeout_s, **backend_options)
+    owned.append(app)
+    return app
 
 
 # -- helpers shared with the CLI ---------------------------------------------------------------------

@@ -298,6 +298,16 @@ class BatchSummary:
     def total_written(self) -> int:
         return self.resumed_from + self.processed
 
+    def add(self, ok: bool, timings: dict[str, float]) -> None:
+        """Count one written record and its per-node seconds."""
+        self.processed += 1
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        for name, seconds in timings.items():
+            self.node_seconds[name] = self.node_seconds.get(name, 0.0) + seconds
+
     def node_shares(self) -> dict[str, float]:
         """Each node's share (0..1) of the summed per-node time, largest first."""
         total = sum(self.node_seconds.values())
@@ -328,17 +338,7 @@ def run_batch(
     """
     concurrency = _check_concurrency(concurrency, "run_batch")
     fmt = detect_format(input_path, fmt)
-    outputs = [output_path] + ([errors_path] if errors_path is not None else [])
-    if errors_path is not None and errors_path.resolve() == output_path.resolve():
-        raise BatchError(
-            "The errors file and the output file are the same; drop --errors to keep errors in the output."
-        )
-    if not resume and not overwrite:
-        for p in outputs:
-            if p.exists() and p.stat().st_size > 0:
-                raise BatchError(
-                    f"{str(p)!r} already exists; pass --resume to continue that run or --overwrite to replace it."
-                )
+    outputs = _check_outputs(output_path, errors_path, resume=resume, overwrite=overwrite)
     total = count_rows(input_path, fmt)
     done, prior_failed = recover(outputs) if resume else (0, 0)
     if done > total:
@@ -360,7 +360,6 @@ def run_batch(
             raise row.error
         return await app.acall(row.payload, context=ctx)
 
-    node_seconds = summary.node_seconds
     start = time.perf_counter()
     last_flush = time.monotonic()
     results = map_results(app, read_rows(input_path, fmt, skip=done), concurrency=concurrency, ordered=True, call=call)
@@ -368,13 +367,7 @@ def run_batch(
         for r in results:
             ok, line = encode_record(r.payload, r)
             (out if ok else err).write(line + "\n")
-            summary.processed += 1
-            if ok:
-                summary.succeeded += 1
-            else:
-                summary.failed += 1
-            for name, seconds in r.timings.items():
-                node_seconds[name] = node_seconds.get(name, 0.0) + seconds
+            summary.add(ok, r.timings)
             now = time.monotonic()
             if now - last_flush >= _FLUSH_EVERY_S:
                 _flush(out, err)
@@ -392,6 +385,22 @@ def run_batch(
             err.close()
         out.close()
     return summary
+
+
+def _check_outputs(output_path: Path, errors_path: Path | None, *, resume: bool, overwrite: bool) -> list[Path]:
+    """The files a run writes; a :class:`BatchError` when they clash or would be overwritten unasked."""
+    outputs = [output_path] + ([errors_path] if errors_path is not None else [])
+    if errors_path is not None and errors_path.resolve() == output_path.resolve():
+        raise BatchError(
+            "The errors file and the output file are the same; drop --errors to keep errors in the output."
+        )
+    if not resume and not overwrite:
+        for p in outputs:
+            if p.exists() and p.stat().st_size > 0:
+                raise BatchError(
+                    f"{str(p)!r} already exists; pass --resume to continue that run or --overwrite to replace it."
+                )
+    return outputs
 
 
 def _flush(out: Any, err: Any) -> None:
