@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct import DirectCall, DirectPool, PoolClosed, QueueFull, ReplicaLost
+from dagserve.runtime.executor import node_timeout_error
 
 if TYPE_CHECKING:
     from dagserve.backends.local import _LocalDeployment
@@ -101,8 +102,10 @@ class _Pending:
         self._sent: float | None = None  # time.perf_counter() values
         self._finished: float | None = None
         self._watched = False
-        # A node with timeout_s gets its inputs as values, so its clock starts when they are ready
-        # (as on the local backend), not while an upstream node still runs.
+        # A node with timeout_s gets its inputs as values, so its replica starts on the call only
+        # once they are ready. (Its clock, here and in the executor, still runs from when the
+        # executor made the call: an upstream call handed to it whole counts toward its timeout_s,
+        # unlike on the local backend.)
         # A direct call sends values: a Serve response cannot travel over its socket.
         self._wants_values = spec.options.timeout_s is not None or pool is not None
         if all(u.passable for u in self.upstream) and not (self.upstream and self._wants_values):
@@ -172,6 +175,9 @@ class _Pending:
         return self._task.__await__()
 
     async def _result(self) -> Any:
+        # The executor times the calls it awaits (the same timeout_s: whichever fires first raises
+        # the same error). A timed call whose every reader takes it whole is handed on un-awaited;
+        # only its reader's _send_later awaits it, so that call is timed here alone, from then.
         timeout = self.spec.options.timeout_s
         try:
             if timeout is None:
@@ -182,12 +188,7 @@ class _Pending:
             except TimeoutError as exc:
                 if isinstance(exc, RequestTimeoutError):
                     raise
-                name = self.step.name
-                raise RequestTimeoutError(
-                    f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s or make "
-                    "the node faster.",
-                    node=name,
-                ) from None
+                raise node_timeout_error(self.step.name, timeout) from None
         finally:
             self._finished = time.perf_counter()
             if self.ctx is not None:
