@@ -18,10 +18,11 @@ from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.app import App
-from dagserve.backends.ray import backend as ray_backend
+from dagserve.backends.ray import serve_options
 from dagserve.backends.ray.direct import _LEN
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
-from dagserve.backends.ray.backend import RayBackend, deployment_options
+from dagserve.backends.ray.backend import RayBackend
+from dagserve.backends.ray.serve_options import deployment_options
 
 from . import example_graphs as eg
 from .foreign_peer import foreign_socket, needs_root
@@ -469,7 +470,7 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
         light = app.status().nodes
         assert light["Times"].replica_ids == scaled_down["Times"].replica_ids
         assert light["Times"].options == {"max_ongoing_requests": 7, "max_queued_requests": 3}
-        pool = app.backend._pools["Times"]  # the ingress holds calls to the new bounds too
+        pool = app.backend._direct.pools["Times"]  # the ingress holds calls to the new bounds too
         assert pool is not None and (pool.max_ongoing, pool.max_queued) == (7, 3)
 
         app.update("Times", init_args=(5,))  # a new constructor: new replicas
@@ -545,7 +546,7 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
         assert app.backend.transport("add_one") == "serve"
     with dagserve.deploy(graph, backend="ray", direct_transport=False, ready_timeout_s=120) as app:
         assert [app.call(i) for i in range(5)] == [(i + 1) * 3 for i in range(5)]
-        assert app.backend.transport("Times") == "serve" and not app.backend._pools
+        assert app.backend.transport("Times") == "serve" and not app.backend._direct.pools
 
 
 def attached(app: dagserve.App, **options: Any) -> dagserve.App:
@@ -598,7 +599,7 @@ def test_a_replica_serve_begins_to_stop_takes_no_new_direct_calls(
     """Serve drains its own requests first (a wait of graceful_shutdown_wait_loop_s at least, 3 s
     here) and calls the replica's __del__ only then: direct calls must stop reaching the replica
     when the stop begins, not then. Calls keep succeeding on the other replica meanwhile."""
-    monkeypatch.setattr(ray_backend, "_GRACEFUL_SHUTDOWN_WAIT_LOOP_S", 3.0)
+    monkeypatch.setattr(serve_options, "_GRACEFUL_SHUTDOWN_WAIT_LOOP_S", 3.0)
     with dagserve.Input() as inp:
         graph = dagserve.Graph(where(inp), name="stopping")
     with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as app:
@@ -663,7 +664,7 @@ def test_direct_calls_over_the_frame_limit_fail_naming_the_node_and_stalled_fram
         assert err.value.node == "size_of#2" and err.value.error_type == "FrameTooLarge"
         assert app.call({"case": "send", "data": b"x" * 1000}) == 1000  # connections unharmed
 
-        pool = app.backend._pools["size_of"]  # type: ignore[attr-defined]
+        pool = app.backend._direct.pools["size_of"]  # type: ignore[attr-defined]
         (path,) = [e.path for e in os.scandir(pool.directory) if e.name.endswith(".sock")]
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
@@ -680,7 +681,7 @@ def test_the_ingress_ignores_a_socket_of_another_user_among_the_replicas(app: da
     calls keep going to the real replica, and batch counts read over the sockets skip it too."""
     wait_until(lambda: app.call({"case": "batch", "x": 1}) == 1 and app.backend.transport("batch_size") == "direct",
                10, "direct to batch_size")
-    pool = app.backend._pools["batch_size"]  # type: ignore[attr-defined]
+    pool = app.backend._direct.pools["batch_size"]  # type: ignore[attr-defined]
     marker = tmp_path / "ran-their-code"
     with foreign_socket(os.path.join(pool.directory, "planted.sock"), marker):
         wait_until(lambda: "planted" in pool._foreign, 10, "the pool to try the planted socket")
@@ -765,7 +766,7 @@ class FakeHandle:
 
 def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **options: Any) -> Any:
     from dagserve.compiler.plan import Step
-    from dagserve.backends.ray.backend import _Pending
+    from dagserve.backends.ray.runner import _Pending
 
     spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
     step = Step(0, name, "call", (), deployment=name, method="__call__")

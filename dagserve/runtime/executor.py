@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from dagserve._errors import DagserveError, InputValidationError, NodeError, NoRouteError, RequestError, RequestTimeoutError
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
 
-__all__ = ["Executor", "RequestContext", "Runner", "select", "validate_payload"]
+__all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
 _UNSET: Any = object()
 
@@ -237,11 +237,7 @@ class Executor:
                 try:
                     return await asyncio.wait_for(pending, timeout)
                 except TimeoutError:
-                    raise RequestTimeoutError(
-                        f"Node {name!r} did not answer within its timeout_s={timeout:g}; raise timeout_s "
-                        "or make the node faster.",
-                        node=name,
-                    ) from None
+                    raise node_timeout_error(name, timeout) from None
             return await pending
         except DagserveError:
             raise
@@ -404,6 +400,14 @@ async def _gather_all(coros: list[Any]) -> None:
         # Retrieve the others' outcomes so nothing is reported as never retrieved.
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def node_timeout_error(name: str, timeout_s: float) -> RequestTimeoutError:
+    """A call of node ``name`` outlived its ``timeout_s`` (a runner that times calls itself raises this too)."""
+    return RequestTimeoutError(
+        f"Node {name!r} did not answer within its timeout_s={timeout_s:g}; raise timeout_s or make the node faster.",
+        node=name,
+    )
 
 
 def _node_error(name: str, exc: BaseException) -> NodeError:

@@ -1,0 +1,178 @@
+"""The Ray backend's side of the direct transport (``direct.py``): whether it applies, which nodes'
+calls take it, and the :class:`~.direct.DirectPool` of each such node.
+
+Calls skip Serve's router only on a Ray of one machine this process is connected to locally
+(every replica is then on this machine, checked again every ``_DIRECT_RECHECK_S``), only for
+nodes with a fixed replica count (Serve's autoscaler counts the requests its own handles route),
+and only once the node's pool has connected to a replica; the others go through Serve.
+``direct_transport=False`` or ``DAGSERVE_DIRECT_TRANSPORT=0`` turn it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from dagserve._errors import DeployError
+from dagserve.backends.ray.direct import DEFAULT_MAX_FRAME_BYTES, DirectPool, FrameLimits, socket_dir
+
+if TYPE_CHECKING:
+    from dagserve._options import NodeOptions
+    from dagserve.compiler.plan import DeploymentSpec
+
+__all__ = ["DIRECT_ENV", "MAX_FRAME_ENV", "DirectRouting", "frame_limits", "on_loop_thread"]
+
+log = logging.getLogger("dagserve.ray")
+
+#: Set to "0" to send every call through Serve's router (same as ``direct_transport=False``).
+DIRECT_ENV = "DAGSERVE_DIRECT_TRANSPORT"
+#: The default of ``direct_max_frame_bytes`` (bytes per call's pickled arguments or result).
+MAX_FRAME_ENV = "DAGSERVE_DIRECT_MAX_FRAME_BYTES"
+#: How often the ingress asks Ray again whether it still runs on one machine.
+_DIRECT_RECHECK_S = 10.0
+
+
+class DirectRouting:
+    """One backend's direct pools, and whether its calls may use them.
+
+    ``enabled`` is the backend's ``direct_transport``; ``limits`` what one call may carry.
+    ``pools`` maps a node to its pool, or to ``None`` when it has no private socket directory.
+    """
+
+    def __init__(self, enabled: bool, limits: FrameLimits) -> None:
+        self.enabled = enabled
+        self.limits = limits
+        self.pools: dict[str, DirectPool | None] = {}
+        self.cluster: str | None = None  # the Ray cluster's GCS address, while direct applies
+        self.checked = 0.0
+
+    def pool(self, spec: DeploymentSpec, app_name: str) -> DirectPool | None:
+        """The node's direct pool when its calls may skip Serve's router, else ``None``.
+
+        The first call of an eligible node opens its pool, which connects in the background
+        (until then, and whenever no replica accepts calls, Serve routes them). Runs on the App's
+        event loop.
+        """
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        if time.monotonic() - self.checked > _DIRECT_RECHECK_S:
+            self.checked = time.monotonic()  # a cluster may grow: look again, off the loop
+            asyncio.get_running_loop().run_in_executor(None, self.check)
+        if not _direct_eligible(spec):
+            return None
+        name = spec.name
+        pool = self.pools.get(name)
+        if pool is None:
+            if name in self.pools:
+                return None  # no private socket directory (logged once)
+            directory = socket_dir(cluster, app_name, name)
+            if directory is None:
+                self.pools[name] = None
+                return None
+            o = spec.options
+            pool = DirectPool(
+                directory,
+                max_ongoing=o.effective_max_ongoing_requests,
+                max_queued=o.max_queued_requests,
+                loop=asyncio.get_running_loop(),
+                limits=self.limits,
+            )
+            self.pools[name] = pool
+            return None  # it connects in the background; this call goes through Serve
+        return pool if pool.usable else None
+
+    def is_direct(self, spec: DeploymentSpec) -> bool:
+        """Do the node's calls go direct now?"""
+        pool = self.pools.get(spec.name)
+        return self.cluster is not None and _direct_eligible(spec) and pool is not None and pool.usable
+
+    def refusals(self) -> dict[str, int]:
+        """Per node, the direct calls a full replica refused (see ``RayBackend.direct_refusals``)."""
+        return {name: pool.refusals for name, pool in self.pools.items() if pool is not None}
+
+    def options(self) -> dict[str, Any]:
+        """These settings as ``RayBackend`` keyword arguments, for a backend attached elsewhere."""
+        return {"direct_max_frame_bytes": self.limits.max_bytes, "direct_frame_timeout_s": self.limits.timeout_s}
+
+    def check(self) -> None:
+        """Does the direct transport apply (asked of Ray: one machine, connected locally)?"""
+        self.checked = time.monotonic()
+        if not self.enabled or os.environ.get(DIRECT_ENV, "1") == "0":
+            self.cluster = None
+            return
+        try:
+            import ray
+
+            if ray.util.client.ray.is_connected():
+                self.cluster = None  # Ray Client: this process is not on the cluster
+                return
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+            single = len(alive) == 1
+            self.cluster = ray.get_runtime_context().gcs_address if single else None
+        except Exception as exc:  # noqa: BLE001 - without an answer, Serve routes every call
+            log.warning("Direct transport off: asking Ray for its nodes failed (%s: %s)", type(exc).__name__, exc)
+            self.cluster = None
+
+    def set_limits(self, name: str, options: NodeOptions, loop: asyncio.AbstractEventLoop | None) -> None:
+        """A node's queue bounds changed (scale, update): its pool holds to the new ones."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return
+        limits = (options.effective_max_ongoing_requests, options.max_queued_requests)
+        if loop is not None and loop.is_running() and not on_loop_thread(loop):
+            loop.call_soon_threadsafe(pool.set_limits, *limits)
+        else:
+            pool.set_limits(*limits)
+
+    def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Close every pool, on ``loop`` (the one that opened them); forget them all."""
+        pools = [p for p in self.pools.values() if p is not None]
+        self.pools = {}
+        if not pools or loop is None:
+            return
+        if loop.is_closed() or not loop.is_running():
+            for pool in pools:
+                pool.abandon()  # nothing runs that loop any more: just hang up
+            return
+        if on_loop_thread(loop):
+            for pool in pools:
+                pool.close()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile: nothing to close
+                for pool in pools:
+                    loop.call_soon_threadsafe(pool.close)
+
+
+def frame_limits(max_bytes: int | None, timeout_s: float) -> FrameLimits:
+    """The direct transport's frame limits from the backend's options (or the environment)."""
+    given: Any = max_bytes
+    source = "direct_max_frame_bytes"
+    if given is None:
+        given = os.environ.get(MAX_FRAME_ENV, "").strip() or DEFAULT_MAX_FRAME_BYTES
+        source = MAX_FRAME_ENV
+        with contextlib.suppress(ValueError):
+            given = int(given)
+    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+        raise DeployError(f"{source} must be a whole number of bytes >= 1, got {given!r}.")
+    max_bytes = given
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise DeployError(f"direct_frame_timeout_s must be a number of seconds > 0, got {timeout_s!r}.")
+    return FrameLimits(max_bytes, float(timeout_s))
+
+
+def _direct_eligible(spec: DeploymentSpec) -> bool:
+    """Fixed replica counts only: Serve's autoscaler sees just the requests its handles route."""
+    return spec.options.autoscaling is None and spec.options.num_replicas != "auto"
+
+
+def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    """Is ``loop`` the loop running in this thread?"""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
