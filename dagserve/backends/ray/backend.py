@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_REQUEST_TIMEOUT_S
 from dagserve._errors import AppClosedError, DagserveError, DeployError, NodeError, OverloadedError, RequestTimeoutError
+from dagserve.runtime.replicas import QueueFull
 from dagserve.runtime.status import AppStatus
 from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.base import Backend
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
-from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, QueueFull, ReplicaLost
+from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.backends.ray.direct.protocol import DEFAULT_FRAME_TIMEOUT_S, DEFAULT_MAX_FRAME_BYTES, FrameLimits
 from dagserve.backends.ray.replica import NodeReplica, ReplicaSpec, ship
 from dagserve.backends.local import _LocalDeployment

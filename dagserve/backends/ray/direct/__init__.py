@@ -41,7 +41,9 @@ does not arrive whole within ``timeout_s``, closes the connection (its calls fai
 Its modules, one concern each: ``protocol`` (frames and their bounds, op codes, pickling, the
 peer-uid check), ``pool`` (the caller side: :class:`~.pool.DirectPool`, :class:`~.pool.DirectCall`),
 ``replica_server`` (the replica side: :class:`~.replica_server.ReplicaServer`) and ``directory``
-(the private socket directory of a node's replicas, and asking them for stats).
+(the private socket directory of a node's replicas, and asking them for stats). The caller's
+replica picking and queue are :class:`dagserve.runtime.replicas.ReplicaSlots`, which the local
+backend uses too.
 
 This package imports no Ray (``dumps`` borrows Ray's cloudpickle when it must); the backend decides
 where it applies (see ``RayBackend``).

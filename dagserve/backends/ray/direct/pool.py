@@ -3,15 +3,15 @@
 The pool lives on the ingress's event loop: it watches the node's socket directory, connects to
 each replica, sends each call to the replica with the fewest calls in flight, holds at most
 ``max_ongoing_requests`` calls on a replica and queues the rest (up to ``max_queued_requests``,
-then :class:`QueueFull`). A call a replica refuses before running it (``BUSY``, ``REJECTED``)
-goes to another replica or first in the queue; a replica that goes away fails the calls it held
-with :class:`ReplicaLost`.
+then :class:`~dagserve.runtime.replicas.QueueFull`); the slots and the queue are
+:class:`~dagserve.runtime.replicas.ReplicaSlots`, as in the local backend. A call a replica
+refuses before running it (``BUSY``, ``REJECTED``) goes to another replica or first in the queue;
+a replica that goes away fails the calls it held with :class:`ReplicaLost`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -34,8 +34,9 @@ from dagserve.backends.ray.direct.protocol import (
     step_of,
     too_large,
 )
+from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 
-__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "PoolClosed", "QueueFull", "ReplicaLost"]
+__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "PoolClosed", "ReplicaLost"]
 
 log = logging.getLogger("dagserve.ray")
 
@@ -45,10 +46,6 @@ SCAN_INTERVAL_S = 0.5
 
 class ReplicaLost(ConnectionError):
     """The replica holding a call went away before answering (the call may have run)."""
-
-
-class QueueFull(Exception):
-    """Every replica holds ``max_ongoing_requests`` calls and the queue holds ``max_queued_requests``."""
 
 
 class PoolClosed(Exception):
@@ -82,8 +79,7 @@ class DirectCall:
             self.future.cancel()
         conn = self._conn
         if conn is None:
-            with contextlib.suppress(ValueError):  # queued: it no longer counts against the bound
-                self._pool._queue.remove(self)
+            self._pool._slots.forget(self)  # queued: it no longer counts against the bound
         elif conn.calls.pop(self.rid, None) is not None:
             conn.send(dumps((CANCEL, self.rid)))
             self._pool._slot_freed(conn)
@@ -135,6 +131,16 @@ class _ClientConn(Framed):
         t = self.transport
         return not self.draining and t is not None and not t.is_closing()
 
+    @property
+    def ongoing(self) -> int:
+        """Calls sent here and not answered yet (this pool's slots on the replica)."""
+        return len(self.calls)
+
+    @property
+    def takes_calls(self) -> bool:
+        """May a call be sent here now, the count aside (accepting, and not full for other callers)?"""
+        return not self.full and self.accepting
+
     def submit(self, call: DirectCall) -> None:
         data = dumps((CALL, call.rid, call.payload))
         call._conn = self
@@ -179,6 +185,12 @@ class _ClientConn(Framed):
         self.pool._lost(self)
 
 
+def _submit(call: DirectCall, conn: _ClientConn) -> None:
+    """A queued call gets a freed slot on ``conn``, unless it was cancelled meanwhile."""
+    if not call.future.done():
+        conn.submit(call)
+
+
 class DirectPool:
     """The ingress side of one node's replicas on this machine (lives on one event loop)."""
 
@@ -192,18 +204,17 @@ class DirectPool:
         limits: FrameLimits | None = None,
     ) -> None:
         self.directory = directory
-        self.max_ongoing = max_ongoing
-        self.max_queued = max_queued
         self.limits = limits or FrameLimits()
         #: Calls a full replica refused (each went to another replica or waited in the queue).
         self.refusals = 0
         self._loop = loop
         self._ids = itertools.count(1)
         self._conns: dict[str, _ClientConn] = {}
-        self._ring: list[_ClientConn] = []  # the connections, for _pick
-        self._turn = itertools.count()
+        # The connections (replaced whole as they come and go), their slots, the queued calls.
+        self._slots: ReplicaSlots[_ClientConn, DirectCall] = ReplicaSlots(
+            _submit, max_ongoing=max_ongoing, max_queued=max_queued, take_turns=True
+        )
         self._connecting: set[str] = set()
-        self._queue: collections.deque[DirectCall] = collections.deque()
         self._refused: set[str] = set()  # replicas that refused a connection once
         self._foreign: set[str] = set()  # sockets of another user's process: never used
         self._closed = False
@@ -239,63 +250,51 @@ class DirectPool:
         return call
 
     def _dispatch(self, call: DirectCall, *, new: bool = False) -> None:
+        """Send ``call`` to a replica, or queue it (a ``new`` one last, within the bound: else
+        :class:`QueueFull`; one a replica refused first, as it was sent before the others)."""
         if self._closed:
             if not call.future.done():
                 call.future.set_exception(PoolClosed("the pool is closed"))
             return
-        conn = self._pick()
-        if conn is not None and not self._queue:
-            conn.submit(call)
-            return
-        if new and self.max_queued is not None and len(self._queue) >= self.max_queued:
-            raise QueueFull
-        if new:
-            self._queue.append(call)
-        else:
-            self._queue.appendleft(call)  # a refused call keeps its place at the front
+        slots = self._slots
+        conn = slots.for_new_call()
         if conn is not None:
-            self._slot_freed(conn)
+            conn.submit(call)
+        elif new:
+            slots.wait(call)
+        else:
+            slots.wait_first(call)
 
-    def _pick(self) -> _ClientConn | None:
-        """The replica with the fewest calls in flight; ties go round in turn (so calls made one
-        at a time still spread over every replica)."""
-        ring = self._ring
-        n = len(ring)
-        if not n:
-            return None
-        start = next(self._turn) % n
-        best: _ClientConn | None = None
-        for i in range(n):
-            conn = ring[(start + i) % n]
-            if conn.full or not conn.accepting or len(conn.calls) >= self.max_ongoing:
-                continue
-            if best is None or len(conn.calls) < len(best.calls):
-                best = conn
-        return best
+    @property
+    def max_ongoing(self) -> int:
+        """Calls this pool holds on one replica at most (the node's ``max_ongoing_requests``)."""
+        return self._slots.max_ongoing
+
+    @property
+    def max_queued(self) -> int | None:
+        """Calls that may wait here for a slot (the node's ``max_queued_requests``)."""
+        return self._slots.max_queued
 
     def _slot_freed(self, conn: _ClientConn) -> None:
-        queue = self._queue
-        while queue and not conn.full and conn.accepting and len(conn.calls) < self.max_ongoing:
-            call = queue.popleft()
-            if not call.future.done():
-                conn.submit(call)
+        """``conn`` has room again (an answer, a cancel, a ``ROOM`` notice): queued calls take it;
+        a stopping replica is hung up on once it holds none of ours."""
+        self._slots.freed(conn)
         if conn.draining and not conn.calls:
             conn.close()
 
     def set_limits(self, max_ongoing: int, max_queued: int | None) -> None:
         """New queue bounds (a node scaled or updated); queued calls take any room at once."""
-        self.max_ongoing, self.max_queued = max_ongoing, max_queued
-        for conn in self._ring:
-            self._slot_freed(conn)
+        self._slots.max_ongoing, self._slots.max_queued = max_ongoing, max_queued
+        self._slots.wake()
+        for conn in self._slots.replicas:
+            if conn.draining and not conn.calls:
+                conn.close()
 
     def _lost(self, conn: _ClientConn) -> None:
         if self._conns.get(conn.replica) is conn:
             del self._conns[conn.replica]
-            self._ring = list(self._conns.values())
-        if self._queue:
-            other = self._pick()
-            if other is not None:
-                self._slot_freed(other)
+            self._slots.replicas = list(self._conns.values())
+        self._slots.wake()
 
     # -- replicas ------------------------------------------------------------------------------
     async def _scan_forever(self) -> None:
@@ -348,9 +347,8 @@ class DirectPool:
             conn.close()
             return
         self._conns[replica] = conn
-        self._ring = list(self._conns.values())
-        if self._queue:
-            self._slot_freed(conn)
+        self._slots.replicas = list(self._conns.values())
+        self._slots.wake()
 
     def close(self) -> None:
         """Stop scanning and close every connection (calls in flight fail with ReplicaLost)."""
@@ -358,10 +356,11 @@ class DirectPool:
         self._scanner.cancel()
         for conn in list(self._conns.values()):
             conn.close()
-        for call in self._queue:
+        waiters = self._slots.waiters
+        for call in waiters:
             if not call.future.done():
                 call.future.set_exception(PoolClosed("the application is shutting down"))
-        self._queue.clear()
+        waiters.clear()
 
     def abandon(self) -> None:
         """Its event loop is closed: hang up every connection (the replicas see the caller gone)."""
@@ -375,5 +374,5 @@ class DirectPool:
                 with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
                     dup.shutdown(socket.SHUT_RDWR)
         self._conns = {}
-        self._ring = []
+        self._slots.replicas = []
 
