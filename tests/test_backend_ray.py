@@ -19,7 +19,7 @@ from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutErro
 from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.app import App
 from dagserve.backends.ray import serve_options
-from dagserve.backends.ray.direct import _LEN
+from dagserve.backends.ray.direct.protocol import FRAME_LENGTH
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray.backend import RayBackend
 from dagserve.backends.ray.serve_options import deployment_options
@@ -668,7 +668,7 @@ def test_direct_calls_over_the_frame_limit_fail_naming_the_node_and_stalled_fram
         (path,) = [e.path for e in os.scandir(pool.directory) if e.name.endswith(".sock")]
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
-            s.sendall(_LEN.pack(100) + b"0123456789")  # a tenth of a frame, then nothing
+            s.sendall(FRAME_LENGTH.pack(100) + b"0123456789")  # a tenth of a frame, then nothing
             s.settimeout(30)
             assert s.recv(1) == b""  # the replica hung up (after its 0.5 s deadline)
         assert app.call({"case": "send", "data": b"ok"}) == 2

@@ -1,4 +1,4 @@
-"""The direct transport (dagserve/backends/ray/direct.py) on its own: real Unix sockets, no Ray.
+"""The direct transport (dagserve/backends/ray/direct/) on its own: real Unix sockets, no Ray.
 
 The Ray backend's use of it (calls to replicas skip Serve's router) is covered end to end in
 tests/test_backend_ray.py and the fault and timeout suites.
@@ -18,8 +18,12 @@ from typing import Any
 import pytest
 
 from dagserve import NodeError
-from dagserve.backends.ray import direct as _direct
-from dagserve.backends.ray.direct import DirectPool, FrameLimits, QueueFull, ReplicaLost, ReplicaServer
+from dagserve.backends.ray.direct import directory as _directory
+from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
+from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
+from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, FrameLimits, dumps, same_user
+from dagserve.backends.ray.direct.replica_server import ReplicaServer
+from dagserve.runtime.replicas import QueueFull
 
 from .foreign_peer import foreign_peer, foreign_socket, needs_root
 
@@ -214,7 +218,7 @@ async def test_a_stopping_replica_refuses_new_calls_and_finishes_the_ones_it_hol
         await settle()
         assert not os.path.exists(old.path)
         # The pool has not noticed yet: a call sent to the old replica is refused, then sent on.
-        late = _direct.DirectCall(pool, _direct.dumps((header("echo"), ("late",), {})))
+        late = DirectCall(pool, dumps((header("echo"), ("late",), {})))
         pool._conns["old"].submit(late)
         assert await late == ("new", "late")
         assert not drained.done()  # still holding its call
@@ -263,7 +267,7 @@ async def test_a_stale_socket_is_removed_and_a_new_replica_found(directory: str)
 async def test_replica_stats_reads_every_replica(directory: str) -> None:
     servers = [await serve(directory, f"r{i}") for i in range(2)]
     try:
-        stats = await asyncio.get_running_loop().run_in_executor(None, _direct.replica_stats, directory)
+        stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
         assert stats == [{4: 0}, {4: 0}]
     finally:
         for s, _ in servers:
@@ -271,10 +275,10 @@ async def test_replica_stats_reads_every_replica(directory: str) -> None:
 
 
 async def test_sockets_are_private_to_this_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _direct.socket_dir("127.0.0.1:6379", "app", "node")
+    real = socket_dir("127.0.0.1:6379", "app", "node")
     assert real is not None and len(os.path.join(real, "0123456789abcdef.sock")) < 108  # AF_UNIX limit
-    monkeypatch.setattr(_direct.tempfile, "gettempdir", lambda: str(tmp_path))
-    path = _direct.socket_dir("127.0.0.1:6379", "app", "node")
+    monkeypatch.setattr(_directory.tempfile, "gettempdir", lambda: str(tmp_path))
+    path = socket_dir("127.0.0.1:6379", "app", "node")
     assert path is not None
     root = tmp_path / f"dagserve-{os.getuid()}"
     for p in (root, Path(path)):
@@ -283,17 +287,17 @@ async def test_sockets_are_private_to_this_user(tmp_path: Path, monkeypatch: pyt
     try:
         assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
         _reader, writer = await asyncio.open_unix_connection(server.path)
-        assert _direct._same_user(writer.transport)  # the peer check: uid of the connecting process
+        assert same_user(writer.transport)  # the peer check: uid of the connecting process
         writer.close()
     finally:
         server.close()
     # A directory others could write to is refused, never repaired (a socket planted meanwhile).
     os.chmod(root, 0o755)
-    assert _direct.socket_dir("127.0.0.1:6379", "app", "node") is None
+    assert socket_dir("127.0.0.1:6379", "app", "node") is None
     os.chmod(root, 0o700)
     # A directory owned by someone else is never used.
-    monkeypatch.setattr(_direct.os, "getuid", lambda: os.stat(root).st_uid + 1)
-    assert _direct.socket_dir("127.0.0.1:6379", "app", "node") is None
+    monkeypatch.setattr(_directory.os, "getuid", lambda: os.stat(root).st_uid + 1)
+    assert socket_dir("127.0.0.1:6379", "app", "node") is None
 
 
 async def test_a_call_crossing_an_idle_replicas_shutdown_is_sent_elsewhere_not_lost(directory: str) -> None:
@@ -301,7 +305,7 @@ async def test_a_call_crossing_an_idle_replicas_shutdown_is_sent_elsewhere_not_l
         pool, old = c.pool, c.servers["old"]
         drained = asyncio.ensure_future(old.drain())
         # Sent before the replica's DRAINING notice arrives: on the wire while it stops.
-        crossing = _direct.DirectCall(pool, _direct.dumps((header("echo"), ("x",), {})))
+        crossing = DirectCall(pool, dumps((header("echo"), ("x",), {})))
         pool._conns["old"].submit(crossing)
         assert await crossing == ("new", "x")
         await asyncio.wait_for(drained, 1.0)  # the ingress hung up at once; no 5 s wait
@@ -344,7 +348,7 @@ def test_objects_of_main_travel_by_value(tmp_path: Path) -> None:
         obj = cls()
         obj.x = 3  # type: ignore[attr-defined]
         assert b"__main__" in pickle.dumps(obj)
-        data = _direct.dumps(obj)
+        data = dumps(obj)
     finally:
         monkey.undo()
     out = subprocess.run(
@@ -376,7 +380,7 @@ async def test_a_closed_pool_fails_calls_at_once_even_retries(directory: str) ->
         pool.close()
         with pytest.raises(ReplicaLost):
             await held
-        with pytest.raises(_direct.PoolClosed):
+        with pytest.raises(PoolClosed):
             await asyncio.wait_for(pool.call(header("echo"), (2,), {}), 1.0)  # a retry: not queued forever
     finally:
         server.close()
@@ -522,12 +526,12 @@ async def test_a_replica_drops_a_caller_that_announces_too_large_a_frame_or_stal
     server, replica = await serve(directory, "r1", limits=FrameLimits(max_bytes=4096, timeout_s=0.2))
     try:
         reader, writer = await asyncio.open_unix_connection(server.path)
-        writer.write(_direct._LEN.pack(10**12))  # nothing is buffered toward it: closed at once
+        writer.write(FRAME_LENGTH.pack(10**12))  # nothing is buffered toward it: closed at once
         assert await asyncio.wait_for(reader.read(), 2) == b""
         writer.close()
         reader, writer = await asyncio.open_unix_connection(server.path)
-        frame = _direct.dumps((_direct.CALL, 1, _direct.dumps((header("echo"), (1,), {}))))
-        writer.write(_direct._LEN.pack(len(frame)) + frame[:10])  # then nothing more
+        frame = dumps((CALL, 1, dumps((header("echo"), (1,), {}))))
+        writer.write(FRAME_LENGTH.pack(len(frame)) + frame[:10])  # then nothing more
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the 0.2 s deadline
         writer.close()
         assert replica.started == [] and server._conns == set()
@@ -540,7 +544,7 @@ async def test_a_replica_that_stalls_mid_answer_fails_the_call_instead_of_hangin
 
     async def stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(8)
-        writer.write(_direct._LEN.pack(1000) + b"abc")  # a third of an answer, then silence
+        writer.write(FRAME_LENGTH.pack(1000) + b"abc")  # a third of an answer, then silence
         await asyncio.sleep(30)
 
     stub = await asyncio.start_unix_server(stuck, path)
@@ -583,7 +587,7 @@ async def test_the_ingress_never_reads_from_a_socket_of_another_user(directory: 
                 assert list(pool._conns) == ["r1"] and pool._foreign == {"planted"}
                 assert [(await pool.call(header("echo"), (i,), {}))[0] for i in range(4)] == ["r1"] * 4
                 await pool.scan()  # not tried again
-                stats = await asyncio.get_running_loop().run_in_executor(None, _direct.replica_stats, directory)
+                stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
                 assert stats == [{4: 4}]  # the planted socket's answer was not read either
             finally:
                 pool.close()

@@ -173,9 +173,10 @@ async def test_a_full_node_queue_answers_503_with_retry_after_without_waiting() 
 
 _FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
 _FORBIDDEN_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle", "yaml"}
-#: The one module allowed to unpickle: the direct transport, whose frames come only from this user's
-#: own processes (0700 directory, 0600 socket, peer uid checked; tests/test_direct.py shows each).
-_UNPICKLING_ALLOWED = {"backends/ray/direct.py": {"pickle"}}
+#: The one module allowed to unpickle: the direct transport's protocol, whose frames come only from
+#: this user's own processes (0700 directory, 0600 socket, peer uid checked; tests/test_direct.py
+#: shows each). The transport's other modules load through its ``loads``.
+_UNPICKLING_ALLOWED = {"backends/ray/direct/protocol.py": {"pickle"}}
 
 
 def test_dagserve_source_never_unpickles_or_evaluates() -> None:

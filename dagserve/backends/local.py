@@ -2,9 +2,10 @@
 
 Each deployment gets ``num_replicas`` in-process replicas (a model class is constructed once per
 replica), each taking at most ``max_ongoing_requests`` at once, with at most
-``max_queued_requests`` waiting for a slot before :class:`~dagserve.OverloadedError`. Batched
-nodes use the same grouping rules as on Ray Serve. Async node code runs on the event loop; sync
-node code runs in a thread pool so it never blocks the loop.
+``max_queued_requests`` waiting for a slot before :class:`~dagserve.OverloadedError` (the slots
+and the queue are :class:`~dagserve.runtime.replicas.ReplicaSlots`, as on Ray's direct
+transport). Batched nodes use the same grouping rules as on Ray Serve. Async node code runs on
+the event loop; sync node code runs in a thread pool so it never blocks the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagserve.runtime.batching import Batcher
+from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 from dagserve._errors import DeployError, OverloadedError
 from dagserve.runtime.status import AppStatus, NodeStatus
 from dagserve.backends.base import Backend
@@ -36,13 +38,14 @@ _ids = itertools.count(1)
 
 
 class _Replica:
-    __slots__ = ("batchers", "draining", "id", "instance", "ongoing", "spec")
+    __slots__ = ("batchers", "id", "instance", "ongoing", "spec", "takes_calls")
 
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
         self.spec = spec
         self.id = f"{spec.name}#{next(_ids)}"
         self.ongoing = 0
-        self.draining = False
+        #: Not draining (a plain attribute: read on every call by ReplicaSlots.pick).
+        self.takes_calls = True
         if spec.kind == "model":
             try:
                 self.instance = spec.target(*spec.init_args, **dict(spec.init_kwargs))
@@ -65,6 +68,15 @@ class _Replica:
             return self.spec.target
         return getattr(self.instance, method)
 
+    @property
+    def draining(self) -> bool:
+        """Going away (scale-down, update): it finishes what it holds and takes no new call."""
+        return not self.takes_calls
+
+    @draining.setter
+    def draining(self, draining: bool) -> None:
+        self.takes_calls = not draining
+
     async def _invoke(self, method: str, pool: ThreadPoolExecutor, items: list[Any]) -> Any:
         fn = self.bound(method)
         if self.spec.is_async(method):
@@ -73,17 +85,16 @@ class _Replica:
 
 
 class _LocalDeployment:
-    limit: int  # max_ongoing_requests per replica in force (see spec)
-
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor) -> None:
+        # Its bounds come from the spec (set just below, and again whenever the spec changes).
+        self.slots: ReplicaSlots[_Replica, asyncio.Future[_Replica]] = ReplicaSlots(
+            _hand_over, max_ongoing=0, max_queued=None
+        )
         self.spec = spec
         self.pool = pool
         # Batch sizes over every replica this deployment ever had (for metrics).
         self.batch_counts: collections.Counter[int] = collections.Counter()
-        self.replicas: list[_Replica] = [
-            _Replica(spec, pool, self.count_batch) for _ in range(spec.options.initial_replicas())
-        ]
-        self.waiters: collections.deque[asyncio.Future[_Replica]] = collections.deque()
+        self.replicas = [_Replica(spec, pool, self.count_batch) for _ in range(spec.options.initial_replicas())]
 
     def count_batch(self, size: int) -> None:
         self.batch_counts[size] += 1
@@ -95,34 +106,29 @@ class _LocalDeployment:
     @spec.setter
     def spec(self, spec: DeploymentSpec) -> None:  # scale and update replace the spec
         self._spec = spec
-        self.limit = spec.options.effective_max_ongoing_requests  # read on every call: worked out once
+        # Read on every call: worked out once.
+        self.slots.max_ongoing = spec.options.effective_max_ongoing_requests
+        self.slots.max_queued = spec.options.max_queued_requests
 
-    def _pick(self) -> _Replica | None:
-        best: _Replica | None = None
-        limit = self.limit
-        for r in self.replicas:
-            if not r.draining and r.ongoing < limit and (best is None or r.ongoing < best.ongoing):
-                best = r
-        return best
+    @property
+    def replicas(self) -> list[_Replica]:
+        return self.slots.replicas
 
-    def _take(self) -> _Replica | None:
-        """A slot on the least busy replica with one free, taken now; ``None`` when all are busy."""
-        r = self._pick()
-        if r is not None:
-            r.ongoing += 1
-        return r
+    @replicas.setter
+    def replicas(self, replicas: list[_Replica]) -> None:  # replaced whole (scale, update, drain)
+        self.slots.replicas = replicas
 
     async def _wait_for_slot(self) -> _Replica:
-        """Queue for a slot (handed over by ``wake``); OverloadedError when the queue is full."""
-        cap = self.spec.options.max_queued_requests
-        if cap is not None and len(self.waiters) >= cap:
-            raise OverloadedError(
-                f"Node {self.spec.name!r} is overloaded: {len(self.waiters)} requests already wait "
-                f"(max_queued_requests={cap}). Retry later, or add replicas.",
-                node=self.spec.name,
-            )
+        """Queue for a slot (handed over as one frees); OverloadedError when the queue is full."""
         fut: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        try:
+            self.slots.wait(fut)
+        except QueueFull as full:
+            raise OverloadedError(
+                f"Node {self.spec.name!r} is overloaded: {full.queued} requests already wait "
+                f"(max_queued_requests={full.max_queued}). Retry later, or add replicas.",
+                node=self.spec.name,
+            ) from None
         try:
             return await fut
         except asyncio.CancelledError:
@@ -130,27 +136,22 @@ class _LocalDeployment:
                 self.release(fut.result())
             raise
         finally:
-            try:
-                self.waiters.remove(fut)
-            except ValueError:
-                pass
+            self.slots.forget(fut)
 
     def release(self, r: _Replica) -> None:
         r.ongoing -= 1
-        self.wake()
+        if self.slots.waiters:
+            self.slots.freed(r)
 
     def wake(self) -> None:
-        while self.waiters:
-            nxt = self._pick()
-            if nxt is None:
-                return
-            fut = self.waiters.popleft()
-            if not fut.done():
-                nxt.ongoing += 1
-                fut.set_result(nxt)
+        self.slots.wake()
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        r = self._take() or await self._wait_for_slot()
+        r = self.slots.for_new_call()
+        if r is None:
+            r = await self._wait_for_slot()
+        else:
+            r.ongoing += 1
         try:
             batcher = r.batchers.get(method)
             if batcher is not None:
@@ -165,6 +166,13 @@ class _LocalDeployment:
             return await asyncio.get_running_loop().run_in_executor(self.pool, run, fn, *args)
         finally:
             self.release(r)
+
+
+def _hand_over(fut: asyncio.Future[_Replica], r: _Replica) -> None:
+    """A waiter gets a freed slot on ``r`` (taken now), unless it gave up meanwhile."""
+    if not fut.done():
+        r.ongoing += 1
+        fut.set_result(r)
 
 
 class _LocalRunner:

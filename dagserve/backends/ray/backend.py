@@ -6,7 +6,7 @@ graph is one named Serve application (``name`` = graph name, no HTTP route), so 
 live side by side and are torn down alone. This module holds :class:`RayBackend`: deploying,
 scaling, updating and shutting down that application, and its status. The per-request executor
 runs wherever the App runs (the ingress process); its calls go through the backend's runner
-(``runner.py``), to replicas on its machine over Unix sockets (``direct.py``, chosen per node in
+(``runner.py``), to replicas on its machine over Unix sockets (``direct/``, chosen per node in
 ``direct_routing.py``), to the others through Serve handles, where a call's un-awaited response
 is handed whole to the next call (Serve resolves it). ``inline`` nodes run in the ingress process
 through the local backend's deployment class.
@@ -35,7 +35,9 @@ from dagserve._errors import DeployError
 from dagserve.runtime.status import AppStatus
 from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.base import Backend
-from dagserve.backends.ray.direct import DEFAULT_FRAME_TIMEOUT_S, DirectPool, replica_stats, socket_dir
+from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
+from dagserve.backends.ray.direct.pool import DirectPool
+from dagserve.backends.ray.direct.protocol import DEFAULT_FRAME_TIMEOUT_S
 from dagserve.backends.ray.direct_routing import DirectRouting, frame_limits, on_loop_thread
 from dagserve.backends.ray.replica import NodeReplica
 from dagserve.backends.ray.runner import RayRunner
@@ -133,7 +135,7 @@ class RayBackend(Backend):
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
         self._handles: dict[str, Any] = {}
-        #: Calls to fixed-size nodes on a one-machine Ray skip Serve's router (``direct.py``).
+        #: Calls to fixed-size nodes on a one-machine Ray skip Serve's router (``direct/``).
         self.direct_transport = direct_transport
         self._direct = DirectRouting(direct_transport, self.frame_limits)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,4 +1,4 @@
-"""The Ray backend's side of the direct transport (``direct.py``): whether it applies, which nodes'
+"""The Ray backend's side of the direct transport (``direct/``): whether it applies, which nodes'
 calls take it, and the :class:`~.direct.DirectPool` of each such node.
 
 Calls skip Serve's router only on a Ray of one machine this process is connected to locally
@@ -18,7 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DeployError
-from dagserve.backends.ray.direct import DEFAULT_MAX_FRAME_BYTES, DirectPool, FrameLimits, socket_dir
+from dagserve.backends.ray.direct.directory import socket_dir
+from dagserve.backends.ray.direct.pool import DirectPool
+from dagserve.backends.ray.direct.protocol import DEFAULT_MAX_FRAME_BYTES, FrameLimits
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions

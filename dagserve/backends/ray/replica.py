@@ -5,7 +5,7 @@ user's model class once per replica (or holds the function), runs sync node code
 pool so the replica's event loop stays free and async code on that loop, batches with
 dagserve's :class:`~dagserve.runtime.batching.Batcher` (one queue per called method), forwards a
 user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
-survives the trip back through Ray. It also serves the direct transport's calls (``direct.py``),
+survives the trip back through Ray. It also serves the direct transport's calls (``direct/``),
 holding them and the calls Serve routes to one ``max_ongoing_requests``, and stops taking them
 as soon as Serve begins to stop the replica.
 
@@ -33,7 +33,9 @@ from typing import Any, Literal
 from dagserve.runtime.batching import Batcher
 from dagserve._errors import DagserveError, DeployError, NodeError
 from dagserve.runtime.request_id import reset_request_id, set_request_id
-from dagserve.backends.ray.direct import FrameLimits, ReplicaServer, socket_dir
+from dagserve.backends.ray.direct.directory import socket_dir
+from dagserve.backends.ray.direct.protocol import FrameLimits
+from dagserve.backends.ray.direct.replica_server import ReplicaServer
 
 log = logging.getLogger("dagserve.ray")
 
@@ -133,7 +135,7 @@ class ReplicaSpec:
     init_kwargs: dict[str, Any] = field(default_factory=dict)
     max_batch_size: int | None = None
     batch_wait_timeout_s: float = 0.01
-    #: Also serve calls over a Unix socket for an ingress on this machine (``direct.py``).
+    #: Also serve calls over a Unix socket for an ingress on this machine (``direct/``).
     direct: bool = True
     #: What the direct transport reads and sends per call (the ingress holds to the same).
     frames: FrameLimits = field(default_factory=FrameLimits)
@@ -188,7 +190,7 @@ class NodeReplica:
             self._start_direct()
 
     def _start_direct(self) -> None:
-        """Listen on this replica's Unix socket for an ingress on this machine (``direct.py``)."""
+        """Listen on this replica's Unix socket for an ingress on this machine (``direct/``)."""
         try:
             loop = asyncio.get_running_loop()  # Serve builds replicas on their event loop
             import ray

@@ -1,6 +1,6 @@
 """The Ray backend's runner: how the executor's call steps reach the replicas.
 
-A remote call goes over the direct transport (``direct.py``) when its node's pool is usable, else
+A remote call goes over the direct transport (``direct/``) when its node's pool is usable, else
 through a Serve handle; an ``inline`` node runs here. A call in flight is a :class:`_Pending`:
 awaiting it gives the node's result with Ray's and Serve's errors turned into dagserve's typed
 errors (lost replicas retried for ``retries=N`` nodes); handed whole to the next Serve call, it
@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve.backends.ray.direct import DirectCall, DirectPool, PoolClosed, QueueFull, ReplicaLost
+from dagserve.runtime.replicas import QueueFull
+from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.runtime.executor import node_timeout_error
 
 if TYPE_CHECKING:

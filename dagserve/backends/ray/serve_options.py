@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dagserve.backends.ray.direct import FrameLimits
+from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.replica import ReplicaSpec, ship
 
 if TYPE_CHECKING:

@@ -1,0 +1,378 @@
+"""The caller side of the direct transport: a :class:`DirectPool` per node sends its calls.
+
+The pool lives on the ingress's event loop: it watches the node's socket directory, connects to
+each replica, sends each call to the replica with the fewest calls in flight, holds at most
+``max_ongoing_requests`` calls on a replica and queues the rest (up to ``max_queued_requests``,
+then :class:`~dagserve.runtime.replicas.QueueFull`); the slots and the queue are
+:class:`~dagserve.runtime.replicas.ReplicaSlots`, as in the local backend. A call a replica
+refuses before running it (``BUSY``, ``REJECTED``) goes to another replica or first in the queue;
+a replica that goes away fails the calls it held with :class:`ReplicaLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+from typing import Any
+
+from dagserve.backends.ray.direct.protocol import (
+    BUSY,
+    CALL,
+    CANCEL,
+    DRAINING,
+    OK,
+    REJECTED,
+    ROOM,
+    FrameLimits,
+    Framed,
+    dumps,
+    loads,
+    step_of,
+    too_large,
+)
+from dagserve.runtime.replicas import QueueFull, ReplicaSlots
+
+__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "PoolClosed", "ReplicaLost"]
+
+log = logging.getLogger("dagserve.ray")
+
+#: How often the ingress looks for replicas that appeared or went away.
+SCAN_INTERVAL_S = 0.5
+
+
+class ReplicaLost(ConnectionError):
+    """The replica holding a call went away before answering (the call may have run)."""
+
+
+class PoolClosed(Exception):
+    """The pool was closed (its App shut down, or moved to another event loop); not retried."""
+
+
+class DirectCall:
+    """One call through the pool; await it for the result. ``cancel()`` tells the replica."""
+
+    __slots__ = ("_conn", "_pool", "future", "payload", "rid", "step")
+
+    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
+        self._pool = pool
+        self.payload = payload
+        self.step = step
+        self.rid = next(pool._ids)
+        self.future: asyncio.Future[Any] = pool._loop.create_future()
+        self._conn: _ClientConn | None = None
+
+    @property
+    def assigned(self) -> bool:
+        """Is a replica running it (not waiting in the pool's queue)?"""
+        return self._conn is not None
+
+    def __await__(self) -> Any:
+        return self.future.__await__()
+
+    def cancel(self) -> None:
+        # The future may already be cancelled (a task awaiting it was): the replica still runs it.
+        if not self.future.done():
+            self.future.cancel()
+        conn = self._conn
+        if conn is None:
+            self._pool._slots.forget(self)  # queued: it no longer counts against the bound
+        elif conn.calls.pop(self.rid, None) is not None:
+            conn.send(dumps((CANCEL, self.rid)))
+            self._pool._slot_freed(conn)
+
+    def _settle(self, status: int, value: bytes) -> None:
+        """Resolve with an answer's value, loaded here: one this process cannot load (a class
+        only the replica has) fails this call, not the connection."""
+        if self.future.done():
+            return
+        try:
+            loaded = loads(value)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is this call's failure
+            from dagserve._errors import NodeError
+
+            self.future.set_exception(
+                NodeError(
+                    f"Node {self.step!r} returned a value this process cannot load ({type(exc).__name__}: {exc}); "
+                    "return plain data, or install the value's package where the graph is called.",
+                    node=self.step,
+                    error_type=type(exc).__name__,
+                )
+            )
+            return
+        if status == OK:
+            self.future.set_result(loaded)
+        elif isinstance(loaded, BaseException):
+            self.future.set_exception(loaded)
+        else:
+            self.future.set_exception(RuntimeError(f"replica error: {loaded!r}"))
+
+
+class _ClientConn(Framed):
+    def __init__(self, pool: DirectPool, replica: str) -> None:
+        super().__init__(pool.limits)
+        self.pool = pool
+        self.replica = replica
+        self.calls: dict[int, DirectCall] = {}
+        self.draining = False
+        #: The replica refused a call as full (``BUSY``): nothing is sent until it says ``ROOM``.
+        self.full = False
+
+    @property
+    def where(self) -> str:
+        return f"to replica {self.replica}"
+
+    @property
+    def accepting(self) -> bool:
+        """May a new call be sent here (open, and the replica is not stopping)?"""
+        t = self.transport
+        return not self.draining and t is not None and not t.is_closing()
+
+    @property
+    def ongoing(self) -> int:
+        """Calls sent here and not answered yet (this pool's slots on the replica)."""
+        return len(self.calls)
+
+    @property
+    def takes_calls(self) -> bool:
+        """May a call be sent here now, the count aside (accepting, and not full for other callers)?"""
+        return not self.full and self.accepting
+
+    def submit(self, call: DirectCall) -> None:
+        data = dumps((CALL, call.rid, call.payload))
+        call._conn = self
+        self.calls[call.rid] = call
+        self.send(data)
+
+    def frame_received(self, frame: Any) -> None:
+        rid, status, value = frame
+        if not rid:  # a notice (0 is no call's id)
+            if status == DRAINING:
+                self.draining = True  # the replica is stopping: no new calls; hang up once ours are back
+                if not self.calls:
+                    self.close()
+            elif status == ROOM:
+                self.full = False
+                self.pool._slot_freed(self)
+            return
+        call = self.calls.pop(rid, None)
+        if call is None:
+            return  # a call cancelled here: its late answer is dropped
+        if status == REJECTED or status == BUSY:
+            # It never ran: the replica is stopping, or full (other callers hold its slots). Send
+            # it to another replica, or first in the queue; a full replica says when it has room.
+            if status == REJECTED:
+                self.draining = True
+            else:
+                self.full = True
+                self.pool.refusals += 1
+            call._conn = None
+            self.pool._dispatch(call)
+        else:
+            call._settle(status, value)
+        self.pool._slot_freed(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        calls, self.calls = list(self.calls.values()), {}
+        why = self._broken_because or "closed the connection"
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(ReplicaLost(f"replica {self.replica}: {why}"))
+        self.pool._lost(self)
+
+
+def _submit(call: DirectCall, conn: _ClientConn) -> None:
+    """A queued call gets a freed slot on ``conn``, unless it was cancelled meanwhile."""
+    if not call.future.done():
+        conn.submit(call)
+
+
+class DirectPool:
+    """The ingress side of one node's replicas on this machine (lives on one event loop)."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_ongoing: int,
+        max_queued: int | None,
+        loop: asyncio.AbstractEventLoop,
+        limits: FrameLimits | None = None,
+    ) -> None:
+        self.directory = directory
+        self.limits = limits or FrameLimits()
+        #: Calls a full replica refused (each went to another replica or waited in the queue).
+        self.refusals = 0
+        self._loop = loop
+        self._ids = itertools.count(1)
+        self._conns: dict[str, _ClientConn] = {}
+        # The connections (replaced whole as they come and go), their slots, the queued calls.
+        self._slots: ReplicaSlots[_ClientConn, DirectCall] = ReplicaSlots(
+            _submit, max_ongoing=max_ongoing, max_queued=max_queued, take_turns=True
+        )
+        self._connecting: set[str] = set()
+        self._refused: set[str] = set()  # replicas that refused a connection once
+        self._foreign: set[str] = set()  # sockets of another user's process: never used
+        self._closed = False
+        self._scanner = loop.create_task(self._scan_forever())
+
+    # -- calls ---------------------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """Is at least one replica connected and accepting calls?"""
+        return any(c.accepting for c in self._conns.values())
+
+    def call(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DirectCall:
+        """Send one call (or queue it); raises :class:`QueueFull` when the queue is full."""
+        step = step_of(header)
+        try:
+            payload = dumps((header, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - unpicklable arguments fail this call only
+            payload = b""
+            error: BaseException | None = exc
+        else:
+            limit = self.limits.max_bytes
+            error = too_large(step, "arguments", len(payload), limit) if len(payload) > limit else None
+        call = DirectCall(self, payload, step)
+        if error is None and self._closed:
+            error = PoolClosed("the pool is closed")
+        if error is None:
+            try:
+                self._dispatch(call, new=True)
+            except QueueFull as exc:
+                error = exc
+        if error is not None:
+            call.future.set_exception(error)  # raised where the call is awaited, as with Serve
+        return call
+
+    def _dispatch(self, call: DirectCall, *, new: bool = False) -> None:
+        """Send ``call`` to a replica, or queue it (a ``new`` one last, within the bound: else
+        :class:`QueueFull`; one a replica refused first, as it was sent before the others)."""
+        if self._closed:
+            if not call.future.done():
+                call.future.set_exception(PoolClosed("the pool is closed"))
+            return
+        slots = self._slots
+        conn = slots.for_new_call()
+        if conn is not None:
+            conn.submit(call)
+        elif new:
+            slots.wait(call)
+        else:
+            slots.wait_first(call)
+
+    @property
+    def max_ongoing(self) -> int:
+        """Calls this pool holds on one replica at most (the node's ``max_ongoing_requests``)."""
+        return self._slots.max_ongoing
+
+    @property
+    def max_queued(self) -> int | None:
+        """Calls that may wait here for a slot (the node's ``max_queued_requests``)."""
+        return self._slots.max_queued
+
+    def _slot_freed(self, conn: _ClientConn) -> None:
+        """``conn`` has room again (an answer, a cancel, a ``ROOM`` notice): queued calls take it;
+        a stopping replica is hung up on once it holds none of ours."""
+        self._slots.freed(conn)
+        if conn.draining and not conn.calls:
+            conn.close()
+
+    def set_limits(self, max_ongoing: int, max_queued: int | None) -> None:
+        """New queue bounds (a node scaled or updated); queued calls take any room at once."""
+        self._slots.max_ongoing, self._slots.max_queued = max_ongoing, max_queued
+        self._slots.wake()
+        for conn in self._slots.replicas:
+            if conn.draining and not conn.calls:
+                conn.close()
+
+    def _lost(self, conn: _ClientConn) -> None:
+        if self._conns.get(conn.replica) is conn:
+            del self._conns[conn.replica]
+            self._slots.replicas = list(self._conns.values())
+        self._slots.wake()
+
+    # -- replicas ------------------------------------------------------------------------------
+    async def _scan_forever(self) -> None:
+        while not self._closed:
+            try:
+                await self.scan()
+            except Exception:  # a failed scan is retried; calls fall back to Serve meanwhile
+                log.exception("Looking for replicas in %s failed", self.directory)
+            await asyncio.sleep(SCAN_INTERVAL_S)
+
+    async def scan(self) -> None:
+        """Connect to new replicas; stop sending to replicas whose socket is gone (stopping)."""
+        try:
+            names = {e.name[:-5] for e in os.scandir(self.directory) if e.name.endswith(".sock")}
+        except FileNotFoundError:
+            names = set()
+        for replica, conn in list(self._conns.items()):
+            if replica not in names and not conn.draining:
+                conn.draining = True
+                if not conn.calls:
+                    conn.close()
+        new = [r for r in names if r not in self._conns and r not in self._connecting and r not in self._foreign]
+        if new:
+            self._connecting.update(new)  # now, so a scan running meanwhile does not try them too
+            await asyncio.gather(*(self._connect(r) for r in new))
+
+    async def _connect(self, replica: str) -> None:
+        path = os.path.join(self.directory, replica + ".sock")
+        try:
+            _, conn = await self._loop.create_unix_connection(lambda: _ClientConn(self, replica), path)
+        except ConnectionRefusedError:
+            # Nobody listens: the replica died without cleaning up (SIGKILL), or is between bind
+            # and listen. Refused again a scan later, its socket is stale: remove it.
+            if replica in self._refused:
+                self._refused.discard(replica)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            else:
+                self._refused.add(replica)
+            return
+        except OSError:
+            return  # gone between the listing and the connect
+        finally:
+            self._connecting.discard(replica)
+        self._refused.discard(replica)
+        if conn.foreign:
+            self._foreign.add(replica)  # dropped before a byte was read; logged once
+            return
+        if self._closed:
+            conn.close()
+            return
+        self._conns[replica] = conn
+        self._slots.replicas = list(self._conns.values())
+        self._slots.wake()
+
+    def close(self) -> None:
+        """Stop scanning and close every connection (calls in flight fail with ReplicaLost)."""
+        self._closed = True
+        self._scanner.cancel()
+        for conn in list(self._conns.values()):
+            conn.close()
+        waiters = self._slots.waiters
+        for call in waiters:
+            if not call.future.done():
+                call.future.set_exception(PoolClosed("the application is shutting down"))
+        waiters.clear()
+
+    def abandon(self) -> None:
+        """Its event loop is closed: hang up every connection (the replicas see the caller gone)."""
+        self._closed = True
+        for conn in list(self._conns.values()):
+            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                # Through a duplicate: uvloop's transport sockets have no shutdown(), and the
+                # duplicate shares the connection, so the replica sees it end either way.
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
+        self._conns = {}
+        self._slots.replicas = []
+

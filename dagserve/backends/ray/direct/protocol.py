@@ -1,0 +1,235 @@
+"""The direct transport's wire protocol: op codes, frames and their bounds, pickling, peer check.
+
+Frames are an 8-byte big-endian length (:data:`FRAME_LENGTH`) and a pickled envelope; both ends
+read them through :class:`Framed`, which reads nothing from another user's process
+(:func:`same_user`), no frame announced over :class:`FrameLimits` and none that stalls. This is the
+one module of dagserve that unpickles (:func:`loads`): frames come only from this user's own
+processes (0700 directory, 0600 socket, peer uid checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BUSY",
+    "CALL",
+    "CANCEL",
+    "DEFAULT_FRAME_TIMEOUT_S",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DRAINING",
+    "ERROR",
+    "FRAME_LENGTH",
+    "OK",
+    "REJECTED",
+    "ROOM",
+    "STATS",
+    "FrameLimits",
+    "Framed",
+    "dumps",
+    "loads",
+    "same_user",
+    "step_of",
+    "too_large",
+]
+
+log = logging.getLogger("dagserve.ray")
+
+#: Requests: ``(CALL, id, payload)``, ``(CANCEL, id)``, ``(STATS, id)``.
+CALL, CANCEL, STATS = 0, 1, 2
+#: Answers ``(id, status, value)``; notices ``(0, DRAINING | ROOM, None)``.
+OK, ERROR, REJECTED, DRAINING, BUSY, ROOM = 0, 1, 2, 3, 4, 5
+#: Largest pickled arguments or result of one call, by default (``RayBackend(direct_max_frame_bytes=)``).
+DEFAULT_MAX_FRAME_BYTES = 256 * 2**20
+#: How long a frame may take to arrive whole once its first bytes came, by default.
+DEFAULT_FRAME_TIMEOUT_S = 30.0
+#: What the envelope (a tuple of small ints around the value's bytes) may add to a frame.
+_ENVELOPE_BYTES = 1024
+#: The length that precedes every frame.
+FRAME_LENGTH = struct.Struct("!Q")
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """Bounds on what one connection reads: ``max_bytes`` per call's pickled arguments or result
+    (both ends check before sending), ``timeout_s`` for a frame to arrive whole once begun."""
+
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``; cloudpickle (from Ray) for what plain pickle cannot take, and for anything
+    that names ``__main__``: plain pickle refers to such classes and functions by name, and the
+    other process's ``__main__`` is not this one (cloudpickle sends them by value, as Serve does)."""
+    try:
+        data = pickle.dumps(obj, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        data = b""
+    if data and b"__main__" not in data:
+        return data
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle what one of this user's own processes sent (only ever called on frames read from a
+    peer :func:`same_user` accepted)."""
+    return pickle.loads(data)
+
+
+def same_user(transport: asyncio.BaseTransport) -> bool:
+    """Is the peer process run by this user? (Linux ``SO_PEERCRED``; elsewhere the 0700 directory
+    and 0600 socket are the guard.) Frames are pickles: only our own processes may send them.
+    Both ends ask it before reading a frame."""
+    sock = transport.get_extra_info("socket")
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or peercred is None:
+        return True
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i")))
+    return bool(uid == os.getuid())
+
+
+def step_of(header: Any) -> str:
+    """The step name a call's header carries (``"?"`` when it cannot be read)."""
+    return header[1] if isinstance(header, tuple) and len(header) > 1 else "?"
+
+
+def too_large(step: str, what: str, size: int, limit: int) -> BaseException:
+    """The error of a call whose ``what`` (arguments, result, error) pickled over the limit."""
+    from dagserve._errors import NodeError
+
+    return NodeError(
+        f"Node {step!r}: the {what} of a call pickled to {size} bytes, over the direct transport's limit of "
+        f"{limit} bytes per call. Send less (a path or URL instead of the bytes), or raise the limit: "
+        "RayBackend(direct_max_frame_bytes=...) or DAGSERVE_DIRECT_MAX_FRAME_BYTES.",
+        node=step,
+        error_type="FrameTooLarge",
+    )
+
+
+class Framed(asyncio.Protocol):
+    """Length-prefixed pickles both ways; writes made in one loop iteration go out in one syscall.
+
+    Reads nothing from a process of another user (the connection is dropped at once: ``foreign``),
+    no frame announced larger than the limits allow, and no frame that stalls past its deadline.
+    """
+
+    def __init__(self, limits: FrameLimits) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.foreign = False
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._limits = limits
+        self._max_frame = limits.max_bytes + _ENVELOPE_BYTES
+        self._partial_since: float | None = None  # when the frame now arriving began
+        self._stall: asyncio.TimerHandle | None = None
+        self._broken_because = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not same_user(transport):
+            # Frames are pickles: loading one from another user's process would run its code here.
+            log.warning("Direct transport: refused a connection %s: the other process runs as another user.", self.where)
+            self.foreign = True
+            transport.abort()
+            return
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    @property
+    def where(self) -> str:
+        """This connection, for log records and errors."""
+        raise NotImplementedError
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        frames = []
+        size = FRAME_LENGTH.size
+        while end - pos >= size:
+            (n,) = FRAME_LENGTH.unpack_from(buf, pos)
+            if n > self._max_frame:
+                self._break(f"a frame of {n} bytes was announced, over the limit of {self._limits.max_bytes} bytes")
+                return
+            if end - pos - size < n:
+                break
+            frames.append(bytes(buf[pos + size : pos + size + n]))
+            pos += size + n
+        if pos:
+            del buf[:pos]
+        if buf:  # a frame has begun: it must arrive whole within the deadline
+            if pos or self._partial_since is None:
+                self._partial_since = self._loop.time()
+            if self._stall is None:
+                self._stall = self._loop.call_later(self._limits.timeout_s, self._check_stall)
+        else:
+            self._partial_since = None  # a pending check finds nothing to do
+        for frame in frames:
+            # The envelope is ours (a tuple of ints and bytes): one that fails to load means the
+            # stream is broken, and the connection goes (values inside are loaded per call).
+            self.frame_received(pickle.loads(frame))
+
+    def frame_received(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def _check_stall(self) -> None:
+        self._stall = None
+        since = self._partial_since
+        if since is None or self.transport is None:
+            return
+        left = since + self._limits.timeout_s - self._loop.time()
+        if left > 0:
+            self._stall = self._loop.call_later(left, self._check_stall)
+            return
+        self._break(
+            f"a frame stalled: {len(self._buf)} bytes of it came, then not the rest within "
+            f"{self._limits.timeout_s:g} s"
+        )
+
+    def _break(self, why: str) -> None:
+        """The stream cannot go on (too large, stalled): drop the connection."""
+        log.warning("Direct transport: closing the connection %s: %s.", self.where, why)
+        self._broken_because = why
+        self._buf.clear()
+        self._partial_since = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._out.append(FRAME_LENGTH.pack(len(data)))
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def close(self) -> None:
+        """Write what is pending, then close (asyncio sends buffered bytes before closing)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))

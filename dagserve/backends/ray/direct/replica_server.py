@@ -1,0 +1,270 @@
+"""The replica side of the direct transport: :class:`ReplicaServer` serves one replica's calls.
+
+It runs on the replica's event loop, listens on the replica's Unix socket, runs each call with the
+replica's ``dispatch`` and answers it, holds the replica's ``max_ongoing_requests`` over every
+caller (refusing a direct call past it with ``BUSY``, telling the caller ``ROOM`` later) and stops
+in order (``DRAINING``, ``REJECTED``, then the held calls finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dagserve.backends.ray.direct.protocol import (
+    BUSY,
+    CALL,
+    CANCEL,
+    DRAINING,
+    ERROR,
+    OK,
+    REJECTED,
+    ROOM,
+    STATS,
+    FrameLimits,
+    Framed,
+    dumps,
+    loads,
+    step_of,
+    too_large,
+)
+
+__all__ = ["DRAIN_CLOSE_S", "Dispatch", "ReplicaServer"]
+
+#: How long a stopping replica waits for each ingress to hang up after its last answer.
+DRAIN_CLOSE_S = 5.0
+
+Dispatch = Callable[[Any, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+
+class ReplicaServer:
+    """Serves one replica's calls on a Unix socket (runs on the replica's event loop).
+
+    ``dispatch(header, args, kwargs)`` runs one call (the replica's node code); ``stats()``
+    answers ``STATS`` frames (batch counts). ``limit()`` is the replica's ``max_ongoing_requests``
+    (read per call: Serve changes it in place), over the direct calls and the calls Serve routes
+    here (which take their slot with :meth:`admit`); a direct call past it is refused (``BUSY``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        dispatch: Dispatch,
+        stats: Callable[[], Any],
+        *,
+        limit: Callable[[], int] | None = None,
+        limits: FrameLimits | None = None,
+    ) -> None:
+        self.path = path
+        self._dispatch = dispatch
+        self._stats = stats
+        self.limit: Callable[[], int] = limit or _unlimited
+        self.limits = limits or FrameLimits()
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[_ServerConn] = set()
+        self.draining = False
+        self.closed = False
+        #: Calls running here now: direct ones and those Serve routed (through ``admit``).
+        self.ongoing = 0
+        #: Direct calls refused because the replica was full (each was sent elsewhere or queued).
+        self.refusals = 0
+        # Who waits for a free slot (a refused connection, a call Serve routed), told when one frees.
+        self._want_room: dict[Any, Callable[[], None]] = {}
+        self._changed = asyncio.Event()  # a call finished or a caller hung up (for drain)
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a stale socket of the same name cannot be ours
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _ServerConn(self), self.path)
+        os.chmod(self.path, 0o600)
+
+    def in_flight(self) -> int:
+        return sum(len(c.tasks) for c in self._conns)
+
+    # -- the replica's max_ongoing_requests, over every caller ----------------------------------
+    async def admit(self) -> None:
+        """Take a slot for a call Serve routed here, waiting while the replica is full (Serve's
+        router counts only the calls it routes); give it back with :meth:`release`."""
+        while self.ongoing >= self.limit():
+            waiter = asyncio.get_running_loop().create_future()
+            self._want_room[waiter] = functools.partial(_wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._want_room.pop(waiter, None)
+        self.ongoing += 1
+
+    def release(self) -> None:
+        """A call finished: its slot goes to whoever waits for one."""
+        self.ongoing -= 1
+        self._changed.set()
+        if self._want_room and self.ongoing < self.limit():
+            waiting, self._want_room = self._want_room, {}
+            for tell in waiting.values():  # all of them: those that lose the race wait again
+                tell()
+
+    # -- stopping --------------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """No new connections; every caller is told (``DRAINING``) to send nothing more, and a call
+        already on its way is refused (``REJECTED``: the caller sends it elsewhere). Held calls go on."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        for conn in self._conns:
+            conn.send(_DRAINING_FRAME)
+
+    def abort(self) -> None:
+        """Close at once, from any thread, without telling callers (their calls fail as lost)."""
+        self.draining = self.closed = True
+        with contextlib.suppress(Exception):
+            if self._server is not None:
+                self._server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):  # a loop already closed: the process is ending
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+    async def drain(self, close_after_s: float = DRAIN_CLOSE_S) -> None:
+        """Stop accepting, finish the calls in flight, and let each caller hang up (it does once it
+        holds no call here), so no call crosses the close; then close whatever is left."""
+        self.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while self._conns:
+            if not self.in_flight():
+                deadline = deadline or loop.time() + close_after_s
+                if loop.time() >= deadline:
+                    break
+            self._changed.clear()
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        self.close()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        self.closed = True
+        for conn in list(self._conns):
+            conn.close()
+
+
+def _unlimited() -> int:
+    return sys.maxsize
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+_DRAINING_FRAME = dumps((0, DRAINING, None))
+_ROOM_FRAME = dumps((0, ROOM, None))
+
+
+class _ServerConn(Framed):
+    def __init__(self, server: ReplicaServer) -> None:
+        super().__init__(server.limits)
+        self.server = server
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+
+    @property
+    def where(self) -> str:
+        return f"on {self.server.path}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.transport is not None:
+            self.server._conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The caller is gone: nobody waits for these results any more (as when Serve cancels).
+        super().connection_lost(exc)
+        server = self.server
+        server._conns.discard(self)
+        server._want_room.pop(self, None)
+        server._changed.set()
+        for task in self.tasks.values():
+            task.cancel()
+
+    def frame_received(self, frame: Any) -> None:
+        op, rid = frame[0], frame[1]
+        if op == CALL:
+            server = self.server
+            if server.draining:
+                self.send(dumps((rid, REJECTED, None)))
+                return
+            if server.ongoing >= server.limit():
+                server.refusals += 1
+                server._want_room[self] = self._room
+                self.send(dumps((rid, BUSY, None)))
+                return
+            server.ongoing += 1
+            task = asyncio.get_running_loop().create_task(self._run(rid, frame[2]))
+            self.tasks[rid] = task
+            # Also when a CANCEL read with its CALL stops the task before it ever ran.
+            task.add_done_callback(functools.partial(self._finished, rid))
+        elif op == CANCEL:
+            task = self.tasks.get(rid)
+            if task is not None:
+                task.cancel()
+        elif op == STATS:
+            try:
+                self.send(dumps((rid, OK, dumps(self.server._stats()))))
+            except Exception as exc:  # noqa: BLE001 - a stats failure is answered, not fatal
+                self.send(dumps((rid, ERROR, dumps(RuntimeError(str(exc))))))
+
+    def _room(self) -> None:
+        self.send(_ROOM_FRAME)
+
+    async def _run(self, rid: int, payload: bytes) -> None:
+        """Run one call and answer it; the value is pickled apart from the envelope, so a value
+        the caller cannot load fails that call only."""
+        header: Any = None
+        try:
+            header, args, kwargs = loads(payload)
+            value = await self.server._dispatch(header, args, kwargs)
+            try:
+                status, data = OK, dumps(value)
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result fails its call only
+                status, data = ERROR, dumps(_unsendable(header, exc))
+        except asyncio.CancelledError:
+            return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
+        except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
+            status = ERROR
+            try:
+                data = dumps(exc)
+            except Exception as pickling:  # noqa: BLE001
+                data = dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
+        limit = self._limits.max_bytes
+        if len(data) > limit:  # checked here, so the caller gets an error naming the node, not a cut connection
+            what = "result" if status == OK else "error"
+            status, data = ERROR, dumps(too_large(step_of(header), what, len(data), limit))
+        self.send(dumps((rid, status, data)))  # before the call counts as done: a draining server then closes
+
+    def _finished(self, rid: int, _task: asyncio.Task[Any]) -> None:
+        self.tasks.pop(rid, None)
+        self.server.release()
+
+
+def _unsendable(header: Any, exc: BaseException) -> BaseException:
+    from dagserve._errors import NodeError
+
+    step = step_of(header)
+    return NodeError(
+        f"Node {step!r} returned a value that cannot be sent back ({type(exc).__name__}: {exc}); return "
+        "plain data (dicts, lists, numbers, strings, arrays) or a picklable object.",
+        node=step,
+        error_type=type(exc).__name__,
+    )

@@ -1,0 +1,144 @@
+"""Replica slots: which of a node's replicas takes a call, and the queue while all are full.
+
+One mechanism for every backend that holds a node's calls itself: the local backend's
+in-process replicas and the Ray backend's direct transport (its :class:`DirectPool`).
+
+* Each replica holds at most ``max_ongoing`` calls (the node's per-replica
+  ``max_ongoing_requests``).
+* A new call goes to the replica with the fewest calls in flight that may take one.
+* While every replica is full, calls wait in one FIFO queue of at most ``max_queued``
+  (``max_queued_requests``; ``None``: unbounded); past it, :class:`QueueFull` at once (the
+  backend turns it into :class:`~dagserve.OverloadedError`, HTTP 503).
+* A new call never overtakes a waiting one, and a freed slot goes straight to the oldest
+  waiter: no retry timer.
+* A cancelled waiter leaves the queue (:meth:`ReplicaSlots.forget`).
+
+The owner counts: a replica reports the calls it holds (``ongoing``) and whether it may be sent
+one now at all (``takes_calls``: not stopping, not refusing); the owner's ``hand_over(waiter,
+replica)`` gives a waiter its slot (and skips waiters that were cancelled meanwhile). The owner
+also says when room appears: :meth:`ReplicaSlots.freed` when a replica's call ends or it takes
+calls again, :meth:`ReplicaSlots.wake` when replicas come or the limit rises. So while calls
+wait, no replica has room, and neither queueing nor a freed slot needs to look at every replica
+(the hot path stays a few attribute reads).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["QueueFull", "ReplicaSlots", "SlotHolder"]
+
+
+class SlotHolder(Protocol):
+    """What :class:`ReplicaSlots` reads of a replica."""
+
+    @property
+    def ongoing(self) -> int:
+        """Calls it holds now."""
+        ...
+
+    @property
+    def takes_calls(self) -> bool:
+        """May it be sent a call now, its count aside (``False`` while it stops or refuses)?"""
+        ...
+
+
+R = TypeVar("R", bound=SlotHolder)
+W = TypeVar("W")
+
+
+class QueueFull(Exception):
+    """Every replica holds ``max_ongoing_requests`` calls and the queue holds ``max_queued_requests``."""
+
+    def __init__(self, queued: int, max_queued: int) -> None:
+        super().__init__(f"{queued} calls wait (max_queued_requests={max_queued})")
+        self.queued = queued
+        self.max_queued = max_queued
+
+
+class ReplicaSlots(Generic[R, W]):
+    """A node's replicas (``replicas``, replaced whole when they change), their slots and the queue.
+
+    ``take_turns``: among equally busy replicas, start the search one further each time, so calls
+    made one at a time still spread over every replica (the direct transport, like Serve's router);
+    without it the first in ``replicas`` wins (the local backend).
+    """
+
+    __slots__ = ("hand_over", "max_ongoing", "max_queued", "replicas", "take_turns", "waiters", "_turn")
+
+    def __init__(
+        self,
+        hand_over: Callable[[W, R], None],
+        *,
+        max_ongoing: int,
+        max_queued: int | None,
+        take_turns: bool = False,
+    ) -> None:
+        self.hand_over = hand_over
+        self.max_ongoing = max_ongoing
+        self.max_queued = max_queued
+        self.take_turns = take_turns
+        self.replicas: list[R] = []
+        self.waiters: collections.deque[W] = collections.deque()
+        self._turn = itertools.count()
+
+    def pick(self) -> R | None:
+        """The replica with the fewest calls that may take one more; ``None`` when all are full."""
+        ring = self.replicas
+        n = len(ring)
+        if not n:
+            return None
+        if self.take_turns:
+            start = next(self._turn) % n
+            if start:
+                ring = ring[start:] + ring[:start]
+        best: R | None = None
+        fewest = self.max_ongoing
+        for r in ring:
+            busy = r.ongoing
+            if busy < fewest and r.takes_calls:
+                best, fewest = r, busy
+        return best
+
+    def for_new_call(self) -> R | None:
+        """The replica a new call may go to at once, or ``None``: it must :meth:`wait` (every
+        replica is full, or calls already wait; they go first)."""
+        return None if self.waiters else self.pick()
+
+    def wait(self, waiter: W) -> None:
+        """Queue ``waiter`` last (no replica had room for it), or raise :class:`QueueFull`."""
+        cap = self.max_queued
+        if cap is not None and len(self.waiters) >= cap:
+            raise QueueFull(len(self.waiters), cap)
+        self.waiters.append(waiter)
+
+    def wait_first(self, waiter: W) -> None:
+        """Queue ``waiter`` ahead of every other, whatever the bound: a call a replica refused
+        before running it keeps its place."""
+        self.waiters.appendleft(waiter)
+
+    def freed(self, replica: R) -> None:
+        """``replica`` has room again (a call on it ended, or it takes calls again): the oldest
+        waiters take it, straight away."""
+        waiters = self.waiters
+        limit = self.max_ongoing
+        while waiters and replica.ongoing < limit and replica.takes_calls:
+            self.hand_over(waiters.popleft(), replica)
+
+    def wake(self) -> None:
+        """Hand the room of every replica to the oldest waiters (replicas came, the limit rose)."""
+        waiters = self.waiters
+        while waiters:
+            r = self.pick()
+            if r is None:
+                return
+            self.hand_over(waiters.popleft(), r)
+
+    def forget(self, waiter: W) -> None:
+        """``waiter`` gave up (cancelled): it leaves the queue and no longer counts against the bound."""
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
