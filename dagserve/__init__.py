@@ -30,9 +30,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagserve._version import __version__ as __version__
-from dagserve.app import App, deploy
-from dagserve.compiler.passes import compile
 from dagserve._errors import (
     AppClosedError,
     CompileError,
@@ -50,15 +47,17 @@ from dagserve._errors import (
     RequestError,
     RequestTimeoutError,
 )
-from dagserve.runtime.executor import RequestContext
-from dagserve.graph import Graph, Input, node, split, switch
-from dagserve.runtime.mapping import MapResult
 from dagserve._options import Autoscaling, NodeOptions
+from dagserve._version import __version__ as __version__
+from dagserve.app import App, deploy
+from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
-from dagserve.runtime.request_id import RequestIdFilter, current_request_id
+from dagserve.graph import Graph, Input, node, split, switch
 from dagserve.http.server import asgi_app, serve
+from dagserve.runtime.executor import RequestContext
+from dagserve.runtime.mapping import MapResult
+from dagserve.runtime.request_id import RequestIdFilter, current_request_id
 from dagserve.runtime.status import AppStatus, NodeStatus
-
 
 
 # -- wiring: the few calls that point up the layers (dagserve/_hooks.py says why) -------------------

@@ -9,19 +9,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dagserve.compiler.passes import compile as compile_graph
-from dagserve.runtime.deadlines import FixedTimeout
 from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
-from dagserve.runtime.executor import Executor, RequestContext
-from dagserve.graph import Graph
-from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
-from dagserve.runtime.request_id import reset_request_id, set_request_id
-from dagserve.backends import Backend, get_backend
 from dagserve._hooks import hooks
+from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
+from dagserve.backends import Backend, get_backend
+from dagserve.compiler.passes import compile as compile_graph
+from dagserve.graph import Graph
+from dagserve.runtime.deadlines import FixedTimeout
+from dagserve.runtime.executor import Executor, RequestContext
+from dagserve.runtime.request_id import reset_request_id, set_request_id
 
 if TYPE_CHECKING:
-    from dagserve.runtime.mapping import MapResult
     from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.runtime.mapping import MapResult
     from dagserve.runtime.status import AppStatus
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]

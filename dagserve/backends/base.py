@@ -5,11 +5,10 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
-    from dagserve.runtime.executor import Runner
     from dagserve._options import NodeOptions
     from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.runtime.executor import Runner
     from dagserve.runtime.status import AppStatus
 
 __all__ = ["Backend"]

@@ -21,16 +21,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from dagserve._errors import DeployError, OverloadedError
+from dagserve.backends.base import Backend
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
-from dagserve._errors import DeployError, OverloadedError
 from dagserve.runtime.status import AppStatus, NodeStatus
-from dagserve.backends.base import Backend
 
 if TYPE_CHECKING:
-    from dagserve.runtime.executor import RequestContext
     from dagserve._options import NodeOptions
     from dagserve.compiler.plan import DeploymentSpec, Plan, Step
+    from dagserve.runtime.executor import RequestContext
 
 __all__ = ["LocalBackend"]
 

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dagserve._errors import DagserveError, GraphError
+from dagserve.cli.targets import load_target
+from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
-from dagserve.cli.targets import load_target
-from dagserve._errors import DagserveError, GraphError
-from dagserve.graph import Graph
-from dagserve.runtime.request_id import RequestIdFilter
+from dagserve.http.hosts import is_loopback
 from dagserve.http.server import (
     ADMIN_TOKEN_ENV,
     DEFAULT_BODY_TIMEOUT_S,
@@ -46,7 +46,7 @@ from dagserve.http.server import (
     check_unique_names,
     serve,
 )
-from dagserve.http.hosts import is_loopback
+from dagserve.runtime.request_id import RequestIdFilter
 
 if TYPE_CHECKING:
     from rich.console import Console

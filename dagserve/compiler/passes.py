@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
+from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 from dagserve.graph import (
     CallNode,
     FunctionNode,
@@ -31,7 +32,6 @@ from dagserve.graph import (
     SplitNode,
     SwitchNode,
 )
-from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 
 __all__ = ["compile"]
 

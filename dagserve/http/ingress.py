@@ -36,20 +36,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from dagserve.runtime.deadlines import FixedTimeout
 from dagserve._errors import DagserveError, GraphError
-from dagserve.runtime.executor import RequestContext
-from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
 from dagserve.http.admin import admin_routes
+from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
+from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
+from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
+from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
 from dagserve.render import live_svg
+from dagserve.runtime.deadlines import FixedTimeout
+from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.request_id import new_request_id
-from dagserve.http.hosts import HostFilter
-from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
-from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope

@@ -12,7 +12,13 @@ from dagserve.http.errors import error_body
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
 from dagserve.http.protocol import SCOPE_REJECT
-from dagserve.runtime.request_id import REQUEST_ID_HEADER, new_request_id, reset_request_id, sane_request_id, set_request_id
+from dagserve.runtime.request_id import (
+    REQUEST_ID_HEADER,
+    new_request_id,
+    reset_request_id,
+    sane_request_id,
+    set_request_id,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -21,8 +21,8 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagserve.http.errors import error_schema
 from dagserve.compiler.plan import Plan, Ref, refs_in
+from dagserve.http.errors import error_schema
 
 if TYPE_CHECKING:
     from dagserve.app import App

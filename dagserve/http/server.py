@@ -11,12 +11,10 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dagserve._errors import GraphError, OptionsError
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.app import App, deploy
-from dagserve._errors import GraphError, OptionsError
 from dagserve.graph import Graph
-from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
-from dagserve.http.protocol import check_server_options, run_server
 from dagserve.http.config import (
     ADMIN_TOKEN_ENV,
     DEFAULT_BODY_TIMEOUT_S,
@@ -28,6 +26,8 @@ from dagserve.http.config import (
     TOKEN_ENV,
     IngressConfig,
 )
+from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
+from dagserve.http.protocol import check_server_options, run_server
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend

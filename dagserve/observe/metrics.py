@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from dagserve.app import App
-    from dagserve.runtime.executor import RequestContext
     from dagserve.compiler.plan import Plan
+    from dagserve.runtime.executor import RequestContext
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",

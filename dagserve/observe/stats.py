@@ -27,8 +27,8 @@ from dagserve._errors import DagserveError
 
 if TYPE_CHECKING:
     from dagserve.app import App
-    from dagserve.runtime.executor import RequestContext
     from dagserve.compiler.plan import Plan
+    from dagserve.runtime.executor import RequestContext
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_WINDOW_S", "Latency", "LatencyStats", "stats_for"]
 

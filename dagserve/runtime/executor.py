@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dagserve._errors import DagserveError, InputValidationError, NodeError, NoRouteError, RequestError, RequestTimeoutError
+from dagserve._errors import (
+    DagserveError,
+    InputValidationError,
+    NodeError,
+    NoRouteError,
+    RequestError,
+    RequestTimeoutError,
+)
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]

@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from dagserve._errors import DeployError
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_REQUEST_TIMEOUT_S
-from dagserve._errors import DeployError
-from dagserve.runtime.status import AppStatus
-from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.base import Backend
+from dagserve.backends.local import _LocalDeployment
+from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.pool import DirectPool
 from dagserve.backends.ray.direct.protocol import DEFAULT_FRAME_TIMEOUT_S
@@ -49,7 +49,7 @@ from dagserve.backends.ray.serve_options import (
     deployment_options,
     replica_spec,
 )
-from dagserve.backends.local import _LocalDeployment
+from dagserve.runtime.status import AppStatus
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions

@@ -25,17 +25,17 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from collections.abc import Callable
 from typing import Any, Literal
 
-from dagserve.runtime.batching import Batcher
 from dagserve._errors import DagserveError, DeployError, NodeError
-from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
+from dagserve.runtime.batching import Batcher
+from dagserve.runtime.request_id import reset_request_id, set_request_id
 
 log = logging.getLogger("dagserve.ray")
 

@@ -16,9 +16,9 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve.runtime.replicas import QueueFull
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.runtime.executor import node_timeout_error
+from dagserve.runtime.replicas import QueueFull
 
 if TYPE_CHECKING:
     from dagserve.backends.local import _LocalDeployment

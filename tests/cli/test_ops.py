@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.cli.main import main
+from dagserve.http.config import ADMIN_TOKEN_ENV
 from tests.background_server import BackgroundServer
-from tests.test_admin import make_graph
+from tests.http.test_admin import make_graph
 
 pytestmark = pytest.mark.http
 

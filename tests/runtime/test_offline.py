@@ -22,7 +22,7 @@ from dagserve import AppClosedError, DagserveError, InputValidationError, MapRes
 from dagserve.cli.main import main
 from dagserve.offline.files import run_batch
 
-from . import test_cli_batch as cb
+from .. import test_cli_batch as cb
 
 # ---------------------------------------------------------------------------------------------
 # The graph: a jittery function node feeding a batched model node. The payload steers it.
@@ -310,7 +310,7 @@ def test_ray_batch_interrupted_run_resumes_once_per_input(ray_batch_app: dagserv
 @pytest.mark.ray
 def test_ray_batch_command_backend_flag(ray_batch_app: dagserve.App, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    args = ["batch", "tests.test_cli_batch:ray_graph", str(cb.mixed_jsonl(tmp_path / "in.jsonl")), "-o", str(out)]
+    args = ["batch", "tests.cli.test_cli_batch:ray_graph", str(cb.mixed_jsonl(tmp_path / "in.jsonl")), "-o", str(out)]
     result = CliRunner().invoke(main, [*args, "--backend", "ray"], catch_exceptions=False)
     assert result.exit_code == 1 and "deployed 'cli_batch_ray' on ray" in result.output
     assert "3 of 26 failed" in result.output

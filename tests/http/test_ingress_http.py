@@ -26,8 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 import dagserve
-from tests.background_server import BackgroundServer
 from tests import ingress_graphs as g
+from tests.background_server import BackgroundServer
 
 pytestmark = pytest.mark.http
 

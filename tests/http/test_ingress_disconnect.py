@@ -28,7 +28,7 @@ from starlette.routing import Route
 import dagserve
 from dagserve.http.protocol import SCOPE_HANGUP
 from tests.background_server import BackgroundServer
-from tests.test_timeouts import probe_graph, run_body, settled_stats, stats
+from tests.http.test_timeouts import probe_graph, run_body, settled_stats, stats
 
 pytestmark = pytest.mark.http
 

@@ -12,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 import dagserve
-from dagserve.runtime.executor import RequestContext
 from dagserve.observe.metrics import CONTENT_TYPE, Metrics, default_metrics, instrument, render_metrics
 from dagserve.observe.trace import (
     format_trace,
@@ -22,6 +21,7 @@ from dagserve.observe.trace import (
     trace_observer,
     trace_requested,
 )
+from dagserve.runtime.executor import RequestContext
 
 
 class Req(BaseModel):

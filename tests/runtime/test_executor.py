@@ -9,10 +9,10 @@ import pytest
 
 import dagserve
 from dagserve import InputValidationError, NodeError, NoRouteError, RequestError, RequestTimeoutError
-from dagserve.runtime.executor import Executor, RequestContext, select, validate_payload
 from dagserve.compiler.plan import Step
+from dagserve.runtime.executor import Executor, RequestContext, select, validate_payload
 
-from . import example_graphs as eg
+from .. import example_graphs as eg
 
 
 class RecordingRunner:

@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 import dagserve.cli.run
-from dagserve.http.config import ADMIN_TOKEN_ENV
-from dagserve.http.admin import token_for_url
 from dagserve.cli.main import main
 from dagserve.cli.run import parse_size
-from tests.test_serve import lines_of, wait_for
+from dagserve.http.admin import token_for_url
+from dagserve.http.config import ADMIN_TOKEN_ENV
+from tests.http.test_serve import lines_of, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 URL = re.compile(r"http://127\.0\.0\.1:\d+/")
 
 

@@ -1,6 +1,6 @@
 """The replica slots and queue (dagserve/runtime/replicas.py) on their own: the one mechanism the
 local backend and Ray's direct transport both use (their own suites cover it in place:
-tests/test_backend_local.py, tests/test_direct.py)."""
+tests/backends/test_backend_local.py, tests/backends/test_direct.py)."""
 
 from __future__ import annotations
 

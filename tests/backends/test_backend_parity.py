@@ -21,7 +21,7 @@ import dagserve
 from dagserve import NodeError
 from dagserve.backends.ray.cluster import start_local_ray
 
-from . import example_graphs as eg
+from .. import example_graphs as eg
 
 pytestmark = pytest.mark.ray
 

@@ -16,10 +16,10 @@ from pydantic import BaseModel
 import dagserve
 from dagserve import GraphvizNotFoundError, RenderError
 from dagserve.cli.main import main
-from dagserve.render import _svg, live_dot, live_svg, to_dot
 from dagserve.observe.stats import LatencyStats
+from dagserve.render import _svg, live_dot, live_svg, to_dot
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SVG = "{http://www.w3.org/2000/svg}"
 
 # --------------------------------------------------------------------------------------------

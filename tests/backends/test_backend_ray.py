@@ -16,16 +16,16 @@ import pytest
 import dagserve
 from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.app import App
 from dagserve.backends.ray import serve_options
+from dagserve.backends.ray.backend import RayBackend
+from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.backends.ray.direct.protocol import FRAME_LENGTH
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
-from dagserve.backends.ray.backend import RayBackend
 from dagserve.backends.ray.serve_options import deployment_options
 
-from . import example_graphs as eg
-from .foreign_peer import foreign_socket, needs_root
+from .. import example_graphs as eg
+from ..foreign_peer import foreign_socket, needs_root
 
 ray_test = pytest.mark.ray  # integration tests on the module's Ray; the others need no Ray
 
@@ -765,8 +765,8 @@ class FakeHandle:
 
 
 def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **options: Any) -> Any:
-    from dagserve.compiler.plan import Step
     from dagserve.backends.ray.runner import _Pending
+    from dagserve.compiler.plan import Step
 
     spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
     step = Step(0, name, "call", (), deployment=name, method="__call__")

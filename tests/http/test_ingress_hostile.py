@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.test_serve import server_process, wait_for
+from tests.http.test_serve import server_process, wait_for
 
 pytestmark = pytest.mark.http
 

@@ -25,7 +25,7 @@ import dagserve.http.protocol as proto
 import dagserve.http.server as srv
 from tests import ingress_graphs as g
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import dagserve, dagserve.http.server as srv

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from dagserve.http.jsonio import MAX_DEPTH, JSONBodyError, OutputEncodingError, _too_deep, dump_json, parse_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

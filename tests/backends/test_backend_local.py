@@ -11,7 +11,7 @@ import pytest
 import dagserve
 from dagserve import DeployError, NodeError, OverloadedError
 
-from . import example_graphs as eg
+from .. import example_graphs as eg
 
 
 def test_chain_and_status() -> None:

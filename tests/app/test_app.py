@@ -10,7 +10,7 @@ import pytest
 import dagserve
 from dagserve import AppClosedError, DagserveError, GraphError, NodeNotFoundError, OptionsError, RequestTimeoutError
 
-from . import example_graphs as eg
+from .. import example_graphs as eg
 
 
 def test_call_and_acall_from_sync_and_async_code() -> None:

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
-from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.cli.main import main
+from dagserve.http.config import ADMIN_TOKEN_ENV
 from dagserve.observe.metrics import Metrics
 from tests.background_server import BackgroundServer
 

@@ -1,7 +1,7 @@
 """The direct transport (dagserve/backends/ray/direct/) on its own: real Unix sockets, no Ray.
 
 The Ray backend's use of it (calls to replicas skip Serve's router) is covered end to end in
-tests/test_backend_ray.py and the fault and timeout suites.
+tests/backends/test_backend_ray.py and the fault and timeout suites.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, FrameLimit
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.runtime.replicas import QueueFull
 
-from .foreign_peer import foreign_peer, foreign_socket, needs_root
+from ..foreign_peer import foreign_peer, foreign_socket, needs_root
 
 
 class Replica:

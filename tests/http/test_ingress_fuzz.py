@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import dagserve
-from tests.background_server import BackgroundServer
 from examples.quickstart import graph as quickstart
 from tests import ingress_graphs as g
+from tests.background_server import BackgroundServer
 
 pytestmark = pytest.mark.http
 

@@ -27,8 +27,8 @@ import dagserve
 from dagserve.cli.main import main
 from dagserve.offline.files import BatchError, recover, run_batch
 
-ROOT = Path(__file__).resolve().parent.parent
-TARGET = "tests.test_cli_batch:graph"
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = "tests.cli.test_cli_batch:graph"
 
 
 class Item(BaseModel):
@@ -319,7 +319,7 @@ def test_recover_keeps_an_unterminated_last_record_of_the_errors_file(tmp_path: 
 def test_usage_errors(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", good(1))
     out = tmp_path / "out.jsonl"
-    r = CliRunner().invoke(main, ["batch", "tests.test_cli_batch:Item", str(src), "-o", str(out)])
+    r = CliRunner().invoke(main, ["batch", "tests.cli.test_cli_batch:Item", str(src), "-o", str(out)])
     assert r.exit_code == 2 and "is a ModelMetaclass, not a dagserve.Graph" in r.output
     r = batch(src, "-o", out, "--address", "127.0.0.1:1")
     assert r.exit_code == 2 and "--address is for --backend ray" in r.output

@@ -31,7 +31,7 @@ from benchmarks import chaos
 from benchmarks.chaos import HttpClient, Outcome, Row, percentile, recovery_time, windows
 from tests.background_server import BackgroundServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- graphs -------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ async def test_a_full_node_queue_answers_503_with_retry_after_without_waiting() 
 _FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
 _FORBIDDEN_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle", "yaml"}
 #: The one module allowed to unpickle: the direct transport's protocol, whose frames come only from
-#: this user's own processes (0700 directory, 0600 socket, peer uid checked; tests/test_direct.py
+#: this user's own processes (0700 directory, 0600 socket, peer uid checked; tests/backends/test_direct.py
 #: shows each). The transport's other modules load through its ``loads``.
 _UNPICKLING_ALLOWED = {"backends/ray/direct/protocol.py": {"pickle"}}
 
