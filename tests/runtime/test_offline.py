@@ -22,7 +22,7 @@ from dagserve import AppClosedError, DagserveError, InputValidationError, MapRes
 from dagserve.cli.main import main
 from dagserve.offline.files import run_batch
 
-from .. import test_cli_batch as cb
+from ..cli import test_cli_batch as cb
 
 # ---------------------------------------------------------------------------------------------
 # The graph: a jittery function node feeding a batched model node. The payload steers it.
