@@ -182,12 +182,14 @@ class Executor:
         v = values[i]
         if v is not _UNSET:
             if isinstance(v, asyncio.Future):
-                return await v
+                # Shielded: a reader that is cancelled (its sibling failed) must not cancel the step
+                # for the other readers; the request's end cancels whatever still runs (see run()).
+                return await asyncio.shield(v)
             return v
         if self._shared[i]:
             task = asyncio.ensure_future(self._compute(i, values, ctx))
             values[i] = task
-            v = await task
+            v = await asyncio.shield(task)
             values[i] = v
             return v
         v = await self._compute(i, values, ctx)

@@ -245,3 +245,19 @@ def test_select_and_validate_helpers() -> None:
     assert select(req, "x") == 3
     assert validate_payload(None, {"any": 1}) == {"any": 1}
     assert validate_payload(eg.Req, req) is req
+
+
+async def test_a_reader_cancelled_by_its_siblings_failure_leaves_a_shared_step_to_its_other_readers() -> None:
+    """b(z, a) and z are both outputs; a times out while z runs. Cancelling b's wait for z must not
+    cancel z itself for the output's own read of it: the request fails with a's timeout, never with
+    a bare CancelledError."""
+    late = eg.slow.options(name="late")
+    timed = eg.slow.options(name="timed", timeout_s=0.05)
+    with dagserve.Input() as inp:
+        z = late(inp, 0.3)
+        g = dagserve.Graph([eg.combine([z, timed(inp, 5.0)]), z], name="shared_cancel")
+    ex, _ = make(g)
+    with pytest.raises(RequestTimeoutError, match="'timed'"):
+        await ex.run(1)
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
