@@ -34,8 +34,7 @@ from dagserve.cli.targets import load_target
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
-from dagserve.http.hosts import is_loopback
-from dagserve.http.server import (
+from dagserve.http.config import (
     ADMIN_TOKEN_ENV,
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -43,9 +42,9 @@ from dagserve.http.server import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     TOKEN_ENV,
-    check_unique_names,
-    serve,
 )
+from dagserve.http.hosts import is_loopback
+from dagserve.http.server import check_unique_names, serve
 from dagserve.runtime.request_id import RequestIdFilter
 
 if TYPE_CHECKING:

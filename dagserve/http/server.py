@@ -32,19 +32,7 @@ from dagserve.http.protocol import check_server_options, run_server
 if TYPE_CHECKING:
     from dagserve.backends import Backend
 
-__all__ = [
-    "ADMIN_TOKEN_ENV",
-    "DEFAULT_BODY_TIMEOUT_S",
-    "DEFAULT_HEADER_TIMEOUT_S",
-    "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_HEADER_BYTES",
-    "DEFAULT_MAX_IN_FLIGHT",
-    "DEFAULT_SHUTDOWN_TIMEOUT_S",
-    "TOKEN_ENV",
-    "IngressConfig",
-    "asgi_app",
-    "serve",
-]
+__all__ = ["asgi_app", "check_unique_names", "resolve_token", "serve"]
 
 logger = logging.getLogger("dagserve.serve")
 
