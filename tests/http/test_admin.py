@@ -250,11 +250,25 @@ async def test_bad_changes_are_refused_with_a_reason(
 
 
 @pytest.mark.parametrize(
-    ("content", "match"), [(b"{not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object")]
+    ("content", "match"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}", "more than 100 deep"),  # the ingress's depth bound holds here too
+    ],
 )
 async def test_a_body_that_is_not_a_json_object_is_400(client: httpx.AsyncClient, content: bytes, match: str) -> None:
     r = await client.post(f"{ADMIN_PREFIX}/graphs/pipeline/nodes/Classifier/scale", content=content, headers=AUTH)
     assert r.status_code == 400 and match in r.json()["error"]["message"]
+
+
+async def test_an_admin_body_over_its_bound_is_413_and_changes_nothing(
+    client: httpx.AsyncClient, app: dagserve.App
+) -> None:
+    body = b'{"num_replicas": 3, "pad": "' + b"x" * (64 * 1024) + b'"}'
+    r = await client.post(f"{ADMIN_PREFIX}/graphs/pipeline/nodes/Classifier/scale", content=body, headers=AUTH)
+    assert r.status_code == 413 and "at most 65536 bytes" in r.json()["error"]["message"]
+    assert app.status().nodes["Classifier"].running_replicas == 2
 
 
 async def test_bad_wait_is_400(client: httpx.AsyncClient) -> None:
