@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from dagserve.compiler.passes import compile as compile_graph
 from dagserve.graph import Graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
+from dagserve.runtime.handles import enter_request, leave_request
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 
 if TYPE_CHECKING:
@@ -160,6 +162,9 @@ class App:
         self.in_flight += 1
         # Node code and log records in this process see the request id (dagserve.current_request_id).
         token = set_request_id(ctx.request_id)
+        if timeout is not None and ctx.deadline is None:
+            ctx.deadline = time.monotonic() + timeout  # handle calls carry it on (runtime/handles.py)
+        request = enter_request(ctx)
         try:
             if timeout is None:
                 return await self._executor.run(payload, ctx)
@@ -180,6 +185,7 @@ class App:
             error = exc
             raise
         finally:
+            leave_request(request)
             reset_request_id(token)
             self.in_flight -= 1
             if self.observers:

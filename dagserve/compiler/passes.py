@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
+from dagserve.compiler.handles import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 from dagserve.graph import (
     CallNode,
@@ -48,6 +49,8 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     nodes = graph.nodes()
     inp = _check_inputs(graph, nodes)
     deployments, dep_of = _name_deployments(nodes)
+    calls = add_handle_targets(deployments, dep_of, nodes)  # deployments nodes call from code
+    check_handle_cycles(graph.name, calls)
     step_names = _name_steps(nodes, dep_of)
     index = {id(n): i for i, n in enumerate(nodes)}
     steps = tuple(_lower(i, n, index, step_names, dep_of, deployments) for i, n in enumerate(nodes))
@@ -58,6 +61,10 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     edges = _edges(steps)
     _check_dag(graph.name, steps, index[id(inp)], output)
     specs = tuple(_spec(name, src, [s for s in steps if s.deployment == name]) for name, src in deployments.items())
+    if calls:
+        callees = {c for _, c in calls}
+        steps = tuple(lower_step(s, dep_of) for s in steps)
+        specs = tuple(spec_with_handles(s, dep_of, callees) for s in specs)
     return Plan(
         graph_name=graph.name,
         input_schema=inp.schema,
@@ -66,6 +73,7 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
         edges=edges,
         output=output,
         description=graph.description,
+        calls=tuple(calls),
     )
 
 

@@ -146,6 +146,8 @@ class Plan:
     edges: tuple[Edge, ...]
     output: Any
     description: str | None = None
+    #: ``(holder, callee)``: deployment ``holder`` calls ``callee`` through a handle (compiler/handles.py).
+    calls: tuple[tuple[str, str], ...] = ()
 
     @property
     def inline_nodes(self) -> tuple[str, ...]:

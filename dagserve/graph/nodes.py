@@ -270,10 +270,12 @@ class ModelClass(Stage):
                     "argument; constructor arguments are constants loaded once per replica. "
                     "Pass per-request values when calling the instance: model(x)."
                 )
-            if isinstance(value, (Stage, ModelClass)):
+            # A model instance or function node is a handle (compiler/handles.py); not the rest.
+            if isinstance(value, (Stage, ModelClass)) and not isinstance(value, (ModelInstance, FunctionNode)):
                 raise GraphError(
-                    f"Model {self.name!r} got {value!r} as a constructor argument; in dagserve, nodes do "
-                    "not hold each other. Connect them in the graph instead: b(a(x)) or a >> b."
+                    f"Model {self.name!r} got {value!r} as a constructor argument; a model can hold a "
+                    "model instance or function node (it gets a handle to call), not a class, method or "
+                    "chain. Pass the instance itself, e.g. Outer(inner=Inner())."
                 )
         try:
             inspect.signature(self.cls).bind(*args, **kwargs)

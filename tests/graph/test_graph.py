@@ -111,11 +111,16 @@ def test_constructor_arguments_must_be_constants() -> None:
         Model(inp)
 
 
-def test_nodes_cannot_be_constructor_arguments() -> None:
-    with pytest.raises(GraphError, match=r"Model 'Model' got <dagserve model instance 'Model'> as a constructor argument; .*b\(a\(x\)\)"):
-        Model(Model())
-    with pytest.raises(GraphError, match=r"got <dagserve function node 'double'> as a constructor argument"):
-        Model(scale=[double])
+def test_model_instances_and_function_nodes_are_constructor_arguments_as_handles() -> None:
+    # Issue 18: an instance or function node given to a constructor is a handle (compiler/handles.py).
+    held = Model(Model())
+    assert Model(scale=[double]).init_kwargs["scale"] == [double]
+    assert isinstance(held.init_args[0], ModelInstance)
+    # Classes, methods and chains are not deployments: still refused, saying what may be held.
+    with pytest.raises(GraphError, match=r"Model 'Model' got <dagserve model class 'Model'> as a constructor argument; a model can hold a model instance or function node"):
+        Model(Model)
+    with pytest.raises(GraphError, match=r"got <dagserve method 'Model.predict'> as a constructor argument"):
+        Model(Model().predict)
 
 
 def test_batched_node_takes_one_positional_argument() -> None:

@@ -1,0 +1,274 @@
+"""Handles: a node calling another deployment from its own code (issue 18, item 1).
+
+A model instance given to another model's constructor (directly or inside lists and dicts), or
+to a node call as an argument, is compiled to a :class:`~dagserve.compiler.handles.HandleRef`
+(``compiler/handles.py``); where the node runs, the backend turns each ref into a
+:class:`Handle`. The callee stays its own deployment: a handle call goes through the backend's
+usual call path (replica slots and queue, batching, ``timeout_s``), with the request id and the
+request's deadline of the caller.
+
+::
+
+    result = await handle.acall(x)             # async code
+    result = await handle.predict.acall(x)     # another method
+    result = handle.call(x)                    # sync code (runs in a worker thread)
+    response = handle.remote(x)                # Ray Serve spelling: await it, or .result()
+
+Sync node code runs in a worker thread: ``handle.call`` hops onto the event loop the calls run
+on and waits for the answer there, so the loop never blocks. Calling it *on* that loop's thread
+(sync code run by the loop itself) would deadlock: it raises :class:`HandleError` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
+from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.plan import Step
+from dagserve.runtime.request_id import reset_request_id, set_request_id
+
+if TYPE_CHECKING:
+    from dagserve.compiler.plan import DeploymentSpec
+    from dagserve.runtime.executor import RequestContext, Runner
+
+__all__ = [
+    "Handle",
+    "HandleCaller",
+    "HandleError",
+    "HandleResponse",
+    "RunnerCaller",
+    "current_request",
+    "enter_request",
+    "holds_handles",
+    "leave_request",
+    "resolve_handles",
+]
+
+# The request being served in this context (its id, deadline and timings): set by the App for a
+# request, and by a replica for each call it serves, so handle calls carry them on.
+_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("dagserve_request", default=None)
+
+
+class HandleError(DagserveError):
+    """A handle was used where it cannot work (sync ``call`` on the event loop's own thread)."""
+
+
+def enter_request(ctx: RequestContext) -> contextvars.Token[RequestContext | None]:
+    """Make ``ctx`` the current request (handle calls made from here carry its id and deadline)."""
+    return _request.set(ctx)
+
+
+def leave_request(token: contextvars.Token[RequestContext | None]) -> None:
+    _request.reset(token)
+
+
+def current_request() -> RequestContext | None:
+    return _request.get()
+
+
+class HandleCaller(Protocol):
+    """How a backend performs a handle call, on the event loop :meth:`loop` returns."""
+
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]: ...
+
+
+class Handle:
+    """A deployment another node holds: call it with ``acall`` / ``call`` / ``remote``; reach
+    another method as an attribute (``handle.predict.acall(x)``)."""
+
+    __slots__ = ("_caller", "_method", "deployment")
+
+    def __init__(self, deployment: str, caller: HandleCaller, method: str = "__call__") -> None:
+        self.deployment = deployment
+        self._caller = caller
+        self._method = method
+
+    def __getattr__(self, method: str) -> Handle:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return Handle(self.deployment, self._caller, method)
+
+    @property
+    def _label(self) -> str:
+        return self.deployment if self._method == "__call__" else f"{self.deployment}.{self._method}"
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the deployment from async code and return its result."""
+        loop = self._caller.loop()
+        current = asyncio.get_running_loop()
+        if loop is None or loop is current:
+            return await self._caller.call(self.deployment, self._method, args, kwargs)
+        return await asyncio.wrap_future(self._submit(loop, args, kwargs))
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the deployment from sync code (a worker thread) and wait for its result."""
+        return self._thread_future(args, kwargs).result()
+
+    def remote(self, *args: Any, **kwargs: Any) -> HandleResponse:
+        """Ray Serve's spelling: a response to ``await`` (async code) or ``.result()`` (sync code)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return HandleResponse(self._thread_future(args, kwargs))
+        return HandleResponse(asyncio.ensure_future(self.acall(*args, **kwargs)))
+
+    def _thread_future(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
+        loop = self._caller.loop()
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            raise HandleError(
+                f"handle {self._label}.call() blocks, and this code runs on an event loop's thread, which "
+                "the call needs: it would never finish. In async code use `await handle.acall(...)`; "
+                "plain `def` node methods run in a worker thread, where `.call()` works."
+            )
+        if loop is None or not loop.is_running():
+            raise HandleError(
+                f"handle {self._label} has no running event loop to call on: call it while the App serves a request."
+            )
+        return self._submit(loop, args, kwargs)
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
+        """Run the call on ``loop`` with this thread's request (id, deadline) carried along."""
+        context = contextvars.copy_context()
+
+        async def run() -> Any:
+            return await self._caller.call(self.deployment, self._method, args, kwargs)
+
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = loop.create_task(run(), context=context)
+            asyncio.futures._chain_future(task, future)  # type: ignore[attr-defined]
+
+        loop.call_soon_threadsafe(start)
+        return future
+
+    def __reduce__(self) -> Any:
+        # Pickled (sent to another process), a handle is its ref: the receiver makes its own.
+        return (HandleRef, (self.deployment,))
+
+    def __repr__(self) -> str:
+        return f"<dagserve handle {self._label!r}>"
+
+
+class HandleResponse:
+    """What ``handle.remote(...)`` returns: awaitable in async code, ``.result()`` in sync code."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        self._future = future
+
+    def __await__(self) -> Any:
+        if isinstance(self._future, concurrent.futures.Future):
+            return asyncio.wrap_future(self._future).__await__()
+        return self._future.__await__()
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        if isinstance(self._future, asyncio.Future):
+            raise HandleError("This handle response was made in async code; `await` it instead of .result().")
+        return self._future.result(timeout_s)
+
+
+def resolve_handles(value: Any, make: Callable[[str], Any]) -> Any:
+    """``value`` with every :class:`HandleRef` (in nested lists, tuples, dicts) replaced by ``make(name)``."""
+    if isinstance(value, HandleRef):
+        return make(value.deployment)
+    if isinstance(value, list):
+        return [resolve_handles(v, make) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve_handles(v, make) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve_handles(v, make) for k, v in value.items()}
+    return value
+
+
+def holds_handles(value: Any) -> bool:
+    """Does ``value`` (a template or constructor arguments) hold a :class:`HandleRef`?"""
+    if isinstance(value, HandleRef):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(holds_handles(v) for v in value)
+    if isinstance(value, dict):
+        return any(holds_handles(v) for v in value.values())
+    return False
+
+
+class RunnerCaller:
+    """Handle calls through an App's :class:`~dagserve.runtime.executor.Runner`, as the executor
+    makes call steps: the callee's slots, queue, batching and ``timeout_s`` apply, the call's
+    time goes into the request's timings under the callee's name, and errors name it."""
+
+    def __init__(
+        self,
+        runner: Callable[[], Runner],
+        spec: Callable[[str], DeploymentSpec],
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+    ) -> None:
+        self._runner = runner
+        self._spec = spec
+        self.loop = loop  # type: ignore[method-assign]
+        self._steps: dict[tuple[str, str], Step] = {}
+
+    def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        step = self._steps.get((deployment, method))
+        if step is None:
+            name = deployment if method == "__call__" else f"{deployment}.{method}"
+            spec = self._spec(deployment)
+            step = Step(-1, name, "call", (), deployment=deployment, method=method, inline=spec.inline)
+            self._steps[(deployment, method)] = step
+        return self._run(step, args, kwargs)
+
+    async def _run(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from dagserve.runtime.executor import RequestContext, node_timeout_error
+
+        ctx = _request.get() or RequestContext()
+        timeout = self._spec(step.deployment).options.timeout_s  # type: ignore[arg-type]
+        remaining = None if ctx.deadline is None else ctx.deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise RequestTimeoutError(
+                f"Request {ctx.request_id} ran out of time before its call of {step.name!r} through a handle.",
+                node=step.name,
+            )
+        token = set_request_id(ctx.request_id)
+        start = time.perf_counter()
+        try:
+            pending = self._runner().call(step, args, kwargs, ctx)
+            limit = min(t for t in (timeout, remaining) if t is not None) if (timeout or remaining) else None
+            try:
+                async with asyncio.timeout(limit):
+                    return await pending
+            except TimeoutError as exc:
+                if isinstance(exc, RequestTimeoutError):
+                    raise
+                if timeout is not None and limit == timeout:
+                    raise node_timeout_error(step.name, timeout) from None
+                raise RequestTimeoutError(
+                    f"Request {ctx.request_id} reached its deadline while calling {step.name!r} through a handle.",
+                    node=step.name,
+                ) from None
+        except DagserveError:
+            raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            text = str(exc) or "(no message)"
+            raise NodeError(
+                f"Node {step.name!r} (called through a handle) raised {type(exc).__name__}: {text}",
+                node=step.name,
+                error_type=type(exc).__name__,
+            ) from exc
+        finally:
+            reset_request_id(token)
+            elapsed = time.perf_counter() - start
+            ctx.timings[step.name] = ctx.timings.get(step.name, 0.0) + elapsed
