@@ -1,0 +1,94 @@
+"""Handles on the local backend (issue 18 item 1): calls from node code to other deployments."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import dagserve
+from dagserve import CompileError, GraphError, RequestTimeoutError
+from dagserve.compiler.handles import HandleRef
+from dagserve.runtime.handles import HandleError
+
+from .. import handle_graphs as hg
+
+
+def test_handles_compile_to_deployments_refs_and_calls_edges() -> None:
+    plan = dagserve.compile(hg.fan_out_graph())
+    names = [d.name for d in plan.deployments]
+    # Classifier and Tools are handle-only: no step calls them, yet each is a deployment.
+    assert names == ["FanOut", "SyncUser", "use_handle", "Classifier", "Tools"]
+    assert all(s.deployment not in ("Classifier", "Tools") for s in plan.steps)
+    assert plan.calls == (("FanOut", "Classifier"), ("FanOut", "Tools"), ("SyncUser", "Classifier"),
+                          ("SyncUser", "Tools"), ("use_handle", "Tools"))
+    fan = plan.deployment("FanOut")
+    assert fan.init_args == (HandleRef("Classifier"), {"t": HandleRef("Tools")})
+    assert plan.step("use_handle").args[1] == HandleRef("Tools")
+    # A deployment reached through handles may be called on any of its public methods.
+    assert set(plan.deployment("Tools").methods) == {"double", "request_id", "fail", "slow"}
+    assert plan.deployment("Tools").async_methods == frozenset({"request_id", "slow"})
+
+
+def test_handle_calls_async_sync_remote_and_as_call_argument() -> None:
+    with dagserve.deploy(hg.fan_out_graph(), backend="local") as app:
+        out = app.call({"n": 3}, request_id="rid-1")
+        assert out["fan"] == {"labels": ["c0", "c1", "c2"], "doubled": 6, "remote": 2, "rid": "rid-1"}
+        assert out["sync"] == {"label": "c3", "doubled": 6, "remote": 8, "rid": "rid-1"}
+        assert out["arg"] == 7
+        assert set(app.status().nodes) == {"FanOut", "SyncUser", "use_handle", "Classifier", "Tools"}
+        ctx = dagserve.RequestContext()
+        asyncio.run(app.acall({"n": 2}, context=ctx))
+        # Handle calls are timed under the callee's name, like the graph's own calls.
+        assert {"Classifier", "Tools.double", "Tools.request_id"} <= set(ctx.timings)
+
+
+def test_callee_batches_calls_arriving_through_handles() -> None:
+    with dagserve.deploy(hg.batch_graph(), backend="local") as app:
+        results = list(app.map([{"n": 6}] * 8, concurrency=8))
+        assert all(r["labels"] == [f"c{i}" for i in range(6)] for r in results)
+        sizes = app.backend.batch_sizes()["Classifier"]
+        assert sum(size * n for size, n in sizes.items()) == 48
+        assert max(sizes) > 1  # concurrent handle calls formed batches
+
+
+def test_blocking_call_on_the_loop_thread_raises_instead_of_deadlocking() -> None:
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(hg.OnLoop(hg.Tools())(inp), name="on_loop")
+    with dagserve.deploy(g, backend="local") as app, pytest.raises(HandleError, match=r"handle Tools.double.call\(\) blocks, and this code runs on an event loop's thread.*await handle.acall"):
+        app.call(1, timeout_s=10)
+
+
+def test_callee_errors_timeouts_and_the_request_deadline_travel_through_handles() -> None:
+    with dagserve.deploy(hg.retry_graph(), backend="local") as app:
+        # The callee's failure names it; the caller caught it and retried/answered.
+        assert app.call({"x": 1}) == {"node": "Tools.fail", "error": "ValueError"}
+        # The callee keeps its own timeout_s (0.5 s) ...
+        with pytest.raises(RequestTimeoutError, match=r"Node 'Tools.slow' did not answer within its timeout_s=0.5"):
+            app.call({"slow": 5})
+        # ... and the request's deadline bounds the handle call too.
+        with pytest.raises(RequestTimeoutError) as info:
+            app.call({"slow": 0.4}, timeout_s=0.1)
+        assert info.value.node in ("Tools.slow", "Retrier")
+
+
+def test_a_cycle_of_handles_is_a_compile_error() -> None:
+    @dagserve.node
+    def ask(x: int, other: object) -> int:
+        return x
+
+    holder = hg.OnLoop(ask)  # OnLoop holds a handle to ask ...
+    with dagserve.Input() as inp:
+        out = ask(inp, holder)  # ... and ask gets one to OnLoop
+    with pytest.raises(CompileError, match=r"Graph 'cyc' has a cycle of handles: (ask -> OnLoop -> ask|OnLoop -> ask -> OnLoop)"):
+        dagserve.compile(dagserve.Graph(out, name="cyc"))
+
+
+def test_a_model_used_only_through_handles_is_not_dead_and_remote_bind_stay_errors() -> None:
+    plan = dagserve.compile(hg.batch_graph())  # Classifier and Tools: no output reads them
+    assert {"Classifier", "Tools"} <= {d.name for d in plan.deployments}
+    tools = hg.Tools()
+    with pytest.raises(GraphError, match=r"Model 'Tools' has no method 'remote'"):
+        tools.remote(1)
+    with pytest.raises(GraphError, match=r"Model 'Tools' has no method 'bind'"):
+        tools.bind()
