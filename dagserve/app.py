@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
+from dagserve._errors import (
+    AppClosedError,
+    DagserveError,
+    DeployError,
+    GraphError,
+    NodeNotFoundError,
+    OptionsError,
+    RequestTimeoutError,
+)
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
 from dagserve.backends import Backend, get_backend
@@ -39,7 +47,7 @@ RequestObserver = Callable[["App", RequestContext, "BaseException | None", float
 
 
 def deploy(
-    graph: Graph,
+    graph: Graph | list[Graph] | tuple[Graph, ...],
     backend: str | Backend | None = None,
     *,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
@@ -54,12 +62,13 @@ def deploy(
         with dagserve.deploy(graph, backend="local") as app:
             print(app.call({"text": "hello"}))
 
+    Several graphs (a list) are one App: ``app.call(payload, graph="name")``, ``app.asgi()`` routes
+    to each by name, and a node several of them use is deployed once (one set of replicas).
+
     Raises :class:`~dagserve.CompileError` for an invalid graph and
     :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
     """
-    if not isinstance(graph, Graph):
-        raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
-    plan = compile_graph(graph)
+    graphs, plan, per_graph = _compile(graph)
     be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
     try:
         be.deploy(plan, ready_timeout_s=ready_timeout_s)
@@ -67,7 +76,26 @@ def deploy(
         with contextlib.suppress(Exception):
             be.shutdown()
         raise
-    return App(graph, plan, be, request_timeout_s=request_timeout_s)
+    app = App(graph if not graphs else None, plan, be, request_timeout_s=request_timeout_s)  # type: ignore[arg-type]
+    for g, p in zip(graphs, per_graph, strict=True):
+        view = app._graphs[g.name] = App(g, p, be, request_timeout_s=request_timeout_s)
+        view._parent = app
+    return app
+
+
+def _compile(graph: Any) -> tuple[list[Graph], Plan, list[Plan]]:
+    """(the graphs of a list, the plan to deploy, each graph's plan); one graph: ([], its plan, [])."""
+    if isinstance(graph, Graph):
+        return [], compile_graph(graph), []
+    if not isinstance(graph, (list, tuple)):
+        raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
+    bad = [type(g).__name__ for g in graph if not isinstance(g, Graph)]
+    if bad or not graph:
+        raise GraphError(f"dagserve.deploy takes a list of dagserve.Graph objects, got {bad or 'an empty list'}.")
+    from dagserve.compiler.shared import share_deployments
+
+    plan, per_graph = share_deployments([compile_graph(g) for g in graph])
+    return list(graph), plan, per_graph
 
 
 class App:
@@ -91,6 +119,9 @@ class App:
         self.observers: list[RequestObserver] = []
         #: Requests running now (read by the metrics' in-flight gauge); changed on the home loop only.
         self.in_flight = 0
+        # Several graphs deployed together: one App per graph on this App's backend and loop.
+        self._graphs: dict[str, App] = {}
+        self._parent: App | None = None
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -108,16 +139,36 @@ class App:
         return self._plan.graph_name
 
     @property
+    def graphs(self) -> dict[str, App]:
+        """The graphs of an App deployed from a list, by name (each an App sharing this one's nodes)."""
+        return dict(self._graphs)
+
+    def _for(self, graph: str | None) -> App:
+        """The App running ``graph`` (this one, or one of the graphs deployed with it)."""
+        if not self._graphs:
+            if graph is None or graph == self.name:
+                return self
+        elif graph in self._graphs:
+            return self._graphs[graph]
+        names = ", ".join(map(repr, self._graphs or [self.name]))
+        raise NodeNotFoundError(f"This App has no graph {graph!r}; pass graph= one of {names}.")
+
+    @property
     def plan(self) -> Plan:
         """The plan in force (options change with ``scale`` and ``update``)."""
         return self._plan
 
     # -- calling -------------------------------------------------------------------------------
-    def call(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None) -> Any:
-        """Run the graph on ``payload`` and return its output (blocking).
+    def call(
+        self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None, graph: str | None = None
+    ) -> Any:
+        """Run the graph on ``payload`` and return its output (blocking); ``graph`` names one of
+        the graphs of an App deployed from a list.
 
         Inside async code use ``await app.acall(payload)`` instead.
         """
+        if graph is not None or self._graphs:
+            return self._for(graph).call(payload, request_id=request_id, timeout_s=timeout_s)
         self._check_open()
         try:
             running = asyncio.get_running_loop()
@@ -138,11 +189,14 @@ class App:
         request_id: str | None = None,
         timeout_s: float | None = None,
         context: RequestContext | None = None,
+        graph: str | None = None,
     ) -> Any:
         """Run the graph on ``payload`` and return its output.
 
         ``context`` (optional) receives per-node timings and the routes taken.
         """
+        if graph is not None or self._graphs:
+            return await self._for(graph).acall(payload, request_id=request_id, timeout_s=timeout_s, context=context)
         self._check_open()
         ctx = context or RequestContext(**_ctx_args(request_id))
         current = asyncio.get_running_loop()
@@ -218,7 +272,8 @@ class App:
         ``options`` are those of :func:`dagserve.asgi_app` (``token``, ``max_body_bytes`` ...).
         The App stays yours: shut it down when your server stops.
         """
-        return hooks.need("asgi_app")(self, **options)  # the HTTP layer, above this one
+        # The HTTP layer, above this one; an App of several graphs serves each at its name.
+        return hooks.need("asgi_app")(list(self._graphs.values()) or self, **options)
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:
@@ -232,6 +287,8 @@ class App:
         ``node`` is a node's name or its object (function node, model instance or call). Only
         ``num_replicas`` and ``autoscaling`` are accepted; other nodes are not touched.
         """
+        if self._parent is not None:
+            return self._parent.scale(node, wait_s=wait_s, **options)
         self._check_open()
         if not options:
             raise OptionsError("App.scale needs num_replicas=N or autoscaling={...}.")
@@ -265,6 +322,10 @@ class App:
         node, optionally with new ``init_args``/``init_kwargs``); it must offer the methods the graph
         calls. Other nodes keep running untouched.
         """
+        if self._parent is not None:
+            return self._parent.update(
+                node, implementation=implementation, init_args=init_args, init_kwargs=init_kwargs, wait_s=wait_s, **options
+            )
         self._check_open()
         spec = self._plan.deployment(node)
         bad = sorted(set(options) - _UPDATE_FIELDS)
@@ -283,9 +344,14 @@ class App:
         deployments = tuple(new if d.name == new.name else d for d in self._plan.deployments)
         self._plan = replace(self._plan, deployments=deployments)
         self._executor = Executor(self._plan, self.backend.runner, previous=self._executor)
+        for view in self._graphs.values():
+            if any(d.name == new.name for d in view._plan.deployments):
+                view._replace_spec(new)
 
     def shutdown(self) -> None:
         """Tear the graph down (idempotent). Requests afterwards raise :class:`AppClosedError`."""
+        if self._parent is not None:
+            return self._parent.shutdown()  # the graphs deployed together go together
         with self._lock:
             if self._closed:
                 return
@@ -299,7 +365,7 @@ class App:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._parent is not None and self._parent._closed)
 
     def __enter__(self) -> App:
         return self
@@ -313,11 +379,13 @@ class App:
 
     # -- loop handling -------------------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise AppClosedError(f"App {self.name!r} was shut down; deploy the graph again to use it.")
 
     def _home_loop(self, current: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
         """The loop requests run on: the first running loop that called us, else a private one."""
+        if self._parent is not None:
+            return self._parent._home_loop(current)  # one loop for the graphs deployed together
         loop = self._loop
         if loop is not None and loop.is_running():
             return loop

@@ -33,6 +33,13 @@ class Tools:
     async def request_id(self) -> str | None:
         return dagserve.current_request_id()
 
+    async def time_left(self) -> float | None:
+        """The request's time left as this callee sees it (the deadline travelled with the call)."""
+        from dagserve.runtime.handles import current_request
+
+        ctx = current_request()
+        return None if ctx is None or ctx.deadline is None else ctx.deadline - time.monotonic()
+
     def fail(self, x: int) -> int:
         raise ValueError(f"bad {x}")
 
@@ -97,6 +104,8 @@ class Retrier:
         self.tools = tools
 
     async def __call__(self, payload: dict[str, Any]) -> Any:
+        if payload.get("time_left"):
+            return await self.tools.time_left.acall()
         if payload.get("slow"):
             return await self.tools.slow.acall(payload["slow"])
         try:
@@ -129,9 +138,9 @@ def fan_out_graph() -> dagserve.Graph:
     return dagserve.Graph(out, name="fan_out")
 
 
-def retry_graph() -> dagserve.Graph:
+def retry_graph(timeout_s: float = 0.5) -> dagserve.Graph:
     with dagserve.Input() as inp:
-        out = Retrier(Tools().options(timeout_s=0.5))(inp)
+        out = Retrier(Tools().options(timeout_s=timeout_s))(inp)
     return dagserve.Graph(out, name="retry")
 
 

@@ -205,7 +205,7 @@ class LocalBackend(Backend):
         self._runner = _LocalRunner(self._deployments)
         # Handles in this process call through the runner, on the App's loop (runtime/handles.py).
         caller = RunnerCaller(lambda: self._runner, lambda name: self._deployments[name].spec, lambda: self._loop)
-        self._runner.handles = functools.partial(resolve_handles, make=lambda name: Handle(name, caller))
+        self._runner.handles = functools.partial(resolve_handles, make=lambda ref: Handle(ref.deployment, caller))
         self._plan: Plan | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None

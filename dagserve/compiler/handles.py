@@ -25,9 +25,11 @@ __all__ = ["HandleRef", "add_handle_targets", "check_handle_cycles", "lower_hand
 
 @dataclass(frozen=True, slots=True)
 class HandleRef:
-    """Where a handle goes: the deployment it calls (a template leaf and constructor argument)."""
+    """Where a handle goes: the deployment it calls (a template leaf and constructor argument),
+    and that deployment's ``timeout_s`` for callers in other processes (Ray replicas)."""
 
     deployment: str
+    timeout_s: float | None = None
 
 
 def _targets(value: Any) -> list[FunctionNode[Any] | ModelInstance]:
@@ -87,7 +89,7 @@ def check_handle_cycles(graph_name: str, calls: list[tuple[str, str]]) -> None:
 def lower_handles(value: Any, dep_of: dict[int, str]) -> Any:
     """``value`` with each model instance / function node replaced by its :class:`HandleRef`."""
     if isinstance(value, (FunctionNode, ModelInstance)):
-        return HandleRef(dep_of[id(value)])
+        return HandleRef(dep_of[id(value)], value.node_options.timeout_s)
     if isinstance(value, list):
         return [lower_handles(v, dep_of) for v in value]
     if isinstance(value, tuple):

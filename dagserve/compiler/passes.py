@@ -33,6 +33,7 @@ from dagserve.graph import (
     SplitNode,
     SwitchNode,
 )
+from dagserve.graph.subgraph import scope_of
 
 __all__ = ["compile"]
 
@@ -74,7 +75,18 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
         output=output,
         description=graph.description,
         calls=tuple(calls),
+        groups=_groups(nodes, step_names),
     )
+
+
+def _groups(nodes: list[Node], names: dict[int, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The graphs called inside this one (graph/subgraph.py) and their steps, for diagrams."""
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        scope = scope_of(n)
+        if scope is not None:
+            groups.setdefault(scope, []).append(names[id(n)])
+    return tuple((g, tuple(s)) for g, s in groups.items())
 
 
 # -- pass 2: inputs ------------------------------------------------------------------------------
@@ -156,7 +168,8 @@ def _name_steps(nodes: list[Node], dep_of: dict[int, str]) -> dict[int, str]:
             base = n.name or "split"
         else:  # pragma: no cover - every Node subclass is handled above
             raise CompileError(f"Unknown node type {type(n).__name__}.")
-        names[id(n)] = unique(base)
+        scope = scope_of(n)  # copied from a graph called inside this one: "review/Sentiment"
+        names[id(n)] = unique(base if scope is None else f"{scope}/{base}")
     return names
 
 

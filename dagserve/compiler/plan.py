@@ -148,6 +148,8 @@ class Plan:
     description: str | None = None
     #: ``(holder, callee)``: deployment ``holder`` calls ``callee`` through a handle (compiler/handles.py).
     calls: tuple[tuple[str, str], ...] = ()
+    #: ``(graph name, step names)``: graphs called inside this one (graph/subgraph.py), for diagrams.
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def inline_nodes(self) -> tuple[str, ...]:

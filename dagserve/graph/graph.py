@@ -8,6 +8,7 @@ from typing import Any
 from dagserve._errors import GraphError, GraphvizNotFoundError
 from dagserve._hooks import hooks
 from dagserve.graph.nodes import Chain, Input, ModelClass, Node, Stage, nodes_in, walk
+from dagserve.graph.subgraph import call_graph
 
 __all__ = ["Graph"]
 
@@ -60,6 +61,13 @@ class Graph:
             stack.append((n, True))
             stack.extend((d, False) for d in reversed(n.dependencies()) if id(d) not in seen)
         return order
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """This graph as a step of the graph being built: ``post(review_graph(inp["review"]))``.
+
+        Its nodes are copied onto the argument (its payload); returns its output (graph/subgraph.py).
+        """
+        return call_graph(self, args, kwargs)
 
     # Rendering lives in dagserve/render.py, a layer above this one: reached through its hooks.
     def to_dot(self, **kwargs: Any) -> str:

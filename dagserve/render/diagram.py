@@ -59,6 +59,17 @@ class _Edge:
     slots: list[str] = field(default_factory=list)
 
 
+def graph_clusters(grouped: dict[str, list[str]]) -> list[str]:
+    """A labelled cluster per graph called inside the drawn one (graph/subgraph.py)."""
+    out: list[str] = []
+    for name, lines in grouped.items():
+        out.append(f"  subgraph {quote('cluster_graph_' + name)} {{")
+        out.append(f'    graph [label=<<b>{html_escape(name)}</b>>, labeljust=l, style="dashed", color="{MUTED}"];')
+        out.extend("  " + line for line in lines)
+        out.append("  }")
+    return out
+
+
 def _plan_of(graph: Any) -> Plan:
     if isinstance(graph, Plan):
         return graph
@@ -106,9 +117,13 @@ class _Diagram:
             f'  edge [fontname="Helvetica", fontsize=9, color="{MUTED}", fontcolor="{INK}", arrowsize=0.7];',
         ]
         done: set[str] = set()
+        group_of = {step: g for g, steps in self.plan.groups for step in steps}
+        grouped: dict[str, list[str]] = {}  # graphs called inside this one: a cluster each
         for s in self.steps:
+            lines: list[str] = []
+            scope = group_of.get(s.name)
             if s.kind == "input":
-                out.append(self._input_node(s))
+                lines.append(self._input_node(s))
             elif s.kind == "call":
                 assert s.deployment is not None  # every call step names its deployment
                 if s.deployment in done:
@@ -116,11 +131,17 @@ class _Diagram:
                 done.add(s.deployment)
                 spec = self.specs[s.deployment]
                 calls = self.calls_of[s.deployment]
-                out.extend(self._cluster(spec, calls) if len(calls) > 1 else [self._call_node(s, spec, solo=True)])
+                if len({group_of.get(c.name) for c in calls}) > 1:
+                    scope = None  # one model called inside and outside: drawn outside
+                lines.extend(self._cluster(spec, calls) if len(calls) > 1 else [self._call_node(s, spec, solo=True)])
             elif s.kind in ("switch", "split"):
-                out.append(self._route_node(s))
+                lines.append(self._route_node(s))
+            (out if scope is None else grouped.setdefault(scope, [])).extend(lines)
+        out.extend(graph_clusters(grouped))
+        out.extend(self._handle_only_node(spec) for spec in self.plan.deployments if spec.name not in self.calls_of)
         out.append(self._output_node())
         out.extend(self._edge_line(e) for e in self._edges())
+        out.extend(self._edge_line(e) for e in self._calls_edges())
         out.append("}")
         return "\n".join(out) + "\n"
 
@@ -180,6 +201,23 @@ class _Diagram:
         out.extend("  " + self._call_node(s, spec, solo=False) for s in calls)
         out.append("  }")
         return out
+
+    def _deployment_id(self, name: str) -> str:
+        """Where a handle edge ends for deployment ``name``: its first call step, else its own box."""
+        calls = self.calls_of.get(name)
+        return calls[0].name if calls else f"(handle) {name}"
+
+    def _handle_only_node(self, spec: DeploymentSpec) -> str:
+        """A deployment no step calls: nodes call it through handles (compiler/handles.py)."""
+        lines: list[Line] = [(spec.name, ""), *self._deployment_lines(spec), ("called through handles", MUTED)]
+        style = "rounded,filled" if spec.kind == "function" else "filled"
+        return f'  {quote(self._deployment_id(spec.name))} [style="{style}", fillcolor="{FILL[spec.kind]}", label=<{label(lines)}>];'
+
+    def _calls_edges(self) -> list[_Edge]:
+        """A dashed "calls" edge from each deployment holding a handle to the deployment it calls."""
+        return [
+            _Edge(self._deployment_id(a), None, self._deployment_id(b), None, "calls", True) for a, b in self.plan.calls
+        ]
 
     def _route_node(self, s: Step) -> str:
         lines: list[Line] = [(s.name, "")]

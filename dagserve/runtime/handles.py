@@ -182,10 +182,10 @@ class HandleResponse:
         return self._future.result(timeout_s)
 
 
-def resolve_handles(value: Any, make: Callable[[str], Any]) -> Any:
-    """``value`` with every :class:`HandleRef` (in nested lists, tuples, dicts) replaced by ``make(name)``."""
+def resolve_handles(value: Any, make: Callable[[HandleRef], Any]) -> Any:
+    """``value`` with every :class:`HandleRef` (in nested lists, tuples, dicts) replaced by ``make(ref)``."""
     if isinstance(value, HandleRef):
-        return make(value.deployment)
+        return make(value)
     if isinstance(value, list):
         return [resolve_handles(v, make) for v in value]
     if isinstance(value, tuple):

@@ -26,8 +26,8 @@ def test_handles_compile_to_deployments_refs_and_calls_edges() -> None:
     assert fan.init_args == (HandleRef("Classifier"), {"t": HandleRef("Tools")})
     assert plan.step("use_handle").args[1] == HandleRef("Tools")
     # A deployment reached through handles may be called on any of its public methods.
-    assert set(plan.deployment("Tools").methods) == {"double", "request_id", "fail", "slow"}
-    assert plan.deployment("Tools").async_methods == frozenset({"request_id", "slow"})
+    assert set(plan.deployment("Tools").methods) == {"double", "request_id", "time_left", "fail", "slow"}
+    assert plan.deployment("Tools").async_methods == frozenset({"request_id", "time_left", "slow"})
 
 
 def test_handle_calls_async_sync_remote_and_as_call_argument() -> None:
@@ -66,7 +66,9 @@ def test_callee_errors_timeouts_and_the_request_deadline_travel_through_handles(
         # The callee keeps its own timeout_s (0.5 s) ...
         with pytest.raises(RequestTimeoutError, match=r"Node 'Tools.slow' did not answer within its timeout_s=0.5"):
             app.call({"slow": 5})
-        # ... and the request's deadline bounds the handle call too.
+        # ... and the request's deadline travels to the callee and bounds the handle call.
+        left = app.call({"time_left": True}, timeout_s=30)
+        assert 20 < left <= 30
         with pytest.raises(RequestTimeoutError) as info:
             app.call({"slow": 0.4}, timeout_s=0.1)
         assert info.value.node in ("Tools.slow", "Retrier")

@@ -34,7 +34,9 @@ from dagserve._errors import DagserveError, DeployError, NodeError
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
+from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.runtime.batching import Batcher
+from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 
 log = logging.getLogger("dagserve.ray")
@@ -45,8 +47,8 @@ __all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", 
 #: then bind Serve's inter-deployment gRPC server to 127.0.0.1 instead of every interface.
 LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
 
-#: What travels with every call: (method, step name, request id).
-Header = tuple[str, str, str]
+#: What travels with every call: (method, step name, request id[, extras for handles: backends/ray/handles.py]).
+Header = tuple[Any, ...]
 
 # Upper bound on threads for sync node code per replica; threads start only when needed.
 _MAX_THREADS = 64
@@ -157,9 +159,14 @@ class NodeReplica:
         self._name = spec.name
         # Threads start only as sync calls need them; the bound keeps a burst from making hundreds.
         self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix=f"dagserve-{spec.name}")
+        # The deployments this node calls from its code: handles through Serve (handles.py).
+        self._caller = ServeCaller()
+        with contextlib.suppress(RuntimeError):
+            self._caller.bind(asyncio.get_running_loop())
         if spec.kind == "model":
             try:
-                self._instance: Any = spec.target(*spec.init_args, **spec.init_kwargs)
+                init_args, init_kwargs = resolve_handles((spec.init_args, spec.init_kwargs), self._caller.make)
+                self._instance: Any = spec.target(*init_args, **init_kwargs)
             except Exception as exc:
                 raise DeployError(
                     f"Node {spec.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
@@ -254,8 +261,9 @@ class NodeReplica:
 
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
-        method, step, request_id = header
+        method, step, request_id = header[:3]
         token = set_request_id(request_id)  # node code and log records see the request's id
+        args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
         try:
             batcher = self._batchers.get(method)
             if batcher is not None:
@@ -274,6 +282,8 @@ class NodeReplica:
                 f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__
             ) from exc
         finally:
+            if request is not None:
+                leave_request(request)
             reset_request_id(token)
 
     async def _run_batch(self, method: str, items: list[Any]) -> Any:

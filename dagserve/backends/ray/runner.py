@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
+from dagserve.backends.ray.handles import CallExtras
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.replicas import QueueFull
 
@@ -82,7 +83,7 @@ class _Pending:
         handle: Any,
         spec: DeploymentSpec,
         step: Step,
-        header: tuple[str, str, str],
+        header: tuple[Any, ...],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ctx: RequestContext | None = None,
@@ -384,13 +385,17 @@ class RayRunner:
 
     def __init__(self, backend: CallTargets) -> None:
         self._backend = backend
+        self._extras = CallExtras()  # what calls to and with handles carry (handles.py)
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         name: str = step.deployment  # type: ignore[assignment]
         b = self._backend
         if step.inline:
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
-        header = (step.method or "__call__", step.name, ctx.request_id)
+        header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id)
+        extras = self._extras(step, b._specs[name], ctx.deadline)
+        if extras is not None:
+            header += (extras,)
         pool = b._direct_pool(name)
         handle = None if pool is not None else b._handle(name)
         return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)

@@ -1,0 +1,145 @@
+"""Handles on Ray (issue 18, item 1): how a replica calls the deployments it holds.
+
+A replica turns the :class:`~dagserve.compiler.handles.HandleRef` in its constructor arguments,
+and in the arguments of a call whose header says it carries some, into
+:class:`~dagserve.runtime.handles.Handle` objects calling through a :class:`ServeCaller`: Serve's
+``DeploymentHandle`` of the callee in the same application, so the callee is its own deployment
+(its replicas, queue, batching) and a call from inside a replica works as Serve intends. What
+travels with the call, in the header's fourth element (:func:`call_extras`): the request's time
+left (``deadline_s``; each process turns it back into a deadline of its own clock) and whether the
+arguments hold handle refs; the request id is the header's third element, as for every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from typing import TYPE_CHECKING, Any
+
+from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
+from dagserve.compiler.handles import HandleRef
+from dagserve.runtime.handles import Handle, current_request, enter_request, holds_handles, resolve_handles
+from dagserve.runtime.request_id import current_request_id, new_request_id
+
+if TYPE_CHECKING:
+    from dagserve.compiler.plan import DeploymentSpec, Step
+
+__all__ = ["CallExtras", "ServeCaller", "enter_call"]
+
+
+class CallExtras:
+    """The header's fourth element for calls to a deployment holding handles, or passing some
+    (cached per step: worked out once, not per call)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Step, DeploymentSpec, bool, bool]] = {}
+
+    def __call__(self, step: Step, spec: DeploymentSpec, deadline: float | None) -> dict[str, Any] | None:
+        seen = self._seen.get(id(step))
+        if seen is None or seen[0] is not step or seen[1] is not spec:
+            args = holds_handles((step.args, dict(step.kwargs)))
+            holder = holds_handles((spec.init_args, dict(spec.init_kwargs)))
+            seen = self._seen[id(step)] = (step, spec, args, holder)
+        if not (seen[2] or seen[3]):
+            return None
+        left = None if deadline is None else deadline - time.monotonic()
+        return {"handles": seen[2], "deadline_s": left}
+
+
+def enter_call(
+    header: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any], caller: ServeCaller
+) -> tuple[tuple[Any, ...], dict[str, Any], contextvars.Token[Any] | None]:
+    """In a replica, for one call: its handle refs made handles, its request made current (so
+    handle calls from the node's code carry its id and deadline); the token undoes the latter."""
+    if len(header) < 4 or not header[3]:
+        return args, kwargs, None
+    extras = header[3]
+    if extras.get("handles"):
+        args, kwargs = resolve_handles((args, kwargs), caller.make)
+    from dagserve.runtime.executor import RequestContext
+
+    left = extras.get("deadline_s")
+    ctx = RequestContext(request_id=header[2], deadline=None if left is None else time.monotonic() + left)
+    return args, kwargs, enter_request(ctx)
+
+
+class ServeCaller:
+    """A replica's handle calls: through Serve's ``DeploymentHandle`` to the callee's replicas."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._app: str | None = None
+        self._handles: dict[str, Any] = {}
+        self._timeouts: dict[str, float | None] = {}
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The replica's event loop: sync node code in worker threads sends its calls there."""
+        self._loop = loop
+
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    def make(self, ref: HandleRef) -> Handle:
+        self._timeouts.setdefault(ref.deployment, ref.timeout_s)
+        return Handle(ref.deployment, self)
+
+    def _handle(self, deployment: str) -> Any:
+        h = self._handles.get(deployment)
+        if h is None:
+            from ray import serve
+
+            if self._app is None:
+                self._app = serve.get_replica_context().app_name
+            h = self._handles[deployment] = serve.get_deployment_handle(deployment, self._app)
+        return h
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from ray import exceptions as rex
+
+        name = deployment if method == "__call__" else f"{deployment}.{method}"
+        ctx = current_request()
+        request_id = ctx.request_id if ctx is not None else (current_request_id() or new_request_id())
+        left = None if ctx is None or ctx.deadline is None else ctx.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise RequestTimeoutError(f"Request {request_id} ran out of time before its call of {name!r}.", node=name)
+        timeout = self._timeouts.get(deployment)
+        limit = min(t for t in (left, timeout) if t is not None) if (left is not None or timeout is not None) else None
+        extras = {"handles": holds_handles((args, kwargs)) or _has_handle((args, kwargs)), "deadline_s": left}
+        response = self._handle(deployment).remote((method, name, request_id, extras), *args, **kwargs)
+        try:
+            async with asyncio.timeout(limit):
+                return await response
+        except TimeoutError as exc:
+            response.cancel()
+            if isinstance(exc, RequestTimeoutError):
+                raise
+            if timeout is not None and limit == timeout:
+                from dagserve.runtime.executor import node_timeout_error
+
+                raise node_timeout_error(name, timeout) from None
+            raise RequestTimeoutError(
+                f"Request {request_id} reached its deadline while calling {name!r} through a handle.", node=name
+            ) from None
+        except rex.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, DagserveError):
+                raise cause from exc
+            error = cause if isinstance(cause, BaseException) else exc
+            text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+            raise NodeError(
+                f"Node {name!r} (called through a handle) raised {type(error).__name__}: {text}",
+                node=name,
+                error_type=type(error).__name__,
+            ) from exc
+
+
+def _has_handle(value: Any) -> bool:
+    """Handles passed on as arguments travel as refs (``Handle.__reduce__``)."""
+    if isinstance(value, Handle):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_handle(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_handle(v) for v in value.values())
+    return False

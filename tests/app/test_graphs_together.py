@@ -1,0 +1,55 @@
+"""Issue 18 items 5 and 10 on the local backend: several graphs as one App, graphs in graphs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import dagserve
+from dagserve import GraphError, NodeError, NodeNotFoundError
+
+from .. import handle_graphs as hg
+from ..background_server import BackgroundServer
+from ..compiler.test_compose_graphs import post, review_graph
+
+
+def test_several_graphs_one_app_share_one_deployment_and_its_state() -> None:
+    ga, gb, counter = hg.shared_graphs()
+    with dagserve.deploy([ga, gb], backend="local") as app:
+        assert list(app.graphs) == ["ga", "gb"] and app.name == "ga+gb"
+        # One Counter replica for both graphs: the count runs on across them.
+        assert app.call(1, graph="ga") == {"a": 1}
+        assert app.call({"x": 2}, graph="gb") == {"b": 2}
+        assert asyncio.run(app.acall(3, graph="ga")) == {"a": 3}
+        assert app.graphs["gb"].call({"x": 0}) == {"b": 4}
+        assert set(app.status().nodes) == {"Counter"}
+        with pytest.raises(NodeNotFoundError, match=r"This App has no graph None; pass graph= one of 'ga', 'gb'"):
+            app.call(1)
+        app.update(counter, num_replicas=2)  # changes the one deployment, for both graphs
+        assert app.graphs["ga"].plan.deployment("Counter").options.num_replicas == 2
+    assert app.graphs["ga"].closed
+    with pytest.raises(GraphError, match=r"takes a list of dagserve.Graph objects, got \['int'\]"):
+        dagserve.deploy([ga, 1], backend="local")  # type: ignore[list-item]
+
+
+@pytest.mark.http
+def test_several_graphs_served_over_asgi_by_name() -> None:
+    import httpx
+
+    ga, gb, _ = hg.shared_graphs()
+    with dagserve.deploy([ga, gb], backend="local") as app, BackgroundServer(app.asgi()) as url:
+        assert httpx.post(f"{url}ga", json=5).json() == {"a": 1}
+        assert httpx.post(f"{url}gb", json={"x": 1}).json() == {"b": 2}
+
+
+def test_graph_inside_graph_runs_and_errors_name_the_inner_graph() -> None:
+    counter = hg.Counter()
+    review = review_graph(counter)
+    with dagserve.Input() as inp:
+        outer = dagserve.Graph({"p": post(review(inp["review"])), "c": counter(inp)}, name="outer")
+    with dagserve.deploy(outer, backend="local") as app:
+        assert app.call({"review": {"text": "good"}}) == {"p": {"post": {"score": 1.0, "n": 2}}, "c": 1}
+        with pytest.raises(NodeError, match=r"Node 'review/sentiment' raised ValueError: boom") as info:
+            app.call({"review": {"text": "boom"}})
+        assert info.value.node == "review/sentiment"
