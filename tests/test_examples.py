@@ -303,3 +303,26 @@ def test_digits_on_ray_gives_the_same_answers_as_in_process(ray_session: None, d
         assert status.nodes["NeuralNet"].running_replicas == 2
         assert status.nodes["NeuralNet"].options["num_gpus"] == 0.25
         assert gather(app, payloads) == expected
+
+
+# -- detect_classify (issue 18: handles) ------------------------------------------------------------
+
+
+def test_detect_classify_classifies_crops_through_a_batched_handle_and_retries_unsure_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from examples.detect_classify import graph as dc
+    from examples.detect_classify.__main__ import main
+
+    plan = dagserve.compile(dc.graph)
+    assert plan.calls == (("Annotator", "Classifier"), ("Annotator", "Sharpen"))
+    main([])
+    assert capsys.readouterr().out.splitlines() == [
+        "  dots and a bar: dot (1.00, 1 tr), bar (1.00, 1 tr), dot (1.00, 1 tr)",
+        "        a square: square (1.00, 1 tr)",
+        " a ragged square: square (1.00, 2 tr)",
+    ]
+    with dagserve.deploy(dc.graph, backend="local") as app:
+        image = [[1, 0] * 4] * 1  # four dots: four concurrent handle calls to the batched classifier
+        assert [o["label"] for o in app.call({"pixels": image})["objects"]] == ["dot"] * 4
+        assert max(app.backend.batch_sizes()["Classifier"]) > 1
