@@ -127,6 +127,24 @@ class Counter:
         return self.count
 
 
+@dagserve.node
+def sentiment(text: str) -> float:
+    if text == "boom":
+        raise ValueError("boom")
+    return float("good" in text)
+
+
+@dagserve.node
+def post(review: dict) -> dict:
+    return {"post": review}
+
+
+def review_graph(counter: Any) -> dagserve.Graph:
+    """A graph called inside others (item 10)."""
+    with dagserve.Input() as rin:
+        return dagserve.Graph({"score": sentiment(rin["text"]), "n": counter(rin)}, name="review")
+
+
 def fan_out_graph() -> dagserve.Graph:
     classifier, tools = Classifier(), Tools()
     with dagserve.Input() as inp:

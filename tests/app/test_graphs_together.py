@@ -11,7 +11,7 @@ from dagserve import GraphError, NodeError, NodeNotFoundError
 
 from .. import handle_graphs as hg
 from ..background_server import BackgroundServer
-from ..compiler.test_compose_graphs import post, review_graph
+from ..handle_graphs import post, review_graph
 
 
 def test_several_graphs_one_app_share_one_deployment_and_its_state() -> None:

@@ -63,3 +63,20 @@ def test_batching_through_handles_under_load(ray_session: None) -> None:
         sizes = app.backend.batch_sizes()["Classifier"]
         assert sum(size * n for size, n in sizes.items()) == 24 * 6
         assert max(sizes) > 1, sizes
+
+
+def test_graphs_deployed_together_share_one_set_of_replicas_and_nested_graphs_run(ray_session: None) -> None:
+    ga, gb, counter = hg.shared_graphs()
+    with dagserve.deploy([ga, gb], backend="ray") as app:
+        # One Counter deployment, one replica: its state runs on across both graphs.
+        assert app.call(1, graph="ga") == {"a": 1}
+        assert app.call({"x": 2}, graph="gb") == {"b": 2}
+        assert app.call(3, graph="ga") == {"a": 3}
+        assert set(app.status().nodes) == {"Counter"} and len(app.backend.replicas("Counter")) == 1
+    review = hg.review_graph(counter)
+    with dagserve.Input() as inp:
+        outer = dagserve.Graph({"p": hg.post(review(inp["review"])), "c": counter(inp)}, name="outer")
+    with dagserve.deploy(outer, backend="ray") as app:
+        assert app.call({"review": {"text": "good"}}) == {"p": {"post": {"score": 1.0, "n": 2}}, "c": 1}
+        with pytest.raises(NodeError, match=r"Node 'review/sentiment' raised ValueError: boom"):
+            app.call({"review": {"text": "boom"}})

@@ -10,23 +10,7 @@ from dagserve.compiler.handles import HandleRef
 from dagserve.compiler.shared import share_deployments
 
 from .. import handle_graphs as hg
-
-
-@dagserve.node
-def sentiment(text: str) -> float:
-    if text == "boom":
-        raise ValueError("boom")
-    return float("good" in text)
-
-
-@dagserve.node
-def post(review: dict) -> dict:
-    return {"post": review}
-
-
-def review_graph(counter: object) -> dagserve.Graph:
-    with dagserve.Input() as rin:
-        return dagserve.Graph({"score": sentiment(rin["text"]), "n": counter(rin)}, name="review")  # type: ignore[operator]
+from ..handle_graphs import post, review_graph
 
 
 def test_a_graph_called_inside_another_joins_its_plan_with_named_steps_and_one_deployment_per_instance() -> None:
