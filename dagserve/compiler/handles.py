@@ -18,6 +18,7 @@ from typing import Any
 from dagserve._errors import CompileError
 from dagserve.compiler.plan import DeploymentSpec, Step
 from dagserve.graph import CallNode, FunctionNode, ModelInstance, Node
+from dagserve.graph.leaves import map_leaves
 from dagserve.graph.nodes import walk
 
 __all__ = ["HandleRef", "add_handle_targets", "check_handle_cycles", "lower_handles", "spec_with_handles"]
@@ -88,15 +89,13 @@ def check_handle_cycles(graph_name: str, calls: list[tuple[str, str]]) -> None:
 
 def lower_handles(value: Any, dep_of: dict[int, str]) -> Any:
     """``value`` with each model instance / function node replaced by its :class:`HandleRef`."""
-    if isinstance(value, (FunctionNode, ModelInstance)):
-        return HandleRef(dep_of[id(value)], value.node_options.timeout_s)
-    if isinstance(value, list):
-        return [lower_handles(v, dep_of) for v in value]
-    if isinstance(value, tuple):
-        return tuple(lower_handles(v, dep_of) for v in value)
-    if isinstance(value, dict):
-        return {k: lower_handles(v, dep_of) for k, v in value.items()}
-    return value
+
+    def lower(v: Any) -> Any:
+        if isinstance(v, (FunctionNode, ModelInstance)):
+            return HandleRef(dep_of[id(v)], v.node_options.timeout_s)
+        return v
+
+    return map_leaves(value, lower)
 
 
 def lower_step(step: Step, dep_of: dict[int, str]) -> Step:

@@ -16,6 +16,7 @@ from typing import Any
 from dagserve._errors import CompileError
 from dagserve.compiler.handles import HandleRef
 from dagserve.compiler.plan import DeploymentSpec, Plan
+from dagserve.graph.leaves import map_leaves
 
 __all__ = ["share_deployments"]
 
@@ -98,12 +99,7 @@ def _renamed_plan(plan: Plan, rename: dict[str, str], merged: dict[str, Deployme
 
 
 def _refs(value: Any, rename: dict[str, str]) -> Any:
-    if isinstance(value, HandleRef):
-        return replace(value, deployment=rename.get(value.deployment, value.deployment))
-    if isinstance(value, list):
-        return [_refs(v, rename) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_refs(v, rename) for v in value)
-    if isinstance(value, dict):
-        return {k: _refs(v, rename) for k, v in value.items()}
-    return value
+    def renamed(v: Any) -> Any:
+        return replace(v, deployment=rename.get(v.deployment, v.deployment)) if isinstance(v, HandleRef) else v
+
+    return map_leaves(value, renamed)

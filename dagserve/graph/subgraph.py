@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 from dagserve._errors import GraphError
+from dagserve.graph.leaves import map_leaves
 from dagserve.graph.nodes import Input, Node
 
 __all__ = ["call_graph", "scope_of"]
@@ -69,12 +70,4 @@ def _slots(cls: type) -> list[str]:
 
 
 def _substitute(value: Any, copies: dict[int, Any]) -> Any:
-    if isinstance(value, Node):
-        return copies.get(id(value), value)
-    if isinstance(value, list):
-        return [_substitute(v, copies) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_substitute(v, copies) for v in value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, copies) for k, v in value.items()}
-    return value
+    return map_leaves(value, lambda v: copies.get(id(v), v) if isinstance(v, Node) else v)

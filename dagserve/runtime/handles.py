@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
 from dagserve.compiler.handles import HandleRef
 from dagserve.compiler.plan import Step
+from dagserve.graph.leaves import any_leaf, map_leaves
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 
 if TYPE_CHECKING:
@@ -43,11 +44,13 @@ __all__ = [
     "HandleError",
     "HandleResponse",
     "RunnerCaller",
+    "bounded",
     "current_request",
     "enter_request",
     "holds_handles",
     "leave_request",
     "resolve_handles",
+    "time_left",
 ]
 
 # The request being served in this context (its id, deadline and timings): set by the App for a
@@ -184,26 +187,13 @@ class HandleResponse:
 
 def resolve_handles(value: Any, make: Callable[[HandleRef], Any]) -> Any:
     """``value`` with every :class:`HandleRef` (in nested lists, tuples, dicts) replaced by ``make(ref)``."""
-    if isinstance(value, HandleRef):
-        return make(value)
-    if isinstance(value, list):
-        return [resolve_handles(v, make) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve_handles(v, make) for v in value)
-    if isinstance(value, dict):
-        return {k: resolve_handles(v, make) for k, v in value.items()}
-    return value
+    return map_leaves(value, lambda v: make(v) if isinstance(v, HandleRef) else v)
 
 
 def holds_handles(value: Any) -> bool:
-    """Does ``value`` (a template or constructor arguments) hold a :class:`HandleRef`?"""
-    if isinstance(value, HandleRef):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(holds_handles(v) for v in value)
-    if isinstance(value, dict):
-        return any(holds_handles(v) for v in value.values())
-    return False
+    """Does ``value`` (a template, constructor or call arguments) hold a :class:`HandleRef` or a
+    :class:`Handle` (which travels to another process as its ref)?"""
+    return any_leaf(value, lambda v: isinstance(v, (HandleRef, Handle)))
 
 
 class RunnerCaller:
@@ -232,43 +222,70 @@ class RunnerCaller:
         return self._run(step, args, kwargs)
 
     async def _run(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from dagserve.runtime.executor import RequestContext, node_timeout_error
+        from dagserve.runtime.executor import RequestContext
 
         ctx = _request.get() or RequestContext()
-        timeout = self._spec(step.deployment).options.timeout_s  # type: ignore[arg-type]
-        remaining = None if ctx.deadline is None else ctx.deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise RequestTimeoutError(
-                f"Request {ctx.request_id} ran out of time before its call of {step.name!r} through a handle.",
-                node=step.name,
-            )
+        left = time_left(ctx, step.name)
         token = set_request_id(ctx.request_id)
         start = time.perf_counter()
         try:
             pending = self._runner().call(step, args, kwargs, ctx)
-            limit = min(t for t in (timeout, remaining) if t is not None) if (timeout or remaining) else None
-            try:
-                async with asyncio.timeout(limit):
-                    return await pending
-            except TimeoutError as exc:
-                if isinstance(exc, RequestTimeoutError):
-                    raise
-                if timeout is not None and limit == timeout:
-                    raise node_timeout_error(step.name, timeout) from None
-                raise RequestTimeoutError(
-                    f"Request {ctx.request_id} reached its deadline while calling {step.name!r} through a handle.",
-                    node=step.name,
-                ) from None
-        except DagserveError:
-            raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            text = str(exc) or "(no message)"
-            raise NodeError(
-                f"Node {step.name!r} (called through a handle) raised {type(exc).__name__}: {text}",
-                node=step.name,
-                error_type=type(exc).__name__,
-            ) from exc
+            timeout = self._spec(step.deployment).options.timeout_s  # type: ignore[arg-type]
+            return await bounded(pending, step.name, ctx.request_id, left, timeout)
         finally:
             reset_request_id(token)
             elapsed = time.perf_counter() - start
             ctx.timings[step.name] = ctx.timings.get(step.name, 0.0) + elapsed
+
+
+def time_left(ctx: RequestContext | None, name: str) -> float | None:
+    """Seconds the request has left for a handle call of ``name`` (``None``: no deadline)."""
+    if ctx is None or ctx.deadline is None:
+        return None
+    left = ctx.deadline - time.monotonic()
+    if left <= 0:
+        raise RequestTimeoutError(f"Request {ctx.request_id} ran out of time before its call of {name!r} through a handle.", node=name)
+    return left
+
+
+async def bounded(
+    pending: Awaitable[Any],
+    name: str,
+    request_id: str,
+    left: float | None,
+    timeout: float | None,
+    unwrap: Callable[[BaseException], BaseException] = lambda e: e,
+    cancel: Callable[[], Any] | None = None,
+) -> Any:
+    """A handle call's result within the callee's ``timeout_s`` and the request's time ``left``;
+    a failure of the callee is a :class:`~dagserve.NodeError` naming it (``unwrap`` finds the
+    callee's own exception in a transport's wrapper; a DagserveError passes as it is)."""
+    from dagserve.runtime.executor import node_timeout_error
+
+    limits = [t for t in (left, timeout) if t is not None]
+    limit = min(limits) if limits else None
+    try:
+        async with asyncio.timeout(limit):
+            return await pending
+    except TimeoutError as exc:
+        if cancel is not None:
+            cancel()
+        if isinstance(exc, RequestTimeoutError):
+            raise
+        if timeout is not None and limit == timeout:
+            raise node_timeout_error(name, timeout) from None
+        raise RequestTimeoutError(
+            f"Request {request_id} reached its deadline while calling {name!r} through a handle.", node=name
+        ) from None
+    except DagserveError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        error = unwrap(exc)
+        if isinstance(error, DagserveError):
+            raise error from exc
+        text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+        raise NodeError(
+            f"Node {name!r} (called through a handle) raised {type(error).__name__}: {text}",
+            node=name,
+            error_type=type(error).__name__,
+        ) from exc

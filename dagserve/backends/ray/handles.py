@@ -17,9 +17,16 @@ import contextvars
 import time
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
 from dagserve.compiler.handles import HandleRef
-from dagserve.runtime.handles import Handle, current_request, enter_request, holds_handles, resolve_handles
+from dagserve.runtime.handles import (
+    Handle,
+    bounded,
+    current_request,
+    enter_request,
+    holds_handles,
+    resolve_handles,
+    time_left,
+)
 from dagserve.runtime.request_id import current_request_id, new_request_id
 
 if TYPE_CHECKING:
@@ -95,51 +102,17 @@ class ServeCaller:
         return h
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from ray import exceptions as rex
-
         name = deployment if method == "__call__" else f"{deployment}.{method}"
         ctx = current_request()
         request_id = ctx.request_id if ctx is not None else (current_request_id() or new_request_id())
-        left = None if ctx is None or ctx.deadline is None else ctx.deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise RequestTimeoutError(f"Request {request_id} ran out of time before its call of {name!r}.", node=name)
-        timeout = self._timeouts.get(deployment)
-        limit = min(t for t in (left, timeout) if t is not None) if (left is not None or timeout is not None) else None
-        extras = {"handles": holds_handles((args, kwargs)) or _has_handle((args, kwargs)), "deadline_s": left}
+        left = time_left(ctx, name)
+        extras = {"handles": holds_handles((args, kwargs)), "deadline_s": left}
         response = self._handle(deployment).remote((method, name, request_id, extras), *args, **kwargs)
-        try:
-            async with asyncio.timeout(limit):
-                return await response
-        except TimeoutError as exc:
-            response.cancel()
-            if isinstance(exc, RequestTimeoutError):
-                raise
-            if timeout is not None and limit == timeout:
-                from dagserve.runtime.executor import node_timeout_error
-
-                raise node_timeout_error(name, timeout) from None
-            raise RequestTimeoutError(
-                f"Request {request_id} reached its deadline while calling {name!r} through a handle.", node=name
-            ) from None
-        except rex.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, DagserveError):
-                raise cause from exc
-            error = cause if isinstance(cause, BaseException) else exc
-            text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
-            raise NodeError(
-                f"Node {name!r} (called through a handle) raised {type(error).__name__}: {text}",
-                node=name,
-                error_type=type(error).__name__,
-            ) from exc
+        timeout = self._timeouts.get(deployment)
+        return await bounded(response, name, request_id, left, timeout, unwrap=_cause, cancel=response.cancel)
 
 
-def _has_handle(value: Any) -> bool:
-    """Handles passed on as arguments travel as refs (``Handle.__reduce__``)."""
-    if isinstance(value, Handle):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_has_handle(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_handle(v) for v in value.values())
-    return False
+def _cause(exc: BaseException) -> BaseException:
+    """The callee's own exception inside Ray's ``RayTaskError``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
