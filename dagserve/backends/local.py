@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve._errors import DeployError, OverloadedError
 from dagserve.backends.base import Backend
 from dagserve.runtime.batching import Batcher
-from dagserve.runtime.handles import Handle, RunnerCaller, holds_handles, resolve_handles
+from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 from dagserve.runtime.status import AppStatus, NodeStatus
 
@@ -182,15 +182,11 @@ class _LocalRunner:
     def __init__(self, deployments: dict[str, _LocalDeployment]) -> None:
         self.deployments = deployments
         #: Turns the handle refs a call step passes into handles (set by LocalBackend).
-        self.handles: Callable[[Any], Any] | None = None
-        self._holds: dict[int, tuple[Step, bool]] = {}  # id(step) -> (step, its templates hold handles)
+        self.handles: InProcessHandles | None = None
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
-        seen = self._holds.get(id(step))
-        if seen is None or seen[0] is not step:
-            seen = self._holds[id(step)] = (step, holds_handles((step.args, step.kwargs)))
-        if seen[1] and self.handles is not None:
-            args, kwargs = self.handles((args, kwargs))
+        if self.handles is not None:
+            args, kwargs = self.handles.args(step, args, kwargs)
         return self.deployments[step.deployment].call(step.method, args, kwargs)  # type: ignore[index,arg-type]
 
 
@@ -204,8 +200,8 @@ class LocalBackend(Backend):
         self._deployments: dict[str, _LocalDeployment] = {}
         self._runner = _LocalRunner(self._deployments)
         # Handles in this process call through the runner, on the App's loop (runtime/handles.py).
-        caller = RunnerCaller(lambda: self._runner, lambda name: self._deployments[name].spec, lambda: self._loop)
-        self._runner.handles = functools.partial(resolve_handles, make=lambda ref: Handle(ref.deployment, caller))
+        self._handles = InProcessHandles(lambda: self._runner, lambda name: self._deployments[name].spec, lambda: self._loop)
+        self._runner.handles = self._handles
         self._plan: Plan | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,16 +209,7 @@ class LocalBackend(Backend):
     def deploy(self, plan: Plan, *, ready_timeout_s: float) -> None:
         self._plan = plan
         for spec in plan.deployments:
-            self._deployments[spec.name] = _LocalDeployment(self._with_handles(spec), self._pool)
-
-    def _with_handles(self, spec: DeploymentSpec) -> DeploymentSpec:
-        """``spec`` with live handles in its constructor arguments (its replicas call through them)."""
-        if self._runner.handles is None or not holds_handles((spec.init_args, dict(spec.init_kwargs))):
-            return spec
-        from dataclasses import replace
-
-        args, kwargs = self._runner.handles((spec.init_args, dict(spec.init_kwargs)))
-        return replace(spec, init_args=args, init_kwargs=kwargs)
+            self._deployments[spec.name] = _LocalDeployment(self._handles.spec(spec), self._pool)
 
     def bind_loop(self, loop: Any) -> None:
         self._loop = loop
@@ -273,7 +260,7 @@ class LocalBackend(Backend):
         d = self._deployments[spec.name]
         with self._lock:
             old = [r for r in d.replicas if not r.draining]
-            new = self._with_handles(new)
+            new = self._handles.spec(new)
             fresh = [_Replica(new, self._pool, d.count_batch) for _ in range(new.options.initial_replicas())]
             d.spec = new
             for r in old:

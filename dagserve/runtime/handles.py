@@ -43,6 +43,7 @@ __all__ = [
     "HandleCaller",
     "HandleError",
     "HandleResponse",
+    "InProcessHandles",
     "RunnerCaller",
     "bounded",
     "current_request",
@@ -194,6 +195,41 @@ def holds_handles(value: Any) -> bool:
     """Does ``value`` (a template, constructor or call arguments) hold a :class:`HandleRef` or a
     :class:`Handle` (which travels to another process as its ref)?"""
     return any_leaf(value, lambda v: isinstance(v, (HandleRef, Handle)))
+
+
+class InProcessHandles:
+    """Handles for node code running in the App's process (the local backend's nodes, inline
+    nodes on Ray): calls go through the App's runner (:class:`RunnerCaller`)."""
+
+    def __init__(
+        self,
+        runner: Callable[[], Runner],
+        spec: Callable[[str], DeploymentSpec],
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+    ) -> None:
+        self._caller = RunnerCaller(runner, spec, loop)
+        self._holds: dict[int, tuple[Step, bool]] = {}  # id(step) -> (step, its templates hold refs)
+
+    def resolve(self, value: Any) -> Any:
+        return resolve_handles(value, lambda ref: Handle(ref.deployment, self._caller))
+
+    def spec(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """``spec`` with live handles in its constructor arguments (its replicas call through them)."""
+        if spec.kind != "model" or not holds_handles((spec.init_args, dict(spec.init_kwargs))):
+            return spec
+        from dataclasses import replace
+
+        args, kwargs = self.resolve((spec.init_args, dict(spec.init_kwargs)))
+        return replace(spec, init_args=args, init_kwargs=kwargs)
+
+    def args(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A call step's arguments with live handles for the refs its templates hold."""
+        seen = self._holds.get(id(step))
+        if seen is None or seen[0] is not step:
+            seen = self._holds[id(step)] = (step, holds_handles((step.args, dict(step.kwargs))))
+        if not seen[1]:
+            return args, kwargs
+        return self.resolve((args, kwargs))  # type: ignore[no-any-return]
 
 
 class RunnerCaller:

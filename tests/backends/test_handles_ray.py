@@ -43,6 +43,18 @@ def test_handles_from_serve_replicas(ray_session: None) -> None:
         # The callees are deployments of their own, with replicas of their own.
         status = app.status()
         assert {"Classifier", "Tools"} <= set(status.nodes) and status.nodes["Classifier"].running_replicas == 1
+    # Inline nodes (run in this process) holding handles call the remote nodes through the runner.
+    tools = hg.Tools()
+    with dagserve.Input() as inp:
+        inline = {
+            "arg": hg.use_handle.options(inline=True, name="inline_arg")(inp, tools),
+            "held": hg.SyncUser.options(inline=True)([hg.Classifier(), tools])(inp),
+        }
+    with dagserve.deploy(dagserve.Graph(inline, name="inline_holders"), backend="ray") as app:
+        assert app.call(2, request_id="rid-inline") == {
+            "arg": 5, "held": {"label": "c2", "doubled": 4, "remote": 6, "rid": "rid-inline"}
+        }
+        assert app.backend.transport("Tools") != "inline"
     # timeout_s 5: generous for a loaded machine's first call through a fresh Serve handle.
     with dagserve.deploy(hg.retry_graph(timeout_s=5), backend="ray") as app:
         assert app.call({"x": 2}) == {"node": "Tools.fail", "error": "ValueError"}

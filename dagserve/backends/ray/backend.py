@@ -49,6 +49,7 @@ from dagserve.backends.ray.serve_options import (
     deployment_options,
     replica_spec,
 )
+from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.status import AppStatus
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ class RayBackend(Backend):
         self._direct = DirectRouting(direct_transport, self.frame_limits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = RayRunner(self)
+        # Inline nodes holding handles call the other nodes through the runner (runtime/handles.py).
+        self._inline_handles = InProcessHandles(lambda: self._runner, lambda name: self._specs[name], lambda: self._loop)
+        self._runner.handles = self._inline_handles
         self._session: ray_cluster.RaySession | None = None
         self._app_name: str | None = None
         self._deployed = False
@@ -159,7 +163,7 @@ class RayBackend(Backend):
         try:
             for spec in plan.deployments:
                 if spec.inline:
-                    self._local[spec.name] = _LocalDeployment(spec, self._pool)
+                    self._local[spec.name] = _LocalDeployment(self._inline_handles.spec(spec), self._pool)
             if not plan.remote_deployments and self.ingress_replicas is None:
                 return  # every node runs inline in this process: Ray is not needed
             self._session = ray_cluster.acquire(self.address, **self._cluster_options)
@@ -202,7 +206,7 @@ class RayBackend(Backend):
         backend._deployed = backend._attached = True
         for spec in plan.deployments:
             if spec.inline:
-                backend._local[spec.name] = _LocalDeployment(spec, backend._pool)
+                backend._local[spec.name] = _LocalDeployment(backend._inline_handles.spec(spec), backend._pool)
         backend._direct.check()
         return backend
 
@@ -267,7 +271,7 @@ class RayBackend(Backend):
             self._specs[spec.name] = new
             self._direct.set_limits(spec.name, new.options, self._loop)
             if new.inline:
-                self._local[spec.name] = _LocalDeployment(new, self._pool)
+                self._local[spec.name] = _LocalDeployment(self._inline_handles.spec(new), self._pool)
                 return
             new_code = replica_spec(old) != replica_spec(new)
             restart = new_code or actor_options(old) != actor_options(new)

@@ -19,6 +19,7 @@ from dagserve._errors import AppClosedError, DagserveError, NodeError, Overloade
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.backends.ray.handles import CallExtras
 from dagserve.runtime.executor import node_timeout_error
+from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.replicas import QueueFull
 
 if TYPE_CHECKING:
@@ -386,11 +387,15 @@ class RayRunner:
     def __init__(self, backend: CallTargets) -> None:
         self._backend = backend
         self._extras = CallExtras()  # what calls to and with handles carry (handles.py)
+        #: Handles for inline nodes, calling through this runner (set by RayBackend).
+        self.handles: InProcessHandles | None = None
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         name: str = step.deployment  # type: ignore[assignment]
         b = self._backend
         if step.inline:
+            if self.handles is not None:
+                args, kwargs = self.handles.args(step, args, kwargs)
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
         header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id)
         extras = self._extras(step, b._specs[name], ctx.deadline)
