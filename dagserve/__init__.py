@@ -55,6 +55,7 @@ from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import Graph, Input, node, split, switch
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
+from dagserve.runtime.handles import Handle, HandleError
 from dagserve.runtime.mapping import MapResult
 from dagserve.runtime.request_id import RequestIdFilter, current_request_id
 from dagserve.runtime.status import AppStatus, NodeStatus
@@ -91,6 +92,8 @@ __all__ = [
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",
+    "Handle",
+    "HandleError",
     "Input",
     "InputValidationError",
     "MapResult",

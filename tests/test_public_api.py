@@ -20,6 +20,8 @@ EXPECTED = [
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",
+    "Handle",
+    "HandleError",
     "Input",
     "InputValidationError",
     "MapResult",

@@ -182,7 +182,9 @@ class HandleResponse:
 
     def result(self, timeout_s: float | None = None) -> Any:
         if isinstance(self._future, asyncio.Future):
-            raise HandleError("This handle response was made in async code; `await` it instead of .result().")
+            raise HandleError(
+                "This handle response was made in async code (on the event loop): `await` it; .result() would block the loop."
+            )
         return self._future.result(timeout_s)
 
 

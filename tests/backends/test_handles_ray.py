@@ -12,7 +12,7 @@ import pytest
 import dagserve
 from dagserve import NodeError, RequestTimeoutError
 from dagserve.backends.ray.cluster import start_local_ray
-from dagserve.runtime.handles import HandleError
+from dagserve import HandleError
 
 from .. import handle_graphs as hg
 

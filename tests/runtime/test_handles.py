@@ -9,7 +9,7 @@ import pytest
 import dagserve
 from dagserve import CompileError, GraphError, RequestTimeoutError
 from dagserve.compiler.handles import HandleRef
-from dagserve.runtime.handles import HandleError
+from dagserve import HandleError
 
 from .. import handle_graphs as hg
 
