@@ -24,3 +24,10 @@ def summarize(objects: list[dict[str, Any]]) -> dict[str, int]:
 with dagserve.Input() as inp:
     found = graph(inp["image"])  # the detect_classify graph, as a step: its output, {"objects": ...}
     summary = dagserve.Graph({"title": inp["title"], "counts": summarize(found["objects"])}, name="summary")
+
+# Both graphs in one picture (docs/img/together.svg): each graph's steps under its name, the
+# nodes they share (one deployment each when deployed together) drawn once, with a call per graph.
+with dagserve.Input() as both:
+    together = dagserve.Graph(
+        {"detect_classify": graph(both["detect_classify"]), "summary": summary(both["summary"])}, name="together"
+    )

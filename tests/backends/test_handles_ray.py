@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 import dagserve
-from dagserve import NodeError, RequestTimeoutError
+from dagserve import HandleError, NodeError, RequestTimeoutError
 from dagserve.backends.ray.cluster import start_local_ray
-from dagserve import HandleError
 
 from .. import handle_graphs as hg
 

@@ -26,3 +26,16 @@ def test_a_graph_inside_a_graph_is_a_labelled_cluster() -> None:
     assert "<b>review</b>" in cluster and '"review/sentiment"' in cluster
     # Counter is called inside and outside the inner graph: one deployment, drawn outside it.
     assert '"review/Counter"' not in cluster and '"review/Counter"' in dot
+
+
+def test_the_docs_pictures_show_the_detect_classify_graphs() -> None:
+    from examples.detect_classify.graph import graph
+    from examples.detect_classify.pipelines import summary, together
+
+    from .test_render import ROOT, _drawn_names, _svg_texts
+
+    for name, drawn in (("detect_classify", graph), ("summary", summary), ("together", together)):
+        texts = _svg_texts((ROOT / "docs" / "img" / f"{name}.svg").read_text(encoding="utf-8"))
+        for step in _drawn_names(drawn):
+            assert step in texts, (name, step)
+        assert "calls" in texts and "Classifier" in texts, name

@@ -7,9 +7,8 @@ import asyncio
 import pytest
 
 import dagserve
-from dagserve import CompileError, GraphError, RequestTimeoutError
+from dagserve import CompileError, GraphError, HandleError, RequestTimeoutError
 from dagserve.compiler.handles import HandleRef
-from dagserve import HandleError
 
 from .. import handle_graphs as hg
 
