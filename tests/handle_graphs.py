@@ -17,10 +17,16 @@ class Classifier:
 
     def __init__(self, suffix: str = "") -> None:
         self.suffix = suffix
+        self.items = 0
 
     async def __call__(self, crops: list[int]) -> list[str]:
+        self.items += len(crops)
         await asyncio.sleep(0.01)
         return [f"c{c}{self.suffix}" for c in crops]
+
+    async def seen(self) -> int:
+        """Not batched (it takes no list): reached through a handle all the same."""
+        return self.items
 
 
 @dagserve.node

@@ -114,19 +114,33 @@ def spec_with_handles(spec: DeploymentSpec, dep_of: dict[int, str], callees: set
         )
     if spec.name in callees and spec.kind == "model":
         cls = spec.target
-        public = [
-            m for m in dir(cls) if (not m.startswith("_") or m == "__call__") and _own_callable(cls, m)
-        ]
+        public = [m for m in dir(cls) if (not m.startswith("_") or m == "__call__") and _own_callable(cls, m)]
+        if spec.batched:
+            # Batched methods take one list: a method with another shape is called unbatched.
+            public = [m for m in public if _one_positional(getattr(cls, m))]
         methods = tuple(dict.fromkeys((*spec.methods, *public)))
+        every = [m for m in dir(cls) if _own_callable(cls, m)]
         spec = replace(
             spec,
             methods=methods,
-            async_methods=frozenset(m for m in methods if inspect.iscoroutinefunction(getattr(cls, m))),
+            async_methods=frozenset(m for m in every if inspect.iscoroutinefunction(getattr(cls, m))),
         )
     return spec
 
 
+def _one_positional(fn: Any) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]  # self
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind is not p.VAR_KEYWORD]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return len(required) == 1 and required[0].kind in positional
+
+
 def _own_callable(cls: type, method: str) -> bool:
+    if method.startswith("__") and method != "__call__":
+        return False
     if method == "__call__" and not any("__call__" in vars(b) for b in cls.__mro__[:-1]):
         return False
     fn = inspect.getattr_static(cls, method, None)

@@ -27,6 +27,25 @@ def test_handles_compile_to_deployments_refs_and_calls_edges() -> None:
     # A deployment reached through handles may be called on any of its public methods.
     assert set(plan.deployment("Tools").methods) == {"double", "request_id", "time_left", "fail", "slow"}
     assert plan.deployment("Tools").async_methods == frozenset({"request_id", "time_left", "slow"})
+    # A batched callee batches the methods that take one list; the others are called as they are.
+    assert plan.deployment("Classifier").methods == ("__call__",)
+    assert plan.deployment("Classifier").async_methods == frozenset({"__call__", "seen"})
+
+
+@dagserve.node
+class AskSeen:
+    def __init__(self, classifier: object) -> None:
+        self.classifier = classifier
+
+    async def __call__(self, x: int) -> list[object]:
+        return [await self.classifier.acall(x), await self.classifier.seen.acall()]  # type: ignore[attr-defined]
+
+
+def test_a_batched_callee_s_other_methods_are_called_unbatched() -> None:
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(AskSeen(hg.Classifier())(inp), name="seen")
+    with dagserve.deploy(g, backend="local") as app:
+        assert app.call(4) == ["c4", 1]
 
 
 def test_handle_calls_async_sync_remote_and_as_call_argument() -> None:
