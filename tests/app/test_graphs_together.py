@@ -53,3 +53,14 @@ def test_graph_inside_graph_runs_and_errors_name_the_inner_graph() -> None:
         with pytest.raises(NodeError, match=r"Node 'review/sentiment' raised ValueError: boom") as info:
             app.call({"review": {"text": "boom"}})
         assert info.value.node == "review/sentiment"
+
+
+def test_handles_keep_their_targets_when_graphs_together_rename_deployments() -> None:
+    # Each graph has its own Tools instance, named "Tools" in its own plan: together they are
+    # Tools and Tools_2, and each graph's handles still reach its own instance.
+    with dagserve.deploy([hg.fan_out_graph(), hg.retry_graph()], backend="local") as app:
+        names = [d.name for d in app.plan.deployments]
+        assert names == ["FanOut", "SyncUser", "use_handle", "Classifier", "Tools", "Retrier", "Tools_2"]
+        assert app.plan.deployment("Retrier").init_args[0].deployment == "Tools_2"
+        assert app.call({"x": 1}, graph="retry") == {"node": "Tools_2.fail", "error": "ValueError"}
+        assert app.call({"n": 1}, graph="fan_out")["arg"] == 3
