@@ -18,6 +18,7 @@ from dagserve._errors import GraphError
 from dagserve.graph import nodes as _nodes
 from dagserve.graph.nodes import (
     CallNode,
+    Chain,
     FunctionNode,
     Input,
     ModelInstance,
@@ -167,9 +168,12 @@ def reachable_on(inp: Input, nodes: list[Node]) -> set[int]:
 
 
 def start(stage: Any) -> Node:
-    """A graph given as a bare step: applied to a fresh Input, or to nothing when it takes no argument."""
-    if isinstance(stage, (FunctionNode, ModelInstance, ModelMethod)) and _takes_nothing(stage):
-        return stage()  # type: ignore[no-any-return]
+    """A graph given as a bare step or chain: applied to a fresh Input, or to nothing when its
+    first step takes no argument (a constant pipeline: ``Graph(load >> transform)``)."""
+    first = stage.stages[0] if isinstance(stage, Chain) else stage
+    if isinstance(first, (FunctionNode, ModelInstance, ModelMethod)) and _takes_nothing(first):
+        value = first()
+        return Chain(*stage.stages[1:])(value) if isinstance(stage, Chain) and len(stage.stages) > 1 else value  # type: ignore[no-any-return]
     return stage(Input())  # type: ignore[no-any-return]
 
 

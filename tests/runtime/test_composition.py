@@ -337,6 +337,22 @@ def test_http_errors_keep_their_status_and_name_the_node() -> None:
         }
 
 
+def test_batch_error_records_carry_the_status_a_node_chose(tmp_path: Any) -> None:
+    import json
+
+    from dagserve.offline.files import run_batch
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"x": 1}\n{"x": -2}\n')
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(dagserve.switch(inp["x"], {1: ident(inp["x"])}, default=not_found(inp["x"])), name="b")
+    with local(graph) as app:
+        summary = run_batch(app, source, tmp_path / "out.jsonl")
+    assert (summary.succeeded, summary.failed) == (1, 1)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert records[1]["error"] == {"type": "HTTPError", "node": "not_found", "message": "No item -2.", "status": 404}
+
+
 def test_http_error_checks_its_status_and_pickles_with_its_fields() -> None:
     import pickle
 
@@ -379,6 +395,8 @@ def test_graphs_reading_nothing_of_the_payload_run_per_request() -> None:
 
     with local(dagserve.Graph(tick, name="tick")) as app:
         assert [app.call(None), app.call({"ignored": 1})] == [0, 1]
+    with local(dagserve.Graph(tick >> ident, name="chain")) as app:  # a constant pipeline
+        assert app.call(None) == 2
     with local(dagserve.Graph({"t": Clock().now(), "c": scale(2, 3)}, name="constant")) as app:
         assert app.call({}) == {"t": "noon", "c": 6}
 
