@@ -37,6 +37,7 @@ from dagserve._errors import (
     DeployError,
     GraphError,
     GraphvizNotFoundError,
+    HTTPError,
     InputValidationError,
     NodeError,
     NodeNotFoundError,
@@ -52,7 +53,7 @@ from dagserve._version import __version__ as __version__
 from dagserve.app import App, deploy
 from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
-from dagserve.graph import Graph, Input, node, split, switch
+from dagserve.graph import Graph, Input, map, node, optional, split, switch
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
@@ -92,6 +93,7 @@ __all__ = [
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",
+    "HTTPError",
     "Handle",
     "HandleError",
     "Input",
@@ -115,7 +117,9 @@ __all__ = [
     "compile",
     "current_request_id",
     "deploy",
+    "map",
     "node",
+    "optional",
     "serve",
     "split",
     "switch",

@@ -13,6 +13,7 @@ One root, one class per kind of failure, so callers can catch by type::
     │   ├── InputValidationError    the payload failed the Input's schema       (HTTP 422)
     │   └── NoRouteError            a switch had no case for the value          (HTTP 422)
     ├── NodeError                   a node raised while serving a request       (HTTP 500)
+    ├── HTTPError                   a node chose the answer's status and detail (HTTP 4xx/5xx)
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
     ├── OverloadedError             a queue was full; retry later               (HTTP 503)
     └── RenderError                 a diagram could not be drawn
@@ -32,6 +33,7 @@ __all__ = [
     "DeployError",
     "GraphError",
     "GraphvizNotFoundError",
+    "HTTPError",
     "InputValidationError",
     "NoRouteError",
     "NodeError",
@@ -129,6 +131,52 @@ class NodeError(DagserveError):
 
 def _rebuild_node_error(cls: type[NodeError], message: str, node: str, error_type: str) -> NodeError:
     return cls(message, node=node, error_type=error_type)
+
+
+class HTTPError(DagserveError):
+    """Raised by a node to make the request answer with ``status_code`` and ``detail``::
+
+        @dagserve.node
+        def lookup(user_id: str) -> dict:
+            if user_id not in USERS:
+                raise dagserve.HTTPError(404, f"No user {user_id!r}.")
+            return USERS[user_id]
+
+    The ingress answers in the usual error shape with this status, ``detail`` as the message and
+    the node named; ``App.call`` raises it. A node raising Starlette's (or FastAPI's)
+    ``HTTPException`` gets the same treatment. ``headers`` (optional) go on the answer.
+    """
+
+    def __init__(self, status_code: int, detail: Any = None, *, headers: dict[str, str] | None = None) -> None:
+        if isinstance(status_code, bool) or not isinstance(status_code, int) or not 400 <= status_code <= 599:
+            raise ValueError(f"HTTPError takes an HTTP error status (400-599), got {status_code!r}.")
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        #: The node that raised it (set by dagserve on the way out of the node).
+        self.node: str | None = None
+        #: The ``type`` of the error document: this class's name, or the original exception's.
+        self.error_type = type(self).__name__
+        super().__init__(detail if isinstance(detail, str) else _status_phrase(status_code) if detail is None else repr(detail))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_http_error, (type(self), self.__dict__.copy(), self.args))
+
+
+def _rebuild_http_error(cls: type[HTTPError], state: dict[str, Any], args: tuple[Any, ...]) -> HTTPError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+def _status_phrase(status: int) -> str:
+    import http
+
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 class RequestTimeoutError(DagserveError, TimeoutError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dagserve._errors import OptionsError
 
@@ -31,7 +31,10 @@ DEFAULT_READY_TIMEOUT_S = 120.0
 
 
 class Autoscaling(BaseModel):
-    """Replica autoscaling for one node (maps onto Ray Serve's autoscaling config)."""
+    """Replica autoscaling for one node: every field of Ray Serve's ``AutoscalingConfig``, so a
+    config copied from Serve works unchanged (the Ray backend validates it against Serve's own
+    model when it deploys). Fields left unset take Serve's defaults, except the replica range
+    and target below (docs/options.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +44,28 @@ class Autoscaling(BaseModel):
     initial_replicas: int | None = Field(None, ge=0)
     upscale_delay_s: float | None = Field(None, ge=0)
     downscale_delay_s: float | None = Field(None, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+    look_back_period_s: float | None = Field(None, gt=0)
+    metrics_interval_s: float | None = Field(None, gt=0)
+    aggregation_function: Literal["mean", "max", "min"] | None = None
+    upscaling_factor: float | None = Field(None, gt=0)
+    downscaling_factor: float | None = Field(None, gt=0)
+    smoothing_factor: float | None = Field(None, gt=0)
+    upscale_smoothing_factor: float | None = Field(None, gt=0)
+    downscale_smoothing_factor: float | None = Field(None, gt=0)
+    #: Serve's custom policy: ``{"policy_function": "module:function", "policy_kwargs": {...}}``.
+    policy: dict[str, Any] | None = None
+
+    @field_validator("aggregation_function", mode="before")
+    @classmethod
+    def _enum_value(cls, value: Any) -> Any:
+        return getattr(value, "value", value)  # Serve's AggregationFunction enum, as copied from Serve code
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_dict(cls, value: Any) -> Any:
+        dump = getattr(value, "model_dump", None)  # Serve's AutoscalingPolicy object
+        return dump() if callable(dump) else value
 
     @model_validator(mode="after")
     def _check_range(self) -> Autoscaling:

@@ -1,12 +1,12 @@
 """Graph -> Plan: naming, validation and lowering, in small passes.
 
 1. collect the nodes reachable from the output (dependencies first);
-2. check the inputs (exactly one ``Input``; nodes built under it that never reach the output);
+2. check the inputs (at most one ``Input``; nodes built under it that reach no graph built on it);
 3. name deployments and steps deterministically;
 4. lower each node to a :class:`Step` with templates instead of node references;
 5. check annotated types across call edges, the payload fields read against the Input's schema,
    and that batched nodes take a list;
-6. check the whole with networkx (acyclic, every step reachable from the input).
+6. check the whole with networkx (acyclic).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
+from dagserve.compiler.composition import composition_edges, lower_composition
 from dagserve.compiler.handles import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 from dagserve.graph import (
@@ -27,12 +28,15 @@ from dagserve.graph import (
     FunctionNode,
     Graph,
     Input,
+    MapNode,
     ModelInstance,
     Node,
+    OptionalNode,
     SelectNode,
     SplitNode,
     SwitchNode,
 )
+from dagserve.graph.composition import reachable_on
 from dagserve.graph.subgraph import scope_of
 
 __all__ = ["compile"]
@@ -60,7 +64,7 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     _check_batched(nodes, step_names)
     output = _template(graph.output, index)
     edges = _edges(steps)
-    _check_dag(graph.name, steps, index[id(inp)], output)
+    _check_dag(graph.name, steps)
     specs = tuple(_spec(name, src, [s for s in steps if s.deployment == name]) for name, src in deployments.items())
     if calls:
         callees = {c for _, c in calls}
@@ -68,7 +72,7 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
         specs = tuple(spec_with_handles(s, dep_of, callees) for s in specs)
     return Plan(
         graph_name=graph.name,
-        input_schema=inp.schema,
+        input_schema=inp.schema if inp is not None else None,
         steps=steps,
         deployments=specs,
         edges=edges,
@@ -92,26 +96,24 @@ def _groups(nodes: list[Node], names: dict[int, str]) -> tuple[tuple[str, tuple[
 # -- pass 2: inputs ------------------------------------------------------------------------------
 
 
-def _check_inputs(graph: Graph, nodes: list[Node]) -> Input:
+def _check_inputs(graph: Graph, nodes: list[Node]) -> Input | None:
     inputs = [n for n in nodes if isinstance(n, Input)]
     if not inputs:
-        raise CompileError(
-            f"Graph {graph.name!r} never reads its Input; build its nodes from "
-            "`with dagserve.Input() as inp:` so each request's payload reaches them."
-        )
+        return None  # a graph reading nothing of the payload: it runs per request all the same
     if len(inputs) > 1:
         raise CompileError(
             f"Graph {graph.name!r} mixes nodes from {len(inputs)} different Inputs; a graph has one "
             "payload. Build every node from the same `with dagserve.Input() as inp:` block."
         )
     inp = inputs[0]
-    reachable = {id(n) for n in nodes}
+    reachable = reachable_on(inp, nodes)  # several graphs may be built on one Input
     dead = [n for n in inp._created if id(n) not in reachable]
     if dead:
         names = ", ".join(sorted({n.describe() for n in dead}))
         raise CompileError(
-            f"Graph {graph.name!r} has nodes that never reach its output: {names}. Remove them, or "
-            "include their results in the output (e.g. Graph({'a': a, 'b': b}))."
+            f"Graph {graph.name!r} has nodes that never reach its output: {names} (nor that of another "
+            "graph built on its Input). Remove them, or include their results in an output "
+            "(e.g. Graph({'a': a, 'b': b}))."
         )
     return inp
 
@@ -166,6 +168,8 @@ def _name_steps(nodes: list[Node], dep_of: dict[int, str]) -> dict[int, str]:
             base = n.name or "switch"
         elif isinstance(n, SplitNode):
             base = n.name or "split"
+        elif isinstance(n, OptionalNode):
+            base = f"optional({names[id(n.node)]})"
         else:  # pragma: no cover - every Node subclass is handled above
             raise CompileError(f"Unknown node type {type(n).__name__}.")
         scope = scope_of(n)  # copied from a graph called inside this one: "review/Sentiment"
@@ -199,6 +203,8 @@ def _lower(
     deps = tuple(index[id(d)] for d in n.dependencies())
     deps = tuple(dict.fromkeys(deps))
     name = names[id(n)]
+    if isinstance(n, (MapNode, OptionalNode)):  # compiler/composition.py
+        return lower_composition(i, n, deps, name, functools.partial(_template, index=index), dep_of)
     if isinstance(n, Input):
         return Step(i, name, "input", (), returns=n.schema)
     if isinstance(n, CallNode):
@@ -356,6 +362,8 @@ def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, st
             if not isinstance(arg, CallNode):
                 continue
             produced = steps[nodes.index(arg)].returns
+            if isinstance(n, MapNode) and arg is n.items:
+                produced = _item_type(produced)  # each item of the list goes to its own call
             p, e = _concrete(produced), _concrete(expected)
             if p is None or e is None or _meets(p, e):
                 continue
@@ -487,6 +495,8 @@ def _edges(steps: tuple[Step, ...]) -> tuple[Edge, ...]:
                 for r in refs_in(t):
                     labels.setdefault(r, k)
             edges.extend(Edge(steps[r].name, s.name, label) for r, label in labels.items())
+        elif s.kind in ("map", "optional"):
+            edges.extend(composition_edges(s, steps))
         elif s.kind == "select":
             edges.append(Edge(steps[s.inputs[0]].name, s.name, f"[{s.key!r}]"))
         elif s.kind == "switch":
@@ -504,7 +514,7 @@ def _edges(steps: tuple[Step, ...]) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
-def _check_dag(graph_name: str, steps: tuple[Step, ...], input_index: int, output: Any) -> None:
+def _check_dag(graph_name: str, steps: tuple[Step, ...]) -> None:
     import networkx as nx  # imported when compiling, not by `import dagserve` (it takes ~150 ms)
 
     g = nx.DiGraph()
@@ -512,13 +522,5 @@ def _check_dag(graph_name: str, steps: tuple[Step, ...], input_index: int, outpu
     g.add_edges_from((d, s.index) for s in steps for d in s.inputs)
     if not nx.is_directed_acyclic_graph(g):  # pragma: no cover - nodes are immutable, so never
         raise CompileError(f"Graph {graph_name!r} has a cycle.")
-    fed = nx.descendants(g, input_index) | {input_index}
-    cut_off = [s.name for s in steps if s.index not in fed and s.kind != "input"]
-    if cut_off:
-        # Nodes computed from constants only are legal but usually a mistake: they do the same
-        # work on every request. They still run; this is reported so the user can hoist them.
-        raise CompileError(
-            f"Graph {graph_name!r} has nodes that do not depend on the request payload: "
-            f"{', '.join(cut_off)}. They would compute the same value for every request; compute it "
-            "once outside the graph and pass it as a constant, or feed them from the Input."
-        )
+    # Nodes that read nothing of the payload (a constant pipeline, a zero-argument function) are
+    # allowed: they run on every request, like the others (docs/graphs.md).

@@ -89,7 +89,7 @@ class DeploymentSpec:
         return method in self.async_methods
 
 
-StepKind = Literal["input", "call", "select", "switch", "split"]
+StepKind = Literal["input", "call", "select", "switch", "split", "map", "optional"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ class Step:
     * ``select``: ``inputs[0][key]``.
     * ``switch``: ``cases[value of inputs[0]]`` (or ``default``); only that template is evaluated.
     * ``split``: a branch picked by ``weights`` (random, or by hashing ``key_step``'s value).
+    * ``map``: ``deployment.method(item, *args[1:], **kwargs)`` for each item of ``args[0]``.
+    * ``optional``: ``inputs[0]``'s value, or ``default`` / ``on_error(error)`` when it fails.
     """
 
     index: int
@@ -119,6 +121,7 @@ class Step:
     seed: int | None = None
     inline: bool = False
     returns: Any = None
+    on_error: Any = None  # optional steps: a function of the error, or None
 
     @property
     def lazy(self) -> bool:

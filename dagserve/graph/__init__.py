@@ -1,8 +1,9 @@
 """The graph model users write: nodes (``nodes.py``), ``switch`` and ``split`` (``routing.py``) and
-``Graph`` (``graph.py``). It knows nothing of compiling, running or serving."""
+``Graph`` (``graph.py``), ``map`` and ``optional`` (``composition.py``). It knows nothing of compiling, running or serving."""
 
 from __future__ import annotations
 
+from dagserve.graph.composition import MapNode, OptionalNode, map, optional
 from dagserve.graph.graph import Graph
 from dagserve.graph.nodes import (
     CallNode,
@@ -25,15 +26,19 @@ __all__ = [
     "FunctionNode",
     "Graph",
     "Input",
+    "MapNode",
     "ModelClass",
     "ModelInstance",
     "ModelMethod",
     "Node",
+    "OptionalNode",
     "SelectNode",
     "SplitNode",
     "Stage",
     "SwitchNode",
+    "map",
     "node",
+    "optional",
     "split",
     "switch",
 ]

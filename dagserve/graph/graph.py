@@ -7,6 +7,7 @@ from typing import Any
 
 from dagserve._errors import GraphError, GraphvizNotFoundError
 from dagserve._hooks import hooks
+from dagserve.graph.composition import register_graph, start
 from dagserve.graph.nodes import Chain, Input, ModelClass, Node, Stage, nodes_in, walk
 from dagserve.graph.subgraph import call_graph
 
@@ -33,7 +34,7 @@ class Graph:
                 "'_', '-' and '.', at most 64 characters."
             )
         if isinstance(output, (Chain, Stage)) and not isinstance(output, ModelClass):
-            output = output(Input())
+            output = start(output)  # a zero-argument step is called with nothing
         elif isinstance(output, ModelClass):
             raise GraphError(f"Graph(...) got the model class {output.name}; create an instance and call it.")
         if not any(isinstance(v, Node) for v in walk(output)):
@@ -44,6 +45,7 @@ class Graph:
         self.output = output
         self.name = name
         self.description = description
+        register_graph(self, self.nodes())  # several graphs may share one Input
 
     def nodes(self) -> list[Node]:
         """Every node reachable from the output, dependencies first."""

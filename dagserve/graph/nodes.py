@@ -41,6 +41,8 @@ MISSING: Any = object()
 _active_input: contextvars.ContextVar[Input | None] = contextvars.ContextVar("dagserve_input", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: ``Stage.map``: set by graph/composition.py, which builds on this module.
+map_stage: Callable[..., Node] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +173,8 @@ class SelectNode(Node):
             )
         if isinstance(key, slice):
             raise GraphError(f"{parent.describe()}[...] does not take slices; select one key or index.")
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise GraphError(f"{parent.describe()}[{key!r}]: keys are str (a field) or int (a position), got {type(key).__name__}.")
         self.parent = parent
         self.key = key
 
@@ -199,6 +203,11 @@ class Stage:
         if isinstance(left, Node):
             return self(left)
         return Chain(left, self)
+
+    def map(self, items: Any, *args: Any, **kwargs: Any) -> Node:
+        """``dagserve.map(self, items, ...)``: this step on every item of a list (docs/graphs.md)."""
+        assert map_stage is not None  # set when dagserve.graph is imported
+        return map_stage(self, items, *args, **kwargs)
 
 
 class FunctionNode(Stage, Generic[F]):

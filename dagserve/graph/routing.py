@@ -104,8 +104,9 @@ def split(
 
         out = dagserve.split({"stable": v1(x), "canary": v2(x)}, {"stable": 90, "canary": 10})
     """
-    if not isinstance(branches, Mapping) or len(branches) < 2:
-        raise GraphError("split(branches, weights) needs a dict of at least two named branches.")
+    if not isinstance(branches, Mapping) or not branches:
+        # One branch (weight 100) is KServe's one-step splitter: legitimate, if trivial.
+        raise GraphError("split(branches, weights) needs a dict of named branches.")
     labels = list(branches)
     for label in labels:
         if not isinstance(label, str) or not label:

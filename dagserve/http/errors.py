@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 from dagserve._errors import AppClosedError, DagserveError, InputValidationError, NodeError, OverloadedError
+from dagserve._errors import HTTPError as NodeHTTPError
 
 __all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "retry_after"]
 
@@ -41,8 +42,10 @@ _STATUS_TYPES = {
 }
 
 
-class HTTPError(DagserveError):
-    """An error the ingress itself answers (bad route, auth, limits); carries its status and headers."""
+class HTTPError(NodeHTTPError):
+    """An error the ingress itself answers (bad route, auth, limits); carries its status and headers.
+
+    A subclass of the public :class:`dagserve.HTTPError` nodes raise, so both answer the same way."""
 
     def __init__(
         self,
@@ -53,10 +56,8 @@ class HTTPError(DagserveError):
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+        super().__init__(status_code, message, headers=headers)
         self.error_type = error_type or status_type(status_code)
-        self.headers = headers or {}
         self.extra = extra or {}
 
 
@@ -100,10 +101,12 @@ def error_from_exception(
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     node: str | None = None
-    if isinstance(exc, HTTPError):
-        status, error_type, message = exc.status_code, exc.error_type, str(exc)
+    if isinstance(exc, NodeHTTPError):  # the ingress's own, or a node's (node named)
+        status, error_type, message, node = exc.status_code, exc.error_type, str(exc), exc.node
         headers.update(exc.headers)
-        extra.update(exc.extra)
+        extra.update(getattr(exc, "extra", {}))
+        if isinstance(exc.detail, (dict, list, int, float)):  # FastAPI allows any JSON as detail
+            extra["detail"] = exc.detail
     elif isinstance(exc, DagserveError):
         status = int(getattr(exc, "status_code", 500))
         error_type = getattr(exc, "error_type", None) or type(exc).__name__

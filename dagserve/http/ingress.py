@@ -45,7 +45,7 @@ from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddlewar
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch
 from dagserve.observe.metrics import metrics_endpoint
-from dagserve.observe.trace import TRACE_HEADER, trace_headers, trace_requested
+from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import RequestContext
@@ -487,10 +487,12 @@ def _graph_headers(scope: Scope) -> list[str | None]:
 
 
 def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
-    """Timing headers when the client asked for them (``value``: its x-dagserve-trace header)."""
-    if value is None or ctx is None or not trace_requested({TRACE_HEADER: value}):
+    """Timing headers when the client asked for them (``value``: its x-dagserve-trace header),
+    and the nodes an ``optional`` skipped."""
+    if ctx is None or (value is None and not ctx.skipped):
         return None
-    return trace_headers(ctx, time.perf_counter() - start)
+    traced = value is not None and trace_requested({TRACE_HEADER: value})
+    return response_headers(ctx, traced, time.perf_counter() - start)
 
 
 def _check_content_type(value: str | None) -> None:

@@ -29,6 +29,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
 ``dagserve_graph_ready``                      gauge ``{graph}``: 1 when every node runs its target
 ``dagserve_route_total``                      counter ``{graph, node, branch}``: branches chosen by
                                               ``switch`` and ``split`` nodes (a canary is visible)
+``dagserve_node_skipped_total``               counter ``{graph, node}``: nodes an ``optional``
+                                              skipped because they (or what they need) failed
 ============================================  ====================================================
 
 Counters and histograms are updated after each request, on the App's event loop, in plain
@@ -106,6 +108,7 @@ class Metrics:
         self._node_requests: dict[tuple[str, ...], int] = {}  # (graph, node, outcome)
         self._node_latency: dict[tuple[str, ...], list[float]] = {}  # (graph, node)
         self._routes: dict[tuple[str, ...], int] = {}  # (graph, node, branch)
+        self._skipped: dict[tuple[str, ...], int] = {}  # (graph, node)
         # (graph, node) -> [calls, errors]: cheap totals for status tables, without a scrape.
         self._counts: dict[tuple[str, str], list[int]] = {}
         self.registry.register(_RequestCollector(self))
@@ -157,6 +160,8 @@ class Metrics:
         graph = app.name
         outcome = outcome_of(error)
         culprit = _culprit_step(failing_node(error), ctx.timings, nodes) if error is not None else None
+        # Nodes that failed under an ``optional`` get their outcome though the request went on.
+        failed = _skipped_failures(ctx, nodes) if ctx.skipped else {}
         with self._series_lock:
             key: tuple[str, ...] = (graph, outcome)
             requests = self._requests
@@ -167,8 +172,12 @@ class Metrics:
                 s = series.get(step)
                 if s is None:
                     s = series[step] = self._node_series(graph, nodes.get(step, step))
-                if error is None:
+                if error is None and step not in failed:
                     key = s.ok_key
+                elif error is None:
+                    key = (graph, s.node, failed[step])
+                    if failed[step] in ERROR_OUTCOMES:
+                        s.counts[1] += 1
                 else:
                     node_outcome = outcome if step == culprit else "aborted"
                     key = (graph, s.node, node_outcome)
@@ -182,6 +191,9 @@ class Metrics:
             for step, branch in ctx.route.items():
                 key = (graph, step, branch)
                 self._routes[key] = self._routes.get(key, 0) + 1
+            for step in ctx.skipped:
+                key = (graph, nodes.get(step, step))
+                self._skipped[key] = self._skipped.get(key, 0) + 1
 
     def _node_series(self, graph: str, node: str) -> _NodeSeries:
         """Node ``node``'s latency histogram and totals (created now if new); hold ``_series_lock``."""
@@ -199,6 +211,7 @@ class Metrics:
                 dict(self._node_requests),
                 {k: list(v) for k, v in self._node_latency.items()},
                 dict(self._routes),
+                dict(self._skipped),
             )
 
 
@@ -258,11 +271,16 @@ class _RequestCollector:
             CounterMetricFamily(
                 "dagserve_route", "Branches chosen by switch and split nodes.", labels=["graph", "node", "branch"]
             ),
+            CounterMetricFamily(
+                "dagserve_node_skipped",
+                "Nodes an optional skipped because they, or what they need, failed.",
+                labels=["graph", "node"],
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        requests, request_latency, node_requests, node_latency, routes = self._metrics._snapshot()
-        req_f, req_lat_f, node_f, node_lat_f, route_f = self._families()
+        requests, request_latency, node_requests, node_latency, routes, skipped = self._metrics._snapshot()
+        req_f, req_lat_f, node_f, node_lat_f, route_f, skipped_f = self._families()
         for labels, value in requests.items():
             req_f.add_metric(list(labels), value)
         for labels, h in request_latency.items():
@@ -273,7 +291,9 @@ class _RequestCollector:
             node_lat_f.add_metric(list(labels), _cumulative(h), sum_value=h[-1])
         for labels, value in routes.items():
             route_f.add_metric(list(labels), value)
-        yield from (req_f, req_lat_f, node_f, node_lat_f, route_f)
+        for labels, value in skipped.items():
+            skipped_f.add_metric(list(labels), value)
+        yield from (req_f, req_lat_f, node_f, node_lat_f, route_f, skipped_f)
 
 
 def _cumulative(h: list[float]) -> list[tuple[str, float]]:
@@ -298,7 +318,7 @@ class _Observer:
     def __call__(self, app: App, ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
         plan = app.plan
         if plan is not self._plan:  # scale/update replace the plan; step names stay the same
-            self._nodes = {s.name: s.deployment for s in plan.steps if s.kind == "call" and s.deployment}
+            self._nodes = {s.name: s.deployment for s in plan.steps if s.kind in ("call", "map") and s.deployment}
             self._series = {}
             self._plan = plan
         try:
@@ -317,6 +337,16 @@ def _culprit_step(blamed: str | None, timings: dict[str, float], nodes: dict[str
         if nodes.get(step) == blamed:
             return step
     return None
+
+
+def _skipped_failures(ctx: RequestContext, nodes: dict[str, str]) -> dict[str, str]:
+    """Step -> outcome of the nodes whose failure an ``optional`` absorbed."""
+    out: dict[str, str] = {}
+    for err in ctx.skipped.values():
+        step = _culprit_step(failing_node(err), ctx.timings, nodes)
+        if step is not None:
+            out[step] = outcome_of(err)
+    return out
 
 
 class _LiveCollector:

@@ -150,7 +150,7 @@ class LatencyStats:
         """
         steps: dict[str, list[str]] = {}
         for s in plan.steps:
-            if s.kind == "call" and s.deployment is not None:
+            if s.kind in ("call", "map") and s.deployment is not None:
                 steps.setdefault(s.deployment, []).append(s.name)
         now = self._clock()
         out: dict[str, Latency] = {}

@@ -20,7 +20,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import NodeError, OverloadedError, RequestError, RequestTimeoutError
+from dagserve._errors import HTTPError, NodeError, OverloadedError, RequestError, RequestTimeoutError
+from dagserve.runtime.composition import SKIPPED_HEADER
 
 if TYPE_CHECKING:
     from dagserve.app import App
@@ -32,6 +33,7 @@ __all__ = [
     "failing_node",
     "format_trace",
     "outcome_of",
+    "response_headers",
     "server_timing",
     "trace_headers",
     "trace_observer",
@@ -60,6 +62,8 @@ def outcome_of(error: BaseException | None) -> str:
         return "client_error"
     if isinstance(error, NodeError):
         return "node_error"
+    if isinstance(error, HTTPError):  # a status a node chose (or the ingress answered)
+        return "client_error" if error.status_code < 500 else "node_error"
     if isinstance(error, RequestTimeoutError):
         return "timeout"
     if isinstance(error, OverloadedError):
@@ -88,6 +92,8 @@ def format_trace(graph: str, ctx: RequestContext, error: BaseException | None, s
     line = f"{parts[0]}: {nodes}" if nodes else parts[0]
     if ctx.route:
         line += "; route " + ", ".join(f"{k}={v}" for k, v in ctx.route.items())
+    if ctx.skipped:
+        line += "; skipped " + ", ".join(f"{k} ({type(v).__name__})" for k, v in ctx.skipped.items())
     culprit = failing_node(error)
     if culprit is not None:
         line += f"; failed at {culprit}"
@@ -145,3 +151,14 @@ def trace_headers(ctx: RequestContext, seconds: float | None = None) -> dict[str
 def _header_safe(text: Any) -> str:
     # Switch case labels are repr() of user values; keep the header printable ASCII on one line.
     return str(text).encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
+
+
+def response_headers(ctx: RequestContext | None, traced: bool, seconds: float) -> dict[str, str] | None:
+    """Headers of a graph's answer: ``x-dagserve-skipped`` (the nodes an ``optional`` skipped,
+    comma-separated) whenever there are any, and :func:`trace_headers` when ``traced``."""
+    if ctx is None:
+        return None
+    headers = trace_headers(ctx, seconds) if traced else {}
+    if ctx.skipped:
+        headers[SKIPPED_HEADER] = ", ".join(_header_safe(name) for name in ctx.skipped)
+    return headers or None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError, InputValidationError, NodeError, RequestError
+from dagserve._errors import DagserveError, HTTPError, InputValidationError, NodeError, RequestError
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.mapping import MapResult, _check_concurrency, map_results
 
@@ -160,8 +160,13 @@ def _json_default(value: Any) -> Any:
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
-    """The ``error`` field of an error record: type, node, message (+ cause, details)."""
+    """The ``error`` field of an error record: type, node, message (+ cause, details; status and
+    detail for an :class:`~dagserve.HTTPError` a node raised)."""
     info: dict[str, Any] = {"type": type(exc).__name__, "node": getattr(exc, "node", None), "message": str(exc)}
+    if isinstance(exc, HTTPError):  # a status a node chose: as the ingress would answer it
+        info.update(type=exc.error_type, status=exc.status_code)
+        if exc.detail is not None and not isinstance(exc.detail, str):
+            info["detail"] = exc.detail
     if isinstance(exc, NodeError):
         info["cause"] = exc.error_type
     if isinstance(exc, InputValidationError):

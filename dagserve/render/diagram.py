@@ -20,6 +20,7 @@ from dagserve.render.labels import (
     FILL,
     INK,
     KIND_TEXT,
+    MAP_LINE,
     MUTED,
     Line,
     duration,
@@ -29,6 +30,7 @@ from dagserve.render.labels import (
     key_text,
     label,
     option_lines,
+    optional_node,
     path_text,
     percent,
     quote,
@@ -90,7 +92,7 @@ class _Diagram:
         self.specs = {d.name: d for d in plan.deployments}
         self.calls_of: dict[str, list[Step]] = {}
         for s in self.steps:
-            if s.kind == "call" and s.deployment is not None:
+            if s.kind in ("call", "map") and s.deployment is not None:
                 self.calls_of.setdefault(s.deployment, []).append(s)
         names = {s.name for s in self.steps}
         self.output_id = "(output)"
@@ -124,7 +126,7 @@ class _Diagram:
             scope = group_of.get(s.name)
             if s.kind == "input":
                 lines.append(self._input_node(s))
-            elif s.kind == "call":
+            elif s.kind in ("call", "map"):
                 assert s.deployment is not None  # every call step names its deployment
                 if s.deployment in done:
                     continue
@@ -136,6 +138,8 @@ class _Diagram:
                 lines.extend(self._cluster(spec, calls) if len(calls) > 1 else [self._call_node(s, spec, solo=True)])
             elif s.kind in ("switch", "split"):
                 lines.append(self._route_node(s))
+            elif s.kind == "optional":
+                lines.append(optional_node(s))
             (out if scope is None else grouped.setdefault(scope, [])).extend(lines)
         out.extend(graph_clusters(grouped))
         out.extend(self._handle_only_node(spec) for spec in self.plan.deployments if spec.name not in self.calls_of)
@@ -182,13 +186,16 @@ class _Diagram:
 
     def _call_node(self, s: Step, spec: DeploymentSpec, *, solo: bool) -> str:
         lines: list[Line] = [(s.name, "")]
+        if s.kind == "map":
+            lines.append(MAP_LINE)
         if solo:
             lines.extend(self._deployment_lines(spec))
         lines.extend(self._latency_lines(s))
         style = "rounded,filled" if spec.kind == "function" else "filled"
         if spec.inline:
             style += ",dashed"
-        return f'  {quote(s.name)} [style="{style}", fillcolor="{FILL[spec.kind]}", label=<{label(lines)}>];'
+        stacked = ", peripheries=2" if s.kind == "map" else ""  # a map: a stack of calls
+        return f'  {quote(s.name)} [style="{style}", fillcolor="{FILL[spec.kind]}"{stacked}, label=<{label(lines)}>];'
 
     def _cluster(self, spec: DeploymentSpec, calls: list[Step]) -> list[str]:
         lines: list[Line] = [(spec.name, ""), *self._deployment_lines(spec)]
@@ -267,12 +274,14 @@ class _Diagram:
                 edge.slots.append(slot)
 
         for s in self.steps:
-            if s.kind == "call":
+            if s.kind in ("call", "map"):
                 params = self._param_names(s)
                 for pos, t in enumerate(s.args):
                     # A call's only argument needs no name; otherwise say where each value goes.
                     whole = isinstance(t, Ref) and len(s.args) == 1 and not s.kwargs
                     slot = None if whole else (params[pos] if pos < len(params) else f"arg{pos}")
+                    if s.kind == "map" and pos == 0:
+                        slot = "each" if slot is None else f"each → {slot}"
                     for ref, inner in refs_with_paths(t):
                         add(ref, s.name, None if slot is None else slot + path_text(inner))
                 for kw, t in s.kwargs.items():
@@ -289,6 +298,8 @@ class _Diagram:
                 for case, t in branches:
                     for ref, inner in refs_with_paths(t):
                         add(ref, s.name, f"{case} {path_text(inner)}" if inner else case, dashed=True)
+            elif s.kind == "optional":
+                add(s.inputs[0], s.name, "if it succeeds", dashed=True)
         output = self.plan.output
         if isinstance(output, (dict, list, tuple)):
             items = output.items() if isinstance(output, dict) else enumerate(output)

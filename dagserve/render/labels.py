@@ -23,7 +23,8 @@ KIND_TEXT = {"model": "model", "function": "business logic"}
 
 #: One line of a node label: (text, colour); the colour "" marks the bold name.
 Line = tuple[str, str]
-
+#: The line that marks a ``map`` step (drawn as a stack: a double border).
+MAP_LINE: Line = ("map: one call per item", MUTED)
 
 
 def option_lines(spec: DeploymentSpec, *, live: bool) -> list[str]:
@@ -181,3 +182,16 @@ def bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n} B"
+
+
+def optional_node(s: Any) -> str:
+    """An ``optional`` step: a dashed octagon saying what its readers get when its node fails."""
+    if s.on_error is not None:
+        fallback = f"else on_error: {getattr(s.on_error, '__name__', 'function')}"
+    else:
+        fallback = f"else {short(key_text(s.default), 24)}"
+    lines: list[Line] = [(s.name, ""), ("optional", MUTED), (fallback, MUTED)]
+    return (
+        f'  {quote(s.name)} [shape=octagon, style="dashed,filled", margin="0.04,0.02", '
+        f'fillcolor="{FILL["route"]}", label=<{label(lines)}>];'
+    )

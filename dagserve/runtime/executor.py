@@ -23,9 +23,10 @@ from dagserve._errors import (
     NodeError,
     NoRouteError,
     RequestError,
-    RequestTimeoutError,
 )
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
+from dagserve.runtime.composition import run_map, run_optional
+from dagserve.runtime.failures import blame, node_failure, node_timeout_error
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
@@ -52,23 +53,33 @@ class Runner(Protocol):
 
 @dataclass
 class RequestContext:
-    """Per-request state: its id, deadline, and what ran for how long."""
+    """Per-request state: its id, deadline, what ran for how long, what ``optional`` skipped."""
 
     request_id: str = field(default_factory=lambda: os.urandom(12).hex())
     deadline: float | None = None  # time.monotonic() value
     timings: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     route: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, BaseException] = field(default_factory=dict)  # optional: node -> its error
 
 
 def select(value: Any, key: Any) -> Any:
-    """``value[key]`` for dicts and sequences, ``getattr`` for pydantic models and objects."""
-    if isinstance(key, str) and not isinstance(value, Mapping) and hasattr(type(value), "model_fields"):
+    """``value[key]`` for dicts and sequences, ``getattr`` for pydantic models, dataclasses and
+    other objects that cannot be indexed."""
+    kind = type(value)
+    if isinstance(key, str) and not isinstance(value, Mapping) and (
+        hasattr(kind, "model_fields") or (not hasattr(kind, "__getitem__") and _is_object(value))
+    ):
         try:
             return getattr(value, key)
         except AttributeError:
             raise KeyError(key) from None
     return value[key]
+
+
+def _is_object(value: Any) -> bool:
+    """A dataclass or another object with attributes (not a number, a string or None)."""
+    return hasattr(value, "__dict__") or hasattr(type(value), "__dataclass_fields__") or bool(getattr(type(value), "__slots__", ()))
 
 
 def validate_payload(schema: Any, payload: Any) -> Any:
@@ -222,6 +233,10 @@ class Executor:
             return await self._switch(step, values, ctx)
         if kind == "split":
             return await self._split(step, values, ctx)
+        if kind == "map":  # runtime/composition.py
+            return await run_map(self, step, values, ctx)
+        if kind == "optional":
+            return await run_optional(self, step, values, ctx)
         raise AssertionError(f"unexpected step kind {kind}")  # pragma: no cover
 
     async def _call(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
@@ -248,7 +263,8 @@ class Executor:
                 except TimeoutError:
                     raise node_timeout_error(name, timeout) from None
             return await pending
-        except DagserveError:
+        except DagserveError as exc:
+            blame(exc, name)  # an HTTPError the node raised names it
             raise
         except asyncio.CancelledError:
             cancelled = True  # stays in ctx.running: the deadline error names it
@@ -411,17 +427,8 @@ async def _gather_all(coros: list[Any]) -> None:
         raise
 
 
-def node_timeout_error(name: str, timeout_s: float) -> RequestTimeoutError:
-    """A call of node ``name`` outlived its ``timeout_s`` (a runner that times calls itself raises this too)."""
-    return RequestTimeoutError(
-        f"Node {name!r} did not answer within its timeout_s={timeout_s:g}; raise timeout_s or make the node faster.",
-        node=name,
-    )
-
-
-def _node_error(name: str, exc: BaseException) -> NodeError:
-    text = str(exc) or "(no message)"
-    return NodeError(f"Node {name!r} raised {type(exc).__name__}: {text}", node=name, error_type=type(exc).__name__)
+def _node_error(name: str, exc: BaseException) -> DagserveError:
+    return node_failure(name, exc)  # a NodeError, or the HTTP status the node chose
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -100,9 +100,9 @@ def test_explicit_name_clash_is_an_error() -> None:
         dagserve.compile(g)
 
 
-def test_graph_must_read_its_input() -> None:
-    with pytest.raises(CompileError, match=r"Graph 'default' never reads its Input"):
-        dagserve.compile(dagserve.Graph(shout("constant")))
+def test_a_graph_reading_nothing_of_the_payload_compiles_without_an_input_step() -> None:
+    plan = dagserve.compile(dagserve.Graph(shout("constant")))  # issue 18 item 7
+    assert [s.kind for s in plan.steps] == ["call"] and plan.input_schema is None
 
 
 def test_two_inputs_are_an_error() -> None:
@@ -122,11 +122,11 @@ def test_dead_nodes_are_reported() -> None:
         dagserve.compile(dagserve.Graph(used, name="g"))
 
 
-def test_nodes_independent_of_the_payload_are_reported() -> None:
+def test_nodes_independent_of_the_payload_are_allowed() -> None:
     with dagserve.Input() as inp:
         out = [shout(inp), shout("constant")]
-    with pytest.raises(CompileError, match=r"do not depend on the request payload: shout#2"):
-        dagserve.compile(dagserve.Graph(out))
+    plan = dagserve.compile(dagserve.Graph(out))  # issue 18 item 7: they run per request
+    assert [s.name for s in plan.steps if s.kind == "call"] == ["shout", "shout#2"]
 
 
 def test_type_mismatch_across_an_edge_names_both_nodes_and_types() -> None:

@@ -213,8 +213,10 @@ def test_switch_and_split_validation() -> None:
         sp = dagserve.split({"stable": double(inp), "canary": add(inp)}, {"stable": 90, "canary": 10})
         assert isinstance(sp, SplitNode) and sp.weights == {"stable": 0.9, "canary": 0.1}
         assert dagserve.split({"a": 1, "b": 2}, [1, 3], key=inp["user"]).weights == {"a": 0.25, "b": 0.75}
-        with pytest.raises(GraphError, match="at least two named branches"):
-            dagserve.split({"a": inp}, [1])
+        # KServe's one-step splitter: one branch, weight 100 (issue 18).
+        assert dagserve.split({"a": inp}, {"a": 100}).weights == {"a": 1.0}
+        with pytest.raises(GraphError, match="needs a dict of named branches"):
+            dagserve.split({}, [])
         with pytest.raises(GraphError, match=r"weights name \['a', 'c'\] but the branches are \['a', 'b'\]"):
             dagserve.split({"a": inp, "b": inp}, {"a": 1, "c": 1})
         with pytest.raises(GraphError, match="got 1 weights for 2 branches"):

@@ -85,3 +85,34 @@ def test_options_are_frozen() -> None:
     o = NodeOptions()
     with pytest.raises(Exception, match="frozen"):
         o.num_replicas = 3  # type: ignore[misc]
+
+
+def test_autoscaling_takes_every_field_of_serves_autoscaling_config() -> None:
+    # A config copied from Ray Serve works unchanged (issue 18); unknown names stay errors.
+    serve_config = {
+        "min_replicas": 0,
+        "initial_replicas": 1,
+        "max_replicas": 5,
+        "target_ongoing_requests": 3,
+        "metrics_interval_s": 5.0,
+        "look_back_period_s": 20.0,
+        "smoothing_factor": 1.0,
+        "upscale_smoothing_factor": 1.2,
+        "downscale_smoothing_factor": 0.8,
+        "upscaling_factor": 1.5,
+        "downscaling_factor": 0.5,
+        "downscale_delay_s": 300.0,
+        "downscale_to_zero_delay_s": 900.0,
+        "upscale_delay_s": 10.0,
+        "aggregation_function": "max",
+        "policy": {"policy_function": "ray.serve.autoscaling_policy:default_autoscaling_policy", "policy_kwargs": {}},
+    }
+    opts = dagserve.node(autoscaling=serve_config)(lambda x: x).node_options
+    assert opts.autoscaling is not None
+    assert opts.autoscaling.model_dump(exclude_none=True) == {**serve_config, "target_ongoing_requests": 3.0}
+    with pytest.raises(OptionsError, match=r"Invalid option autoscaling.look_back_period_s=0 .*greater than 0"):
+        dagserve.node(autoscaling={"look_back_period_s": 0})(lambda x: x)
+    with pytest.raises(OptionsError, match=r"Invalid option autoscaling.aggregation_function='median'"):
+        dagserve.node(autoscaling={"aggregation_function": "median"})(lambda x: x)
+    with pytest.raises(OptionsError, match=r"autoscaling.max_replica"):
+        dagserve.node(autoscaling={"max_replica": 3})(lambda x: x)

@@ -30,12 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from dagserve._errors import DagserveError, DeployError, NodeError
+from dagserve._errors import DagserveError, DeployError
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.runtime.batching import Batcher
+from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 
@@ -274,13 +275,10 @@ class NodeReplica:
             ctx = contextvars.copy_context()
             call = functools.partial(ctx.run, fn, *args, **kwargs)
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except DagserveError:
-            raise
+        except DagserveError as exc:
+            raise blame(exc, step)  # an HTTPError the node raised names it
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
-            text = str(exc) or "(no message)"
-            raise NodeError(
-                f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__
-            ) from exc
+            raise node_failure(step, exc) from exc  # a NodeError, or the HTTP status the node chose
         finally:
             if request is not None:
                 leave_request(request)

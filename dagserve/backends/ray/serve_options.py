@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dagserve._errors import OptionsError
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.replica import ReplicaSpec, ship
 
 if TYPE_CHECKING:
+    from dagserve._options import Autoscaling
     from dagserve.compiler.plan import DeploymentSpec
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "DEFAULT_HEALTH_CHECK_PERIOD_S",
     "DEFAULT_HEALTH_CHECK_TIMEOUT_S",
     "actor_options",
+    "autoscaling_config",
     "deployment_options",
     "replica_spec",
 ]
@@ -65,22 +68,26 @@ def deployment_options(
     if o.max_queued_requests is not None:
         out["max_queued_requests"] = o.max_queued_requests
     if o.autoscaling is not None:
-        a = o.autoscaling
-        config: dict[str, Any] = {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-        }
-        for key in ("initial_replicas", "upscale_delay_s", "downscale_delay_s"):
-            value = getattr(a, key)
-            if value is not None:
-                config[key] = value
-        out["autoscaling_config"] = config
+        out["autoscaling_config"] = autoscaling_config(spec.name, o.autoscaling)
     elif o.num_replicas == "auto":
         out["autoscaling_config"] = dict(_AUTO_SCALING)
     else:
         out["num_replicas"] = o.num_replicas
     return out
+
+
+def autoscaling_config(node: str, a: Autoscaling) -> dict[str, Any]:
+    """Serve's ``autoscaling_config`` for node ``node``: every field set (the replica range and
+    target always), checked against Serve's own ``AutoscalingConfig``."""
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+
+    config = a.model_dump(exclude_none=True)
+    try:
+        AutoscalingConfig(**config)
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise OptionsError(f"Invalid autoscaling for node {node!r}: Ray Serve refuses it: {exc}") from None
+    return config
 
 
 def replica_spec(spec: DeploymentSpec, *, direct: bool = True, frames: FrameLimits | None = None) -> ReplicaSpec:
