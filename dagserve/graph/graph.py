@@ -8,7 +8,7 @@ from typing import Any
 from dagserve._errors import GraphError, GraphvizNotFoundError
 from dagserve._hooks import hooks
 from dagserve.graph.composition import register_graph, start
-from dagserve.graph.nodes import Chain, Input, ModelClass, Node, Stage, nodes_in, walk
+from dagserve.graph.nodes import Chain, ModelClass, Node, Stage, nodes_in, walk
 from dagserve.graph.subgraph import call_graph
 
 __all__ = ["Graph"]
