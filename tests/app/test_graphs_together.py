@@ -65,3 +65,11 @@ def test_handles_keep_their_targets_when_graphs_together_rename_deployments() ->
         assert app.plan.deployment("Retrier").init_args[0].deployment == "Tools_2"
         assert app.call({"x": 1}, graph="retry") == {"node": "Tools_2.fail", "error": "ValueError"}
         assert app.call({"n": 1}, graph="fan_out")["arg"] == 3
+
+
+def test_graphs_together_refuse_ingress_replicas_before_starting_anything() -> None:
+    from dagserve.backends.ray.backend import RayBackend
+
+    ga, gb, _ = hg.shared_graphs()
+    with pytest.raises(dagserve.DeployError, match=r"ingress_replicas=N serves one graph"):
+        dagserve.deploy([ga, gb], RayBackend(ingress_replicas=1))
