@@ -70,6 +70,11 @@ def deploy(
     """
     graphs, plan, per_graph = _compile(graph)
     be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
+    if graphs and getattr(be, "ingress_replicas", None) is not None:
+        raise DeployError(
+            "Several graphs deployed together are served by this process (app.asgi(), dagserve.serve); "
+            "ingress_replicas=N serves one graph: deploy each graph on its own for that."
+        )
     try:
         be.deploy(plan, ready_timeout_s=ready_timeout_s)
     except BaseException:

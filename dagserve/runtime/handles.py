@@ -32,7 +32,7 @@ from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
 from dagserve.compiler.handles import HandleRef
 from dagserve.compiler.plan import Step
 from dagserve.graph.leaves import any_leaf, map_leaves
-from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.request_id import current_request_id, reset_request_id, set_request_id
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec
@@ -145,19 +145,17 @@ class Handle:
 
     def _submit(self, loop: asyncio.AbstractEventLoop, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
         """Run the call on ``loop`` with this thread's request (id, deadline) carried along."""
-        context = contextvars.copy_context()
+        request, request_id = _request.get(), current_request_id()
 
         async def run() -> Any:
-            return await self._caller.call(self.deployment, self._method, args, kwargs)
+            token, id_token = _request.set(request), set_request_id(request_id)
+            try:
+                return await self._caller.call(self.deployment, self._method, args, kwargs)
+            finally:
+                reset_request_id(id_token)
+                _request.reset(token)
 
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def start() -> None:
-            task = loop.create_task(run(), context=context)
-            asyncio.futures._chain_future(task, future)  # type: ignore[attr-defined]
-
-        loop.call_soon_threadsafe(start)
-        return future
+        return asyncio.run_coroutine_threadsafe(run(), loop)
 
     def __reduce__(self) -> Any:
         # Pickled (sent to another process), a handle is its ref: the receiver makes its own.

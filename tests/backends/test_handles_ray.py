@@ -104,7 +104,8 @@ def test_graphs_deployed_together_share_replicas_and_nested_graphs_run(app: dags
     # One Counter deployment, one replica, for ga, gb and outer (inside and outside review).
     assert app.call(1, graph="ga") == {"a": 1}
     assert app.call({"x": 2}, graph="gb") == {"b": 2}
-    assert app.call({"review": {"text": "good"}}, graph="outer") == {"p": {"post": {"score": 1.0, "n": 3}}, "c": 4}
+    out = app.call({"review": {"text": "good"}}, graph="outer")  # Counter inside and outside review
+    assert out["p"]["post"]["score"] == 1.0 and sorted([out["p"]["post"]["n"], out["c"]]) == [3, 4]
     assert len(app.backend.replicas("Counter")) == 1
     assert [d.name for d in app.plan.deployments].count("Counter") == 1
     with pytest.raises(NodeError, match=r"Node 'review/sentiment' raised ValueError: boom"):
