@@ -8,12 +8,13 @@ map is one call to the node's deployment, made concurrently (a batched node batc
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import Any
 
 from dagserve._errors import AppClosedError, DagserveError, HTTPError, NodeError, RequestTimeoutError
 from dagserve.compiler.plan import Step, fill
-from dagserve.runtime.failures import node_failure, node_timeout_error
+from dagserve.runtime.failures import blame, http_exception, node_failure, node_timeout_error
 
 __all__ = ["SKIPPED_HEADER", "run_map", "run_optional"]
 
@@ -100,10 +101,15 @@ async def run_optional(ex: Any, step: Step, values: list[Any], ctx: Any) -> Any:
     except Exception as exc:
         ctx.skipped[ex._steps[inner].name] = exc
         if step.on_error is None:
-            return step.default
+            # A copy: a reader that changes the default (appends to a [] default) must not change
+            # what the next request gets.
+            return copy.deepcopy(step.default)
         try:
             return step.on_error(exc)
         except Exception as again:
+            chosen = again if isinstance(again, HTTPError) else http_exception(step.name, again)
+            if chosen is not None:  # on_error chose the answer's status
+                raise blame(chosen, step.name) from again
             raise NodeError(
                 f"The on_error function of {step.name!r} raised {type(again).__name__}: {again} "
                 f"(handling {type(exc).__name__}: {exc}).",

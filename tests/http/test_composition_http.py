@@ -73,3 +73,27 @@ async def test_skipped_nodes_are_named_in_a_header(client: httpx.AsyncClient) ->
     r = await client.post("/", json={"x": 5}, headers={"x-dagserve-trace": "1"})
     assert r.json() == {"found": 5, "extra": 5}
     assert "x-dagserve-skipped" not in r.headers and "server-timing" in r.headers
+
+
+@pytest.mark.http
+def test_a_client_hanging_up_still_ends_a_request_whose_node_is_optional() -> None:
+    """An ``optional`` absorbs its node's failures, not the cancellation of the request: the probe
+    is cancelled, nothing after it runs, and the request counts as ``cancelled`` (real uvicorn)."""
+    from tests.background_server import BackgroundServer
+    from tests.http.test_ingress_disconnect import check_cancelled
+    from tests.http.test_timeouts import Probe, Sink, run_body
+
+    probe, sink = Probe(), Sink()
+    with dagserve.Input() as inp:
+        x = inp["x"]
+        out = dagserve.switch(
+            inp["case"],
+            {
+                "run": sink(dagserve.optional(probe(x, inp["seconds"]), default=-1)),
+                "stats": {"probe": probe.stats(x), "sink": sink.stats(x)},
+            },
+        )
+        graph = dagserve.Graph(out, name="optional_hangup")
+    with dagserve.deploy(graph, backend="local") as app, BackgroundServer(dagserve.asgi_app(app)) as url:
+        check_cancelled(url, "/optional_hangup", "optional_hangup")
+        assert httpx.post(url + "optional_hangup", json=run_body(0.0, x=3), timeout=30).json() == 3

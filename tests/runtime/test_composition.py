@@ -269,12 +269,28 @@ async def test_on_error_receives_the_error_and_its_own_failure_names_the_optiona
     def broken(error: BaseException) -> str:
         raise KeyError("nope")
 
+    def forbid(error: BaseException) -> str:
+        raise HTTPException(403, "not without the tagger")
+
+    @dagserve.node
+    def grow(tags: list[str]) -> list[str]:
+        tags.append("grown")  # changes what it was given
+        return tags
+
     with dagserve.Input() as inp:
         graph = dagserve.Graph({"a": dagserve.optional(boom(inp), on_error=fallback)}, name="on_error")
         bad = dagserve.Graph(dagserve.optional(boom(inp), on_error=broken), name="bad_on_error")
+        chosen = dagserve.Graph(dagserve.optional(boom(inp), on_error=forbid), name="chosen_status")
+        grown = dagserve.Graph(grow(dagserve.optional(boom(inp), default=[])), name="grown")
     with local(graph) as app:
         assert (await app.acall(3)) == {"a": "fallback"}
         assert isinstance(seen[0], NodeError) and seen[0].node == "boom"
+    with local(chosen) as app:
+        with pytest.raises(HTTPError, match="not without the tagger") as status:
+            await app.acall(3)
+        assert (status.value.status_code, status.value.node) == (403, "optional(boom)")
+    with local(grown) as app:
+        assert [await app.acall(1), await app.acall(2)] == [["grown"], ["grown"]]  # each request its own default
     with local(bad) as app:
         with pytest.raises(NodeError, match=r"The on_error function of 'optional\(boom\)' raised KeyError") as info:
             await app.acall(3)
