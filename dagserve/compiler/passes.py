@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
+from dagserve.compiler.streams import check_streams, is_stream_callable
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
 from dagserve.graph import (
     CallNode,
@@ -57,6 +58,7 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     output = _template(graph.output, index)
     edges = _edges(steps)
     _check_dag(graph.name, steps, index[id(inp)], output)
+    check_streams(graph.name, steps, output, lambda s: deployments[s.deployment].node_options.max_batch_size is not None)
     specs = tuple(_spec(name, src, [s for s in steps if s.deployment == name]) for name, src in deployments.items())
     return Plan(
         graph_name=graph.name,
@@ -193,6 +195,7 @@ def _lower(
             kwargs=_template(n.kwargs, index),
             inline=n.target.node_options.inline,
             returns=_return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
+            streams=is_stream_callable(n.callable()),
         )
     if isinstance(n, SelectNode):
         return Step(i, name, "select", deps, key=n.key)

@@ -101,6 +101,9 @@ class Step:
     * ``select``: ``inputs[0][key]``.
     * ``switch``: ``cases[value of inputs[0]]`` (or ``default``); only that template is evaluated.
     * ``split``: a branch picked by ``weights`` (random, or by hashing ``key_step``'s value).
+
+    ``streams``: a call step whose node is a generator; its value is a stream of items
+    (:mod:`dagserve.runtime.streaming`), read whole by the output or by one call step.
     """
 
     index: int
@@ -119,6 +122,7 @@ class Step:
     seed: int | None = None
     inline: bool = False
     returns: Any = None
+    streams: bool = False
 
     @property
     def lazy(self) -> bool:
@@ -151,6 +155,11 @@ class Plan:
     def inline_nodes(self) -> tuple[str, ...]:
         """Names of the deployments that run inside the ingress process."""
         return tuple(d.name for d in self.deployments if d.inline)
+
+    @property
+    def streams(self) -> bool:
+        """Is the graph's output a stream of items (its output node is a generator)?"""
+        return isinstance(self.output, Ref) and self.steps[self.output.index].streams
 
     @property
     def remote_deployments(self) -> tuple[DeploymentSpec, ...]:
@@ -201,8 +210,16 @@ class Plan:
                 for d in self.deployments
             ],
             "steps": [
-                {"name": s.name, "kind": s.kind, "deployment": s.deployment, "method": s.method, "inline": s.inline}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "deployment": s.deployment,
+                    "method": s.method,
+                    "inline": s.inline,
+                    "streams": s.streams,
+                }
                 for s in self.steps
             ],
+            "streams": self.streams,
             "edges": [{"source": e.source, "target": e.target, "label": e.label} for e in self.edges],
         }

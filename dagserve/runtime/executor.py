@@ -26,6 +26,7 @@ from dagserve._errors import (
     RequestTimeoutError,
 )
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
+from dagserve.runtime.streaming import open_stream
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
@@ -59,6 +60,8 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     route: dict[str, str] = field(default_factory=dict)
+    #: Called per streamed item with (node, "first" | "gap", seconds) (runtime/streaming.py).
+    item_observer: Any = None
 
 
 def select(value: Any, key: Any) -> Any:
@@ -116,6 +119,7 @@ class Executor:
             runner.passthrough
             and s.kind == "call"
             and not s.inline
+            and not s.streams
             and bool(consumers[i])
             and all(c is not None and _takes_whole(c, i) for c in consumers[i])
             for i, s in enumerate(steps)
@@ -233,6 +237,8 @@ class Executor:
     async def _invoke(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         """Run call step ``step`` on its inputs' values, which are ready."""
         args, kwargs = self._build_args[step.index](values)
+        if step.streams:  # its items flow as its reader pulls them (runtime/streaming.py)
+            return open_stream(self.runner, step, args, kwargs, ctx)
         name = step.name
         ctx.running.add(name)
         start = time.perf_counter()
