@@ -25,8 +25,8 @@ from dagserve._errors import DeployError, OverloadedError
 from dagserve.backends.base import Backend
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
-from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
 from dagserve.runtime.status import AppStatus, NodeStatus
+from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions

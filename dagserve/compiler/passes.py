@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import CompileError
-from dagserve.compiler.streams import check_streams, is_stream_callable
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
+from dagserve.compiler.streams import check_streams, is_stream_callable
 from dagserve.graph import (
     CallNode,
     FunctionNode,

@@ -26,7 +26,7 @@ from dagserve._errors import (
     RequestTimeoutError,
 )
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
-from dagserve.runtime.streaming import open_stream
+from dagserve.runtime.streaming import open_stream, stream_readers
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
@@ -115,11 +115,13 @@ class Executor:
         # A step whose value several others read runs once, in a task they all await.
         self._shared = [len(c) > 1 for c in consumers]
         # A call result may stay un-awaited when every reader is a remote call taking it whole.
+        readers = stream_readers(plan)  # (not a stream, nor the result of a call reading one)
         self._pass = [
             runner.passthrough
             and s.kind == "call"
             and not s.inline
             and not s.streams
+            and i not in readers
             and bool(consumers[i])
             and all(c is not None and _takes_whole(c, i) for c in consumers[i])
             for i, s in enumerate(steps)

@@ -123,6 +123,11 @@ class Stream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def source(self) -> AsyncIterator[Any]:
+        """What the backend gave (a backend hands a stream it has not read on to another process)."""
+        return self._source
+
 
 def open_stream(runner: Runner, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Stream:
     """The :class:`Stream` of streaming step ``step`` (the executor's call for such a step)."""

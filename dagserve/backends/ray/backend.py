@@ -50,6 +50,7 @@ from dagserve.backends.ray.serve_options import (
     replica_spec,
 )
 from dagserve.runtime.status import AppStatus
+from dagserve.runtime.streaming import stream_readers
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions
@@ -156,6 +157,7 @@ class RayBackend(Backend):
         self._plan = plan
         self._app_name = plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
+        self._runner.reads_streams = stream_readers(plan)  # backends/ray/streams.py
         try:
             for spec in plan.deployments:
                 if spec.inline:

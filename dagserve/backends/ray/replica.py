@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -34,6 +34,7 @@ from dagserve._errors import DagserveError, DeployError, NodeError
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
+from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 
@@ -252,9 +253,22 @@ class NodeReplica:
         finally:
             direct.release()
 
+    async def dagserve_stream(self, header: Header, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """A generator node's call (Serve streaming handle, backends/ray/streams.py): its items."""
+        direct = self._direct
+        if direct is not None:
+            await direct.admit()
+        try:
+            async for item in replica_stream(self._bound(header[0]), self._pool, header, args, kwargs):
+                yield item
+        finally:
+            if direct is not None:
+                direct.release()
+
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
         method, step, request_id = header
+        args, kwargs = resolve_sources(args, kwargs)  # streams it reads (backends/ray/streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
         try:
             batcher = self._batchers.get(method)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
+from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.replicas import QueueFull
 
@@ -384,8 +385,15 @@ class RayRunner:
 
     def __init__(self, backend: CallTargets) -> None:
         self._backend = backend
+        #: Call steps that read a stream (set at deploy: runtime.streaming.stream_readers).
+        self.reads_streams: frozenset[int] = frozenset()
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        if step.index in self.reads_streams:
+            return read_streams(step, args, kwargs, lambda a, k: self._call(step, a, k, ctx))
+        return self._call(step, args, kwargs, ctx)
+
+    def _call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         name: str = step.deployment  # type: ignore[assignment]
         b = self._backend
         if step.inline:
@@ -394,3 +402,11 @@ class RayRunner:
         pool = b._direct_pool(name)
         handle = None if pool is not None else b._handle(name)
         return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
+
+    def stream(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        """A generator node's items (Serve streaming handle; inline ones here)."""
+        name: str = step.deployment  # type: ignore[assignment]
+        if step.inline:
+            return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
+        header = (step.method or "__call__", step.name, ctx.request_id)
+        return RayStream(self._backend._handle(name), name, header, args, kwargs)
