@@ -1,6 +1,7 @@
 """Streaming graphs the streaming tests share (local and Ray, Python and HTTP).
 
-A payload says what the generator does: ``n`` items, ``delay`` seconds after each, ``fail_at``
+A payload says what the generator does: ``n`` items, ``first_delay`` seconds before the first,
+``delay`` seconds after each, ``fail_at``
 (raise before that item), ``pad`` (characters of padding per item, to fill buffers) and ``log``
 (a file the generator appends one byte to per step: the tests count the steps taken, across
 processes on Ray).
@@ -35,6 +36,7 @@ def prepare(req: dict[str, Any]) -> dict[str, Any]:
 
 @dagserve.node
 async def produce(req: dict[str, Any]) -> AsyncIterator[Any]:
+    await asyncio.sleep(req.get("first_delay", 0))
     for i in range(req.get("n", 5)):
         yield _step(req, i)
         if req.get("delay"):
@@ -43,6 +45,7 @@ async def produce(req: dict[str, Any]) -> AsyncIterator[Any]:
 
 @dagserve.node
 def produce_sync(req: dict[str, Any]) -> Iterator[Any]:
+    time.sleep(req.get("first_delay", 0))
     for i in range(req.get("n", 5)):
         yield _step(req, i)
         if req.get("delay"):
@@ -82,6 +85,10 @@ with dagserve.Input() as inp:
 with dagserve.Input() as inp:
     #: prepare -> produce_sync (a sync generator is the output).
     sync_chain = dagserve.Graph(produce_sync(prepare(inp)), name="sync_chain")
+
+with dagserve.Input() as inp:
+    #: prepare -> produce_sync -> relay: the Ray tests' graph (a sync generator read by an async one).
+    mixed = dagserve.Graph(relay(produce_sync(prepare(inp))), name="mixed")
 
 with dagserve.Input() as inp:
     #: produce -> total: a stream consumed into one value (the graph does not stream).

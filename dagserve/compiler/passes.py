@@ -184,6 +184,7 @@ def _lower(
         return Step(i, name, "input", (), returns=n.schema)
     if isinstance(n, CallNode):
         dep = dep_of[id(n.target)]
+        streams = is_stream_callable(n.callable())  # its value is a stream of items (compiler/streams.py)
         return Step(
             i,
             name,
@@ -194,8 +195,8 @@ def _lower(
             args=_template(n.args, index),
             kwargs=_template(n.kwargs, index),
             inline=n.target.node_options.inline,
-            returns=_return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
-            streams=is_stream_callable(n.callable()),
+            returns=None if streams else _return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
+            streams=streams,
         )
     if isinstance(n, SelectNode):
         return Step(i, name, "select", deps, key=n.key)

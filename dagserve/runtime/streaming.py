@@ -21,6 +21,7 @@ import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor as ThreadPool
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
@@ -135,7 +136,7 @@ def open_stream(runner: Runner, step: Step, args: tuple[Any, ...], kwargs: dict[
     return Stream(step.name, source, getattr(ctx, "item_observer", None))
 
 
-def iterate(produced: Any, pool: ThreadPool | None) -> AsyncIterator[Any]:
+def iterate(produced: Any, pool: ThreadPool) -> AsyncIterator[Any]:
     """What a generator function returned, as an async iterator: an async generator as it is, a
     sync one stepped on ``pool`` (one ``next`` per item asked for, in the caller's context)."""
     if hasattr(produced, "__anext__"):
@@ -150,11 +151,13 @@ class _Threaded:
 
     __slots__ = ("_context", "_gen", "_pending", "_pool")
 
-    def __init__(self, gen: Iterator[Any], pool: ThreadPool | None) -> None:
+    def __init__(self, gen: Iterator[Any], pool: ThreadPool) -> None:
         self._gen = gen
         self._pool = pool
         self._context = contextvars.copy_context()  # the request id for logs, as for sync calls
-        self._pending: asyncio.Future[Any] | None = None
+        # The step running on a thread (a concurrent future: it stays pending while its thread
+        # runs, even when the reader that asked for it was cancelled).
+        self._pending: Future[Any] | None = None
 
     def __aiter__(self) -> _Threaded:
         return self
@@ -163,27 +166,21 @@ class _Threaded:
         return self._context.run(next, self._gen, _DONE)
 
     async def __anext__(self) -> Any:
-        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._step)
-        self._pending = fut
-        item = await fut
-        self._pending = None
+        if self._pending is not None and not self._pending.done():
+            await asyncio.wrap_future(self._pending)  # a step a cancelled reader left running
+        self._pending = self._pool.submit(self._step)
+        item = await asyncio.wrap_future(self._pending)
         if item is _DONE:
             raise StopAsyncIteration
         return item
 
     async def aclose(self) -> None:
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is not None and not pending.done():
             # The generator is mid-step on its thread: close it once that step ends.
-            pending.add_done_callback(lambda _: self._close_later())
+            pending.add_done_callback(lambda _: self._gen.close())
             return
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._gen.close)
-
-    def _close_later(self) -> None:
-        if self._pool is not None:
-            self._pool.submit(self._gen.close)
-        else:  # pragma: no cover - the default pool
-            asyncio.get_running_loop().run_in_executor(None, self._gen.close)
+        await asyncio.wrap_future(self._pool.submit(self._gen.close))
 
 
 async def close_streams(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
