@@ -30,7 +30,7 @@ from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-__all__ = ["EVENT_STREAM", "NDJSON", "StreamAnswer", "first_item", "stream_format"]
+__all__ = ["EVENT_STREAM", "NDJSON", "StreamAnswer", "first_item", "stream_format", "stream_openapi"]
 
 logger = logging.getLogger("dagserve.http")
 
@@ -61,6 +61,23 @@ def stream_format(accept: str | None) -> str:
         if kind is not None and q > 0 and (best is None or q > best[0]):
             best = (q, i, kind)
     return best[2] if best is not None else EVENT_STREAM
+
+
+def stream_openapi(item_schema: Any) -> dict[str, Any]:
+    """The OpenAPI ``200`` answer of a graph whose output streams (``item_schema``: one item's)."""
+    return {
+        "description": (
+            "The graph's output streams. By the Accept header: Server-Sent Events (text/event-stream, "
+            "*/* or none: one `data:` line of JSON per item, `event: error` with the error body if the "
+            "stream fails after its first item, a final `event: end`), NDJSON (one item per line; a "
+            "failure is a last line with the error body), or application/json (the items in a list)."
+        ),
+        "content": {
+            EVENT_STREAM: {"schema": {"type": "string", "description": "data: <item as JSON> per item"}},
+            NDJSON: {"schema": item_schema, "description": "one item per line"},
+            _JSON: {"schema": {"type": "array", "items": item_schema}},
+        },
+    }
 
 
 async def first_item(items: AsyncIterator[Any]) -> tuple[bool, Any]:
