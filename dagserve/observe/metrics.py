@@ -31,6 +31,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
                                               ``switch`` and ``split`` nodes (a canary is visible)
 ============================================  ====================================================
 
+Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`.
+
 Counters and histograms are updated after each request, on the App's event loop, in plain
 dicts under one lock; they become Prometheus families when the registry is scraped. (With
 ``prometheus_client``'s own ``Counter`` and ``Histogram``, a lock per series and per bucket, the
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dagserve.observe.stream_metrics import StreamMetrics
 from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of, trace_observer
 
 if TYPE_CHECKING:
@@ -110,6 +113,8 @@ class Metrics:
         self._counts: dict[tuple[str, str], list[int]] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_LiveCollector(self))
+        self.streams = StreamMetrics()  # observe/stream_metrics.py
+        self.registry.register(self.streams)
 
     # -- wiring ------------------------------------------------------------------------------------
     def instrument(self, app: App) -> None:
@@ -123,6 +128,7 @@ class Metrics:
             for outcome in OUTCOMES:
                 self._requests.setdefault((app.name, outcome), 0)
         app.observers.append(_Observer(self))
+        self.streams.hook(app)
         if trace_observer not in app.observers:  # request paths to "dagserve.trace" at DEBUG
             app.observers.append(trace_observer)
 

@@ -257,7 +257,8 @@ class StreamRun:
                     raise self._timeout(exc, stream, first=False) from None
                 yield item
         except BaseException as exc:
-            error = exc
+            # The reader closing the stream early (GeneratorExit) is a cancellation for observers.
+            error = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
             raise
         finally:
             if stream is not None:
