@@ -44,6 +44,9 @@ class Runner(Protocol):
     the runner has already recorded one for that step: a passthrough runner must, since a call
     handed on un-awaited finishes after the executor has moved on, and the next call's wait for
     it is not that call's own time.
+
+    A plan with streaming steps (``Step.streams``) also needs ``stream(step, args, kwargs, ctx)``:
+    the step's items as an async iterator, started on the first read (runtime/streaming.py).
     """
 
     passthrough: bool
