@@ -71,6 +71,13 @@ with dagserve.Input() as inp:
     graph = dagserve.Graph(relay(tokens_node(prepare(inp))), name="stream_bench")
 
 
+async def events(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The floor's and Serve's answer: the generator's items as Server-Sent Events."""
+    async for i in tokens(body):
+        yield b"data: " + json.dumps(i).encode() + b"\n\n"
+    yield b"event: end\ndata: {}\n\n"
+
+
 # -- the servers (each run as `python -m benchmarks.stream_bench --serve NAME --port P`) ---------------
 
 
@@ -82,14 +89,7 @@ def serve_floor(port: int) -> None:
     from starlette.routing import Route
 
     async def endpoint(request: Request) -> StreamingResponse:
-        body = await request.json()
-
-        async def events() -> AsyncIterator[bytes]:
-            async for i in tokens(body):
-                yield b"data: " + json.dumps(i).encode() + b"\n\n"
-            yield b"event: end\ndata: {}\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(await request.json()), media_type="text/event-stream")
 
     app = Starlette(routes=[Route("/", endpoint, methods=["POST"])])
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
@@ -105,14 +105,7 @@ def serve_ray_serve(port: int) -> None:
     @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     class Tokens:
         async def __call__(self, request: Request) -> StreamingResponse:
-            body = await request.json()
-
-            async def events() -> AsyncIterator[bytes]:
-                async for i in tokens(body):
-                    yield b"data: " + json.dumps(i).encode() + b"\n\n"
-                yield b"event: end\ndata: {}\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return StreamingResponse(events(await request.json()), media_type="text/event-stream")
 
     start_ray()
     serve.start(http_options={"host": HOST, "port": port})

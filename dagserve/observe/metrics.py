@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from dagserve.observe.stream_metrics import StreamMetrics
+from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of, trace_observer
 
 if TYPE_CHECKING:
@@ -283,13 +283,7 @@ class _RequestCollector:
 
 
 def _cumulative(h: list[float]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    total = 0.0
-    for le, n in zip(LATENCY_BUCKETS, h, strict=False):
-        total += n
-        out.append((str(float(le)), total))
-    out.append(("+Inf", total + h[len(LATENCY_BUCKETS)]))
-    return out
+    return cumulative(h, LATENCY_BUCKETS)
 
 
 class _Observer:

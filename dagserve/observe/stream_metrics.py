@@ -111,7 +111,7 @@ class StreamMetrics:
         first_f, gap_f, items_f, cancelled_f = self._families()
         for family, series in ((first_f, first), (gap_f, gap)):
             for labels, h in series.items():
-                family.add_metric(list(labels), _cumulative(h), sum_value=h[-1])
+                family.add_metric(list(labels), cumulative(h, ITEM_BUCKETS), sum_value=h[-1])
         for labels, n in items.items():
             items_f.add_metric(list(labels), n)
         for graph, n in cancelled.items():
@@ -119,11 +119,12 @@ class StreamMetrics:
         yield from (first_f, gap_f, items_f, cancelled_f)
 
 
-def _cumulative(h: list[float]) -> list[tuple[str, float]]:
+def cumulative(h: list[float], buckets: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Per-bucket counts (then +Inf, then the sum) as Prometheus's cumulative ``(le, count)`` pairs."""
     out: list[tuple[str, float]] = []
     total = 0.0
-    for le, n in zip(ITEM_BUCKETS, h, strict=False):
+    for le, n in zip(buckets, h, strict=False):
         total += n
         out.append((str(float(le)), total))
-    out.append(("+Inf", total + h[len(ITEM_BUCKETS)]))
+    out.append(("+Inf", total + h[len(buckets)]))
     return out

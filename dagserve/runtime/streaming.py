@@ -241,21 +241,19 @@ class StreamRun:
             try:
                 async with asyncio.timeout_at(first):
                     stream = await self._open()
-                    item = await stream.__anext__()
-            except StopAsyncIteration:
-                return
             except TimeoutError as exc:
                 raise self._timeout(exc, stream, first=True) from None
-            yield item
+            deadline, is_first = first, True
             while True:
                 try:
-                    async with asyncio.timeout_at(whole):
+                    async with asyncio.timeout_at(deadline):
                         item = await stream.__anext__()
                 except StopAsyncIteration:
                     return
                 except TimeoutError as exc:
-                    raise self._timeout(exc, stream, first=False) from None
+                    raise self._timeout(exc, stream, first=is_first) from None
                 yield item
+                deadline, is_first = whole, False
         except BaseException as exc:
             # The reader closing the stream early (GeneratorExit) is a cancellation for observers.
             error = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
