@@ -211,6 +211,7 @@ class NodeReplica:
             self.dagserve_batch_counts,
             limit=limit,
             limits=self._spec.frames,
+            stream=self._stream,
         )
         self._loop = loop
         _tell_replica_when_serve_stops_it()
@@ -259,11 +260,15 @@ class NodeReplica:
         if direct is not None:
             await direct.admit()
         try:
-            async for item in replica_stream(self._bound(header[0]), self._pool, header, args, kwargs):
+            async for item in self._stream(header, args, kwargs):
                 yield item
         finally:
             if direct is not None:
                 direct.release()
+
+    def _stream(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """A generator node's items, however the call came (Serve, or the direct transport)."""
+        return replica_stream(self._bound(header[0]), self._pool, header, args, kwargs)
 
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""

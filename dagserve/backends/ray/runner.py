@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -409,4 +410,5 @@ class RayRunner:
         if step.inline:
             return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
         header = (step.method or "__call__", step.name, ctx.request_id)
-        return RayStream(self._backend._handle(name), name, header, args, kwargs)
+        b = self._backend
+        return RayStream(functools.partial(b._handle, name), name, header, args, kwargs, b._direct_pool(name))

@@ -1,19 +1,19 @@
 """Streaming on Ray: generator nodes through Serve's streaming handles.
 
-A streaming step's call goes to its replica's ``dagserve_stream`` method (an async generator)
-through ``handle.options(method_name="dagserve_stream", stream=True)``, whose items the caller
-reads as they come (:class:`RayStream`). A stream read by another remote node does not come
+A streaming step's call from the ingress goes over the direct transport when the node's pool is
+usable (``STREAM`` frames: the replica sends at most ``STREAM_WINDOW`` items ahead of what the
+ingress has read, so a slow reader slows the generator), else to its replica's
+``dagserve_stream`` method (an async generator) through
+``handle.options(method_name="dagserve_stream", stream=True)``; either way the caller reads the
+items as they come (:class:`RayStream`). A stream read by another remote node does not come
 through the ingress: the reading node gets a :class:`StreamSource` (where the stream comes from
 and with which arguments) and its replica opens the stream itself (:func:`open_source`), so the
 items go from replica to replica. Closing a stream cancels its Serve call, which cancels the
 generator in its replica (and the streams that generator reads).
 
-Streaming calls always go through Serve, also when the direct transport is on: that transport
-carries whole replies only (docs/streaming.md).
-
-Serve 2.60 has no flow control between a streaming replica and its caller: a generator in a
-replica may run ahead of a slow reader, its items queued by Serve (docs/streaming.md says so).
-The ingress itself reads an item only when its client has taken the previous one.
+Serve 2.60 has no flow control between a streaming replica and its caller: a generator read
+through Serve (a stream read replica to replica, or when the direct transport is off) may run
+ahead of a slow reader, its items queued by Serve (docs/streaming.md says so).
 """
 
 from __future__ import annotations
@@ -52,8 +52,17 @@ class RayStream:
     :class:`StreamSource` (:meth:`source`) and is never read here.
     """
 
-    def __init__(self, handle: Any, deployment: str, header: tuple[str, str, str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        deployment: str,
+        header: tuple[str, str, str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        pool: Any = None,
+    ) -> None:
         self._handle = handle
+        self._pool = pool  # the node's direct pool (direct/pool.py), when its calls may take it
         self.deployment = deployment
         self.header = header
         self.args = args
@@ -69,7 +78,12 @@ class RayStream:
             raise StopAsyncIteration
         if self._gen is None:
             args, kwargs = await _values(self.args, self.kwargs, self.header[1])
-            self._gen = self._handle.options(method_name=STREAM_METHOD, stream=True).remote(self.header, *args, **kwargs)
+            if self._pool is not None and self._pool.usable:  # credit-bounded: DirectStream
+                self._gen = self._pool.stream(self.header, args, kwargs)
+            else:
+                self._gen = self._handle().options(method_name=STREAM_METHOD, stream=True).remote(
+                    self.header, *args, **kwargs
+                )
         return await _next(self._gen, self.header[1])
 
     async def source(self) -> StreamSource:
