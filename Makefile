@@ -24,6 +24,7 @@ test-fast: setup
 bench: setup
 	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.stream_bench
 
 bench-quick: setup
 	@./scripts/setup.sh --bench

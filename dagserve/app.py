@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.runtime.handles import enter_request, leave_request
 from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
@@ -52,6 +53,7 @@ def deploy(
     *,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
     **backend_options: Any,
 ) -> App:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
@@ -65,6 +67,7 @@ def deploy(
     Several graphs (a list) are one App: ``app.call(payload, graph="name")``, ``app.asgi()`` routes
     to each by name, and a node several of them use is deployed once (one set of replicas).
 
+    ``stream_timeout_s`` bounds a whole stream of a graph whose output streams (docs/streaming.md).
     Raises :class:`~dagserve.CompileError` for an invalid graph and
     :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
     """
@@ -81,9 +84,10 @@ def deploy(
         with contextlib.suppress(Exception):
             be.shutdown()
         raise
-    app = App(graph if not graphs else None, plan, be, request_timeout_s=request_timeout_s)  # type: ignore[arg-type]
+    timeouts = {"request_timeout_s": request_timeout_s, "stream_timeout_s": stream_timeout_s}
+    app = App(graph if not graphs else None, plan, be, **timeouts)  # type: ignore[arg-type]
     for g, p in zip(graphs, per_graph, strict=True):
-        view = app._graphs[g.name] = App(g, p, be, request_timeout_s=request_timeout_s)
+        view = app._graphs[g.name] = App(g, p, be, **timeouts)
         view._parent = app
     return app
 
@@ -110,7 +114,15 @@ class App:
     node while the others keep serving; ``shutdown`` (or leaving a ``with`` block) tears it down.
     """
 
-    def __init__(self, graph: Graph, plan: Plan, backend: Backend, *, request_timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        plan: Plan,
+        backend: Backend,
+        *,
+        request_timeout_s: float | None,
+        stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+    ) -> None:
         self.graph = graph
         self._plan = plan
         self.backend = backend
@@ -127,6 +139,10 @@ class App:
         # Several graphs deployed together: one App per graph on this App's backend and loop.
         self._graphs: dict[str, App] = {}
         self._parent: App | None = None
+        #: Seconds a whole stream may last (``astream``/``stream``; ``None``: no limit).
+        self.stream_timeout_s: float | None = stream_timeout_s
+        #: Called per streamed item with (node, "first" | "gap", seconds) (metrics hang there).
+        self.item_observer: Callable[[str, str, float], None] | None = None
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -211,6 +227,8 @@ class App:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
 
     async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
+        if self._plan.streams:  # call/acall of a streaming graph: its items in a list
+            return [item async for item in self._stream_items(payload, ctx, timeout_s, None)]
         if timeout_s is None:
             timeout, deadline = self.request_timeout_s, self._request_deadline()
         else:
@@ -251,6 +269,66 @@ class App:
                 elapsed = loop.time() - start
                 for observe in self.observers:
                     observe(self, ctx, error, elapsed)
+
+    # -- streaming (runtime/streaming.py) -------------------------------------------------------
+    @property
+    def streams(self) -> bool:
+        """Does the graph's output stream (its output node is a generator)?"""
+        return self._plan.streams
+
+    def stream(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None,
+               stream_timeout_s: float | None = None) -> Iterator[Any]:
+        """The items of the graph's output as they are produced (a blocking iterator; closing it
+        stops the stream). A graph that does not stream gives its output as one item."""
+        self._check_open()
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            raise DagserveError("App.stream blocks; inside an event loop use `async for item in app.astream(payload)`.")
+        ctx = RequestContext(**_ctx_args(request_id))
+        return hop(self._stream_items(payload, ctx, timeout_s, stream_timeout_s), self._home_loop(None))
+
+    def astream(self, payload: Any, *, request_id: str | None = None, timeout_s: float | None = None,
+                stream_timeout_s: float | None = None, context: RequestContext | None = None) -> AsyncIterator[Any]:
+        """``async for item in app.astream(payload)``: :meth:`stream` for async code.
+
+        ``timeout_s`` (default: the App's request timeout) bounds the time to the first item,
+        ``stream_timeout_s`` (default: the App's) the whole stream."""
+        self._check_open()
+        ctx = context or RequestContext(**_ctx_args(request_id))
+        current = asyncio.get_running_loop()
+        loop = self._home_loop(current)
+        items = self._stream_items(payload, ctx, timeout_s, stream_timeout_s)
+        return items if loop is current else ahop(items, loop)
+
+    def _stream_items(self, payload: Any, ctx: RequestContext, timeout_s: float | None,
+                      stream_timeout_s: float | None) -> AsyncIterator[Any]:
+        if not self._plan.streams:
+            return _one(self._run(payload, ctx, timeout_s))
+        executor = self._executor
+        start = time.perf_counter()
+        opened = False
+
+        async def open_stream() -> Any:
+            nonlocal opened
+            opened = True
+            self.in_flight += 1
+            return await executor.run(payload, ctx)
+
+        def finish(error: BaseException | None) -> None:
+            if opened:
+                self.in_flight -= 1
+            for observe in self.observers:
+                observe(self, ctx, error, time.perf_counter() - start)
+
+        ctx.item_observer = self.item_observer
+        run = StreamRun(
+            open_stream,
+            ctx=ctx,
+            timeout_s=self.request_timeout_s if timeout_s is None else timeout_s,
+            stream_timeout_s=self.stream_timeout_s if stream_timeout_s is None else stream_timeout_s,
+            finish=finish,
+        )
+        return run.items()
 
     def map(self, payloads: Iterable[Any], *, concurrency: int = 64, ordered: bool = True, return_exceptions: bool = True) -> Iterator[Any]:
         """Run the graph over ``payloads`` (any iterable, read lazily) with bounded concurrency.
@@ -420,6 +498,11 @@ class App:
         if not ready.wait(10):  # pragma: no cover - a thread that does not start is a broken host
             raise DeployError("The App's event loop thread did not start within 10 s.")
         return loop
+
+
+async def _one(result: Awaitable[Any]) -> AsyncIterator[Any]:
+    """A graph that does not stream: its one output, as a stream of one item."""
+    yield await result
 
 
 def _ctx_args(request_id: str | None) -> dict[str, Any]:

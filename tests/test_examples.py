@@ -326,3 +326,31 @@ def test_detect_classify_classifies_crops_through_a_batched_handle_and_retries_u
         image = [[1, 0] * 4] * 1  # four dots: four concurrent handle calls to the batched classifier
         assert [o["label"] for o in app.call({"pixels": image})["objects"]] == ["dot"] * 4
         assert max(app.backend.batch_sizes()["Classifier"]) > 1
+
+
+# -- qa_stream ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.http
+def test_qa_stream_answers_from_the_right_passage_token_by_token() -> None:
+    from examples.qa_stream import graph
+    from tests.background_server import BackgroundServer
+
+    with dagserve.deploy(graph, backend="local") as app:
+        assert app.streams
+        tokens = list(app.stream({"question": "How do bees make honey?"}))
+        assert len(tokens) > 5 and "".join(tokens).startswith("Bees make honey")
+        with BackgroundServer(app.asgi()) as url:
+            r = httpx.post(url, json={"question": "Why is the moon red during a lunar eclipse?", "max_tokens": 8})
+            events = r.text.split("\n\n")
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert events[0] == 'data: "A "' and events[-2] == "event: end\ndata: {}"
+            assert len(events) - 2 == 8  # max_tokens data events, end, and the empty tail
+
+
+def test_qa_stream_command_prints_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.qa_stream.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Q: ") == 3 and "first token after" in out

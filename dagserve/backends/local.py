@@ -17,7 +17,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from dagserve.runtime.batching import Batcher
 from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 from dagserve.runtime.status import AppStatus, NodeStatus
+from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions
@@ -169,6 +170,26 @@ class _LocalDeployment:
             self.release(r)
 
 
+    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """A generator node's items, pulled one at a time; the replica slot is held until the
+        stream ends or is closed (then the streams it read are closed too)."""
+        r = self.slots.for_new_call()
+        if r is None:
+            r = await self._wait_for_slot()
+        else:
+            r.ongoing += 1
+        source: AsyncIterator[Any] | None = None
+        try:
+            source = iterate(r.bound(method)(*args, **kwargs), self.pool)
+            async for item in source:
+                yield item
+        finally:
+            if source is not None and hasattr(source, "aclose"):
+                await source.aclose()
+            self.release(r)
+            await close_streams(args, kwargs)
+
+
 def _hand_over(fut: asyncio.Future[_Replica], r: _Replica) -> None:
     """A waiter gets a freed slot on ``r`` (taken now), unless it gave up meanwhile."""
     if not fut.done():
@@ -183,11 +204,21 @@ class _LocalRunner:
         self.deployments = deployments
         #: Turns the handle refs a call step passes into handles (set by LocalBackend).
         self.handles: InProcessHandles | None = None
+        #: Call steps that read a stream (they close it when they end): see deploy.
+        self.reads_streams: frozenset[int] = frozenset()
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         if self.handles is not None:
             args, kwargs = self.handles.args(step, args, kwargs)
-        return self.deployments[step.deployment].call(step.method, args, kwargs)  # type: ignore[index,arg-type]
+        call = self.deployments[step.deployment].call(step.method, args, kwargs)  # type: ignore[index,arg-type]
+        if step.index in self.reads_streams:
+            return consume(call, args, kwargs)
+        return call
+
+    def stream(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> AsyncIterator[Any]:
+        if self.handles is not None:
+            args, kwargs = self.handles.args(step, args, kwargs)
+        return self.deployments[step.deployment].stream(step.method, args, kwargs)  # type: ignore[index,arg-type]
 
 
 class LocalBackend(Backend):
@@ -208,6 +239,7 @@ class LocalBackend(Backend):
 
     def deploy(self, plan: Plan, *, ready_timeout_s: float) -> None:
         self._plan = plan
+        self._runner.reads_streams = stream_readers(plan)
         for spec in plan.deployments:
             self._deployments[spec.name] = _LocalDeployment(self._handles.spec(spec), self._pool)
 

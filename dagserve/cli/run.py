@@ -160,6 +160,13 @@ class _Size(click.ParamType):
     help="Seconds a graph run may take (504) [default: 60].",
 )
 @click.option(
+    "--stream-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a whole stream of a streaming graph may take; --request-timeout bounds its first "
+    "item (docs/streaming.md) [default: 600].",
+)
+@click.option(
     "--ready-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -256,6 +263,7 @@ def _run(
     request_timeout: float | None,
     ready_timeout: float | None,
     shutdown_timeout: float,
+    stream_timeout: float | None = None,
     allowed_hosts: tuple[str, ...],
     debug: bool,
     access_log: bool,
@@ -273,6 +281,8 @@ def _run(
         deploy_options["request_timeout_s"] = request_timeout
     if ready_timeout is not None:
         deploy_options["ready_timeout_s"] = ready_timeout
+    if stream_timeout is not None:
+        deploy_options["stream_timeout_s"] = stream_timeout
     try:
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console)
     except DagserveError as exc:

@@ -23,6 +23,7 @@ from dagserve._errors import CompileError
 from dagserve.compiler.composition import composition_edges, lower_composition
 from dagserve.compiler.handles import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
+from dagserve.compiler.streams import check_streams, is_stream_callable
 from dagserve.graph import (
     CallNode,
     FunctionNode,
@@ -65,6 +66,7 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     output = _template(graph.output, index)
     edges = _edges(steps)
     _check_dag(graph.name, steps)
+    check_streams(graph.name, steps, output, lambda s: deployments[s.deployment].node_options.max_batch_size is not None)
     specs = tuple(_spec(name, src, [s for s in steps if s.deployment == name]) for name, src in deployments.items())
     if calls:
         callees = {c for _, c in calls}
@@ -209,6 +211,7 @@ def _lower(
         return Step(i, name, "input", (), returns=n.schema)
     if isinstance(n, CallNode):
         dep = dep_of[id(n.target)]
+        streams = is_stream_callable(n.callable())  # its value is a stream of items (compiler/streams.py)
         return Step(
             i,
             name,
@@ -219,7 +222,8 @@ def _lower(
             args=_template(n.args, index),
             kwargs=_template(n.kwargs, index),
             inline=n.target.node_options.inline,
-            returns=_return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
+            returns=None if streams else _return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
+            streams=streams,
         )
     if isinstance(n, SelectNode):
         return Step(i, name, "select", deps, key=n.key)

@@ -103,6 +103,9 @@ class Step:
     * ``split``: a branch picked by ``weights`` (random, or by hashing ``key_step``'s value).
     * ``map``: ``deployment.method(item, *args[1:], **kwargs)`` for each item of ``args[0]``.
     * ``optional``: ``inputs[0]``'s value, or ``default`` / ``on_error(error)`` when it fails.
+
+    ``streams``: a call step whose node is a generator; its value is a stream of items
+    (:mod:`dagserve.runtime.streaming`), read whole by the output or by one call step.
     """
 
     index: int
@@ -122,6 +125,7 @@ class Step:
     inline: bool = False
     returns: Any = None
     on_error: Any = None  # optional steps: a function of the error, or None
+    streams: bool = False
 
     @property
     def lazy(self) -> bool:
@@ -158,6 +162,11 @@ class Plan:
     def inline_nodes(self) -> tuple[str, ...]:
         """Names of the deployments that run inside the ingress process."""
         return tuple(d.name for d in self.deployments if d.inline)
+
+    @property
+    def streams(self) -> bool:
+        """Is the graph's output a stream of items (its output node is a generator)?"""
+        return isinstance(self.output, Ref) and self.steps[self.output.index].streams
 
     @property
     def remote_deployments(self) -> tuple[DeploymentSpec, ...]:
@@ -208,8 +217,16 @@ class Plan:
                 for d in self.deployments
             ],
             "steps": [
-                {"name": s.name, "kind": s.kind, "deployment": s.deployment, "method": s.method, "inline": s.inline}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "deployment": s.deployment,
+                    "method": s.method,
+                    "inline": s.inline,
+                    "streams": s.streams,
+                }
                 for s in self.steps
             ],
+            "streams": self.streams,
             "edges": [{"source": e.source, "target": e.target, "label": e.label} for e in self.edges],
         }

@@ -22,6 +22,7 @@ carries ``x-request-id``. This module imports Starlette at the top: import it la
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -43,7 +44,8 @@ from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
-from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch
+from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
+from dagserve.http.streaming import StreamAnswer, first_item, stream_format
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
@@ -134,7 +136,7 @@ class Ingress:
             rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
             ctx: RequestContext | None = None
             start = time.perf_counter()
-            auth, content_type, content_length, trace, expect = _graph_headers(request.scope)
+            auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
             admitted = reading = False
             try:
                 if self._token is not None:
@@ -148,6 +150,14 @@ class Ingress:
                 else:  # on a worker thread, so that the event loop keeps serving meanwhile
                     payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
                 ctx = RequestContext(request_id=rid)
+                if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
+                    items = app.astream(payload, context=ctx)
+                    first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
+                    admitted = False  # the answer holds its slot until the stream ends
+                    return StreamAnswer(  # type: ignore[return-value]
+                        items, first, fmt, request_id=rid, headers=_trace(trace, ctx, start), on_end=self._release,
+                        debug=self.config.debug,
+                    )
                 result = await self._run_watched(app, payload, ctx, request)
                 content = dump_json(result)
             except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
@@ -251,25 +261,33 @@ class Ingress:
         except TimeoutError:
             return False
 
-    async def _run_watched(self, app: App, payload: Any, ctx: RequestContext, request: Request) -> Any:
+    def _release(self) -> None:
+        self.in_flight -= 1
+
+    async def _run_watched(
+        self, app: App, payload: Any, ctx: RequestContext, request: Request, run: Callable[[], Awaitable[Any]] | None = None
+    ) -> Any:
         """``app.acall``, cancelled (and :class:`HTTPError` 499) when the client hangs up meanwhile.
 
         The graph's calls are cancelled as a deadline cancels them (on Ray, in the replicas), and
-        the App's observers count the request as ``cancelled``. dagserve's own server says when a
+        the App's observers count the request as ``cancelled``. ``run``: what to await instead of
+        ``app.acall`` (a stream's first item). dagserve's own server says when a
         connection is lost (:class:`HangUpWatch`, nearly free); under another server a task
         waits for ``http.disconnect`` (~15 µs per request).
         """
         task = asyncio.current_task()
         assert task is not None  # an ASGI request always runs in a task
         watch: HangUpWatch | None = request.scope.get(SCOPE_HANGUP)
+        if run is None:
+            run = functools.partial(app.acall, payload, context=ctx)
         if watch is None:
-            return await self._run_watching_receive(app, payload, ctx, request.receive, task)
+            return await self._run_watching_receive(run, request.receive, task)
         if watch.gone:
             raise _gone("before its graph ran")
         hook = task.cancel
         watch.hooks.add(hook)
         try:
-            return await app.acall(payload, context=ctx)
+            return await run()
         except asyncio.CancelledError:
             if not watch.gone or hook in watch.hooks:
                 raise  # not the client: the server's shutdown
@@ -278,12 +296,10 @@ class Ingress:
         finally:
             watch.hooks.discard(hook)  # before this task next yields: the hook can no longer fire
 
-    async def _run_watching_receive(
-        self, app: App, payload: Any, ctx: RequestContext, receive: Receive, task: asyncio.Task[Any]
-    ) -> Any:
-        watcher = asyncio.get_running_loop().create_task(_cancel_on_hang_up(receive, task))
+    async def _run_watching_receive(self, run: Callable[[], Awaitable[Any]], receive: Receive, task: asyncio.Task[Any]) -> Any:
+        watcher = asyncio.get_running_loop().create_task(cancel_on_hang_up(receive, task))
         try:
-            return await app.acall(payload, context=ctx)
+            return await run()
         except asyncio.CancelledError:
             if not (watcher.done() and not watcher.cancelled() and watcher.result()):
                 raise  # not the client: the server's shutdown
@@ -409,22 +425,6 @@ class Ingress:
         return _error(status, body, dict(exc.headers or {}))
 
 
-async def _cancel_on_hang_up(receive: Receive, task: asyncio.Task[Any]) -> bool:
-    """Wait for the client to disconnect, then cancel ``task`` and return ``True``.
-
-    Once the body is read, an ASGI server's ``receive()`` returns only when the connection
-    closes (``http.disconnect``); anything else ends the watch without cancelling.
-    """
-    try:
-        message = await receive()
-    except Exception:  # a server whose receive() fails here cannot tell us: stop watching
-        return False
-    if message["type"] != "http.disconnect":
-        return False
-    task.cancel()
-    return True
-
-
 def check_bearer(header: str | None, token: bytes) -> None:
     """Raise a 401 :class:`HTTPError` unless ``header`` is ``Bearer <token>`` (constant-time compare)."""
     if header is None:
@@ -472,13 +472,14 @@ _GRAPH_HEADERS = {
     b"content-length": 2,
     TRACE_HEADER.encode(): 3,
     b"expect": 4,
+    b"accept": 5,
 }
 
 
 def _graph_headers(scope: Scope) -> list[str | None]:
-    """Authorization, Content-Type, Content-Length, x-dagserve-trace and Expect (the first of
-    each, or ``None``), in one pass over the raw headers (whose names ASGI gives in lower case)."""
-    found: list[str | None] = [None, None, None, None, None]
+    """Authorization, Content-Type, Content-Length, x-dagserve-trace, Expect and Accept (the first
+    of each, or ``None``), in one pass over the raw headers (whose names ASGI gives in lower case)."""
+    found: list[str | None] = [None, None, None, None, None, None]
     for key, value in scope["headers"]:
         i = _GRAPH_HEADERS.get(key)
         if i is not None and found[i] is None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.http.errors import error_schema
+from dagserve.http.streaming import stream_openapi
 
 if TYPE_CHECKING:
     from dagserve.app import App
@@ -365,6 +366,8 @@ def _graph_operation(
             "content": {"application/json": {"schema": response_schema}},
         }
     }
+    if app.streams:
+        responses["200"].update(stream_openapi(response_schema))
     for status, text in _GRAPH_ERRORS.items():
         if status == "401" and not auth:
             continue

@@ -17,7 +17,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, OptionsError
 from dagserve.http.config import (
@@ -30,6 +30,9 @@ from dagserve.http.errors import error_body
 from dagserve.http.hosts import url_for
 from dagserve.http.jsonio import dump_json
 from dagserve.runtime.request_id import new_request_id
+
+if TYPE_CHECKING:
+    from starlette.types import Receive
 
 logger = logging.getLogger("dagserve.serve")
 
@@ -295,6 +298,22 @@ class HangUpWatch:
         hooks, self.hooks = self.hooks, set()
         for hook in hooks:
             hook()
+
+
+async def cancel_on_hang_up(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    """Wait for the client to disconnect, then cancel ``task`` and return ``True``.
+
+    Once the body is read, an ASGI server's ``receive()`` returns only when the connection
+    closes (``http.disconnect``); anything else ends the watch without cancelling.
+    """
+    try:
+        message = await receive()
+    except Exception:  # a server whose receive() fails here cannot tell us: stop watching
+        return False
+    if message["type"] != "http.disconnect":
+        return False
+    task.cancel()
+    return True
 
 
 class _HeadBounded:

@@ -33,6 +33,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
                                               skipped because they (or what they need) failed
 ============================================  ====================================================
 
+Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`.
+
 Counters and histograms are updated after each request, on the App's event loop, in plain
 dicts under one lock; they become Prometheus families when the registry is scraped. (With
 ``prometheus_client``'s own ``Counter`` and ``Histogram``, a lock per series and per bucket, the
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of, trace_observer
 
 if TYPE_CHECKING:
@@ -113,6 +116,8 @@ class Metrics:
         self._counts: dict[tuple[str, str], list[int]] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_LiveCollector(self))
+        self.streams = StreamMetrics()  # observe/stream_metrics.py
+        self.registry.register(self.streams)
 
     # -- wiring ------------------------------------------------------------------------------------
     def instrument(self, app: App) -> None:
@@ -126,6 +131,7 @@ class Metrics:
             for outcome in OUTCOMES:
                 self._requests.setdefault((app.name, outcome), 0)
         app.observers.append(_Observer(self))
+        self.streams.hook(app)
         if trace_observer not in app.observers:  # request paths to "dagserve.trace" at DEBUG
             app.observers.append(trace_observer)
 
@@ -297,13 +303,7 @@ class _RequestCollector:
 
 
 def _cumulative(h: list[float]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    total = 0.0
-    for le, n in zip(LATENCY_BUCKETS, h, strict=False):
-        total += n
-        out.append((str(float(le)), total))
-    out.append(("+Inf", total + h[len(LATENCY_BUCKETS)]))
-    return out
+    return cumulative(h, LATENCY_BUCKETS)
 
 
 class _Observer:

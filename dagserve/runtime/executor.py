@@ -27,6 +27,7 @@ from dagserve._errors import (
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
 from dagserve.runtime.composition import run_map, run_optional
 from dagserve.runtime.failures import blame, node_failure, node_timeout_error
+from dagserve.runtime.streaming import open_stream, stream_readers
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
@@ -44,6 +45,9 @@ class Runner(Protocol):
     the runner has already recorded one for that step: a passthrough runner must, since a call
     handed on un-awaited finishes after the executor has moved on, and the next call's wait for
     it is not that call's own time.
+
+    A plan with streaming steps (``Step.streams``) also needs ``stream(step, args, kwargs, ctx)``:
+    the step's items as an async iterator, started on the first read (runtime/streaming.py).
     """
 
     passthrough: bool
@@ -61,6 +65,8 @@ class RequestContext:
     running: set[str] = field(default_factory=set)
     route: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, BaseException] = field(default_factory=dict)  # optional: node -> its error
+    #: Called per streamed item with (node, "first" | "gap", seconds) (runtime/streaming.py).
+    item_observer: Any = None
 
 
 def select(value: Any, key: Any) -> Any:
@@ -123,10 +129,13 @@ class Executor:
         # A step whose value several others read runs once, in a task they all await.
         self._shared = [len(c) > 1 for c in consumers]
         # A call result may stay un-awaited when every reader is a remote call taking it whole.
+        readers = stream_readers(plan)  # (not a stream, nor the result of a call reading one)
         self._pass = [
             runner.passthrough
             and s.kind == "call"
             and not s.inline
+            and not s.streams
+            and i not in readers
             and bool(consumers[i])
             and all(c is not None and _takes_whole(c, i) for c in consumers[i])
             for i, s in enumerate(steps)
@@ -248,6 +257,8 @@ class Executor:
     async def _invoke(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         """Run call step ``step`` on its inputs' values, which are ready."""
         args, kwargs = self._build_args[step.index](values)
+        if step.streams:  # its items flow as its reader pulls them (runtime/streaming.py)
+            return open_stream(self.runner, step, args, kwargs, ctx)
         name = step.name
         ctx.running.add(name)
         start = time.perf_counter()

@@ -331,3 +331,19 @@ def test_two_graphs_with_one_name_are_refused_before_anything_deploys(nothing_de
     out = " ".join(result.output.split())
     assert "Several graphs are named 'typed'" in out and "Graph(..., name='...')" in out
     assert nothing_deploys == []
+
+
+def test_stream_timeout_reaches_the_deployed_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    class Deployed(Exception):
+        pass
+
+    def deploy_all(graphs: object, backend: object, backend_options: object, deploy_options: dict[str, object], console: object) -> None:
+        seen.update(deploy_options)
+        raise Deployed
+
+    monkeypatch.setattr(dagserve.cli.run, "_deploy_all", deploy_all)
+    result = CliRunner().invoke(main, ["run", "examples.qa_stream:graph", "--backend", "local", "--stream-timeout", "30"])
+    assert isinstance(result.exception, Deployed), result.output
+    assert seen["stream_timeout_s"] == 30.0

@@ -51,6 +51,7 @@ from dagserve.backends.ray.serve_options import (
 )
 from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.status import AppStatus
+from dagserve.runtime.streaming import stream_readers
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions
@@ -160,6 +161,7 @@ class RayBackend(Backend):
         self._plan = plan
         self._app_name = plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
+        self._runner.reads_streams = stream_readers(plan)  # backends/ray/streams.py
         try:
             for spec in plan.deployments:
                 if spec.inline:

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.handles import ServeCaller, enter_call
+from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
@@ -218,6 +219,7 @@ class NodeReplica:
             self.dagserve_batch_counts,
             limit=limit,
             limits=self._spec.frames,
+            stream=self._stream,
         )
         self._loop = loop
         _tell_replica_when_serve_stops_it()
@@ -260,9 +262,26 @@ class NodeReplica:
         finally:
             direct.release()
 
+    async def dagserve_stream(self, header: Header, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """A generator node's call (Serve streaming handle, backends/ray/streams.py): its items."""
+        direct = self._direct
+        if direct is not None:
+            await direct.admit()
+        try:
+            async for item in self._stream(header, args, kwargs):
+                yield item
+        finally:
+            if direct is not None:
+                direct.release()
+
+    def _stream(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """A generator node's items, however the call came (Serve, or the direct transport)."""
+        return replica_stream(self._bound(header[0]), self._pool, header, args, kwargs)
+
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
         method, step, request_id = header[:3]
+        args, kwargs = resolve_sources(args, kwargs)  # streams it reads (backends/ray/streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
         try:

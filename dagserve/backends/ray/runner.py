@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.backends.ray.handles import CallExtras
+from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.replicas import QueueFull
@@ -389,8 +391,15 @@ class RayRunner:
         self._extras = CallExtras()  # what calls to and with handles carry (handles.py)
         #: Handles for inline nodes, calling through this runner (set by RayBackend).
         self.handles: InProcessHandles | None = None
+        #: Call steps that read a stream (set at deploy: runtime.streaming.stream_readers).
+        self.reads_streams: frozenset[int] = frozenset()
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        if step.index in self.reads_streams:
+            return read_streams(step, args, kwargs, lambda a, k: self._call(step, a, k, ctx))
+        return self._call(step, args, kwargs, ctx)
+
+    def _call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         name: str = step.deployment  # type: ignore[assignment]
         b = self._backend
         if step.inline:
@@ -404,3 +413,12 @@ class RayRunner:
         pool = b._direct_pool(name)
         handle = None if pool is not None else b._handle(name)
         return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
+
+    def stream(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        """A generator node's items (Serve streaming handle; inline ones here)."""
+        name: str = step.deployment  # type: ignore[assignment]
+        if step.inline:
+            return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
+        header = (step.method or "__call__", step.name, ctx.request_id)
+        b = self._backend
+        return RayStream(functools.partial(b._handle, name), name, header, args, kwargs, b._direct_pool(name))

@@ -12,6 +12,7 @@ a replica that goes away fails the calls it held with :class:`ReplicaLost`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -23,10 +24,14 @@ from dagserve.backends.ray.direct.protocol import (
     BUSY,
     CALL,
     CANCEL,
+    CREDIT,
     DRAINING,
+    ITEM,
     OK,
     REJECTED,
     ROOM,
+    STREAM,
+    STREAM_WINDOW,
     Framed,
     FrameLimits,
     dumps,
@@ -36,7 +41,7 @@ from dagserve.backends.ray.direct.protocol import (
 )
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 
-__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "PoolClosed", "ReplicaLost"]
+__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "DirectStream", "PoolClosed", "ReplicaLost"]
 
 log = logging.getLogger("dagserve.ray")
 
@@ -56,6 +61,8 @@ class DirectCall:
     """One call through the pool; await it for the result. ``cancel()`` tells the replica."""
 
     __slots__ = ("_conn", "_pool", "future", "payload", "rid", "step")
+    #: The request op it is sent with.
+    op = CALL
 
     def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
         self._pool = pool
@@ -111,6 +118,59 @@ class DirectCall:
             self.future.set_exception(RuntimeError(f"replica error: {loaded!r}"))
 
 
+class DirectStream(DirectCall):
+    """A generator node's call through the pool: an async iterator of its items.
+
+    The replica sends at most ``STREAM_WINDOW`` items ahead; each item read here gives it room for
+    one more (``CREDIT``, sent in groups), so a slow reader slows the generator. The future settles
+    when the stream ends (its error, if it failed). ``cancel()`` (or ``aclose()``) stops it.
+    """
+
+    __slots__ = ("_granted", "_items", "_wake")
+    op = STREAM
+
+    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
+        super().__init__(pool, payload, step)
+        self._items: collections.deque[bytes] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._granted = 0  # items read since the last CREDIT
+
+    def _item(self, data: bytes) -> None:
+        self._items.append(data)
+        self._poke()
+
+    def _settle(self, status: int, value: bytes) -> None:
+        super()._settle(status, value)
+        self._poke()
+
+    def _poke(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def __aiter__(self) -> DirectStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self.future.done():
+                self.future.result()  # the stream's error, if it failed
+                raise StopAsyncIteration
+            self._wake = self._pool._loop.create_future()
+            await self._wake
+        data = self._items.popleft()
+        self._granted += 1
+        conn = self._conn
+        if self._granted >= STREAM_WINDOW // 2 and conn is not None and conn.calls.get(self.rid) is self:
+            conn.send(dumps((CREDIT, self.rid, self._granted)))
+            self._granted = 0
+        return loads(data)
+
+    async def aclose(self) -> None:
+        if not self.future.done():
+            self.cancel()
+
+
 class _ClientConn(Framed):
     def __init__(self, pool: DirectPool, replica: str) -> None:
         super().__init__(pool.limits)
@@ -142,13 +202,18 @@ class _ClientConn(Framed):
         return not self.full and self.accepting
 
     def submit(self, call: DirectCall) -> None:
-        data = dumps((CALL, call.rid, call.payload))
+        data = dumps((call.op, call.rid, call.payload))
         call._conn = self
         self.calls[call.rid] = call
         self.send(data)
 
     def frame_received(self, frame: Any) -> None:
         rid, status, value = frame
+        if status == ITEM:  # one item of a stream (DirectStream); the stream goes on
+            stream = self.calls.get(rid)
+            if isinstance(stream, DirectStream):
+                stream._item(value)
+            return
         if not rid:  # a notice (0 is no call's id)
             if status == DRAINING:
                 self.draining = True  # the replica is stopping: no new calls; hang up once ours are back
@@ -182,6 +247,8 @@ class _ClientConn(Framed):
         for call in calls:
             if not call.future.done():
                 call.future.set_exception(ReplicaLost(f"replica {self.replica}: {why}"))
+                if isinstance(call, DirectStream):
+                    call._poke()  # a reader waiting for its next item learns of it now
         self.pool._lost(self)
 
 
@@ -226,7 +293,13 @@ class DirectPool:
         """Is at least one replica connected and accepting calls?"""
         return any(c.accepting for c in self._conns.values())
 
-    def call(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DirectCall:
+    def stream(self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DirectStream:
+        """Send a generator node's call (or queue it): its items, as an async iterator."""
+        return self.call(header, args, kwargs, kind=DirectStream)  # type: ignore[return-value]
+
+    def call(
+        self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, kind: type[DirectCall] = DirectCall
+    ) -> DirectCall:
         """Send one call (or queue it); raises :class:`QueueFull` when the queue is full."""
         step = step_of(header)
         try:
@@ -237,7 +310,7 @@ class DirectPool:
         else:
             limit = self.limits.max_bytes
             error = too_large(step, "arguments", len(payload), limit) if len(payload) > limit else None
-        call = DirectCall(self, payload, step)
+        call = kind(self, payload, step)
         if error is None and self._closed:
             error = PoolClosed("the pool is closed")
         if error is None:

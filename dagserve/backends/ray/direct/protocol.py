@@ -22,15 +22,19 @@ __all__ = [
     "BUSY",
     "CALL",
     "CANCEL",
+    "CREDIT",
     "DEFAULT_FRAME_TIMEOUT_S",
     "DEFAULT_MAX_FRAME_BYTES",
     "DRAINING",
     "ERROR",
     "FRAME_LENGTH",
+    "ITEM",
     "OK",
     "REJECTED",
     "ROOM",
     "STATS",
+    "STREAM",
+    "STREAM_WINDOW",
     "FrameLimits",
     "Framed",
     "dumps",
@@ -42,10 +46,15 @@ __all__ = [
 
 log = logging.getLogger("dagserve.ray")
 
-#: Requests: ``(CALL, id, payload)``, ``(CANCEL, id)``, ``(STATS, id)``.
-CALL, CANCEL, STATS = 0, 1, 2
-#: Answers ``(id, status, value)``; notices ``(0, DRAINING | ROOM, None)``.
-OK, ERROR, REJECTED, DRAINING, BUSY, ROOM = 0, 1, 2, 3, 4, 5
+#: Requests: ``(CALL, id, payload)``, ``(CANCEL, id)``, ``(STATS, id)``; a generator node's call
+#: ``(STREAM, id, payload)``, and ``(CREDIT, id, n)``: the caller read ``n`` more of its items.
+CALL, CANCEL, STATS, STREAM, CREDIT = 0, 1, 2, 3, 4
+#: Answers ``(id, status, value)``; notices ``(0, DRAINING | ROOM, None)``; a stream's items
+#: ``(id, ITEM, value)``, then its end ``(id, OK, None)`` or ``(id, ERROR, error)``.
+OK, ERROR, REJECTED, DRAINING, BUSY, ROOM, ITEM = 0, 1, 2, 3, 4, 5, 6
+#: Items a replica sends of a stream before its caller grants more (``CREDIT``): the most a stream
+#: holds between a generator and its reader, whatever the stream's length.
+STREAM_WINDOW = 8
 #: Largest pickled arguments or result of one call, by default (``RayBackend(direct_max_frame_bytes=)``).
 DEFAULT_MAX_FRAME_BYTES = 256 * 2**20
 #: How long a frame may take to arrive whole once its first bytes came, by default.

@@ -13,19 +13,23 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dagserve.backends.ray.direct.protocol import (
     BUSY,
     CALL,
     CANCEL,
+    CREDIT,
     DRAINING,
     ERROR,
+    ITEM,
     OK,
     REJECTED,
     ROOM,
     STATS,
+    STREAM,
+    STREAM_WINDOW,
     Framed,
     FrameLimits,
     dumps,
@@ -59,9 +63,12 @@ class ReplicaServer:
         *,
         limit: Callable[[], int] | None = None,
         limits: FrameLimits | None = None,
+        stream: Callable[[Any, tuple[Any, ...], dict[str, Any]], AsyncIterator[Any]] | None = None,
     ) -> None:
         self.path = path
         self._dispatch = dispatch
+        #: ``stream(header, args, kwargs)``: a generator node's items (``STREAM`` frames).
+        self._stream = stream
         self._stats = stats
         self.limit: Callable[[], int] = limit or _unlimited
         self.limits = limits or FrameLimits()
@@ -178,6 +185,7 @@ class _ServerConn(Framed):
         super().__init__(server.limits)
         self.server = server
         self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.credits: dict[int, asyncio.Semaphore] = {}  # per stream: items it may still send
 
     @property
     def where(self) -> str:
@@ -200,7 +208,11 @@ class _ServerConn(Framed):
 
     def frame_received(self, frame: Any) -> None:
         op, rid = frame[0], frame[1]
-        if op == CALL:
+        if op == CREDIT:
+            credit = self.credits.get(rid)
+            for _ in range(frame[2] if credit is not None else 0):
+                credit.release()  # type: ignore[union-attr]
+        elif op == CALL or op == STREAM:
             server = self.server
             if server.draining:
                 self.send(dumps((rid, REJECTED, None)))
@@ -211,7 +223,8 @@ class _ServerConn(Framed):
                 self.send(dumps((rid, BUSY, None)))
                 return
             server.ongoing += 1
-            task = asyncio.get_running_loop().create_task(self._run(rid, frame[2]))
+            run = self._run(rid, frame[2]) if op == CALL else self._run_stream(rid, frame[2])
+            task = asyncio.get_running_loop().create_task(run)
             self.tasks[rid] = task
             # Also when a CANCEL read with its CALL stops the task before it ever ran.
             task.add_done_callback(functools.partial(self._finished, rid))
@@ -252,6 +265,43 @@ class _ServerConn(Framed):
             what = "result" if status == OK else "error"
             status, data = ERROR, dumps(too_large(step_of(header), what, len(data), limit))
         self.send(dumps((rid, status, data)))  # before the call counts as done: a draining server then closes
+
+    async def _run_stream(self, rid: int, payload: bytes) -> None:
+        """Run a generator node's call: each item goes out once the caller has room for it (its
+        ``CREDIT``), so the generator stays at most ``STREAM_WINDOW`` items ahead of its reader."""
+        credit = self.credits[rid] = asyncio.Semaphore(STREAM_WINDOW)
+        header: Any = None
+        items: Any = None
+        try:
+            header, args, kwargs = loads(payload)
+            if self.server._stream is None:
+                raise RuntimeError("this replica serves no streams over the direct transport")
+            items = self.server._stream(header, args, kwargs)
+            while True:
+                await credit.acquire()  # before the generator's next step: it runs only with room
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    break
+                data = dumps(item)
+                if len(data) > self._limits.max_bytes:
+                    raise too_large(step_of(header), "streamed item", len(data), self._limits.max_bytes)
+                self.send(dumps((rid, ITEM, data)))
+            status, data = OK, dumps(None)
+        except asyncio.CancelledError:
+            return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
+        except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
+            status = ERROR
+            try:
+                data = dumps(exc)
+            except Exception as pickling:  # noqa: BLE001
+                data = dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
+        finally:
+            self.credits.pop(rid, None)
+            if items is not None:
+                with contextlib.suppress(Exception):
+                    await items.aclose()
+        self.send(dumps((rid, status, data)))
 
     def _finished(self, rid: int, _task: asyncio.Task[Any]) -> None:
         self.tasks.pop(rid, None)

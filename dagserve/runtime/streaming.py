@@ -1,0 +1,320 @@
+"""Streams: what a generator node's step gives, for every backend.
+
+A generator node (``def f(...): yield ...`` or ``async def``; a function or a model method) does
+not return one value: its step's value is a :class:`Stream`, an async iterator of the items it
+yields, read once by the graph's output or by the one node that consumes it (a parameter the node
+iterates with ``async for``). Items are *pulled*: the generator takes its next step only when its
+reader asks for the next item, so a slow reader slows it and nothing piles up in between (the
+one item in hand at each hop is all the memory a stream holds, whatever its length). Closing a
+stream (the reader stopped, the client disconnected, a deadline passed) stops the generator at
+its next step and closes the streams it was reading.
+
+:func:`open_stream` is what the executor calls for a streaming step; :class:`StreamRun` is what
+``App.astream`` runs: the request deadline bounds the time to the first item, ``stream_timeout_s``
+the whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor as ThreadPool
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
+
+if TYPE_CHECKING:
+    from dagserve.compiler.plan import Step
+
+# The executor's RequestContext and Runner (that module imports this one): what is used of them.
+RequestContext = Any
+Runner = Any
+
+__all__ = [
+    "DEFAULT_STREAM_TIMEOUT_S",
+    "Stream",
+    "StreamRun",
+    "close_streams",
+    "consume",
+    "ahop",
+    "hop",
+    "iterate",
+    "open_stream",
+    "stream_readers",
+]
+
+#: Seconds a whole stream may last, from the request's start, by default (``stream_timeout_s``).
+DEFAULT_STREAM_TIMEOUT_S = 600.0
+
+#: Called per item with (node, "first" | "gap", seconds): time to the first item, time between items.
+ItemObserver = Callable[[str, str, float], None]
+
+_DONE: Any = object()
+
+
+class Stream:
+    """A streaming step's items, as an async iterator read once.
+
+    ``source`` is what the backend gives (an async iterator, started on the first read). Errors
+    raised while reading it become :class:`~dagserve.NodeError` naming the node (dagserve's own
+    errors pass as they are). ``aclose()`` stops the source.
+    """
+
+    __slots__ = ("_closed", "_last", "_source", "_start", "items", "name", "observer")
+
+    def __init__(self, name: str, source: AsyncIterator[Any], observer: ItemObserver | None = None) -> None:
+        self.name = name
+        self._source = source
+        self._closed = False
+        self._start = time.perf_counter()
+        self._last: float | None = None
+        self.observer = observer
+        #: Items read so far.
+        self.items = 0
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            item = await self._source.__anext__()
+        except StopAsyncIteration:
+            self._closed = True
+            raise
+        except DagserveError:
+            await self.aclose()
+            raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            await self.aclose()
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
+            raise NodeError(
+                f"Node {self.name!r} raised {type(exc).__name__} while streaming (after {self.items} "
+                f"item(s)): {text}",
+                node=self.name,
+                error_type=type(exc).__name__,
+            ) from exc
+        now = time.perf_counter()
+        if self.observer is not None:
+            if self._last is None:
+                self.observer(self.name, "first", now - self._start)
+            else:
+                self.observer(self.name, "gap", now - self._last)
+        self._last = now
+        self.items += 1
+        return item
+
+    async def aclose(self) -> None:
+        """Stop the source (idempotent); its generator stops at its next step."""
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._source, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing what failed is not an error
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def source(self) -> AsyncIterator[Any]:
+        """What the backend gave (a backend hands a stream it has not read on to another process)."""
+        return self._source
+
+
+def open_stream(runner: Runner, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Stream:
+    """The :class:`Stream` of streaming step ``step`` (the executor's call for such a step)."""
+    source = runner.stream(step, args, kwargs, ctx)  # type: ignore[attr-defined]
+    return Stream(step.name, source, getattr(ctx, "item_observer", None))
+
+
+def iterate(produced: Any, pool: ThreadPool) -> AsyncIterator[Any]:
+    """What a generator function returned, as an async iterator: an async generator as it is, a
+    sync one stepped on ``pool`` (one ``next`` per item asked for, in the caller's context)."""
+    if hasattr(produced, "__anext__"):
+        return produced  # type: ignore[no-any-return]
+    if hasattr(produced, "__next__"):
+        return _Threaded(produced, pool)
+    raise TypeError(f"a streaming node must return a generator, got {type(produced).__name__}")
+
+
+class _Threaded:
+    """A sync generator read from async code: each ``__anext__`` runs one ``next`` on a thread."""
+
+    __slots__ = ("_context", "_gen", "_pending", "_pool")
+
+    def __init__(self, gen: Iterator[Any], pool: ThreadPool) -> None:
+        self._gen = gen
+        self._pool = pool
+        self._context = contextvars.copy_context()  # the request id for logs, as for sync calls
+        # The step running on a thread (a concurrent future: it stays pending while its thread
+        # runs, even when the reader that asked for it was cancelled).
+        self._pending: Future[Any] | None = None
+
+    def __aiter__(self) -> _Threaded:
+        return self
+
+    def _step(self) -> Any:
+        return self._context.run(next, self._gen, _DONE)
+
+    async def __anext__(self) -> Any:
+        if self._pending is not None and not self._pending.done():
+            await asyncio.wrap_future(self._pending)  # a step a cancelled reader left running
+        self._pending = self._pool.submit(self._step)
+        item = await asyncio.wrap_future(self._pending)
+        if item is _DONE:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        pending = self._pending
+        if pending is not None and not pending.done():
+            # The generator is mid-step on its thread: close it once that step ends.
+            pending.add_done_callback(lambda _: self._gen.close())
+            return
+        await asyncio.wrap_future(self._pool.submit(self._gen.close))
+
+
+async def close_streams(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Close the streams among a call's arguments (the call that read them has ended)."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, Stream):
+            await a.aclose()
+
+
+def stream_readers(plan: Any) -> frozenset[int]:
+    """The call steps of ``plan`` that take a stream as an argument."""
+    streams = {s.index for s in plan.steps if s.streams}
+    return frozenset(s.index for s in plan.steps if s.kind == "call" and streams.intersection(s.inputs))
+
+
+async def consume(call: Awaitable[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Await a call that reads streams, then close them (it may have stopped reading early)."""
+    try:
+        return await call
+    finally:
+        await close_streams(args, kwargs)
+
+
+class StreamRun:
+    """One streaming request, as ``App.astream`` runs it.
+
+    ``open`` runs the graph to its output stream (the executor); the request ``timeout_s`` bounds
+    that and the first item, ``stream_timeout_s`` the whole stream from the request's start.
+    ``finish(error)`` is called once, when the stream ends, fails or is closed.
+    """
+
+    def __init__(
+        self,
+        open: Callable[[], Awaitable[Stream]],  # noqa: A002 - the natural name
+        *,
+        ctx: RequestContext,
+        timeout_s: float | None,
+        stream_timeout_s: float | None,
+        finish: Callable[[BaseException | None], None],
+    ) -> None:
+        self._open = open
+        self._ctx = ctx
+        self._timeout_s = timeout_s
+        self._stream_timeout_s = stream_timeout_s
+        self._finish = finish
+
+    async def items(self) -> AsyncIterator[Any]:
+        """The items, in order; raises the stream's error (a timeout names the node)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        whole = None if self._stream_timeout_s is None else start + self._stream_timeout_s
+        first = None if self._timeout_s is None else start + self._timeout_s
+        if whole is not None and (first is None or whole < first):
+            first = whole
+        stream: Stream | None = None
+        error: BaseException | None = None
+        try:
+            try:
+                async with asyncio.timeout_at(first):
+                    stream = await self._open()
+            except TimeoutError as exc:
+                raise self._timeout(exc, stream, first=True) from None
+            deadline, is_first = first, True
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise self._timeout(exc, stream, first=is_first) from None
+                yield item
+                deadline, is_first = whole, False
+        except BaseException as exc:
+            # The reader closing the stream early (GeneratorExit) is a cancellation for observers.
+            error = asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc
+            raise
+        finally:
+            if stream is not None:
+                await stream.aclose()
+            self._finish(error)
+
+    def _timeout(self, exc: TimeoutError, stream: Stream | None, *, first: bool) -> BaseException:
+        if isinstance(exc, RequestTimeoutError):
+            return exc
+        rid = self._ctx.request_id
+        if first and (self._stream_timeout_s is None or (self._timeout_s or 0) <= self._stream_timeout_s):
+            running = sorted(self._ctx.running) or ([stream.name] if stream is not None else [])
+            where = f"; still running: {', '.join(running)}" if running else ""
+            return RequestTimeoutError(
+                f"Request {rid} gave no first item within {self._timeout_s:g} s{where}. Raise the request "
+                "timeout, or make the slow node faster.",
+                node=running[0] if running else None,
+            )
+        node = stream.name if stream is not None else None
+        got = f" after {stream.items} item(s)" if stream is not None else ""
+        return RequestTimeoutError(
+            f"Request {rid}: the stream of {node!r} did not end within stream_timeout_s="
+            f"{self._stream_timeout_s:g} s{got}. Raise stream_timeout_s, or stream less.",
+            node=node,
+        )
+
+
+async def _next(items: AsyncIterator[Any]) -> Any:
+    return await items.__anext__()
+
+
+def hop(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """Read an async iterator living on ``loop`` (another thread's) from sync code; closing the
+    returned iterator (or dropping it) closes ``items`` on its loop."""
+    try:
+        while True:
+            try:
+                item = asyncio.run_coroutine_threadsafe(_next(items), loop).result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=10)
+
+
+async def ahop(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
+    """Read an async iterator living on ``loop`` from another running loop."""
+    try:
+        while True:
+            fut = asyncio.run_coroutine_threadsafe(_next(items), loop)
+            try:
+                item = await asyncio.wrap_future(fut)
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None and loop.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), loop))
