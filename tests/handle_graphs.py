@@ -151,8 +151,8 @@ def review_graph(counter: Any) -> dagserve.Graph:
         return dagserve.Graph({"score": sentiment(rin["text"]), "n": counter(rin)}, name="review")
 
 
-def fan_out_graph() -> dagserve.Graph:
-    classifier, tools = Classifier(), Tools()
+def fan_out_graph(classifier: Any = None, tools: Any = None) -> dagserve.Graph:
+    classifier, tools = classifier or Classifier(), tools or Tools()
     with dagserve.Input() as inp:
         out = {
             "fan": FanOut(classifier, {"t": tools})(inp["n"]),
@@ -162,9 +162,9 @@ def fan_out_graph() -> dagserve.Graph:
     return dagserve.Graph(out, name="fan_out")
 
 
-def retry_graph(timeout_s: float = 0.5) -> dagserve.Graph:
+def retry_graph(timeout_s: float = 0.5, tools: Any = None) -> dagserve.Graph:
     with dagserve.Input() as inp:
-        out = Retrier(Tools().options(timeout_s=timeout_s))(inp)
+        out = Retrier(tools or Tools().options(timeout_s=timeout_s))(inp)
     return dagserve.Graph(out, name="retry")
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve._errors import DeployError, OverloadedError
 from dagserve.backends.base import Backend
 from dagserve.runtime.batching import Batcher
-from dagserve.runtime.handles import InProcessHandles
+from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 from dagserve.runtime.status import AppStatus, NodeStatus
 from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
@@ -231,7 +231,9 @@ class LocalBackend(Backend):
         self._deployments: dict[str, _LocalDeployment] = {}
         self._runner = _LocalRunner(self._deployments)
         # Handles in this process call through the runner, on the App's loop (runtime/handles.py).
-        self._handles = InProcessHandles(lambda: self._runner, lambda name: self._deployments[name].spec, lambda: self._loop)
+        self._handles = InProcessHandles(
+            RunnerCaller(lambda: self._runner, lambda name: self._deployments[name].spec, lambda: self._loop)
+        )
         self._runner.handles = self._handles
         self._plan: Plan | None = None
         self._lock = threading.Lock()

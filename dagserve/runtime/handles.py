@@ -201,13 +201,8 @@ class InProcessHandles:
     """Handles for node code running in the App's process (the local backend's nodes, inline
     nodes on Ray): calls go through the App's runner (:class:`RunnerCaller`)."""
 
-    def __init__(
-        self,
-        runner: Callable[[], Runner],
-        spec: Callable[[str], DeploymentSpec],
-        loop: Callable[[], asyncio.AbstractEventLoop | None],
-    ) -> None:
-        self._caller = RunnerCaller(runner, spec, loop)
+    def __init__(self, caller: RunnerCaller) -> None:
+        self._caller = caller
         self._holds: dict[int, tuple[Step, bool]] = {}  # id(step) -> (step, its templates hold refs)
 
     def resolve(self, value: Any) -> Any:

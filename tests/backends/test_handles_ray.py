@@ -22,25 +22,25 @@ pytestmark = pytest.mark.ray
 
 
 def _graphs() -> list[dagserve.Graph]:
-    tools = hg.Tools()
+    # One Classifier and one Tools for every graph: fewer replicas to start (the test's cost).
+    # timeout_s 5: generous for a loaded machine's first call through a fresh Serve handle.
+    classifier, tools = hg.Classifier(), hg.Tools().options(timeout_s=5)
     with dagserve.Input() as inp:
         inline = {  # inline nodes (run in this process) holding handles: they call through the runner
             "arg": hg.use_handle.options(inline=True, name="inline_arg")(inp, tools),
-            "held": hg.SyncUser.options(inline=True)([hg.Classifier(), tools])(inp),
+            "held": hg.SyncUser.options(inline=True)([classifier, tools])(inp),
         }
     with dagserve.Input() as inp:
-        on_loop = dagserve.Graph(hg.OnLoop(hg.Tools())(inp), name="on_loop")
+        on_loop = dagserve.Graph(hg.OnLoop(tools)(inp), name="on_loop")
     ga, gb, counter = hg.shared_graphs()
     review = hg.review_graph(counter)
     with dagserve.Input() as inp:
         outer = dagserve.Graph({"p": hg.post(review(inp["review"])), "c": counter(inp)}, name="outer")
-    # timeout_s 5: generous for a loaded machine's first call through a fresh Serve handle.
     return [
-        hg.fan_out_graph(),
+        hg.fan_out_graph(classifier, tools),
         dagserve.Graph(inline, name="inline_holders"),
-        hg.retry_graph(timeout_s=5),
+        hg.retry_graph(tools=tools),
         on_loop,
-        hg.batch_graph(),
         ga,
         gb,
         outer,
@@ -93,11 +93,13 @@ def test_callee_errors_timeout_and_deadline_through_handles(app: dagserve.App) -
 
 
 def test_batching_through_handles_under_load(app: dagserve.App) -> None:
-    results = list(app.graphs["batch"].map([{"n": 6}] * 24, concurrency=12))
-    assert all(r["labels"] == [f"c{i}" for i in range(6)] for r in results)
-    sizes = app.backend.batch_sizes()[_named(app, "batch", hg.Classifier)]
-    assert sum(size * n for size, n in sizes.items()) == 24 * 6
-    assert max(sizes) > 1, sizes
+    before = sum(size * n for size, n in app.backend.batch_sizes().get("Classifier", {}).items())
+    results = list(app.graphs["fan_out"].map([{"n": 6}] * 24, concurrency=12))
+    assert all(r["fan"]["labels"] == [f"c{i}" for i in range(6)] and r["sync"]["label"] == "c6" for r in results)
+    sizes = app.backend.batch_sizes()["Classifier"]
+    # Every classified crop went through a handle (6 from FanOut, 1 from SyncUser per request) ...
+    assert sum(size * n for size, n in sizes.items()) - before == 24 * 7
+    assert max(sizes) > 1, sizes  # ... and concurrent handle calls were batched together
 
 
 def test_graphs_deployed_together_share_replicas_and_nested_graphs_run(app: dagserve.App) -> None:

@@ -49,7 +49,7 @@ from dagserve.backends.ray.serve_options import (
     deployment_options,
     replica_spec,
 )
-from dagserve.runtime.handles import InProcessHandles
+from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.status import AppStatus
 from dagserve.runtime.streaming import stream_readers
 
@@ -143,7 +143,9 @@ class RayBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = RayRunner(self)
         # Inline nodes holding handles call the other nodes through the runner (runtime/handles.py).
-        self._inline_handles = InProcessHandles(lambda: self._runner, lambda name: self._specs[name], lambda: self._loop)
+        self._inline_handles = InProcessHandles(
+            RunnerCaller(lambda: self._runner, lambda name: self._specs[name], lambda: self._loop)
+        )
         self._runner.handles = self._inline_handles
         self._session: ray_cluster.RaySession | None = None
         self._app_name: str | None = None
