@@ -103,7 +103,7 @@ async def run_optional(ex: Any, step: Step, values: list[Any], ctx: Any) -> Any:
         if step.on_error is None:
             # A copy: a reader that changes the default (appends to a [] default) must not change
             # what the next request gets.
-            return copy.deepcopy(step.default)
+            return _fresh(step.default)
         try:
             return step.on_error(exc)
         except Exception as again:
@@ -116,3 +116,13 @@ async def run_optional(ex: Any, step: Step, values: list[Any], ctx: Any) -> Any:
                 node=step.name,
                 error_type=type(again).__name__,
             ) from again
+
+
+def _fresh(default: Any) -> Any:
+    """A copy of an optional's default (the default itself when it cannot be copied)."""
+    if default is None or isinstance(default, (str, int, float, bool, bytes, tuple, frozenset)):
+        return default  # immutable (a tuple's items rarely change in place): no copy needed
+    try:
+        return copy.deepcopy(default)
+    except Exception:  # noqa: BLE001 - an object that refuses to be copied is given as it is
+        return default
