@@ -13,7 +13,7 @@ from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphEr
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
 from dagserve.backends import Backend, get_backend
-from dagserve.compiler.passes import compile as compile_graph
+from dagserve.deploy_config import ConfigSource, compile_with_config
 from dagserve.graph import Graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
@@ -42,6 +42,7 @@ def deploy(
     *,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    config: ConfigSource | None = None,
     **backend_options: Any,
 ) -> App:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
@@ -52,12 +53,16 @@ def deploy(
         with dagserve.deploy(graph, backend="local") as app:
             print(app.call({"text": "hello"}))
 
-    Raises :class:`~dagserve.CompileError` for an invalid graph and
+    ``config`` (a path to a YAML config file, or a dict of the same shape) overrides node options
+    set in code: ``graphs: {<graph name>: {nodes: {<node>: {num_replicas: 3}}}}`` (docs/deploy.md).
+
+    Raises :class:`~dagserve.CompileError` for an invalid graph, :class:`~dagserve.OptionsError`
+    for a config naming an unknown graph, node or option, and
     :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
     """
     if not isinstance(graph, Graph):
         raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
-    plan = compile_graph(graph)
+    plan = compile_with_config(graph, config)
     be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
     try:
         be.deploy(plan, ready_timeout_s=ready_timeout_s)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import threading
 import urllib.parse
@@ -31,6 +30,7 @@ import click
 
 from dagserve._errors import DagserveError, GraphError
 from dagserve.cli.targets import load_target
+from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
@@ -54,34 +54,6 @@ if TYPE_CHECKING:
     from dagserve.backends import Backend
 
 __all__ = ["parse_size", "run_command"]
-
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-}
-
-
-def parse_size(text: str) -> int:
-    """``"10MiB"`` -> 10485760; also plain bytes, kB/MB/GB (powers of 1000) and KiB/MiB/GiB."""
-    m = _SIZE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a size; write e.g. 10MiB, 512KiB or 1048576.")
-    number, unit = m.groups()
-    return int(float(number) * _UNITS[(unit or "").lower()])
-
 
 class _Size(click.ParamType):
     name = "size"
