@@ -41,6 +41,7 @@ __all__ = [
     "DeployConfig",
     "GraphConfig",
     "compile_with_config",
+    "format_size",
     "graph_overrides",
     "load_config",
     "parse_size",
@@ -77,6 +78,14 @@ def parse_size(text: str) -> int:
     return int(float(number) * _UNITS[(unit or "").lower()])
 
 
+def format_size(size: int) -> str:
+    """``1048576`` -> ``"1MiB"``: the largest binary unit that divides it (the reverse of parse_size)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def suggest(name: str, valid: Iterable[str]) -> str:
     """`` Did you mean 'x'?`` for the closest valid name, or ``""``."""
     close = difflib.get_close_matches(name, list(valid), n=1)
@@ -103,6 +112,20 @@ class DeployConfig(BaseModel):
 
     def where(self) -> str:
         return f"config file {self.source}" if self.source else "config"
+
+    def check_graphs(self, names: Iterable[str]) -> None:
+        """Every graph the config names is one of ``names``: a typo must not be ignored."""
+        known = sorted(set(names))
+        for name in self.graphs:
+            if name not in known:
+                raise OptionsError(
+                    f"{self.where()} names graph {name!r}, which is not deployed here.{suggest(name, known)} "
+                    f"Graphs: {', '.join(known)}."
+                )
+
+    def for_graph(self, name: str) -> DeployConfig:
+        """This config with only graph ``name``'s section (for one graph of several)."""
+        return self.model_copy(update={"graphs": {k: v for k, v in self.graphs.items() if k == name}})
 
 
 #: What ``config=`` accepts: a path to a YAML file, a dict of the same shape, or a loaded config.
@@ -160,13 +183,7 @@ def graph_overrides(
     if config is None:
         return {}
     cfg = load_config(config)
-    known = {graph_name, *others}
-    for name in cfg.graphs:
-        if name not in known:
-            raise OptionsError(
-                f"{cfg.where()} names graph {name!r}, which is not deployed here.{suggest(name, sorted(known))} "
-                f"Graphs: {', '.join(sorted(known))}."
-            )
+    cfg.check_graphs([graph_name, *others])
     section = cfg.graphs.get(graph_name)
     return {node: dict(options) for node, options in section.nodes.items()} if section else {}
 

@@ -8,7 +8,11 @@ from typing import Any
 
 import click
 
-__all__ = ["load_target"]
+from dagserve._errors import GraphError
+from dagserve.graph import Graph
+from dagserve.http.server import check_unique_names
+
+__all__ = ["load_graphs", "load_target"]
 
 
 def load_target(spec: str) -> Any:
@@ -33,3 +37,19 @@ def load_target(spec: str) -> Any:
         except AttributeError:
             raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r}.") from None
     return obj
+
+
+def load_graphs(target: str) -> list[Graph]:
+    """The graphs at ``MODULE:ATTR``: a :class:`~dagserve.Graph` or a list of them (names unique)."""
+    obj = load_target(target)
+    if isinstance(obj, Graph):
+        return [obj]
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
+        try:
+            check_unique_names(obj)  # before anything deploys
+        except GraphError as exc:
+            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
+        return list(obj)
+    raise click.BadParameter(
+        f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"
+    )
