@@ -159,7 +159,7 @@ def load_config(config: ConfigSource) -> DeployConfig:
                 raise OptionsError(f"{at}.nodes.{node} must map option names to values, got {options!r}.")
     try:
         return DeployConfig(
-            graphs={g: {"nodes": _sizes(s.get("nodes") or {})} for g, s in graphs.items()},
+            graphs={g: {"nodes": _sizes(s.get("nodes") or {}, f"{where}: graphs.{g}")} for g, s in graphs.items()},
             server=dict(data.get("server") or {}),
             source=source,
         )
@@ -232,7 +232,7 @@ def _check_keys(data: Mapping[str, Any], valid: list[str], where: str, what: str
             raise OptionsError(f"{where}: unknown {what} {key!r}.{suggest(str(key), valid)} Valid: {', '.join(valid)}.")
 
 
-def _sizes(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _sizes(nodes: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for node, options in nodes.items():
         opts = dict(options)
@@ -241,6 +241,6 @@ def _sizes(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
                 try:
                     opts[key] = parse_size(opts[key])
                 except ValueError as exc:
-                    raise OptionsError(f"Invalid option {key}={opts[key]!r} for node {node!r}: {exc}") from None
+                    raise OptionsError(f"{where}: invalid option {key}={opts[key]!r} for node {node!r}: {exc}") from None
         out[str(node)] = opts
     return out
