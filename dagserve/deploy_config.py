@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dagserve._errors import CompileError, OptionsError
+from dagserve._errors import CompileError, DagserveError, OptionsError
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Plan
@@ -43,6 +43,7 @@ __all__ = [
     "compile_with_config",
     "format_size",
     "graph_overrides",
+    "import_target",
     "load_config",
     "parse_size",
     "suggest",
@@ -186,6 +187,33 @@ def graph_overrides(
     cfg.check_graphs([graph_name, *others])
     section = cfg.graphs.get(graph_name)
     return {node: dict(options) for node, options in section.nodes.items()} if section else {}
+
+
+def import_target(spec: str) -> Any:
+    """Import ``MODULE:ATTR`` (e.g. ``examples.quickstart:graph``) and return the attribute.
+
+    The current directory is put on ``sys.path`` so project modules import as they do in Python.
+    Raises :class:`~dagserve.DagserveError` saying what went wrong and how to fix it.
+    """
+    import importlib
+    import sys
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise DagserveError(f"{spec!r} is not MODULE:ATTR, e.g. examples.quickstart:graph.")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DagserveError(f"cannot import module {module_name!r}: {exc}.") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise DagserveError(f"module {module_name!r} has no attribute {attr!r}.") from None
+    return obj
 
 
 def compile_with_config(
