@@ -138,3 +138,11 @@ def test_a_file_for_several_graphs_configures_each() -> None:
 def test_sizes_round_trip() -> None:
     assert parse_size("1MiB") == 1024**2 and format_size(1024**2) == "1MiB"
     assert format_size(3 * 1024) == "3KiB" and format_size(1000) == "1000" and format_size(2 * 1024**3) == "2GiB"
+
+
+def test_compile_applies_options_before_lowering() -> None:
+    # `inline` is read into the steps as well as the deployment: both follow the option given to compile.
+    plan = dagserve.compile(reviews, options={"clean": {"inline": True}})
+    assert plan.deployment("clean").inline
+    assert [s.inline for s in plan.steps if s.deployment == "clean"] == [True]
+    assert not any(s.inline for s in dagserve.compile(reviews).steps if s.deployment == "clean")
