@@ -54,6 +54,11 @@ def test_tokens_stay_out_of_the_file() -> None:
     assert secret not in yaml.safe_dump(doc)
 
 
+def test_a_working_dir_ships_the_code() -> None:
+    doc = run_build("examples.quickstart:graph", "--working-dir", "s3://bucket/code.zip")
+    assert doc["applications"][0]["runtime_env"]["working_dir"] == "s3://bucket/code.zip"
+
+
 def test_several_graphs_are_several_applications() -> None:
     doc = run_build("tests.ingress_graphs:BOTH", "--ingress-replicas", "2")
     assert [(a["name"], a["route_prefix"]) for a in doc["applications"]] == [("typed", "/typed"), ("echo", "/echo")]
