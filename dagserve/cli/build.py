@@ -18,6 +18,7 @@ import click
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
 from dagserve.cli.targets import load_graphs
+from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
 
 __all__ = ["build_command"]
 
@@ -74,6 +75,7 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
         raise click.ClickException(str(exc)) from None
     how = "kubectl apply -f FILE" if fmt == "rayservice" else "serve deploy FILE"
     text = f"# Written by `dagserve build {target}`; deploy with `{how}` (docs/deploy.md).\n"
+    text += f"# No tokens here: the ingress reads ${TOKEN_ENV} and ${ADMIN_TOKEN_ENV} from the cluster's environment.\n"
     text += yaml.safe_dump(document, sort_keys=False)
     if output == "-":
         click.echo(text, nl=False)
