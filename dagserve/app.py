@@ -22,7 +22,7 @@ from dagserve._errors import (
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
 from dagserve.backends import Backend, get_backend
-from dagserve.compiler.passes import compile as compile_graph
+from dagserve.deploy_config import ConfigSource, compile_with_config
 from dagserve.graph import Graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
@@ -54,6 +54,7 @@ def deploy(
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+    config: ConfigSource | None = None,
     **backend_options: Any,
 ) -> App:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
@@ -68,10 +69,14 @@ def deploy(
     to each by name, and a node several of them use is deployed once (one set of replicas).
 
     ``stream_timeout_s`` bounds a whole stream of a graph whose output streams (docs/streaming.md).
-    Raises :class:`~dagserve.CompileError` for an invalid graph and
+    ``config`` (a path to a YAML config file, or a dict of the same shape) overrides node options
+    set in code: ``graphs: {<graph name>: {nodes: {<node>: {num_replicas: 3}}}}`` (docs/deploy.md).
+
+    Raises :class:`~dagserve.CompileError` for an invalid graph, :class:`~dagserve.OptionsError`
+    for a config naming an unknown graph, node or option, and
     :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
     """
-    graphs, plan, per_graph = _compile(graph)
+    graphs, plan, per_graph = _compile(graph, config)
     be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
     if graphs and getattr(be, "ingress_replicas", None) is not None:
         raise DeployError(
@@ -92,10 +97,10 @@ def deploy(
     return app
 
 
-def _compile(graph: Any) -> tuple[list[Graph], Plan, list[Plan]]:
+def _compile(graph: Any, config: ConfigSource | None) -> tuple[list[Graph], Plan, list[Plan]]:
     """(the graphs of a list, the plan to deploy, each graph's plan); one graph: ([], its plan, [])."""
     if isinstance(graph, Graph):
-        return [], compile_graph(graph), []
+        return [], compile_with_config(graph, config), []
     if not isinstance(graph, (list, tuple)):
         raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
     bad = [type(g).__name__ for g in graph if not isinstance(g, Graph)]
@@ -103,7 +108,8 @@ def _compile(graph: Any) -> tuple[list[Graph], Plan, list[Plan]]:
         raise GraphError(f"dagserve.deploy takes a list of dagserve.Graph objects, got {bad or 'an empty list'}.")
     from dagserve.compiler.shared import share_deployments
 
-    plan, per_graph = share_deployments([compile_graph(g) for g in graph])
+    names = [g.name for g in graph]
+    plan, per_graph = share_deployments([compile_with_config(g, config, others=names) for g in graph])
     return list(graph), plan, per_graph
 
 

@@ -28,6 +28,18 @@ def _batch() -> click.Command:
     return batch_command
 
 
+def _config() -> click.Command:
+    from dagserve.cli.config import config_command
+
+    return config_command
+
+
+def _build() -> click.Command:
+    from dagserve.cli.build import build_command
+
+    return build_command
+
+
 def _ops(name: str) -> Callable[[], click.Command]:
     def load() -> click.Command:
         from dagserve.cli import ops
@@ -45,6 +57,8 @@ COMMANDS: dict[str, Callable[[], click.Command]] = {
     "scale": _ops("scale"),
     "update": _ops("update"),
     "batch": _batch,
+    "config": _config,
+    "build": _build,
 }
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import threading
 import urllib.parse
@@ -29,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dagserve._errors import DagserveError, GraphError
-from dagserve.cli.targets import load_target
+from dagserve._errors import DagserveError
+from dagserve.cli.config import check_config, config_option, read_config, with_server_config
+from dagserve.cli.targets import load_graphs
+from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
@@ -44,7 +45,7 @@ from dagserve.http.config import (
     TOKEN_ENV,
 )
 from dagserve.http.hosts import is_loopback
-from dagserve.http.server import check_unique_names, serve
+from dagserve.http.server import serve
 from dagserve.runtime.request_id import RequestIdFilter
 
 if TYPE_CHECKING:
@@ -52,36 +53,9 @@ if TYPE_CHECKING:
 
     from dagserve.app import App
     from dagserve.backends import Backend
+    from dagserve.deploy_config import DeployConfig
 
 __all__ = ["parse_size", "run_command"]
-
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-}
-
-
-def parse_size(text: str) -> int:
-    """``"10MiB"`` -> 10485760; also plain bytes, kB/MB/GB (powers of 1000) and KiB/MiB/GiB."""
-    m = _SIZE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a size; write e.g. 10MiB, 512KiB or 1048576.")
-    number, unit = m.groups()
-    return int(float(number) * _UNITS[(unit or "").lower()])
-
 
 class _Size(click.ParamType):
     name = "size"
@@ -188,6 +162,7 @@ class _Size(click.ParamType):
     "On loopback without a token only localhost, 127.0.0.1 and [::1] are answered otherwise.",
 )
 @click.option("--debug", is_flag=True, help="Put tracebacks in error bodies (never in production).")
+@config_option
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
 @click.option(
     "--log-level",
@@ -211,11 +186,15 @@ def run_command(target: str, **options: Any) -> None:
             "--allow-unauthenticated-ray is about the Ray dagserve starts; use it with --backend ray.",
             param_hint="--allow-unauthenticated-ray",
         )
+    # Code < config file < flags (the file's server settings replace defaults, not flags given).
+    config = read_config(options.pop("config_file"))
+    options = with_server_config(click.get_current_context(), options, config)
     # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
     options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
-    graphs = _graphs(target, load_target(target))
+    graphs = load_graphs(target)
+    check_config(config, graphs)  # every graph compiles with the file's node options
     with _logging_to_stderr(options["log_level"]):
-        _run(graphs, stored_admin_token=created, **options)
+        _run(graphs, stored_admin_token=created, config=config, **options)
 
 
 def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
@@ -269,6 +248,7 @@ def _run(
     access_log: bool,
     log_level: str,
     stored_admin_token: bool = False,
+    config: DeployConfig | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -284,7 +264,7 @@ def _run(
     if stream_timeout is not None:
         deploy_options["stream_timeout_s"] = stream_timeout
     try:
-        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console)
+        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     names = ", ".join(a.name for a in apps)
@@ -327,20 +307,6 @@ def _run(
     click.echo("dagserve: stopped.", err=True)
 
 
-def _graphs(target: str, obj: Any) -> list[Graph]:
-    if isinstance(obj, Graph):
-        return [obj]
-    if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
-        try:
-            check_unique_names(obj)  # before anything deploys
-        except GraphError as exc:
-            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
-        return list(obj)
-    raise click.BadParameter(
-        f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"
-    )
-
-
 @contextlib.contextmanager
 def _logging_to_stderr(level: str) -> Iterator[None]:
     """Log records to stderr while serving, each line with the request id it belongs to."""
@@ -364,6 +330,7 @@ def _deploy_all(
     backend_options: dict[str, Any],
     deploy_options: dict[str, Any],
     console: Console,
+    config: DeployConfig | None = None,
 ) -> list[App]:
     """Deploy each graph, showing per graph how many of its nodes run so far."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -390,7 +357,7 @@ def _deploy_all(
                 )
                 watcher.start()
                 try:
-                    app = deploy(graph, be, **deploy_options)
+                    app = deploy(graph, be, config=config and config.for_graph(graph.name), **deploy_options)
                 finally:
                     done.set()
                     watcher.join(2)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Any
 
 import click
 
-__all__ = ["load_target"]
+from dagserve._errors import DagserveError, GraphError
+from dagserve.deploy_config import import_target
+from dagserve.graph import Graph
+from dagserve.http.server import check_unique_names
+
+__all__ = ["load_graphs", "load_target"]
 
 
 def load_target(spec: str) -> Any:
@@ -17,19 +20,23 @@ def load_target(spec: str) -> Any:
     The current directory is put on ``sys.path`` so project modules import as they do in Python.
     Raises :class:`click.BadParameter` with what went wrong and how to fix it.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise click.BadParameter(f"{spec!r} is not MODULE:ATTR, e.g. examples.quickstart:graph.")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}.") from None
-    obj: Any = module
-    for part in attr.split("."):
+        return import_target(spec)
+    except DagserveError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def load_graphs(target: str) -> list[Graph]:
+    """The graphs at ``MODULE:ATTR``: a :class:`~dagserve.Graph` or a list of them (names unique)."""
+    obj = load_target(target)
+    if isinstance(obj, Graph):
+        return [obj]
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(g, Graph) for g in obj):
         try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r}.") from None
-    return obj
+            check_unique_names(obj)  # before anything deploys
+        except GraphError as exc:
+            raise click.BadParameter(f"{target}: {exc}", param_hint="MODULE:ATTR") from None
+        return list(obj)
+    raise click.BadParameter(
+        f"{target} is a {type(obj).__name__}, not a dagserve.Graph or a list of Graphs.", param_hint="MODULE:ATTR"
+    )

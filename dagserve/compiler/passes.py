@@ -11,15 +11,17 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 import functools
 import inspect
 import types
 import typing
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagserve._errors import CompileError
+from dagserve._errors import CompileError, OptionsError
 from dagserve.compiler.composition import composition_edges, lower_composition
 from dagserve.compiler.handles import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
@@ -43,8 +45,11 @@ from dagserve.graph.subgraph import scope_of
 __all__ = ["compile"]
 
 
-def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.compile
-    """Validate ``graph`` and lower it to a frozen :class:`Plan`.
+def compile(graph: Graph, *, options: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:  # noqa: A001
+    """Validate ``graph`` and lower it to a frozen :class:`Plan` (the public name is dagserve.compile).
+
+    ``options`` maps node (deployment) names to options that override those in code (a config
+    file's, ``dagserve.deploy(config=...)``); they are validated like ``.options(...)``.
 
     Raises :class:`~dagserve.CompileError` for graph-wide problems (several inputs, dead nodes,
     types that cannot meet across an edge, a payload field the Input's schema does not declare, a
@@ -59,8 +64,10 @@ def compile(graph: Graph) -> Plan:  # noqa: A001 - the public name is dagserve.c
     check_handle_cycles(graph.name, calls)
     step_names = _name_steps(nodes, dep_of)
     index = {id(n): i for i, n in enumerate(nodes)}
+    if options:
+        nodes = _with_options(graph.name, nodes, deployments, dep_of, step_names, index, options)
     steps = tuple(_lower(i, n, index, step_names, dep_of, deployments) for i, n in enumerate(nodes))
-    _check_types(nodes, steps, step_names)
+    _check_types(nodes, steps, step_names, index)
     _check_fields(nodes, step_names)
     _check_batched(nodes, step_names)
     output = _template(graph.output, index)
@@ -148,6 +155,40 @@ def _name_deployments(nodes: list[Node]) -> tuple[dict[str, FunctionNode[Any] | 
         deployments[name] = target
         dep_of[id(target)] = name
     return deployments, dep_of
+
+
+def _with_options(
+    graph_name: str,
+    nodes: list[Node],
+    deployments: dict[str, Any],
+    dep_of: dict[int, str],
+    names: dict[int, str],
+    index: dict[int, int],
+    options: Mapping[str, Mapping[str, Any]],
+) -> list[Node]:
+    """Options given at compile time over those in code: the overridden nodes and their calls are
+    copied with the new options (the user's graph is left as it is), before anything reads them."""
+    for name in options:
+        if name not in deployments:
+            close = difflib.get_close_matches(name, list(deployments), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OptionsError(f"Graph {graph_name!r} has no node {name!r}.{hint} Its nodes: {', '.join(deployments)}.")
+        if "name" in options[name]:
+            raise OptionsError(f"Node {name!r}: a node's name is set in code, not by options given to compile.")
+    swap: dict[int, Any] = {}
+    for name, overrides in options.items():
+        old = deployments[name]
+        new = old.options(**overrides)  # validated as in code; errors name the node and the option
+        swap[id(old)], deployments[name], dep_of[id(new)] = new, new, name
+    out: list[Node] = []
+    for n in nodes:
+        if isinstance(n, CallNode) and id(n.target) in swap:
+            twin = copy.copy(n)
+            twin.target = swap[id(n.target)]
+            index[id(twin)], names[id(twin)] = index[id(n)], names[id(n)]
+            n = twin
+        out.append(n)
+    return out
 
 
 def _name_steps(nodes: list[Node], dep_of: dict[int, str]) -> dict[int, str]:
@@ -357,7 +398,7 @@ def _meets(produced: tuple[type, ...], expected: tuple[type, ...]) -> bool:
     return False
 
 
-def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, str]) -> None:
+def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, str], index: dict[int, int]) -> None:
     for n in nodes:
         if not isinstance(n, CallNode):
             continue
@@ -365,7 +406,7 @@ def _check_types(nodes: list[Node], steps: tuple[Step, ...], names: dict[int, st
             arg = _bound_arg(n, pname)
             if not isinstance(arg, CallNode):
                 continue
-            produced = steps[nodes.index(arg)].returns
+            produced = steps[index[id(arg)]].returns
             if isinstance(n, MapNode) and arg is n.items:
                 produced = _item_type(produced)  # each item of the list goes to its own call
             p, e = _concrete(produced), _concrete(expected)

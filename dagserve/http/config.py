@@ -1,4 +1,5 @@
-"""One ingress's limits and switches (:class:`IngressConfig`) and the server defaults.
+"""One ingress's limits and switches (:class:`IngressConfig`), the server defaults, and the
+``server:`` section of a config file (:class:`ServerConfig`).
 
 Read by the ingress (``dagserve.http.ingress``) and set by ``asgi_app`` / ``serve``
 (``dagserve.http.server``); kept apart so that neither imports the other.
@@ -7,9 +8,12 @@ Read by the ingress (``dagserve.http.ingress``) and set by ``asgi_app`` / ``serv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dagserve._errors import OptionsError
+from dagserve.deploy_config import DeployConfig, parse_size, suggest
 from dagserve.http.hosts import check_host_entry
 from dagserve.http.jsonio import MAX_DEPTH
 
@@ -23,7 +27,9 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT_S",
     "TOKEN_ENV",
     "IngressConfig",
+    "ServerConfig",
     "positive",
+    "server_config",
 ]
 
 #: Environment variable holding the bearer token for graph routes.
@@ -76,3 +82,73 @@ def positive(name: str, value: Any, *, integer: bool = False) -> None:
     if isinstance(value, bool) or not ok_type or value <= 0:
         kind = "a positive integer" if integer else "a positive number of seconds"
         raise OptionsError(f"Ingress option {name}={value!r} is invalid; it must be {kind}.")
+
+
+class ServerConfig(BaseModel):
+    """A config file's ``server:`` section: ``dagserve run``'s settings, named as its flags
+    (``--max-body-size`` is ``max_body_size``). Only the settings written are set; the command
+    line overrides them, and they override the defaults. Tokens never go in a file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str | None = None
+    port: int | None = Field(None, ge=0, le=65535)
+    max_body_size: int | None = Field(None, gt=0, description="bytes, or a size such as 1MiB")
+    max_in_flight: int | None = Field(None, ge=1)
+    body_timeout: float | None = Field(None, gt=0)
+    header_timeout: float | None = Field(None, gt=0)
+    request_timeout: float | None = Field(None, gt=0)
+    ready_timeout: float | None = Field(None, gt=0)
+    shutdown_timeout: float | None = Field(None, ge=0)
+    allowed_hosts: tuple[str, ...] | None = None
+    debug: bool | None = None
+    access_log: bool | None = None
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+
+    @field_validator("max_body_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    def given(self) -> dict[str, Any]:
+        """The settings the file sets."""
+        return self.model_dump(exclude_unset=True)
+
+
+#: Settings that a config file must not hold in plain text, and where they go instead.
+_SECRETS = {"token": TOKEN_ENV, "admin_token": ADMIN_TOKEN_ENV}
+
+
+def server_config(config: DeployConfig) -> ServerConfig:
+    """The config's ``server:`` section, validated (with the ingress's own checks too)."""
+    where = f"{config.where()}: server"
+    fields = sorted(ServerConfig.model_fields)
+    for key in config.server:
+        if key in _SECRETS:
+            raise OptionsError(
+                f"{where}: {key} does not belong in a config file (it would sit there in plain text); set "
+                f"${_SECRETS[key]} in the server's environment instead."
+            )
+        if key not in fields:
+            raise OptionsError(f"{where}: unknown setting {key!r}.{suggest(str(key), fields)} Valid: {', '.join(fields)}.")
+    try:
+        server = ServerConfig(**config.server)
+    except (ValidationError, ValueError) as exc:
+        raise OptionsError(f"{where}: {_first_error(exc)}") from None
+    try:
+        IngressConfig(
+            max_body_bytes=server.max_body_size or DEFAULT_MAX_BODY_BYTES,
+            max_in_flight=server.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+            allowed_hosts=server.allowed_hosts,
+        )
+    except OptionsError as exc:
+        raise OptionsError(f"{where}: {exc}") from None
+    return server
+
+
+def _first_error(exc: Exception) -> str:
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"][:1])
+    return f"{loc}={first.get('input')!r}: {first['msg'].removeprefix('Value error, ').rstrip('.')}."

@@ -393,21 +393,31 @@ class RayBackend(Backend):
         change keep their replicas."""
         from ray import serve
 
-        remote = [s for s in self._specs.values() if not s.inline]
-        if self.ingress_replicas is not None:
-            root = self._bind_ingress([self._bind(s) for s in remote])
-            route_prefix: str | None = f"/{self._app_name}"
-        else:
-            # The first node's deployment is the application's root; binding the others to it
-            # makes Serve deploy them together (the replica ignores them).
-            children = [self._bind(s) for s in remote[1:]]
-            root = self._bind(remote[0], _children=children) if children else self._bind(remote[0])
-            route_prefix = None
+        root = self._root()
+        route_prefix = f"/{self._app_name}" if self.ingress_replicas is not None else None
         target = serve.RunTarget(root, name=self._app_name, route_prefix=route_prefix, logging_config=_LOGGING)
         try:
             serve.run_many([target], wait_for_applications_running=False)
         except Exception as exc:
             raise DeployError(f"Ray Serve refused graph {self._app_name!r}: {type(exc).__name__}: {exc}") from exc
+
+    def _root(self) -> Any:
+        """The graph's Serve application: its root deployment, bound with every other one."""
+        remote = [s for s in self._specs.values() if not s.inline]
+        if self.ingress_replicas is not None:
+            return self._bind_ingress([self._bind(s) for s in remote])
+        # The first node's deployment is the application's root; binding the others to it
+        # makes Serve deploy them together (the replica ignores them).
+        children = [self._bind(s) for s in remote[1:]]
+        return self._bind(remote[0], _children=children) if children else self._bind(remote[0])
+
+    def application(self, plan: Plan) -> Any:
+        """The plan's Serve application (a bound deployment), for Serve to deploy rather than this
+        backend: ``serve deploy`` of a file ``dagserve build`` wrote (``dagserve.http.serve_app``)."""
+        self._plan, self._app_name = plan, plan.graph_name
+        self._specs = {d.name: d for d in plan.deployments}
+        self._versions = {d.name: 1 for d in plan.remote_deployments}
+        return self._root()
 
     def _bind_ingress(self, nodes: list[Any]) -> Any:
         """The ingress deployment, bound with every node deployment (so Serve deploys them together)."""

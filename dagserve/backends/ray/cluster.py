@@ -44,6 +44,7 @@ __all__ = [
     "acquire",
     "ensure_serve",
     "release",
+    "serve_env",
     "start_local_ray",
 ]
 
@@ -332,21 +333,30 @@ def _loopback_only(*, mark_processes: bool = True) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _set_serve_env(throughput_optimized: bool) -> None:
-    """Serve reads these once, when ``ray.serve`` is first imported in a process: set them before
-    that (Ray processes started afterwards inherit them)."""
+def serve_env(throughput_optimized: bool = DEFAULT_THROUGHPUT_OPTIMIZED) -> dict[str, str]:
+    """dagserve's tuned Serve settings, as environment variables (also written into the
+    ``runtime_env`` of the files ``dagserve build`` writes)."""
+    env: dict[str, str] = {}
     if throughput_optimized:
-        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         # Throughput mode would give each application's root replica an HTTP and a gRPC server
         # of its own ("direct ingress"); dagserve's ingress is its own, so keep them off.
-        os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     # Serve's router retries a request on a back-off of 25 ms doubling to 0.5 s while every replica
     # is busy; shorter steps measured faster recovery after a lost replica and a lower admitted p99
     # under overload (docs/reliability.md). The retry loops are Serve's routing tasks, at most
     # 2 per replica of a deployment, so a 10 ms ceiling costs at most ~200 cheap tries per second
     # per replica, and only while it is saturated. Users can still set their own values.
-    os.environ.setdefault("RAY_SERVE_ROUTER_RETRY_INITIAL_BACKOFF_S", "0.005")
-    os.environ.setdefault("RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S", "0.01")
+    env["RAY_SERVE_ROUTER_RETRY_INITIAL_BACKOFF_S"] = "0.005"
+    env["RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S"] = "0.01"
+    return env
+
+
+def _set_serve_env(throughput_optimized: bool) -> None:
+    """Serve reads these once, when ``ray.serve`` is first imported in a process: set them before
+    that (Ray processes started afterwards inherit them)."""
+    for key, value in serve_env(throughput_optimized).items():
+        os.environ.setdefault(key, value)
     # Throughput mode also runs Serve's request router on the event loop that uses the handle
     # (about 1.7x the requests/s of a router on its own loop, docs/ray.md); the backend makes new
     # handles when an App moves to another loop, and hides the noise the old loop's router makes.
