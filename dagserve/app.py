@@ -7,7 +7,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, DeployError, GraphError, OptionsError, RequestTimeoutError
 from dagserve._hooks import hooks
@@ -18,6 +18,7 @@ from dagserve.graph import Graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
@@ -34,6 +35,12 @@ _UPDATE_FIELDS = frozenset(
 )
 
 RequestObserver = Callable[["App", RequestContext, "BaseException | None", float], None]
+
+
+class RequestTracing(Protocol):
+    """Opens a request's span as it starts (``observe/otel.py``); an observer ends it."""
+
+    def begin(self, app: App, ctx: RequestContext) -> None: ...
 
 
 def deploy(
@@ -89,6 +96,8 @@ class App:
         self.observers: list[RequestObserver] = []
         #: Requests running now (read by the metrics' in-flight gauge); changed on the home loop only.
         self.in_flight = 0
+        #: Opens each request's span when traces are exported (observe/otel.py ``Tracing.install``).
+        self.tracing: RequestTracing | None = None
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -160,7 +169,10 @@ class App:
         self.in_flight += 1
         # Node code and log records in this process see the request id (dagserve.current_request_id).
         token = set_request_id(ctx.request_id)
+        trace_token = set_trace(ctx.trace.traceparent if ctx.trace is not None else None)  # log records' trace_id
         try:
+            if self.tracing is not None:
+                self.tracing.begin(self, ctx)
             if timeout is None:
                 return await self._executor.run(payload, ctx)
             try:
@@ -181,6 +193,7 @@ class App:
             raise
         finally:
             reset_request_id(token)
+            reset_trace(trace_token)
             self.in_flight -= 1
             if self.observers:
                 elapsed = loop.time() - start

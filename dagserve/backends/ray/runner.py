@@ -19,11 +19,13 @@ from dagserve._errors import AppClosedError, DagserveError, NodeError, Overloade
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.replicas import QueueFull
+from dagserve.runtime.tracing import call_traceparent
 
 if TYPE_CHECKING:
     from dagserve.backends.local import _LocalDeployment
     from dagserve.compiler.plan import DeploymentSpec, Step
     from dagserve.runtime.executor import RequestContext
+    from dagserve.runtime.tracing import CallSpan
 
 __all__ = ["CallTargets", "RayRunner"]
 
@@ -72,6 +74,7 @@ class _Pending:
         "header",
         "kwargs",
         "pool",
+        "span",
         "spec",
         "step",
         "upstream",
@@ -89,6 +92,8 @@ class _Pending:
         pool: DirectPool | None = None,
     ) -> None:
         self.ctx = ctx
+        # The node call's span when traces are exported (the executor opened it just now).
+        self.span: CallSpan | None = ctx.span.calling if ctx is not None and ctx.span is not None else None
         self.handle = handle
         self.pool = pool
         self.spec = spec
@@ -190,6 +195,10 @@ class _Pending:
                 if isinstance(exc, RequestTimeoutError):
                     raise
                 raise node_timeout_error(self.step.name, timeout) from None
+        except BaseException as exc:
+            if self.span is not None:
+                self.span.end(exc)
+            raise
         finally:
             self._finished = time.perf_counter()
             if self.ctx is not None:
@@ -202,6 +211,8 @@ class _Pending:
             return  # never sent (an input failed) or not finished: the executor's time stands
         ready = max([self._sent, *(u._finished for u in self.upstream if u._finished is not None)])
         timings[self.step.name] = max(0.0, self._finished - ready)
+        if self.span is not None:  # (a failed call's span has ended already, with its error)
+            self.span.end(None, self._finished)
         for u in self.upstream:
             if u._task is None:
                 u._record(timings)
@@ -254,6 +265,8 @@ class _Pending:
             if attempt >= retries:
                 raise self._lost_error(error, attempt) from error
             attempt += 1
+            if self.span is not None:
+                self.span.set("dagserve.retries", attempt)
             self._response = self._send(self.args, self.kwargs)
 
     async def _raise_upstream_failure(self) -> None:
@@ -390,7 +403,7 @@ class RayRunner:
         b = self._backend
         if step.inline:
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
-        header = (step.method or "__call__", step.name, ctx.request_id)
+        header = (step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
         pool = b._direct_pool(name)
         handle = None if pool is not None else b._handle(name)
         return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
