@@ -13,7 +13,9 @@ rules for receivers:
 * ``tracestate`` is kept only with a valid ``traceparent`` and when it is well formed (at most
   32 members, keys and values as the grammar says, no key twice); otherwise it is dropped whole.
 
-Only the ``sampled`` flag is passed on (the one flag version 00 defines). Standard library only.
+Of the trace flags, ``sampled`` (01) and ``random-trace-id`` (02, Trace Context Level 2) are
+passed on, the other bits cleared; a new trace has both (its id is random, and it is sampled, as
+OpenTelemetry's default sampler does with a root span). Standard library only.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ _ANY = re.compile(rf"({_HEX}{{2}})-({_HEX}{{32}})-({_HEX}{{16}})-({_HEX}{{2}})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _OWS = " \t"
+_NEW_FLAGS = "03"  # sampled, random trace id
 
 _KEY_CHARS = r"[a-z0-9_\-*/]"
 _KEY = re.compile(rf"[a-z]{_KEY_CHARS}{{0,255}}|[a-z0-9]{_KEY_CHARS}{{0,240}}@[a-z]{_KEY_CHARS}{{0,13}}")
@@ -71,7 +74,7 @@ def new_span_id() -> str:
 def parse_traceparent(value: str | bytes | None) -> tuple[str, str, str] | None:
     """``(trace_id, parent_id, flags)`` of a valid ``traceparent`` value, else ``None``.
 
-    ``flags`` keeps the sampled bit only (``"01"`` or ``"00"``)."""
+    ``flags`` keeps the sampled and random-trace-id bits only (``"00"`` to ``"03"``)."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -92,7 +95,7 @@ def parse_traceparent(value: str | bytes | None) -> tuple[str, str, str] | None:
         trace_id, parent_id, flags = m.group(2), m.group(3), m.group(4)
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
-    return trace_id, parent_id, "01" if int(flags, 16) & 1 else "00"
+    return trace_id, parent_id, f"{int(flags, 16) & 0x03:02x}"
 
 
 def parse_tracestate(values: str | bytes | Iterable[str | bytes] | None) -> str | None:
@@ -135,6 +138,6 @@ def request_trace(
     way. ``several``: more than one ``traceparent`` header came, which makes it invalid."""
     parsed = None if several else parse_traceparent(traceparent)
     if parsed is None:
-        return W3CTrace(new_trace_id(), new_span_id())
+        return W3CTrace(new_trace_id(), new_span_id(), _NEW_FLAGS)
     trace_id, parent_id, flags = parsed
     return W3CTrace(trace_id, new_span_id(), flags, parent_id, parse_tracestate(tracestate))

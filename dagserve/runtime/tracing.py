@@ -60,7 +60,7 @@ class W3CTrace:
 
     trace_id: str
     span_id: str
-    flags: str = "01"
+    flags: str = "03"
     parent_id: str | None = None
     tracestate: str | None = None
 
