@@ -44,7 +44,9 @@ class RequestIdMiddleware:
 
     Pure ASGI (no per-request task or body buffering); the id is in the scope, in a context
     variable for the whole request (so logs, uvicorn's access log and node code see it), and in
-    the response header.
+    the response header. So is the request's W3C trace context (``SCOPE_TRACE``): the caller's
+    ``traceparent``/``tracestate`` when valid, a new trace otherwise (observe/traceparent.py),
+    answered in a ``traceparent`` header on every response.
     """
 
     def __init__(self, app: ASGIApp, hosts: HostFilter | None = None) -> None:

@@ -214,11 +214,11 @@ class _CallSpan:
 
 
 def _end(span: Any, error: BaseException | None, finished: float | None = None) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
     outcome = outcome_of(error)
     span.set_attribute("dagserve.outcome", outcome)
     if outcome != "ok":
+        from opentelemetry.trace import Status, StatusCode
+
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
     end_time = None if finished is None else time.time_ns() - int((time.perf_counter() - finished) * 1e9)
     span.end(end_time=end_time)
