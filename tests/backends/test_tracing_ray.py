@@ -6,25 +6,18 @@ direct transport and through Serve's handles alike."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import dagserve
 from dagserve.observe.otel import Tracing
 from dagserve.observe.traceparent import request_trace
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
+from tests.otlp_receiver import Receiver
 
 pytestmark = pytest.mark.ray
 
@@ -50,49 +43,6 @@ def graph(name: str) -> dagserve.Graph:
         return dagserve.Graph(Times(3)(add_one(inp)), name=name)
 
 
-class Receiver:
-    """An OTLP/HTTP trace receiver on 127.0.0.1: keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.lock = threading.Lock()
-        spans, lock = self.spans, self.lock
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportTraceServiceRequest.FromString(body)
-                with lock:
-                    for resource in request.resource_spans:
-                        for scope in resource.scope_spans:
-                            spans.extend(scope.spans)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, span_ids: set[bytes], timeout_s: float = 60.0) -> dict[bytes, Any]:
-        """The received spans whose parent is one of ``span_ids``, once there is one for each."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self.lock:
-                children = {s.parent_span_id: s for s in self.spans if s.parent_span_id in span_ids}
-            if len(children) == len(span_ids) or time.monotonic() > deadline:
-                return children
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     from dagserve.backends.ray.cluster import start_local_ray
@@ -112,7 +62,7 @@ def receiver() -> Iterator[Receiver]:
 
         serve.shutdown()
         ray.shutdown()
-        r.server.shutdown()
+        r.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
