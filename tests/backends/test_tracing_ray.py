@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import dagserve
 from dagserve.observe.otel import Tracing
 from dagserve.observe.traceparent import request_trace
-from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
+from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV, current_trace_id
 from tests.otlp_receiver import Receiver
 
 pytestmark = pytest.mark.ray
@@ -38,9 +38,14 @@ class Times:
         return [x * self.k for x in xs]
 
 
+@dagserve.node
+def tagged(x: int) -> list[object]:
+    return [x, current_trace_id()]  # what the replica's log records get as trace_id
+
+
 def graph(name: str) -> dagserve.Graph:
     with dagserve.Input() as inp:
-        return dagserve.Graph(Times(3)(add_one(inp)), name=name)
+        return dagserve.Graph(tagged(Times(3)(add_one(inp))), name=name)
 
 
 @pytest.fixture(scope="module")
@@ -76,27 +81,30 @@ def test_replica_spans_are_children_of_the_node_call_spans(receiver: Receiver, d
     tracing = Tracing(exporter=exporter)
     name = "traced_direct" if direct else "traced_serve"
     with dagserve.deploy(graph(name), backend="ray", direct_transport=direct, ready_timeout_s=180) as app:
-        tracing.install(app)
         if direct:  # the first calls may go through Serve while the direct pools connect
             deadline = time.monotonic() + 30
             while app.backend.transport("Times") != "direct" and time.monotonic() < deadline:
                 app.call(1)
                 time.sleep(0.1)
             assert app.backend.transport("Times") == "direct"
-        exporter.clear()
+        # Export off: the trace context still reaches the replicas, for their log records.
         ctx = dagserve.RequestContext(trace=request_trace(f"00-{TRACE}-00f067aa0ba902b7-01"))
-        assert asyncio.run(app.acall(4, context=ctx)) == 15
+        assert asyncio.run(app.acall(4, context=ctx)) == [15, TRACE]
+        assert app.call(4) == [15, None]  # a call from Python without a trace context
+        tracing.install(app)
+        ctx = dagserve.RequestContext(trace=request_trace(f"00-{TRACE}-00f067aa0ba902b7-01"))
+        assert asyncio.run(app.acall(4, context=ctx)) == [15, TRACE]
     tracing.shutdown()
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert set(spans) == {f"request {name}", "node add_one", "node Times"}
-    nodes = {n: spans[f"node {n}"] for n in ("add_one", "Times")}
+    assert set(spans) == {f"request {name}", "node add_one", "node Times", "node tagged"}
+    nodes = {n: spans[f"node {n}"] for n in ("add_one", "Times", "tagged")}
     for node in nodes.values():
         assert f"{node.context.trace_id:032x}" == TRACE
         assert node.parent.span_id == spans[f"request {name}"].context.span_id
         assert node.attributes["dagserve.outcome"] == "ok" and node.attributes["dagserve.retries"] == 0
         assert node.end_time >= node.start_time
     by_parent = receiver.wait_for({n.context.span_id.to_bytes(8, "big") for n in nodes.values()})
-    assert len(by_parent) == 2, f"replica spans received: {len(receiver.spans)}"
+    assert len(by_parent) == 3, f"replica spans received: {len(receiver.spans)}"
     for node_name, node in nodes.items():
         replica = by_parent[node.context.span_id.to_bytes(8, "big")]
         attrs = {a.key: a.value for a in replica.attributes}
