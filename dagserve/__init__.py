@@ -69,6 +69,12 @@ def _serve_ingress(options: dict[str, Any]) -> tuple[type, dict[str, Any]]:
     return IngressReplica, driver_options(options)
 
 
+def _replica_spans(endpoint: str, replica: str) -> Any:
+    from dagserve.observe.otel import replica_spans  # imports the OpenTelemetry SDK: only when tracing
+
+    return replica_spans(endpoint, replica)
+
+
 def _wire() -> None:
     from dagserve import render as _render
     from dagserve._hooks import hooks
@@ -76,6 +82,7 @@ def _wire() -> None:
     hooks.to_dot, hooks.render, hooks.to_svg = _render.to_dot, _render.render, _render.to_svg
     hooks.asgi_app = asgi_app
     hooks.serve_ingress = _serve_ingress
+    hooks.replica_spans = _replica_spans
 
 
 _wire()

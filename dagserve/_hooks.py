@@ -1,9 +1,10 @@
 """The few calls that point up the layers, filled in by ``dagserve/__init__.py``.
 
 Imports point one way (docs/architecture.md): the graph model knows nothing of rendering, the App
-nothing of HTTP, the Ray backend nothing of the ingress. Three public conveniences still need a
-higher layer: ``Graph.render()`` (the render module), ``App.asgi()`` (the HTTP layer) and
-``ingress_replicas=N`` on the Ray backend (the ingress as a Serve deployment). The lower layer
+nothing of HTTP, the Ray backend nothing of the ingress. Four things still need a
+higher layer: ``Graph.render()`` (the render module), ``App.asgi()`` (the HTTP layer),
+``ingress_replicas=N`` on the Ray backend (the ingress as a Serve deployment) and a Ray
+replica's spans when traces are exported (observe/otel.py). The lower layer
 calls the hook named here; the package's ``__init__``, which sits above every layer, sets it.
 Nothing else belongs in this module.
 """
@@ -30,6 +31,9 @@ class Hooks:
     #: ``(ingress_options) -> (the Serve ingress deployment's class, the options with their tokens
     #: resolved in this process)``; loads ray, so it is called only with ``ingress_replicas``.
     serve_ingress: Callable[[dict[str, Any]], tuple[type, dict[str, Any]]] | None = None
+    #: ``dagserve.observe.otel.replica_spans(endpoint, replica_id) -> ReplicaSpans``: a Ray
+    #: replica's spans, exported over OTLP; imports the OpenTelemetry SDK, so only when tracing.
+    replica_spans: Callable[[str, str], Any] | None = None
 
     def need(self, name: str) -> Callable[..., Any]:
         """The hook ``name``; a clear error when dagserve was not imported as a package."""

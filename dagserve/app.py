@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import (
     AppClosedError,
@@ -29,6 +29,7 @@ from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.runtime.handles import enter_request, leave_request
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
+from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
@@ -45,6 +46,12 @@ _UPDATE_FIELDS = frozenset(
 )
 
 RequestObserver = Callable[["App", RequestContext, "BaseException | None", float], None]
+
+
+class RequestTracing(Protocol):
+    """Opens a request's span as it starts (``observe/otel.py``); an observer ends it."""
+
+    def begin(self, app: App, ctx: RequestContext) -> None: ...
 
 
 def deploy(
@@ -149,6 +156,8 @@ class App:
         self.stream_timeout_s: float | None = stream_timeout_s
         #: Called per streamed item with (node, "first" | "gap", seconds) (metrics hang there).
         self.item_observer: Callable[[str, str, float], None] | None = None
+        #: Opens each request's span when traces are exported (observe/otel.py ``Tracing.install``).
+        self.tracing: RequestTracing | None = None
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -248,7 +257,10 @@ class App:
         if timeout is not None and ctx.deadline is None:
             ctx.deadline = time.monotonic() + timeout  # handle calls carry it on (runtime/handles.py)
         request = enter_request(ctx)
+        trace_token = set_trace(ctx.trace.traceparent if ctx.trace is not None else None)  # log records' trace_id
         try:
+            if self.tracing is not None:
+                self.tracing.begin(self, ctx)
             if timeout is None:
                 return await self._executor.run(payload, ctx)
             try:
@@ -270,6 +282,7 @@ class App:
         finally:
             leave_request(request)
             reset_request_id(token)
+            reset_trace(trace_token)
             self.in_flight -= 1
             if self.observers:
                 elapsed = loop.time() - start

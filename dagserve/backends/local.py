@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from dagserve._options import NodeOptions
     from dagserve.compiler.plan import DeploymentSpec, Plan, Step
     from dagserve.runtime.executor import RequestContext
+    from dagserve.runtime.tracing import CallSpan
 
 __all__ = ["LocalBackend"]
 
@@ -148,7 +149,7 @@ class _LocalDeployment:
     def wake(self) -> None:
         self.slots.wake()
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: CallSpan | None = None) -> Any:
         r = self.slots.for_new_call()
         if r is None:
             r = await self._wait_for_slot()
@@ -156,8 +157,13 @@ class _LocalDeployment:
             r.ongoing += 1
         try:
             batcher = r.batchers.get(method)
+            if span is not None:  # traces are exported (observe/otel.py)
+                span.set("dagserve.replica", r.id)
             if batcher is not None:
-                return await batcher.submit(args[0])
+                value = await batcher.submit(args[0])
+                if span is not None:  # the batch this call was in has just finished: still the last one
+                    span.set("dagserve.batch_size", batcher.batch_sizes[-1])
+                return value
             fn = r.bound(method)
             if self.spec.is_async(method):
                 return await fn(*args, **kwargs)
@@ -210,7 +216,8 @@ class _LocalRunner:
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
         if self.handles is not None:
             args, kwargs = self.handles.args(step, args, kwargs)
-        call = self.deployments[step.deployment].call(step.method, args, kwargs)  # type: ignore[index,arg-type]
+        span = ctx.span.calling if ctx.span is not None else None
+        call = self.deployments[step.deployment].call(step.method, args, kwargs, span)  # type: ignore[index,arg-type]
         if step.index in self.reads_streams:
             return consume(call, args, kwargs)
         return call

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
 import urllib.parse
@@ -46,7 +47,9 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import is_loopback
 from dagserve.http.server import serve
+from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TraceIdFilter, access_observer
 from dagserve.runtime.request_id import RequestIdFilter
+from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -171,6 +174,22 @@ class _Size(click.ParamType):
     show_default=True,
     help="Log level of dagserve and uvicorn.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: every dagserve log record as one JSON object per line, with request_id and trace_id, "
+    "and one dagserve.access record per request (status, duration, per-node times).",
+)
+@click.option(
+    "--otlp-endpoint",
+    envvar=OTLP_ENDPOINT_ENV,
+    default=None,
+    metavar="URL",
+    help=f"Export OpenTelemetry traces over OTLP/HTTP to URL, e.g. http://127.0.0.1:4318 [env {OTLP_ENDPOINT_ENV}, "
+    "else OTEL_EXPORTER_OTLP_ENDPOINT; default: off]. Needs pip install 'dagserve[otel]'.",
+)
 def run_command(target: str, **options: Any) -> None:
     """Serve the graph(s) at MODULE:ATTR over HTTP (e.g. examples.quickstart:graph).
 
@@ -191,9 +210,12 @@ def run_command(target: str, **options: Any) -> None:
     options = with_server_config(click.get_current_context(), options, config)
     # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
     options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
+    endpoint = options.pop("otlp_endpoint")
+    if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
+        os.environ[OTLP_ENDPOINT_ENV] = endpoint
     graphs = load_graphs(target)
     check_config(config, graphs)  # every graph compiles with the file's node options
-    with _logging_to_stderr(options["log_level"]):
+    with _logging_to_stderr(options["log_level"], options["log_format"]):
         _run(graphs, stored_admin_token=created, config=config, **options)
 
 
@@ -247,6 +269,7 @@ def _run(
     debug: bool,
     access_log: bool,
     log_level: str,
+    log_format: str = "text",
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
 ) -> None:
@@ -267,6 +290,9 @@ def _run(
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
+    if log_format == "json":
+        for app in apps:
+            app.observers.append(access_observer)  # one dagserve.access record per request
     names = ", ".join(a.name for a in apps)
     token_file: list[Path] = []
 
@@ -308,11 +334,16 @@ def _run(
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(level: str) -> Iterator[None]:
-    """Log records to stderr while serving, each line with the request id it belongs to."""
+def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
+    """Log records to stderr while serving, each line with the request id it belongs to (as JSON
+    objects with the trace id too, for ``json``)."""
     handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+    if log_format == "json":
+        handler.addFilter(TraceIdFilter())
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)

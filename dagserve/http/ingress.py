@@ -42,7 +42,7 @@ from dagserve.http.admin import admin_routes
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
-from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
+from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.streaming import StreamAnswer, first_item, stream_format
@@ -149,7 +149,7 @@ class Ingress:
                     payload = parse_json(body, max_depth=self.config.max_json_depth)
                 else:  # on a worker thread, so that the event loop keeps serving meanwhile
                     payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
-                ctx = RequestContext(request_id=rid)
+                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE))
                 if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
                     items = app.astream(payload, context=ctx)
                     first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))

@@ -28,9 +28,11 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
 from dagserve.http.protocol import check_server_options, run_server
+from dagserve.runtime.tracing import otlp_endpoint
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend
+    from dagserve.observe.otel import Tracing
 
 __all__ = ["asgi_app", "check_unique_names", "resolve_token", "serve"]
 
@@ -118,7 +120,8 @@ def serve(
     requests whose ``Host`` is loopback (``localhost``, ``127.0.0.1``, ``[::1]``) or listed in
     ``allowed_hosts``, so that web pages cannot reach it through DNS rebinding. Other options are
     those of :func:`asgi_app`; ``header_timeout_s`` bounds how long a client may take to send a
-    request's headers.
+    request's headers. Traces are exported over OTLP/HTTP when ``$DAGSERVE_OTLP_ENDPOINT`` (or
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT``) names an endpoint (docs/tracing.md).
     """
     items = _as_list(graph_or_graphs)
     check_server_options(header_timeout_s, DEFAULT_MAX_HEADER_BYTES, shutdown_timeout_s)
@@ -137,6 +140,7 @@ def serve(
             "A backend instance runs one graph; pass the backend's name (e.g. backend='ray') to serve several."
         )
     owned: list[App] = []  # deployed here, so shut down here
+    tracing: Tracing | None = None
     try:
         apps = [
             item if isinstance(item, App) else _deployed(item, owned, backend, ready_timeout_s, request_timeout_s, backend_options)
@@ -146,6 +150,7 @@ def serve(
 
         web = create_app(_by_name(apps), config)
         warn_if_exposed(host, config.token)
+        tracing = _traced(apps)
         run_server(
             web,
             host=host,
@@ -157,11 +162,27 @@ def serve(
             on_ready=on_ready,
         )
     finally:
+        if tracing is not None:
+            tracing.shutdown()  # sends the spans still buffered
         for app in reversed(owned):
             try:
                 app.shutdown()
             except Exception:
                 logger.exception("shutting down graph %r failed", app.name)
+
+
+def _traced(apps: list[App]) -> Tracing | None:
+    """Export the Apps' traces when an OTLP endpoint is configured (runtime/tracing.py); else nothing."""
+    endpoint = otlp_endpoint()
+    if endpoint is None:
+        return None
+    from dagserve.observe.otel import Tracing  # imports the OpenTelemetry SDK: only now
+
+    tracing = Tracing(endpoint=endpoint)
+    for app in apps:
+        tracing.install(app)
+    logger.info("exporting traces over OTLP/HTTP to %s", endpoint)
+    return tracing
 
 
 def _deployed(

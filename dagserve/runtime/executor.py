@@ -28,6 +28,7 @@ from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
 from dagserve.runtime.composition import run_map, run_optional
 from dagserve.runtime.failures import blame, node_failure, node_timeout_error
 from dagserve.runtime.streaming import open_stream, stream_readers
+from dagserve.runtime.tracing import RequestSpan, W3CTrace
 
 __all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
 
@@ -67,6 +68,10 @@ class RequestContext:
     skipped: dict[str, BaseException] = field(default_factory=dict)  # optional: node -> its error
     #: Called per streamed item with (node, "first" | "gap", seconds) (runtime/streaming.py).
     item_observer: Any = None
+    #: The W3C trace context (runtime/tracing.py): the HTTP ingress sets it, a tracer may.
+    trace: W3CTrace | None = None
+    #: The request's span when traces are exported (observe/otel.py); ``None``: tracing costs nothing.
+    span: RequestSpan | None = None
 
 
 def select(value: Any, key: Any) -> Any:
@@ -263,6 +268,8 @@ class Executor:
         ctx.running.add(name)
         start = time.perf_counter()
         cancelled = False
+        failed: BaseException | None = None
+        span = ctx.span.call(step) if ctx.span is not None else None  # a runner's call() reads it
         try:
             pending = self.runner.call(step, args, kwargs, ctx)
             if self._pass[step.index]:
@@ -276,18 +283,23 @@ class Executor:
             return await pending
         except DagserveError as exc:
             blame(exc, name)  # an HTTPError the node raised names it
+            failed = exc
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             cancelled = True  # stays in ctx.running: the deadline error names it
+            failed = exc
             raise
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # A node calling sys.exit() fails its request, never the server's event loop.
-            raise _node_error(name, exc) from exc
+            failed = _node_error(name, exc)
+            raise failed from exc
         finally:
             if not cancelled:
                 ctx.running.discard(name)
             if name not in ctx.timings:  # unless the runner recorded the call's own time (Runner)
                 ctx.timings[name] = time.perf_counter() - start
+            if span is not None and (failed is not None or not self._pass[step.index]):
+                span.end(failed)  # a call handed on un-awaited is ended by its runner, or with the request
 
     async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:
         name = self._steps[i].name

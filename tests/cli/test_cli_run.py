@@ -22,6 +22,7 @@ from dagserve.cli.run import parse_size
 from dagserve.http.admin import token_for_url
 from dagserve.http.config import ADMIN_TOKEN_ENV
 from tests.http.test_serve import lines_of, wait_for
+from tests.otlp_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = re.compile(r"http://127\.0\.0\.1:\d+/")
@@ -95,6 +96,33 @@ def test_run_serves_a_list_of_graphs_behind_a_token_from_the_environment() -> No
     finally:
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err
+
+
+@pytest.mark.http
+def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_id() -> None:
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with Receiver() as receiver:
+        proc = start(
+            "tests.ingress_graphs:BOTH", "--backend", "local", "--log-format", "json",
+            "--otlp-endpoint", receiver.url, env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
+        )  # fmt: skip
+        try:
+            base = URL.search(wait_for(lines_of(proc), "dagserve: serving typed, echo at ")).group(0)  # type: ignore[union-attr]
+            headers = {"traceparent": f"00-{trace}-{parent}-01", "x-request-id": "cli-json-1"}
+            r = httpx.post(base + "typed", json={"x": 2}, headers=headers, timeout=10)
+            assert r.status_code == 200 and r.headers["traceparent"].split("-")[1] == trace
+            span_id = bytes.fromhex(r.headers["traceparent"].split("-")[2])
+            spans = receiver.wait_until(lambda got: len(got) >= 2)  # the request's span and its node's
+        finally:
+            code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    request = next(s for s in spans if s.name == "request typed")
+    assert request.trace_id.hex() == trace and request.parent_span_id.hex() == parent and request.span_id == span_id
+    assert [s.name for s in spans if s.parent_span_id == span_id] == ["node double"]
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    access = next(rec for rec in records if rec["logger"] == "dagserve.access")
+    assert access["request_id"] == "cli-json-1" and access["trace_id"] == trace
+    assert access["graph"] == "typed" and access["status"] == 200 and set(access["nodes"]) == {"double"}
 
 
 @pytest.mark.parametrize(
@@ -187,6 +215,8 @@ def test_help_lists_the_options() -> None:
         "--header-timeout",
         "--shutdown-timeout",
         "--debug",
+        "--log-format",
+        "--otlp-endpoint",
     ):
         assert option in result.output
     assert "DAGSERVE_TOKEN" in result.output

@@ -5,7 +5,7 @@ and in the arguments of a call whose header says it carries some, into
 :class:`~dagserve.runtime.handles.Handle` objects calling through a :class:`ServeCaller`: Serve's
 ``DeploymentHandle`` of the callee in the same application, so the callee is its own deployment
 (its replicas, queue, batching) and a call from inside a replica works as Serve intends. What
-travels with the call, in the header's fourth element (:func:`call_extras`): the request's time
+travels with the call, in the header's fifth element, after the traceparent (:func:`call_extras`): the request's time
 left (``deadline_s``; each process turns it back into a deadline of its own clock) and whether the
 arguments hold handle refs; the request id is the header's third element, as for every call.
 """
@@ -28,6 +28,7 @@ from dagserve.runtime.handles import (
     time_left,
 )
 from dagserve.runtime.request_id import current_request_id, new_request_id
+from dagserve.runtime.tracing import current_traceparent
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Step
@@ -36,7 +37,7 @@ __all__ = ["CallExtras", "ServeCaller", "enter_call"]
 
 
 class CallExtras:
-    """The header's fourth element for calls to a deployment holding handles, or passing some
+    """The header's fifth element for calls to a deployment holding handles, or passing some
     (cached per step: worked out once, not per call)."""
 
     def __init__(self) -> None:
@@ -59,9 +60,9 @@ def enter_call(
 ) -> tuple[tuple[Any, ...], dict[str, Any], contextvars.Token[Any] | None]:
     """In a replica, for one call: its handle refs made handles, its request made current (so
     handle calls from the node's code carry its id and deadline); the token undoes the latter."""
-    if len(header) < 4 or not header[3]:
+    if len(header) < 5 or not header[4]:
         return args, kwargs, None
-    extras = header[3]
+    extras = header[4]
     if extras.get("handles"):
         args, kwargs = resolve_handles((args, kwargs), caller.make)
     from dagserve.runtime.executor import RequestContext
@@ -107,7 +108,8 @@ class ServeCaller:
         request_id = ctx.request_id if ctx is not None else (current_request_id() or new_request_id())
         left = time_left(ctx, name)
         extras = {"handles": holds_handles((args, kwargs)), "deadline_s": left}
-        response = self._handle(deployment).remote((method, name, request_id, extras), *args, **kwargs)
+        header = (method, name, request_id, current_traceparent(), extras)
+        response = self._handle(deployment).remote(header, *args, **kwargs)
         timeout = self._timeouts.get(deployment)
         return await bounded(response, name, request_id, left, timeout, unwrap=_cause, cancel=response.cancel)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from dagserve._errors import DagserveError, DeployError
+from dagserve._hooks import hooks
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
@@ -40,6 +41,7 @@ from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.tracing import ReplicaSpans, reset_trace, set_trace
 
 log = logging.getLogger("dagserve.ray")
 
@@ -49,7 +51,8 @@ __all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", 
 #: then bind Serve's inter-deployment gRPC server to 127.0.0.1 instead of every interface.
 LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
 
-#: What travels with every call: (method, step name, request id[, extras for handles: backends/ray/handles.py]).
+#: What travels with every call: (method, step name, request id, W3C traceparent or None[, extras
+#: for handles: backends/ray/handles.py]).
 Header = tuple[Any, ...]
 
 # Upper bound on threads for sync node code per replica; threads start only when needed.
@@ -143,13 +146,15 @@ class ReplicaSpec:
     direct: bool = True
     #: What the direct transport reads and sends per call (the ingress holds to the same).
     frames: FrameLimits = field(default_factory=FrameLimits)
+    #: Where the replica exports its spans (OTLP/HTTP), ``None``: no spans (runtime/tracing.py).
+    otlp_endpoint: str | None = None
 
 
 class NodeReplica:
     """The Serve deployment class behind every remote node.
 
     Serve calls ``__call__(header, *args, **kwargs)``; ``header`` is ``(method, step name,
-    request id)``. Extra constructor keywords (the handles Serve passes to an application's
+    request id, traceparent)``. Extra constructor keywords (the handles Serve passes to an application's
     root deployment) are ignored.
     """
 
@@ -195,6 +200,8 @@ class NodeReplica:
         self._direct: ReplicaServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        if spec.otlp_endpoint:
+            self._trace_calls(spec.otlp_endpoint)
         if spec.direct:
             self._start_direct()
 
@@ -283,6 +290,7 @@ class NodeReplica:
         method, step, request_id = header[:3]
         args, kwargs = resolve_sources(args, kwargs)  # streams it reads (backends/ray/streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
+        trace_token = set_trace(header[3] if len(header) > 3 else None)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
         try:
             batcher = self._batchers.get(method)
@@ -301,7 +309,37 @@ class NodeReplica:
         finally:
             if request is not None:
                 leave_request(request)
+            reset_trace(trace_token)
             reset_request_id(token)
+
+    def _trace_calls(self, endpoint: str) -> None:
+        """Open a span per call, a child of the call's span in the ingress (observe/otel.py)."""
+        try:
+            from ray import serve
+
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (tests): the node's name will do
+            replica = self._name
+        spans: ReplicaSpans = hooks.need("replica_spans")(endpoint, replica)
+        run = self._run
+
+        async def traced(header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            traceparent = header[3] if len(header) > 3 else None
+            if not traceparent:
+                return await run(header, args, kwargs)
+            span = spans.start(header[1], traceparent)
+            error: BaseException | None = None
+            try:
+                return await run(header, args, kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                batcher = self._batchers.get(header[0])
+                # The batch this call was in has just finished: still the batcher's last one.
+                spans.end(span, error, batcher.batch_sizes[-1] if batcher is not None and batcher.batch_sizes else None)
+
+        self._run = traced  # type: ignore[method-assign]
 
     async def _run_batch(self, method: str, items: list[Any]) -> Any:
         fn = self._bound(method)

@@ -23,11 +23,13 @@ from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.handles import InProcessHandles
 from dagserve.runtime.replicas import QueueFull
+from dagserve.runtime.tracing import call_traceparent
 
 if TYPE_CHECKING:
     from dagserve.backends.local import _LocalDeployment
     from dagserve.compiler.plan import DeploymentSpec, Step
     from dagserve.runtime.executor import RequestContext
+    from dagserve.runtime.tracing import CallSpan
 
 __all__ = ["CallTargets", "RayRunner"]
 
@@ -76,6 +78,7 @@ class _Pending:
         "header",
         "kwargs",
         "pool",
+        "span",
         "spec",
         "step",
         "upstream",
@@ -93,6 +96,8 @@ class _Pending:
         pool: DirectPool | None = None,
     ) -> None:
         self.ctx = ctx
+        # The node call's span when traces are exported (the executor opened it just now).
+        self.span: CallSpan | None = ctx.span.calling if ctx is not None and ctx.span is not None else None
         self.handle = handle
         self.pool = pool
         self.spec = spec
@@ -194,6 +199,10 @@ class _Pending:
                 if isinstance(exc, RequestTimeoutError):
                     raise
                 raise node_timeout_error(self.step.name, timeout) from None
+        except BaseException as exc:
+            if self.span is not None:
+                self.span.end(exc)
+            raise
         finally:
             self._finished = time.perf_counter()
             if self.ctx is not None:
@@ -206,6 +215,8 @@ class _Pending:
             return  # never sent (an input failed) or not finished: the executor's time stands
         ready = max([self._sent, *(u._finished for u in self.upstream if u._finished is not None)])
         timings[self.step.name] = max(0.0, self._finished - ready)
+        if self.span is not None:  # (a failed call's span has ended already, with its error)
+            self.span.end(None, self._finished)
         for u in self.upstream:
             if u._task is None:
                 u._record(timings)
@@ -258,6 +269,8 @@ class _Pending:
             if attempt >= retries:
                 raise self._lost_error(error, attempt) from error
             attempt += 1
+            if self.span is not None:
+                self.span.set("dagserve.retries", attempt)
             self._response = self._send(self.args, self.kwargs)
 
     async def _raise_upstream_failure(self) -> None:
@@ -406,7 +419,7 @@ class RayRunner:
             if self.handles is not None:
                 args, kwargs = self.handles.args(step, args, kwargs)
             return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
-        header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id)
+        header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
         extras = self._extras(step, b._specs[name], ctx.deadline)
         if extras is not None:
             header += (extras,)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve._errors import OptionsError
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.replica import ReplicaSpec, ship
+from dagserve.runtime.tracing import otlp_endpoint
 
 if TYPE_CHECKING:
     from dagserve._options import Autoscaling
@@ -105,6 +106,7 @@ def replica_spec(spec: DeploymentSpec, *, direct: bool = True, frames: FrameLimi
         batch_wait_timeout_s=o.batch_wait_timeout_s,
         direct=direct,
         frames=frames or FrameLimits(),
+        otlp_endpoint=otlp_endpoint(),  # this process's setting at deploy time: replicas export there too
     )
 
 
