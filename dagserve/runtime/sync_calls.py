@@ -1,0 +1,173 @@
+"""Where a node's synchronous code runs: on a worker thread, or inline on the event loop.
+
+A plain ``def`` node must never block the event loop that serves every other request, so sync
+code runs on a worker thread. But the hand-off (a pool thread woken, the result sent back to the
+loop through its self-pipe) costs tens of microseconds, more than most pre- and post-processing
+steps themselves: the ``chain`` benchmark with ``def`` nodes ran at about half the speed of the
+same chain with ``async def`` nodes. :class:`SyncCalls` decides per callable (a replica's method):
+
+* **probing** (the start): the call runs on a worker thread and the wall time of the call itself
+  is measured there (not the queueing). After ``promote_after`` fast calls in a row (each at most
+  ``fast_s``) the callable runs **inline**; a slow call restarts the count. Wall time, not CPU
+  time, so a call that blocks (``time.sleep``, I/O, a lock) counts as slow.
+* **inline**: the call runs on the loop, still timed. A call over ``fast_s`` sends the callable
+  back to probing at once (so a node that was fast and turns slow blocks the loop for that one
+  call only), needing ten times more fast calls in a row than before to come back; after
+  ``max_demotions`` such returns it stays on threads for good. Each return is logged at debug.
+* **threads**: for good (or forced by ``inline_sync=False``): no timing at all.
+
+``inline_sync=True`` on a node forces inline without any timing. Both backends use this one
+policy (the local backend's replicas and inline nodes, and each Ray replica), for plain calls and
+batched calls alike (a batch call is timed as a whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Literal
+
+log = logging.getLogger("dagserve.sync")
+
+__all__ = ["FAST_CALL_S", "MAX_DEMOTIONS", "PROMOTE_AFTER", "Mode", "SyncCalls"]
+
+#: A call whose own wall time is at most this counts as fast (it may then run on the loop).
+FAST_CALL_S = 200e-6
+#: Fast calls in a row, measured on a worker thread, before a callable runs inline.
+PROMOTE_AFTER = 16
+#: Times an inline callable may be sent back to threads by a slow call before it stays there.
+MAX_DEMOTIONS = 3
+
+Mode = Literal["probing", "inline", "threads"]
+
+
+class _State:
+    """One callable's place in the policy (read and written on the loop only)."""
+
+    __slots__ = ("demotions", "fast", "mode", "needed")
+
+    def __init__(self, mode: Mode, needed: int) -> None:
+        self.mode: Mode = mode
+        self.fast = 0  # fast calls in a row while probing
+        self.needed = needed  # fast calls in a row that promote it
+        self.demotions = 0
+
+
+class SyncCalls:
+    """The adaptive thread-or-inline policy for the sync callables of one replica.
+
+    ``owner`` names the node in log records; ``pool`` runs the calls that go to threads;
+    ``force`` is the node's ``inline_sync`` option (``None``: adaptive). ``clock``, ``fast_s``,
+    ``promote_after`` and ``max_demotions`` are there for tests.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        pool: Executor,
+        *,
+        force: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        fast_s: float = FAST_CALL_S,
+        promote_after: int = PROMOTE_AFTER,
+        max_demotions: int = MAX_DEMOTIONS,
+    ) -> None:
+        self.owner = owner
+        self.pool = pool
+        self.force = force
+        self._clock = clock
+        self._fast_s = fast_s
+        self._promote_after = promote_after
+        self._max_demotions = max_demotions
+        self._states: dict[str, _State] = {}
+
+    def mode(self, key: str) -> Mode:
+        """Where ``key``'s next call runs (for tests, diagnostics and status)."""
+        return self._state(key).mode
+
+    def modes(self) -> dict[str, Mode]:
+        """Every callable called so far and where its next call runs."""
+        return {key: s.mode for key, s in self._states.items()}
+
+    def _state(self, key: str) -> _State:
+        state = self._states.get(key)
+        if state is None:
+            mode: Mode = "probing" if self.force is None else ("inline" if self.force else "threads")
+            state = self._states[key] = _State(mode, self._promote_after)
+        return state
+
+    async def call(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` where the policy says; ``key`` names the callable (its method)."""
+        state = self._states.get(key) or self._state(key)
+        mode = state.mode
+        if mode == "inline":
+            # The same context isolation as on a thread: what the node sets stays in its call.
+            run = contextvars.copy_context().run
+            if self.force:
+                return run(fn, *args, **kwargs)
+            clock = self._clock
+            started = clock()
+            try:
+                return run(fn, *args, **kwargs)
+            finally:
+                took = clock() - started
+                if took > self._fast_s:
+                    self._demote(key, state, took)
+        loop = asyncio.get_running_loop()
+        # The thread sees this request's context (request id for logs) like async nodes do.
+        run = contextvars.copy_context().run
+        if mode == "threads":
+            if kwargs:
+                return await loop.run_in_executor(self.pool, run, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(self.pool, run, fn, *args)
+        took_box: list[float] = []
+        try:
+            return await loop.run_in_executor(self.pool, _timed, self._clock, took_box, run, fn, args, kwargs)
+        finally:
+            if took_box:  # empty when the caller gave up (cancelled) before the thread finished
+                self._observe(state, took_box[0])
+
+    def _observe(self, state: _State, took: float) -> None:
+        """A probing call ended after ``took`` seconds of its own."""
+        if took > self._fast_s:
+            state.fast = 0
+            return
+        state.fast += 1
+        if state.fast >= state.needed and state.mode == "probing":
+            state.mode = "inline"
+
+    def _demote(self, key: str, state: _State, took: float) -> None:
+        state.demotions += 1
+        state.fast = 0
+        if state.demotions >= self._max_demotions:
+            state.mode = "threads"
+            what = "for good"
+        else:
+            state.mode = "probing"
+            state.needed *= 10
+            what = f"until {state.needed} fast calls in a row"
+        log.debug(
+            "Node %r: %s took %.3f ms on the event loop (over %.3f ms); it runs on threads %s",
+            self.owner, key, took * 1e3, self._fast_s * 1e3, what,
+        )
+
+
+def _timed(
+    clock: Callable[[], float],
+    took_box: list[float],
+    run: Callable[..., Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run on a worker thread: the call, with its own wall time appended to ``took_box``."""
+    started = clock()
+    try:
+        return run(fn, *args, **kwargs)
+    finally:
+        took_box.append(clock() - started)
