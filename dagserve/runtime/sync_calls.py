@@ -6,15 +6,21 @@ loop through its self-pipe) costs tens of microseconds, more than most pre- and 
 steps themselves: the ``chain`` benchmark with ``def`` nodes ran at about half the speed of the
 same chain with ``async def`` nodes. :class:`SyncCalls` decides per callable (a replica's method):
 
-* **probing** (the start): the call runs on a worker thread and the wall time of the call itself
-  is measured there (not the queueing). After ``promote_after`` fast calls in a row (each at most
-  ``fast_s``) the callable runs **inline**; a slow call restarts the count. Wall time, not CPU
-  time, so a call that blocks (``time.sleep``, I/O, a lock) counts as slow.
+* **probing** (the start): the call runs on a worker thread and is measured there (not its
+  queueing). After ``promote_after`` fast calls in a row the callable runs **inline**; a slow call
+  restarts the count.
 * **inline**: the call runs on the loop, still timed. A call over ``fast_s`` sends the callable
   back to probing at once (so a node that was fast and turns slow blocks the loop for that one
   call only), needing ten times more fast calls in a row than before to come back; after
   ``max_demotions`` such returns it stays on threads for good. Each return is logged at debug.
 * **threads**: for good (or forced by ``inline_sync=False``): no timing at all.
+
+A call is *slow* when its wall time is over ``fast_s`` and it either used more than ``fast_s`` of
+its thread's CPU or blocked (its thread made a voluntary context switch: ``time.sleep``, I/O, a
+lock, waiting for the GIL). A call whose thread was only preempted by the OS (an involuntary
+switch: another process took the core) is not slow, however long it took: on a loaded machine
+that happens to trivial calls all the time. Where the thread's usage cannot be read (no
+``RUSAGE_THREAD``: not Linux), wall time alone decides.
 
 ``inline_sync=True`` on a node forces inline without any timing. Both backends use this one
 policy (the local backend's replicas and inline nodes, and each Ray replica), for plain calls and
@@ -45,6 +51,30 @@ MAX_DEMOTIONS = 3
 
 Mode = Literal["probing", "inline", "threads"]
 
+#: The calling thread's (CPU seconds, voluntary context switches) so far.
+Usage = Callable[[], tuple[float, int]]
+
+
+def _thread_usage_reader() -> Usage | None:
+    try:
+        import resource
+
+        who = resource.RUSAGE_THREAD  # Linux only
+        resource.getrusage(who)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    getrusage, thread_time = resource.getrusage, time.thread_time
+
+    def usage() -> tuple[float, int]:
+        # CPU from the thread's clock, not ru_utime/ru_stime: those are brought up to date only
+        # at scheduler events, so a preemption would charge a call for the loop's earlier work.
+        return thread_time(), getrusage(who).ru_nvcsw
+
+    return usage
+
+
+THREAD_USAGE: Usage | None = _thread_usage_reader()
+
 
 class _State:
     """One callable's place in the policy (read and written on the loop only)."""
@@ -62,8 +92,8 @@ class SyncCalls:
     """The adaptive thread-or-inline policy for the sync callables of one replica.
 
     ``owner`` names the node in log records; ``pool`` runs the calls that go to threads;
-    ``force`` is the node's ``inline_sync`` option (``None``: adaptive). ``clock``, ``fast_s``,
-    ``promote_after`` and ``max_demotions`` are there for tests.
+    ``force`` is the node's ``inline_sync`` option (``None``: adaptive). ``clock``, ``usage``,
+    ``fast_s``, ``promote_after`` and ``max_demotions`` are there for tests.
     """
 
     def __init__(
@@ -73,6 +103,7 @@ class SyncCalls:
         *,
         force: bool | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        usage: Usage | None = THREAD_USAGE,
         fast_s: float = FAST_CALL_S,
         promote_after: int = PROMOTE_AFTER,
         max_demotions: int = MAX_DEMOTIONS,
@@ -81,6 +112,7 @@ class SyncCalls:
         self.pool = pool
         self.force = force
         self._clock = clock
+        self._usage = usage
         self._fast_s = fast_s
         self._promote_after = promote_after
         self._max_demotions = max_demotions
@@ -110,13 +142,14 @@ class SyncCalls:
             run = contextvars.copy_context().run
             if self.force:
                 return run(fn, *args, **kwargs)
-            clock = self._clock
+            clock, usage = self._clock, self._usage
+            used = usage() if usage is not None else None
             started = clock()
             try:
                 return run(fn, *args, **kwargs)
             finally:
                 took = clock() - started
-                if took > self._fast_s:
+                if took > self._fast_s and _slow(self._fast_s, used, usage):
                     self._demote(key, state, took)
         loop = asyncio.get_running_loop()
         # The thread sees this request's context (request id for logs) like async nodes do.
@@ -125,16 +158,33 @@ class SyncCalls:
             if kwargs:
                 return await loop.run_in_executor(self.pool, run, functools.partial(fn, *args, **kwargs))
             return await loop.run_in_executor(self.pool, run, fn, *args)
-        took_box: list[float] = []
+        slow_box: list[bool] = []
         try:
-            return await loop.run_in_executor(self.pool, _timed, self._clock, took_box, run, fn, args, kwargs)
+            return await loop.run_in_executor(self.pool, self._timed, slow_box, run, fn, args, kwargs)
         finally:
-            if took_box:  # empty when the caller gave up (cancelled) before the thread finished
-                self._observe(state, took_box[0])
+            if slow_box:  # empty when the caller gave up (cancelled) before the thread finished
+                self._observe(state, slow_box[0])
 
-    def _observe(self, state: _State, took: float) -> None:
-        """A probing call ended after ``took`` seconds of its own."""
-        if took > self._fast_s:
+    def _timed(
+        self,
+        slow_box: list[bool],
+        run: Callable[..., Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run on a worker thread: the call, and whether it was slow appended to ``slow_box``."""
+        clock, usage = self._clock, self._usage
+        used = usage() if usage is not None else None
+        started = clock()
+        try:
+            return run(fn, *args, **kwargs)
+        finally:
+            slow_box.append(clock() - started > self._fast_s and _slow(self._fast_s, used, usage))
+
+    def _observe(self, state: _State, slow: bool) -> None:
+        """A probing call ended, slow or not."""
+        if slow:
             state.fast = 0
             return
         state.fast += 1
@@ -157,17 +207,11 @@ class SyncCalls:
         )
 
 
-def _timed(
-    clock: Callable[[], float],
-    took_box: list[float],
-    run: Callable[..., Any],
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run on a worker thread: the call, with its own wall time appended to ``took_box``."""
-    started = clock()
-    try:
-        return run(fn, *args, **kwargs)
-    finally:
-        took_box.append(clock() - started)
+
+def _slow(fast_s: float, used: tuple[float, int] | None, usage: Usage | None) -> bool:
+    """Was a call over ``fast_s`` of wall time really slow, not just preempted by the OS?
+    ``used`` is its thread's usage when it started (None: unknown, so yes)."""
+    if used is None or usage is None:
+        return True
+    cpu, voluntary = usage()
+    return cpu - used[0] > fast_s or voluntary > used[1]

@@ -1,7 +1,8 @@
 """The thread-or-inline policy for sync node code (runtime/sync_calls.py), on a fake clock.
 
-The node functions advance the fake clock by the time they "take", so every decision here is
-made on programmed durations, never on how fast this machine is.
+The node functions advance a fake clock (and a fake thread usage: CPU time, voluntary context
+switches) by what they "take", so every decision here is made on programmed figures, never on
+how fast this machine is.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ _var: contextvars.ContextVar[str] = contextvars.ContextVar("_var", default="unse
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
+        self.cpu = 0.0
+        self.voluntary = 0
         self.reads = 0
 
     def __call__(self) -> float:
         self.reads += 1
         return self.now
+
+    def usage(self) -> tuple[float, int]:
+        return self.cpu, self.voluntary
 
 
 @pytest.fixture
@@ -45,10 +51,15 @@ def clock() -> FakeClock:
 
 
 def make_node(clock: FakeClock):  # type: ignore[no-untyped-def]
-    """A node that takes ``took`` seconds of fake time and says which thread ran it."""
+    """A node that takes ``took`` seconds of fake wall time and says which thread ran it: on
+    the CPU (``how="cpu"``), blocked (``"blocked"``) or preempted by the OS (``"preempted"``)."""
 
-    def node(took: float, fail: bool = False) -> str:
+    def node(took: float, fail: bool = False, how: str = "cpu") -> str:
         clock.now += took
+        if how == "cpu":
+            clock.cpu += took
+        elif how == "blocked":
+            clock.voluntary += 1
         if fail:
             raise ValueError("boom")
         return threading.current_thread().name
@@ -61,7 +72,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 
 def test_a_fast_callable_runs_on_threads_until_proven_fast_then_inline(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage)
     node = make_node(clock)
 
     async def main() -> list[str]:
@@ -75,7 +86,7 @@ def test_a_fast_callable_runs_on_threads_until_proven_fast_then_inline(pool: Thr
 
 
 def test_a_slow_call_while_probing_restarts_the_count(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage)
     node = make_node(clock)
 
     async def main() -> None:
@@ -92,7 +103,7 @@ def test_a_slow_call_while_probing_restarts_the_count(pool: ThreadPoolExecutor, 
 
 
 def test_an_always_slow_callable_never_goes_inline(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage)
     node = make_node(clock)
 
     async def main() -> list[str]:
@@ -105,7 +116,7 @@ def test_an_always_slow_callable_never_goes_inline(pool: ThreadPoolExecutor, clo
 def test_the_first_slow_inline_call_sends_it_back_to_threads_and_repeated_ones_for_good(
     pool: ThreadPoolExecutor, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sync = SyncCalls("n", pool, clock=clock, promote_after=2, max_demotions=MAX_DEMOTIONS)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=2, max_demotions=MAX_DEMOTIONS)
     node = make_node(clock)
 
     async def main() -> None:
@@ -131,7 +142,7 @@ def test_the_first_slow_inline_call_sends_it_back_to_threads_and_repeated_ones_f
 
 
 def test_callables_are_judged_apart(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock, promote_after=3)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=3)
     node = make_node(clock)
 
     async def main() -> None:
@@ -144,8 +155,8 @@ def test_callables_are_judged_apart(pool: ThreadPoolExecutor, clock: FakeClock) 
 
 
 def test_inline_sync_option_forces_either_way_without_timing(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    inline = SyncCalls("n", pool, clock=clock, force=True)
-    threads = SyncCalls("n", pool, clock=clock, force=False)
+    inline = SyncCalls("n", pool, clock=clock, usage=clock.usage, force=True)
+    threads = SyncCalls("n", pool, clock=clock, usage=clock.usage, force=False)
     node = make_node(clock)
 
     async def main() -> tuple[list[str], list[str]]:
@@ -162,7 +173,7 @@ def test_inline_sync_option_forces_either_way_without_timing(pool: ThreadPoolExe
 
 
 def test_errors_propagate_and_still_count(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock, promote_after=2)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=2)
     node = make_node(clock)
 
     async def main() -> None:
@@ -178,7 +189,7 @@ def test_errors_propagate_and_still_count(pool: ThreadPoolExecutor, clock: FakeC
 
 
 def test_the_call_sees_the_callers_context_and_cannot_change_it(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock, promote_after=1)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=1)
 
     def node() -> str:
         seen = _var.get()
@@ -195,7 +206,7 @@ def test_the_call_sees_the_callers_context_and_cannot_change_it(pool: ThreadPool
 
 
 def test_a_call_given_up_by_its_caller_is_not_counted(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
-    sync = SyncCalls("n", pool, clock=clock, promote_after=1)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=1)
     release = threading.Event()
 
     def node() -> None:
@@ -211,3 +222,44 @@ def test_a_call_given_up_by_its_caller_is_not_counted(pool: ThreadPoolExecutor, 
 
     run(main())
     assert sync.mode("m") == "probing"
+
+
+def test_a_call_preempted_by_the_os_is_not_slow_but_one_that_blocks_is(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=2)
+    node = make_node(clock)
+
+    async def main() -> None:
+        await sync.call("m", node, FAST)
+        await sync.call("m", node, SLOW, how="preempted")  # on a thread: counts as fast
+        assert sync.mode("m") == "inline"
+        await sync.call("m", node, SLOW, how="preempted")  # inline: stays inline
+        assert sync.mode("m") == "inline"
+        await sync.call("m", node, SLOW, how="blocked")  # a sleep, I/O, a lock: slow
+        assert sync.mode("m") == "probing"
+        await sync.call("m", node, FAST, how="blocked")  # blocked but short: still fast
+        assert sync.mode("m") == "probing"
+
+    run(main())
+
+
+def test_without_thread_usage_wall_time_alone_decides(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
+    sync = SyncCalls("n", pool, clock=clock, usage=None, promote_after=1)
+    node = make_node(clock)
+
+    async def main() -> None:
+        await sync.call("m", node, SLOW, how="preempted")
+        assert sync.mode("m") == "probing"
+        await sync.call("m", node, FAST)
+        await sync.call("m", node, SLOW, how="preempted")
+
+    run(main())
+    assert sync.mode("m") == "probing"
+
+
+def test_the_thread_usage_reader_reads_this_threads_cpu_and_switches() -> None:
+    from dagserve.runtime.sync_calls import THREAD_USAGE
+
+    assert THREAD_USAGE is not None  # Linux: the policy tells preemption from blocking
+    cpu, voluntary = THREAD_USAGE()
+    threading.Event().wait(0.01)  # blocks: a voluntary switch
+    assert THREAD_USAGE()[1] > voluntary and THREAD_USAGE()[0] >= cpu
