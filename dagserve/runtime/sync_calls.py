@@ -9,11 +9,16 @@ same chain with ``async def`` nodes. :class:`SyncCalls` decides per callable (a 
 * **probing** (the start): the call runs on a worker thread and is measured there (not its
   queueing). After ``promote_after`` fast calls in a row the callable runs **inline**; a slow call
   restarts the count.
-* **inline**: the call runs on the loop, still timed. A call over ``fast_s`` sends the callable
-  back to probing at once (so a node that was fast and turns slow blocks the loop for that one
-  call only), needing ten times more fast calls in a row than before to come back; after
-  ``max_demotions`` such returns it stays on threads for good. Each return is logged at debug.
-* **threads**: for good (or forced by ``inline_sync=False``): no timing at all.
+* **inline**: the call runs on the loop, still timed. A slow call sends the callable back to
+  probing at once (so a node that was fast and turns slow blocks the loop for that one call),
+  needing ten times more fast calls in a row than before to come back (160, 1,600, then 16,000
+  at most: a node slow once in a while blocks the loop ever more rarely, a node slow more often
+  than that never comes back). Each return is logged at debug.
+* **threads**: forced by ``inline_sync=False``: no timing at all.
+
+Not "threads for good" after a few slow calls: a call waiting for the GIL held by another thread
+is counted as blocked (it cannot be told from waiting for a lock), so a long-running replica with
+busy threads would in the end pin trivial nodes to threads for ever.
 
 A call is *slow* when its wall time is over ``fast_s`` and it either used more than ``fast_s`` of
 its thread's CPU or blocked (its thread made a voluntary context switch: ``time.sleep``, I/O, a
@@ -40,14 +45,14 @@ from typing import Any, Literal
 
 log = logging.getLogger("dagserve.sync")
 
-__all__ = ["FAST_CALL_S", "MAX_DEMOTIONS", "PROMOTE_AFTER", "Mode", "SyncCalls"]
+__all__ = ["FAST_CALL_S", "MAX_PROMOTE_AFTER", "PROMOTE_AFTER", "Mode", "SyncCalls"]
 
 #: A call whose own wall time is at most this counts as fast (it may then run on the loop).
 FAST_CALL_S = 200e-6
 #: Fast calls in a row, measured on a worker thread, before a callable runs inline.
 PROMOTE_AFTER = 16
-#: Times an inline callable may be sent back to threads by a slow call before it stays there.
-MAX_DEMOTIONS = 3
+#: The most fast calls in a row asked of a callable that was sent back from inline (x10 each time).
+MAX_PROMOTE_AFTER = 16_000
 
 Mode = Literal["probing", "inline", "threads"]
 
@@ -93,7 +98,7 @@ class SyncCalls:
 
     ``owner`` names the node in log records; ``pool`` runs the calls that go to threads;
     ``force`` is the node's ``inline_sync`` option (``None``: adaptive). ``clock``, ``usage``,
-    ``fast_s``, ``promote_after`` and ``max_demotions`` are there for tests.
+    ``fast_s``, ``promote_after`` and ``max_promote_after`` are there for tests.
     """
 
     def __init__(
@@ -106,7 +111,7 @@ class SyncCalls:
         usage: Usage | None = THREAD_USAGE,
         fast_s: float = FAST_CALL_S,
         promote_after: int = PROMOTE_AFTER,
-        max_demotions: int = MAX_DEMOTIONS,
+        max_promote_after: int = MAX_PROMOTE_AFTER,
     ) -> None:
         self.owner = owner
         self.pool = pool
@@ -115,7 +120,7 @@ class SyncCalls:
         self._usage = usage
         self._fast_s = fast_s
         self._promote_after = promote_after
-        self._max_demotions = max_demotions
+        self._max_promote_after = max_promote_after
         self._states: dict[str, _State] = {}
 
     def mode(self, key: str) -> Mode:
@@ -194,18 +199,13 @@ class SyncCalls:
     def _demote(self, key: str, state: _State, took: float) -> None:
         state.demotions += 1
         state.fast = 0
-        if state.demotions >= self._max_demotions:
-            state.mode = "threads"
-            what = "for good"
-        else:
-            state.mode = "probing"
-            state.needed *= 10
-            what = f"until {state.needed} fast calls in a row"
+        state.mode = "probing"
+        state.needed = min(state.needed * 10, self._max_promote_after)
         log.debug(
-            "Node %r: %s took %.3f ms on the event loop (over %.3f ms); it runs on threads %s",
-            self.owner, key, took * 1e3, self._fast_s * 1e3, what,
+            "Node %r: %s took %.3f ms on the event loop (over %.3f ms); it runs on threads until "
+            "%d fast calls in a row (sent back %d times)",
+            self.owner, key, took * 1e3, self._fast_s * 1e3, state.needed, state.demotions,
         )
-
 
 
 def _slow(fast_s: float, used: tuple[float, int] | None, usage: Usage | None) -> bool:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dagserve.runtime.sync_calls import FAST_CALL_S, MAX_DEMOTIONS, PROMOTE_AFTER, SyncCalls
+from dagserve.runtime.sync_calls import FAST_CALL_S, PROMOTE_AFTER, SyncCalls
 
 FAST = FAST_CALL_S / 2
 SLOW = FAST_CALL_S * 10
@@ -113,32 +113,31 @@ def test_an_always_slow_callable_never_goes_inline(pool: ThreadPoolExecutor, clo
     assert sync.mode("m") == "probing"
 
 
-def test_the_first_slow_inline_call_sends_it_back_to_threads_and_repeated_ones_for_good(
+def test_each_slow_inline_call_sends_it_back_to_threads_for_ten_times_longer_up_to_a_cap(
     pool: ThreadPoolExecutor, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=2, max_demotions=MAX_DEMOTIONS)
+    sync = SyncCalls("n", pool, clock=clock, usage=clock.usage, promote_after=2, max_promote_after=200)
     node = make_node(clock)
 
-    async def main() -> None:
-        needed = 2
-        for demotion in range(1, MAX_DEMOTIONS + 1):
+    async def main() -> list[int]:
+        needed, asked = 2, []
+        for _ in range(4):
             for _ in range(needed - 1):
                 await sync.call("m", node, FAST)
             assert sync.mode("m") == "probing"
             await sync.call("m", node, FAST)
             assert sync.mode("m") == "inline"
             assert await sync.call("m", node, SLOW) == threading.current_thread().name  # ran inline
-            # Back on threads at once; to come back it must prove itself ten times as long.
-            assert sync.mode("m") == ("probing" if demotion < MAX_DEMOTIONS else "threads")
-            needed *= 10
-        for _ in range(50):
-            assert (await sync.call("m", node, FAST)).startswith("sync-test")
+            assert sync.mode("m") == "probing"  # back on threads at once
+            asked.append(needed)
+            needed = min(needed * 10, 200)
+        assert (await sync.call("m", node, FAST)).startswith("sync-test")
+        return asked
 
     with caplog.at_level(logging.DEBUG, logger="dagserve.sync"):
-        run(main())
-    assert sync.mode("m") == "threads"
+        assert run(main()) == [2, 20, 200, 200]
     notes = [r.getMessage() for r in caplog.records]
-    assert len(notes) == MAX_DEMOTIONS and "for good" in notes[-1] and "Node 'n': m took" in notes[0]
+    assert len(notes) == 4 and "Node 'n': m took" in notes[0] and "until 200 fast calls in a row (sent back 4 times)" in notes[-1]
 
 
 def test_callables_are_judged_apart(pool: ThreadPoolExecutor, clock: FakeClock) -> None:
