@@ -53,7 +53,8 @@ class Who:
 @dagserve.node
 def blocking(x: int, seconds: float) -> list[Any]:
     start = time.time()
-    time.sleep(seconds)
+    if seconds:  # time.sleep(0) would still give up the GIL, which the sync-call policy counts as blocking
+        time.sleep(seconds)
     return [threading.current_thread().name, start, time.time()]
 
 
@@ -376,6 +377,8 @@ def test_a_fast_sync_node_goes_inline_in_its_replica_and_a_slow_call_never_block
         loop_thread = sleep(0.0)[0]
         if not loop_thread.startswith("dagserve-blocking"):
             break
+    else:
+        raise AssertionError(f"blocking still {_sync_modes(app, 'blocking')} after {20 * PROMOTE_AFTER} fast calls")
     assert _sync_modes(app, "blocking") == {"__call__": "inline"}
     assert sleep(0.2)[0] == loop_thread  # the first slow call cannot be foreseen: it ran inline
     assert _sync_modes(app, "blocking") == {"__call__": "probing"}
