@@ -4,7 +4,8 @@ A record is a plain dict with at least ``workload``, ``system``, ``rps``, ``p50_
 ``errors`` and ``concurrency``; ``case`` names the variant (``hop3``; equal to the workload
 name when there is only one), and derived figures are added where they apply:
 ``ideal_rps``/``fraction_of_ideal``, ``slope_ms_per_hop``/``intercept_ms`` (hop),
-``target_p50_ms``/``meets_target``, ``speedup_vs_1_replica``. A system that failed to start or
+``target_p50_ms``/``meets_target``, ``speedup_vs_1_replica``, and for a system with a target
+against another (``SystemSpec.target_vs``) ``vs_system``/``ratio_vs``/``target_ratio``/``meets_ratio_target``. A system that failed to start or
 answer gets one record per case with null figures and the reason in ``note``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,19 @@ def annotate(workload: Workload, records: list[Record]) -> None:
                 r["speedup_vs_1_replica"] = round(r["rps"] / one[0]["rps"], 3)
 
 
+def ratio_targets(records: list[Record], targets: Mapping[str, tuple[str, float]]) -> None:
+    """Judge each ``system: (other, minimum)`` target: req/s over ``other``'s on the same case."""
+    ok = _ok(records)
+    for r in ok:
+        if r["system"] not in targets:
+            continue
+        other, minimum = targets[r["system"]]
+        ref = next((o for o in ok if o["system"] == other and o["case"] == r["case"]), None)
+        if ref is not None and ref["rps"]:
+            ratio = r["rps"] / ref["rps"]
+            r.update(vs_system=other, ratio_vs=round(ratio, 3), target_ratio=minimum, meets_ratio_target=ratio >= minimum)
+
+
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -161,6 +175,12 @@ def _notes(records: list[Record]) -> list[str]:
                     if "speedup_vs_1_replica" in r
                     else ""
                 )
+            )
+        if "meets_ratio_target" in r:
+            verdict = "meets" if r["meets_ratio_target"] else "misses"
+            notes.append(
+                f"   {r['system']} {r['case']}: {r['ratio_vs']:.3g}x {r['vs_system']}'s req/s {verdict} the "
+                f">= {r['target_ratio']:g}x target"
             )
         if "meets_target" in r and r["rps"] is not None:
             verdict = "meets" if r["meets_target"] else "misses"

@@ -88,6 +88,7 @@ def run_workload(
             ]
         records += mine
     report.annotate(workload, records)
+    report.ratio_targets(records, {s.name: s.target_vs for s in SYSTEMS.values() if s.target_vs})
     return records
 
 

@@ -48,6 +48,9 @@ class SystemSpec:
     baseline: bool = False
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 180.0
+    #: A target against another system measured in the same run: (system, minimum ratio of
+    #: req/s on the same case), reported with the figures (``report.ratio_targets``).
+    target_vs: tuple[str, float] | None = None
 
     def argv(self, workloads: list[str], port: int) -> list[str]:
         return [*self.command, "--workload", ",".join(workloads), "--port", str(port)]
@@ -128,6 +131,26 @@ def _register_defaults() -> None:
             workloads=frozenset({"chain"}),
             description="dagserve graph on the in-process backend (no Ray)",
             startup_timeout_s=30.0,
+        )
+    )
+    # The same graphs with every node plain ``def`` (users' usual code) instead of ``async def``.
+    register(
+        SystemSpec(
+            name="dagserve-def",
+            command=server("dagserve_app", "--backend", "ray", "--def"),
+            workloads=frozenset({"chain", "hop", "batched", "fanout"}),
+            description="dagserve with every node written as plain def, not async def (Ray backend)",
+            target_vs=("dagserve", 0.8),
+        )
+    )
+    register(
+        SystemSpec(
+            name="dagserve-local-def",
+            command=server("dagserve_app", "--backend", "local", "--def"),
+            workloads=frozenset({"chain"}),
+            description="dagserve-local with every node written as plain def, not async def",
+            startup_timeout_s=30.0,
+            target_vs=("dagserve-local", 0.8),
         )
     )
 

@@ -99,6 +99,9 @@ class NodeOptions(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     retries: int = Field(0, ge=0, le=10)
     inline: bool = False
+    #: Where plain ``def`` code runs: ``None`` adapts (threads, inline on the loop once proven
+    #: fast: runtime/sync_calls.py), ``True`` always inline, ``False`` always on threads.
+    inline_sync: bool | None = None
 
     @model_validator(mode="after")
     def _check_combinations(self) -> NodeOptions:

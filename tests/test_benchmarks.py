@@ -90,6 +90,23 @@ def test_hop_slope_is_least_squares() -> None:
     assert least_squares([(1, 3.0), (3, 7.0), (6, 13.0)]) == (pytest.approx(2.0), pytest.approx(1.0))
 
 
+def test_ratio_targets_compare_req_s_on_the_same_case_and_skip_failed_rows() -> None:
+    from benchmarks import report
+
+    rows = [
+        {"system": "a", "case": "chain", "rps": 100.0},
+        {"system": "a-def", "case": "chain", "rps": 85.0},
+        {"system": "a", "case": "hop1", "rps": 100.0},
+        {"system": "a-def", "case": "hop1", "rps": 70.0},
+        {"system": "b-def", "case": "chain", "rps": None},
+    ]
+    report.ratio_targets(rows, {"a-def": ("a", 0.8), "b-def": ("b", 0.8)})
+    assert (rows[1]["ratio_vs"], rows[1]["meets_ratio_target"]) == (0.85, True)
+    assert (rows[3]["ratio_vs"], rows[3]["meets_ratio_target"]) == (0.7, False)
+    assert "ratio_vs" not in rows[0] and "ratio_vs" not in rows[4]
+    assert "a-def hop1: 0.7x a's req/s misses the >= 0.8x target" in "\n".join(report._notes(rows))
+
+
 def test_build_workload_times_compile_and_render_of_the_graphs_it_names(tmp_path: Path) -> None:
     """The build workload's compile and render script really builds a 1,000-node chain and draws a
     200-node graph (it asserts both itself); timings are only reported, never checked here."""

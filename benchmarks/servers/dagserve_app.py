@@ -1,12 +1,14 @@
 """The dagserve systems: every workload as a dagserve graph, served by ``dagserve.serve``.
 
     python -m benchmarks.servers.dagserve_app --workload chain[,hop,...] --port P \\
-        --backend ray|local [--inline]
+        --backend ray|local [--inline] [--def]
 
 Each case is one graph named after it, so ``POST /<case>`` runs it. Nodes call the same code as
 every other system (benchmarks/servers/work.py) and use dagserve's default options unless the
 workload is about an option (batching, replicas). ``--inline`` makes the business-logic nodes
 (pre/post/combine) run inside the ingress process, leaving only the model steps as deployments.
+``--def`` writes every node as plain ``def`` code (as users mostly do; model code is usually
+synchronous) instead of ``async def``: same work, blocking waits where the async nodes await.
 """
 
 from __future__ import annotations
@@ -76,7 +78,61 @@ class Device:
         return (await self.device.run([x]))[0]
 
 
-def graph_for(workload: Workload, case: Case, inline: bool) -> dagserve.Graph:
+# The same nodes as plain ``def`` code (``--def``), under the same names.
+@dagserve.node(name="pre")
+def pre_def(x: int) -> int:
+    return work.pre(x)
+
+
+@dagserve.node(name="model")
+def model_def(x: int) -> int:
+    return work.model(x)
+
+
+@dagserve.node(name="post")
+def post_def(x: int) -> dict[str, Any]:
+    return work.post(x)
+
+
+@dagserve.node(name="step")
+def step_def(x: int) -> int:
+    return work.step(x)
+
+
+@dagserve.node(name="branch")
+def branch_def(x: int, i: int) -> int:
+    return work.branch_sync(x, i)
+
+
+@dagserve.node(name="combine")
+def combine_def(values: list[int]) -> dict[str, Any]:
+    return work.combine(values)
+
+
+@dagserve.node(name="BatchedDevice", max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.005)
+class BatchedDeviceDef:
+    def __init__(self) -> None:
+        self.device = work.SyncDevice()
+
+    def __call__(self, xs: list[int]) -> list[dict[str, Any]]:
+        return self.device.run(xs)
+
+
+@dagserve.node(name="Device")
+class DeviceDef:
+    def __init__(self) -> None:
+        self.device = work.SyncDevice()
+
+    def __call__(self, x: int) -> dict[str, Any]:
+        return self.device.run([x])[0]
+
+
+ASYNC_NODES = (pre, model, post, step, branch, combine, BatchedDevice, Device)
+DEF_NODES = (pre_def, model_def, post_def, step_def, branch_def, combine_def, BatchedDeviceDef, DeviceDef)
+
+
+def graph_for(workload: Workload, case: Case, inline: bool, sync: bool = False) -> dagserve.Graph:
+    pre, model, post, step, branch, combine, BatchedDevice, Device = DEF_NODES if sync else ASYNC_NODES  # noqa: N806
     logic = {"inline": True} if inline else {}
     p, po, co = pre.options(**logic), post.options(**logic), combine.options(**logic)
     with dagserve.Input() as inp:
@@ -103,11 +159,12 @@ def graph_for(workload: Workload, case: Case, inline: bool) -> dagserve.Graph:
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("ray", "local"), required=True)
     parser.add_argument("--inline", action="store_true", help="run the business-logic nodes inline")
+    parser.add_argument("--def", dest="sync", action="store_true", help="nodes as plain def, not async def")
 
 
 def main() -> None:
     args, workloads = parse_args(__doc__ or "", _add_options)
-    graphs = [graph_for(w, case, args.inline) for w in workloads for case in w.cases]
+    graphs = [graph_for(w, case, args.inline, args.sync) for w in workloads for case in w.cases]
     exit_on_sigterm()
     dagserve.serve(
         graphs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -29,6 +30,12 @@ def step(n: int) -> int:
 async def branch(n: int, i: int) -> int:
     """Fan-out branch ``i``: an I/O-like wait, then ``n + i``."""
     await asyncio.sleep(BRANCH_WAIT_S)
+    return n + i
+
+
+def branch_sync(n: int, i: int) -> int:
+    """``branch`` as plain ``def`` code writes it: a blocking wait."""
+    time.sleep(BRANCH_WAIT_S)
     return n + i
 
 
@@ -64,3 +71,18 @@ class Device:
         async with self._lock:
             await asyncio.sleep(BATCH_COST_S)
         return [post(model(x)) for x in xs]
+
+
+class SyncDevice:
+    """``Device`` for plain ``def`` model code: a thread lock and a blocking wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def run(self, xs: list[int]) -> list[dict[str, Any]]:
+        if len(xs) > MAX_BATCH:
+            raise ValueError(f"batch of {len(xs)} is larger than MAX_BATCH={MAX_BATCH}")
+        with self._lock:
+            time.sleep(BATCH_COST_S)
+        return [post(model(x)) for x in xs]
+

@@ -5,14 +5,14 @@ replica), each taking at most ``max_ongoing_requests`` at once, with at most
 ``max_queued_requests`` waiting for a slot before :class:`~dagserve.OverloadedError` (the slots
 and the queue are :class:`~dagserve.runtime.replicas.ReplicaSlots`, as on Ray's direct
 transport). Batched nodes use the same grouping rules as on Ray Serve. Async node code runs on
-the event loop; sync node code runs in a thread pool so it never blocks the loop.
+the event loop; sync node code runs where :class:`~dagserve.runtime.sync_calls.SyncCalls` says:
+in a thread pool, or inline on the loop once it has proven fast, so a slow one never blocks it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import functools
 import itertools
 import threading
@@ -28,6 +28,7 @@ from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 from dagserve.runtime.status import AppStatus, NodeStatus
 from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
+from dagserve.runtime.sync_calls import SyncCalls, sync_force
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions
@@ -41,7 +42,7 @@ _ids = itertools.count(1)
 
 
 class _Replica:
-    __slots__ = ("batchers", "id", "instance", "ongoing", "spec", "takes_calls")
+    __slots__ = ("batchers", "id", "instance", "ongoing", "spec", "sync", "takes_calls")
 
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
         self.spec = spec
@@ -49,6 +50,7 @@ class _Replica:
         self.ongoing = 0
         #: Not draining (a plain attribute: read on every call by ReplicaSlots.pick).
         self.takes_calls = True
+        self.sync = SyncCalls(spec.name, pool, force=sync_force(spec.options.inline_sync, spec))
         if spec.kind == "model":
             try:
                 self.instance = spec.target(*spec.init_args, **dict(spec.init_kwargs))
@@ -63,7 +65,7 @@ class _Replica:
         if size is not None:
             for m in spec.methods:
                 self.batchers[m] = Batcher(
-                    spec.name, functools.partial(self._invoke, m, pool), size, spec.options.batch_wait_timeout_s, on_batch
+                    spec.name, functools.partial(self._invoke, m), size, spec.options.batch_wait_timeout_s, on_batch
                 )
 
     def bound(self, method: str) -> Any:
@@ -80,11 +82,11 @@ class _Replica:
     def draining(self, draining: bool) -> None:
         self.takes_calls = not draining
 
-    async def _invoke(self, method: str, pool: ThreadPoolExecutor, items: list[Any]) -> Any:
+    async def _invoke(self, method: str, items: list[Any]) -> Any:
         fn = self.bound(method)
         if self.spec.is_async(method):
             return await fn(items)
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, items)
+        return await self.sync.call(method, fn, items)
 
 
 class _LocalDeployment:
@@ -167,11 +169,7 @@ class _LocalDeployment:
             fn = r.bound(method)
             if self.spec.is_async(method):
                 return await fn(*args, **kwargs)
-            # The thread sees this request's context (request id for logs) like async nodes do.
-            run = contextvars.copy_context().run
-            if kwargs:
-                return await asyncio.get_running_loop().run_in_executor(self.pool, run, functools.partial(fn, *args, **kwargs))
-            return await asyncio.get_running_loop().run_in_executor(self.pool, run, fn, *args)
+            return await r.sync.call(method, fn, *args, **kwargs)
         finally:
             self.release(r)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
 import dagserve
 from dagserve import DeployError, NodeError, OverloadedError
+from dagserve.runtime.sync_calls import PROMOTE_AFTER, SyncCalls
 
 from .. import example_graphs as eg
 
@@ -58,6 +60,53 @@ def test_sync_node_code_runs_off_the_event_loop() -> None:
         answers = app.call(1)
     assert eg.overlapped([a[1:] for a in answers])  # both sleeps overlapped in the pool
     assert all(a[0].startswith("dagserve-node") for a in answers)
+
+
+@dagserve.node
+def sometimes_slow(p: dict[str, float]) -> list[Any]:
+    """Sleeps ``p["s"]`` seconds (0: a fast call); says which thread ran it, and when."""
+    start = time.time()
+    if p["s"]:  # time.sleep(0) would still give up the GIL: the policy counts that as blocking
+        time.sleep(p["s"])
+    return [threading.current_thread().name, start, time.time()]
+
+
+def _until_inline(app: dagserve.App, sync: SyncCalls, payload: Any) -> Any:
+    """Fast calls until the node's policy runs it inline (bounded: a loaded machine may make a
+    few of them look slow); the answer of the first inline call."""
+    for _ in range(20 * PROMOTE_AFTER):
+        app.call(payload)
+        if sync.mode("__call__") == "inline":
+            return app.call(payload)
+    raise AssertionError(f"still {sync.mode('__call__')} after {20 * PROMOTE_AFTER} fast calls")
+
+
+def _slow_beside_fast(app: dagserve.App, slow_s: float) -> tuple[list[Any], list[Any]]:
+    """A slow call, and a fast one sent while it runs; both answers."""
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        slow = asyncio.ensure_future(app.acall({"s": slow_s}))
+        await asyncio.sleep(slow_s / 5)
+        fast = await app.acall({"s": 0.0})
+        return await slow, fast
+
+    return asyncio.run(main())
+
+
+def test_a_fast_sync_node_ends_up_inline_and_a_slow_call_never_blocks_the_loop_for_long() -> None:
+    """Slow from the start: on threads, other requests go on. Proven fast: inline on the loop.
+    Slow once inline: that one call ran on the loop, and the node is back on threads at once."""
+    with dagserve.deploy(dagserve.Graph(sometimes_slow, name="sometimes"), backend="local") as app:
+        sync = app.backend._deployments["sometimes_slow"].replicas[0].sync  # type: ignore[attr-defined]
+        slow, fast = _slow_beside_fast(app, 0.6)
+        assert slow[0].startswith("dagserve-node") and fast[2] < slow[2]  # answered while it slept
+        assert sync.mode("__call__") == "probing"
+        loop_thread = _until_inline(app, sync, {"s": 0.0})[0]
+        assert not loop_thread.startswith("dagserve-node")
+        assert app.call({"s": 0.2})[0] == loop_thread  # the first slow call cannot be foreseen
+        assert sync.mode("__call__") == "probing"
+        slow, fast = _slow_beside_fast(app, 0.6)
+        assert slow[0].startswith("dagserve-node") and fast[2] < slow[2]
 
 
 def test_batching_groups_concurrent_requests() -> None:

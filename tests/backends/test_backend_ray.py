@@ -23,6 +23,7 @@ from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
 from dagserve.backends.ray.direct.protocol import FRAME_LENGTH
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray.serve_options import deployment_options
+from dagserve.runtime.sync_calls import PROMOTE_AFTER
 
 from .. import example_graphs as eg
 from ..foreign_peer import foreign_socket, needs_root
@@ -52,7 +53,8 @@ class Who:
 @dagserve.node
 def blocking(x: int, seconds: float) -> list[Any]:
     start = time.time()
-    time.sleep(seconds)
+    if seconds:  # time.sleep(0) would still give up the GIL, which the sync-call policy counts as blocking
+        time.sleep(seconds)
     return [threading.current_thread().name, start, time.time()]
 
 
@@ -146,6 +148,7 @@ def features(cancel_marker: Path) -> dagserve.Graph:
                 "who": Who("a")(x),
                 "who_b": Who("b")(x),
                 "block": [blocking(x, 0.3), blocking(x, 0.3)],
+                "sleep": blocking(x, inp["s"]),
                 "inline": here(x),
                 "narrow": narrow(x),
                 "timeout": sleeper(x, str(cancel_marker)),
@@ -339,6 +342,48 @@ def test_sync_node_code_runs_in_the_replica_thread_pool(app: dagserve.App) -> No
     answers = app.call({"case": "block", "x": 1})
     assert eg.overlapped([a[1:] for a in answers])  # both sleeps overlapped in one replica
     assert all(a[0].startswith("dagserve-blocking") for a in answers)
+
+
+def _sync_modes(app: dagserve.App, node: str) -> dict[str, str]:
+    """The node's replica's sync-call policy state (one replica), through the backend's own Serve
+    handle (the backend closes it), on the App's home loop where that handle's router runs."""
+
+    async def ask() -> dict[str, str]:
+        handle = app.backend._handle(node)  # type: ignore[attr-defined]
+        return await handle.options(method_name="dagserve_sync_modes").remote()  # type: ignore[no-any-return]
+
+    return asyncio.run_coroutine_threadsafe(ask(), app._loop).result(timeout=30)  # type: ignore[arg-type]
+
+
+@ray_test
+def test_a_fast_sync_node_goes_inline_in_its_replica_and_a_slow_call_never_blocks_it_for_long(
+    app: dagserve.App,
+) -> None:
+    """As on the local backend: slow from the start, on threads while other calls are answered;
+    proven fast, inline on the replica's loop; slow once inline, back on threads at once."""
+
+    def sleep(s: float) -> list[Any]:
+        return app.call({"case": "sleep", "x": 1, "s": s})  # type: ignore[no-any-return]
+
+    async def slow_beside_fast() -> tuple[list[Any], list[Any]]:
+        slow = asyncio.ensure_future(app.acall({"case": "sleep", "x": 1, "s": 0.6}))
+        await asyncio.sleep(0.12)
+        fast = await app.acall({"case": "sleep", "x": 2, "s": 0.0})
+        return await slow, fast
+
+    slow, fast = asyncio.run(slow_beside_fast())
+    assert slow[0].startswith("dagserve-blocking") and fast[2] < slow[2]  # answered while it slept
+    for _ in range(20 * PROMOTE_AFTER):  # bounded: a loaded machine may make a few calls look slow
+        loop_thread = sleep(0.0)[0]
+        if not loop_thread.startswith("dagserve-blocking"):
+            break
+    else:
+        raise AssertionError(f"blocking still {_sync_modes(app, 'blocking')} after {20 * PROMOTE_AFTER} fast calls")
+    assert _sync_modes(app, "blocking") == {"__call__": "inline"}
+    assert sleep(0.2)[0] == loop_thread  # the first slow call cannot be foreseen: it ran inline
+    assert _sync_modes(app, "blocking") == {"__call__": "probing"}
+    slow, fast = asyncio.run(slow_beside_fast())
+    assert slow[0].startswith("dagserve-blocking") and fast[2] < slow[2]
 
 
 @ray_test

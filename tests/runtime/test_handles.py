@@ -112,3 +112,17 @@ def test_a_model_used_only_through_handles_is_not_dead_and_remote_bind_stay_erro
         tools.remote(1)
     with pytest.raises(GraphError, match=r"Model 'Tools' has no method 'bind'"):
         tools.bind()
+
+
+def test_sync_code_holding_or_given_handles_never_runs_inline_on_the_loop() -> None:
+    # The sync-call policy (runtime/sync_calls.py) moves fast sync code onto the event loop after
+    # a few fast calls; there, handle.call() would have to wait for the loop it blocks. Nodes that
+    # hold handles, or are given one, stay on threads however many fast calls they make.
+    with dagserve.deploy(hg.fan_out_graph(), backend="local") as app:
+        first = app.call({"n": 3}, request_id="same")
+        assert first["sync"]["doubled"] == 6 and first["arg"] == 7
+        for _ in range(40):  # more than the policy's fast calls needed to go inline
+            assert app.call({"n": 3}, request_id="same") == first
+        assert [r.sync.modes() for r in app.backend._deployments["SyncUser"].replicas] == [{"__call__": "threads"}]
+        # Given a handle per call: each such call runs on a thread, so it never proves itself fast.
+        assert [r.sync.modes() for r in app.backend._deployments["use_handle"].replicas] == [{"__call__": "probing"}]

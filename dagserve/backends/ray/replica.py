@@ -1,8 +1,9 @@
 """What runs inside each Ray Serve replica: one wrapper class for every node.
 
 :class:`NodeReplica` is the Serve deployment class of every plan deployment. It builds the
-user's model class once per replica (or holds the function), runs sync node code in a thread
-pool so the replica's event loop stays free and async code on that loop, batches with
+user's model class once per replica (or holds the function), runs sync node code where
+:class:`~dagserve.runtime.sync_calls.SyncCalls` says (a thread pool, or inline on the replica's
+event loop once proven fast, so a slow call never blocks the loop) and async code on that loop, batches with
 dagserve's :class:`~dagserve.runtime.batching.Batcher` (one queue per called method), forwards a
 user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
 survives the trip back through Ray. It also serves the direct transport's calls (``direct/``),
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import importlib
 import inspect
@@ -41,6 +41,7 @@ from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.sync_calls import Mode, SyncCalls, sync_force
 from dagserve.runtime.tracing import ReplicaSpans, reset_trace, set_trace
 
 log = logging.getLogger("dagserve.ray")
@@ -142,6 +143,8 @@ class ReplicaSpec:
     init_kwargs: dict[str, Any] = field(default_factory=dict)
     max_batch_size: int | None = None
     batch_wait_timeout_s: float = 0.01
+    #: The node's ``inline_sync`` option: where its sync code runs (``None``: adaptive).
+    inline_sync: bool | None = None
     #: Also serve calls over a Unix socket for an ingress on this machine (``direct/``).
     direct: bool = True
     #: What the direct transport reads and sends per call (the ingress holds to the same).
@@ -170,6 +173,7 @@ class NodeReplica:
         self._caller = ServeCaller()
         with contextlib.suppress(RuntimeError):
             self._caller.bind(asyncio.get_running_loop())
+        self._sync = SyncCalls(spec.name, self._pool, force=sync_force(spec.inline_sync, spec))
         if spec.kind == "model":
             try:
                 init_args, init_kwargs = resolve_handles((spec.init_args, spec.init_kwargs), self._caller.make)
@@ -299,9 +303,7 @@ class NodeReplica:
             fn = self._bound(method)
             if method in self._spec.async_methods:
                 return await fn(*args, **kwargs)
-            ctx = contextvars.copy_context()
-            call = functools.partial(ctx.run, fn, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            return await self._sync.call(method, fn, *args, **kwargs)
         except DagserveError as exc:
             raise blame(exc, step)  # an HTTPError the node raised names it
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
@@ -345,7 +347,7 @@ class NodeReplica:
         fn = self._bound(method)
         if method in self._spec.async_methods:
             return await fn(items)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, items)
+        return await self._sync.call(method, fn, items)
 
     def _count_batch(self, size: int) -> None:
         self._batch_counts[size] += 1
@@ -369,6 +371,10 @@ class NodeReplica:
     def dagserve_batch_counts(self) -> dict[int, int]:
         """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
         return dict(self._batch_counts)
+
+    def dagserve_sync_modes(self) -> dict[str, Mode]:
+        """Where each sync method called so far runs next: probing, inline or threads (tests, diagnostics)."""
+        return self._sync.modes()
 
     def dagserve_replica_info(self) -> dict[str, Any]:
         """Where this replica runs: its process id and Ray node id (for tests and diagnostics)."""

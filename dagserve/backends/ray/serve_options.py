@@ -104,6 +104,7 @@ def replica_spec(spec: DeploymentSpec, *, direct: bool = True, frames: FrameLimi
         init_kwargs=dict(spec.init_kwargs),
         max_batch_size=o.max_batch_size,
         batch_wait_timeout_s=o.batch_wait_timeout_s,
+        inline_sync=o.inline_sync,
         direct=direct,
         frames=frames or FrameLimits(),
         otlp_endpoint=otlp_endpoint(),  # this process's setting at deploy time: replicas export there too
