@@ -54,7 +54,8 @@ def app() -> Iterator[dagserve.App]:
 
     start_local_ray(num_cpus=2)
     try:
-        with dagserve.deploy(_graphs(), backend="ray") as deployed:
+        # ready_timeout_s: ten replicas start at once; a loaded 2-core machine may need minutes.
+        with dagserve.deploy(_graphs(), backend="ray", ready_timeout_s=300) as deployed:
             yield deployed
     finally:
         serve.shutdown()
