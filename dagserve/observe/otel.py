@@ -29,6 +29,7 @@ Exporting over OTLP needs ``opentelemetry-exporter-otlp-proto-http``: ``pip inst
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["Tracing", "otlp_exporter", "replica_spans"]
 
 _INSTRUMENTATION = "dagserve"
+
+logger = logging.getLogger("dagserve.otel")
 
 
 def otlp_exporter(endpoint: str) -> Any:
@@ -124,7 +127,15 @@ class Tracing:
             app.observers.append(self.finish)
 
     def begin(self, app: App, ctx: RequestContext) -> None:
-        """Open the request's span (called by the App as a request starts)."""
+        """Open the request's span (called by the App as a request starts). Tracing never fails a
+        request: if the span cannot be made, the request runs untraced and the error is logged."""
+        try:
+            self._begin(app, ctx)
+        except Exception:
+            ctx.span = None
+            logger.exception("request %s: could not open its trace span; it runs untraced", ctx.request_id)
+
+    def _begin(self, app: App, ctx: RequestContext) -> None:
         api = self._api
         trace = ctx.trace
         if trace is None:  # a call from Python: a new trace

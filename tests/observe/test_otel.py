@@ -132,6 +132,19 @@ def test_a_failing_node_marks_its_span_and_the_requests(traced: tuple[dagserve.A
     assert "ValueError" in spans["node clean"].status.description
 
 
+def test_a_span_that_cannot_be_made_never_fails_the_request(
+    traced: tuple[dagserve.App, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, exporter = traced
+    tracing = app.tracing
+    assert isinstance(tracing, Tracing)
+    tracing.tracer = None  # start_span now raises AttributeError
+    ctx = dagserve.RequestContext()
+    assert asyncio.run(app.acall({"text": "ok"}, context=ctx)) == {"n": 2, "loud": "OK"}
+    assert ctx.span is None and exporter.get_finished_spans() == ()
+    assert "could not open its trace span" in caplog.text
+
+
 def test_an_endpoint_without_the_exporter_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(dagserve.OptionsError, match=r"dagserve\[otel\]"):
