@@ -160,15 +160,12 @@ class SyncCalls:
             run = contextvars.copy_context().run
             if self.force:
                 return run(fn, *args, **kwargs)
-            clock, usage = self._clock, self._usage
-            used = usage() if usage is not None else None
-            started = clock()
+            verdict: list[float] = []
             try:
-                return run(fn, *args, **kwargs)
+                return self._timed(verdict, run, fn, args, kwargs)
             finally:
-                took = clock() - started
-                if took > self._fast_s and _slow(self._fast_s, used, usage):
-                    self._demote(key, state, took)
+                if verdict[0]:
+                    self._demote(key, state, verdict[0])
         loop = asyncio.get_running_loop()
         # The thread sees this request's context (request id for logs) like async nodes do.
         run = contextvars.copy_context().run
@@ -176,29 +173,31 @@ class SyncCalls:
             if kwargs:
                 return await loop.run_in_executor(self.pool, run, functools.partial(fn, *args, **kwargs))
             return await loop.run_in_executor(self.pool, run, fn, *args)
-        slow_box: list[bool] = []
+        verdict: list[float] = []
         try:
-            return await loop.run_in_executor(self.pool, self._timed, slow_box, run, fn, args, kwargs)
+            return await loop.run_in_executor(self.pool, self._timed, verdict, run, fn, args, kwargs)
         finally:
-            if slow_box:  # empty when the caller gave up (cancelled) before the thread finished
-                self._observe(state, slow_box[0])
+            if verdict:  # empty when the caller gave up (cancelled) before the thread finished
+                self._observe(state, verdict[0] > 0)
 
     def _timed(
         self,
-        slow_box: list[bool],
+        verdict: list[float],
         run: Callable[..., Any],
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run on a worker thread: the call, and whether it was slow appended to ``slow_box``."""
+        """The call, measured on the thread that runs it (the loop's or a worker's): its wall time
+        appended to ``verdict`` when it was slow, else 0."""
         clock, usage = self._clock, self._usage
         used = usage() if usage is not None else None
         started = clock()
         try:
             return run(fn, *args, **kwargs)
         finally:
-            slow_box.append(clock() - started > self._fast_s and _slow(self._fast_s, used, usage))
+            took = clock() - started
+            verdict.append(took if took > self._fast_s and _slow(self._fast_s, used, usage) else 0.0)
 
     def _observe(self, state: _State, slow: bool) -> None:
         """A probing call ended, slow or not."""
