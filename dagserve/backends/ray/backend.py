@@ -250,7 +250,7 @@ class RayBackend(Backend):
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
-        return AppStatus(graph=graph, backend=self.name, nodes=nodes)
+        return AppStatus(graph=graph, backend=self.name, nodes=self._direct.report(nodes, self._specs))
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         self._check_owner()
@@ -521,9 +521,10 @@ class RayBackend(Backend):
                 )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
-        if self._direct.cluster is not None and not _in_event_loop():
-            # Straight from the replicas' sockets: right whichever transport the calls took.
-            directory = socket_dir(self._direct.cluster, self._app_name or "", name)
+        direct = self._direct
+        if direct.cluster is not None and direct.single and not _in_event_loop():
+            # Straight from the replicas' sockets (all on this Ray node): right whichever transport the calls took.
+            directory = socket_dir(direct.cluster, self._app_name or "", name, direct.node_id)
             try:
                 found = replica_stats(directory) if directory is not None else []
             except Exception:  # noqa: BLE001 - metrics are best effort
