@@ -159,3 +159,14 @@ class _Evil:
 
     def __reduce__(self) -> Any:
         return (_touch, (self.path,))
+
+
+def test_without_the_clusters_token_auth_a_replica_never_listens_across_nodes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dagserve.backends.ray import direct_routing
+
+    monkeypatch.setattr(direct_routing, "ray_token_key", lambda: None)
+    with caplog.at_level("WARNING", logger="dagserve.ray"):
+        assert direct_routing.cross_node_listener("Model") == (None, None)
+    assert "token authentication" in caplog.text and "'Model'" in caplog.text
