@@ -6,8 +6,9 @@ graph is one named Serve application (``name`` = graph name, no HTTP route), so 
 live side by side and are torn down alone. This module holds :class:`RayBackend`: deploying,
 scaling, updating and shutting down that application, and its status. The per-request executor
 runs wherever the App runs (the ingress process); its calls go through the backend's runner
-(``runner.py``), to replicas on its machine over Unix sockets (``direct/``, chosen per node in
-``direct_routing.py``), to the others through Serve handles, where a call's un-awaited response
+(``runner.py``), to replicas over dagserve's direct transport (``direct/``: Unix sockets on its
+Ray node, token-authenticated TCP to the others; chosen per node in ``direct_routing.py``), or
+else through Serve handles, where a call's un-awaited response
 is handed whole to the next call (Serve resolves it). ``inline`` nodes run in the ingress process
 through the local backend's deployment class.
 
@@ -135,7 +136,7 @@ class RayBackend(Backend):
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
         self._handles: dict[str, Any] = {}
-        #: Calls to fixed-size nodes on a one-machine Ray skip Serve's router (``direct/``).
+        #: Calls to fixed-size nodes skip Serve's router (``direct/``; across Ray nodes only with token auth).
         self.direct_transport = direct_transport
         self._direct = DirectRouting(direct_transport, self.frame_limits)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -322,8 +323,8 @@ class RayBackend(Backend):
         return self._direct.refusals()
 
     def transport(self, node: str) -> str:
-        """How calls to ``node`` travel now: ``"direct"`` (a Unix socket to a replica on this
-        machine), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
+        """How calls to ``node`` travel now: ``"direct"`` (dagserve's transport: Unix sockets on this
+        Ray node, TCP to the others; ``status()`` tells which), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
         spec = self._specs.get(node)
         if spec is None:
             raise KeyError(f"Graph {self._app_name!r} has no node {node!r}; nodes: {', '.join(self._specs)}")

@@ -46,6 +46,8 @@ log = logging.getLogger("dagserve.ray")
 
 #: How often the ingress looks for replicas that appeared or went away.
 SCAN_INTERVAL_S = 0.5
+#: How long a TCP connection and its handshake may take (a scan waits for it).
+_CONNECT_TIMEOUT_S = 5.0
 
 #: Where a replica listens: its Unix socket's path (this Ray node), or ``(host, port)`` (another).
 Address = str | tuple[str, int]
@@ -349,14 +351,14 @@ class DirectPool:
 
     async def _open(self, replica: str, address: Address) -> _ClientConn:
         """A connection to ``replica``: its Unix socket (a path), or TCP (``(host, port)``) with the
-        token handshake, done within the frame timeout."""
+        token handshake, done within ``_CONNECT_TIMEOUT_S`` (or the frame timeout, if shorter)."""
         loop = self._loop
         if isinstance(address, str):
             _, conn = await loop.create_unix_connection(lambda: _ClientConn(self, replica), address)
             return conn
         key = self._auth_key
         assert key is not None  # remote addresses are listed only with a key
-        async with asyncio.timeout(self.limits.timeout_s):
+        async with asyncio.timeout(min(_CONNECT_TIMEOUT_S, self.limits.timeout_s)):
             _, conn = await loop.create_connection(
                 lambda: _ClientConn(self, replica, Handshake(key, client=True)), *address
             )
