@@ -138,8 +138,8 @@ CLUSTER = Workload(
     (
         Case("cluster-chain-near", concurrency=32, expected={"y": 4}),
         Case("cluster-chain-far", concurrency=32, expected={"y": 4}),
-        Case("cluster-hop-near", concurrency=1, hops=1, expected={"y": 2}),
-        Case("cluster-hop-far", concurrency=1, hops=1, expected={"y": 2}),
+        Case("cluster-hop-near", concurrency=1, expected={"y": 2}),
+        Case("cluster-hop-far", concurrency=1, expected={"y": 2}),
         Case("cluster-fanout-far", concurrency=1, target_p50_ms=60.0, expected={"y": 10}),
         Case("cluster-batched-far", concurrency=64, ideal_rps=MAX_BATCH / BATCH_COST_S, expected={"y": 2}),
     ),

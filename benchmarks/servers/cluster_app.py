@@ -52,12 +52,19 @@ def two_node_cluster() -> Iterator[Any]:
 
     Config.initialize("")
     ray._private.utils.write_ray_address = lambda *a, **k: None  # no other process joins it by accident
-    with _loopback_only():
-        cluster = cluster_utils.Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False, "resources": {"near": 1}},
-        )
-        cluster.add_node(num_cpus=NODE_CPUS, resources={"far": 1})
+    for attempt in (1, 2):  # a head node may time out starting on a loaded machine: once more
+        try:
+            with _loopback_only():
+                cluster = cluster_utils.Cluster(
+                    initialize_head=True,
+                    head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False, "resources": {"near": 1}},
+                )
+                cluster.add_node(num_cpus=NODE_CPUS, resources={"far": 1})
+            break
+        except Exception as exc:  # noqa: BLE001 - raised as it is the second time
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            print(f"the cluster did not start ({exc}); starting it once more", flush=True)
     try:
         yield cluster
     finally:
@@ -137,7 +144,10 @@ def main() -> None:
         from ray import serve
         from ray.serve.api import RunTarget
 
-        ray.init(address=cluster.address, log_to_driver=False)
+        from dagserve.backends.ray.cluster import _loopback_only
+
+        with _loopback_only():  # else Ray resolves 127.0.0.1 to the machine's address
+            ray.init(address=cluster.address, log_to_driver=False)
         try:
             # One proxy, on the head: a second one on the other raylet would want the same port.
             serve.start(proxy_location="HeadOnly", http_options={"host": HOST, "port": args.port})
