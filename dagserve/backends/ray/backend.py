@@ -8,8 +8,8 @@ scaling, updating and shutting down that application, and its status. The per-re
 runs wherever the App runs (the ingress process); its calls go through the backend's runner
 (``runner.py``), to replicas over dagserve's direct transport (``direct/``: Unix sockets on its
 Ray node, token-authenticated TCP to the others; chosen per node in ``direct_routing.py``), or
-else through Serve handles, where a call's un-awaited response
-is handed whole to the next call (Serve resolves it). ``inline`` nodes run in the ingress process
+else through Serve handles, where a call's un-awaited response is handed whole to the next call
+(Serve resolves it). ``inline`` nodes run in the ingress process
 through the local backend's deployment class.
 
 ::
@@ -324,7 +324,8 @@ class RayBackend(Backend):
 
     def transport(self, node: str) -> str:
         """How calls to ``node`` travel now: ``"direct"`` (dagserve's transport: Unix sockets on this
-        Ray node, TCP to the others; ``status()`` tells which), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
+        Ray node, TCP to the others; ``status()`` tells which), ``"serve"`` (Serve's router and
+        gRPC) or ``"inline"`` (in this process)."""
         spec = self._specs.get(node)
         if spec is None:
             raise KeyError(f"Graph {self._app_name!r} has no node {node!r}; nodes: {', '.join(self._specs)}")

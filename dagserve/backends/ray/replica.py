@@ -5,10 +5,10 @@ user's model class once per replica (or holds the function), runs sync node code
 pool so the replica's event loop stays free and async code on that loop, batches with
 dagserve's :class:`~dagserve.runtime.batching.Batcher` (one queue per called method), forwards a
 user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
-survives the trip back through Ray. It also serves the direct transport's calls (``direct/``),
-(on a Unix socket, and over TCP for callers on other Ray nodes when the cluster has token
-authentication), holding them and the calls Serve routes to one ``max_ongoing_requests``, and stops taking them
-as soon as Serve begins to stop the replica.
+survives the trip back through Ray. It also serves the direct transport's calls (``direct/``:
+on a Unix socket, and over TCP for callers on other Ray nodes when the cluster has token
+authentication), holding them and the calls Serve routes to one ``max_ongoing_requests``, and
+stops taking them as soon as Serve begins to stop the replica.
 
 This module is imported by Ray worker processes when they unpickle the deployment; it imports
 ray lazily, and only what a replica needs.
