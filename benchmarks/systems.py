@@ -156,3 +156,40 @@ def _register_defaults() -> None:
 
 
 _register_defaults()
+
+
+#: Two raylets (a head start may be retried on a loaded machine), then the deployments.
+_CLUSTER_STARTUP_S = 420.0
+
+
+def _register_cluster() -> None:
+    """The ``cluster`` workload runs on a two-raylet cluster (benchmarks/servers/cluster_app.py):
+    only the systems made for it serve it, not those that serve every other workload."""
+    from dataclasses import replace
+
+    for name, spec in list(SYSTEMS.items()):
+        if "cluster" in spec.workloads:
+            SYSTEMS[name] = replace(spec, workloads=spec.workloads - {"cluster"})
+    only = frozenset({"cluster"})
+    register(
+        SystemSpec(
+            name="serve-tuned-cluster",
+            command=server("cluster_app", "--system", "serve-tuned"),
+            workloads=only,
+            description="serve-tuned's applications on the two-raylet cluster, pinned to the near or far node",
+            baseline=True,
+            startup_timeout_s=_CLUSTER_STARTUP_S,
+        )
+    )
+    register(
+        SystemSpec(
+            name="dagserve-cluster",
+            command=server("cluster_app", "--system", "dagserve"),
+            workloads=only,
+            description="the dagserve graphs joined to the two-raylet cluster (address=), default options",
+            startup_timeout_s=_CLUSTER_STARTUP_S,
+        )
+    )
+
+
+_register_cluster()

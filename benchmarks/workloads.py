@@ -126,3 +126,22 @@ def parse_workloads(spec: str) -> list[Workload]:
             f"unknown workload(s) {unknown!r} in {spec!r}; known: {', '.join(WORKLOADS)}"
         )
     return [WORKLOADS[name] for name in names]
+
+
+# -- cluster: the same work spread over two Ray nodes (benchmarks/servers/cluster_app.py) ----------
+#: The Ray node a case's model (or steps, branches) runs on: the caller's ("near") or the other ("far").
+CLUSTER = Workload(
+    "cluster",
+    "a two-raylet Ray cluster on this host (token auth on): the chain with its model on the "
+    "ingress's Ray node (near) and on the other one (far), 32 connections; one far step at "
+    "concurrency 1 (cross-node hop); fan-out and the batched node on the far node",
+    (
+        Case("cluster-chain-near", concurrency=32, expected={"y": 4}),
+        Case("cluster-chain-far", concurrency=32, expected={"y": 4}),
+        Case("cluster-hop-near", concurrency=1, expected={"y": 2}),
+        Case("cluster-hop-far", concurrency=1, expected={"y": 2}),
+        Case("cluster-fanout-far", concurrency=1, target_p50_ms=60.0, expected={"y": 10}),
+        Case("cluster-batched-far", concurrency=64, ideal_rps=MAX_BATCH / BATCH_COST_S, expected={"y": 2}),
+    ),
+)
+WORKLOADS[CLUSTER.name] = CLUSTER

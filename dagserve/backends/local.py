@@ -270,6 +270,7 @@ class LocalBackend(Backend):
                 running_replicas=len(live),
                 options=d.spec.options.in_force(),
                 replica_ids=tuple(r.id for r in live),
+                transport="inline",  # every node runs in this process
             )
         return AppStatus(graph=self._plan.graph_name if self._plan else "", backend=self.name, nodes=nodes)
 

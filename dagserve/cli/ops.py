@@ -154,6 +154,19 @@ def _replicas(node: dict[str, Any]) -> str:
     return text
 
 
+def _transport(node: dict[str, Any]) -> str:
+    """How the server's calls reach the node, short: "socket" (local socket), "cross-node",
+    "serve", "inline", or for "mixed" the replicas reached each way ("socket 1+cross-node 1")."""
+    kind = str(node.get("transport") or "-")
+    counts = node.get("transport_replicas") or {}
+    if kind == "mixed" and counts:
+        return "+".join(f"{_SHORT.get(way, way)} {n}" for way, n in sorted(counts.items(), reverse=True))
+    return _SHORT.get(kind, kind)
+
+
+_SHORT = {"local socket": "socket"}
+
+
 def status_table(graph: str, status: dict[str, Any], *, title: str | None = None) -> Any:
     """A rich Table for one graph's status (as the admin routes return it).
 
@@ -177,14 +190,18 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
     show_state = any(n.get("state", "RUNNING") != "RUNNING" for _, n, _ in rows)
     show_batch = any(o.get("max_batch_size") for _, _, o in rows)
     show_gpu = any(o.get("num_gpus") for _, _, o in rows)
+    show_transport = any(n.get("transport") not in (None, "inline") for _, n, _ in rows)  # all inline: nothing to tell
     if show_batch:
         notes.append("batch: max size/wait")
+    if show_transport:
+        notes.append("transport: socket (this Ray node), cross-node (TCP), serve, inline")
     table = Table(
         title=title, caption="; ".join(notes), title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD
     )
     columns = ["node", "replicas"] + ["state"] * show_state + ["batch"] * show_batch + ["GPU"] * show_gpu
+    columns += ["transport"] * show_transport
     for column in [*columns, "requests", "errors", "p50", "p99"]:
-        table.add_column(column, justify="left" if column in ("node", "state") else "right", no_wrap=True)
+        table.add_column(column, justify="left" if column in ("node", "state", "transport") else "right", no_wrap=True)
     for name, node, options in rows:
         state = node.get("state", "?")
         errors = node.get("errors", 0)
@@ -195,6 +212,8 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
             cells.append(_batch(options))
         if show_gpu:
             cells.append(_gpu(options))
+        if show_transport:
+            cells.append(_transport(node))
         cells += [
             str(node.get("requests", 0)),
             f"[red]{errors}[/]" if errors else "0",
@@ -208,7 +227,7 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
 def _notes(status: dict[str, Any]) -> list[str]:
     out = []
     for name, node in status.get("nodes", {}).items():
-        for key in ("pending_reason", "message"):
+        for key in ("pending_reason", "message", "transport_note"):
             if node.get(key):
                 out.append(f"{name}: {node[key]}")
     return out
@@ -249,7 +268,8 @@ _wait_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON instead of tables.")
 def status_command(graph: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Show every node of a running server's graphs (or of GRAPH): replicas target/running/pending,
-    batching, GPU share, requests, errors and p50/p99 latency."""
+    batching, GPU share, transport (inline, local socket, cross-node, serve), requests, errors and
+    p50/p99 latency."""
     data = AdminClient(url, token).status(graph)
     if as_json:
         click.echo(json.dumps(data, indent=2))

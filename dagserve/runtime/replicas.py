@@ -5,7 +5,9 @@ in-process replicas and the Ray backend's direct transport (its :class:`DirectPo
 
 * Each replica holds at most ``max_ongoing`` calls (the node's per-replica
   ``max_ongoing_requests``).
-* A new call goes to the replica with the fewest calls in flight that may take one.
+* A new call goes to the replica with the fewest calls in flight that may take one; when the
+  owner names ``near`` replicas (the direct transport: those on the caller's own Ray node), to the
+  least busy of those that has room, and to the least busy anywhere only when none has.
 * While every replica is full, calls wait in one FIFO queue of at most ``max_queued``
   (``max_queued_requests``; ``None``: unbounded); past it, :class:`QueueFull` at once (the
   backend turns it into :class:`~dagserve.OverloadedError`, HTTP 503).
@@ -68,7 +70,7 @@ class ReplicaSlots(Generic[R, W]):
     without it the first in ``replicas`` wins (the local backend).
     """
 
-    __slots__ = ("hand_over", "max_ongoing", "max_queued", "replicas", "take_turns", "waiters", "_turn")
+    __slots__ = ("hand_over", "max_ongoing", "max_queued", "near", "replicas", "take_turns", "waiters", "_turn")
 
     def __init__(
         self,
@@ -83,12 +85,21 @@ class ReplicaSlots(Generic[R, W]):
         self.max_queued = max_queued
         self.take_turns = take_turns
         self.replicas: list[R] = []
+        #: Replicas to prefer while one has room (a part of ``replicas``; empty: no preference).
+        self.near: list[R] = []
         self.waiters: collections.deque[W] = collections.deque()
         self._turn = itertools.count()
 
     def pick(self) -> R | None:
-        """The replica with the fewest calls that may take one more; ``None`` when all are full."""
-        ring = self.replicas
+        """The replica with the fewest calls that may take one more (of ``near`` ones first, when
+        one of them has room); ``None`` when all are full."""
+        if self.near:
+            best = self._least_busy(self.near)
+            if best is not None:
+                return best
+        return self._least_busy(self.replicas)
+
+    def _least_busy(self, ring: list[R]) -> R | None:
         n = len(ring)
         if not n:
             return None

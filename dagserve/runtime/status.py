@@ -17,6 +17,13 @@ class NodeStatus:
     ``pending_reason`` says why replicas are not running yet (for example that no Ray node has a
     free 0.25 GPU); ``options`` are the options in force; ``replica_ids`` identify the running
     replicas (stable across other nodes' scaling).
+
+    ``transport`` is how the caller's calls reach the node now: ``"inline"`` (in the caller's
+    process: inline nodes, every node of the local backend), ``"local socket"`` (the direct
+    transport to replicas on the caller's Ray node), ``"cross-node"`` (the direct transport over
+    TCP to replicas on other Ray nodes), ``"mixed"`` (both; ``transport_replicas`` counts the
+    replicas reached each way) or ``"serve"`` (Serve's router); ``transport_note`` says why calls
+    go through Serve when the direct transport is on but cannot be used.
     """
 
     name: str
@@ -30,6 +37,9 @@ class NodeStatus:
     options: dict[str, Any] = field(default_factory=dict)
     replica_ids: tuple[str, ...] = ()
     message: str | None = None
+    transport: str | None = None
+    transport_replicas: dict[str, int] = field(default_factory=dict)
+    transport_note: str | None = None
 
 
 @dataclass(frozen=True)

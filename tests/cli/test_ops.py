@@ -61,8 +61,31 @@ def test_status_prints_a_table_per_graph(server: Server) -> None:
     assert lines["Classifier"][1] == "2/2/0"  # target/running/pending
     assert lines["embed"][2] == "4/10ms"  # batch: max size / wait
     assert lines["tokenize"][2] == "-"  # not batched
-    assert lines["Classifier"][3:5] == ["2", "0"]  # requests, errors
+    assert lines["Classifier"][3:5] == ["2", "0"]  # requests, errors (no transport column: all inline)
     assert lines["Classifier"][5].endswith("ms") and lines["Classifier"][6].endswith("ms")  # p50, p99
+
+
+def test_status_shows_each_nodes_transport_and_why_calls_go_through_serve() -> None:
+    from rich.console import Console
+
+    from dagserve.cli.ops import _notes, status_table
+
+    def node(transport: str, counts: dict[str, int] | None = None, note: str | None = None) -> dict[str, object]:
+        return {"target_replicas": 2, "running_replicas": 2, "transport": transport,
+                "transport_replicas": counts or {}, "transport_note": note}
+
+    status = {"backend": "ray", "ready": True, "nodes": {
+        "pre": node("local socket", {"local socket": 1}),
+        "Model": node("cross-node", {"cross-node": 2}),
+        "both": node("mixed", {"local socket": 1, "cross-node": 1}),
+        "post": node("serve", note="cross-node transport off: no token"),
+    }}
+    console = Console(width=120, record=True)
+    console.print(status_table("g", status))
+    rows = {line.split()[0]: line for line in console.export_text().splitlines() if line.strip()}
+    assert "socket" in rows["pre"] and "cross-node" in rows["Model"] and "serve" in rows["post"]
+    assert "socket 1+cross-node 1" in rows["both"]
+    assert _notes(status) == ["post: cross-node transport off: no token"]
 
 
 def test_status_json_and_one_graph(server: Server) -> None:

@@ -147,3 +147,17 @@ def test_no_replica_means_every_call_waits() -> None:
     s.replicas = [Replica("late")]
     s.wake()  # the owner wakes the queue when a replica comes
     assert s.replicas[0].got == ["a"]
+
+
+def test_near_replicas_take_calls_while_one_has_room_then_the_least_busy_anywhere() -> None:
+    far, near1, near2 = Replica("far"), Replica("near1"), Replica("near2")
+    s = slots(far, near1, near2, max_ongoing=2, take_turns=True)
+    s.near = [near1, near2]
+    picked = [take(s, f"c{i}") for i in range(4)]
+    assert {r.name for r in picked if r is not None} == {"near1", "near2"}  # never "far" while near has room
+    assert near1.ongoing == near2.ongoing == 2 and far.ongoing == 0
+    assert take(s, "c4") is far and take(s, "c5") is far  # the near ones are full
+    assert take(s, "c6") is None  # every replica full: it waits
+    near1.ongoing -= 1
+    s.freed(near1)
+    assert near1.got[-1] == "c6"

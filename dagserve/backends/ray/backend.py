@@ -6,9 +6,10 @@ graph is one named Serve application (``name`` = graph name, no HTTP route), so 
 live side by side and are torn down alone. This module holds :class:`RayBackend`: deploying,
 scaling, updating and shutting down that application, and its status. The per-request executor
 runs wherever the App runs (the ingress process); its calls go through the backend's runner
-(``runner.py``), to replicas on its machine over Unix sockets (``direct/``, chosen per node in
-``direct_routing.py``), to the others through Serve handles, where a call's un-awaited response
-is handed whole to the next call (Serve resolves it). ``inline`` nodes run in the ingress process
+(``runner.py``), to replicas over dagserve's direct transport (``direct/``: Unix sockets on its
+Ray node, token-authenticated TCP to the others; chosen per node in ``direct_routing.py``), or
+else through Serve handles, where a call's un-awaited response is handed whole to the next call
+(Serve resolves it). ``inline`` nodes run in the ingress process
 through the local backend's deployment class.
 
 ::
@@ -137,7 +138,7 @@ class RayBackend(Backend):
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
         self._handles: dict[str, Any] = {}
-        #: Calls to fixed-size nodes on a one-machine Ray skip Serve's router (``direct/``).
+        #: Calls to fixed-size nodes skip Serve's router (``direct/``; across Ray nodes only with token auth).
         self.direct_transport = direct_transport
         self._direct = DirectRouting(direct_transport, self.frame_limits)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,7 +259,7 @@ class RayBackend(Backend):
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
-        return AppStatus(graph=graph, backend=self.name, nodes=nodes)
+        return AppStatus(graph=graph, backend=self.name, nodes=self._direct.report(nodes, self._specs))
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         self._check_owner()
@@ -330,8 +331,9 @@ class RayBackend(Backend):
         return self._direct.refusals()
 
     def transport(self, node: str) -> str:
-        """How calls to ``node`` travel now: ``"direct"`` (a Unix socket to a replica on this
-        machine), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
+        """How calls to ``node`` travel now: ``"direct"`` (dagserve's transport: Unix sockets on this
+        Ray node, TCP to the others; ``status()`` tells which), ``"serve"`` (Serve's router and
+        gRPC) or ``"inline"`` (in this process)."""
         spec = self._specs.get(node)
         if spec is None:
             raise KeyError(f"Graph {self._app_name!r} has no node {node!r}; nodes: {', '.join(self._specs)}")
@@ -539,9 +541,10 @@ class RayBackend(Backend):
                 )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
-        if self._direct.cluster is not None and not _in_event_loop():
-            # Straight from the replicas' sockets: right whichever transport the calls took.
-            directory = socket_dir(self._direct.cluster, self._app_name or "", name)
+        direct = self._direct
+        if direct.cluster is not None and direct.single and not _in_event_loop():
+            # Straight from the replicas' sockets (all on this Ray node): right whichever transport the calls took.
+            directory = socket_dir(direct.cluster, self._app_name or "", name, direct.node_id)
             try:
                 found = replica_stats(directory) if directory is not None else []
             except Exception:  # noqa: BLE001 - metrics are best effort

@@ -1,11 +1,15 @@
 """The Ray backend's side of the direct transport (``direct/``): whether it applies, which nodes'
 calls take it, and the :class:`~.direct.DirectPool` of each such node.
 
-Calls skip Serve's router only on a Ray of one machine this process is connected to locally
-(every replica is then on this machine, checked again every ``_DIRECT_RECHECK_S``), only for
-nodes with a fixed replica count (Serve's autoscaler counts the requests its own handles route),
-and only once the node's pool has connected to a replica; the others go through Serve.
-``direct_transport=False`` or ``DAGSERVE_DIRECT_TRANSPORT=0`` turn it off.
+Calls skip Serve's router when this process is on the cluster (not Ray Client): to replicas on
+its own Ray node over their Unix sockets, to replicas on other Ray nodes over TCP after the token
+handshake (``direct/auth.py``; addresses from Ray's KV store, ``direct/registry.py``). A cluster
+of several Ray nodes without token authentication has no cross-node transport: its calls all go
+through Serve (so no replica is left out), and this is logged and reported in ``status()``.
+Only nodes with a fixed replica count go direct (Serve's autoscaler counts the requests its own
+handles route), and only once the node's pool has connected to a replica; the others go through
+Serve. Ray is asked again every ``_DIRECT_RECHECK_S``. ``direct_transport=False`` or
+``DAGSERVE_DIRECT_TRANSPORT=0`` turn it off.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DeployError
+from dagserve.backends.ray.direct import registry
+from dagserve.backends.ray.direct.auth import ray_token_key
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.pool import DirectPool
 from dagserve.backends.ray.direct.protocol import DEFAULT_MAX_FRAME_BYTES, FrameLimits
@@ -25,8 +32,19 @@ from dagserve.backends.ray.direct.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions
     from dagserve.compiler.plan import DeploymentSpec
+    from dagserve.runtime.status import NodeStatus
 
-__all__ = ["DIRECT_ENV", "MAX_FRAME_ENV", "DirectRouting", "frame_limits", "on_loop_thread"]
+__all__ = [
+    "DIRECT_ENV",
+    "MAX_FRAME_ENV",
+    "NO_TOKEN",
+    "DirectRouting",
+    "announce",
+    "cross_node_listener",
+    "frame_limits",
+    "on_loop_thread",
+    "withdraw",
+]
 
 log = logging.getLogger("dagserve.ray")
 
@@ -34,8 +52,13 @@ log = logging.getLogger("dagserve.ray")
 DIRECT_ENV = "DAGSERVE_DIRECT_TRANSPORT"
 #: The default of ``direct_max_frame_bytes`` (bytes per call's pickled arguments or result).
 MAX_FRAME_ENV = "DAGSERVE_DIRECT_MAX_FRAME_BYTES"
-#: How often the ingress asks Ray again whether it still runs on one machine.
+#: How often the ingress asks Ray again for its nodes (a cluster may grow or shrink).
 _DIRECT_RECHECK_S = 10.0
+#: Why there is no cross-node transport on a cluster without token authentication.
+NO_TOKEN = (
+    "cross-node transport off: the Ray cluster runs without token authentication (RAY_AUTH_MODE=token "
+    "turns it on), so calls to replicas on other Ray nodes go through Serve"
+)
 
 
 class DirectRouting:
@@ -50,6 +73,10 @@ class DirectRouting:
         self.limits = limits
         self.pools: dict[str, DirectPool | None] = {}
         self.cluster: str | None = None  # the Ray cluster's GCS address, while direct applies
+        self.node_id = ""  # this process's Ray node
+        self.single = False  # is the cluster one Ray node?
+        self.key: bytes | None = None  # the token handshake's key (None: no cross-node transport)
+        self.note: str | None = None  # why calls go through Serve although direct is on
         self.checked = 0.0
 
     def pool(self, spec: DeploymentSpec, app_name: str) -> DirectPool | None:
@@ -72,26 +99,66 @@ class DirectRouting:
         if pool is None:
             if name in self.pools:
                 return None  # no private socket directory (logged once)
-            directory = socket_dir(cluster, app_name, name)
+            directory = socket_dir(cluster, app_name, name, self.node_id)
             if directory is None:
                 self.pools[name] = None
                 return None
-            o = spec.options
-            pool = DirectPool(
-                directory,
-                max_ongoing=o.effective_max_ongoing_requests,
-                max_queued=o.max_queued_requests,
-                loop=asyncio.get_running_loop(),
-                limits=self.limits,
-            )
-            self.pools[name] = pool
+            self.pools[name] = self._open(directory, spec, app_name)
             return None  # it connects in the background; this call goes through Serve
         return pool if pool.usable else None
+
+    def _open(self, directory: str, spec: DeploymentSpec, app_name: str) -> DirectPool:
+        """A pool for the node's replicas: on this Ray node, and on the others when a key is known."""
+        loop = asyncio.get_running_loop()
+        name, me = spec.name, self.node_id
+
+        async def remote() -> dict[str, tuple[str, int]]:
+            if self.key is None or self.single:
+                return {}  # one Ray node: every replica is on its sockets
+            found = await loop.run_in_executor(None, registry.listing, app_name, name)
+            return {e.replica: (e.host, e.port) for e in found if e.node_id != me}
+
+        def stale(replica: str) -> None:
+            loop.run_in_executor(None, withdraw, app_name, name, replica)
+
+        o = spec.options
+        return DirectPool(
+            directory,
+            max_ongoing=o.effective_max_ongoing_requests,
+            max_queued=o.max_queued_requests,
+            loop=loop,
+            limits=self.limits,
+            remote=remote,
+            auth_key=self.key,
+            on_stale=stale,
+        )
 
     def is_direct(self, spec: DeploymentSpec) -> bool:
         """Do the node's calls go direct now?"""
         pool = self.pools.get(spec.name)
         return self.cluster is not None and _direct_eligible(spec) and pool is not None and pool.usable
+
+    def transport(self, spec: DeploymentSpec) -> tuple[str, dict[str, int]]:
+        """How the node's calls travel now: ``"local socket"``, ``"cross-node"``, ``"mixed"``
+        (both, counted per replica in the dict) or ``"serve"``."""
+        pool = self.pools.get(spec.name)
+        counts = pool.transports() if pool is not None and self.is_direct(spec) else {}
+        if not counts:
+            return "serve", {}
+        return (next(iter(counts)) if len(counts) == 1 else "mixed"), counts
+
+    def report(self, nodes: dict[str, NodeStatus], specs: dict[str, DeploymentSpec]) -> dict[str, NodeStatus]:
+        """``nodes`` with each one's transport filled in (see :class:`~dagserve.NodeStatus`)."""
+        out = {}
+        for name, node in nodes.items():
+            spec = specs.get(name)
+            if spec is None or spec.inline:
+                out[name] = replace(node, transport="inline")
+                continue
+            kind, counts = self.transport(spec)
+            note = self.note if kind == "serve" and self.enabled else None
+            out[name] = replace(node, transport=kind, transport_replicas=counts, transport_note=note)
+        return out
 
     def refusals(self) -> dict[str, int]:
         """Per node, the direct calls a full replica refused (see ``RayBackend.direct_refusals``)."""
@@ -102,7 +169,8 @@ class DirectRouting:
         return {"direct_max_frame_bytes": self.limits.max_bytes, "direct_frame_timeout_s": self.limits.timeout_s}
 
     def check(self) -> None:
-        """Does the direct transport apply (asked of Ray: one machine, connected locally)?"""
+        """Does the direct transport apply (asked of Ray: connected locally; with a token for
+        several Ray nodes)?"""
         self.checked = time.monotonic()
         if not self.enabled or os.environ.get(DIRECT_ENV, "1") == "0":
             self.cluster = None
@@ -114,8 +182,14 @@ class DirectRouting:
                 self.cluster = None  # Ray Client: this process is not on the cluster
                 return
             alive = [n for n in ray.nodes() if n.get("Alive")]
-            single = len(alive) == 1
-            self.cluster = ray.get_runtime_context().gcs_address if single else None
+            self.single = len(alive) == 1
+            self.key = ray_token_key()
+            self.node_id = ray.get_runtime_context().get_node_id()
+            note = None if self.single or self.key is not None else NO_TOKEN
+            if note is not None and self.note is None:
+                log.warning("Direct transport: %s.", note)
+            self.note = note
+            self.cluster = ray.get_runtime_context().gcs_address if note is None else None
         except Exception as exc:  # noqa: BLE001 - without an answer, Serve routes every call
             log.warning("Direct transport off: asking Ray for its nodes failed (%s: %s)", type(exc).__name__, exc)
             self.cluster = None
@@ -178,3 +252,29 @@ def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def cross_node_listener(node: str) -> tuple[bytes | None, str | None]:
+    """In a replica: the key and host of its cross-node listener (this Ray node's address), or
+    ``(None, None)`` when the cluster has no token authentication (logged: it never listens then)."""
+    key = ray_token_key()
+    if key is None:
+        log.warning("Node %r: %s.", node, NO_TOKEN)
+        return None, None
+    import ray
+
+    return key, ray.util.get_node_ip_address()
+
+
+def announce(app: str, deployment: str, replica: str, node_id: str, address: tuple[str, int]) -> None:
+    """A replica's cross-node address, put where callers on other Ray nodes look (blocking)."""
+    try:
+        registry.register(app, deployment, registry.Entry(replica, node_id, address[0], int(address[1])))
+    except Exception as exc:  # noqa: BLE001 - callers on other nodes then go through Serve
+        log.warning("Node %r: cannot announce its cross-node address (%s: %s)", deployment, type(exc).__name__, exc)
+
+
+def withdraw(app: str, deployment: str, replica: str) -> None:
+    """Remove a replica's cross-node address (it stops, or nobody listens there any more; blocking)."""
+    with contextlib.suppress(Exception):  # best effort: callers drop addresses that refuse them
+        registry.forget(app, deployment, replica)

@@ -6,9 +6,10 @@ user's model class once per replica (or holds the function), runs sync node code
 event loop once proven fast, so a slow call never blocks the loop) and async code on that loop, batches with
 dagserve's :class:`~dagserve.runtime.batching.Batcher` (one queue per called method), forwards a
 user-defined ``check_health`` to Serve, and turns a failure into :class:`~dagserve.NodeError` naming the step, so the name
-survives the trip back through Ray. It also serves the direct transport's calls (``direct/``),
-holding them and the calls Serve routes to one ``max_ongoing_requests``, and stops taking them
-as soon as Serve begins to stop the replica.
+survives the trip back through Ray. It also serves the direct transport's calls (``direct/``:
+on a Unix socket, and over TCP for callers on other Ray nodes when the cluster has token
+authentication), holding them and the calls Serve routes to one ``max_ongoing_requests``, and
+stops taking them as soon as Serve begins to stop the replica.
 
 This module is imported by Ray worker processes when they unpickle the deployment; it imports
 ray lazily, and only what a replica needs.
@@ -37,6 +38,7 @@ from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
+from dagserve.backends.ray.direct_routing import announce, cross_node_listener, withdraw
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
@@ -217,8 +219,11 @@ class NodeReplica:
             from ray import serve
 
             ctx = serve.get_replica_context()
-            directory = socket_dir(ray.get_runtime_context().gcs_address, ctx.app_name, ctx.deployment)
+            runtime = ray.get_runtime_context()
+            node_id = runtime.get_node_id()
+            directory = socket_dir(runtime.gcs_address, ctx.app_name, ctx.deployment, node_id)
             limit = _serve_max_ongoing()
+            key, host = cross_node_listener(self._name)
         except Exception as exc:  # noqa: BLE001 - without it, calls go through Serve as before
             log.warning("Node %r: direct transport off (%s: %s)", self._name, type(exc).__name__, exc)
             return
@@ -231,7 +236,11 @@ class NodeReplica:
             limit=limit,
             limits=self._spec.frames,
             stream=self._stream,
+            tcp_host=host,
+            auth_key=key,
         )
+        entry = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id, node_id)
+        self._announced: tuple[str, str, str, str] | None = None
         self._loop = loop
         _tell_replica_when_serve_stops_it()
 
@@ -246,6 +255,9 @@ class NodeReplica:
             self._direct = server
             if self._stopping:
                 server.stop_accepting()
+            elif server.tcp_address is not None:  # callers on other Ray nodes find it in Ray's KV store
+                await loop.run_in_executor(None, announce, *entry, server.tcp_address)
+                self._announced = entry
 
         loop.create_task(start())
 
@@ -260,6 +272,9 @@ class NodeReplica:
         self._stopping = True
         if self._direct is not None:
             self._direct.stop_accepting()
+        announced, self._announced = getattr(self, "_announced", None), None
+        if announced is not None:
+            asyncio.get_running_loop().run_in_executor(None, withdraw, *announced[:3])
 
     # -- serving -------------------------------------------------------------------------------
     async def __call__(self, header: Header, *args: Any, **kwargs: Any) -> Any:

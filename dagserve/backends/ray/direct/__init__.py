@@ -1,4 +1,5 @@
-"""Direct transport: the ingress calls replicas on its own machine over Unix sockets.
+"""Direct transport: the ingress calls replicas itself, over Unix sockets on its own Ray node
+and over authenticated TCP on the others.
 
 A Serve handle call costs about 1 ms and ~0.6 ms of the caller's CPU on a 2-core machine (the
 router, gRPC, cloudpickle); a framed pickle over a Unix socket costs ~35 us. So when the ingress
@@ -8,8 +9,8 @@ everything else: it places, starts, health-checks, replaces and scales the repli
 How it works:
 
 * Every replica listens on a Unix socket named after its Serve replica id, in a directory per
-  (Ray cluster, application, deployment) under ``$TMPDIR/dagserve-<uid>/`` (mode 0700: only the
-  user that runs Ray can connect, the same trust Ray itself asks for). Nothing listens on a port.
+  (Ray cluster, application, deployment, Ray node) under ``$TMPDIR/dagserve-<uid>/`` (mode 0700: only the
+  user that runs Ray can connect, the same trust Ray itself asks for).
 * The ingress keeps a :class:`DirectPool` per node: it watches the directory, connects to each
   replica, sends each call to the replica with the fewest calls in flight, holds at most
   ``max_ongoing_requests`` calls on a replica, and queues the rest (up to ``max_queued_requests``,
@@ -38,8 +39,14 @@ result pickle larger than ``max_bytes`` fails with a :class:`~dagserve.NodeError
 (``error_type="FrameTooLarge"``) before anything is sent; a frame announced larger, or one that
 does not arrive whole within ``timeout_s``, closes the connection (its calls fail as lost).
 
+Across Ray nodes (another raylet on the same host counts as another machine): each replica also
+listens on TCP on its node's Ray address when the cluster uses Ray's token authentication (never
+otherwise, never on every interface), and announces the address in Ray's KV store (``registry``);
+each TCP connection passes an HMAC challenge-response keyed by the token (``auth``) before any
+frame is read. Callers prefer replicas on their own Ray node while one has room.
+
 Its modules, one concern each: ``protocol`` (frames and their bounds, op codes, pickling, the
-peer-uid check), ``pool`` (the caller side: :class:`~.pool.DirectPool`, :class:`~.pool.DirectCall`),
+peer-uid check), ``auth`` (the token handshake), ``registry`` (cross-node addresses), ``pool`` (the caller side: :class:`~.pool.DirectPool`, :class:`~.pool.DirectCall`),
 ``replica_server`` (the replica side: :class:`~.replica_server.ReplicaServer`) and ``directory``
 (the private socket directory of a node's replicas, and asking them for stats). The caller's
 replica picking and queue are :class:`dagserve.runtime.replicas.ReplicaSlots`, which the local

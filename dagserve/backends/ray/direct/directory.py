@@ -22,14 +22,16 @@ __all__ = ["replica_stats", "socket_dir"]
 log = logging.getLogger("dagserve.ray")
 
 
-def socket_dir(cluster: str, app: str, deployment: str) -> str | None:
-    """The directory holding the sockets of ``deployment``'s replicas, created private (0700).
+def socket_dir(cluster: str, app: str, deployment: str, node_id: str = "") -> str | None:
+    """The directory holding the sockets of ``deployment``'s replicas on Ray node ``node_id``,
+    created private (0700). One per Ray node: replicas of another raylet on this host are another
+    machine's to Ray, and are reached like one (over TCP, never their Unix socket).
 
     ``None`` when it is not private (another user owns it, or others may write to it): the
     transport is then off and calls go through Serve. The path stays short, as Unix socket paths must (< 108 bytes).
     """
     root = os.path.join(tempfile.gettempdir(), f"dagserve-{os.getuid()}")
-    key = hashlib.sha1(f"{cluster}\0{app}\0{deployment}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{cluster}\0{app}\0{deployment}\0{node_id}".encode()).hexdigest()[:16]
     path = os.path.join(root, key)
     try:
         for p in (root, path):

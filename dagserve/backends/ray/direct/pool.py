@@ -1,7 +1,9 @@
 """The caller side of the direct transport: a :class:`DirectPool` per node sends its calls.
 
-The pool lives on the ingress's event loop: it watches the node's socket directory, connects to
-each replica, sends each call to the replica with the fewest calls in flight, holds at most
+The pool lives on the ingress's event loop: it watches the node's socket directory (replicas on
+this Ray node) and, when given, the listing of replicas on other Ray nodes (reached over TCP
+after the token handshake, :mod:`.auth`), connects to each replica, sends each call to a replica
+on this Ray node with room or else the one with the fewest calls in flight, holds at most
 ``max_ongoing_requests`` calls on a replica and queues the rest (up to ``max_queued_requests``,
 then :class:`~dagserve.runtime.replicas.QueueFull`); the slots and the queue are
 :class:`~dagserve.runtime.replicas.ReplicaSlots`, as in the local backend. A call a replica
@@ -18,8 +20,10 @@ import itertools
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dagserve.backends.ray.direct.auth import Handshake
 from dagserve.backends.ray.direct.protocol import (
     BUSY,
     CALL,
@@ -41,12 +45,19 @@ from dagserve.backends.ray.direct.protocol import (
 )
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
 
-__all__ = ["SCAN_INTERVAL_S", "DirectCall", "DirectPool", "DirectStream", "PoolClosed", "ReplicaLost"]
+__all__ = ["SCAN_INTERVAL_S", "Address", "DirectCall", "DirectPool", "DirectStream", "PoolClosed", "Remote", "ReplicaLost"]
 
 log = logging.getLogger("dagserve.ray")
 
 #: How often the ingress looks for replicas that appeared or went away.
 SCAN_INTERVAL_S = 0.5
+#: How long a TCP connection and its handshake may take (a scan waits for it).
+_CONNECT_TIMEOUT_S = 5.0
+
+#: Where a replica listens: its Unix socket's path (this Ray node), or ``(host, port)`` (another).
+Address = str | tuple[str, int]
+#: Lists the replicas on other Ray nodes and their TCP addresses, by replica id.
+Remote = Callable[[], Awaitable[dict[str, tuple[str, int]]]]
 
 
 class ReplicaLost(ConnectionError):
@@ -172,10 +183,12 @@ class DirectStream(DirectCall):
 
 
 class _ClientConn(Framed):
-    def __init__(self, pool: DirectPool, replica: str) -> None:
-        super().__init__(pool.limits)
+    def __init__(self, pool: DirectPool, replica: str, auth: Handshake | None = None) -> None:
+        super().__init__(pool.limits, auth)
         self.pool = pool
         self.replica = replica
+        #: Over TCP to a replica on another Ray node (else a Unix socket on this one).
+        self.cross_node = auth is not None
         self.calls: dict[int, DirectCall] = {}
         self.draining = False
         #: The replica refused a call as full (``BUSY``): nothing is sent until it says ``ROOM``.
@@ -269,6 +282,9 @@ class DirectPool:
         max_queued: int | None,
         loop: asyncio.AbstractEventLoop,
         limits: FrameLimits | None = None,
+        remote: Remote | None = None,
+        auth_key: bytes | None = None,
+        on_stale: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.limits = limits or FrameLimits()
@@ -281,9 +297,15 @@ class DirectPool:
         self._slots: ReplicaSlots[_ClientConn, DirectCall] = ReplicaSlots(
             _submit, max_ongoing=max_ongoing, max_queued=max_queued, take_turns=True
         )
+        # Replicas on other Ray nodes: ``remote()`` lists their TCP addresses (by replica id), each
+        # connection passes the token handshake with ``auth_key``; ``on_stale(replica)`` forgets
+        # an address nobody listens on any more. Without ``remote``, only this node's sockets.
+        self._remote = remote if auth_key else None
+        self._auth_key = auth_key
+        self._on_stale = on_stale
         self._connecting: set[str] = set()
         self._refused: set[str] = set()  # replicas that refused a connection once
-        self._foreign: set[str] = set()  # sockets of another user's process: never used
+        self._foreign: set[str] = set()  # sockets of another user's process, or peers failing the handshake
         self._closed = False
         self._scanner = loop.create_task(self._scan_forever())
 
@@ -366,8 +388,9 @@ class DirectPool:
     def _lost(self, conn: _ClientConn) -> None:
         if self._conns.get(conn.replica) is conn:
             del self._conns[conn.replica]
-            self._slots.replicas = list(self._conns.values())
-        self._slots.wake()
+            self._replicas_changed()
+        else:
+            self._slots.wake()
 
     # -- replicas ------------------------------------------------------------------------------
     async def _scan_forever(self) -> None:
@@ -379,49 +402,94 @@ class DirectPool:
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     async def scan(self) -> None:
-        """Connect to new replicas; stop sending to replicas whose socket is gone (stopping)."""
+        """Connect to new replicas; stop sending to replicas that are gone from the listing (stopping)."""
+        found: dict[str, Address] = {}
+        if self._remote is not None:
+            found.update(await self._remote())
         try:
-            names = {e.name[:-5] for e in os.scandir(self.directory) if e.name.endswith(".sock")}
+            found.update(
+                {e.name[:-5]: e.path for e in os.scandir(self.directory) if e.name.endswith(".sock")}
+            )
         except FileNotFoundError:
-            names = set()
+            pass
         for replica, conn in list(self._conns.items()):
-            if replica not in names and not conn.draining:
+            if replica not in found and not conn.draining:
                 conn.draining = True
                 if not conn.calls:
                     conn.close()
-        new = [r for r in names if r not in self._conns and r not in self._connecting and r not in self._foreign]
+        new = [r for r in found if r not in self._conns and r not in self._connecting and r not in self._foreign]
         if new:
             self._connecting.update(new)  # now, so a scan running meanwhile does not try them too
-            await asyncio.gather(*(self._connect(r) for r in new))
+            await asyncio.gather(*(self._connect(r, found[r]) for r in new))
 
-    async def _connect(self, replica: str) -> None:
-        path = os.path.join(self.directory, replica + ".sock")
+    async def _open(self, replica: str, address: Address) -> _ClientConn:
+        """A connection to ``replica``: its Unix socket (a path), or TCP (``(host, port)``) with the
+        token handshake, done within ``_CONNECT_TIMEOUT_S`` (or the frame timeout, if shorter)."""
+        loop = self._loop
+        if isinstance(address, str):
+            _, conn = await loop.create_unix_connection(lambda: _ClientConn(self, replica), address)
+            return conn
+        key = self._auth_key
+        assert key is not None  # remote addresses are listed only with a key
+        async with asyncio.timeout(min(_CONNECT_TIMEOUT_S, self.limits.timeout_s)):
+            _, conn = await loop.create_connection(
+                lambda: _ClientConn(self, replica, Handshake(key, client=True)), *address
+            )
+            assert conn.ready is not None  # set when the connection was made
+            await conn.ready  # False: refused (conn.foreign) or closed during the handshake
+        return conn
+
+    async def _connect(self, replica: str, address: Address) -> None:
         try:
-            _, conn = await self._loop.create_unix_connection(lambda: _ClientConn(self, replica), path)
+            conn = await self._open(replica, address)
         except ConnectionRefusedError:
             # Nobody listens: the replica died without cleaning up (SIGKILL), or is between bind
-            # and listen. Refused again a scan later, its socket is stale: remove it.
+            # and listen. Refused again a scan later, its address is stale: remove it.
             if replica in self._refused:
                 self._refused.discard(replica)
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                self._stale(replica, address)
             else:
                 self._refused.add(replica)
             return
-        except OSError:
-            return  # gone between the listing and the connect
+        except (OSError, TimeoutError):
+            return  # gone between the listing and the connect, or unreachable for now
         finally:
             self._connecting.discard(replica)
         self._refused.discard(replica)
         if conn.foreign:
-            self._foreign.add(replica)  # dropped before a byte was read; logged once
+            self._foreign.add(replica)  # dropped before a frame was read; logged once
             return
+        if conn.transport is None:
+            return  # closed during the handshake: tried again at the next scan
         if self._closed:
             conn.close()
             return
         self._conns[replica] = conn
-        self._slots.replicas = list(self._conns.values())
+        self._replicas_changed()
+
+    def _stale(self, replica: str, address: Address) -> None:
+        if isinstance(address, str):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        elif self._on_stale is not None:
+            self._on_stale(replica)
+
+    def _replicas_changed(self) -> None:
+        """The connections changed: the slots take the new list (this node's replicas preferred)."""
+        conns = list(self._conns.values())
+        near = [c for c in conns if not c.cross_node]
+        self._slots.replicas = conns
+        self._slots.near = near if 0 < len(near) < len(conns) else []
         self._slots.wake()
+
+    def transports(self) -> dict[str, int]:
+        """How many replicas this pool reaches, by way: ``"local socket"`` and ``"cross-node"``."""
+        out: dict[str, int] = {}
+        for conn in self._conns.values():
+            if conn.accepting:
+                kind = "cross-node" if conn.cross_node else "local socket"
+                out[kind] = out.get(kind, 0) + 1
+        return out
 
     def close(self) -> None:
         """Stop scanning and close every connection (calls in flight fail with ReplicaLost)."""
@@ -448,4 +516,5 @@ class DirectPool:
                     dup.shutdown(socket.SHUT_RDWR)
         self._conns = {}
         self._slots.replicas = []
+        self._slots.near = []
 

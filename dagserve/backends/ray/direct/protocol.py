@@ -4,7 +4,8 @@ Frames are an 8-byte big-endian length (:data:`FRAME_LENGTH`) and a pickled enve
 read them through :class:`Framed`, which reads nothing from another user's process
 (:func:`same_user`), no frame announced over :class:`FrameLimits` and none that stalls. This is the
 one module of dagserve that unpickles (:func:`loads`): frames come only from this user's own
-processes (0700 directory, 0600 socket, peer uid checked).
+processes (0700 directory, 0600 socket, peer uid checked) or, over TCP between Ray nodes, from a
+peer that proved it holds the cluster's Ray token (:mod:`.auth`) before its first frame is read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+from dagserve.backends.ray.direct.auth import AuthFailed, Handshake
 
 __all__ = [
     "BUSY",
@@ -130,11 +133,17 @@ class Framed(asyncio.Protocol):
 
     Reads nothing from a process of another user (the connection is dropped at once: ``foreign``),
     no frame announced larger than the limits allow, and no frame that stalls past its deadline.
+    With ``auth`` (a TCP connection to or from another Ray node, where the peer's user is unknown),
+    the peer must first pass the token handshake (:mod:`.auth`): until then only its raw bytes are
+    read, nothing is sent but the handshake's, and a failure drops the connection (``foreign``).
+    ``ready`` resolves once frames may flow (``True``), or with ``False`` when the peer was refused.
     """
 
-    def __init__(self, limits: FrameLimits) -> None:
+    def __init__(self, limits: FrameLimits, auth: Handshake | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.foreign = False
+        self._auth = auth
+        self.ready: asyncio.Future[bool] | None = None
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -146,16 +155,68 @@ class Framed(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._loop = asyncio.get_running_loop()
+        self.ready = self._loop.create_future()
+        if self._auth is not None:
+            self.transport = transport  # type: ignore[assignment]
+            transport.write(self._auth.hello)  # type: ignore[attr-defined]
+            self._stall = self._loop.call_later(self._limits.timeout_s, self._auth_timeout)
+            return
         if not same_user(transport):
             # Frames are pickles: loading one from another user's process would run its code here.
             log.warning("Direct transport: refused a connection %s: the other process runs as another user.", self.where)
             self.foreign = True
+            self.ready.set_result(False)
             transport.abort()
             return
         self.transport = transport  # type: ignore[assignment]
+        self.ready.set_result(True)
+        self.authenticated()
+
+    def _authenticate(self, data: bytes) -> bytes:
+        """Feed the handshake; what came after it (frames), once done. Never unpickles."""
+        auth = self._auth
+        assert auth is not None and self.transport is not None  # only called while authenticating
+        try:
+            reply, rest = auth.feed(data)
+        except AuthFailed as exc:
+            log.warning("Direct transport: refused a connection %s: %s.", self.where, exc)
+            self._refuse()
+            return b""
+        if reply:
+            self.transport.write(reply)
+        if not auth.done:
+            return b""
+        self._auth = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(True)
+        self.authenticated()
+        return rest
+
+    def authenticated(self) -> None:
+        """The peer passed the handshake (or needed none): frames may flow."""
+
+    def _auth_timeout(self) -> None:
+        self._stall = None
+        if self._auth is not None and self.transport is not None:
+            log.warning("Direct transport: refused a connection %s: no handshake within %g s.", self.where, self._limits.timeout_s)
+            self._refuse()
+
+    def _refuse(self) -> None:
+        self.foreign = True
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(False)
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._auth is not None and self._auth.answered:
+            self.foreign = True  # the peer hung up on our answer to its hello: it refused us
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(False)
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -166,6 +227,10 @@ class Framed(asyncio.Protocol):
         raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
+        if self._auth is not None:
+            data = self._authenticate(data)
+            if not data:
+                return
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
@@ -222,8 +287,8 @@ class Framed(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is None or transport.is_closing() or self._auth is not None:
+            return  # nothing but the handshake goes to a peer that has not passed it
         self._out.append(FRAME_LENGTH.pack(len(data)))
         self._out.append(data)
         if not self._flush_scheduled:

@@ -1,6 +1,7 @@
 """The replica side of the direct transport: :class:`ReplicaServer` serves one replica's calls.
 
-It runs on the replica's event loop, listens on the replica's Unix socket, runs each call with the
+It runs on the replica's event loop, listens on the replica's Unix socket (and, for callers on
+other Ray nodes, on TCP on its node's Ray address, token handshake first: :mod:`.auth`), runs each call with the
 replica's ``dispatch`` and answers it, holds the replica's ``max_ongoing_requests`` over every
 caller (refusing a direct call past it with ``BUSY``, telling the caller ``ROOM`` later) and stops
 in order (``DRAINING``, ``REJECTED``, then the held calls finish).
@@ -16,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from dagserve.backends.ray.direct.auth import Handshake
 from dagserve.backends.ray.direct.protocol import (
     BUSY,
     CALL,
@@ -64,8 +66,19 @@ class ReplicaServer:
         limit: Callable[[], int] | None = None,
         limits: FrameLimits | None = None,
         stream: Callable[[Any, tuple[Any, ...], dict[str, Any]], AsyncIterator[Any]] | None = None,
+        tcp_host: str | None = None,
+        auth_key: bytes | None = None,
     ) -> None:
+        if tcp_host is not None and not auth_key:
+            raise ValueError("the cross-node listener needs the cluster's token (no unauthenticated pickle on TCP)")
+        if tcp_host in ("", "0.0.0.0", "::"):
+            raise ValueError("the cross-node listener binds to the node's Ray address, never every interface")
         self.path = path
+        self.tcp_host = tcp_host
+        self._auth_key = auth_key
+        #: ``(host, port)`` of the cross-node listener once it listens (``tcp_host`` given).
+        self.tcp_address: tuple[str, int] | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
         self._dispatch = dispatch
         #: ``stream(header, args, kwargs)``: a generator node's items (``STREAM`` frames).
         self._stream = stream
@@ -90,6 +103,17 @@ class ReplicaServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _ServerConn(self), self.path)
         os.chmod(self.path, 0o600)
+        if self.tcp_host is not None and self._auth_key:
+            key = self._auth_key
+            self._tcp_server = await loop.create_server(
+                lambda: _ServerConn(self, Handshake(key, client=False)), self.tcp_host, 0
+            )
+            self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
+
+    def _close_listeners(self) -> None:
+        for server in (self._server, self._tcp_server):
+            if server is not None:
+                server.close()
 
     def in_flight(self) -> int:
         return sum(len(c.tasks) for c in self._conns)
@@ -123,8 +147,7 @@ class ReplicaServer:
         if self.draining:
             return
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        self._close_listeners()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         for conn in self._conns:
@@ -134,8 +157,7 @@ class ReplicaServer:
         """Close at once, from any thread, without telling callers (their calls fail as lost)."""
         self.draining = self.closed = True
         with contextlib.suppress(Exception):
-            if self._server is not None:
-                self._server.close()
+            self._close_listeners()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         for conn in list(self._conns):
@@ -181,20 +203,22 @@ _ROOM_FRAME = dumps((0, ROOM, None))
 
 
 class _ServerConn(Framed):
-    def __init__(self, server: ReplicaServer) -> None:
-        super().__init__(server.limits)
+    def __init__(self, server: ReplicaServer, auth: Handshake | None = None) -> None:
+        super().__init__(server.limits, auth)
         self.server = server
         self.tasks: dict[int, asyncio.Task[Any]] = {}
         self.credits: dict[int, asyncio.Semaphore] = {}  # per stream: items it may still send
 
     @property
     def where(self) -> str:
+        if self.server.tcp_address is not None and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            if peer and not isinstance(peer, str):
+                return f"from {peer[0]}:{peer[1]} on {self.server.tcp_address[0]}:{self.server.tcp_address[1]}"
         return f"on {self.server.path}"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.transport is not None:
-            self.server._conns.add(self)
+    def authenticated(self) -> None:
+        self.server._conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The caller is gone: nobody waits for these results any more (as when Serve cancels).
