@@ -369,7 +369,10 @@ def test_stream_timeout_reaches_the_deployed_apps(monkeypatch: pytest.MonkeyPatc
     class Deployed(Exception):
         pass
 
-    def deploy_all(graphs: object, backend: object, backend_options: object, deploy_options: dict[str, object], console: object) -> None:
+    def deploy_all(
+        graphs: object, backend: object, backend_options: object, deploy_options: dict[str, object], console: object,
+        config: object = None,
+    ) -> None:
         seen.update(deploy_options)
         raise Deployed
 

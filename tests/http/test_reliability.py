@@ -175,8 +175,12 @@ _FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
 _FORBIDDEN_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle", "yaml"}
 #: The one module allowed to unpickle: the direct transport's protocol, whose frames come only from
 #: this user's own processes (0700 directory, 0600 socket, peer uid checked; tests/backends/test_direct.py
-#: shows each). The transport's other modules load through its ``loads``.
-_UNPICKLING_ALLOWED = {"backends/ray/direct/protocol.py": {"pickle"}}
+#: shows each) or, over TCP, from peers that passed the cluster token's handshake first
+#: (backends/ray/direct/auth.py). The transport's other modules load through its ``loads``.
+#: Config files (the operator's, never a client's) are YAML read with ``yaml.safe_load`` only.
+_YAML_FILES = ("deploy_config.py", "cli/config.py", "cli/build.py", "http/serve_config.py")
+_UNPICKLING_ALLOWED = {"backends/ray/direct/protocol.py": {"pickle"}, **{f: {"yaml"} for f in _YAML_FILES}}
+_YAML_SAFE = {"safe_load", "safe_dump"}
 
 
 def test_dagserve_source_never_unpickles_or_evaluates() -> None:
@@ -198,6 +202,9 @@ def test_dagserve_source_never_unpickles_or_evaluates() -> None:
             func = node.func
             if isinstance(func, ast.Name) and func.id in _FORBIDDEN_CALLS:
                 found.append(f"{path.name}:{node.lineno} calls {func.id}")
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "yaml":
+                if func.attr not in _YAML_SAFE:  # yaml.load/unsafe_load/full_load build any object
+                    found.append(f"{path.name}:{node.lineno} calls yaml.{func.attr}")
             if isinstance(func, ast.Attribute) and func.attr in {"load", "loads", "unsafe_load", "full_load"}:
                 base = func.value
                 if isinstance(base, ast.Name) and base.id in forbidden:
