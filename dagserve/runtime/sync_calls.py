@@ -49,7 +49,8 @@ log = logging.getLogger("dagserve.sync")
 
 __all__ = ["FAST_CALL_S", "MAX_PROMOTE_AFTER", "PROMOTE_AFTER", "Mode", "SyncCalls", "sync_force"]
 
-#: A call whose own wall time is at most this counts as fast (it may then run on the loop).
+#: A call whose own wall time is at most this is fast; a longer one is slow if it used this much
+#: CPU or blocked (see above).
 FAST_CALL_S = 200e-6
 #: Fast calls in a row, measured on a worker thread, before a callable runs inline.
 PROMOTE_AFTER = 16

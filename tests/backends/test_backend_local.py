@@ -109,6 +109,22 @@ def test_a_fast_sync_node_ends_up_inline_and_a_slow_call_never_blocks_the_loop_f
         assert slow[0].startswith("dagserve-node") and fast[2] < slow[2]
 
 
+def test_inline_sync_option_forces_where_sync_code_runs() -> None:
+    @dagserve.node
+    def where(x: int) -> str:
+        return threading.current_thread().name
+
+    with dagserve.Input() as inp:
+        g = dagserve.Graph([where.options(name="on_loop", inline_sync=True)(inp),
+                            where.options(name="on_threads", inline_sync=False)(inp)], name="forced")
+    with dagserve.deploy(g, backend="local") as app:
+        answers = [app.call(1) for _ in range(3 * PROMOTE_AFTER)]
+        modes = {n: app.backend._deployments[n].replicas[0].sync.modes() for n in ("on_loop", "on_threads")}  # type: ignore[attr-defined]
+    assert not any(a[0].startswith("dagserve-node") for a in answers)  # inline from the first call
+    assert all(a[1].startswith("dagserve-node") for a in answers)
+    assert modes == {"on_loop": {"__call__": "inline"}, "on_threads": {"__call__": "threads"}}
+
+
 def test_batching_groups_concurrent_requests() -> None:
     async def main(app: dagserve.App) -> list[int]:
         return await asyncio.gather(*(app.acall(i) for i in range(20)))

@@ -239,6 +239,15 @@ def test_options_map_onto_serve_deployment_options() -> None:
     assert plain["ray_actor_options"] == {"num_cpus": 0.0}
 
 
+def test_inline_sync_option_reaches_the_replicas() -> None:
+    def spec(**options: Any) -> Any:
+        return serve_options.replica_spec(
+            dagserve.compile(dagserve.Graph(add_one.options(**options), name="s")).deployment("add_one")
+        )
+
+    assert [spec().inline_sync, spec(inline_sync=True).inline_sync, spec(inline_sync=False).inline_sync] == [None, True, False]
+
+
 def test_pending_replicas_are_explained_and_infeasible_requests_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     from dagserve.backends.ray.status import _Resources, problems
 
