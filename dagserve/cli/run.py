@@ -279,13 +279,8 @@ def _run(
     backend_options: dict[str, Any] = {"address": address} if address else {}
     if allow_unauthenticated_ray:
         backend_options["allow_unauthenticated_ray"] = True
-    deploy_options: dict[str, Any] = {}
-    if request_timeout is not None:
-        deploy_options["request_timeout_s"] = request_timeout
-    if ready_timeout is not None:
-        deploy_options["ready_timeout_s"] = ready_timeout
-    if stream_timeout is not None:
-        deploy_options["stream_timeout_s"] = stream_timeout
+    timeouts = {"request_timeout_s": request_timeout, "ready_timeout_s": ready_timeout, "stream_timeout_s": stream_timeout}
+    deploy_options: dict[str, Any] = {k: v for k, v in timeouts.items() if v is not None}
     try:
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:

@@ -9,8 +9,7 @@ runs wherever the App runs (the ingress process); its calls go through the backe
 (``runner.py``), to replicas over dagserve's direct transport (``direct/``: Unix sockets on its
 Ray node, token-authenticated TCP to the others; chosen per node in ``direct_routing.py``), or
 else through Serve handles, where a call's un-awaited response is handed whole to the next call
-(Serve resolves it). ``inline`` nodes run in the ingress process
-through the local backend's deployment class.
+(Serve resolves it). ``inline`` nodes run in the ingress process (the local backend's class).
 
 ::
 
@@ -144,9 +143,8 @@ class RayBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = RayRunner(self)
         # Inline nodes holding handles call the other nodes through the runner (runtime/handles.py).
-        self._inline_handles = InProcessHandles(
-            RunnerCaller(lambda: self._runner, lambda name: self._specs[name], lambda: self._loop)
-        )
+        caller = RunnerCaller(lambda: self._runner, lambda name: self._specs[name], lambda: self._loop)
+        self._inline_handles = InProcessHandles(caller)
         self._runner.handles = self._inline_handles
         self._session: ray_cluster.RaySession | None = None
         self._app_name: str | None = None
@@ -331,9 +329,8 @@ class RayBackend(Backend):
         return self._direct.refusals()
 
     def transport(self, node: str) -> str:
-        """How calls to ``node`` travel now: ``"direct"`` (dagserve's transport: Unix sockets on this
-        Ray node, TCP to the others; ``status()`` tells which), ``"serve"`` (Serve's router and
-        gRPC) or ``"inline"`` (in this process)."""
+        """How calls to ``node`` travel now: ``"direct"`` (dagserve's transport: ``status()`` tells
+        which), ``"serve"`` (Serve's router and gRPC) or ``"inline"`` (in this process)."""
         spec = self._specs.get(node)
         if spec is None:
             raise KeyError(f"Graph {self._app_name!r} has no node {node!r}; nodes: {', '.join(self._specs)}")
@@ -585,11 +582,7 @@ def _router_in_own_loop() -> bool:
 
 
 def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return asyncio._get_running_loop() is not None  # the public call raises instead of answering
 
 
 def _describe(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
