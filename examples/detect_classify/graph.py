@@ -2,17 +2,18 @@
 
 ::
 
-    input ─ detect ─ Annotator ─ output
-                        ┆ calls (handles)
-                        ├┄ Classifier  (batched: crops of concurrent requests share batches)
-                        └┄ Sharpen     (only for crops the classifier is unsure about)
+    input ─ detect ─┬─ map(Classifier) ─ Annotator ─ output
+                    └──────────────────────┘  ┆ calls (handles), only for unsure crops
+                                              ├┄ Sharpen
+                                              └┄ Classifier  (the same deployment)
 
 Images are small grids of 0/1 pixels (no downloads): ``detect`` finds the blobs of 1s and cuts a
-crop around each; the ``Classifier`` names a crop's shape (``dot``, ``bar``, ``square``,
-``blob``) with a confidence. The ``Annotator`` holds two handles: it classifies all crops of
-the image concurrently (the number of crops is known only at run time), and for each crop the
-classifier is unsure about it asks ``Sharpen`` for a cleaner crop and classifies again (at most
-``MAX_TRIES`` times): a retry that only code can express.
+crop around each; ``dagserve.map`` sends every crop to the batched ``Classifier`` (the number of
+crops is known only at run time; crops of concurrent requests share batches), which names a
+crop's shape (``dot``, ``bar``, ``square``, ``blob``) with a confidence. The ``Annotator``
+holds two handles: for each crop the classifier is unsure about it asks ``Sharpen`` for a
+cleaner crop and classifies again (at most ``MAX_TRIES`` times): a retry that only code can
+express.
 """
 
 from __future__ import annotations
@@ -105,13 +106,11 @@ class Annotator:
         self.classifier = classifier
         self.sharpen = sharpen
 
-    async def __call__(self, crops: list[Crop]) -> list[dict[str, Any]]:
-        # TODO(lead, on merging branch 'compose'): classify with `dagserve.map(classifier, crops)` in the
-        # graph and pass its answers here; keep the handles for the retry only.
-        return list(await asyncio.gather(*(self._classify(c) for c in crops)))
+    async def __call__(self, crops: list[Crop], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # ``answers``: the map's first answer per crop, in the crops' order.
+        return list(await asyncio.gather(*(self._retry(c, a) for c, a in zip(crops, answers, strict=True))))
 
-    async def _classify(self, crop: Crop) -> dict[str, Any]:
-        answer = await self.classifier.acall(crop)
+    async def _retry(self, crop: Crop, answer: dict[str, Any]) -> dict[str, Any]:
         tries = 1
         while answer["confidence"] < SURE and tries < MAX_TRIES:
             crop = await self.sharpen.acall(crop)
@@ -123,8 +122,9 @@ class Annotator:
 classifier = Classifier()
 
 with dagserve.Input(schema=Image) as inp:
+    crops = detect(inp["pixels"])
     graph = dagserve.Graph(
-        {"objects": Annotator(classifier, Sharpen())(detect(inp["pixels"]))},
+        {"objects": Annotator(classifier, Sharpen())(crops, dagserve.map(classifier, crops))},
         name="detect_classify",
-        description="Blobs found, each crop classified (batched, through a handle), unsure ones retried",
+        description="Blobs found, each crop classified (batched, through map), unsure ones retried through handles",
     )
