@@ -38,4 +38,4 @@ def test_the_docs_pictures_show_the_detect_classify_graphs() -> None:
         texts = _svg_texts((ROOT / "docs" / "img" / f"{name}.svg").read_text(encoding="utf-8"))
         for step in _drawn_names(drawn):
             assert step in texts, (name, step)
-        assert "calls" in texts and "Classifier" in texts, name
+        assert "calls" in texts and any(t.endswith("Classifier") for t in texts), name
