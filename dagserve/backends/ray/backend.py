@@ -141,6 +141,8 @@ class RayBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = RayRunner(self)
         self._session: ray_cluster.RaySession | None = None
+        self._runtime_env: dict[str, Any] = {}  # every deployment's: Serve's settings (cluster.py)
+        self._ingress_spread: dict[str, Any] | None = None  # Serve options spreading ingress replicas
         self._app_name: str | None = None
         self._deployed = False
         self._attached = False  # an ingress replica's view of an application deployed elsewhere
@@ -164,6 +166,7 @@ class RayBackend(Backend):
                 return  # every node runs inline in this process: Ray is not needed
             self._session = ray_cluster.acquire(self.address, **self._cluster_options)
             ray_cluster.ensure_serve(proxy_port=self._proxy_port_for_start())
+            self._runtime_env = ray_cluster.replica_runtime_env()
             waiting = [d.name for d in plan.remote_deployments]
             if self.ingress_replicas is not None:
                 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, check_proxy
@@ -250,7 +253,8 @@ class RayBackend(Backend):
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
-        return AppStatus(graph=graph, backend=self.name, nodes=nodes)
+        settings = ray_cluster.settings_report(self._runtime_env) if self._session is not None else {}
+        return AppStatus(graph=graph, backend=self.name, nodes=nodes, settings=settings)
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         self._check_owner()
@@ -405,7 +409,7 @@ class RayBackend(Backend):
         """The ingress deployment, bound with every node deployment (so Serve deploys them together)."""
         from ray import serve
 
-        from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT
+        from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, ingress_spread
 
         plan = self._plan
         assert plan is not None  # deploy() set it; not user input
@@ -417,12 +421,15 @@ class RayBackend(Backend):
         stripped = replace(plan, deployments=tuple(replace(d, source=None) for d in self._specs.values()))
         # The HTTP layer's replica class, and the ingress options with their tokens resolved here.
         replica_class, options = hooks.need("serve_ingress")(self.ingress_options)
+        if self._ingress_spread is None:  # once: a node joining later must not restart them
+            self._ingress_spread = ingress_spread(self.ingress_replicas or 1)
         d = serve.deployment(
             replica_class,
             name=INGRESS_DEPLOYMENT,
             num_replicas=self.ingress_replicas,
-            ray_actor_options={"num_cpus": 0},
+            ray_actor_options={"num_cpus": 0, **({"runtime_env": self._runtime_env} if self._runtime_env else {})},
             max_ongoing_requests=self.ingress_max_ongoing_requests,
+            **self._ingress_spread,
         )
         d = d.options(version=f"{self._token}-ingress-{self._ingress_version}", _internal=True)
         return d.bind(
@@ -437,7 +444,8 @@ class RayBackend(Backend):
     def _bind(self, spec: DeploymentSpec, **children: Any) -> Any:
         from ray import serve
 
-        d = serve.deployment(NodeReplica, **deployment_options(spec, **self._serve_options))
+        options = deployment_options(spec, runtime_env=self._runtime_env, **self._serve_options)
+        d = serve.deployment(NodeReplica, **options)
         d = d.options(version=f"{self._token}-{self._versions[spec.name]}", _internal=True)
         return d.bind(replica_spec(spec, direct=self.direct_transport, frames=self.frame_limits), **children)
 
