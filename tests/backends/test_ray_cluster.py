@@ -150,7 +150,6 @@ def test_ingress_replicas_spread_over_nodes_answer_through_each_nodes_proxy_with
     """First in the module: dagserve starts Serve here, with a proxy on every node."""
     import httpx
 
-    third = add_node(cluster)  # three nodes: two ingress replicas must still take two of them
     app = dagserve.deploy(
         spread_graph(), backend="ray", address=cluster.address, ingress_replicas=2, ready_timeout_s=180
     )
@@ -179,7 +178,6 @@ def test_ingress_replicas_spread_over_nodes_answer_through_each_nodes_proxy_with
         print(f"\ningress replicas on nodes {ingress_nodes}; replicas run with {carried}")
     finally:
         app.shutdown()
-        cluster.remove_node(third)
 
 
 def test_a_retries_node_loses_no_request_when_its_ray_node_is_removed_under_load(
@@ -187,7 +185,7 @@ def test_a_retries_node_loses_no_request_when_its_ray_node_is_removed_under_load
 ) -> None:
     import ray
 
-    head, second = cluster.head_node, next(n for n in cluster.worker_nodes if n.node_id in proxy_ports)
+    head, second = cluster.head_node, next(iter(cluster.worker_nodes))
     app = dagserve.deploy(graph(), backend="ray", address=cluster.address, ready_timeout_s=180)
     try:
         assert app.call(1) == [20, second.node_id]

@@ -253,7 +253,7 @@ class RayBackend(Backend):
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
-        settings = ray_cluster.settings_report(self._runtime_env) if self._session is not None else {}
+        settings = ray_cluster.settings_report(self._runtime_env) if self._deployed else {}
         return AppStatus(graph=graph, backend=self.name, nodes=nodes, settings=settings)
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
