@@ -55,7 +55,7 @@ def ingress_side(x: int) -> dict[str, Any]:
     return {"node": _node_id(), "env": {k: os.environ.get(k) for k in SERVE_SETTINGS}}
 
 
-@dagserve.node
+@dagserve.node(num_replicas=2, resources={"spot": 1})  # the head and the second node offer one each
 def replica_side(x: int) -> dict[str, Any]:
     return {"node": _node_id(), "env": {k: os.environ.get(k) for k in SERVE_SETTINGS}}
 
@@ -104,8 +104,8 @@ def cluster() -> Iterator[Any]:
     ray._private.utils.write_ray_address = lambda *a, **k: None
     try:
         with _bare_env():
-            c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        add_node(c, resources={"second": 1})
+            c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"spot": 1}})
+        add_node(c, resources={"second": 1, "spot": 1})
     finally:
         ray._private.utils.write_ray_address = original_write
     yield c
@@ -159,15 +159,22 @@ def test_ingress_replicas_spread_over_nodes_answer_through_each_nodes_proxy_with
         url = app.backend.ingress_url  # type: ignore[attr-defined]
         head_port = int(url.split(":")[2].split("/")[0])
         ports = {cluster.head_node.node_id: head_port, **proxy_ports}
-        answered: dict[str, set[str]] = {}  # proxy's node -> ingress nodes that answered through it
+        answered: dict[str, list[dict[str, Any]]] = {}  # proxy's node -> what answered through it
         with httpx.Client(timeout=30) as client:
             for node in ingress_nodes:  # every node with an ingress replica runs a proxy
                 proxy = url.replace(f":{head_port}/", f":{ports[node]}/") + "/"
                 wait_for(lambda: client.post(proxy, json=1).status_code == 200, 90, f"the proxy on {node}")
-                answered[node] = {client.post(proxy, json=i).json()["ingress"]["node"] for i in range(6)}
-            body = client.post(url + "/", json=1).json()
+                answered[node] = [client.post(proxy, json=i).json() for i in range(6)]
         # Each proxy prefers the ingress replica on its own node: both replicas answer HTTP.
-        assert answered == {node: {node} for node in ingress_nodes}
+        assert {node: {b["ingress"]["node"] for b in bodies} for node, bodies in answered.items()} == {
+            node: {node} for node in ingress_nodes
+        }
+        # Each ingress prefers the replica on its own node (Serve's router would pick either).
+        local = replica_nodes(app, "replica_side")
+        assert local == sorted(ingress_nodes)
+        for node in ingress_nodes:
+            assert {b["replica"]["node"] for b in answered[node]} == {node}
+        body = answered[ingress_nodes[0]][0]
 
         # Serve's settings reached both kinds of replica, on nodes started without them.
         carried = app.status().settings["replica_env"]
@@ -175,7 +182,7 @@ def test_ingress_replicas_spread_over_nodes_answer_through_each_nodes_proxy_with
         assert carried["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
         assert {k: v for k, v in body["replica"]["env"].items() if v is not None} == carried
         assert {k: v for k, v in body["ingress"]["env"].items() if v is not None} == carried
-        print(f"\ningress replicas on nodes {ingress_nodes}; replicas run with {carried}")
+        print(f"\ningress replicas on nodes {ingress_nodes}, local replicas on {sorted(local)}; settings {carried}")
     finally:
         app.shutdown()
 

@@ -351,6 +351,8 @@ class RayBackend(Backend):
             # A handle of our own rather than Serve's cached one: its router may live on the App's
             # loop, and we shut it down there (Serve's own teardown would try synchronously).
             h = DeploymentHandle(name, self._app_name)
+            # On a cluster, replicas on this process's node first (busy ones: Serve takes the others).
+            h._init(_prefer_local_routing=True)
             if self.pass_by_reference:
                 # Ray's actor transport: a response handed to the next call travels as an object
                 # reference, fetched by the next replica (by default Serve's gRPC transport
