@@ -244,6 +244,19 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(status_table(name, status))
         for note in _notes(status):
             console.print(f"  [yellow]{note}[/]")
+        for line in _settings(status):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _settings(status: dict[str, Any]) -> list[str]:
+    """The backend's settings in force (on Ray: Serve's, in the serving process and its replicas)."""
+    settings = status.get("settings") or {}
+    out = []
+    if settings.get("caller"):
+        out.append("Serve in the serving process: " + " ".join(f"{k}={v}" for k, v in settings["caller"].items()))
+    if settings.get("replica_env"):
+        out.append("Serve settings carried to replicas: " + " ".join(f"{k}={v}" for k, v in settings["replica_env"].items()))
+    return out
 
 
 # -- commands --------------------------------------------------------------------------------------

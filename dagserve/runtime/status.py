@@ -44,11 +44,15 @@ class NodeStatus:
 
 @dataclass(frozen=True)
 class AppStatus:
-    """A deployed graph's state: ``ready`` when every node runs its target replicas."""
+    """A deployed graph's state: ``ready`` when every node runs its target replicas.
+
+    ``settings``: the backend's settings in force (on Ray, Serve's: those of the calling process
+    and those carried to the replicas; docs/cluster.md), empty when it has none."""
 
     graph: str
     backend: str
     nodes: dict[str, NodeStatus]
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -60,4 +64,5 @@ class AppStatus:
             "backend": self.backend,
             "ready": self.ready,
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
+            "settings": self.settings,
         }

@@ -296,6 +296,10 @@ def test_status_reports_every_node_with_replicas_and_options(app: dagserve.App) 
     assert status.nodes["Who_2"].replica_ids != who.replica_ids  # same class, other arguments
     assert status.nodes["here"].inline and status.nodes["here"].running_replicas == 1
     assert status.nodes["narrow"].options == {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    # A Ray started here: its processes inherited Serve's settings, no runtime_env carries them.
+    assert status.settings["replica_env"]["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert len(status.settings["caller"]["router_retry_backoff_s"]) == 2  # read by Serve in this process
+    assert app.backend._runtime_env == {}  # type: ignore[attr-defined]
 
 
 @ray_test

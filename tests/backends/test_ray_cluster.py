@@ -1,40 +1,95 @@
-"""Deploying onto a running multi-node Ray cluster (three Ray nodes on this machine, loopback).
+"""Deploying onto a running multi-node Ray cluster (Ray nodes on this machine, loopback).
 
 The cluster is made with ``ray.cluster_utils.Cluster``: a head and a node offering a custom
-resource ``second``. A node declared ``resources={"second": 1}`` must run there; when that Ray
-node is removed, Serve must reschedule the replica on another node that offers ``second``.
-dagserve connects with ``address=`` and must never stop the cluster.
+resource ``second``; tests add more. A node declared ``resources={"second": 1}`` must run there;
+when that Ray node is removed under load, Serve must reschedule the replica on another node that
+offers ``second`` and a ``retries=N`` node loses no request. dagserve connects with ``address=``,
+must carry Serve's tuned settings to every replica it deploys (the cluster's processes were
+started without them), spreads ``ingress_replicas`` over nodes, and never stops the cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 import dagserve
-from dagserve.backends.ray.cluster import _loopback_only
+from dagserve.backends.ray.cluster import SERVE_SETTINGS, _loopback_only, merged_runtime_env
+from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 
 pytestmark = pytest.mark.ray
 
 
-@dagserve.node
+def _node_id() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+@dagserve.node(retries=3)
 def front(x: int) -> int:
     return x + 1
 
 
-@dagserve.node(resources={"second": 1})
+@dagserve.node(resources={"second": 1}, retries=3)
 class Placed:
-    def __call__(self, x: int) -> int:
-        return x * 10
+    def __call__(self, x: int) -> list[Any]:
+        return [x * 10, _node_id()]  # the value, and the Ray node of the replica that answered
 
 
 def graph() -> dagserve.Graph:
     with dagserve.Input() as inp:
         out = Placed()(front(inp))
     return dagserve.Graph(out, name="placed")
+
+
+@dagserve.node(inline=True)
+def ingress_side(x: int) -> dict[str, Any]:
+    """Runs in the ingress (replica) that took the request: where it runs and its Serve settings."""
+    return {"node": _node_id(), "env": {k: os.environ.get(k) for k in SERVE_SETTINGS}}
+
+
+@dagserve.node(num_replicas=2, resources={"spot": 1})  # the head and the second node offer one each
+def replica_side(x: int) -> dict[str, Any]:
+    return {"node": _node_id(), "env": {k: os.environ.get(k) for k in SERVE_SETTINGS}}
+
+
+def spread_graph() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        out = {"ingress": ingress_side(inp), "replica": replica_side(inp)}
+    return dagserve.Graph(out, name="spread")
+
+
+@contextmanager
+def _bare_env() -> Iterator[None]:
+    """Nodes started meanwhile lack Serve's settings (as `ray start` without them would), and bind
+    Serve's worker proxies to a port of their own (on one host they would share the head's)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RAY_SERVE_")}
+    os.environ["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(free_port())
+    try:
+        with _loopback_only():
+            yield
+    finally:
+        os.environ.pop("RAY_SERVE_WORKER_PROXY_HTTP_PORT", None)
+        os.environ.update(saved)
+
+
+#: Ray node id -> the port its Serve proxy binds (head: Serve's http port, read from Serve).
+proxy_ports: dict[str, int] = {}
+
+
+def add_node(cluster: Any, **options: Any) -> Any:
+    with _bare_env():
+        port = int(os.environ["RAY_SERVE_WORKER_PROXY_HTTP_PORT"])
+        node = cluster.add_node(num_cpus=1, **options)
+    proxy_ports[node.node_id] = port
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +103,9 @@ def cluster() -> Iterator[Any]:
     original_write = ray._private.utils.write_ray_address
     ray._private.utils.write_ray_address = lambda *a, **k: None
     try:
-        with _loopback_only():
-            c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-            c.add_node(num_cpus=1, resources={"second": 1})
+        with _bare_env():
+            c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"spot": 1}})
+        add_node(c, resources={"second": 1, "spot": 1})
     finally:
         ray._private.utils.write_ray_address = original_write
     yield c
@@ -62,13 +117,77 @@ def cluster() -> Iterator[Any]:
     c.shutdown()
 
 
-def replica_node(app: dagserve.App, node: str) -> str:
+def replica_nodes(app: dagserve.App, node: str) -> list[str]:
     running = [r for r in app.backend.replicas(node) if r["state"] == "RUNNING"]  # type: ignore[attr-defined]
-    assert len(running) == 1, running
-    return str(running[0]["node_id"])
+    return sorted(str(r["node_id"]) for r in running)
 
 
-def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
+def replica_node(app: dagserve.App, node: str) -> str:
+    nodes = replica_nodes(app, node)
+    assert len(nodes) == 1, nodes
+    return nodes[0]
+
+
+def wait_for(check: Any, seconds: float, what: str) -> Any:
+    """Poll ``check`` (falsy or raising a dagserve/HTTP error: not yet) for at most ``seconds``."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            found = check()
+            if found:
+                return found
+        except (AssertionError, dagserve.DagserveError, httpx.HTTPError):
+            pass
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_ingress_replicas_spread_over_nodes_answer_through_each_nodes_proxy_with_tuned_settings(
+    cluster: Any,
+) -> None:
+    """First in the module: dagserve starts Serve here, with a proxy on every node."""
+    import httpx
+
+    app = dagserve.deploy(
+        spread_graph(), backend="ray", address=cluster.address, ingress_replicas=2, ready_timeout_s=180
+    )
+    try:
+        ingress_nodes = replica_nodes(app, INGRESS_DEPLOYMENT)
+        assert len(ingress_nodes) == 2 and len(set(ingress_nodes)) == 2, ingress_nodes  # one per node
+        url = app.backend.ingress_url  # type: ignore[attr-defined]
+        head_port = int(url.split(":")[2].split("/")[0])
+        ports = {cluster.head_node.node_id: head_port, **proxy_ports}
+        answered: dict[str, list[dict[str, Any]]] = {}  # proxy's node -> what answered through it
+        with httpx.Client(timeout=30) as client:
+            for node in ingress_nodes:  # every node with an ingress replica runs a proxy
+                proxy = url.replace(f":{head_port}/", f":{ports[node]}/") + "/"
+                wait_for(lambda: client.post(proxy, json=1).status_code == 200, 90, f"the proxy on {node}")
+                answered[node] = [client.post(proxy, json=i).json() for i in range(6)]
+        # Each proxy prefers the ingress replica on its own node: both replicas answer HTTP.
+        assert {node: {b["ingress"]["node"] for b in bodies} for node, bodies in answered.items()} == {
+            node: {node} for node in ingress_nodes
+        }
+        # Each ingress prefers the replica on its own node (Serve's router would pick either).
+        local = replica_nodes(app, "replica_side")
+        assert local == sorted(ingress_nodes)
+        for node in ingress_nodes:
+            assert {b["replica"]["node"] for b in answered[node]} == {node}
+        body = answered[ingress_nodes[0]][0]
+
+        # Serve's settings reached both kinds of replica, on nodes started without them.
+        carried = app.status().settings["replica_env"]
+        assert carried["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert carried["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+        assert {k: v for k, v in body["replica"]["env"].items() if v is not None} == carried
+        assert {k: v for k, v in body["ingress"]["env"].items() if v is not None} == carried
+        print(f"\ningress replicas on nodes {ingress_nodes}, local replicas on {sorted(local)}; settings {carried}")
+    finally:
+        app.shutdown()
+
+
+def test_a_retries_node_loses_no_request_when_its_ray_node_is_removed_under_load(
     cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
@@ -76,26 +195,26 @@ def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
     head, second = cluster.head_node, next(iter(cluster.worker_nodes))
     app = dagserve.deploy(graph(), backend="ray", address=cluster.address, ready_timeout_s=180)
     try:
-        assert app.call(1) == 20
+        assert app.call(1) == [20, second.node_id]
         assert replica_node(app, "Placed") == second.node_id
-        assert replica_node(app, "front") in {head.node_id, second.node_id}
-
-        with _loopback_only():
-            third = cluster.add_node(num_cpus=1, resources={"second": 1})
-        removed_at = time.monotonic()
-        cluster.remove_node(second)
-        while True:
-            try:
-                if replica_node(app, "Placed") == third.node_id and app.call(2) == 30:
-                    break
-            except (AssertionError, dagserve.DagserveError):
-                pass
-            assert time.monotonic() - removed_at < 90, "the replica was not rescheduled on the third node"
-            time.sleep(0.5)
-        print(
-            f"\nreplica rescheduled on the third node {time.monotonic() - removed_at:.1f} s after its node was removed"
-        )
+        third = add_node(cluster, resources={"second": 1})
+        figures = asyncio.run(remove_under_load(app, cluster, second, third))
+        print(f"\nnode removed under load: {figures}")
+        assert figures["failed"] == 0, figures["errors"][:3]
+        assert figures["after"] >= 50  # traffic went on on the third node
         assert app.status().ready
+
+        # A node added later gets the new replica of a scale-up, and traffic.
+        fourth = add_node(cluster, resources={"second": 1})
+        app.scale("Placed", num_replicas=2, wait_s=120)
+        assert replica_nodes(app, "Placed") == sorted([third.node_id, fourth.node_id])
+
+        async def burst() -> set[str]:
+            results = await asyncio.gather(*(app.acall(i) for i in range(40)))
+            assert [r[0] for r in results] == [(i + 1) * 10 for i in range(40)]
+            return {r[1] for r in results}
+
+        assert wait_for(lambda: asyncio.run(burst()) == {third.node_id, fourth.node_id}, 60, "traffic to both")
     finally:
         app.shutdown()
     # dagserve connected to this cluster: it disconnects, and the cluster keeps running, as
@@ -106,8 +225,55 @@ def test_node_placed_by_resource_survives_the_removal_of_its_ray_node(
         small = dagserve.Graph(front(inp), name="auto")
     with dagserve.deploy(small, backend="ray", address="auto", ready_timeout_s=120) as again:
         assert again.call(1) == 2
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # head and the third node
+        assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {head.node_id, third.node_id, fourth.node_id}
     assert not ray.is_initialized()
+
+
+async def remove_under_load(app: dagserve.App, cluster: Any, victim: Any, spare: Any) -> dict[str, Any]:
+    """Four clients call the graph; after 40 answers ``victim`` (the Ray node of ``Placed``) is
+    removed; they stop 60 answers after one came from ``spare`` (bounded: 2,000 calls, 120 s)."""
+    counts = {"ok": 0, "failed": 0, "after": 0}
+    errors: list[BaseException] = []
+    removed = asyncio.Event()
+    stop = asyncio.Event()
+    deadline = time.monotonic() + 120
+
+    async def client(k: int) -> None:
+        n = k
+        while not stop.is_set() and counts["ok"] + counts["failed"] < 2000 and time.monotonic() < deadline:
+            try:
+                value, node = await app.acall(n)
+                assert value == (n + 1) * 10
+                counts["ok"] += 1
+                counts["after"] += node == spare.node_id
+                if counts["ok"] >= 40 and not removed.is_set():
+                    removed.set()
+                if counts["after"] >= 60:
+                    stop.set()
+            except dagserve.DagserveError as exc:
+                counts["failed"] += 1
+                errors.append(exc)
+            n += 4
+
+    tasks = [asyncio.create_task(client(k)) for k in range(4)]
+    await asyncio.wait_for(removed.wait(), 120)
+    started = time.monotonic()
+    await asyncio.to_thread(cluster.remove_node, victim)
+    await asyncio.gather(*tasks)
+    return {**counts, "seconds_after_removal": round(time.monotonic() - started, 1), "errors": errors}
+
+
+def test_serve_settings_are_merged_under_the_jobs_runtime_env() -> None:
+    tuned = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.01"}
+    assert merged_runtime_env(None, tuned) == {"env_vars": tuned}
+    assert merged_runtime_env({}, {}) == {}
+    # The job's runtime_env (what Serve would give a deployment) stays whole; its env_vars win.
+    job = {"working_dir": "gcs://_ray_pkg_x.zip", "env_vars": {"RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.2", "A": "b"}}
+    assert merged_runtime_env(job, tuned) == {
+        "working_dir": "gcs://_ray_pkg_x.zip",
+        "env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.2", "A": "b"},
+    }
+    assert job["env_vars"] == {"RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.2", "A": "b"}  # not changed
 
 
 # -- start-up retry and auth checks (unit tests of _ray_cluster: ray.init is stubbed, no Ray starts) --

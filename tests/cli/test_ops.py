@@ -95,6 +95,21 @@ def test_status_json_and_one_graph(server: Server) -> None:
     assert data["graphs"][GRAPH]["nodes"]["tokenize"]["requests"] >= 2
 
 
+def test_status_prints_the_serve_settings_a_ray_graph_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    from dagserve.cli.ops import _print_status
+
+    settings = {
+        "caller": {"throughput_optimized": True, "router_retry_backoff_s": [0.005, 0.01]},
+        "replica_env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    }
+    _print_status({"graphs": {"g": {"backend": "ray", "ready": True, "nodes": {}, "settings": settings}}})
+    out = capsys.readouterr().out
+    assert "Serve in the serving process: throughput_optimized=True router_retry_backoff_s=[0.005, 0.01]" in out
+    assert "carried to replicas: RAY_SERVE_ENABLE_DIRECT_INGRESS=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in out
+    _print_status({"graphs": {"g": {"backend": "local", "ready": True, "nodes": {}, "settings": {}}}})
+    assert "Serve" not in capsys.readouterr().out  # the local backend has none
+
+
 def test_scale_changes_one_node_and_keeps_the_others(server: Server) -> None:
     before = server.app.status().nodes
     code, out = cli("scale", GRAPH, "Classifier", "--replicas", "3", "--url", server.url)

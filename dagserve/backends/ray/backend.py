@@ -147,6 +147,8 @@ class RayBackend(Backend):
         self._inline_handles = InProcessHandles(caller)
         self._runner.handles = self._inline_handles
         self._session: ray_cluster.RaySession | None = None
+        self._runtime_env: dict[str, Any] = {}  # every deployment's: Serve's settings (cluster.py)
+        self._ingress_spread: dict[str, Any] | None = None  # Serve options spreading ingress replicas
         self._app_name: str | None = None
         self._deployed = False
         self._attached = False  # an ingress replica's view of an application deployed elsewhere
@@ -171,6 +173,7 @@ class RayBackend(Backend):
                 return  # every node runs inline in this process: Ray is not needed
             self._session = ray_cluster.acquire(self.address, **self._cluster_options)
             ray_cluster.ensure_serve(proxy_port=self._proxy_port_for_start())
+            self._runtime_env = ray_cluster.replica_runtime_env()
             waiting = [d.name for d in plan.remote_deployments]
             if self.ingress_replicas is not None:
                 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, check_proxy
@@ -257,7 +260,9 @@ class RayBackend(Backend):
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
-        return AppStatus(graph=graph, backend=self.name, nodes=self._direct.report(nodes, self._specs))
+        settings = ray_cluster.settings_report(self._runtime_env) if self._deployed else {}
+        nodes = self._direct.report(nodes, self._specs)
+        return AppStatus(graph=graph, backend=self.name, nodes=nodes, settings=settings)
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         self._check_owner()
@@ -354,6 +359,8 @@ class RayBackend(Backend):
             # A handle of our own rather than Serve's cached one: its router may live on the App's
             # loop, and we shut it down there (Serve's own teardown would try synchronously).
             h = DeploymentHandle(name, self._app_name)
+            # On a cluster, replicas on this process's node first (busy ones: Serve takes the others).
+            h._init(_prefer_local_routing=True)
             if self.pass_by_reference:
                 # Ray's actor transport: a response handed to the next call travels as an object
                 # reference, fetched by the next replica (by default Serve's gRPC transport
@@ -422,7 +429,7 @@ class RayBackend(Backend):
         """The ingress deployment, bound with every node deployment (so Serve deploys them together)."""
         from ray import serve
 
-        from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT
+        from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, ingress_spread
 
         plan = self._plan
         assert plan is not None  # deploy() set it; not user input
@@ -434,12 +441,15 @@ class RayBackend(Backend):
         stripped = replace(plan, deployments=tuple(replace(d, source=None) for d in self._specs.values()))
         # The HTTP layer's replica class, and the ingress options with their tokens resolved here.
         replica_class, options = hooks.need("serve_ingress")(self.ingress_options)
+        if self._ingress_spread is None:  # once: a node joining later must not restart them
+            self._ingress_spread = ingress_spread(self.ingress_replicas or 1)
         d = serve.deployment(
             replica_class,
             name=INGRESS_DEPLOYMENT,
             num_replicas=self.ingress_replicas,
-            ray_actor_options={"num_cpus": 0},
+            ray_actor_options={"num_cpus": 0, **({"runtime_env": self._runtime_env} if self._runtime_env else {})},
             max_ongoing_requests=self.ingress_max_ongoing_requests,
+            **self._ingress_spread,
         )
         d = d.options(version=f"{self._token}-ingress-{self._ingress_version}", _internal=True)
         return d.bind(
@@ -454,7 +464,8 @@ class RayBackend(Backend):
     def _bind(self, spec: DeploymentSpec, **children: Any) -> Any:
         from ray import serve
 
-        d = serve.deployment(NodeReplica, **deployment_options(spec, **self._serve_options))
+        options = deployment_options(spec, runtime_env=self._runtime_env, **self._serve_options)
+        d = serve.deployment(NodeReplica, **options)
         d = d.options(version=f"{self._token}-{self._versions[spec.name]}", _internal=True)
         return d.bind(replica_spec(spec, direct=self.direct_transport, frames=self.frame_limits), **children)
 
@@ -515,11 +526,13 @@ class RayBackend(Backend):
             )
             failed = {n: p for n, p in found.items() if p.startswith("failed")}
             if failed:
-                raise DeployError(_describe(self._app_name, failed, what, final=True))
+                from dagserve.backends.ray.status import describe_wait
+
+                raise DeployError(describe_wait(self._app_name, failed, what, final=True))
             if not found:
                 return
             if time.monotonic() >= deadline:
-                raise DeployError(_describe(self._app_name, found, what, final=False))
+                raise DeployError(describe_wait(self._app_name, found, what, final=False))
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
@@ -583,15 +596,3 @@ def _router_in_own_loop() -> bool:
 
 def _in_event_loop() -> bool:
     return asyncio._get_running_loop() is not None  # the public call raises instead of answering
-
-
-def _describe(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
-    if final:
-        lines = "; ".join(f"node {name!r}: {why.removeprefix('failed: ')}" for name, why in problems.items())
-        return f"Graph {app!r} could not be deployed on Ray: {lines}."
-    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
-    names = ", ".join(repr(n) for n in problems)
-    return (
-        f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
-        "resources they wait for, lower their requests, or raise the wait (ready_timeout_s / wait_s)."
-    )

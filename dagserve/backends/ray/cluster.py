@@ -18,6 +18,12 @@ A Ray that dagserve starts:
   Ray reads (``~/.ray/auth_token``) is readable by its owner only (Ray would create it 0644);
 * runs Serve in throughput-optimized mode unless told not to (see docs/ray.md for figures), with
   Serve's "direct ingress" HTTP servers off: the ingress is dagserve's own.
+
+Serve reads those settings from the environment of each process, once: the processes of a Ray
+started here inherit them. Any other Ray (a cluster dagserve joins, one the user started) was
+started by someone else, so :func:`replica_runtime_env` carries this process's settings in the
+runtime environment of every deployment dagserve creates there (replicas and ingress replicas),
+under the job's own ``env_vars``, which win; :func:`settings_report` says what is in force.
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ _log = logging.getLogger("dagserve.ray")
 __all__ = [
     "ALLOW_UNAUTHENTICATED_ENV",
     "DEFAULT_THROUGHPUT_OPTIMIZED",
+    "SERVE_SETTINGS",
     "RaySession",
     "acquire",
     "ensure_serve",
+    "merged_runtime_env",
     "release",
     "serve_env",
+    "replica_runtime_env",
+    "settings_report",
     "start_local_ray",
 ]
 
@@ -55,7 +65,25 @@ ALLOW_UNAUTHENTICATED_ENV = "DAGSERVE_ALLOW_UNAUTHENTICATED_RAY"
 #: Ray's environment variables for its authentication mode and where its token is.
 _AUTH_MODE_ENV, _TOKEN_ENV, _TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
+#: Serve's settings (environment variables) dagserve carries to the deployments it creates: the
+#: ones it sets (:func:`_set_serve_env`), and those throughput mode switches, when set here.
+SERVE_SETTINGS = (
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS",
+    "RAY_SERVE_ROUTER_RETRY_INITIAL_BACKOFF_S",
+    "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE",
+    "RAY_SERVE_LOG_TO_STDERR",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP",
+)
+
 _lock = threading.RLock()
+#: The GCS address of the Ray :func:`start_local_ray` started last, and the Serve settings its
+#: processes inherited from this one.
+_started_here: tuple[str | None, dict[str, str]] | None = None
 
 
 @dataclass
@@ -116,7 +144,8 @@ def acquire(
                     f"{_kv(asked)} only apply when dagserve starts a local Ray; a cluster at "
                     f"{address!r} has the resources its nodes were started with."
                 )
-            _set_serve_env(throughput_optimized if throughput_optimized is not None else False)
+            # The replicas get these too, in their runtime_env (replica_runtime_env).
+            _set_serve_env(DEFAULT_THROUGHPUT_OPTIMIZED if throughput_optimized is None else throughput_optimized)
             # A cluster on this machine's loopback: stop Ray from rewriting 127.0.0.1 to the
             # machine's address (where such a cluster does not listen).
             keep = _loopback_only(mark_processes=False) if _is_loopback(address) else contextlib.nullcontext()
@@ -204,6 +233,9 @@ def start_local_ray(
             _log.warning("The local Ray did not start (%s); starting it once more.", exc)
             with contextlib.suppress(Exception):
                 ray.shutdown()
+    global _started_here
+    if ray.is_initialized():  # (get_runtime_context() would connect to some Ray otherwise)
+        _started_here = (_current_address(), _serve_settings())
     # What Ray runs with, whatever decided it (the environment, a Ray that changed its default).
     if token_auth_enabled():
         return
@@ -267,7 +299,9 @@ _START_FLAKES = ("gcs_server_port", "node timed out during startup")
 
 
 def ensure_serve(*, proxy_port: int | None = None) -> None:
-    """Start Serve when it is not running: with its HTTP proxy off, or on 127.0.0.1:``proxy_port``.
+    """Start Serve when it is not running: with its HTTP proxy off, or on 127.0.0.1:``proxy_port``
+    of every node that runs a replica (Serve's ``EveryNode``: each node's ingress replicas take
+    HTTP there; a worker node's proxy binds ``$RAY_SERVE_WORKER_PROXY_HTTP_PORT`` if its Ray set it).
 
     A Serve that already runs is used as it is; :func:`proxy_address` says whether it has a proxy.
     """
@@ -278,7 +312,7 @@ def ensure_serve(*, proxy_port: int | None = None) -> None:
         if proxy_port is None:
             serve.start(proxy_location="Disabled")
         else:
-            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": proxy_port})
+            serve.start(proxy_location="EveryNode", http_options={"host": "127.0.0.1", "port": proxy_port})
     # Serve sets its logger to INFO when it starts, then logs each application deploy and handle
     # in this process: noise in a dagserve process (its warnings and errors still show).
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -363,6 +397,47 @@ def _set_serve_env(throughput_optimized: bool) -> None:
     _quiet_serve_noise()
 
 
+def merged_runtime_env(job: dict[str, Any] | None, settings: dict[str, str]) -> dict[str, Any]:
+    """``job`` (the runtime_env Serve would give a deployment without one of its own) with
+    ``settings`` added to its ``env_vars``; the job's own ``env_vars`` win."""
+    out = dict(job or {})
+    env_vars = {**settings, **(out.get("env_vars") or {})}
+    if env_vars:
+        out["env_vars"] = env_vars
+    return out
+
+
+def replica_runtime_env() -> dict[str, Any]:
+    """The runtime_env of every deployment dagserve creates: this process's Serve settings, so
+    replicas run with them on a Ray whose processes were started without (see the module); none
+    (Serve's default) on a Ray this process started, whose processes have them already."""
+    import ray
+
+    if _inherited() is not None:
+        return {}
+    return merged_runtime_env(dict(ray.get_runtime_context().runtime_env or {}), _serve_settings())
+
+
+def settings_report(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """What ``status()`` says of Serve's settings: those this process's handles run with (Serve
+    read them when ``ray.serve`` was first imported here) and those the replicas get."""
+    from ray.serve._private import constants as c
+
+    carried = runtime_env.get("env_vars") or _inherited() or {}
+    return {
+        "caller": {
+            "throughput_optimized": bool(c.RAY_SERVE_THROUGHPUT_OPTIMIZED),
+            "grpc": bool(c.RAY_SERVE_USE_GRPC_BY_DEFAULT),
+            "router_in_own_loop": bool(c.RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP),
+            "router_retry_backoff_s": [
+                float(c.RAY_SERVE_ROUTER_RETRY_INITIAL_BACKOFF_S),
+                float(c.RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S),
+            ],
+        },
+        "replica_env": {k: str(carried[k]) for k in sorted(carried) if k.startswith("RAY_SERVE_")},
+    }
+
+
 class _ServeNoise(logging.Filter):
     """Drops errors Serve logs for situations dagserve creates on purpose; nothing is wrong.
 
@@ -432,6 +507,19 @@ def _is_loopback(address: str) -> bool:
     parsed = parse_address(address)
     host = parsed[0] if parsed else ""
     return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _serve_settings() -> dict[str, str]:
+    return {k: os.environ[k] for k in SERVE_SETTINGS if k in os.environ}
+
+
+def _inherited() -> dict[str, str] | None:
+    """The Serve settings of the Ray this process is connected to, if this process started it."""
+    import ray
+
+    if _started_here is None or not ray.is_initialized() or _started_here[0] != _current_address():
+        return None
+    return _started_here[1]
 
 
 def _current_address() -> str | None:

@@ -6,12 +6,14 @@ the backend through ``dagserve._hooks``.
 
 from __future__ import annotations
 
+import math
 import socket
+from typing import Any
 
 from dagserve._errors import DeployError
 from dagserve.backends.ray import cluster as ray_cluster
 
-__all__ = ["INGRESS_DEPLOYMENT", "check_proxy", "free_port", "ingress_url"]
+__all__ = ["INGRESS_DEPLOYMENT", "check_proxy", "free_port", "ingress_spread", "ingress_url"]
 
 #: The ingress deployment's name in the graph's Serve application.
 INGRESS_DEPLOYMENT = "dagserve-ingress"
@@ -41,3 +43,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ingress_spread(replicas: int) -> dict[str, Any]:
+    """Serve options that spread ``replicas`` ingress replicas over the cluster's nodes.
+
+    At most ceil(replicas / nodes alive now) per node, so two replicas on a two-node cluster run
+    on both nodes (Serve's own spreading is best effort), each behind its node's proxy. A replica
+    whose node is lost waits for a node with room (the others serve meanwhile); on one node,
+    nothing changes.
+    """
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes <= 1:
+        return {}
+    return {"max_replicas_per_node": math.ceil(replicas / nodes)}

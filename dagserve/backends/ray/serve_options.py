@@ -46,10 +46,14 @@ def deployment_options(
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
     health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    runtime_env: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``serve.deployment(...)`` keyword arguments for one plan deployment."""
+    """The ``serve.deployment(...)`` keyword arguments for one plan deployment; ``runtime_env``
+    is what the backend gives every deployment (Serve's settings, ``cluster.replica_runtime_env``)."""
     o = spec.options
     actor: dict[str, Any] = {"num_cpus": o.num_cpus}
+    if runtime_env:
+        actor["runtime_env"] = runtime_env
     if o.num_gpus:
         actor["num_gpus"] = o.num_gpus
     if o.memory is not None:

@@ -16,7 +16,7 @@ from dagserve.runtime.status import NodeStatus
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec
 
-__all__ = ["live_replicas", "node_statuses", "problems", "replica_ids"]
+__all__ = ["describe_wait", "live_replicas", "node_statuses", "problems", "replica_ids"]
 
 _RUNNING = "RUNNING"
 _EPS = 1e-9
@@ -291,3 +291,16 @@ def _failure(message: str) -> str:
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_wait(app: str | None, problems: dict[str, str], what: str, *, final: bool) -> str:
+    """Why deployments are not ready: failed for good (``final``) or still waiting."""
+    if final:
+        lines = "; ".join(f"node {name!r}: {why.removeprefix('failed: ')}" for name, why in problems.items())
+        return f"Graph {app!r} could not be deployed on Ray: {lines}."
+    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
+    names = ", ".join(repr(n) for n in problems)
+    return (
+        f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
+        "resources they wait for, lower their requests, or raise the wait (ready_timeout_s / wait_s)."
+    )
