@@ -170,26 +170,15 @@ def _register_cluster() -> None:
     for name, spec in list(SYSTEMS.items()):
         if "cluster" in spec.workloads:
             SYSTEMS[name] = replace(spec, workloads=spec.workloads - {"cluster"})
-    only = frozenset({"cluster"})
-    register(
-        SystemSpec(
-            name="serve-tuned-cluster",
-            command=server("cluster_app", "--system", "serve-tuned"),
-            workloads=only,
-            description="serve-tuned's applications on the two-raylet cluster, pinned to the near or far node",
-            baseline=True,
-            startup_timeout_s=_CLUSTER_STARTUP_S,
-        )
-    )
-    register(
-        SystemSpec(
-            name="dagserve-cluster",
-            command=server("cluster_app", "--system", "dagserve"),
-            workloads=only,
-            description="the dagserve graphs joined to the two-raylet cluster (address=), default options",
-            startup_timeout_s=_CLUSTER_STARTUP_S,
-        )
-    )
+    for name, flag, description, baseline in (
+        ("serve-tuned-cluster", "serve-tuned",
+         "serve-tuned's applications on the two-raylet cluster, pinned to the near or far node", True),
+        ("dagserve-cluster", "dagserve",
+         "the dagserve graphs joined to the two-raylet cluster (address=), default options", False),
+    ):
+        register(SystemSpec(name=name, command=server("cluster_app", "--system", flag),
+                            workloads=frozenset({"cluster"}), description=description, baseline=baseline,
+                            startup_timeout_s=_CLUSTER_STARTUP_S))
 
 
 _register_cluster()
