@@ -47,7 +47,7 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import is_loopback
 from dagserve.http.server import serve
-from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TraceIdFilter, access_observer
+from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TraceIdFilter
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 
@@ -285,9 +285,6 @@ def _run(
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
-    if log_format == "json":
-        for app in apps:
-            app.observers.append(access_observer)  # one dagserve.access record per request
     names = ", ".join(a.name for a in apps)
     token_file: list[Path] = []
 
@@ -316,6 +313,7 @@ def _run(
             debug=debug,
             access_log=access_log,
             log_level=log_level,
+            log_format=log_format,
             on_ready=announce,
         )
     except DagserveError as exc:

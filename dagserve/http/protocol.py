@@ -60,6 +60,7 @@ def run_server(
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     access_log: bool = False,
     log_level: str = "info",
+    log_format: str = "text",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the ASGI app ``web`` with uvicorn until SIGINT/SIGTERM (main thread) or ``should_exit``."""
@@ -72,6 +73,7 @@ def run_server(
         shutdown_timeout_s=shutdown_timeout_s,
         access_log=access_log,
         log_level=log_level,
+        log_format=log_format,
         on_ready=on_ready,
     )
     try:
@@ -95,6 +97,7 @@ def make_server(
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     access_log: bool = False,
     log_level: str | int | None = "info",
+    log_format: str = "text",
     on_ready: Callable[[str], None] | None = None,
 ) -> Any:
     """A configured (not yet running) uvicorn server for ``web``.
@@ -114,7 +117,7 @@ def make_server(
         loop="auto",  # uvloop when installed
         lifespan="off",  # the ingress needs no startup/shutdown of its own: serve() owns the Apps
         access_log=access_log,
-        log_config=_log_config(),
+        log_config=_log_config(log_format),
         log_level=log_level,
         timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
@@ -122,13 +125,22 @@ def make_server(
     return _server_class()(config, host=host, on_ready=on_ready)
 
 
-def _log_config() -> dict[str, Any]:
-    """uvicorn's default logging set-up, with the request id at the end of each access line."""
+def _log_config(log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's default logging set-up, with the request id at the end of each access line; with
+    ``json``, its lines as JSON objects with the request and trace ids (observe/logs.py)."""
     from uvicorn.config import LOGGING_CONFIG
 
+    from dagserve.observe.logs import JsonFormatter, TraceIdFilter
     from dagserve.runtime.request_id import RequestIdFilter
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        config.setdefault("filters", {})["dagserve_request_id"] = {"()": TraceIdFilter}
+        config["formatters"] = {"json": {"()": JsonFormatter}}
+        for handler in config["handlers"].values():
+            handler["formatter"] = "json"
+            handler.setdefault("filters", []).append("dagserve_request_id")
+        return config
     config.setdefault("filters", {})["dagserve_request_id"] = {"()": RequestIdFilter}
     config["formatters"]["access"]["fmt"] += " [%(request_id)s]"
     config["handlers"]["access"].setdefault("filters", []).append("dagserve_request_id")

@@ -28,6 +28,7 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
 from dagserve.http.protocol import check_server_options, run_server
+from dagserve.observe.logs import LOG_FORMATS, access_observer
 from dagserve.runtime.tracing import otlp_endpoint
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def serve(
     allowed_hosts: Iterable[str] | None = None,
     access_log: bool = False,
     log_level: str = "info",
+    log_format: str = "text",
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     on_ready: Callable[[str], None] | None = None,
@@ -120,10 +122,13 @@ def serve(
     requests whose ``Host`` is loopback (``localhost``, ``127.0.0.1``, ``[::1]``) or listed in
     ``allowed_hosts``, so that web pages cannot reach it through DNS rebinding. Other options are
     those of :func:`asgi_app`; ``header_timeout_s`` bounds how long a client may take to send a
-    request's headers. Traces are exported over OTLP/HTTP when ``$DAGSERVE_OTLP_ENDPOINT`` (or
+    request's headers. ``log_format="json"`` writes uvicorn's lines as JSON objects and adds one
+    record per request on the ``dagserve.access`` logger (docs/operations.md). Traces are exported over OTLP/HTTP when ``$DAGSERVE_OTLP_ENDPOINT`` (or
     ``$OTEL_EXPORTER_OTLP_ENDPOINT``) names an endpoint (docs/tracing.md).
     """
     items = _as_list(graph_or_graphs)
+    if log_format not in LOG_FORMATS:
+        raise OptionsError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}.")
     check_server_options(header_timeout_s, DEFAULT_MAX_HEADER_BYTES, shutdown_timeout_s)
     token = resolve_token(token, TOKEN_ENV)
     config = IngressConfig(
@@ -151,6 +156,10 @@ def serve(
         web = create_app(_by_name(apps), config)
         warn_if_exposed(host, config.token)
         tracing = _traced(apps)
+        if log_format == "json":
+            for app in apps:
+                if access_observer not in app.observers:
+                    app.observers.append(access_observer)  # one dagserve.access record per request
         run_server(
             web,
             host=host,
@@ -159,6 +168,7 @@ def serve(
             shutdown_timeout_s=shutdown_timeout_s,
             access_log=access_log,
             log_level=log_level,
+            log_format=log_format,
             on_ready=on_ready,
         )
     finally:

@@ -123,6 +123,9 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
     access = next(rec for rec in records if rec["logger"] == "dagserve.access")
     assert access["request_id"] == "cli-json-1" and access["trace_id"] == trace
     assert access["graph"] == "typed" and access["status"] == 200 and set(access["nodes"]) == {"double"}
+    started = next(rec for rec in records if rec["message"].startswith("Started server process"))
+    assert started["logger"] == "uvicorn.error"  # uvicorn's lines too
+    assert not [line for line in err.splitlines() if line.startswith("INFO")], err  # no text log lines left
 
 
 @pytest.mark.parametrize(

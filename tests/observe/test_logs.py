@@ -100,6 +100,11 @@ def test_the_access_logger_off_costs_nothing(lines: Lines) -> None:
     assert [json.loads(line)["logger"] for line in lines.lines] == ["tests.node"]
 
 
+def test_serve_refuses_an_unknown_log_format_before_deploying() -> None:
+    with pytest.raises(dagserve.OptionsError, match="log_format must be one of text, json"):
+        dagserve.serve(graph(), backend="local", log_format="xml")
+
+
 def test_log_format_json_writes_every_record_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     with _logging_to_stderr("info", "json"):
         logging.getLogger("dagserve.test").warning("hello %s", "there", extra={"graph": "g"})
