@@ -284,37 +284,68 @@ class StreamRun:
         )
 
 
-async def _next(items: AsyncIterator[Any]) -> Any:
-    return await items.__anext__()
+class _Cursor:
+    """An async iterator read from another thread or loop, one step at a time on its own loop;
+    closing it first stops a step a cancelled reader left running there."""
+
+    __slots__ = ("items", "loop", "task")
+
+    def __init__(self, items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.items = items
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = None
+
+    def step(self) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(self._next(), self.loop)
+
+    async def _next(self) -> Any:
+        self.task = asyncio.current_task()
+        try:
+            return await self.items.__anext__()
+        finally:
+            self.task = None
+
+    def close(self) -> Future[Any] | None:
+        return asyncio.run_coroutine_threadsafe(self._close(), self.loop) if self.loop.is_running() else None
+
+    async def _close(self) -> None:
+        task = self.task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        close = getattr(self.items, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def hop(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     """Read an async iterator living on ``loop`` (another thread's) from sync code; closing the
     returned iterator (or dropping it) closes ``items`` on its loop."""
+    cursor = _Cursor(items, loop)
     try:
         while True:
             try:
-                item = asyncio.run_coroutine_threadsafe(_next(items), loop).result()
+                item = cursor.step().result()
             except StopAsyncIteration:
                 return
             yield item
     finally:
-        close = getattr(items, "aclose", None)
-        if close is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=10)
+        closing = cursor.close()
+        if closing is not None:
+            closing.result(timeout=10)
 
 
 async def ahop(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
     """Read an async iterator living on ``loop`` from another running loop."""
+    cursor = _Cursor(items, loop)
     try:
         while True:
-            fut = asyncio.run_coroutine_threadsafe(_next(items), loop)
             try:
-                item = await asyncio.wrap_future(fut)
+                item = await asyncio.wrap_future(cursor.step())
             except StopAsyncIteration:
                 return
             yield item
     finally:
-        close = getattr(items, "aclose", None)
-        if close is not None and loop.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), loop))
+        closing = cursor.close()
+        if closing is not None:
+            await asyncio.wrap_future(closing)

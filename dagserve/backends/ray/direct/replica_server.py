@@ -279,11 +279,7 @@ class _ServerConn(Framed):
         except asyncio.CancelledError:
             return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
-            status = ERROR
-            try:
-                data = dumps(exc)
-            except Exception as pickling:  # noqa: BLE001
-                data = dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
+            status, data = ERROR, _error_data(exc)
         limit = self._limits.max_bytes
         if len(data) > limit:  # checked here, so the caller gets an error naming the node, not a cut connection
             what = "result" if status == OK else "error"
@@ -315,11 +311,7 @@ class _ServerConn(Framed):
         except asyncio.CancelledError:
             return  # cancelled by the caller (CANCEL or connection closed): nobody waits for it
         except BaseException as exc:  # noqa: BLE001 - any failure goes back to the caller
-            status = ERROR
-            try:
-                data = dumps(exc)
-            except Exception as pickling:  # noqa: BLE001
-                data = dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
+            status, data = ERROR, _error_data(exc)
         finally:
             self.credits.pop(rid, None)
             if items is not None:
@@ -330,6 +322,14 @@ class _ServerConn(Framed):
     def _finished(self, rid: int, _task: asyncio.Task[Any]) -> None:
         self.tasks.pop(rid, None)
         self.server.release()
+
+
+def _error_data(exc: BaseException) -> bytes:
+    """A failure, pickled for the caller (its text when the exception itself does not pickle)."""
+    try:
+        return dumps(exc)
+    except Exception as pickling:  # noqa: BLE001
+        return dumps(RuntimeError(f"{type(exc).__name__}: {exc} ({pickling})"))
 
 
 def _unsendable(header: Any, exc: BaseException) -> BaseException:
