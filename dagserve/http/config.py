@@ -104,6 +104,10 @@ class ServerConfig(BaseModel):
     debug: bool | None = None
     access_log: bool | None = None
     log_level: Literal["debug", "info", "warning", "error"] | None = None
+    log_format: Literal["text", "json"] | None = None
+    stream_timeout: float | None = Field(None, gt=0)
+    #: Where OpenTelemetry traces go (OTLP/HTTP, e.g. http://otel-collector:4318); docs/tracing.md.
+    otlp_endpoint: str | None = None
 
     @field_validator("max_body_size", mode="before")
     @classmethod

@@ -121,3 +121,25 @@ def test_the_new_commands_are_listed() -> None:
     out = CliRunner().invoke(main, ["--help"]).output
     assert "build" in out and "config" in out
     assert "--config FILE.yaml" in CliRunner().invoke(main, ["run", "--help"]).output
+
+
+def test_the_files_tracing_and_log_settings_apply_under_the_environment_and_flags(
+    config_file: Path, captured: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
+
+    monkeypatch.delenv(OTLP_ENDPOINT_ENV, raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    config_file.write_text(
+        CONFIG + "  log_format: json\n  stream_timeout: 42\n  otlp_endpoint: http://127.0.0.1:4318\n"
+    )
+    args = ["run", "examples.quickstart:graph", "--config", str(config_file), "--no-admin"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert captured[-1]["log_format"] == "json" and captured[-1]["stream_timeout"] == 42
+    import os
+
+    assert os.environ[OTLP_ENDPOINT_ENV] == "http://127.0.0.1:4318"  # where the replicas read it at deploy
+    monkeypatch.setenv(OTLP_ENDPOINT_ENV, "http://127.0.0.1:4000")  # the environment beats the file
+    assert CliRunner().invoke(main, args + ["--log-format", "text"]).exit_code == 0
+    assert captured[-1]["log_format"] == "text"  # the flag beats the file
+    assert os.environ[OTLP_ENDPOINT_ENV] == "http://127.0.0.1:4000"
