@@ -18,7 +18,13 @@ from benchmarks import check
 from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS
 
-CASES = [(w.name, c) for w in WORKLOADS.values() for c in w.cases]
+#: The one-machine systems, started side by side. The ``cluster`` workload's systems each make a
+#: cluster of two raylets (benchmarks/servers/cluster_app.py); two of those beside nine other
+#: servers do not start on a 2-core machine, so their answers are checked where they run:
+#: ``python -m benchmarks.check --systems dagserve-cluster serve-tuned-cluster`` and ``make bench``
+#: (which checks every answer it times); the transport itself is tested in tests/backends/test_cross_node.py.
+LOCAL_SYSTEMS = [name for name, spec in SYSTEMS.items() if "cluster" not in spec.workloads]
+CASES = [(w.name, c) for w in WORKLOADS.values() for c in w.cases if w.name != "cluster"]
 
 
 pytestmark = pytest.mark.ray
@@ -26,10 +32,15 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def all_answers() -> dict[str, check.Answers]:
-    return check.answers_of_all(list(SYSTEMS))
+    return check.answers_of_all(LOCAL_SYSTEMS)
 
 
-@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_only_the_cluster_workload_is_left_to_its_own_check() -> None:
+    left = {w for name, spec in SYSTEMS.items() if name not in LOCAL_SYSTEMS for w in spec.workloads}
+    assert left == {"cluster"} and {"dagserve-cluster", "serve-tuned-cluster"} <= set(SYSTEMS) - set(LOCAL_SYSTEMS)
+
+
+@pytest.mark.parametrize("system", LOCAL_SYSTEMS)
 def test_system_answers_every_case_it_serves_as_expected(
     system: str, all_answers: dict[str, check.Answers]
 ) -> None:

@@ -56,13 +56,15 @@ def graph() -> dagserve.Graph:
 def app() -> Iterator[dagserve.App]:
     import ray
     from ray import cluster_utils
-    from ray._raylet import Config
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     assert not ray.is_initialized(), "this module connects to its own cluster"
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
     Config.initialize("")  # this process reads the mode from a cached config
+    # ... and its token from a cache an earlier Ray in this process may have filled (another token).
+    AuthenticationTokenLoader.instance().reset_cache()
     original_write = ray._private.utils.write_ray_address
     ray._private.utils.write_ray_address = lambda *a, **k: None  # keep other processes' ray.init() away
     c = None
@@ -89,6 +91,7 @@ def app() -> Iterator[dagserve.App]:
             else:
                 os.environ[k] = v
         Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def wait_for(app: dagserve.App, ready: Any, limit_s: float = 60.0) -> None:

@@ -518,6 +518,8 @@ class RayBackend(Backend):
         ``serving`` at least one, or the deadline; a request no Ray node can hold fails at once."""
         from dagserve.backends.ray.status import problems
 
+        from dagserve.backends.ray.status import describe_wait
+
         delay = 0.05
         while True:
             ranges = {n: self._specs[n].options.replica_range() for n in names if n in self._specs}
@@ -526,8 +528,6 @@ class RayBackend(Backend):
             )
             failed = {n: p for n, p in found.items() if p.startswith("failed")}
             if failed:
-                from dagserve.backends.ray.status import describe_wait
-
                 raise DeployError(describe_wait(self._app_name, failed, what, final=True))
             if not found:
                 return

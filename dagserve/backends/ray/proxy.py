@@ -55,6 +55,8 @@ def ingress_spread(replicas: int) -> dict[str, Any]:
     """
     import ray
 
+    if not ray.is_initialized():
+        return {}  # building an application without Ray (its nodes are counted where it deploys)
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes <= 1:
         return {}
