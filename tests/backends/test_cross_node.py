@@ -10,6 +10,7 @@ after the token handshake, never through a Unix socket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import time
@@ -61,7 +62,11 @@ def app() -> Iterator[dagserve.App]:
     assert not ray.is_initialized(), "this module connects to its own cluster"
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+    # The token this user's Rays already use when there is one (a Ray started earlier in this
+    # process read it, and parts of Ray keep what they read), else a new one.
+    token_file = Path.home() / ".ray" / "auth_token"
+    existing = token_file.read_text().strip() if token_file.is_file() else ""
+    os.environ["RAY_AUTH_TOKEN"] = existing or secrets.token_hex(16)
     Config.initialize("")  # this process reads the mode from a cached config
     # ... and its token from a cache an earlier Ray in this process may have filled (another token).
     AuthenticationTokenLoader.instance().reset_cache()
@@ -69,12 +74,22 @@ def app() -> Iterator[dagserve.App]:
     ray._private.utils.write_ray_address = lambda *a, **k: None  # keep other processes' ray.init() away
     c = None
     try:
-        with _loopback_only():
-            c = cluster_utils.Cluster(
-                initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"first": 1, "spread": 1}},
-            )
-            c.add_node(num_cpus=1, resources={"second": 1, "spread": 1})
+        for attempt in (1, 2):  # a head node may time out starting on a loaded machine: once more
+            try:
+                with _loopback_only():
+                    c = cluster_utils.Cluster(
+                        initialize_head=True,
+                        head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"first": 1, "spread": 1}},
+                    )
+                    c.add_node(num_cpus=1, resources={"second": 1, "spread": 1})
+                break
+            except RuntimeError as exc:  # "Timed out waiting for file .../gcs_server_port..." and the like
+                if c is not None:
+                    c.shutdown()
+                    c = None
+                if attempt == 2:
+                    raise
+                logging.getLogger(__name__).warning("cluster start failed (%s); once more", exc)
         ray._private.utils.write_ray_address = original_write
         with dagserve.deploy(graph(), backend="ray", address=c.address, ready_timeout_s=180) as a:
             wait_for(a, lambda s: s["Far"].transport == "cross-node" and s["where"].transport == "mixed")
