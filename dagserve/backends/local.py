@@ -86,7 +86,7 @@ class _Replica:
         fn = self.bound(method)
         if self.spec.is_async(method):
             return await fn(items)
-        return await self.sync.call(method, fn, items)
+        return await self.sync.call_batch(method, fn, items)
 
 
 class _LocalDeployment:
@@ -151,7 +151,11 @@ class _LocalDeployment:
     def wake(self) -> None:
         self.slots.wake()
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: CallSpan | None = None) -> Any:
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: CallSpan | None = None, handles: bool = False
+    ) -> Any:
+        """One call on a replica with room; ``handles``: its arguments hold handles (the step's
+        templates do), so sync code runs on a thread."""
         r = self.slots.for_new_call()
         if r is None:
             r = await self._wait_for_slot()
@@ -169,6 +173,8 @@ class _LocalDeployment:
             fn = r.bound(method)
             if self.spec.is_async(method):
                 return await fn(*args, **kwargs)
+            if handles:
+                return await r.sync.call_with_handles(method, fn, *args, **kwargs)
             return await r.sync.call(method, fn, *args, **kwargs)
         finally:
             self.release(r)
@@ -212,10 +218,11 @@ class _LocalRunner:
         self.reads_streams: frozenset[int] = frozenset()
 
     def call(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
+        holds = False
         if self.handles is not None:
-            args, kwargs = self.handles.args(step, args, kwargs)
+            args, kwargs, holds = self.handles.call_args(step, args, kwargs)
         span = ctx.span.calling if ctx.span is not None else None
-        call = self.deployments[step.deployment].call(step.method, args, kwargs, span)  # type: ignore[index,arg-type]
+        call = self.deployments[step.deployment].call(step.method, args, kwargs, span, holds)  # type: ignore[index,arg-type]
         if step.index in self.reads_streams:
             return consume(call, args, kwargs)
         return call

@@ -217,14 +217,27 @@ class InProcessHandles:
         args, kwargs = self.resolve((spec.init_args, dict(spec.init_kwargs)))
         return replace(spec, init_args=args, init_kwargs=kwargs)
 
-    def args(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """A call step's arguments with live handles for the refs its templates hold."""
+    def holds(self, step: Step) -> bool:
+        """Do the call step's templates hold handle refs (worked out once per step)?"""
         seen = self._holds.get(id(step))
         if seen is None or seen[0] is not step:
             seen = self._holds[id(step)] = (step, holds_handles((step.args, dict(step.kwargs))))
-        if not seen[1]:
+        return seen[1]
+
+    def args(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A call step's arguments with live handles for the refs its templates hold."""
+        if not self.holds(step):
             return args, kwargs
         return self.resolve((args, kwargs))  # type: ignore[no-any-return]
+
+    def call_args(
+        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+        """:meth:`args`, and whether they hold handles (then sync node code runs on a thread)."""
+        if not self.holds(step):
+            return args, kwargs, False
+        args, kwargs = self.resolve((args, kwargs))
+        return args, kwargs, True
 
 
 class RunnerCaller:

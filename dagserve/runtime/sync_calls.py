@@ -39,7 +39,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -150,12 +150,27 @@ class SyncCalls:
             state = self._states[key] = _State(mode, self._promote_after)
         return state
 
-    async def call(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def call(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """Run ``fn(*args, **kwargs)`` where the policy says; ``key`` names the callable (its method)."""
         state = self._states.get(key) or self._state(key)
-        mode = state.mode
-        if mode != "threads" and (args or kwargs) and holds_handles((args, kwargs)):
-            mode = "threads"  # handle.call() waits for the loop: never on the loop's own thread
+        return self._call(state, state.mode, key, fn, args, kwargs)
+
+    def call_with_handles(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """:meth:`call` for a call whose arguments hold handles (the graph passes the step some):
+        always on a thread, where ``handle.call()`` may wait for the event loop. The caller knows
+        it from the step (compiled once), so plain calls never walk their arguments for handles."""
+        state = self._states.get(key) or self._state(key)
+        return self._call(state, "threads", key, fn, args, kwargs)
+
+    def call_batch(self, key: str, fn: Callable[..., Any], items: list[Any]) -> Awaitable[Any]:
+        """A batched call ``fn(items)``: on a thread when an item holds handles (one walk per batch:
+        the batch's steps are not known where it runs), else where the policy says."""
+        state = self._states.get(key) or self._state(key)
+        return self._call(state, "threads" if holds_handles(items) else state.mode, key, fn, (items,), {})
+
+    async def _call(
+        self, state: _State, mode: Mode, key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if mode == "inline":
             # The same context isolation as on a thread: what the node sets stays in its call.
             run = contextvars.copy_context().run

@@ -318,6 +318,8 @@ class NodeReplica:
             fn = self._bound(method)
             if method in self._spec.async_methods:
                 return await fn(*args, **kwargs)
+            if len(header) > 4 and header[4] and header[4].get("handles"):  # given handles: on a thread
+                return await self._sync.call_with_handles(method, fn, *args, **kwargs)
             return await self._sync.call(method, fn, *args, **kwargs)
         except DagserveError as exc:
             raise blame(exc, step)  # an HTTPError the node raised names it
@@ -362,7 +364,7 @@ class NodeReplica:
         fn = self._bound(method)
         if method in self._spec.async_methods:
             return await fn(items)
-        return await self._sync.call(method, fn, items)
+        return await self._sync.call_batch(method, fn, items)
 
     def _count_batch(self, size: int) -> None:
         self._batch_counts[size] += 1

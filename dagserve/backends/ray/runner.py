@@ -416,9 +416,10 @@ class RayRunner:
         name: str = step.deployment  # type: ignore[assignment]
         b = self._backend
         if step.inline:
+            holds = False
             if self.handles is not None:
-                args, kwargs = self.handles.args(step, args, kwargs)
-            return b._local[name].call(step.method, args, kwargs)  # type: ignore[arg-type]
+                args, kwargs, holds = self.handles.call_args(step, args, kwargs)
+            return b._local[name].call(step.method, args, kwargs, None, holds)  # type: ignore[arg-type]
         header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
         extras = self._extras(step, b._specs[name], ctx.deadline)
         if extras is not None:
