@@ -12,7 +12,8 @@ Events by three systems, each in its own process on 127.0.0.1:
   generator in the middle, read by a node that streams too) on the Ray backend with its default
   transport, served by ``dagserve run``.
 
-Two measures per system, from a client in this process (httpx, one event loop): time to first
+Two measures per system, from a client in this process (:class:`Connection`: raw asyncio
+HTTP/1.1, one event loop, one keep-alive connection per concurrent stream): time to first
 item (TTFI) over ``--ttfi-n`` streams one after the other (p50, p99), and items/s with 32 streams
 at once for ``--rounds`` rounds. Records go to ``benchmarks/results/stream.json``.
 """
@@ -136,53 +137,108 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # -- the client ------------------------------------------------------------------------------------------
 
 
-async def one_stream(client: Any, url: str) -> tuple[float, int, float]:
-    """(seconds to the first item, items, seconds to the end) of one stream."""
-    start = time.perf_counter()
-    first = None
-    items = 0
-    async with client.stream("POST", url, json={"n": ITEMS}, headers={"accept": "text/event-stream"}) as r:
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and line != "data: {}":
-                items += 1
-                if first is None:
-                    first = time.perf_counter() - start
-    return first or float("nan"), items, time.perf_counter() - start
+class Connection:
+    """One keep-alive HTTP/1.1 connection reading Server-Sent Events: a few lines of asyncio, so
+    the measuring client spends far less of the machine's 2 cores than httpx would (the servers
+    measured share them). Every system is measured with it."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port, self.path = host, port, path
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def stream(self, body: bytes) -> tuple[float, int, float]:
+        """(seconds to the first item, items, seconds to the end) of one stream."""
+        if self._conn is None:
+            self._conn = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._conn
+        start = time.perf_counter()
+        writer.write(
+            f"POST {self.path} HTTP/1.1\r\nhost: {self.host}\r\naccept: text/event-stream\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError(f"answer {head.partition(CRLF)[0]!r}")
+        if b"transfer-encoding: chunked" not in head.lower():
+            raise OSError("not a chunked stream")
+        first = None
+        pending = b""
+        items = 0
+        ended = False
+        while not ended:
+            size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+            chunk = (await reader.readexactly(size + 2))[:-2]
+            if size == 0:
+                break
+            pending += chunk
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                if event.startswith(b"data: "):
+                    items += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+                elif event.startswith(b"event: end"):
+                    ended = True
+                elif event.startswith(b"event: error"):
+                    raise OSError(f"stream failed: {event!r}")
+        if ended:  # the answer's last chunk (size 0) follows the end event
+            await reader.readuntil(b"\r\n\r\n")
+        return first if first is not None else float("nan"), items, time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host, int(port), "/" + path
+
+
+CRLF = b"\r\n"
+BODY = json.dumps({"n": ITEMS}).encode()
 
 
 async def wait_ready(url: str, limit_s: float = 600) -> float:
-    import httpx
-
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=30) as client:
-        while time.perf_counter() - start < limit_s:
-            try:
-                _, items, _ = await one_stream(client, url)
-                if items == ITEMS:
-                    return time.perf_counter() - start
-            except (httpx.HTTPError, OSError):
-                pass
-            await asyncio.sleep(1)
+    while time.perf_counter() - start < limit_s:
+        conn = Connection(*_split(url))
+        try:
+            _, items, _ = await asyncio.wait_for(conn.stream(BODY), 30)
+            if items == ITEMS:
+                return time.perf_counter() - start
+        except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            conn.close()
+        await asyncio.sleep(1)
     raise RuntimeError(f"{url} did not answer within {limit_s:g} s")
 
 
 async def measure(url: str, ttfi_n: int, rounds: int) -> dict[str, Any]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    conns = [Connection(*_split(url)) for _ in range(CONCURRENCY)]
+    try:
+        one = conns[0]
         for _ in range(5):  # warm up
-            await one_stream(client, url)
-        ttfi = [(await one_stream(client, url))[0] * 1000 for _ in range(ttfi_n)]
-        await asyncio.gather(*(one_stream(client, url) for _ in range(CONCURRENCY)))  # warm up at width
+            await one.stream(BODY)
+        ttfi = [(await one.stream(BODY))[0] * 1000 for _ in range(ttfi_n)]
+        await asyncio.gather(*(c.stream(BODY) for c in conns))  # warm up at width
         start = time.perf_counter()
         total = 0
         loaded_ttfi: list[float] = []
         for _ in range(rounds):
-            done = await asyncio.gather(*(one_stream(client, url) for _ in range(CONCURRENCY)))
+            done = await asyncio.gather(*(c.stream(BODY) for c in conns))
             total += sum(d[1] for d in done)
             loaded_ttfi += [d[0] * 1000 for d in done]
         elapsed = time.perf_counter() - start
+    finally:
+        for c in conns:
+            c.close()
+    if total != rounds * CONCURRENCY * ITEMS:
+        raise RuntimeError(f"{url}: {total} items, expected {rounds * CONCURRENCY * ITEMS}")
     q = statistics.quantiles(ttfi, n=100)
     return {
         "ttfi_p50_ms": round(statistics.median(ttfi), 2),

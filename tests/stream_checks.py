@@ -91,7 +91,7 @@ def check_slow_reader(app: Any, log: str, ahead: int) -> None:
     for read in range(1, 5):
         next(it)
         time.sleep(0.15)
-        assert steps_taken(log) - read <= ahead
+        assert steps_taken(log) - read <= ahead, (steps_taken(log), read, ahead)
     it.close()
 
 

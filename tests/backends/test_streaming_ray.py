@@ -1,7 +1,8 @@
 """Streaming on the Ray backend (one Ray for the module): a sync generator in its replica read by
-an async generator in another (the stream goes replica to replica through Serve streaming
-handles, the last one to the ingress over the direct transport), and a generator read by the
-ingress alone, from Python and over real HTTP; the same checks as the local backend's
+an async generator in another (the stream goes replica to replica, through Serve's streaming
+handle until the reading replica's direct pool has connected, then over the direct transport;
+the last one to the ingress over the direct transport), and a generator read by the ingress
+alone, from Python and over real HTTP; the same checks as the local backend's
 (tests/stream_checks.py)."""
 
 from __future__ import annotations
@@ -78,3 +79,30 @@ def test_slow_reader_holds_the_generator_within_the_direct_window(single: tuple[
     # The replica sends at most STREAM_WINDOW items ahead of what the ingress read (+1 in hand).
     sc.check_slow_reader(app, str(tmp_path / "python.log"), ahead=STREAM_WINDOW + 1)
     sc.check_http_slow_reader(url, str(tmp_path / "http.log"))
+
+
+def test_a_stream_read_replica_to_replica_goes_direct_and_a_slow_reader_holds_it_two_hops_away(
+    served: tuple[dagserve.App, str], tmp_path: Any
+) -> None:
+    import asyncio
+    import time
+
+    from ray.serve.handle import DeploymentHandle
+
+    app, _ = served
+
+    async def relay_peers() -> dict[str, Any]:
+        relay = DeploymentHandle("relay", app.backend._app_name)  # its router on this loop
+        return (await relay.dagserve_replica_info.remote())["stream_peers"]  # type: ignore[no-any-return]
+
+    peers: dict[str, Any] = {}
+    for _ in range(60):  # the first streams open the pools, which connect in the background
+        assert list(app.stream({"n": 3})) == [0, 1, 2]
+        peers = asyncio.run(relay_peers())
+        if peers and app.backend._direct_pool("relay") is not None:  # and the ingress's pool
+            break
+        time.sleep(0.5)
+    assert peers == {"produce_sync": {"local socket": 1}}
+    # Each hop holds its generator within the window (+1 in hand): through Serve (no flow
+    # control) produce_sync would run to its 200th item.
+    sc.check_slow_reader(app, str(tmp_path / "python.log"), ahead=2 * (STREAM_WINDOW + 1))

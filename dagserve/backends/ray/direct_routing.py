@@ -86,15 +86,19 @@ class DirectRouting:
         (until then, and whenever no replica accepts calls, Serve routes them). Runs on the App's
         event loop.
         """
+        if self.cluster is None or not _direct_eligible(spec):
+            return None
+        return self.pool_for(spec.name, app_name, pool_limits(spec))
+
+    def pool_for(self, name: str, app_name: str, limits: tuple[int, int | None]) -> DirectPool | None:
+        """:meth:`pool` for a direct-eligible node known by its name and its pool's
+        ``(max_ongoing, max_queued)`` (what a replica knows of a stream it reads)."""
         cluster = self.cluster
         if cluster is None:
             return None
         if time.monotonic() - self.checked > _DIRECT_RECHECK_S:
             self.checked = time.monotonic()  # a cluster may grow: look again, off the loop
             asyncio.get_running_loop().run_in_executor(None, self.check)
-        if not _direct_eligible(spec):
-            return None
-        name = spec.name
         pool = self.pools.get(name)
         if pool is None:
             if name in self.pools:
@@ -103,14 +107,14 @@ class DirectRouting:
             if directory is None:
                 self.pools[name] = None
                 return None
-            self.pools[name] = self._open(directory, spec, app_name)
+            self.pools[name] = self._open(directory, name, app_name, limits)
             return None  # it connects in the background; this call goes through Serve
         return pool if pool.usable else None
 
-    def _open(self, directory: str, spec: DeploymentSpec, app_name: str) -> DirectPool:
+    def _open(self, directory: str, name: str, app_name: str, limits: tuple[int, int | None]) -> DirectPool:
         """A pool for the node's replicas: on this Ray node, and on the others when a key is known."""
         loop = asyncio.get_running_loop()
-        name, me = spec.name, self.node_id
+        me = self.node_id
 
         async def remote() -> dict[str, tuple[str, int]]:
             if self.key is None or self.single:
@@ -121,11 +125,10 @@ class DirectRouting:
         def stale(replica: str) -> None:
             loop.run_in_executor(None, withdraw, app_name, name, replica)
 
-        o = spec.options
         return DirectPool(
             directory,
-            max_ongoing=o.effective_max_ongoing_requests,
-            max_queued=o.max_queued_requests,
+            max_ongoing=limits[0],
+            max_queued=limits[1],
             loop=loop,
             limits=self.limits,
             remote=remote,
@@ -239,6 +242,16 @@ def frame_limits(max_bytes: int | None, timeout_s: float) -> FrameLimits:
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise DeployError(f"direct_frame_timeout_s must be a number of seconds > 0, got {timeout_s!r}.")
     return FrameLimits(max_bytes, float(timeout_s))
+
+
+def pool_limits(spec: DeploymentSpec) -> tuple[int, int | None]:
+    """A direct pool's ``(max_ongoing, max_queued)`` for the node's calls."""
+    return spec.options.effective_max_ongoing_requests, spec.options.max_queued_requests
+
+
+def direct_limits(spec: DeploymentSpec) -> tuple[int, int | None] | None:
+    """:func:`pool_limits` for a node whose calls may go direct, else ``None``."""
+    return pool_limits(spec) if _direct_eligible(spec) else None
 
 
 def _direct_eligible(spec: DeploymentSpec) -> bool:

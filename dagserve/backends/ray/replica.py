@@ -38,7 +38,7 @@ from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
-from dagserve.backends.ray.direct_routing import announce, cross_node_listener, withdraw
+from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
@@ -204,6 +204,8 @@ class NodeReplica:
         user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
         self._user_check = user_check if callable(user_check) else None
         self._direct: ReplicaServer | None = None
+        # Direct pools of its own, for the streams it reads from other nodes' replicas (streams.py).
+        self._peers: DirectRouting | None = DirectRouting(True, spec.frames) if spec.direct else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         if spec.otlp_endpoint:
@@ -260,6 +262,8 @@ class NodeReplica:
                 self._announced = entry
 
         loop.create_task(start())
+        if self._peers is not None:
+            loop.run_in_executor(None, self._peers.check)  # asks Ray for its nodes: off the loop
 
     def _dagserve_stopping(self) -> None:
         """Serve began stopping this replica (called on Serve's own loop, see
@@ -302,12 +306,12 @@ class NodeReplica:
 
     def _stream(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """A generator node's items, however the call came (Serve, or the direct transport)."""
-        return replica_stream(self._bound(header[0]), self._pool, header, args, kwargs)
+        return replica_stream(self._bound(header[0]), self._pool, header, args, kwargs, self._peers)
 
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
         method, step, request_id = header[:3]
-        args, kwargs = resolve_sources(args, kwargs)  # streams it reads (backends/ray/streams.py)
+        args, kwargs = resolve_sources(args, kwargs, self._peers)  # streams it reads (backends/ray/streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
         trace_token = set_trace(header[3] if len(header) > 3 else None)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
@@ -394,10 +398,14 @@ class NodeReplica:
         return self._sync.modes()
 
     def dagserve_replica_info(self) -> dict[str, Any]:
-        """Where this replica runs: its process id and Ray node id (for tests and diagnostics)."""
+        """Where this replica runs: its process id and Ray node id; ``stream_peers``: per node whose
+        streams it reads over the direct transport, its connected replicas by transport (for tests
+        and diagnostics)."""
         import ray
 
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        pools = self._peers.pools if self._peers is not None else {}
+        peers = {name: pool.transports() for name, pool in pools.items() if pool is not None and pool.usable}
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "stream_peers": peers}
 
     def __del__(self) -> Any:
         """The end of Serve's graceful shutdown: finish the direct calls held (new ones have been
@@ -422,6 +430,8 @@ class NodeReplica:
         direct = self._direct
         if direct is not None:
             await direct.drain()
+        if self._peers is not None:
+            self._peers.close(asyncio.get_running_loop())
         self._release_threads()
 
     def _release_threads(self) -> None:

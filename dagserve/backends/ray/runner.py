@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
+from dagserve.backends.ray.direct_routing import direct_limits
 from dagserve.backends.ray.handles import CallExtras
 from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
@@ -435,4 +436,6 @@ class RayRunner:
             return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
         header = (step.method or "__call__", step.name, ctx.request_id)
         b = self._backend
-        return RayStream(functools.partial(b._handle, name), name, header, args, kwargs, b._direct_pool(name))
+        spec = b._specs[name]
+        pool = b._direct_pool(name)
+        return RayStream(functools.partial(b._handle, name), name, header, args, kwargs, pool, direct_limits(spec))

@@ -8,12 +8,14 @@ ingress has read, so a slow reader slows the generator), else to its replica's
 items as they come (:class:`RayStream`). A stream read by another remote node does not come
 through the ingress: the reading node gets a :class:`StreamSource` (where the stream comes from
 and with which arguments) and its replica opens the stream itself (:func:`open_source`), so the
-items go from replica to replica. Closing a stream cancels its Serve call, which cancels the
-generator in its replica (and the streams that generator reads).
+items go from replica to replica: over the direct transport too (the reading replica keeps
+direct pools of its own, ``NodeReplica._peers``), through Serve's streaming handle until those
+have connected or where the direct transport does not apply. Closing a stream cancels its call,
+which cancels the generator in its replica (and the streams that generator reads).
 
 Serve 2.60 has no flow control between a streaming replica and its caller: a generator read
-through Serve (a stream read replica to replica, or when the direct transport is off) may run
-ahead of a slow reader, its items queued by Serve (docs/streaming.md says so).
+through Serve (when the direct transport is off or does not apply, or before it has connected)
+may run ahead of a slow reader, its items queued by Serve (docs/streaming.md says so).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, NodeError
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import Stream, close_streams, iterate
+
+if TYPE_CHECKING:
+    from dagserve.backends.ray.direct_routing import DirectRouting
 
 __all__ = ["STREAM_METHOD", "RayStream", "StreamSource", "open_source", "read_streams", "replica_stream", "resolve_sources"]
 
@@ -43,6 +48,9 @@ class StreamSource:
     header: tuple[str, str, str]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The source node's direct pool bounds ``(max_ongoing, max_queued)`` when its calls may go
+    #: direct (the reading replica then opens it over the direct transport), else ``None``.
+    limits: tuple[int, int | None] | None = None
 
 
 class RayStream:
@@ -60,9 +68,11 @@ class RayStream:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         pool: Any = None,
+        limits: tuple[int, int | None] | None = None,
     ) -> None:
         self._handle = handle
         self._pool = pool  # the node's direct pool (direct/pool.py), when its calls may take it
+        self._limits = limits  # its bounds, for a replica that opens this stream (StreamSource)
         self.deployment = deployment
         self.header = header
         self.args = args
@@ -90,7 +100,7 @@ class RayStream:
         """This stream, for another replica to open (its arguments' values, resolved here)."""
         self._closed = True
         args, kwargs = await _values(self.args, self.kwargs, self.header[1])
-        return StreamSource(self.deployment, self.header, args, kwargs)
+        return StreamSource(self.deployment, self.header, args, kwargs, self._limits)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -143,14 +153,22 @@ def _node_error(step: str, exc: BaseException) -> NodeError:
 
 
 class _Opened:
-    """A :class:`StreamSource` opened in a replica: its Serve streaming call, read as it comes."""
+    """A :class:`StreamSource` opened in a replica, read as it comes: over the direct transport
+    when ``peers`` has a usable pool for its node (credit-bounded, as from the ingress), else
+    through Serve's streaming handle."""
 
-    def __init__(self, source: StreamSource) -> None:
+    def __init__(self, source: StreamSource, peers: DirectRouting | None) -> None:
         from ray import serve
 
         app = serve.get_replica_context().app_name
-        handle = serve.get_deployment_handle(source.deployment, app)
         self._step = source.header[1]
+        pool = None
+        if peers is not None and source.limits is not None:
+            pool = peers.pool_for(source.deployment, app, source.limits)
+        if pool is not None:
+            self._gen: Any = pool.stream(source.header, source.args, source.kwargs)
+            return
+        handle = serve.get_deployment_handle(source.deployment, app)
         self._gen = handle.options(method_name=STREAM_METHOD, stream=True).remote(
             source.header, *source.args, **source.kwargs
         )
@@ -166,17 +184,20 @@ class _Opened:
             self._gen.cancel()
 
 
-def open_source(source: StreamSource) -> Stream:
-    """The stream a :class:`StreamSource` names, opened from this replica."""
-    return Stream(source.header[1], _Opened(source))
+def open_source(source: StreamSource, peers: DirectRouting | None = None) -> Stream:
+    """The stream a :class:`StreamSource` names, opened from this replica (over ``peers``'s
+    direct pools where they apply)."""
+    return Stream(source.header[1], _Opened(source, peers))
 
 
-def resolve_sources(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def resolve_sources(
+    args: tuple[Any, ...], kwargs: dict[str, Any], peers: DirectRouting | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A call's arguments with each :class:`StreamSource` opened (a stream to read)."""
     if not any(isinstance(a, StreamSource) for a in (*args, *kwargs.values())):
         return args, kwargs
-    args = tuple(open_source(a) if isinstance(a, StreamSource) else a for a in args)
-    kwargs = {k: open_source(v) if isinstance(v, StreamSource) else v for k, v in kwargs.items()}
+    args = tuple(open_source(a, peers) if isinstance(a, StreamSource) else a for a in args)
+    kwargs = {k: open_source(v, peers) if isinstance(v, StreamSource) else v for k, v in kwargs.items()}
     return args, kwargs
 
 
@@ -208,12 +229,18 @@ async def _as_source(a: Any, reader: str) -> Any:
 
 
 async def replica_stream(
-    fn: Any, pool: ThreadPoolExecutor, header: tuple[str, str, str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: Any,
+    pool: ThreadPoolExecutor,
+    header: tuple[str, str, str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    peers: DirectRouting | None = None,
 ) -> AsyncIterator[Any]:
     """Run generator node ``fn`` in a replica: its items, pulled one at a time; its failure as a
-    :class:`~dagserve.NodeError` naming the step; the streams it read closed when it ends."""
+    :class:`~dagserve.NodeError` naming the step; the streams it read closed when it ends
+    (``peers``: the replica's direct pools, for the streams it opens)."""
     _method, step, request_id = header[:3]
-    args, kwargs = resolve_sources(args, kwargs)
+    args, kwargs = resolve_sources(args, kwargs, peers)
     token = set_request_id(request_id)
     source: Any = None
     try:
