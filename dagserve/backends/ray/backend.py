@@ -516,9 +516,7 @@ class RayBackend(Backend):
     ) -> None:
         """Until every named node runs exactly its target replicas (none of ``replaced``), or with
         ``serving`` at least one, or the deadline; a request no Ray node can hold fails at once."""
-        from dagserve.backends.ray.status import problems
-
-        from dagserve.backends.ray.status import describe_wait
+        from dagserve.backends.ray.status import describe_wait, problems
 
         delay = 0.05
         while True:

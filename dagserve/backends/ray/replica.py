@@ -36,9 +36,9 @@ from dagserve._hooks import hooks
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
+from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
-from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
