@@ -20,6 +20,7 @@ from dagserve.app import App
 from dagserve.backends.ray.backend import RayBackend
 from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
 from dagserve.http.server import asgi_app, resolve_token
+from dagserve.runtime.heap import settle_heap
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Plan
@@ -53,6 +54,7 @@ class IngressReplica:
         graph = _GraphInfo(plan.graph_name, plan.description)
         self._app = App(graph, plan, backend, request_timeout_s=request_timeout_s)  # type: ignore[arg-type]
         self._options = ingress_options
+        settle_heap()  # the replica has started: no GC scans of what it holds for good
 
     def __serve_build_asgi_app__(self) -> Any:
         return _WithoutRequestIdHeader(asgi_app(self._app, **self._options))

@@ -91,14 +91,16 @@ def test_a_stream_read_replica_to_replica_goes_direct_and_a_slow_reader_holds_it
 
     app, _ = served
 
-    async def relay_peers() -> dict[str, Any]:
+    async def relay_info() -> dict[str, Any]:
         relay = DeploymentHandle("relay", app.backend._app_name)  # its router on this loop
-        return (await relay.dagserve_replica_info.remote())["stream_peers"]  # type: ignore[no-any-return]
+        return await relay.dagserve_replica_info.remote()  # type: ignore[no-any-return]
 
     peers: dict[str, Any] = {}
     for _ in range(60):  # the first streams open the pools, which connect in the background
         assert list(app.stream({"n": 3})) == [0, 1, 2]
-        peers = asyncio.run(relay_peers())
+        info = asyncio.run(relay_info())
+        assert info["gc_frozen"] > 10_000  # its start-up heap (Ray, Serve) is out of GC scans (runtime/heap.py)
+        peers = info["stream_peers"]
         if peers and app.backend._direct_pool("relay") is not None:  # and the ingress's pool
             break
         time.sleep(0.5)

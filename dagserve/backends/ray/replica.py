@@ -42,6 +42,7 @@ from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
+from dagserve.runtime.heap import settle_heap
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.sync_calls import Mode, SyncCalls, sync_force
 from dagserve.runtime.tracing import ReplicaSpans, reset_trace, set_trace
@@ -212,6 +213,7 @@ class NodeReplica:
             self._trace_calls(spec.otlp_endpoint)
         if spec.direct:
             self._start_direct()
+        settle_heap()  # the model is loaded: no GC scans of what the replica holds for good
 
     def _start_direct(self) -> None:
         """Listen on this replica's Unix socket for an ingress on this machine (``direct/``)."""
@@ -399,13 +401,17 @@ class NodeReplica:
 
     def dagserve_replica_info(self) -> dict[str, Any]:
         """Where this replica runs: its process id and Ray node id; ``stream_peers``: per node whose
-        streams it reads over the direct transport, its connected replicas by transport (for tests
-        and diagnostics)."""
+        streams it reads over the direct transport, its connected replicas by transport;
+        ``gc_frozen``: objects its start-up froze out of GC scans (runtime/heap.py). For tests and
+        diagnostics."""
+        import gc
+
         import ray
 
         pools = self._peers.pools if self._peers is not None else {}
         peers = {name: pool.transports() for name, pool in pools.items() if pool is not None and pool.usable}
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "stream_peers": peers}
+        node = ray.get_runtime_context().get_node_id()
+        return {"pid": os.getpid(), "node_id": node, "stream_peers": peers, "gc_frozen": gc.get_freeze_count()}
 
     def __del__(self) -> Any:
         """The end of Serve's graceful shutdown: finish the direct calls held (new ones have been
