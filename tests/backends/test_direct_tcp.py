@@ -16,7 +16,7 @@ import pytest
 
 from dagserve.backends.ray.direct.auth import HELLO_BYTES, PROOF_BYTES, AuthFailed, Handshake, derive_key
 from dagserve.backends.ray.direct.pool import DirectPool
-from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, dumps
+from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, FrameLimits, dumps
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 
 from .test_direct import Replica, header, serve, settle
@@ -170,3 +170,27 @@ def test_without_the_clusters_token_auth_a_replica_never_listens_across_nodes(
     with caplog.at_level("WARNING", logger="dagserve.ray"):
         assert direct_routing.cross_node_listener("Model") == (None, None)
     assert "token authentication" in caplog.text and "'Model'" in caplog.text
+
+
+async def test_an_address_that_never_answers_is_forgotten_after_two_scans(directory: str) -> None:
+    # What a node that is gone looks like from a caller: its replicas' addresses stay listed in
+    # Ray's KV store, and connecting to them hangs (here: a listener that never says hello).
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    address = silent.sockets[0].getsockname()[:2]
+    forgotten: list[str] = []
+
+    async def remote() -> dict[str, tuple[str, int]]:
+        return {} if forgotten else {"gone": address}
+
+    pool = DirectPool(directory, max_ongoing=10, max_queued=None, loop=asyncio.get_running_loop(),
+                      limits=FrameLimits(timeout_s=0.2), remote=remote, auth_key=KEY, on_stale=forgotten.append)
+    try:
+        await pool.scan()  # the handshake times out once: maybe a slow node
+        assert forgotten == [] and pool.transports() == {}
+        await pool.scan()  # and again: the address is stale
+        assert forgotten == ["gone"]
+        await pool.scan()  # no longer listed: no more connect timeouts
+        assert forgotten == ["gone"] and pool.transports() == {}
+    finally:
+        pool.close()
+        silent.close()

@@ -442,17 +442,19 @@ class DirectPool:
     async def _connect(self, replica: str, address: Address) -> None:
         try:
             conn = await self._open(replica, address)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, TimeoutError) if isinstance(address, str) else (OSError, TimeoutError):
             # Nobody listens: the replica died without cleaning up (SIGKILL), or is between bind
-            # and listen. Refused again a scan later, its address is stale: remove it.
+            # and listen; across nodes also a node that is gone (the connect or the handshake
+            # times out, the host is unreachable). Failed again a scan later, its address is
+            # stale: remove it, so a dead node costs two scans' connect timeouts, not every scan's.
             if replica in self._refused:
                 self._refused.discard(replica)
                 self._stale(replica, address)
             else:
                 self._refused.add(replica)
             return
-        except (OSError, TimeoutError):
-            return  # gone between the listing and the connect, or unreachable for now
+        except OSError:
+            return  # a socket gone between the listing and the connect
         finally:
             self._connecting.discard(replica)
         self._refused.discard(replica)
