@@ -95,13 +95,6 @@ class Cluster:
     replicas: dict[str, Replica]
 
 
-@pytest.fixture
-def directory(tmp_path: Path) -> str:
-    d = tmp_path / "sockets"
-    d.mkdir(mode=0o700)
-    return str(d)
-
-
 async def serve(directory: str, name: str, **options: Any) -> tuple[ReplicaServer, Replica]:
     """A replica server; ``options``: ``limit`` (its max_ongoing_requests), ``limits`` (FrameLimits)."""
     replica = Replica(name)

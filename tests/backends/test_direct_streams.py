@@ -11,7 +11,7 @@ import pytest
 from dagserve import NodeError
 from dagserve.backends.ray.direct.protocol import STREAM_WINDOW
 
-from .test_direct import directory, header, replicas, settle  # noqa: F401 - directory: a fixture
+from .test_direct import header, replicas, settle
 
 
 class Generator:

@@ -85,13 +85,6 @@ async def tcp_pool(directory: str, address: tuple[str, int], key: bytes) -> Dire
                       remote=remote, auth_key=key)
 
 
-@pytest.fixture
-def directory(tmp_path: Path) -> str:
-    d = tmp_path / "sockets"
-    d.mkdir(mode=0o700)
-    return str(d)
-
-
 async def test_calls_cross_over_tcp_after_the_handshake_and_prefer_the_local_replica(directory: str) -> None:
     far_dir = os.path.join(directory, "far")
     os.mkdir(far_dir, 0o700)
