@@ -36,10 +36,10 @@ def pre(x: int) -> int:
     return x + 1
 
 
-@dagserve.node(resources={"second": 0.1})
+@dagserve.node(resources={"second": 0.1}, max_batch_size=4, batch_wait_timeout_s=0.001)
 class Far:
-    def __call__(self, x: int) -> int:
-        return x * 10
+    def __call__(self, xs: list[int]) -> list[int]:
+        return [x * 10 for x in xs]
 
 
 @dagserve.node(num_replicas=2, resources={"spread": 1})
@@ -142,9 +142,20 @@ def test_calls_to_another_raylet_go_over_tcp_and_those_on_this_one_over_its_sock
     [entry] = registry.listing("xnode", "Far")
     assert entry.host == "127.0.0.1" and entry.node_id != me
     # Locality: one call at a time, the replica on this node has room: it takes every call.
+    before = _calls(backend._direct.replica_stats("Far", backend._loop))
     pids = {app.call(i)["pid"] for i in range(20)}
     local = [r for r in backend.replicas("where") if r["node_id"] == me]
     assert pids == {local[0]["pid"]}
+    # The far replica's batch counts come back over the same authenticated connection (STATS),
+    # so batch_sizes() sees the batches of calls that never went through Serve.
+    assert _calls(backend._direct.replica_stats("Far", backend._loop)) - before == 20
+    assert sum(size * n for size, n in backend.batch_sizes()["Far"].items()) >= 21
+
+
+def _calls(stats: list[Any] | None) -> int:
+    """Calls in the batches of these replica stats (batch size -> batches)."""
+    assert stats is not None
+    return sum(int(size) * n for counts in stats for size, n in counts.items())
 
 
 def test_a_client_without_the_token_is_refused_before_any_pickle_is_read(app: dagserve.App, tmp_path: Path) -> None:

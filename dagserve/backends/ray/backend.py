@@ -559,6 +559,9 @@ class RayBackend(Backend):
                 found = []
             if found:
                 return _sum_counts(found)
+        found = direct.replica_stats(name, self._loop)  # across Ray nodes: over the pool's connections
+        if found:
+            return _sum_counts(found)
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
         handle = self._handles.get(name)

@@ -163,6 +163,17 @@ class DirectRouting:
             out[name] = replace(node, transport=kind, transport_replicas=counts, transport_note=note)
         return out
 
+    def replica_stats(self, name: str, loop: asyncio.AbstractEventLoop | None) -> list[Any] | None:
+        """The stats of every replica of node ``name`` its pool reaches (on other Ray nodes too),
+        asked on ``loop`` (the pool's) from another thread; ``None`` when it has no usable pool."""
+        pool = self.pools.get(name)
+        if pool is None or not pool.usable or loop is None or not loop.is_running() or on_loop_thread(loop):
+            return None
+        try:
+            return asyncio.run_coroutine_threadsafe(pool.stats(), loop).result(5.0)
+        except Exception:  # noqa: BLE001 - stats are best effort
+            return None
+
     def refusals(self) -> dict[str, int]:
         """Per node, the direct calls a full replica refused (see ``RayBackend.direct_refusals``)."""
         return {name: pool.refusals for name, pool in self.pools.items() if pool is not None}

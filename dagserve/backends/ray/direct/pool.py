@@ -34,6 +34,7 @@ from dagserve.backends.ray.direct.protocol import (
     OK,
     REJECTED,
     ROOM,
+    STATS,
     STREAM,
     STREAM_WINDOW,
     Framed,
@@ -180,6 +181,13 @@ class DirectStream(DirectCall):
     async def aclose(self) -> None:
         if not self.future.done():
             self.cancel()
+
+
+class _StatsCall(DirectCall):
+    """A ``STATS`` request to one replica (its batch counts), answered at once."""
+
+    __slots__ = ()
+    op = STATS
 
 
 class _ClientConn(Framed):
@@ -483,6 +491,23 @@ class DirectPool:
         self._slots.replicas = conns
         self._slots.near = near if 0 < len(near) < len(conns) else []
         self._slots.wake()
+
+    async def stats(self, timeout_s: float = 2.0) -> list[Any]:
+        """Each connected replica's stats (batch counts), on this node and across nodes alike;
+        replicas that do not answer within ``timeout_s`` are left out."""
+        calls = []
+        for conn in list(self._conns.values()):
+            if conn.accepting:
+                call = _StatsCall(self, b"", "stats")
+                conn.submit(call)
+                calls.append(call)
+        if not calls:
+            return []
+        done, pending = await asyncio.wait([c.future for c in calls], timeout=timeout_s)
+        for c in calls:
+            if c.future in pending:
+                c.cancel()
+        return [f.result() for f in done if f.exception() is None]
 
     def transports(self) -> dict[str, int]:
         """How many replicas this pool reaches, by way: ``"local socket"`` and ``"cross-node"``."""
