@@ -450,7 +450,9 @@ class DirectPool:
     async def _connect(self, replica: str, address: Address) -> None:
         try:
             conn = await self._open(replica, address)
-        except (ConnectionRefusedError, TimeoutError) if isinstance(address, str) else (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
+            if isinstance(address, str) and not isinstance(exc, (ConnectionRefusedError, TimeoutError)):
+                return  # a socket gone between the listing and the connect
             # Nobody listens: the replica died without cleaning up (SIGKILL), or is between bind
             # and listen; across nodes also a node that is gone (the connect or the handshake
             # times out, the host is unreachable). Failed again a scan later, its address is
@@ -461,8 +463,6 @@ class DirectPool:
             else:
                 self._refused.add(replica)
             return
-        except OSError:
-            return  # a socket gone between the listing and the connect
         finally:
             self._connecting.discard(replica)
         self._refused.discard(replica)
