@@ -53,11 +53,11 @@ def _stop_shared_ray() -> None:
         return
     _shared_ray_up = False
     import ray
-    from ray import serve
+
+    from tests.local_ray import stop_local_ray
 
     if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
+        stop_local_ray()
 
 
 def _delete_serve_applications() -> None:
