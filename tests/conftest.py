@@ -53,11 +53,11 @@ def _stop_shared_ray() -> None:
         return
     _shared_ray_up = False
     import ray
-
-    from tests.local_ray import stop_local_ray
+    from ray import serve
 
     if ray.is_initialized():
-        stop_local_ray()
+        serve.shutdown()
+        ray.shutdown()
 
 
 def _delete_serve_applications() -> None:

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 import dagserve
-from tests.local_ray import stop_local_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -274,6 +273,7 @@ def test_embedding_app_command_serves_its_routes_and_the_mounted_graph() -> None
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
     ray = pytest.importorskip("ray")
+    from ray import serve
 
     # Ray's worker processes import the example's classes by module name: put the repository on
     # their path. One logical GPU lets NeuralNet's two 0.25-GPU replicas schedule here.
@@ -283,7 +283,8 @@ def ray_session() -> Iterator[None]:
     try:
         yield
     finally:
-        stop_local_ray()
+        serve.shutdown()
+        ray.shutdown()
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:

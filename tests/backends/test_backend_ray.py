@@ -24,7 +24,6 @@ from dagserve.backends.ray.direct.protocol import FRAME_LENGTH
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray.serve_options import deployment_options
 from dagserve.runtime.sync_calls import PROMOTE_AFTER
-from tests.local_ray import stop_local_ray
 
 from .. import example_graphs as eg
 from ..foreign_peer import foreign_socket, needs_root
@@ -175,7 +174,11 @@ def ray_instance() -> Iterator[None]:
     # With Serve's HTTP proxy (on loopback, a free port), for the ingress_replicas test.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
     yield
-    stop_local_ray()
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import dagserve
 from dagserve.observe.otel import Tracing
 from dagserve.observe.traceparent import request_trace
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV, current_trace_id
-from tests.local_ray import stop_local_ray
 from tests.otlp_receiver import Receiver
 
 pytestmark = pytest.mark.ray
@@ -58,7 +57,11 @@ def receiver() -> Iterator[Receiver]:
     try:
         yield r
     finally:
-        stop_local_ray()
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
         r.close()
         for k, v in saved.items():
             if v is None:
