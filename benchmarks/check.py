@@ -26,9 +26,17 @@ Answers = dict[str, list[Any]]
 
 
 def answers(
-    system: str, workloads: Sequence[str] | None = None, *, requests: int = 3, log_dir: Path | None = None
+    system: str,
+    workloads: Sequence[str] | None = None,
+    *,
+    requests: int = 3,
+    log_dir: Path | None = None,
+    stop_timeout_s: float = launch.STOP_TIMEOUT_S,
 ) -> Answers:
-    """Each case's answers from ``system``; ``workloads`` defaults to all the system serves."""
+    """Each case's answers from ``system``; ``workloads`` defaults to all the system serves.
+
+    ``stop_timeout_s``: how long the server may shut down after SIGTERM before it is killed.
+    """
     spec = SYSTEMS[system]
     names = list(workloads) if workloads is not None else [w for w in WORKLOADS if w in spec.workloads]
     unserved = [w for w in names if w not in spec.workloads]
@@ -38,7 +46,7 @@ def answers(
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="dagserve-check-"))
     result: Answers = {}
     # verify=False: return what the system says, even when wrong, for the caller to compare.
-    with launch.running(spec, chosen, log_dir, verify=False) as server:
+    with launch.running(spec, chosen, log_dir, verify=False, stop_timeout_s=stop_timeout_s) as server:
         with httpx.Client(timeout=30.0, trust_env=False) as client:
             for workload in chosen:
                 for case in workload.cases:
@@ -48,10 +56,14 @@ def answers(
     return result
 
 
-def answers_of_all(systems: Sequence[str], *, requests: int = 3) -> dict[str, Answers]:
+def answers_of_all(
+    systems: Sequence[str], *, requests: int = 3, stop_timeout_s: float = launch.STOP_TIMEOUT_S
+) -> dict[str, Answers]:
     """``answers`` for several systems, started side by side (start-up and teardown dominate)."""
     with ThreadPoolExecutor(max_workers=max(1, len(systems))) as pool:
-        futures = {name: pool.submit(answers, name, requests=requests) for name in systems}
+        futures = {
+            name: pool.submit(answers, name, requests=requests, stop_timeout_s=stop_timeout_s) for name in systems
+        }
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -94,12 +94,12 @@ def _wait_ready(server: RunningServer, cases: Sequence[Case], deadline: float, v
             pending.pop(0)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server, SIGKILL it if it hangs, then clear anything left in its process group."""
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the server, SIGKILL it if it hangs (``timeout_s``), then clear anything left in its process group."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=STOP_TIMEOUT_S)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             pass
     # The server leads its own process group (start_new_session), so this reaches only what it
@@ -114,11 +114,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running(
-    system: SystemSpec, workloads: Sequence[Workload], log_dir: Path, *, verify: bool = True
+    system: SystemSpec,
+    workloads: Sequence[Workload],
+    log_dir: Path,
+    *,
+    verify: bool = True,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
 ) -> Iterator[RunningServer]:
     """Start ``system`` serving ``workloads``; yield once every case answers (HTTP 200).
 
     With ``verify`` (the default) an answer other than the case's ``expected`` raises ServerError.
+    At the end the server gets SIGTERM, and SIGKILL (its process group) after ``stop_timeout_s``.
     """
     # The port is free when picked but is bound only later, by the server; a process starting at
     # the same time (another system's Ray picks random ports) can take it first. Then try another.
@@ -152,4 +158,4 @@ def running(
         server.startup_s = time.monotonic() - started
         yield server
     finally:
-        _stop(process)
+        _stop(process, stop_timeout_s)

@@ -2,7 +2,7 @@
 
 One graph routes each payload (by ``case``) to a sub-graph: a chain, a fan-out, a node shared by
 three readers, a keyed and a seeded split, structured outputs, a batched node and failing nodes. It is deployed
-once per backend (one Ray for the module) and every payload's answer, or error (type, node,
+once per backend (on the Ray of tests/conftest.py shared_ray) and every payload's answer, or error (type, node,
 message), must match. Node calls are recorded in a file, so what ran is visible across processes.
 """
 
@@ -19,7 +19,6 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve import NodeError
-from dagserve.backends.ray.cluster import start_local_ray
 
 from .. import example_graphs as eg
 
@@ -106,21 +105,13 @@ def outcome(app: dagserve.App, payload: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def apps(shared_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("parity")
-    start_local_ray(num_cpus=2)
-    try:
-        local = dagserve.deploy(suite(base / "local.log"), backend="local")
-        ray_app = dagserve.deploy(suite(base / "ray.log"), backend="ray", ready_timeout_s=180)
-        yield {"local": local, "ray": ray_app, "logs": {"local": base / "local.log", "ray": base / "ray.log"}}
-        ray_app.shutdown()
-        local.shutdown()
-    finally:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+    local = dagserve.deploy(suite(base / "local.log"), backend="local")
+    ray_app = dagserve.deploy(suite(base / "ray.log"), backend="ray", ready_timeout_s=180)
+    yield {"local": local, "ray": ray_app, "logs": {"local": base / "local.log", "ray": base / "ray.log"}}
+    ray_app.shutdown()
+    local.shutdown()
 
 
 def recorded(path: Path) -> collections.Counter[str]:

@@ -1,4 +1,4 @@
-"""Composition on a real local Ray (issue 18), one Ray and one App for the module: ``map`` under
+"""Composition on a real local Ray (issue 18; conftest.py's shared one), one App for the module: ``map`` under
 load with batching (each item a call to the node's deployment), ``optional`` skipping a failing
 node, node-chosen statuses through the ingress, and an autoscaling config with Serve's own fields
 deployed. The logic is tested on the local backend (tests/runtime/test_composition.py)."""
@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException
 
 import dagserve
 from dagserve import NodeError, OptionsError
-from dagserve.backends.ray.cluster import start_local_ray
 from dagserve.backends.ray.serve_options import deployment_options
 from dagserve.runtime.executor import RequestContext
 
@@ -80,17 +79,9 @@ def graph() -> dagserve.Graph:
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[dagserve.App]:
-    import ray
-    from ray import serve
-
-    start_local_ray(num_cpus=2)
-    try:
-        with dagserve.deploy(graph(), backend="ray", ready_timeout_s=180) as app:
-            yield app
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def app(shared_ray: None) -> Iterator[dagserve.App]:
+    with dagserve.deploy(graph(), backend="ray", ready_timeout_s=180) as app:
+        yield app
 
 
 # -- without Ray ----------------------------------------------------------------------------------

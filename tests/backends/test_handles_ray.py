@@ -14,7 +14,6 @@ import pytest
 
 import dagserve
 from dagserve import HandleError, NodeError, RequestTimeoutError
-from dagserve.backends.ray.cluster import start_local_ray
 
 from .. import handle_graphs as hg
 
@@ -48,18 +47,10 @@ def _graphs() -> list[dagserve.Graph]:
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[dagserve.App]:
-    import ray
-    from ray import serve
-
-    start_local_ray(num_cpus=2)
-    try:
-        # ready_timeout_s: ten replicas start at once; a loaded 2-core machine may need minutes.
-        with dagserve.deploy(_graphs(), backend="ray", ready_timeout_s=300) as deployed:
-            yield deployed
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def app(shared_ray: None) -> Iterator[dagserve.App]:
+    # ready_timeout_s: ten replicas start at once; a loaded 2-core machine may need minutes.
+    with dagserve.deploy(_graphs(), backend="ray", ready_timeout_s=300) as deployed:
+        yield deployed
 
 
 def _named(app: dagserve.App, graph: str, cls: Any) -> str:

@@ -66,20 +66,12 @@ def ops_graph() -> dagserve.Graph:
 
 
 @pytest.fixture(scope="module")
-def ray_app() -> Iterator[dagserve.App]:
-    import ray
-    from ray import serve
-
-    ray.init(address="local", include_dashboard=False, num_cpus=2)
+def ray_app(shared_ray: None) -> Iterator[dagserve.App]:
+    app = dagserve.deploy(ops_graph(), backend="ray")
     try:
-        app = dagserve.deploy(ops_graph(), backend="ray")
-        try:
-            yield app
-        finally:
-            app.shutdown()
+        yield app
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        app.shutdown()
 
 
 class Load:

@@ -1,4 +1,4 @@
-"""Streaming on the Ray backend (one Ray for the module): a sync generator in its replica read by
+"""Streaming on the Ray backend (conftest.py's shared Ray): a sync generator in its replica read by
 an async generator in another (the stream goes replica to replica, through Serve's streaming
 handle until the reading replica's direct pool has connected, then over the direct transport;
 the last one to the ingress over the direct transport), and a generator read by the ingress
@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 import dagserve
-from dagserve.backends.ray.cluster import start_local_ray
 from dagserve.backends.ray.direct.protocol import STREAM_WINDOW
 
 from .. import stream_checks as sc
@@ -24,27 +23,14 @@ pytestmark = [pytest.mark.ray, pytest.mark.http]
 
 
 @pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    start_local_ray(num_cpus=2)
-    try:
-        yield
-    finally:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def served(ray_session: None) -> Iterator[tuple[dagserve.App, str]]:
+def served(shared_ray: None) -> Iterator[tuple[dagserve.App, str]]:
     with dagserve.deploy(sg.mixed, backend="ray", ready_timeout_s=180, request_timeout_s=3) as app:
         with BackgroundServer(app.asgi()) as url:
             yield app, url
 
 
 @pytest.fixture(scope="module")
-def single(ray_session: None) -> Iterator[tuple[dagserve.App, str]]:
+def single(shared_ray: None) -> Iterator[tuple[dagserve.App, str]]:
     """prepare -> produce_sync: the generator's stream goes straight to the ingress."""
     with dagserve.deploy(sg.sync_chain, backend="ray", ready_timeout_s=180) as app:
         with BackgroundServer(app.asgi()) as url:

@@ -128,8 +128,13 @@ def test_the_files_tracing_and_log_settings_apply_under_the_environment_and_flag
 ) -> None:
     from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 
-    monkeypatch.delenv(OTLP_ENDPOINT_ENV, raising=False)
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    # `dagserve run` sets OTLP_ENDPOINT_ENV in this process. setenv first records whether each
+    # variable was there, so that the end of the test restores that (delenv of a missing variable
+    # records nothing: the endpoint set here outlived the test, and every server the suite started
+    # later in a subprocess spent seconds at exit exporting its spans to it).
+    for name in (OTLP_ENDPOINT_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     config_file.write_text(
         CONFIG + "  log_format: json\n  stream_timeout: 42\n  otlp_endpoint: http://127.0.0.1:4318\n"
     )

@@ -146,23 +146,10 @@ def test_under_another_server_a_client_that_hangs_up_cancels_its_graph() -> None
 
 
 @pytest.fixture(scope="module")
-def ray_server() -> Iterator[str]:
-    from dagserve.backends.ray.cluster import start_local_ray
-
-    start_local_ray(num_cpus=2)
-    app = None
-    try:
-        app = dagserve.deploy(probe_graph("ray_hangup"), backend="ray", ready_timeout_s=180)
+def ray_server(shared_ray: None) -> Iterator[str]:
+    with dagserve.deploy(probe_graph("ray_hangup"), backend="ray", ready_timeout_s=180) as app:
         with BackgroundServer(dagserve.asgi_app(app)) as url:
             yield url
-    finally:
-        if app is not None:
-            app.shutdown()
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.mark.ray

@@ -106,7 +106,9 @@ def test_sigterm_drains_requests_in_flight_within_the_bound_then_tears_down() ->
             proc.wait(10)
 
 
-def test_a_taken_port_raises_and_tears_the_graphs_down(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_taken_port_raises_and_tears_the_graphs_down(shared_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the default backend, Ray: the suite's shared one (tests/conftest.py), where tearing the
+    # graph down deletes it from Serve, instead of a Ray started and stopped for this test alone.
     made: list[dagserve.App] = []
     real = srv.deploy
 
@@ -123,6 +125,9 @@ def test_a_taken_port_raises_and_tears_the_graphs_down(monkeypatch: pytest.Monke
         with pytest.raises(dagserve.DagserveError, match=f"could not start on 127.0.0.1:{port}"):
             dagserve.serve(g.typed(), port=port, log_level="critical")
     assert len(made) == 1 and made[0].closed
+    from ray import serve
+
+    assert "typed" not in serve.status().applications  # deleted from the Ray it ran on
 
 
 def test_one_backend_instance_cannot_run_several_graphs() -> None:

@@ -290,10 +290,7 @@ async def test_app_level_deadline_leaks_nothing_over_a_thousand_requests() -> No
 
 
 @pytest.fixture(scope="module")
-def ray_server() -> Iterator[str]:
-    from dagserve.backends.ray.cluster import start_local_ray
-
-    start_local_ray(num_cpus=2)
+def ray_server(shared_ray: None) -> Iterator[str]:
     apps: list[dagserve.App] = []
     try:
         apps.append(dagserve.deploy(probe_graph("ray_deadline"), backend="ray", request_timeout_s=DEADLINE_S, ready_timeout_s=180))
@@ -303,11 +300,6 @@ def ray_server() -> Iterator[str]:
     finally:
         for app in apps:
             app.shutdown()
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.mark.ray

@@ -71,23 +71,13 @@ class Counting:
 
 
 # ---------------------------------------------------------------------------------------------
-# One Ray per module, one deployed graph per backend
+# The shared Ray (tests/conftest.py), one deployed graph per backend
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    import ray
-    from ray import serve
-
-    from dagserve.backends.ray.cluster import start_local_ray
-
-    start_local_ray(num_cpus=2, log_to_driver=False)  # loopback-only, no dashboard
-    try:
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def ray_cluster(shared_ray: None) -> None:
+    """The shared local Ray of tests/conftest.py (loopback-only, no dashboard)."""
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.ray)])
