@@ -29,7 +29,7 @@ from dagserve.http.config import (
 from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
 from dagserve.http.protocol import check_server_options, run_server
 from dagserve.observe.logs import LOG_FORMATS, access_observer
-from dagserve.runtime.heap import settle_heap
+from dagserve.runtime.heap import settled_heap
 from dagserve.runtime.tracing import otlp_endpoint
 
 if TYPE_CHECKING:
@@ -157,22 +157,22 @@ def serve(
         web = create_app(_by_name(apps), config)
         warn_if_exposed(host, config.token)
         tracing = _traced(apps)
-        settle_heap()  # deployed, about to serve: no GC scans of what the process holds for good
         if log_format == "json":
             for app in apps:
                 if access_observer not in app.observers:
                     app.observers.append(access_observer)  # one dagserve.access record per request
-        run_server(
-            web,
-            host=host,
-            port=port,
-            header_timeout_s=header_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-            access_log=access_log,
-            log_level=log_level,
-            log_format=log_format,
-            on_ready=on_ready,
-        )
+        with settled_heap():  # deployed: while serving, no GC scans of what the process holds for good
+            run_server(
+                web,
+                host=host,
+                port=port,
+                header_timeout_s=header_timeout_s,
+                shutdown_timeout_s=shutdown_timeout_s,
+                access_log=access_log,
+                log_level=log_level,
+                log_format=log_format,
+                on_ready=on_ready,
+            )
     finally:
         if tracing is not None:
             tracing.shutdown()  # sends the spans still buffered

@@ -16,16 +16,20 @@ spikes), and the young collections another ~400 ms, about a quarter of the ingre
   objects instead of 700, so request bursts (each request allocates and frees its objects) do not
   trigger one every few requests; cyclic garbage is still collected, in bigger, rarer steps.
 
-Reference cycles in what the process creates later are collected as before. Set
+Replicas settle for good; ``dagserve.serve`` only while it serves (:func:`settled_heap`), so a
+process that goes on afterwards gets its collector back. Reference cycles in what the process
+creates later are collected as before. Set
 ``DAGSERVE_GC_TUNING=0`` to leave the collector as Python configures it. Standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+from collections.abc import Iterator
 
-__all__ = ["GC_ENV", "YOUNG_THRESHOLD", "settle_heap"]
+__all__ = ["GC_ENV", "YOUNG_THRESHOLD", "settle_heap", "settled_heap"]
 
 #: Environment variable: "0" leaves the garbage collector alone.
 GC_ENV = "DAGSERVE_GC_TUNING"
@@ -42,3 +46,18 @@ def settle_heap() -> bool:
     young, older, oldest = gc.get_threshold()
     gc.set_threshold(max(YOUNG_THRESHOLD, young), older, oldest)
     return True
+
+
+@contextlib.contextmanager
+def settled_heap() -> Iterator[None]:
+    """:func:`settle_heap` for a block (``dagserve.serve`` while it serves): afterwards the
+    collector is as it was, so a process that goes on after serving (a test, a script) is not
+    left with a frozen heap and other thresholds."""
+    thresholds = gc.get_threshold()
+    settled = settle_heap()
+    try:
+        yield
+    finally:
+        if settled:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dagserve.runtime.heap import GC_ENV, YOUNG_THRESHOLD, settle_heap
+from dagserve.runtime.heap import GC_ENV, YOUNG_THRESHOLD, settle_heap, settled_heap
 
 
 @pytest.fixture
@@ -45,4 +45,15 @@ def test_settle_heap_keeps_a_higher_threshold_and_can_be_turned_off(collector: N
     gc.set_threshold(700, 10, 10)
     monkeypatch.setenv(GC_ENV, "0")
     assert settle_heap() is False
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
+
+
+def test_settled_heap_gives_the_collector_back_afterwards(collector: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(GC_ENV, raising=False)
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    with pytest.raises(OSError):  # as dagserve.serve when the port is taken
+        with settled_heap():
+            assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == YOUNG_THRESHOLD
+            raise OSError("address in use")
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
