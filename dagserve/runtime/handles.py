@@ -226,9 +226,8 @@ class InProcessHandles:
 
     def args(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """A call step's arguments with live handles for the refs its templates hold."""
-        if not self.holds(step):
-            return args, kwargs
-        return self.resolve((args, kwargs))  # type: ignore[no-any-return]
+        args, kwargs, _ = self.call_args(step, args, kwargs)
+        return args, kwargs
 
     def call_args(
         self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -54,10 +54,12 @@ def settled_heap() -> Iterator[None]:
     collector is as it was, so a process that goes on after serving (a test, a script) is not
     left with a frozen heap and other thresholds."""
     thresholds = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()  # the caller's own freeze, if any, is left as it was
     settled = settle_heap()
     try:
         yield
     finally:
         if settled:
-            gc.unfreeze()
+            if not frozen_before:
+                gc.unfreeze()
             gc.set_threshold(*thresholds)

@@ -57,3 +57,12 @@ def test_settled_heap_gives_the_collector_back_afterwards(collector: None, monke
             assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == YOUNG_THRESHOLD
             raise OSError("address in use")
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
+
+
+def test_settled_heap_leaves_a_callers_own_freeze_frozen(collector: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(GC_ENV, raising=False)
+    gc.set_threshold(700, 10, 10)
+    gc.freeze()  # the calling process froze its heap itself
+    with settled_heap():
+        pass
+    assert gc.get_freeze_count() > 0 and gc.get_threshold() == (700, 10, 10)
