@@ -15,6 +15,7 @@ run: setup
 	$(PY) -m dagserve run $(GRAPH) --host $(HOST) --port $(PORT) --backend $(BACKEND)
 
 test: setup
+	@./scripts/setup.sh --test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Unit tests only (no Ray, no servers): seconds.

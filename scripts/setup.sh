@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Creates .venv and installs what is missing: the Debian packages (graphviz's `dot`; `wrk` for
-# benchmarks when asked) and the Python package with its dev extras. Safe to run again: it only
-# does work when something is missing or pyproject.toml changed.
+# benchmarks when asked; what the test suite drives for real with --test) and the Python package
+# with its dev extras. With --test it also creates .venv-clients, a second environment for the
+# protocol clients whose dependencies clash with Ray's (tritonclient pins protobuf<7; Ray 2.60's
+# Serve needs protobuf>=7.35). Safe to run again: it only does work when something is missing or a
+# requirements file changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+CLIENTS_VENV=${CLIENTS_VENV:-.venv-clients}
 PYTHON=${PYTHON:-python3}
+mode=${1:-}
+
+# Debian package -> the command that shows it is installed.
+declare -A bin_of=([graphviz]=dot [wrk]=wrk [redis-server]=redis-server [chromium]=chromium)
 want_debs=(graphviz)
-[[ "${1:-}" == "--bench" ]] && want_debs+=(wrk)
+[[ $mode == --bench ]] && want_debs+=(wrk redis-server)
+# What the suite runs for real: a Redis server (the jobs store), a headless Chromium (pages).
+[[ $mode == --test ]] && want_debs+=(redis-server chromium)
 
 missing=()
 for pkg in "${want_debs[@]}"; do
-  bin=$pkg; [[ $pkg == graphviz ]] && bin=dot
-  command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
+  command -v "${bin_of[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
@@ -31,4 +40,19 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
   touch "$stamp"
+fi
+
+if [[ $mode == --test ]]; then
+  # Protocol clients as users run them, in their own environment (tests/clients/requirements.txt).
+  reqs=tests/clients/requirements.txt
+  if [[ ! -x "$CLIENTS_VENV/bin/python" ]]; then
+    echo "setup: creating $CLIENTS_VENV (protocol clients for the tests)"
+    "$PYTHON" -m venv "$CLIENTS_VENV"
+  fi
+  cstamp="$CLIENTS_VENV/.clients-installed"
+  if [[ ! -f "$cstamp" || $reqs -nt "$cstamp" ]]; then
+    echo "setup: installing the protocol clients into $CLIENTS_VENV"
+    "$CLIENTS_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+    touch "$cstamp"
+  fi
 fi
