@@ -72,6 +72,9 @@ class RequestContext:
     trace: W3CTrace | None = None
     #: The request's span when traces are exported (observe/otel.py); ``None``: tracing costs nothing.
     span: RequestSpan | None = None
+    #: The door the request came in by ("python", "http", "oip", "grpc", "openai", "job", "batch"):
+    #: metrics, access records and spans carry it. Each door sets it when it builds the context.
+    protocol: str = "python"
 
 
 def select(value: Any, key: Any) -> Any:
