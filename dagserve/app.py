@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import (
     AppClosedError,
@@ -26,10 +26,8 @@ from dagserve.deploy_config import ConfigSource, compile_with_config
 from dagserve.graph import Graph
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
-from dagserve.runtime.handles import enter_request, leave_request
-from dagserve.runtime.request_id import reset_request_id, set_request_id
+from dagserve.runtime.scope import RequestObserver, RequestScope, RequestTracing
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
-from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
@@ -44,15 +42,6 @@ _UPDATE_FIELDS = frozenset(
     {"num_replicas", "autoscaling", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests",
      "max_queued_requests", "timeout_s", "retries", "num_cpus", "num_gpus", "memory", "resources"}
 )
-
-RequestObserver = Callable[["App", RequestContext, "BaseException | None", float], None]
-
-
-class RequestTracing(Protocol):
-    """Opens a request's span as it starts (``observe/otel.py``); an observer ends it."""
-
-    def begin(self, app: App, ctx: RequestContext) -> None: ...
-
 
 def deploy(
     graph: Graph | list[Graph] | tuple[Graph, ...],
@@ -242,25 +231,19 @@ class App:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
 
     async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
+        """Run one request through its scope (runtime/scope.py): every door ends up here or in
+        :meth:`_stream_items`."""
         if self._plan.streams:  # call/acall of a streaming graph: its items in a list
             return [item async for item in self._stream_items(payload, ctx, timeout_s, None)]
         if timeout_s is None:
             timeout, deadline = self.request_timeout_s, self._request_deadline()
         else:
             timeout, deadline = timeout_s, asyncio.timeout(timeout_s)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        scope = RequestScope(self, ctx, timeout)
         error: BaseException | None = None
-        self.in_flight += 1
-        # Node code and log records in this process see the request id (dagserve.current_request_id).
-        token = set_request_id(ctx.request_id)
-        if timeout is not None and ctx.deadline is None:
-            ctx.deadline = time.monotonic() + timeout  # handle calls carry it on (runtime/handles.py)
-        request = enter_request(ctx)
-        trace_token = set_trace(ctx.trace.traceparent if ctx.trace is not None else None)  # log records' trace_id
+        tokens = scope.activate()
         try:
-            if self.tracing is not None:
-                self.tracing.begin(self, ctx)
+            scope.begin()
             if timeout is None:
                 return await self._executor.run(payload, ctx)
             try:
@@ -280,14 +263,8 @@ class App:
             error = exc
             raise
         finally:
-            leave_request(request)
-            reset_request_id(token)
-            reset_trace(trace_token)
-            self.in_flight -= 1
-            if self.observers:
-                elapsed = loop.time() - start
-                for observe in self.observers:
-                    observe(self, ctx, error, elapsed)
+            scope.deactivate(tokens)
+            scope.end(error)
 
     # -- streaming (runtime/streaming.py) -------------------------------------------------------
     @property
@@ -323,29 +300,13 @@ class App:
                       stream_timeout_s: float | None) -> AsyncIterator[Any]:
         if not self._plan.streams:
             return _one(self._run(payload, ctx, timeout_s))
-        executor = self._executor
-        start = time.perf_counter()
-        opened = False
-
-        async def open_stream() -> Any:
-            nonlocal opened
-            opened = True
-            self.in_flight += 1
-            return await executor.run(payload, ctx)
-
-        def finish(error: BaseException | None) -> None:
-            if opened:
-                self.in_flight -= 1
-            for observe in self.observers:
-                observe(self, ctx, error, time.perf_counter() - start)
-
         ctx.item_observer = self.item_observer
+        timeout = self.request_timeout_s if timeout_s is None else timeout_s
         run = StreamRun(
-            open_stream,
-            ctx=ctx,
-            timeout_s=self.request_timeout_s if timeout_s is None else timeout_s,
+            functools.partial(self._executor.run, payload, ctx),
+            scope=RequestScope(self, ctx, timeout),
+            timeout_s=timeout,
             stream_timeout_s=self.stream_timeout_s if stream_timeout_s is None else stream_timeout_s,
-            finish=finish,
         )
         return run.items()
 

@@ -149,7 +149,7 @@ class Ingress:
                     payload = parse_json(body, max_depth=self.config.max_json_depth)
                 else:  # on a worker thread, so that the event loop keeps serving meanwhile
                     payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
-                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE))
+                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE), protocol="http")
                 if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
                     items = app.astream(payload, context=ctx)
                     first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))

@@ -95,6 +95,7 @@ def access_observer(app: App, ctx: RequestContext, error: BaseException | None, 
     extra: dict[str, Any] = {
         "request_id": ctx.request_id,
         "graph": app.name,
+        "protocol": ctx.protocol,
         "status": status,
         "outcome": outcome,
         "duration_ms": ms,

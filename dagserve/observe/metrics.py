@@ -12,7 +12,7 @@ One registry per process (:func:`default_metrics`); :func:`instrument` hangs an 
 What is exported (``graph`` is the graph's name, ``node`` a deployment's name as in ``App.status()``):
 
 ============================================  ====================================================
-``dagserve_requests_total``                   counter ``{graph, outcome}``: requests by outcome
+``dagserve_requests_total``                   counter ``{graph, outcome, protocol}``: requests by outcome and door
                                               (ok, client_error, node_error, timeout, overloaded,
                                               cancelled, error)
 ``dagserve_request_latency_seconds``          histogram ``{graph}``: whole-request latency
@@ -106,7 +106,7 @@ class Metrics:
         # Series live in plain dicts, keyed by their label values; _RequestCollector turns them into
         # Prometheus families at scrape time. One lock (_series_lock) guards them all.
         self._series_lock = threading.Lock()
-        self._requests: dict[tuple[str, ...], int] = {}  # (graph, outcome)
+        self._requests: dict[tuple[str, ...], int] = {}  # (graph, outcome, protocol)
         self._request_latency: dict[tuple[str, ...], list[float]] = {}  # (graph,)
         self._node_requests: dict[tuple[str, ...], int] = {}  # (graph, node, outcome)
         self._node_latency: dict[tuple[str, ...], list[float]] = {}  # (graph, node)
@@ -129,7 +129,7 @@ class Metrics:
             self._apps.append(app)
         with self._series_lock:  # zero series exist from the start, so rate() works at once
             for outcome in OUTCOMES:
-                self._requests.setdefault((app.name, outcome), 0)
+                self._requests.setdefault((app.name, outcome, "http"), 0)
         app.observers.append(_Observer(self))
         self.streams.hook(app)
         if trace_observer not in app.observers:  # request paths to "dagserve.trace" at DEBUG
@@ -169,7 +169,7 @@ class Metrics:
         # Nodes that failed under an ``optional`` get their outcome though the request went on.
         failed = _skipped_failures(ctx, nodes) if ctx.skipped else {}
         with self._series_lock:
-            key: tuple[str, ...] = (graph, outcome)
+            key: tuple[str, ...] = (graph, outcome, ctx.protocol)
             requests = self._requests
             requests[key] = requests.get(key, 0) + 1
             _observe(self._request_latency, (graph,), seconds)
@@ -258,7 +258,11 @@ class _RequestCollector:
 
     def _families(self) -> tuple[Metric, ...]:
         return (
-            CounterMetricFamily("dagserve_requests", "Requests served, by outcome.", labels=["graph", "outcome"]),
+            CounterMetricFamily(
+                "dagserve_requests",
+                "Requests served, by outcome and by the door they came in by (http, python, oip, grpc, openai, job ...).",
+                labels=["graph", "outcome", "protocol"],
+            ),
             HistogramMetricFamily(
                 "dagserve_request_latency_seconds",
                 "Whole-request latency, from the graph's input to its output.",

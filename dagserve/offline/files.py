@@ -367,7 +367,9 @@ def run_batch(
 
     start = time.perf_counter()
     last_flush = time.monotonic()
-    results = map_results(app, read_rows(input_path, fmt, skip=done), concurrency=concurrency, ordered=True, call=call)
+    results = map_results(
+        app, read_rows(input_path, fmt, skip=done), concurrency=concurrency, ordered=True, call=call, protocol="batch"
+    )
     try:
         for r in results:
             ok, line = encode_record(r.payload, r)

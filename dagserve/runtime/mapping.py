@@ -82,10 +82,12 @@ class _Dispatcher(Generic[T]):
         app: App,
         call: Callable[[T, RequestContext], Awaitable[Any]],
         out: queue.SimpleQueue[MapResult[T] | _Fatal],
+        protocol: str,
     ) -> None:
         self.app = app
         self.call = call
         self.out = out
+        self.protocol = protocol
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopped = False
 
@@ -99,7 +101,7 @@ class _Dispatcher(Generic[T]):
             task.add_done_callback(self.tasks.discard)
 
     async def _one(self, index: int, item: T) -> None:
-        ctx = RequestContext()
+        ctx = RequestContext(protocol=self.protocol)
         try:
             value = await self.call(item, ctx)
         except asyncio.CancelledError:
@@ -138,13 +140,15 @@ def map_results(
     concurrency: int = 64,
     ordered: bool = True,
     call: Callable[[T, RequestContext], Awaitable[Any]] | None = None,
+    protocol: str = "map",
 ) -> Iterator[MapResult[T]]:
     """Run ``app`` over ``payloads`` and yield one :class:`MapResult` per payload.
 
     ``payloads`` is read lazily from the calling thread: at most ``concurrency`` payloads run at
     once, and with ``ordered`` at most ``concurrency`` more finished ones wait for an earlier, slower
     one. Results come in input order when ``ordered``, else as they complete. ``call`` replaces
-    ``app.acall`` (the batch command uses it to turn unreadable input rows into error results).
+    ``app.acall`` (the batch command uses it to turn unreadable input rows into error results);
+    ``protocol`` names the door in each request's context (``"batch"`` for ``dagserve batch``).
 
     Must be iterated from a thread without a running event loop (like ``App.call``).
     """
@@ -164,7 +168,7 @@ def map_results(
         def call(payload: T, ctx: RequestContext) -> Awaitable[Any]:
             return app.acall(payload, context=ctx)
 
-    return _iterate(app, payloads, call, concurrency, ordered)
+    return _iterate(app, payloads, call, concurrency, ordered, protocol)
 
 
 def _iterate(
@@ -173,10 +177,11 @@ def _iterate(
     call: Callable[[T, RequestContext], Awaitable[Any]],
     concurrency: int,
     ordered: bool,
+    protocol: str,
 ) -> Iterator[MapResult[T]]:
     loop = app._home_loop(None)
     out: queue.SimpleQueue[MapResult[T] | _Fatal] = queue.SimpleQueue()
-    dispatcher = _Dispatcher(app, call, out)
+    dispatcher = _Dispatcher(app, call, out, protocol)
     source = iter(payloads)
     # Pulled but not yet yielded: bounded so memory stays flat however long the input is.
     limit = concurrency * 2 if ordered else concurrency

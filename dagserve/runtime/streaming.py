@@ -28,6 +28,8 @@ from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Step
+    from dagserve.runtime.scope import RequestScope
+    from dagserve.runtime.tracing import CallSpan
 
 # The executor's RequestContext and Runner (that module imports this one): what is used of them.
 RequestContext = Any
@@ -63,15 +65,27 @@ class Stream:
     errors pass as they are). ``aclose()`` stops the source.
     """
 
-    __slots__ = ("_closed", "_last", "_source", "_start", "items", "name", "observer")
+    __slots__ = ("_closed", "_last", "_source", "_span", "_start", "_timings", "items", "name", "observer")
 
-    def __init__(self, name: str, source: AsyncIterator[Any], observer: ItemObserver | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: AsyncIterator[Any],
+        observer: ItemObserver | None = None,
+        *,
+        span: CallSpan | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
         self.name = name
         self._source = source
         self._closed = False
         self._start = time.perf_counter()
         self._last: float | None = None
         self.observer = observer
+        # The node call's span (traces exported) and the request's timings: both get the whole
+        # stream's outcome and time when it ends, fails or is closed.
+        self._span = span
+        self._timings = timings
         #: Items read so far.
         self.items = 0
 
@@ -85,19 +99,23 @@ class Stream:
             item = await self._source.__anext__()
         except StopAsyncIteration:
             self._closed = True
+            self._ended(None)
             raise
-        except DagserveError:
+        except DagserveError as exc:
+            self._ended(exc)
             await self.aclose()
             raise
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            await self.aclose()
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
-            raise NodeError(
+            error = NodeError(
                 f"Node {self.name!r} raised {type(exc).__name__} while streaming (after {self.items} "
                 f"item(s)): {text}",
                 node=self.name,
                 error_type=type(exc).__name__,
-            ) from exc
+            )
+            self._ended(error)
+            await self.aclose()
+            raise error from exc
         now = time.perf_counter()
         if self.observer is not None:
             if self._last is None:
@@ -108,11 +126,21 @@ class Stream:
         self.items += 1
         return item
 
+    def _ended(self, error: BaseException | None) -> None:
+        """The stream's whole time and outcome, once: into the request's timings and its span."""
+        if self._timings is not None and self.name not in self._timings:
+            self._timings[self.name] = time.perf_counter() - self._start
+        span, self._span = self._span, None
+        if span is not None:
+            span.set("dagserve.items", self.items)
+            span.end(error)
+
     async def aclose(self) -> None:
         """Stop the source (idempotent); its generator stops at its next step."""
         if self._closed:
             return
         self._closed = True
+        self._ended(asyncio.CancelledError())  # closed before its end: cut short
         close = getattr(self._source, "aclose", None)
         if close is not None:
             try:
@@ -132,8 +160,9 @@ class Stream:
 
 def open_stream(runner: Runner, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Stream:
     """The :class:`Stream` of streaming step ``step`` (the executor's call for such a step)."""
+    span = ctx.span.call(step) if ctx.span is not None else None  # the runner reads it for the traceparent
     source = runner.stream(step, args, kwargs, ctx)  # type: ignore[attr-defined]
-    return Stream(step.name, source, getattr(ctx, "item_observer", None))
+    return Stream(step.name, source, ctx.item_observer, span=span, timings=ctx.timings)
 
 
 def iterate(produced: Any, pool: ThreadPool) -> AsyncIterator[Any]:
@@ -205,32 +234,33 @@ async def consume(call: Awaitable[Any], args: tuple[Any, ...], kwargs: dict[str,
 
 
 class StreamRun:
-    """One streaming request, as ``App.astream`` runs it.
+    """One streaming request, as ``App.astream`` runs it, in its :class:`RequestScope`.
 
     ``open`` runs the graph to its output stream (the executor); the request ``timeout_s`` bounds
-    that and the first item, ``stream_timeout_s`` the whole stream from the request's start.
-    ``finish(error)`` is called once, when the stream ends, fails or is closed.
+    that and the first item, ``stream_timeout_s`` the whole stream from the request's start. The
+    scope begins when the first item is asked for, is active around each step of the stream
+    (node code and log records see the request's id and trace), and ends once, when the stream
+    ends, fails or is closed.
     """
 
     def __init__(
         self,
         open: Callable[[], Awaitable[Stream]],  # noqa: A002 - the natural name
         *,
-        ctx: RequestContext,
+        scope: RequestScope,
         timeout_s: float | None,
         stream_timeout_s: float | None,
-        finish: Callable[[BaseException | None], None],
     ) -> None:
         self._open = open
-        self._ctx = ctx
+        self._scope = scope
+        self._ctx = scope.ctx
         self._timeout_s = timeout_s
         self._stream_timeout_s = stream_timeout_s
-        self._finish = finish
 
     async def items(self) -> AsyncIterator[Any]:
         """The items, in order; raises the stream's error (a timeout names the node)."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        scope = self._scope
+        start = asyncio.get_running_loop().time()  # asyncio's timeouts run on the loop's clock
         whole = None if self._stream_timeout_s is None else start + self._stream_timeout_s
         first = None if self._timeout_s is None else start + self._timeout_s
         if whole is not None and (first is None or whole < first):
@@ -238,13 +268,18 @@ class StreamRun:
         stream: Stream | None = None
         error: BaseException | None = None
         try:
+            tokens = scope.activate()
             try:
+                scope.begin()
                 async with asyncio.timeout_at(first):
                     stream = await self._open()
             except TimeoutError as exc:
                 raise self._timeout(exc, stream, first=True) from None
+            finally:
+                scope.deactivate(tokens)
             deadline, is_first = first, True
             while True:
+                tokens = scope.activate()
                 try:
                     async with asyncio.timeout_at(deadline):
                         item = await stream.__anext__()
@@ -252,6 +287,8 @@ class StreamRun:
                     return
                 except TimeoutError as exc:
                     raise self._timeout(exc, stream, first=is_first) from None
+                finally:
+                    scope.deactivate(tokens)
                 yield item
                 deadline, is_first = whole, False
         except BaseException as exc:
@@ -261,7 +298,7 @@ class StreamRun:
         finally:
             if stream is not None:
                 await stream.aclose()
-            self._finish(error)
+            scope.end(error)
 
     def _timeout(self, exc: TimeoutError, stream: Stream | None, *, first: bool) -> BaseException:
         if isinstance(exc, RequestTimeoutError):

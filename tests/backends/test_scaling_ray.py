@@ -208,8 +208,8 @@ def test_metrics_count_ray_traffic_and_batches(ray_app: dagserve.App) -> None:
     with pytest.raises(dagserve.RequestError):
         ray_app.call({"no_text": 1})
     after = _samples(metrics)
-    assert get(after, "dagserve_requests_total", outcome="ok") == 15
-    assert get(after, "dagserve_requests_total", outcome="client_error") == 1
+    assert get(after, "dagserve_requests_total", outcome="ok", protocol="python") == 15
+    assert get(after, "dagserve_requests_total", outcome="client_error", protocol="python") == 1
     for node in ("tokenize", "Classifier", "embed"):
         assert get(after, "dagserve_node_latency_seconds_count", node=node) == 15, node
     # Batch sizes come from the embed replica(s): every call was one item of some batch.

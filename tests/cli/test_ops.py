@@ -204,7 +204,9 @@ def test_metrics_over_http_match_the_traffic(server: Server) -> None:
     assert codes == [200] * 4 + [500] * 2 + [400]
     after = scrape()
     for outcome, n in {"ok": 4, "node_error": 2, "client_error": 1, "timeout": 0, "overloaded": 0}.items():
-        got = count(after, "dagserve_requests_total", outcome=outcome) - count(before, "dagserve_requests_total", outcome=outcome)
+        got = count(after, "dagserve_requests_total", outcome=outcome, protocol="http") - count(
+            before, "dagserve_requests_total", outcome=outcome, protocol="http"
+        )
         assert got == n, outcome
     calls = count(after, "dagserve_node_latency_seconds_count", node="Classifier") - count(
         before, "dagserve_node_latency_seconds_count", node="Classifier"

@@ -506,7 +506,7 @@ async def test_metrics_are_served_behind_the_graph_token(make: Make) -> None:
     assert_error(await c.get("/metrics"), 401, "Unauthorized")
     assert (await c.post("/", json={"x": 2}, headers={"authorization": "Bearer t"})).status_code == 200
     r = await c.get("/metrics", headers={"authorization": "Bearer t"})
-    assert r.status_code == 200 and 'dagserve_requests_total{graph="typed",outcome="ok"}' in r.text
+    assert r.status_code == 200 and 'dagserve_requests_total{graph="typed",outcome="ok",protocol="http"}' in r.text
 
 
 # -- building the ingress -----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ SLEEP_S = 2.0
 def cancelled_count(client: httpx.Client, graph: str) -> float:
     """``dagserve_requests_total{graph=..., outcome="cancelled"}`` from the server's /metrics."""
     text = client.get("/metrics").text
-    match = re.search(rf'^dagserve_requests_total\{{graph="{graph}",outcome="cancelled"\}} (\S+)$', text, re.M)
+    match = re.search(rf'^dagserve_requests_total\{{graph="{graph}",outcome="cancelled",protocol="http"\}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

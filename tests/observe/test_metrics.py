@@ -124,7 +124,10 @@ async def test_request_counts_by_outcome_match_the_traffic(routed: dagserve.App,
     m = samples(metrics.render().decode())
     expected = {"ok": 10, "client_error": 2, "node_error": 2, "timeout": 1, "overloaded": 1, "cancelled": 0, "error": 0}
     for outcome, n in expected.items():
-        assert value(m, "dagserve_requests_total", graph="routed", outcome=outcome) == n, outcome
+        labels = frozenset({"graph": "routed", "outcome": outcome, "protocol": "python"}.items())
+        assert m.get(("dagserve_requests_total", labels), 0) == n, outcome
+    # Zero series of every outcome exist from the start (for the server's door), so rate() works at once.
+    assert value(m, "dagserve_requests_total", graph="routed", outcome="cancelled", protocol="http") == 0
     assert value(m, "dagserve_request_latency_seconds_count", graph="routed") == 16
     assert value(m, "dagserve_request_latency_seconds_bucket", graph="routed", le="+Inf") == 16
 
@@ -223,7 +226,7 @@ def test_closed_apps_leave_the_gauges_but_keep_their_counters(metrics: Metrics) 
     app.call({"x": 1, "route": "ok"})
     app.shutdown()
     m = samples(metrics.render().decode())
-    assert value(m, "dagserve_requests_total", graph="routed", outcome="ok") == 1
+    assert value(m, "dagserve_requests_total", graph="routed", outcome="ok", protocol="python") == 1
     assert not [k for k in m if k[0] in ("dagserve_replicas", "dagserve_requests_in_flight")]
 
 
@@ -236,7 +239,7 @@ def test_the_process_registry_serves_every_instrumented_app() -> None:
     finally:
         app.shutdown()
     m = samples(text)
-    assert value(m, "dagserve_requests_total", graph="process_wide", outcome="ok") == 1
+    assert value(m, "dagserve_requests_total", graph="process_wide", outcome="ok", protocol="python") == 1
     assert "process_cpu_seconds_total" in text or "python_info" in text  # process metrics ride along
     assert CONTENT_TYPE.startswith("text/plain; version=")
 

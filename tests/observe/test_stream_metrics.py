@@ -26,4 +26,4 @@ def test_stream_series(tmp_path: Any) -> None:
         assert m[("dagserve_stream_item_gap_seconds_count", labels)] == 3
         assert m[("dagserve_stream_items_total", labels)] == 5
     assert m[("dagserve_streams_cancelled_total", frozenset({"graph": "chain"}.items()))] == 1
-    assert m[("dagserve_requests_total", frozenset({"graph": "chain", "outcome": "cancelled"}.items()))] == 1
+    assert m[("dagserve_requests_total", frozenset({"graph": "chain", "outcome": "cancelled", "protocol": "python"}.items()))] == 1

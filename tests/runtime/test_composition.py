@@ -319,7 +319,7 @@ async def test_skipped_nodes_are_counted_and_their_failure_keeps_its_outcome() -
         text = metrics.render().decode()
     assert 'dagserve_node_skipped_total{graph="counted",node="boom"} 3.0' in text
     assert 'dagserve_node_requests_total{graph="counted",node="boom",outcome="node_error"} 3.0' in text
-    assert 'dagserve_requests_total{graph="counted",outcome="ok"} 3.0' in text
+    assert 'dagserve_requests_total{graph="counted",outcome="ok",protocol="python"} 3.0' in text
 
 
 # -- node-chosen HTTP statuses ------------------------------------------------------------------------
