@@ -28,12 +28,13 @@ from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Step
-    from dagserve.runtime.scope import RequestScope
     from dagserve.runtime.tracing import CallSpan
 
-# The executor's RequestContext and Runner (that module imports this one): what is used of them.
+# The executor's RequestContext and Runner, and runtime/scope.py's RequestScope (both modules
+# import this one, directly or through the executor): what is used of them.
 RequestContext = Any
 Runner = Any
+RequestScope = Any
 
 __all__ = [
     "DEFAULT_STREAM_TIMEOUT_S",
