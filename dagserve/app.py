@@ -336,7 +336,7 @@ class App:
         The App stays yours: shut it down when your server stops.
         """
         # The HTTP layer, above this one; an App of several graphs serves each at its name.
-        return hooks.need("asgi_app")(list(self._graphs.values()) or self, **options)
+        return hooks.need("asgi_app")(self, **options)
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:

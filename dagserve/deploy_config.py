@@ -124,9 +124,9 @@ class DeployConfig(BaseModel):
                     f"Graphs: {', '.join(known)}."
                 )
 
-    def for_graph(self, name: str) -> DeployConfig:
-        """This config with only graph ``name``'s section (for one graph of several)."""
-        return self.model_copy(update={"graphs": {k: v for k, v in self.graphs.items() if k == name}})
+    def for_graph(self, *names: str) -> DeployConfig:
+        """This config with only the sections of the graphs ``names`` (those deployed of several)."""
+        return self.model_copy(update={"graphs": {k: v for k, v in self.graphs.items() if k in names}})
 
 
 #: What ``config=`` accepts: a path to a YAML file, a dict of the same shape, or a loaded config.

@@ -183,3 +183,7 @@ def shared_graphs() -> tuple[dagserve.Graph, dagserve.Graph, Any]:
     with dagserve.Input() as b:
         gb = dagserve.Graph({"b": counter(b["x"])}, name="gb")
     return ga, gb, counter
+
+
+#: ``dagserve run tests.handle_graphs:SHARED``: the two graphs sharing one Counter, as a list.
+SHARED = list(shared_graphs()[:2])

@@ -285,7 +285,8 @@ def _run(
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
-    names = ", ".join(a.name for a in apps)
+    served = [graph for app in apps for graph in (list(app.graphs.values()) or [app])]
+    names = ", ".join(a.name for a in served)
     token_file: list[Path] = []
 
     def announce(url: str) -> None:
@@ -294,7 +295,7 @@ def _run(
             path = write_token_file(host, urllib.parse.urlsplit(url).port or port, admin_token)
             token_file.append(path)
             click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
-        routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
+        routes = url if len(served) == 1 else ", ".join(f"{url}{a.name}" for a in served)
         click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
 
     try:
@@ -356,42 +357,32 @@ def _deploy_all(
     console: Console,
     config: DeployConfig | None = None,
 ) -> list[App]:
-    """Deploy each graph, showing per graph how many of its nodes run so far."""
+    """Deploy the graphs together, as ``dagserve.deploy([...])`` does (a node several graphs use
+    runs once), showing how many of their nodes run so far; one App per graph served."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dagserve._options import DEFAULT_BACKEND
     from dagserve.app import deploy
     from dagserve.backends import get_backend
 
-    apps: list[App] = []
-    try:
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
-            for graph in graphs:
-                task = progress.add_task(f"deploying {graph.name}", total=1)
-                be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
-                done = threading.Event()
-                # Deploy on the main thread (Ray wants it); watch the backend from a side thread.
-                watcher = threading.Thread(
-                    target=_watch,
-                    args=(be, graph.name, progress, task, done),
-                    name="dagserve-deploy-progress",
-                    daemon=True,
-                )
-                watcher.start()
-                try:
-                    app = deploy(graph, be, config=config and config.for_graph(graph.name), **deploy_options)
-                finally:
-                    done.set()
-                    watcher.join(2)
-                apps.append(app)
-                progress.update(task, description=f"[green]ready[/] {graph.name}: {_count(be)}", completed=1)
-    except BaseException:
-        for app in reversed(apps):
-            app.shutdown()
-        raise
-    return apps
+    names = ", ".join(g.name for g in graphs)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"deploying {names}", total=1)
+        be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
+        done = threading.Event()
+        # Deploy on the main thread (Ray wants it); watch the backend from a side thread.
+        watcher = threading.Thread(
+            target=_watch, args=(be, names, progress, task, done), name="dagserve-deploy-progress", daemon=True
+        )
+        watcher.start()
+        try:
+            chosen = config and config.for_graph(*(g.name for g in graphs))
+            app = deploy(graphs[0] if len(graphs) == 1 else graphs, be, config=chosen, **deploy_options)
+        finally:
+            done.set()
+            watcher.join(2)
+        progress.update(task, description=f"[green]ready[/] {names}: {_count(be)}", completed=1)
+    return [app]
 
 
 def _count(be: Backend) -> str:

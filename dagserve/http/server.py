@@ -141,20 +141,25 @@ def serve(
         debug=debug,
         allowed_hosts=served_hosts(host, token, allowed_hosts),
     )
-    if backend is not None and not isinstance(backend, str) and sum(isinstance(i, Graph) for i in items) > 1:
-        raise OptionsError(
-            "A backend instance runs one graph; pass the backend's name (e.g. backend='ray') to serve several."
-        )
     owned: list[App] = []  # deployed here, so shut down here
     tracing: Tracing | None = None
     try:
-        apps = [
-            item if isinstance(item, App) else _deployed(item, owned, backend, ready_timeout_s, request_timeout_s, backend_options)
-            for item in items
-        ]
+        graphs = [item for item in items if isinstance(item, Graph)]
+        if graphs:  # deployed together, like dagserve.deploy([...]): a node they share runs once
+            owned.append(
+                deploy(
+                    graphs[0] if len(graphs) == 1 else graphs,
+                    backend,
+                    ready_timeout_s=ready_timeout_s,
+                    request_timeout_s=request_timeout_s,
+                    **backend_options,
+                )
+            )
+        served = _by_name([item for item in items if isinstance(item, App)] + owned)
+        apps = list(served.values())
         from dagserve.http.ingress import create_app
 
-        web = create_app(_by_name(apps), config)
+        web = create_app(served, config)
         warn_if_exposed(host, config.token)
         tracing = _traced(apps)
         if log_format == "json":
@@ -195,19 +200,6 @@ def _traced(apps: list[App]) -> Tracing | None:
         tracing.install(app)
     logger.info("exporting traces over OTLP/HTTP to %s", endpoint)
     return tracing
-
-
-def _deployed(
-    graph: Graph,
-    owned: list[App],
-    backend: str | Backend | None,
-    ready_timeout_s: float,
-    request_timeout_s: float | None,
-    backend_options: dict[str, Any],
-) -> App:
-    app = deploy(graph, backend, ready_timeout_s=ready_timeout_s, request_timeout_s=request_timeout_s, **backend_options)
-    owned.append(app)
-    return app
 
 
 # -- helpers shared with the CLI ---------------------------------------------------------------------
@@ -251,14 +243,16 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _by_name(apps: App | Iterable[App]) -> dict[str, App]:
+    """Each graph served, by name: an App deployed from a list of graphs stands for each of them."""
     items = [apps] if isinstance(apps, App) else list(apps)
     out: dict[str, App] = {}
-    for app in items:
-        if not isinstance(app, App):
-            raise GraphError(f"asgi_app takes deployed Apps (from dagserve.deploy), got {app!r}.")
-        if app.name in out:
-            raise GraphError(f"Two Apps are named {app.name!r}; each needs its own name (its route is /<name>).")
-        out[app.name] = app
+    for given in items:
+        if not isinstance(given, App):
+            raise GraphError(f"asgi_app takes deployed Apps (from dagserve.deploy), got {given!r}.")
+        for app in given.graphs.values() or [given]:
+            if app.name in out:
+                raise GraphError(f"Two Apps are named {app.name!r}; each needs its own name (its route is /<name>).")
+            out[app.name] = app
     if not out:
         raise GraphError("asgi_app needs at least one App.")
     return out

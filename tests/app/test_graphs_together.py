@@ -43,6 +43,17 @@ def test_several_graphs_served_over_asgi_by_name() -> None:
         assert httpx.post(f"{url}gb", json={"x": 1}).json() == {"b": 2}
 
 
+@pytest.mark.http
+def test_asgi_app_of_an_app_of_several_graphs_routes_each_by_name() -> None:
+    import httpx
+
+    ga, gb, _ = hg.shared_graphs()
+    with dagserve.deploy([ga, gb], backend="local") as app, BackgroundServer(dagserve.asgi_app(app)) as url:
+        assert httpx.post(f"{url}ga", json=5).json() == {"a": 1}
+        assert httpx.post(f"{url}gb", json={"x": 1}).json() == {"b": 2}  # one Counter for both
+        assert [g["name"] for g in httpx.get(url).json()["graphs"]] == ["ga", "gb"]
+
+
 def test_graph_inside_graph_runs_and_errors_name_the_inner_graph() -> None:
     counter = hg.Counter()
     review = review_graph(counter)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import concurrent.futures
 import contextlib
 import logging
@@ -130,11 +132,26 @@ def test_a_taken_port_raises_and_tears_the_graphs_down(shared_ray: None, monkeyp
     assert "typed" not in serve.status().applications  # deleted from the Ray it ran on
 
 
-def test_one_backend_instance_cannot_run_several_graphs() -> None:
+def test_several_graphs_are_deployed_together_and_share_their_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like dagserve.deploy([...]): one App of both graphs, so a node they share runs once."""
     from dagserve.backends.local import LocalBackend
 
-    with pytest.raises(dagserve.OptionsError, match="A backend instance runs one graph"):
-        dagserve.serve([g.typed(), g.echoing()], backend=LocalBackend())
+    from .. import handle_graphs as hg
+
+    served: dict[str, Any] = {}
+
+    def run_server(web: Any, **kw: Any) -> None:  # serve "until stopped": call both graphs, then stop
+        served.update(web.state.dagserve.apps)
+        served["a"] = served["ga"].call(5)
+        served["b"] = served["gb"].call({"x": 1})
+
+    monkeypatch.setattr(srv, "run_server", run_server)
+    ga, gb, _ = hg.shared_graphs()
+    backend = LocalBackend()
+    dagserve.serve([ga, gb], backend=backend)  # a backend instance runs both
+    assert (served["a"], served["b"]) == ({"a": 1}, {"b": 2})  # one Counter: the count runs on
+    assert served["ga"].backend is served["gb"].backend is backend
+    assert served["ga"].closed and served["gb"].closed
 
 
 def test_apps_passed_in_stay_running(monkeypatch: pytest.MonkeyPatch) -> None:
