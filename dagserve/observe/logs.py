@@ -36,7 +36,7 @@ LOG_FORMATS = ("text", "json")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 # Fields of a record that JsonFormatter copies when present (set with ``extra=``).
-_FIELDS = ("graph", "status", "outcome", "duration_ms", "nodes", "route", "failed_node")
+_FIELDS = ("graph", "protocol", "status", "outcome", "duration_ms", "nodes", "route", "failed_node")
 
 
 class TraceIdFilter(RequestIdFilter):

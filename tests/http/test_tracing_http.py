@@ -31,9 +31,20 @@ def inc(x: int) -> int:
     return x + 1
 
 
+@dagserve.node
+async def upto(x: int) -> Any:
+    for i in range(x):
+        yield i
+
+
 def graph(name: str) -> dagserve.Graph:
     with dagserve.Input() as inp:
         return dagserve.Graph(inc(inc(inp["x"])), name=name)
+
+
+def stream_graph() -> dagserve.Graph:
+    with dagserve.Input() as inp:
+        return dagserve.Graph(upto(inc(inp["x"])), name="streamed")
 
 
 class Lines(logging.Handler):
@@ -53,20 +64,23 @@ def server() -> Iterator[tuple[str, InMemorySpanExporter, Lines]]:
     tracing = Tracing(exporter=exporter)
     plain = dagserve.deploy(graph("plain"), backend="local")
     traced = dagserve.deploy(graph("traced"), backend="local")
-    tracing.install(traced)
-    traced.observers.append(access_observer)
+    streamed = dagserve.deploy(stream_graph(), backend="local")
+    for app in (traced, streamed):
+        tracing.install(app)
+        app.observers.append(access_observer)
     lines = Lines()
     access = logging.getLogger(ACCESS_LOGGER)
     access.addHandler(lines)
     access.setLevel(logging.INFO)
     try:
-        with BackgroundServer(dagserve.asgi_app([plain, traced])) as url:
+        with BackgroundServer(dagserve.asgi_app([plain, traced, streamed])) as url:
             yield url, exporter, lines
     finally:
         access.removeHandler(lines)
         access.setLevel(logging.NOTSET)
         plain.shutdown()
         traced.shutdown()
+        streamed.shutdown()
         tracing.shutdown()
 
 
@@ -129,3 +143,30 @@ def test_exported_spans_have_the_ids_answered_and_the_access_record_its_trace(
     assert root.parent is None and f"{root.context.trace_id:032x}" == ids(fresh)[0]
     record = next(rec for rec in lines.records if rec["request_id"] == "tp-1")
     assert record["trace_id"] == TRACE and record["status"] == 200 and set(record["nodes"]) == {"inc", "inc#2"}
+
+
+def test_a_streamed_answer_is_traced_and_logged_like_a_plain_one(
+    server: tuple[str, InMemorySpanExporter, Lines],
+) -> None:
+    url, exporter, lines = server
+    exporter.clear()
+    before = len(lines.records)
+    r = httpx.post(
+        url + "streamed",
+        json={"x": 3},
+        headers={"accept": "text/event-stream", "traceparent": f"00-{TRACE}-{PARENT}-01"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.text.count("data:") >= 4  # items 0..3
+    trace_id, span_id, _ = ids(r)
+    assert trace_id == TRACE
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"request streamed", "node inc", "node upto"}
+    request = spans["request streamed"]
+    assert f"{request.context.span_id:016x}" == span_id and f"{request.parent.span_id:016x}" == PARENT
+    assert spans["node upto"].parent.span_id == request.context.span_id
+    assert spans["node upto"].attributes["dagserve.items"] == 4
+    (record,) = lines.records[before:]  # one access record for the whole stream
+    assert record["graph"] == "streamed" and record["protocol"] == "http" and record["trace_id"] == TRACE
+    assert record["status"] == 200 and set(record["nodes"]) == {"inc", "upto"}
+    assert record["duration_ms"] >= record["nodes"]["upto"] > 0
