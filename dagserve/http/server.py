@@ -146,15 +146,8 @@ def serve(
     try:
         graphs = [item for item in items if isinstance(item, Graph)]
         if graphs:  # deployed together, like dagserve.deploy([...]): a node they share runs once
-            owned.append(
-                deploy(
-                    graphs[0] if len(graphs) == 1 else graphs,
-                    backend,
-                    ready_timeout_s=ready_timeout_s,
-                    request_timeout_s=request_timeout_s,
-                    **backend_options,
-                )
-            )
+            timeouts = {"ready_timeout_s": ready_timeout_s, "request_timeout_s": request_timeout_s}
+            owned.append(deploy(graphs[0] if len(graphs) == 1 else graphs, backend, **timeouts, **backend_options))
         served = _by_name([item for item in items if isinstance(item, App)] + owned)
         apps = list(served.values())
         from dagserve.http.ingress import create_app

@@ -16,6 +16,7 @@ import pytest
 import dagserve
 from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
+from dagserve.backends.ray.header import CallHeader
 from dagserve.app import App
 from dagserve.backends.ray import serve_options
 from dagserve.backends.ray.backend import RayBackend
@@ -828,7 +829,7 @@ def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **option
 
     spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
     step = Step(0, name, "call", (), deployment=name, method="__call__")
-    return _Pending(handle, spec, step, ("__call__", name, "rid"), args, {}, ctx)
+    return _Pending(handle, spec, step, CallHeader("__call__", name, "rid"), args, {}, ctx)
 
 
 async def test_a_response_goes_whole_to_the_next_call() -> None:

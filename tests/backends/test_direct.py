@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dagserve import NodeError
+from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.direct import directory as _directory
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
@@ -29,7 +30,7 @@ from ..foreign_peer import foreign_peer, foreign_socket, needs_root
 
 
 class Replica:
-    """A replica's dispatch: ``(method, step, request id)`` header, node code by method name."""
+    """A replica's dispatch: a ``CallHeader``, node code by method name."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -48,7 +49,7 @@ class Replica:
             self.running -= 1
 
     async def _dispatch(self, header: Any, args: tuple[Any, ...]) -> Any:
-        method, step, _request_id = header
+        method, step = header.method, header.step
         self.started.append(args)
         if method == "echo":
             return (self.name, *args)
@@ -126,8 +127,8 @@ async def replicas(directory: str, *names: str, server: dict[str, Any] | None = 
             server.close()
 
 
-def header(method: str) -> tuple[str, str, str]:
-    return (method, "Step", "req-1")
+def header(method: str) -> CallHeader:
+    return CallHeader(method, "Step", "req-1")
 
 
 async def settle() -> None:

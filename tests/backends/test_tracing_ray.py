@@ -112,3 +112,33 @@ def test_replica_spans_are_children_of_the_node_call_spans(receiver: Receiver, d
         assert node.start_time <= replica.start_time_unix_nano <= replica.end_time_unix_nano <= node.end_time
     times = {a.key: a.value for a in by_parent[nodes["Times"].context.span_id.to_bytes(8, "big")].attributes}
     assert times["dagserve.batch_size"].int_value == 1
+
+
+@dagserve.node
+async def count_to(x: int) -> object:
+    for i in range(x):
+        yield [i, current_trace_id()]
+
+
+def test_a_stream_on_ray_exports_a_request_span_and_one_per_node(receiver: Receiver) -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter=exporter)
+    with dagserve.Input() as inp:
+        streamed = dagserve.Graph(count_to(Times(1)(inp)), name="traced_stream")
+    with dagserve.deploy(streamed, backend="ray", ready_timeout_s=180) as app:
+        tracing.install(app)
+        ctx = dagserve.RequestContext(trace=request_trace(f"00-{TRACE}-00f067aa0ba902b7-01"))
+
+        async def read() -> list[object]:
+            return [item async for item in app.astream(3, context=ctx)]
+
+        # The generator's replica sees the request's trace, as a plain call's replica does.
+        assert asyncio.run(read()) == [[0, TRACE], [1, TRACE], [2, TRACE]]
+    tracing.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"request traced_stream", "node Times", "node count_to"}
+    request = spans["request traced_stream"]
+    for node in ("Times", "count_to"):
+        assert spans[f"node {node}"].parent.span_id == request.context.span_id
+        assert spans[f"node {node}"].attributes["dagserve.outcome"] == "ok"
+    assert spans["node count_to"].attributes["dagserve.items"] == 3

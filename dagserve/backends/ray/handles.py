@@ -27,6 +27,7 @@ from dagserve.runtime.handles import (
     resolve_handles,
     time_left,
 )
+from dagserve.backends.ray.header import CallHeader
 from dagserve.runtime.request_id import current_request_id, new_request_id
 from dagserve.runtime.tracing import current_traceparent
 
@@ -56,19 +57,19 @@ class CallExtras:
 
 
 def enter_call(
-    header: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any], caller: ServeCaller
+    header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any], caller: ServeCaller
 ) -> tuple[tuple[Any, ...], dict[str, Any], contextvars.Token[Any] | None]:
     """In a replica, for one call: its handle refs made handles, its request made current (so
     handle calls from the node's code carry its id and deadline); the token undoes the latter."""
-    if len(header) < 5 or not header[4]:
+    extras = header.extras
+    if not extras:
         return args, kwargs, None
-    extras = header[4]
     if extras.get("handles"):
         args, kwargs = resolve_handles((args, kwargs), caller.make)
     from dagserve.runtime.executor import RequestContext
 
     left = extras.get("deadline_s")
-    ctx = RequestContext(request_id=header[2], deadline=None if left is None else time.monotonic() + left)
+    ctx = RequestContext(request_id=header.request_id, deadline=None if left is None else time.monotonic() + left)
     return args, kwargs, enter_request(ctx)
 
 
@@ -108,7 +109,7 @@ class ServeCaller:
         request_id = ctx.request_id if ctx is not None else (current_request_id() or new_request_id())
         left = time_left(ctx, name)
         extras = {"handles": holds_handles((args, kwargs)), "deadline_s": left}
-        header = (method, name, request_id, current_traceparent(), extras)
+        header = CallHeader(method, name, request_id, current_traceparent(), extras)
         response = self._handle(deployment).remote(header, *args, **kwargs)
         timeout = self._timeouts.get(deployment)
         return await bounded(response, name, request_id, left, timeout, unwrap=_cause, cancel=response.cancel)

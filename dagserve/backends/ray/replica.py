@@ -37,6 +37,7 @@ from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
+from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.batching import Batcher
@@ -57,7 +58,7 @@ LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
 
 #: What travels with every call: (method, step name, request id, W3C traceparent or None[, extras
 #: for handles: backends/ray/handles.py]).
-Header = tuple[Any, ...]
+Header = CallHeader
 
 # Upper bound on threads for sync node code per replica; threads start only when needed.
 _MAX_THREADS = 64
@@ -159,8 +160,8 @@ class ReplicaSpec:
 class NodeReplica:
     """The Serve deployment class behind every remote node.
 
-    Serve calls ``__call__(header, *args, **kwargs)``; ``header`` is ``(method, step name,
-    request id, traceparent)``. Extra constructor keywords (the handles Serve passes to an application's
+    Serve calls ``__call__(header, *args, **kwargs)``; ``header`` is a
+    :class:`~dagserve.backends.ray.header.CallHeader`. Extra constructor keywords (the handles Serve passes to an application's
     root deployment) are ignored.
     """
 
@@ -308,14 +309,14 @@ class NodeReplica:
 
     def _stream(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """A generator node's items, however the call came (Serve, or the direct transport)."""
-        return replica_stream(self._bound(header[0]), self._pool, header, args, kwargs, self._peers)
+        return replica_stream(self._bound(header.method), self._pool, header, args, kwargs, self._peers)
 
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
-        method, step, request_id = header[:3]
+        method, step, request_id, traceparent, _ = header
         args, kwargs = resolve_sources(args, kwargs, self._peers)  # streams it reads (backends/ray/streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
-        trace_token = set_trace(header[3] if len(header) > 3 else None)
+        trace_token = set_trace(traceparent)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
         try:
             batcher = self._batchers.get(method)
@@ -324,7 +325,7 @@ class NodeReplica:
             fn = self._bound(method)
             if method in self._spec.async_methods:
                 return await fn(*args, **kwargs)
-            if len(header) > 4 and header[4] and header[4].get("handles"):  # given handles: on a thread
+            if header.with_handles:  # given handles: on a thread
                 return await self._sync.call_with_handles(method, fn, *args, **kwargs)
             return await self._sync.call(method, fn, *args, **kwargs)
         except DagserveError as exc:
@@ -349,10 +350,10 @@ class NodeReplica:
         run = self._run
 
         async def traced(header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            traceparent = header[3] if len(header) > 3 else None
+            traceparent = header.traceparent
             if not traceparent:
                 return await run(header, args, kwargs)
-            span = spans.start(header[1], traceparent)
+            span = spans.start(header.step, traceparent)
             error: BaseException | None = None
             try:
                 return await run(header, args, kwargs)
@@ -360,7 +361,7 @@ class NodeReplica:
                 error = exc
                 raise
             finally:
-                batcher = self._batchers.get(header[0])
+                batcher = self._batchers.get(header.method)
                 # The batch this call was in has just finished: still the batcher's last one.
                 spans.end(span, error, batcher.batch_sizes[-1] if batcher is not None and batcher.batch_sizes else None)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
 from dagserve.backends.ray.direct_routing import direct_limits
+from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.handles import CallExtras
 from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
@@ -90,7 +91,7 @@ class _Pending:
         handle: Any,
         spec: DeploymentSpec,
         step: Step,
-        header: tuple[Any, ...],
+        header: CallHeader,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ctx: RequestContext | None = None,
@@ -421,10 +422,13 @@ class RayRunner:
             if self.handles is not None:
                 args, kwargs, holds = self.handles.call_args(step, args, kwargs)
             return b._local[name].call(step.method, args, kwargs, None, holds)  # type: ignore[arg-type]
-        header: tuple[Any, ...] = (step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
-        extras = self._extras(step, b._specs[name], ctx.deadline)
-        if extras is not None:
-            header += (extras,)
+        header = CallHeader(
+            step.method or "__call__",
+            step.name,
+            ctx.request_id,
+            call_traceparent(ctx),
+            self._extras(step, b._specs[name], ctx.deadline),
+        )
         pool = b._direct_pool(name)
         handle = None if pool is not None else b._handle(name)
         return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
@@ -434,7 +438,7 @@ class RayRunner:
         name: str = step.deployment  # type: ignore[assignment]
         if step.inline:
             return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
-        header = (step.method or "__call__", step.name, ctx.request_id)
+        header = CallHeader(step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
         b = self._backend
         spec = b._specs[name]
         pool = b._direct_pool(name)

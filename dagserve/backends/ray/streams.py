@@ -27,9 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError, NodeError
+from dagserve._errors import DagserveError
+from dagserve.backends.ray.header import CallHeader
+from dagserve.runtime.failures import node_failure
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import Stream, close_streams, iterate
+from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.backends.ray.direct_routing import DirectRouting
@@ -45,7 +48,7 @@ class StreamSource:
     """A stream another replica opens: ``deployment``'s streaming call with these arguments."""
 
     deployment: str
-    header: tuple[str, str, str]
+    header: CallHeader
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: The source node's direct pool bounds ``(max_ongoing, max_queued)`` when its calls may go
@@ -64,7 +67,7 @@ class RayStream:
         self,
         handle: Any,
         deployment: str,
-        header: tuple[str, str, str],
+        header: CallHeader,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         pool: Any = None,
@@ -87,19 +90,19 @@ class RayStream:
         if self._closed:
             raise StopAsyncIteration
         if self._gen is None:
-            args, kwargs = await _values(self.args, self.kwargs, self.header[1])
+            args, kwargs = await _values(self.args, self.kwargs, self.header.step)
             if self._pool is not None and self._pool.usable:  # credit-bounded: DirectStream
                 self._gen = self._pool.stream(self.header, args, kwargs)
             else:
                 self._gen = self._handle().options(method_name=STREAM_METHOD, stream=True).remote(
                     self.header, *args, **kwargs
                 )
-        return await _next(self._gen, self.header[1])
+        return await _next(self._gen, self.header.step)
 
     async def source(self) -> StreamSource:
         """This stream, for another replica to open (its arguments' values, resolved here)."""
         self._closed = True
-        args, kwargs = await _values(self.args, self.kwargs, self.header[1])
+        args, kwargs = await _values(self.args, self.kwargs, self.header.step)
         return StreamSource(self.deployment, self.header, args, kwargs, self._limits)
 
     async def aclose(self) -> None:
@@ -138,18 +141,13 @@ async def _next(gen: Any, step: str) -> Any:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, DagserveError):
             raise cause from exc
-        raise _node_error(step, cause if isinstance(cause, BaseException) else exc) from exc
+        raise node_failure(step, cause if isinstance(cause, BaseException) else exc) from exc
     except DagserveError:
         raise
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise _node_error(step, exc) from exc
-
-
-def _node_error(step: str, exc: BaseException) -> NodeError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
-    return NodeError(f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__)
+        raise node_failure(step, exc) from exc
 
 
 class _Opened:
@@ -161,7 +159,7 @@ class _Opened:
         from ray import serve
 
         app = serve.get_replica_context().app_name
-        self._step = source.header[1]
+        self._step = source.header.step
         pool = None
         if peers is not None and source.limits is not None:
             pool = peers.pool_for(source.deployment, app, source.limits)
@@ -187,7 +185,7 @@ class _Opened:
 def open_source(source: StreamSource, peers: DirectRouting | None = None) -> Stream:
     """The stream a :class:`StreamSource` names, opened from this replica (over ``peers``'s
     direct pools where they apply)."""
-    return Stream(source.header[1], _Opened(source, peers))
+    return Stream(source.header.step, _Opened(source, peers))
 
 
 def resolve_sources(
@@ -231,32 +229,35 @@ async def _as_source(a: Any, reader: str) -> Any:
 async def replica_stream(
     fn: Any,
     pool: ThreadPoolExecutor,
-    header: tuple[str, str, str],
+    header: CallHeader,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     peers: DirectRouting | None = None,
 ) -> AsyncIterator[Any]:
-    """Run generator node ``fn`` in a replica: its items, pulled one at a time; its failure as a
-    :class:`~dagserve.NodeError` naming the step; the streams it read closed when it ends
-    (``peers``: the replica's direct pools, for the streams it opens)."""
-    _method, step, request_id = header[:3]
+    """Run generator node ``fn`` in a replica: its items, pulled one at a time; its failure as the
+    typed error naming the step (:func:`~dagserve.runtime.failures.node_failure`, as for a call);
+    the streams it read closed when it ends (``peers``: the replica's direct pools, for the
+    streams it opens). The generator's code sees the request's id and trace at every step."""
+    step, request_id, traceparent = header.step, header.request_id, header.traceparent
     args, kwargs = resolve_sources(args, kwargs, peers)
-    token = set_request_id(request_id)
     source: Any = None
     try:
-        try:
-            source = iterate(fn(*args, **kwargs), pool)
-        finally:
-            reset_request_id(token)
         while True:
+            # Set around each step (an async generator's body runs in its reader's context).
+            token, trace_token = set_request_id(request_id), set_trace(traceparent)
             try:
+                if source is None:
+                    source = iterate(fn(*args, **kwargs), pool)
                 item = await source.__anext__()
             except StopAsyncIteration:
                 return
             except DagserveError:
                 raise
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                raise _node_error(step, exc) from exc
+                raise node_failure(step, exc) from exc
+            finally:
+                reset_trace(trace_token)
+                reset_request_id(token)
             yield item
     finally:
         if source is not None and hasattr(source, "aclose"):

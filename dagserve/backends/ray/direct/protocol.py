@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.direct.auth import AuthFailed, Handshake
 
 __all__ = [
@@ -112,7 +113,7 @@ def same_user(transport: asyncio.BaseTransport) -> bool:
 
 def step_of(header: Any) -> str:
     """The step name a call's header carries (``"?"`` when it cannot be read)."""
-    return header[1] if isinstance(header, tuple) and len(header) > 1 else "?"
+    return header.step if isinstance(header, CallHeader) else "?"
 
 
 def too_large(step: str, what: str, size: int, limit: int) -> BaseException:
