@@ -2,7 +2,7 @@
 
 Runs on the local backend in-process through click's runner, plus one real subprocess that is
 killed with SIGKILL half-way and then resumed. The Ray versions of the round trips and of resume
-are in test_offline.py, which shares its Ray with them; they use this module's graph and checks.
+are in tests/runtime/test_mapping.py, which shares its Ray with them; they use this module's graph and checks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve.cli.main import main
-from dagserve.offline.files import BatchError, recover, run_batch
+from dagserve.offline.files import recover
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = "tests.cli.test_cli_batch:graph"
@@ -253,20 +253,6 @@ def test_resume_against_a_shorter_input_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "already holds 5 records but" in result.output and "has only 3" in result.output
 
 
-def test_recover_cuts_back_to_the_first_gap_between_two_files(tmp_path: Path) -> None:
-    def rec(i: int, ok: bool) -> str:
-        return json.dumps({"index": i, "line": i + 1, "ok": ok}) + "\n"
-
-    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
-    # Record 2 (an error) never reached its file, though 3 and 4 reached theirs.
-    out.write_text(rec(0, True) + rec(1, True) + rec(3, True) + rec(4, True))
-    errors.write_text("")
-    assert recover([out, errors]) == (2, 0)
-    assert out.read_text() == rec(0, True) + rec(1, True)
-    errors.write_text(rec(2, False))
-    assert recover([out, errors]) == (3, 1)
-
-
 def _record(i: int, ok: bool = True) -> str:
     """A record as a run writes it, without its newline."""
     body = {"output": {"id": i, "upper": f"T{i}"}} if ok else {"error": {"type": "NodeError", "node": "measure"}}
@@ -307,15 +293,6 @@ def test_resume_keeps_a_whole_last_record_that_lacks_only_its_newline(tmp_path: 
     assert [r["output"]["id"] for r in records] == list(range(6))
 
 
-def test_recover_keeps_an_unterminated_last_record_of_the_errors_file(tmp_path: Path) -> None:
-    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
-    out.write_text(_record(0) + "\n" + _record(2) + "\n")
-    errors.write_text(_record(1, ok=False))
-    assert recover([out, errors]) == (3, 1)
-    assert errors.read_text() == _record(1, ok=False) + "\n"
-    assert out.read_text() == _record(0) + "\n" + _record(2) + "\n"
-
-
 def test_usage_errors(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", good(1))
     out = tmp_path / "out.jsonl"
@@ -328,18 +305,6 @@ def test_usage_errors(tmp_path: Path) -> None:
     r = batch(txt, "-o", out)
     assert r.exit_code == 2 and "Cannot tell the format" in r.output and "--format jsonl|csv|parquet" in r.output
     assert batch(txt, "-o", out, "--format", "jsonl").exit_code == 1  # {} lacks id and text
-
-
-def test_run_batch_summary_counts_and_node_shares(tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [*good(30), {"id": 30, "text": "boom"}])
-    with dagserve.deploy(graph, backend="local") as app:
-        s = run_batch(app, src, tmp_path / "out.jsonl", concurrency=16)
-        with pytest.raises(BatchError, match=r"already exists; pass --resume"):
-            run_batch(app, src, tmp_path / "out.jsonl")
-    assert (s.total, s.processed, s.succeeded, s.failed, s.total_failed) == (31, 31, 30, 1, 1)
-    assert s.throughput > 0 and not s.interrupted
-    shares = s.node_shares()
-    assert set(shares) == {"measure", "Upper"} and abs(sum(shares.values()) - 1) < 1e-9
 
 
 def test_the_docs_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
