@@ -217,11 +217,30 @@ class _CallSpan:
     def set(self, key: str, value: Any) -> None:
         self.span.set_attribute(key, value)
 
+    def activate(self) -> Any:
+        return _activate(self.span)
+
+    def deactivate(self, token: Any) -> None:
+        _deactivate(token)
+
     def end(self, error: BaseException | None = None, finished: float | None = None) -> None:
         if self._ended:
             return
         self._ended = True
         _end(self.span, error, finished)
+
+
+def _activate(span: Any) -> Any:
+    """``span`` made current in OpenTelemetry's context: what the user's own code opens nests under it."""
+    from opentelemetry import context, trace
+
+    return context.attach(trace.set_span_in_context(span))
+
+
+def _deactivate(token: Any) -> None:
+    from opentelemetry import context
+
+    context.detach(token)
 
 
 def _end(span: Any, error: BaseException | None, finished: float | None = None) -> None:
@@ -255,6 +274,12 @@ class _ReplicaSpans:
             kind=self._api.SpanKind.SERVER,
             attributes={"dagserve.node": step, "dagserve.replica": self.replica},
         )
+
+    def activate(self, span: Any) -> Any:
+        return _activate(span)
+
+    def deactivate(self, token: Any) -> None:
+        _deactivate(token)
 
     def end(self, span: Any, error: BaseException | None, batch_size: int | None) -> None:
         if batch_size is not None:

@@ -273,6 +273,7 @@ class Executor:
         cancelled = False
         failed: BaseException | None = None
         span = ctx.span.call(step) if ctx.span is not None else None  # a runner's call() reads it
+        current = span.activate() if span is not None else None  # the node's own spans nest under it
         try:
             pending = self.runner.call(step, args, kwargs, ctx)
             if self._pass[step.index]:
@@ -301,8 +302,10 @@ class Executor:
                 ctx.running.discard(name)
             if name not in ctx.timings:  # unless the runner recorded the call's own time (Runner)
                 ctx.timings[name] = time.perf_counter() - start
-            if span is not None and (failed is not None or not self._pass[step.index]):
-                span.end(failed)  # a call handed on un-awaited is ended by its runner, or with the request
+            if span is not None:
+                span.deactivate(current)
+                if failed is not None or not self._pass[step.index]:
+                    span.end(failed)  # a call handed on un-awaited is ended by its runner, or with the request
 
     async def _resolve(self, i: int, pending: Any, ctx: RequestContext) -> Any:
         name = self._steps[i].name

@@ -83,6 +83,13 @@ class CallSpan(Protocol):
         """End the span (first call wins): ``error`` the call's failure, ``finished`` a
         ``time.perf_counter()`` value when the call ended earlier than now."""
 
+    def activate(self) -> Any:
+        """Make this span the current OpenTelemetry span in this context, so that spans the
+        node's own code opens nest under it; returns a token for :meth:`deactivate`."""
+
+    def deactivate(self, token: Any) -> None:
+        """Undo :meth:`activate` (in the same context)."""
+
 
 class RequestSpan(Protocol):
     """The span of one request; the executor opens the node calls' spans from it."""
@@ -101,6 +108,12 @@ class ReplicaSpans(Protocol):
 
     def start(self, step: str, traceparent: str) -> Any:
         """A started span for a call of ``step`` whose ``traceparent`` came with it."""
+
+    def activate(self, span: Any) -> Any:
+        """Make ``span`` current in OpenTelemetry's context (the node's own spans nest under it)."""
+
+    def deactivate(self, token: Any) -> None:
+        """Undo :meth:`activate`."""
 
     def end(self, span: Any, error: BaseException | None, batch_size: int | None) -> None:
         """End a span :meth:`start` gave."""

@@ -173,3 +173,48 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+
+#: The user's own OpenTelemetry setup: spans go to their provider, not dagserve's.
+USER_SPANS = InMemorySpanExporter()
+
+
+def user_tracer() -> Any:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(USER_SPANS))
+    return provider.get_tracer("user.code")
+
+
+USER_TRACER = user_tracer()
+
+
+@dagserve.node
+async def with_own_span(x: int) -> int:
+    with USER_TRACER.start_as_current_span("user work"):
+        return x + 1
+
+
+@dagserve.node
+def sync_own_span(x: int) -> int:
+    with USER_TRACER.start_as_current_span("user sync work"):
+        return x * 2
+
+
+def test_spans_the_nodes_own_code_opens_nest_under_the_node_span() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter=exporter)
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(sync_own_span(with_own_span(inp)), name="nested")
+    with dagserve.deploy(g, backend="local") as app:
+        tracing.install(app)
+        assert app.call(1) == 4
+    tracing.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    user = {s.name: s for s in USER_SPANS.get_finished_spans()}
+    assert user["user work"].parent.span_id == spans["node with_own_span"].context.span_id
+    assert user["user sync work"].parent.span_id == spans["node sync_own_span"].context.span_id
+    assert user["user work"].context.trace_id == spans["request nested"].context.trace_id

@@ -354,6 +354,7 @@ class NodeReplica:
             if not traceparent:
                 return await run(header, args, kwargs)
             span = spans.start(header.step, traceparent)
+            current = spans.activate(span)  # the node's own spans nest under the replica's
             error: BaseException | None = None
             try:
                 return await run(header, args, kwargs)
@@ -361,6 +362,7 @@ class NodeReplica:
                 error = exc
                 raise
             finally:
+                spans.deactivate(current)
                 batcher = self._batchers.get(header.method)
                 # The batch this call was in has just finished: still the batcher's last one.
                 spans.end(span, error, batcher.batch_sizes[-1] if batcher is not None and batcher.batch_sizes else None)
