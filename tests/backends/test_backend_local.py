@@ -97,7 +97,7 @@ def test_a_fast_sync_node_ends_up_inline_and_a_slow_call_never_blocks_the_loop_f
     """Slow from the start: on threads, other requests go on. Proven fast: inline on the loop.
     Slow once inline: that one call ran on the loop, and the node is back on threads at once."""
     with dagserve.deploy(dagserve.Graph(sometimes_slow, name="sometimes"), backend="local") as app:
-        sync = app.backend._deployments["sometimes_slow"].replicas[0].sync  # type: ignore[attr-defined]
+        sync = app.backend._deployments["sometimes_slow"].replicas[0].host.sync  # type: ignore[attr-defined]
         slow, fast = _slow_beside_fast(app, 0.6)
         assert slow[0].startswith("dagserve-node") and fast[2] < slow[2]  # answered while it slept
         assert sync.mode("__call__") == "probing"
@@ -119,7 +119,7 @@ def test_inline_sync_option_forces_where_sync_code_runs() -> None:
                             where.options(name="on_threads", inline_sync=False)(inp)], name="forced")
     with dagserve.deploy(g, backend="local") as app:
         answers = [app.call(1) for _ in range(3 * PROMOTE_AFTER)]
-        modes = {n: app.backend._deployments[n].replicas[0].sync.modes() for n in ("on_loop", "on_threads")}  # type: ignore[attr-defined]
+        modes = {n: app.backend._deployments[n].replicas[0].host.sync.modes() for n in ("on_loop", "on_threads")}  # type: ignore[attr-defined]
     assert not any(a[0].startswith("dagserve-node") for a in answers)  # inline from the first call
     assert all(a[1].startswith("dagserve-node") for a in answers)
     assert modes == {"on_loop": {"__call__": "inline"}, "on_threads": {"__call__": "threads"}}

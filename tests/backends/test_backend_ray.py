@@ -435,6 +435,8 @@ def test_fractional_gpus_pack_four_to_a_gpu_and_a_fifth_is_reported_pending(ray_
     # A replica that never started holds its removal for the graceful-shutdown period: keep it short.
     quick = {"graceful_shutdown_timeout_s": 1.0}
     with dagserve.deploy(four, backend="ray", ready_timeout_s=120, **quick) as app:
+        # deploy returns once the node serves (one replica runs); the other three may still start.
+        wait_until(lambda: app.status().nodes["OnGpu"].running_replicas == 4, 120, "four 0.25 GPU replicas to run")
         node = app.status().nodes["OnGpu"]
         assert node.running_replicas == 4 and node.options == {"num_replicas": 4, "num_gpus": 0.25}
         assert app.call(3) == 3

@@ -123,6 +123,6 @@ def test_sync_code_holding_or_given_handles_never_runs_inline_on_the_loop() -> N
         assert first["sync"]["doubled"] == 6 and first["arg"] == 7
         for _ in range(40):  # more than the policy's fast calls needed to go inline
             assert app.call({"n": 3}, request_id="same") == first
-        assert [r.sync.modes() for r in app.backend._deployments["SyncUser"].replicas] == [{"__call__": "threads"}]
+        assert [r.host.sync.modes() for r in app.backend._deployments["SyncUser"].replicas] == [{"__call__": "threads"}]
         # Given a handle per call: each such call runs on a thread, so it never proves itself fast.
-        assert [r.sync.modes() for r in app.backend._deployments["use_handle"].replicas] == [{"__call__": "probing"}]
+        assert [r.host.sync.modes() for r in app.backend._deployments["use_handle"].replicas] == [{"__call__": "probing"}]

@@ -33,7 +33,7 @@ from dagserve._errors import DeployError
 from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.backends.base import Backend
-from dagserve.backends.local import _LocalDeployment
+from dagserve.runtime.node_host import InProcessNode
 from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.pool import DirectPool
@@ -132,7 +132,7 @@ class RayBackend(Backend):
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="dagserve-inline")
         self._plan: Plan | None = None
         self._specs: dict[str, DeploymentSpec] = {}
-        self._local: dict[str, _LocalDeployment] = {}
+        self._local: dict[str, InProcessNode] = {}
         self._versions: dict[str, int] = {}
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
@@ -168,7 +168,7 @@ class RayBackend(Backend):
         try:
             for spec in plan.deployments:
                 if spec.inline:
-                    self._local[spec.name] = _LocalDeployment(self._inline_handles.spec(spec), self._pool)
+                    self._local[spec.name] = InProcessNode(self._inline_handles.spec(spec), self._pool)
             if not plan.remote_deployments and self.ingress_replicas is None:
                 return  # every node runs inline in this process: Ray is not needed
             self._session = ray_cluster.acquire(self.address, **self._cluster_options)
@@ -212,7 +212,7 @@ class RayBackend(Backend):
         backend._deployed = backend._attached = True
         for spec in plan.deployments:
             if spec.inline:
-                backend._local[spec.name] = _LocalDeployment(backend._inline_handles.spec(spec), backend._pool)
+                backend._local[spec.name] = InProcessNode(backend._inline_handles.spec(spec), backend._pool)
         backend._direct.check()
         return backend
 
@@ -279,7 +279,7 @@ class RayBackend(Backend):
             self._specs[spec.name] = new
             self._direct.set_limits(spec.name, new.options, self._loop)
             if new.inline:
-                self._local[spec.name] = _LocalDeployment(self._inline_handles.spec(new), self._pool)
+                self._local[spec.name] = InProcessNode(self._inline_handles.spec(new), self._pool)
                 return
             new_code = replica_spec(old) != replica_spec(new)
             restart = new_code or actor_options(old) != actor_options(new)

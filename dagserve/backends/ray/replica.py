@@ -25,11 +25,10 @@ import inspect
 import logging
 import os
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from dagserve._errors import DagserveError, DeployError
 from dagserve._hooks import hooks
@@ -40,12 +39,12 @@ from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_
 from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.handles import ServeCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
-from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.heap import settle_heap
+from dagserve.runtime.node_host import NodeCode, NodeHost
 from dagserve.runtime.request_id import reset_request_id, set_request_id
-from dagserve.runtime.sync_calls import Mode, SyncCalls, sync_force
+from dagserve.runtime.sync_calls import Mode
 from dagserve.runtime.tracing import ReplicaSpans, reset_trace, set_trace
 
 log = logging.getLogger("dagserve.ray")
@@ -135,20 +134,10 @@ def _unwrap(obj: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ReplicaSpec:
-    """The part of a :class:`~dagserve.DeploymentSpec` a replica needs (no graph objects)."""
+class ReplicaSpec(NodeCode):
+    """What a replica needs: the node's code (:class:`~dagserve.runtime.node_host.NodeCode`, no
+    graph objects) and how the replica serves it."""
 
-    name: str
-    kind: Literal["model", "function"]
-    target: Any
-    methods: tuple[str, ...]
-    async_methods: frozenset[str]
-    init_args: tuple[Any, ...] = ()
-    init_kwargs: dict[str, Any] = field(default_factory=dict)
-    max_batch_size: int | None = None
-    batch_wait_timeout_s: float = 0.01
-    #: The node's ``inline_sync`` option: where its sync code runs (``None``: adaptive).
-    inline_sync: bool | None = None
     #: Also serve calls over a Unix socket for an ingress on this machine (``direct/``).
     direct: bool = True
     #: What the direct transport reads and sends per call (the ingress holds to the same).
@@ -177,33 +166,16 @@ class NodeReplica:
         self._caller = ServeCaller()
         with contextlib.suppress(RuntimeError):
             self._caller.bind(asyncio.get_running_loop())
-        self._sync = SyncCalls(spec.name, self._pool, force=sync_force(spec.inline_sync, spec))
-        if spec.kind == "model":
-            try:
-                init_args, init_kwargs = resolve_handles((spec.init_args, spec.init_kwargs), self._caller.make)
-                self._instance: Any = spec.target(*init_args, **init_kwargs)
-            except Exception as exc:
-                raise DeployError(
-                    f"Node {spec.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
-                ) from exc
-        else:
-            self._instance = None
-        self._batch_counts: Counter[int] = Counter()
-        self._batchers: dict[str, Batcher] = {}
-        if spec.max_batch_size is not None:
-            # dagserve's own batcher, not ``serve.batch``: Serve 2.60 forms the next batch as soon
-            # as its wait ends, even while the previous batch still holds the model, so under load
-            # batches stay at (arrival rate x wait) items instead of growing to max_batch_size.
-            # Ours forms a batch only when the previous one has finished (docs/ray.md#batching).
-            for method in spec.methods:
-                self._batchers[method] = Batcher(
-                    spec.name,
-                    functools.partial(self._run_batch, method),
-                    spec.max_batch_size,
-                    spec.batch_wait_timeout_s,
-                    on_batch=self._count_batch,
-                )
-        user_check = getattr(self._instance, "check_health", None) if self._instance is not None else None
+        # The node's code, instance and batchers: the one node host every backend wraps. Batching
+        # is dagserve's own batcher, not ``serve.batch``: Serve 2.60 forms the next batch as soon
+        # as its wait ends, even while the previous batch still holds the model, so under load
+        # batches stay at (arrival rate x wait) items instead of growing to max_batch_size. Ours
+        # forms a batch only when the previous one has finished (docs/ray.md#batching).
+        self._host = NodeHost(
+            spec, self._pool, resolve_init=lambda args, kwargs: resolve_handles((args, kwargs), self._caller.make)
+        )
+        instance = self._host.instance
+        user_check = getattr(instance, "check_health", None) if instance is not None else None
         self._user_check = user_check if callable(user_check) else None
         self._direct: ReplicaServer | None = None
         # Direct pools of its own, for the streams it reads from other nodes' replicas (streams.py).
@@ -309,7 +281,7 @@ class NodeReplica:
 
     def _stream(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """A generator node's items, however the call came (Serve, or the direct transport)."""
-        return replica_stream(self._bound(header.method), self._pool, header, args, kwargs, self._peers)
+        return replica_stream(self._host, header, args, kwargs, self._peers)
 
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
@@ -319,15 +291,7 @@ class NodeReplica:
         trace_token = set_trace(traceparent)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
         try:
-            batcher = self._batchers.get(method)
-            if batcher is not None:
-                return await batcher.submit(args[0])
-            fn = self._bound(method)
-            if method in self._spec.async_methods:
-                return await fn(*args, **kwargs)
-            if header.with_handles:  # given handles: on a thread
-                return await self._sync.call_with_handles(method, fn, *args, **kwargs)
-            return await self._sync.call(method, fn, *args, **kwargs)
+            return await self._host.call(method, args, kwargs, handles=header.with_handles)
         except DagserveError as exc:
             raise blame(exc, step)  # an HTTPError the node raised names it
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
@@ -363,25 +327,10 @@ class NodeReplica:
                 raise
             finally:
                 spans.deactivate(current)
-                batcher = self._batchers.get(header.method)
                 # The batch this call was in has just finished: still the batcher's last one.
-                spans.end(span, error, batcher.batch_sizes[-1] if batcher is not None and batcher.batch_sizes else None)
+                spans.end(span, error, self._host.last_batch_size(header.method))
 
         self._run = traced  # type: ignore[method-assign]
-
-    async def _run_batch(self, method: str, items: list[Any]) -> Any:
-        fn = self._bound(method)
-        if method in self._spec.async_methods:
-            return await fn(items)
-        return await self._sync.call_batch(method, fn, items)
-
-    def _count_batch(self, size: int) -> None:
-        self._batch_counts[size] += 1
-
-    def _bound(self, method: str) -> Any:
-        if self._instance is None:
-            return self._spec.target
-        return getattr(self._instance, method)
 
     # -- what Serve and the backend ask of a replica -------------------------------------------
     async def check_health(self) -> None:
@@ -396,11 +345,11 @@ class NodeReplica:
 
     def dagserve_batch_counts(self) -> dict[int, int]:
         """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
-        return dict(self._batch_counts)
+        return dict(self._host.batch_counts)
 
     def dagserve_sync_modes(self) -> dict[str, Mode]:
         """Where each sync method called so far runs next: probing, inline or threads (tests, diagnostics)."""
-        return self._sync.modes()
+        return self._host.sync.modes()
 
     def dagserve_replica_info(self) -> dict[str, Any]:
         """Where this replica runs: its process id and Ray node id; ``stream_peers``: per node whose

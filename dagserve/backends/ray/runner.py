@@ -28,7 +28,7 @@ from dagserve.runtime.replicas import QueueFull
 from dagserve.runtime.tracing import call_traceparent
 
 if TYPE_CHECKING:
-    from dagserve.backends.local import _LocalDeployment
+    from dagserve.runtime.node_host import InProcessNode
     from dagserve.compiler.plan import DeploymentSpec, Step
     from dagserve.runtime.executor import RequestContext
     from dagserve.runtime.tracing import CallSpan
@@ -389,7 +389,7 @@ class CallTargets(Protocol):
     """What the runner needs of the backend (:class:`~.backend.RayBackend`): where calls go."""
 
     _specs: dict[str, DeploymentSpec]
-    _local: dict[str, _LocalDeployment]
+    _local: dict[str, InProcessNode]
 
     def _direct_pool(self, name: str) -> DirectPool | None: ...
 

@@ -23,19 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError
+from dagserve._errors import DagserveError, NodeError
 from dagserve.backends.ray.header import CallHeader
 from dagserve.runtime.failures import node_failure
 from dagserve.runtime.request_id import reset_request_id, set_request_id
-from dagserve.runtime.streaming import Stream, close_streams, iterate
+from dagserve.runtime.streaming import Stream, close_streams
 from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.backends.ray.direct_routing import DirectRouting
+    from dagserve.runtime.node_host import NodeHost
 
 __all__ = ["STREAM_METHOD", "RayStream", "StreamSource", "open_source", "read_streams", "replica_stream", "resolve_sources"]
 
@@ -227,14 +227,13 @@ async def _as_source(a: Any, reader: str) -> Any:
 
 
 async def replica_stream(
-    fn: Any,
-    pool: ThreadPoolExecutor,
+    host: NodeHost,
     header: CallHeader,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     peers: DirectRouting | None = None,
 ) -> AsyncIterator[Any]:
-    """Run generator node ``fn`` in a replica: its items, pulled one at a time; its failure as the
+    """Run the generator node ``host`` holds in a replica: its items, pulled one at a time; its failure as the
     typed error naming the step (:func:`~dagserve.runtime.failures.node_failure`, as for a call);
     the streams it read closed when it ends (``peers``: the replica's direct pools, for the
     streams it opens). The generator's code sees the request's id and trace at every step."""
@@ -247,7 +246,7 @@ async def replica_stream(
             token, trace_token = set_request_id(request_id), set_trace(traceparent)
             try:
                 if source is None:
-                    source = iterate(fn(*args, **kwargs), pool)
+                    source = host.stream(header.method, args, kwargs)
                 item = await source.__anext__()
             except StopAsyncIteration:
                 return
