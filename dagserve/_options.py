@@ -130,6 +130,14 @@ class NodeOptions(BaseModel):
         floor = 2 * self.max_batch_size if self.max_batch_size else 0
         return max(DEFAULT_MAX_ONGOING_REQUESTS, floor)
 
+    def fixed_bounds(self) -> tuple[int, int | None] | None:
+        """``(max_ongoing, max_queued)`` per replica for a node with a fixed replica count, whose
+        callers may route its calls themselves (dagserve's direct transport); ``None`` for an
+        autoscaled node: Serve's autoscaler sees only the requests its own router sends."""
+        if self.autoscaling is not None or self.num_replicas == "auto":
+            return None
+        return self.effective_max_ongoing_requests, self.max_queued_requests
+
     def replica_range(self) -> tuple[int, int]:
         """(min, max) replicas this node may run."""
         if self.autoscaling is not None:

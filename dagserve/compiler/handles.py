@@ -27,10 +27,13 @@ __all__ = ["HandleRef", "add_handle_targets", "check_handle_cycles", "lower_hand
 @dataclass(frozen=True, slots=True)
 class HandleRef:
     """Where a handle goes: the deployment it calls (a template leaf and constructor argument),
-    and that deployment's ``timeout_s`` for callers in other processes (Ray replicas)."""
+    and for callers in other processes (Ray replicas) that deployment's ``timeout_s`` and, when
+    its replica count is fixed, its ``(max_ongoing, max_queued)`` bounds (its calls may then skip
+    Serve's router: ``NodeOptions.fixed_bounds``)."""
 
     deployment: str
     timeout_s: float | None = None
+    bounds: tuple[int, int | None] | None = None
 
 
 def _targets(value: Any) -> list[FunctionNode[Any] | ModelInstance]:
@@ -92,7 +95,7 @@ def lower_handles(value: Any, dep_of: dict[int, str]) -> Any:
 
     def lower(v: Any) -> Any:
         if isinstance(v, (FunctionNode, ModelInstance)):
-            return HandleRef(dep_of[id(v)], v.node_options.timeout_s)
+            return HandleRef(dep_of[id(v)], v.node_options.timeout_s, v.node_options.fixed_bounds())
         return v
 
     return map_leaves(value, lower)

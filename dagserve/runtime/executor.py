@@ -148,7 +148,14 @@ class Executor:
             and all(c is not None and _takes_whole(c, i) for c in consumers[i])
             for i, s in enumerate(steps)
         ]
-        self._timeouts = {s.index: plan.deployment(s.deployment).options.timeout_s for s in steps if s.kind == "call"}
+        # A node's timeout_s bounds its own call, from when its inputs are ready. A passthrough
+        # runner (Ray) times its remote calls itself, from when each is sent: the executor would
+        # start the clock when it hands a call over, before the upstream calls it takes whole end.
+        self._timeouts = {
+            s.index: None if runner.passthrough and not s.inline else plan.deployment(s.deployment).options.timeout_s
+            for s in steps
+            if s.kind == "call"
+        }
         # Per-step work that does not depend on the request, done once here, not per call.
         self._keep = [None if s.inline or s.kind != "call" else _whole_refs(s) for s in steps]
         self._inputs = [list(s.inputs) for s in steps]

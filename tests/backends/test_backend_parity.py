@@ -72,6 +72,9 @@ def suite(record_to: Path) -> dagserve.Graph:
                 {"stable": post(x), "canary": post(pre(x))}, {"stable": 50, "canary": 50}, seed=7, name="seeded"
             ),
             "timed": eg.doze(eg.nap(px, 0.2), 0.05),  # on Ray, nap's result goes to doze un-awaited
+            # A node's timeout_s counts its own call only, not the 1.5 s of the upstream call it
+            # takes whole (on Ray, handed to it un-awaited).
+            "slow_upstream": slow.options(name="guarded", timeout_s=1.0)(slow(px, 1.5), 0),
             "structured": {"scaled": scale3(px), "offset": scale3.offset(px), "pair": (px, [x, 7])},
             "batched": batch_double(x),
             "error": post(fail(px)),
@@ -89,6 +92,7 @@ PAYLOADS: list[dict[str, Any]] = [
     {"case": "lazy_b", "x": 5},
     *({"case": "split", "x": 10, "user": f"user-{i}"} for i in range(8)),
     {"case": "structured", "x": 1},
+    {"case": "slow_upstream", "x": 2},
     {"case": "batched", "x": 21},
     {"case": "error", "x": 1},
     {"case": "batch_error", "x": 1},
@@ -126,6 +130,7 @@ def test_every_payload_gives_the_same_answer_or_error(apps: dict[str, Any]) -> N
     by_case = {p.get("case"): o for p, o in zip(PAYLOADS, remote, strict=True)}
     assert by_case["chain"] == ("ok", {"y": 15})
     assert by_case["structured"] == ("ok", {"scaled": 6, "offset": 5, "pair": (2, [1, 7])})
+    assert by_case["slow_upstream"][0] == "ok", by_case["slow_upstream"]
     assert by_case["error"][:4] == ("error", "NodeError", "fail", "ValueError")
     assert by_case["error"][4] == "Node 'fail' raised ValueError: bad value 2"
     assert "returned 0 results for a batch of 1" in by_case["batch_error"][4]

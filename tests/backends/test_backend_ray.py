@@ -17,6 +17,7 @@ import dagserve
 from benchmarks.chaos import descendants
 from dagserve import DeployError, NodeError, OverloadedError, RequestTimeoutError
 from dagserve.backends.ray.header import CallHeader
+from dagserve.backends.ray.transports import ServeTransport
 from dagserve.app import App
 from dagserve.backends.ray import serve_options
 from dagserve.backends.ray.backend import RayBackend
@@ -363,7 +364,7 @@ def _sync_modes(app: dagserve.App, node: str) -> dict[str, str]:
     handle (the backend closes it), on the App's home loop where that handle's router runs."""
 
     async def ask() -> dict[str, str]:
-        handle = app.backend._handle(node)  # type: ignore[attr-defined]
+        handle = app.backend._serve_handles.transport(app.name, node).handle  # type: ignore[attr-defined]
         return await handle.options(method_name="dagserve_sync_modes").remote()  # type: ignore[no-any-return]
 
     return asyncio.run_coroutine_threadsafe(ask(), app._loop).result(timeout=30)  # type: ignore[arg-type]
@@ -831,7 +832,7 @@ def pending(handle: FakeHandle, name: str, *args: Any, ctx: Any = None, **option
 
     spec = dagserve.compile(dagserve.Graph(add_one.options(name=name, **options), name="g")).deployment(name)
     step = Step(0, name, "call", (), deployment=name, method="__call__")
-    return _Pending(handle, spec, step, CallHeader("__call__", name, "rid"), args, {}, ctx)
+    return _Pending(ServeTransport(handle), spec, step, CallHeader("__call__", name, "rid"), args, {}, ctx)
 
 
 async def test_a_response_goes_whole_to_the_next_call() -> None:

@@ -73,6 +73,34 @@ def test_handles_from_serve_replicas_and_inline_nodes(app: dagserve.App) -> None
     assert app.backend.transport(_named(app, "inline_holders", hg.Tools)) != "inline"
 
 
+def test_handle_calls_from_a_replica_take_the_direct_transport(app: dagserve.App) -> None:
+    """The holder's replica chooses its transport as the ingress does: its own direct pools once
+    they have connected (Serve's handles until then)."""
+    import asyncio
+    import time
+
+    from ray.serve.handle import DeploymentHandle
+
+    holder = _named(app, "fan_out", hg.FanOut)
+    callees = {_named(app, "fan_out", hg.Classifier), _named(app, "fan_out", hg.Tools)}
+
+    async def info() -> dict[str, Any]:
+        replica = DeploymentHandle(holder, app.backend._app_name)  # its router on this loop
+        return await replica.dagserve_replica_info.remote()  # type: ignore[no-any-return]
+
+    peers: dict[str, Any] = {}
+    for _ in range(60):  # the first calls open the pools, which connect in the background
+        assert app.call({"n": 2}, graph="fan_out")["fan"]["labels"] == ["c0", "c1"]
+        peers = asyncio.run(info())["direct_peers"]
+        if callees <= set(peers):
+            break
+        time.sleep(0.5)
+    assert {name: peers.get(name) for name in callees} == {name: {"local socket": 1} for name in callees}
+    # Through the direct transport, the results, errors and request ids are those through Serve.
+    out = app.call({"n": 3}, request_id="rid-direct", graph="fan_out")
+    assert out["fan"] == {"labels": ["c0", "c1", "c2"], "doubled": 6, "remote": 2, "rid": "rid-direct"}
+
+
 def test_callee_errors_timeout_and_deadline_through_handles(app: dagserve.App) -> None:
     tools = _named(app, "retry", hg.Tools)
     assert app.call({"x": 2}, graph="retry") == {"node": f"{tools}.fail", "error": "ValueError"}
@@ -82,6 +110,20 @@ def test_callee_errors_timeout_and_deadline_through_handles(app: dagserve.App) -
     assert 20 < app.call({"time_left": True}, timeout_s=30, graph="retry") <= 30
     with pytest.raises((HandleError, NodeError), match=r"blocks, and this code runs on an event loop's thread"):
         app.call(1, timeout_s=30, graph="on_loop")
+
+
+def test_a_callee_s_timeout_changed_by_update_reaches_the_replicas_holding_handles(app: dagserve.App) -> None:
+    """The Retrier's replica started with Tools's timeout_s=5 in its handle; the calls it gets
+    bring the timeout_s in force."""
+    tools = _named(app, "retry", hg.Tools)
+    app.call({"x": 1}, graph="retry")
+    try:
+        app.update(tools, timeout_s=0.5)
+        with pytest.raises(RequestTimeoutError, match=rf"Node '{tools}.slow' did not answer within its timeout_s=0.5"):
+            app.call({"slow": 20}, timeout_s=60, graph="retry")
+    finally:
+        app.update(tools, timeout_s=5.0)
+    assert app.call({"slow": 1}, graph="retry") == 1
 
 
 def test_batching_through_handles_under_load(app: dagserve.App) -> None:

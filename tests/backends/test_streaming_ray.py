@@ -86,8 +86,8 @@ def test_a_stream_read_replica_to_replica_goes_direct_and_a_slow_reader_holds_it
         assert list(app.stream({"n": 3})) == [0, 1, 2]
         info = asyncio.run(relay_info())
         assert info["gc_frozen"] > 10_000  # its start-up heap (Ray, Serve) is out of GC scans (runtime/heap.py)
-        peers = info["stream_peers"]
-        if peers and app.backend._direct_pool("relay") is not None:  # and the ingress's pool
+        peers = info["direct_peers"]
+        if peers and app.backend.transport("relay") == "direct":  # and the ingress's pool
             break
         time.sleep(0.5)
     assert peers == {"produce_sync": {"local socket": 1}}

@@ -22,8 +22,14 @@ def test_handles_compile_to_deployments_refs_and_calls_edges() -> None:
     assert plan.calls == (("FanOut", "Classifier"), ("FanOut", "Tools"), ("SyncUser", "Classifier"),
                           ("SyncUser", "Tools"), ("use_handle", "Tools"))
     fan = plan.deployment("FanOut")
-    assert fan.init_args == (HandleRef("Classifier"), {"t": HandleRef("Tools")})
-    assert plan.step("use_handle").args[1] == HandleRef("Tools")
+    # A ref carries what a caller in another process needs: the callee's timeout_s, and its
+    # (max_ongoing, max_queued) per replica while its replica count is fixed (it may go direct).
+    classifier = HandleRef("Classifier", bounds=(64, None))  # batched: max_ongoing >= 2 x max_batch_size
+    tools = HandleRef("Tools", bounds=(100, None))
+    assert fan.init_args == (classifier, {"t": tools})
+    assert plan.step("use_handle").args[1] == tools
+    autoscaled = dagserve.compile(hg.fan_out_graph(tools=hg.Tools().options(autoscaling={"max_replicas": 2})))
+    assert autoscaled.step("use_handle").args[1] == HandleRef("Tools", bounds=None)  # Serve routes its calls
     # A deployment reached through handles may be called on any of its public methods.
     assert set(plan.deployment("Tools").methods) == {"double", "request_id", "time_left", "fail", "slow"}
     assert plan.deployment("Tools").async_methods == frozenset({"request_id", "time_left", "slow"})
@@ -90,6 +96,16 @@ def test_callee_errors_timeouts_and_the_request_deadline_travel_through_handles(
         with pytest.raises(RequestTimeoutError) as info:
             app.call({"slow": 0.4}, timeout_s=0.1)
         assert info.value.node in ("Tools.slow", "Retrier")
+
+
+def test_a_callee_s_timeout_changed_by_update_reaches_the_handles_that_exist() -> None:
+    with dagserve.deploy(hg.retry_graph(timeout_s=0.5), backend="local") as app:
+        app.call({"x": 1})  # the Retrier's handle exists now
+        app.update("Tools", timeout_s=5.0)
+        assert app.call({"slow": 1}) == 1  # within the new 5 s, not the old 0.5 s
+        app.update("Tools", timeout_s=0.2)
+        with pytest.raises(RequestTimeoutError, match=r"Node 'Tools.slow' did not answer within its timeout_s=0.2"):
+            app.call({"slow": 3})
 
 
 def test_a_cycle_of_handles_is_a_compile_error() -> None:

@@ -36,11 +36,11 @@ from dagserve.backends.base import Backend
 from dagserve.runtime.node_host import InProcessNode
 from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
-from dagserve.backends.ray.direct.pool import DirectPool
 from dagserve.backends.ray.direct.protocol import DEFAULT_FRAME_TIMEOUT_S
-from dagserve.backends.ray.direct_routing import DirectRouting, frame_limits, on_loop_thread
+from dagserve.backends.ray.direct_routing import DirectRouting, direct_limits, frame_limits
 from dagserve.backends.ray.replica import NodeReplica
 from dagserve.backends.ray.runner import RayRunner
+from dagserve.backends.ray.transports import ServeHandles, Transport, choose_transport
 from dagserve.backends.ray.serve_options import (
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     DEFAULT_HEALTH_CHECK_PERIOD_S,
@@ -136,7 +136,7 @@ class RayBackend(Backend):
         self._versions: dict[str, int] = {}
         self._ingress_version = 1
         self._token = uuid.uuid4().hex[:8]
-        self._handles: dict[str, Any] = {}
+        self._serve_handles = ServeHandles(by_reference=pass_by_reference)
         #: Calls to fixed-size nodes skip Serve's router (``direct/``; across Ray nodes only with token auth).
         self.direct_transport = direct_transport
         self._direct = DirectRouting(direct_transport, self.frame_limits)
@@ -165,6 +165,7 @@ class RayBackend(Backend):
         self._app_name = plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
         self._runner.reads_streams = stream_readers(plan)  # backends/ray/streams.py
+        self._handle_timeouts()
         try:
             for spec in plan.deployments:
                 if spec.inline:
@@ -208,6 +209,7 @@ class RayBackend(Backend):
         backend._plan = plan
         backend._app_name = plan.graph_name
         backend._specs = {d.name: d for d in plan.deployments}
+        backend._handle_timeouts()
         backend._versions = dict(versions)
         backend._deployed = backend._attached = True
         for spec in plan.deployments:
@@ -225,7 +227,8 @@ class RayBackend(Backend):
                 return
             self._closed = True
         session, self._session = self._session, None
-        self._close_handles()
+        self._direct.close(self._loop)
+        self._serve_handles.close(self._loop)
         try:
             if self._deployed and session is not None and not self._attached:
                 last_owned = session.owned and session.users <= 1
@@ -244,9 +247,7 @@ class RayBackend(Backend):
         if loop is not self._loop and self._direct.pools:
             self._direct.close(self._loop)  # connections belong to the loop that opened them
         self._loop = loop
-        if self._handles and not _router_in_own_loop():
-            # Serve's router then lives on the loop that first used the handle: make new handles.
-            self._handles = {}
+        self._serve_handles.rebind()
 
     @property
     def runner(self) -> RayRunner:
@@ -278,6 +279,7 @@ class RayBackend(Backend):
         with self._lock:
             self._specs[spec.name] = new
             self._direct.set_limits(spec.name, new.options, self._loop)
+            self._handle_timeouts()
             if new.inline:
                 self._local[spec.name] = InProcessNode(self._inline_handles.spec(new), self._pool)
                 return
@@ -289,6 +291,13 @@ class RayBackend(Backend):
             self._ingress_version += 1  # ingress replicas hold the plan: give them the new one
             self._run_application()
         self._wait([spec.name], time.monotonic() + wait_s, what="updated", replaced=before)
+
+    def _handle_timeouts(self) -> None:
+        """What the calls to deployments holding handles carry: the ``timeout_s`` in force of
+        every deployment reached through handles (their replicas learn a change from the next call)."""
+        plan = self._plan
+        callees = {callee for _, callee in plan.calls} if plan is not None else set()
+        self._runner._extras.timeouts = {name: self._specs[name].options.timeout_s for name in callees}
 
     def replicas(self, node: str) -> list[dict[str, Any]]:
         """The node's live replicas as Serve reports them (``replica_id``, ``state``, ``pid``,
@@ -317,12 +326,13 @@ class RayBackend(Backend):
         return out
 
     # -- direct transport ----------------------------------------------------------------------
-    def _direct_pool(self, name: str) -> DirectPool | None:
-        """The node's direct pool when its calls may skip Serve's router, else ``None``
-        (``direct_routing.py`` says when). Runs on the App's event loop."""
-        if self._closed:
-            return None
-        return self._direct.pool(self._specs[name], self._app_name or "")
+    def _transport(self, name: str) -> Transport:
+        """The transport calls to remote node ``name`` take now (``transports.choose_transport``
+        picks: the direct transport where it applies, else Serve). Runs on the App's event loop."""
+        routing = None if self._closed else self._direct
+        limits = direct_limits(self._specs[name])
+        app = self._app_name or ""
+        return choose_transport(routing, name, app, limits, lambda: self._serve_handles.transport(app, name))
 
     def direct_options(self) -> dict[str, Any]:
         """The direct transport's settings, for a backend attached elsewhere (ingress replicas)."""
@@ -350,49 +360,6 @@ class RayBackend(Backend):
                 f"This App only calls graph {self._app_name!r}, which another process deployed; scale and "
                 "update it from the App that deployed it."
             )
-
-    def _handle(self, name: str) -> Any:
-        h = self._handles.get(name)
-        if h is None:
-            from ray.serve.handle import DeploymentHandle
-
-            # A handle of our own rather than Serve's cached one: its router may live on the App's
-            # loop, and we shut it down there (Serve's own teardown would try synchronously).
-            h = DeploymentHandle(name, self._app_name)
-            # On a cluster, replicas on this process's node first (busy ones: Serve takes the others).
-            h._init(_prefer_local_routing=True)
-            if self.pass_by_reference:
-                # Ray's actor transport: a response handed to the next call travels as an object
-                # reference, fetched by the next replica (by default Serve's gRPC transport
-                # resolves it here and sends the value on, which is faster on one machine).
-                h = h.options(_by_reference=True)
-            self._handles[name] = h
-        return h
-
-    def _close_handles(self) -> None:
-        self._direct.close(self._loop)
-        handles, self._handles = list(self._handles.values()), {}
-        if not handles:
-            return
-        if _router_in_own_loop():
-            for h in handles:
-                with contextlib.suppress(Exception):  # a router already gone needs no shutdown
-                    h.shutdown()
-            return
-        loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
-            return
-
-        async def close() -> None:
-            for h in handles:
-                with contextlib.suppress(Exception):  # a router already gone needs no shutdown
-                    await h.shutdown_async()
-
-        if on_loop_thread(loop):
-            loop.create_task(close())  # cannot block our own loop; it finishes on its own
-            return
-        with contextlib.suppress(Exception):  # best effort: the routers die with the process anyway
-            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
 
     def _run_application(self) -> None:
         """(Re)deploy the graph's Serve application; deployments whose version and options did not
@@ -564,7 +531,7 @@ class RayBackend(Backend):
             return _sum_counts(found)
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
-        handle = self._handles.get(name)
+        handle = self._serve_handles.made(name)
         if handle is None:
             return {}  # no request reached the node through this App yet: no batches either
         try:
@@ -586,13 +553,6 @@ def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
 _LOGGING = {"enable_access_log": False}
 #: How long deploy waits for an earlier application of the same name that is being deleted.
 _DELETING_WAIT_S = 30.0
-
-
-def _router_in_own_loop() -> bool:
-    """Does Serve run handle routers on a loop of their own (usable from any event loop)?"""
-    from ray.serve._private import constants
-
-    return bool(constants.RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP)
 
 
 def _in_event_loop() -> bool:

@@ -79,20 +79,13 @@ class DirectRouting:
         self.note: str | None = None  # why calls go through Serve although direct is on
         self.checked = 0.0
 
-    def pool(self, spec: DeploymentSpec, app_name: str) -> DirectPool | None:
-        """The node's direct pool when its calls may skip Serve's router, else ``None``.
-
-        The first call of an eligible node opens its pool, which connects in the background
-        (until then, and whenever no replica accepts calls, Serve routes them). Runs on the App's
-        event loop.
-        """
-        if self.cluster is None or not _direct_eligible(spec):
-            return None
-        return self.pool_for(spec.name, app_name, pool_limits(spec))
-
     def pool_for(self, name: str, app_name: str, limits: tuple[int, int | None]) -> DirectPool | None:
-        """:meth:`pool` for a direct-eligible node known by its name and its pool's
-        ``(max_ongoing, max_queued)`` (what a replica knows of a stream it reads)."""
+        """The usable pool of a node whose calls may skip Serve's router (``limits``: its pool's
+        ``(max_ongoing, max_queued)``), else ``None`` (``transports.choose_transport`` asks).
+
+        The first call opens the node's pool, which connects in the background (until then, and
+        whenever no replica accepts calls, Serve routes them). Runs on the caller's event loop.
+        """
         cluster = self.cluster
         if cluster is None:
             return None
@@ -139,7 +132,7 @@ class DirectRouting:
     def is_direct(self, spec: DeploymentSpec) -> bool:
         """Do the node's calls go direct now?"""
         pool = self.pools.get(spec.name)
-        return self.cluster is not None and _direct_eligible(spec) and pool is not None and pool.usable
+        return self.cluster is not None and direct_limits(spec) is not None and pool is not None and pool.usable
 
     def transport(self, spec: DeploymentSpec) -> tuple[str, dict[str, int]]:
         """How the node's calls travel now: ``"local socket"``, ``"cross-node"``, ``"mixed"``
@@ -255,19 +248,10 @@ def frame_limits(max_bytes: int | None, timeout_s: float) -> FrameLimits:
     return FrameLimits(max_bytes, float(timeout_s))
 
 
-def pool_limits(spec: DeploymentSpec) -> tuple[int, int | None]:
-    """A direct pool's ``(max_ongoing, max_queued)`` for the node's calls."""
-    return spec.options.effective_max_ongoing_requests, spec.options.max_queued_requests
-
-
 def direct_limits(spec: DeploymentSpec) -> tuple[int, int | None] | None:
-    """:func:`pool_limits` for a node whose calls may go direct, else ``None``."""
-    return pool_limits(spec) if _direct_eligible(spec) else None
-
-
-def _direct_eligible(spec: DeploymentSpec) -> bool:
-    """Fixed replica counts only: Serve's autoscaler sees just the requests its handles route."""
-    return spec.options.autoscaling is None and spec.options.num_replicas != "auto"
+    """A direct pool's ``(max_ongoing, max_queued)`` for a node whose calls may go direct (a fixed
+    replica count: Serve's autoscaler sees just the requests its handles route), else ``None``."""
+    return spec.options.fixed_bounds()
 
 
 def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

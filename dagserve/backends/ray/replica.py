@@ -37,7 +37,7 @@ from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.backends.ray.header import CallHeader
-from dagserve.backends.ray.handles import ServeCaller, enter_call
+from dagserve.backends.ray.handles import ReplicaCaller, enter_call
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
@@ -162,8 +162,11 @@ class NodeReplica:
         self._name = spec.name
         # Threads start only as sync calls need them; the bound keeps a burst from making hundreds.
         self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix=f"dagserve-{spec.name}")
-        # The deployments this node calls from its code: handles through Serve (handles.py).
-        self._caller = ServeCaller()
+        # Direct pools of its own: for the streams it reads from other nodes' replicas (streams.py)
+        # and the calls its code makes through handles (handles.py), as the ingress's calls go.
+        self._peers: DirectRouting | None = DirectRouting(True, spec.frames) if spec.direct else None
+        # The deployments this node calls from its code, over the transport chosen per call.
+        self._caller = ReplicaCaller(self._peers)
         with contextlib.suppress(RuntimeError):
             self._caller.bind(asyncio.get_running_loop())
         # The node's code, instance and batchers: the one node host every backend wraps. Batching
@@ -178,8 +181,6 @@ class NodeReplica:
         user_check = getattr(instance, "check_health", None) if instance is not None else None
         self._user_check = user_check if callable(user_check) else None
         self._direct: ReplicaServer | None = None
-        # Direct pools of its own, for the streams it reads from other nodes' replicas (streams.py).
-        self._peers: DirectRouting | None = DirectRouting(True, spec.frames) if spec.direct else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         if spec.otlp_endpoint:
@@ -352,8 +353,9 @@ class NodeReplica:
         return self._host.sync.modes()
 
     def dagserve_replica_info(self) -> dict[str, Any]:
-        """Where this replica runs: its process id and Ray node id; ``stream_peers``: per node whose
-        streams it reads over the direct transport, its connected replicas by transport;
+        """Where this replica runs: its process id and Ray node id; ``direct_peers``: per node it
+        reaches over the direct transport (the streams it reads, the calls its code makes through
+        handles), its connected replicas by transport;
         ``gc_frozen``: objects its start-up froze out of GC scans (runtime/heap.py). For tests and
         diagnostics."""
         import gc
@@ -363,7 +365,7 @@ class NodeReplica:
         pools = self._peers.pools if self._peers is not None else {}
         peers = {name: pool.transports() for name, pool in pools.items() if pool is not None and pool.usable}
         node = ray.get_runtime_context().get_node_id()
-        return {"pid": os.getpid(), "node_id": node, "stream_peers": peers, "gc_frozen": gc.get_freeze_count()}
+        return {"pid": os.getpid(), "node_id": node, "direct_peers": peers, "gc_frozen": gc.get_freeze_count()}
 
     def __del__(self) -> Any:
         """The end of Serve's graceful shutdown: finish the direct calls held (new ones have been

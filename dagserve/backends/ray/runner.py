@@ -17,8 +17,9 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import AppClosedError, DagserveError, NodeError, OverloadedError, RequestTimeoutError
-from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
+from dagserve.backends.ray.direct.pool import DirectCall, PoolClosed, ReplicaLost
 from dagserve.backends.ray.direct_routing import direct_limits
+from dagserve.backends.ray.transports import Transport
 from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.handles import CallExtras
 from dagserve.backends.ray.streams import RayStream, read_streams
@@ -76,32 +77,29 @@ class _Pending:
         "_watched",
         "args",
         "ctx",
-        "handle",
         "header",
         "kwargs",
-        "pool",
         "span",
         "spec",
         "step",
+        "transport",
         "upstream",
     )
 
     def __init__(
         self,
-        handle: Any,
+        transport: Transport,
         spec: DeploymentSpec,
         step: Step,
         header: CallHeader,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ctx: RequestContext | None = None,
-        pool: DirectPool | None = None,
     ) -> None:
         self.ctx = ctx
         # The node call's span when traces are exported (the executor opened it just now).
         self.span: CallSpan | None = ctx.span.calling if ctx is not None and ctx.span is not None else None
-        self.handle = handle
-        self.pool = pool
+        self.transport = transport
         self.spec = spec
         self.step = step
         self.header = header
@@ -115,11 +113,9 @@ class _Pending:
         self._finished: float | None = None
         self._watched = False
         # A node with timeout_s gets its inputs as values, so its replica starts on the call only
-        # once they are ready. (Its clock, here and in the executor, still runs from when the
-        # executor made the call: an upstream call handed to it whole counts toward its timeout_s,
-        # unlike on the local backend.)
+        # once they are ready; its clock starts then too (_result), as on the local backend.
         # A direct call sends values: a Serve response cannot travel over its socket.
-        self._wants_values = spec.options.timeout_s is not None or pool is not None
+        self._wants_values = spec.options.timeout_s is not None or not transport.takes_responses
         if all(u.passable for u in self.upstream) and not (self.upstream and self._wants_values):
             self._response = self._send(args, kwargs)
         else:
@@ -129,22 +125,22 @@ class _Pending:
     def passable(self) -> bool:
         """May this call's response go whole to the next call (no check needed here first)?"""
         o = self.spec.options
-        return self._response is not None and self.pool is None and not o.retries and o.timeout_s is None
+        return self._response is not None and self.transport.takes_responses and not o.retries and o.timeout_s is None
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._sent is None:  # a retry is part of the node's time
             self._sent = time.perf_counter()
-        if self.pool is not None:
+        if not self.transport.takes_responses:
             # Upstream calls were awaited before the first send (a retry finds them finished).
             args = tuple(_value(a) for a in args)
             if kwargs:
                 kwargs = {k: _value(v) for k, v in kwargs.items()}
-            return self.pool.call(self.header, args, kwargs)
-        args = tuple(_whole(a) for a in args)
-        if kwargs:
-            kwargs = {k: _whole(v) for k, v in kwargs.items()}
-        return self.handle.remote(self.header, *args, **kwargs)
+        else:
+            args = tuple(_whole(a) for a in args)
+            if kwargs:
+                kwargs = {k: _whole(v) for k, v in kwargs.items()}
+        return self.transport.call(self.header, args, kwargs)
 
     def _watch(self) -> None:
         """This call's response goes whole to the next call: note when its result is ready."""
@@ -164,7 +160,7 @@ class _Pending:
             if not isinstance(a, _Pending):
                 return a
             o = a.spec.options
-            if a.pool is not None or o.retries or o.timeout_s is not None or self._wants_values:
+            if not a.transport.takes_responses or o.retries or o.timeout_s is not None or self._wants_values:
                 return await a  # its value, checked (and retried) here
             await a.response()
             return a  # still passed whole
@@ -187,13 +183,20 @@ class _Pending:
         return self._task.__await__()
 
     async def _result(self) -> Any:
-        # The executor times the calls it awaits (the same timeout_s: whichever fires first raises
-        # the same error). A timed call whose every reader takes it whole is handed on un-awaited;
-        # only its reader's _send_later awaits it, so that call is timed here alone, from then.
+        # A node's timeout_s is applied here alone (the executor leaves a passthrough runner's
+        # remote calls to it), from when the call is sent, whoever awaits it.
         timeout = self.spec.options.timeout_s
         try:
             if timeout is None:
                 return await self._receive()
+            # The node's clock starts when the call is sent: its inputs (upstream calls it takes
+            # as values) are ready then, as on the local backend.
+            try:
+                await self.response()
+            except asyncio.CancelledError:
+                self._blame_upstream()
+                self.cancel()
+                raise
             try:
                 async with asyncio.timeout(timeout):
                     return await self._receive()
@@ -391,9 +394,7 @@ class CallTargets(Protocol):
     _specs: dict[str, DeploymentSpec]
     _local: dict[str, InProcessNode]
 
-    def _direct_pool(self, name: str) -> DirectPool | None: ...
-
-    def _handle(self, name: str) -> Any: ...
+    def _transport(self, name: str) -> Transport: ...
 
 
 class RayRunner:
@@ -429,17 +430,14 @@ class RayRunner:
             call_traceparent(ctx),
             self._extras(step, b._specs[name], ctx.deadline),
         )
-        pool = b._direct_pool(name)
-        handle = None if pool is not None else b._handle(name)
-        return _Pending(handle, b._specs[name], step, header, args, kwargs, ctx, pool)
+        return _Pending(b._transport(name), b._specs[name], step, header, args, kwargs, ctx)
 
     def stream(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RequestContext) -> Any:
-        """A generator node's items (Serve streaming handle; inline ones here)."""
+        """A generator node's items (opened on the first read, over the transport chosen then;
+        inline ones here)."""
         name: str = step.deployment  # type: ignore[assignment]
         if step.inline:
             return self._backend._local[name].stream(step.method, args, kwargs)  # type: ignore[arg-type]
         header = CallHeader(step.method or "__call__", step.name, ctx.request_id, call_traceparent(ctx))
         b = self._backend
-        spec = b._specs[name]
-        pool = b._direct_pool(name)
-        return RayStream(functools.partial(b._handle, name), name, header, args, kwargs, pool, direct_limits(spec))
+        return RayStream(functools.partial(b._transport, name), name, header, args, kwargs, direct_limits(b._specs[name]))

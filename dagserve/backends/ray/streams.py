@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, NodeError
 from dagserve.backends.ray.header import CallHeader
+from dagserve.backends.ray.transports import ServeTransport, Transport, choose_transport
 from dagserve.runtime.failures import node_failure
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import Stream, close_streams
@@ -37,10 +38,8 @@ if TYPE_CHECKING:
     from dagserve.backends.ray.direct_routing import DirectRouting
     from dagserve.runtime.node_host import NodeHost
 
-__all__ = ["STREAM_METHOD", "RayStream", "StreamSource", "open_source", "read_streams", "replica_stream", "resolve_sources"]
+__all__ = ["RayStream", "StreamSource", "open_source", "read_streams", "replica_stream", "resolve_sources"]
 
-#: The replica method streaming calls go to.
-STREAM_METHOD = "dagserve_stream"
 
 
 @dataclass(frozen=True)
@@ -65,16 +64,14 @@ class RayStream:
 
     def __init__(
         self,
-        handle: Any,
+        choose: Callable[[], Transport],
         deployment: str,
         header: CallHeader,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        pool: Any = None,
         limits: tuple[int, int | None] | None = None,
     ) -> None:
-        self._handle = handle
-        self._pool = pool  # the node's direct pool (direct/pool.py), when its calls may take it
+        self._choose = choose  # the transport the stream takes, chosen when it opens
         self._limits = limits  # its bounds, for a replica that opens this stream (StreamSource)
         self.deployment = deployment
         self.header = header
@@ -91,12 +88,7 @@ class RayStream:
             raise StopAsyncIteration
         if self._gen is None:
             args, kwargs = await _values(self.args, self.kwargs, self.header.step)
-            if self._pool is not None and self._pool.usable:  # credit-bounded: DirectStream
-                self._gen = self._pool.stream(self.header, args, kwargs)
-            else:
-                self._gen = self._handle().options(method_name=STREAM_METHOD, stream=True).remote(
-                    self.header, *args, **kwargs
-                )
+            self._gen = self._choose().stream(self.header, args, kwargs)  # direct: credit-bounded
         return await _next(self._gen, self.header.step)
 
     async def source(self) -> StreamSource:
@@ -160,16 +152,11 @@ class _Opened:
 
         app = serve.get_replica_context().app_name
         self._step = source.header.step
-        pool = None
-        if peers is not None and source.limits is not None:
-            pool = peers.pool_for(source.deployment, app, source.limits)
-        if pool is not None:
-            self._gen: Any = pool.stream(source.header, source.args, source.kwargs)
-            return
-        handle = serve.get_deployment_handle(source.deployment, app)
-        self._gen = handle.options(method_name=STREAM_METHOD, stream=True).remote(
-            source.header, *source.args, **source.kwargs
+        transport = choose_transport(
+            peers, source.deployment, app, source.limits,
+            lambda: ServeTransport(serve.get_deployment_handle(source.deployment, app)),
         )
+        self._gen: Any = transport.stream(source.header, source.args, source.kwargs)
 
     def __aiter__(self) -> _Opened:
         return self

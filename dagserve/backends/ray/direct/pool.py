@@ -280,7 +280,12 @@ def _submit(call: DirectCall, conn: _ClientConn) -> None:
 
 
 class DirectPool:
-    """The ingress side of one node's replicas on this machine (lives on one event loop)."""
+    """The caller's side of one node's replicas (lives on one event loop): dagserve's direct
+    transport, a :class:`~dagserve.backends.ray.transports.Transport`."""
+
+    kind = "direct"
+    #: Its calls take values: another call's Serve response cannot travel over its sockets.
+    takes_responses = False
 
     def __init__(
         self,
