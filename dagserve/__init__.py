@@ -50,7 +50,7 @@ from dagserve._errors import (
 )
 from dagserve._options import Autoscaling, NodeOptions
 from dagserve._version import __version__ as __version__
-from dagserve.app import App, deploy
+from dagserve.app import App, AppGroup, deploy
 from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import Graph, Input, map, node, optional, split, switch
@@ -90,6 +90,7 @@ _wire()
 __all__ = [
     "App",
     "AppClosedError",
+    "AppGroup",
     "AppStatus",
     "Autoscaling",
     "CompileError",

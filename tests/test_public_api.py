@@ -10,6 +10,7 @@ import dagserve
 EXPECTED = [
     "App",
     "AppClosedError",
+    "AppGroup",
     "AppStatus",
     "Autoscaling",
     "CompileError",

@@ -54,7 +54,7 @@ from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dagserve.app import App
+    from dagserve.app import App, AppGroup
     from dagserve.backends import Backend
     from dagserve.deploy_config import DeployConfig
 
@@ -285,7 +285,7 @@ def _run(
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
-    served = [graph for app in apps for graph in (list(app.graphs.values()) or [app])]
+    served = [graph for app in apps for graph in (list(app.graphs.values()) or [app])]  # a group: each graph
     names = ", ".join(a.name for a in served)
     token_file: list[Path] = []
 
@@ -356,7 +356,7 @@ def _deploy_all(
     deploy_options: dict[str, Any],
     console: Console,
     config: DeployConfig | None = None,
-) -> list[App]:
+) -> list[App | AppGroup]:
     """Deploy the graphs together, as ``dagserve.deploy([...])`` does (a node several graphs use
     runs once), showing how many of their nodes run so far; one App per graph served."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

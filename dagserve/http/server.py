@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import GraphError, OptionsError
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
-from dagserve.app import App, deploy
+from dagserve.app import App, AppGroup, deploy
 from dagserve.graph import Graph
 from dagserve.http.config import (
     ADMIN_TOKEN_ENV,
@@ -41,7 +41,7 @@ __all__ = ["asgi_app", "check_unique_names", "resolve_token", "serve"]
 logger = logging.getLogger("dagserve.serve")
 
 def asgi_app(
-    apps: App | Iterable[App],
+    apps: App | AppGroup | Iterable[App | AppGroup],
     *,
     token: str | None = None,
     admin_token: str | None = None,
@@ -85,7 +85,7 @@ def asgi_app(
 
 
 def serve(
-    graph_or_graphs: Graph | App | Iterable[Graph | App],
+    graph_or_graphs: Graph | App | AppGroup | Iterable[Graph | App | AppGroup],
     host: str = "127.0.0.1",
     port: int = 8000,
     backend: str | Backend | None = None,
@@ -148,7 +148,7 @@ def serve(
         if graphs:  # deployed together, like dagserve.deploy([...]): a node they share runs once
             timeouts = {"ready_timeout_s": ready_timeout_s, "request_timeout_s": request_timeout_s}
             owned.append(deploy(graphs[0] if len(graphs) == 1 else graphs, backend, **timeouts, **backend_options))
-        served = _by_name([item for item in items if isinstance(item, App)] + owned)
+        served = _by_name([item for item in items if not isinstance(item, Graph)] + owned)
         apps = list(served.values())
         from dagserve.http.ingress import create_app
 
@@ -205,7 +205,7 @@ def resolve_token(token: str | None, env: str) -> str | None:
     return token or None
 
 
-def check_unique_names(items: Iterable[Graph | App]) -> None:
+def check_unique_names(items: Iterable[Graph | App | AppGroup]) -> None:
     """:class:`GraphError` naming any graph name given twice: served together, each graph needs its
     own route. Checked before anything is deployed."""
     names = [i.name for i in items]
@@ -218,7 +218,7 @@ def check_unique_names(items: Iterable[Graph | App]) -> None:
 
 
 def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (Graph, App)):
+    if isinstance(value, (Graph, App, AppGroup)):
         return [value]
     if isinstance(value, Mapping) or isinstance(value, (str, bytes)):
         raise GraphError(f"dagserve.serve takes a Graph, an App or a list of them, got {type(value).__name__}.")
@@ -229,20 +229,20 @@ def _as_list(value: Any) -> list[Any]:
     if not items:
         raise GraphError("dagserve.serve got an empty list; give it at least one Graph.")
     for item in items:
-        if not isinstance(item, (Graph, App)):
+        if not isinstance(item, (Graph, App, AppGroup)):
             raise GraphError(f"dagserve.serve takes Graphs or Apps, got {item!r} in the list.")
     check_unique_names(items)
     return items
 
 
-def _by_name(apps: App | Iterable[App]) -> dict[str, App]:
-    """Each graph served, by name: an App deployed from a list of graphs stands for each of them."""
-    items = [apps] if isinstance(apps, App) else list(apps)
+def _by_name(apps: App | AppGroup | Iterable[App | AppGroup]) -> dict[str, App]:
+    """Each graph served, by name: an AppGroup (graphs deployed together) stands for each of them."""
+    items = [apps] if isinstance(apps, (App, AppGroup)) else list(apps)
     out: dict[str, App] = {}
     for given in items:
-        if not isinstance(given, App):
+        if not isinstance(given, (App, AppGroup)):
             raise GraphError(f"asgi_app takes deployed Apps (from dagserve.deploy), got {given!r}.")
-        for app in given.graphs.values() or [given]:
+        for app in given.graphs.values() if isinstance(given, AppGroup) else [given]:
             if app.name in out:
                 raise GraphError(f"Two Apps are named {app.name!r}; each needs its own name (its route is /<name>).")
             out[app.name] = app

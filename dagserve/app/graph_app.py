@@ -1,112 +1,30 @@
-"""``dagserve.deploy(graph) -> App``: a running graph you can call, inspect, scale and stop."""
+"""An :class:`App`: one deployed graph you can call, stream, map, serve, inspect, scale and stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import (
-    AppClosedError,
-    DagserveError,
-    DeployError,
-    GraphError,
-    NodeNotFoundError,
-    OptionsError,
-    RequestTimeoutError,
-)
+from dagserve._errors import DagserveError, NodeNotFoundError, RequestTimeoutError
 from dagserve._hooks import hooks
-from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, make_options
-from dagserve.backends import Backend, get_backend
-from dagserve.deploy_config import ConfigSource, compile_with_config
-from dagserve.graph import Graph
+from dagserve.app.deployment import Deployment
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.runtime.scope import RequestObserver, RequestScope, RequestTracing
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
 
 if TYPE_CHECKING:
+    from dagserve.backends import Backend
     from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.graph import Graph
     from dagserve.runtime.mapping import MapResult
     from dagserve.runtime.status import AppStatus
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]
-
-
-_SCALE_FIELDS = frozenset({"num_replicas", "autoscaling"})
-_UPDATE_FIELDS = frozenset(
-    {"num_replicas", "autoscaling", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests",
-     "max_queued_requests", "timeout_s", "retries", "num_cpus", "num_gpus", "memory", "resources"}
-)
-
-def deploy(
-    graph: Graph | list[Graph] | tuple[Graph, ...],
-    backend: str | Backend | None = None,
-    *,
-    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
-    stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
-    config: ConfigSource | None = None,
-    **backend_options: Any,
-) -> App:
-    """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
-
-    ``backend`` is ``"ray"`` (Ray Serve, the default) or ``"local"`` (in-process, no Ray), or a
-    backend instance; ``backend_options`` go to the backend (for Ray: ``address=``, ``num_gpus=`` ...)::
-
-        with dagserve.deploy(graph, backend="local") as app:
-            print(app.call({"text": "hello"}))
-
-    Several graphs (a list) are one App: ``app.call(payload, graph="name")``, ``app.asgi()`` routes
-    to each by name, and a node several of them use is deployed once (one set of replicas).
-
-    ``stream_timeout_s`` bounds a whole stream of a graph whose output streams (docs/streaming.md).
-    ``config`` (a path to a YAML config file, or a dict of the same shape) overrides node options
-    set in code: ``graphs: {<graph name>: {nodes: {<node>: {num_replicas: 3}}}}`` (docs/deploy.md).
-
-    Raises :class:`~dagserve.CompileError` for an invalid graph, :class:`~dagserve.OptionsError`
-    for a config naming an unknown graph, node or option, and
-    :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
-    """
-    graphs, plan, per_graph = _compile(graph, config)
-    be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
-    if graphs and getattr(be, "ingress_replicas", None) is not None:
-        raise DeployError(
-            "Several graphs deployed together are served by this process (app.asgi(), dagserve.serve); "
-            "ingress_replicas=N serves one graph: deploy each graph on its own for that."
-        )
-    try:
-        be.deploy(plan, ready_timeout_s=ready_timeout_s)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            be.shutdown()
-        raise
-    timeouts = {"request_timeout_s": request_timeout_s, "stream_timeout_s": stream_timeout_s}
-    app = App(graph if not graphs else None, plan, be, **timeouts)  # type: ignore[arg-type]
-    for g, p in zip(graphs, per_graph, strict=True):
-        view = app._graphs[g.name] = App(g, p, be, **timeouts)
-        view._parent = app
-    return app
-
-
-def _compile(graph: Any, config: ConfigSource | None) -> tuple[list[Graph], Plan, list[Plan]]:
-    """(the graphs of a list, the plan to deploy, each graph's plan); one graph: ([], its plan, [])."""
-    if isinstance(graph, Graph):
-        return [], compile_with_config(graph, config), []
-    if not isinstance(graph, (list, tuple)):
-        raise GraphError(f"dagserve.deploy takes a dagserve.Graph, got {type(graph).__name__}.")
-    bad = [type(g).__name__ for g in graph if not isinstance(g, Graph)]
-    if bad or not graph:
-        raise GraphError(f"dagserve.deploy takes a list of dagserve.Graph objects, got {bad or 'an empty list'}.")
-    from dagserve.compiler.shared import share_deployments
-
-    names = [g.name for g in graph]
-    plan, per_graph = share_deployments([compile_with_config(g, config, others=names) for g in graph])
-    return list(graph), plan, per_graph
+__all__ = ["App"]
 
 
 class App:
@@ -114,6 +32,8 @@ class App:
 
     ``call`` / ``acall`` run it; ``status`` reports per node; ``scale`` and ``update`` change one
     node while the others keep serving; ``shutdown`` (or leaving a ``with`` block) tears it down.
+    A graph deployed with others (:class:`~dagserve.AppGroup`) shares their :class:`Deployment`:
+    its operations act on the nodes they share, and ``shutdown`` stops them all.
     """
 
     def __init__(
@@ -124,23 +44,19 @@ class App:
         *,
         request_timeout_s: float | None,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+        deployment: Deployment | None = None,
     ) -> None:
         self.graph = graph
         self._plan = plan
-        self.backend = backend
+        #: What it shares with the graphs deployed with it (its own when deployed alone).
+        self.deployment = deployment if deployment is not None else Deployment(backend, plan)
+        self.deployment.members.append(self)
         self._request_deadline = FixedTimeout(request_timeout_s)
         self._executor = Executor(plan, backend.runner)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._lock = threading.Lock()
         #: Called after every request with (app, context, error or None, seconds).
         self.observers: list[RequestObserver] = []
         #: Requests running now (read by the metrics' in-flight gauge); changed on the home loop only.
         self.in_flight = 0
-        # Several graphs deployed together: one App per graph on this App's backend and loop.
-        self._graphs: dict[str, App] = {}
-        self._parent: App | None = None
         #: Seconds a whole stream may last (``astream``/``stream``; ``None``: no limit).
         self.stream_timeout_s: float | None = stream_timeout_s
         #: Called per streamed item with (node, "first" | "gap", seconds) (metrics hang there).
@@ -164,19 +80,20 @@ class App:
         return self._plan.graph_name
 
     @property
+    def backend(self) -> Backend:
+        return self.deployment.backend
+
+    @property
     def graphs(self) -> dict[str, App]:
-        """The graphs of an App deployed from a list, by name (each an App sharing this one's nodes)."""
-        return dict(self._graphs)
+        """Empty: this App runs one graph (:attr:`AppGroup.graphs <dagserve.AppGroup.graphs>`
+        holds the graphs deployed together)."""
+        return {}
 
     def _for(self, graph: str | None) -> App:
-        """The App running ``graph`` (this one, or one of the graphs deployed with it)."""
-        if not self._graphs:
-            if graph is None or graph == self.name:
-                return self
-        elif graph in self._graphs:
-            return self._graphs[graph]
-        names = ", ".join(map(repr, self._graphs or [self.name]))
-        raise NodeNotFoundError(f"This App has no graph {graph!r}; pass graph= one of {names}.")
+        """This App, when ``graph`` names no other graph than its own."""
+        if graph is None or graph == self.name:
+            return self
+        raise NodeNotFoundError(f"This App has no graph {graph!r}; it runs {self.name!r}.")
 
     @property
     def plan(self) -> Plan:
@@ -192,8 +109,7 @@ class App:
 
         Inside async code use ``await app.acall(payload)`` instead.
         """
-        if graph is not None or self._graphs:
-            return self._for(graph).call(payload, request_id=request_id, timeout_s=timeout_s)
+        self._for(graph)
         self._check_open()
         try:
             running = asyncio.get_running_loop()
@@ -220,8 +136,7 @@ class App:
 
         ``context`` (optional) receives per-node timings and the routes taken.
         """
-        if graph is not None or self._graphs:
-            return await self._for(graph).acall(payload, request_id=request_id, timeout_s=timeout_s, context=context)
+        self._for(graph)
         self._check_open()
         ctx = context or RequestContext(**_ctx_args(request_id))
         current = asyncio.get_running_loop()
@@ -342,7 +257,7 @@ class App:
     def status(self) -> AppStatus:
         """Per node: deployment name, target/running/pending replicas (and why), options in force."""
         self._check_open()
-        return self.backend.status()
+        return self.deployment.status()
 
     def scale(self, node: Any, *, wait_s: float = 60.0, **options: Any) -> None:
         """Change one node's replicas while traffic flows: ``app.scale("Classifier", num_replicas=4)``.
@@ -350,24 +265,7 @@ class App:
         ``node`` is a node's name or its object (function node, model instance or call). Only
         ``num_replicas`` and ``autoscaling`` are accepted; other nodes are not touched.
         """
-        if self._parent is not None:
-            return self._parent.scale(node, wait_s=wait_s, **options)
-        self._check_open()
-        if not options:
-            raise OptionsError("App.scale needs num_replicas=N or autoscaling={...}.")
-        bad = sorted(set(options) - _SCALE_FIELDS)
-        if bad:
-            raise OptionsError(
-                f"App.scale changes replicas only (num_replicas, autoscaling), not {', '.join(bad)}; "
-                "use App.update for other options."
-            )
-        spec = self._plan.deployment(node)
-        if spec.inline:
-            raise OptionsError(f"Node {spec.name!r} runs inline in the ingress process and has no replicas to scale.")
-        new_opts = make_options(spec.name, spec.options, **options)
-        with self._lock:
-            self.backend.scale(spec, new_opts, wait_s=wait_s)
-            self._replace_spec(replace(spec, options=new_opts))
+        self.deployment.scale(node, wait_s=wait_s, **options)
 
     def update(
         self,
@@ -385,50 +283,26 @@ class App:
         node, optionally with new ``init_args``/``init_kwargs``); it must offer the methods the graph
         calls. Other nodes keep running untouched.
         """
-        if self._parent is not None:
-            return self._parent.update(
-                node, implementation=implementation, init_args=init_args, init_kwargs=init_kwargs, wait_s=wait_s, **options
-            )
-        self._check_open()
-        spec = self._plan.deployment(node)
-        bad = sorted(set(options) - _UPDATE_FIELDS)
-        if bad:
-            raise OptionsError(
-                f"App.update cannot change {', '.join(bad)} on a running node; redeploy the graph for that."
-            )
-        new = replace(spec, options=make_options(spec.name, spec.options, **options))
-        if implementation is not None or init_args is not None or init_kwargs is not None:
-            new = _swap_implementation(new, implementation, init_args, init_kwargs)
-        with self._lock:
-            self.backend.update(spec, new, wait_s=wait_s)
-            self._replace_spec(new)
+        self.deployment.update(
+            node, implementation=implementation, init_args=init_args, init_kwargs=init_kwargs, wait_s=wait_s, **options
+        )
 
-    def _replace_spec(self, new: DeploymentSpec) -> None:
+    def spec_replaced(self, new: DeploymentSpec) -> None:
+        """A node's spec changed (scale, update): this graph's plan and executor take it if it runs it."""
+        if not any(d.name == new.name for d in self._plan.deployments):
+            return
         deployments = tuple(new if d.name == new.name else d for d in self._plan.deployments)
         self._plan = replace(self._plan, deployments=deployments)
         self._executor = Executor(self._plan, self.backend.runner, previous=self._executor)
-        for view in self._graphs.values():
-            if any(d.name == new.name for d in view._plan.deployments):
-                view._replace_spec(new)
 
     def shutdown(self) -> None:
-        """Tear the graph down (idempotent). Requests afterwards raise :class:`AppClosedError`."""
-        if self._parent is not None:
-            return self._parent.shutdown()  # the graphs deployed together go together
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self.backend.shutdown()
-        finally:
-            if self._thread is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(timeout=5)
+        """Tear the graph down (idempotent); the graphs deployed with it go too. Requests
+        afterwards raise :class:`AppClosedError`."""
+        self.deployment.shutdown()
 
     @property
     def closed(self) -> bool:
-        return self._closed or (self._parent is not None and self._parent._closed)
+        return self.deployment.closed
 
     def __enter__(self) -> App:
         return self
@@ -437,47 +311,21 @@ class App:
         self.shutdown()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "running"
+        state = "closed" if self.closed else "running"
         return f"<dagserve.App {self.name!r} backend={self.backend.name!r} {state}>"
 
     # -- loop handling -------------------------------------------------------------------------
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.deployment.loop
+
     def _check_open(self) -> None:
-        if self.closed:
-            raise AppClosedError(f"App {self.name!r} was shut down; deploy the graph again to use it.")
+        self.deployment.check_open(self.name)
 
     def _home_loop(self, current: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-        """The loop requests run on: the first running loop that called us, else a private one."""
-        if self._parent is not None:
-            return self._parent._home_loop(current)  # one loop for the graphs deployed together
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            return loop
-        with self._lock:
-            loop = self._loop
-            if loop is not None and loop.is_running():
-                return loop
-            if current is not None:
-                self._loop = current
-            else:
-                self._loop = self._start_thread_loop()
-            self.backend.bind_loop(self._loop)
-            return self._loop
-
-    def _start_thread_loop(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"dagserve-app-{self.name}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):  # pragma: no cover - a thread that does not start is a broken host
-            raise DeployError("The App's event loop thread did not start within 10 s.")
-        return loop
+        """The loop requests run on: the first running loop that called us, else a private one
+        (one for the graphs deployed together)."""
+        return self.deployment.home_loop(current)
 
 
 async def _one(result: Awaitable[Any]) -> AsyncIterator[Any]:
@@ -487,43 +335,3 @@ async def _one(result: Awaitable[Any]) -> AsyncIterator[Any]:
 
 def _ctx_args(request_id: str | None) -> dict[str, Any]:
     return {"request_id": request_id} if request_id else {}
-
-
-def _swap_implementation(
-    spec: DeploymentSpec, implementation: Any, init_args: tuple[Any, ...] | None, init_kwargs: dict[str, Any] | None
-) -> DeploymentSpec:
-    import inspect
-
-    from dagserve.graph import FunctionNode, ModelClass
-
-    if isinstance(implementation, (FunctionNode, ModelClass)):
-        implementation = implementation.fn if isinstance(implementation, FunctionNode) else implementation.cls
-    if spec.kind == "function":
-        if init_args is not None or init_kwargs is not None:
-            raise OptionsError(f"Node {spec.name!r} is a function node; it has no constructor arguments.")
-        if not callable(implementation) or inspect.isclass(implementation):
-            raise OptionsError(f"Node {spec.name!r} is a function node; pass a function as implementation.")
-        is_async = inspect.iscoroutinefunction(implementation)
-        return replace(spec, target=implementation, async_methods=frozenset({"__call__"}) if is_async else frozenset())
-    cls = implementation if implementation is not None else spec.target
-    if not inspect.isclass(cls):
-        raise OptionsError(f"Node {spec.name!r} is a model node; pass a class as implementation.")
-    missing = [m for m in spec.methods if not callable(getattr(cls, m, None))]
-    if missing:
-        raise OptionsError(
-            f"{cls.__name__} cannot replace node {spec.name!r}: it lacks the method(s) {', '.join(missing)} "
-            "that the graph calls."
-        )
-    args = tuple(init_args) if init_args is not None else spec.init_args
-    kwargs = dict(init_kwargs) if init_kwargs is not None else dict(spec.init_kwargs)
-    try:
-        inspect.signature(cls).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise OptionsError(f"{cls.__name__} cannot be constructed with these arguments: {exc}.") from None
-    return replace(
-        spec,
-        target=cls,
-        init_args=args,
-        init_kwargs=kwargs,
-        async_methods=frozenset(m for m in spec.methods if inspect.iscoroutinefunction(getattr(cls, m))),
-    )
