@@ -515,7 +515,7 @@ def test_scale_and_update_touch_one_node_only(ray_instance: None) -> None:
     # Also the object-reference transport: add_one's result goes to Times as a reference.
     with dagserve.deploy(chain(), backend="ray", ready_timeout_s=120, pass_by_reference=True) as app:
         assert app.call(1) == 4
-        assert app.backend._handle("add_one").handle_options._by_reference  # type: ignore[attr-defined]
+        assert app.backend._serve_handles.transport(app.name, "add_one").handle.handle_options._by_reference  # type: ignore[attr-defined]
         before = app.status().nodes
         app.scale("Times", num_replicas=2)
         after = app.status().nodes

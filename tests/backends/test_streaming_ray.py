@@ -61,7 +61,7 @@ def test_http(served: tuple[dagserve.App, str], tmp_path: Any) -> None:
 def test_slow_reader_holds_the_generator_within_the_direct_window(single: tuple[dagserve.App, str], tmp_path: Any) -> None:
     app, url = single
     assert list(app.stream({"n": 3})) == [0, 1, 2]
-    assert app.backend._direct_pool("produce_sync") is not None  # the stream took the direct transport
+    assert app.backend.transport("produce_sync") == "direct"  # the stream took the direct transport
     # The replica sends at most STREAM_WINDOW items ahead of what the ingress read (+1 in hand).
     sc.check_slow_reader(app, str(tmp_path / "python.log"), ahead=STREAM_WINDOW + 1)
     sc.check_http_slow_reader(url, str(tmp_path / "http.log"))
