@@ -64,7 +64,7 @@ from dagserve.runtime.status import AppStatus, NodeStatus
 
 # -- wiring: the few calls that point up the layers (dagserve/_hooks.py says why) -------------------
 def _serve_ingress(options: dict[str, Any]) -> tuple[type, dict[str, Any]]:
-    from dagserve.http.serve_ingress import IngressReplica, driver_options  # imports ray: only with ingress_replicas
+    from dagserve.rayserve.ingress_deployment import IngressReplica, driver_options  # imports ray: only with ingress_replicas
 
     return IngressReplica, driver_options(options)
 

@@ -16,7 +16,7 @@ shape (:class:`DeployConfig`): every section and name is validated, an unknown o
 naming it with the closest valid name. Node options are validated by the compiler with the same
 model as in code (``NodeOptions``), against the graph's real node names
 (``dagserve.compile(graph, options=...)``); the ``server:`` section by the HTTP layer
-(``dagserve.http.config.ServerConfig``), since only a server reads it. A new section (say
+(``dagserve.http.settings.ServerConfig``), since only a server reads it. A new section (say
 ``tracing:``) is one more field of :class:`DeployConfig`, validated by the layer that uses it.
 """
 

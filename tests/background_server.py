@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from dagserve._errors import DagserveError
-from dagserve.http.protocol import make_server
+from dagserve.http.connections import make_server
 
 __all__ = ["BackgroundServer"]
 

@@ -4,7 +4,7 @@ Each deployment is an :class:`~dagserve.runtime.node_host.InProcessNode`: ``num_
 in-process replicas, each a :class:`~dagserve.runtime.node_host.NodeHost` (a model class is
 constructed once per replica), each taking at most ``max_ongoing_requests`` at once, with at most
 ``max_queued_requests`` waiting for a slot before :class:`~dagserve.OverloadedError` (the slots
-and the queue are :class:`~dagserve.runtime.replicas.ReplicaSlots`, as on Ray's direct
+and the queue are :class:`~dagserve.runtime.replica_slots.ReplicaSlots`, as on Ray's direct
 transport). Batched nodes use the same grouping rules as on Ray Serve. Async node code runs on
 the event loop; sync node code runs where :class:`~dagserve.runtime.sync_calls.SyncCalls` says:
 in a thread pool, or inline on the loop once it has proven fast, so a slow one never blocks it.

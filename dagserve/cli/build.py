@@ -5,8 +5,8 @@
     dagserve build examples.quickstart:graph -o serve.yaml            # then: serve deploy serve.yaml
     dagserve build examples.quickstart:graph --format rayservice -o rayservice.yaml   # kubectl apply -f
 
-The file is written by ``dagserve.http.serve_config``; Serve builds the application on the
-cluster with ``dagserve.http.serve_app:build``. Node options come from the code and ``--config``.
+The file is written by ``dagserve.rayserve.config_files``; Serve builds the application on the
+cluster with ``dagserve.rayserve.application:build``. Node options come from the code and ``--config``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
 from dagserve.cli.targets import load_graphs
-from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV
 
 __all__ = ["build_command"]
 
@@ -52,7 +52,7 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
     """
     import yaml
 
-    from dagserve.http.serve_config import RAY_IMAGE, kubernetes_name, rayservice_manifest, serve_config
+    from dagserve.rayserve.config_files import RAY_IMAGE, kubernetes_name, rayservice_manifest, serve_config
 
     config = read_config(config_file)
     options = with_server_config(ctx, options, config)  # the file's server host and port, under the flags

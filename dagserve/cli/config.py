@@ -17,7 +17,7 @@ from dagserve._errors import CompileError, OptionsError
 from dagserve.cli.targets import load_graphs
 from dagserve.deploy_config import DeployConfig, compile_with_config, format_size, load_config
 from dagserve.graph import Graph
-from dagserve.http.config import ServerConfig, server_config
+from dagserve.http.settings import ServerConfig, server_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
-from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV
 
 __all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
 

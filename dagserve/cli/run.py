@@ -36,7 +36,7 @@ from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
 from dagserve.http.admin import private_token_dir, remove_token_file, write_token_file
-from dagserve.http.config import (
+from dagserve.http.settings import (
     ADMIN_TOKEN_ENV,
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,

@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dagserve._errors import CompileError, OptionsError
-from dagserve.compiler.composition import composition_edges, lower_composition
-from dagserve.compiler.handles import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
+from dagserve.compiler.lowering import composition_edges, lower_composition
+from dagserve.compiler.handle_refs import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
-from dagserve.compiler.streams import check_streams, is_stream_callable
+from dagserve.compiler.stream_steps import check_streams, is_stream_callable
 from dagserve.graph import (
     CallNode,
     FunctionNode,
@@ -246,13 +246,13 @@ def _lower(
     deps = tuple(index[id(d)] for d in n.dependencies())
     deps = tuple(dict.fromkeys(deps))
     name = names[id(n)]
-    if isinstance(n, (MapNode, OptionalNode)):  # compiler/composition.py
+    if isinstance(n, (MapNode, OptionalNode)):  # compiler/lowering.py
         return lower_composition(i, n, deps, name, functools.partial(_template, index=index), dep_of)
     if isinstance(n, Input):
         return Step(i, name, "input", (), returns=n.schema)
     if isinstance(n, CallNode):
         dep = dep_of[id(n.target)]
-        streams = is_stream_callable(n.callable())  # its value is a stream of items (compiler/streams.py)
+        streams = is_stream_callable(n.callable())  # its value is a stream of items (compiler/stream_steps.py)
         return Step(
             i,
             name,

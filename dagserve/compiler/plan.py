@@ -153,7 +153,7 @@ class Plan:
     edges: tuple[Edge, ...]
     output: Any
     description: str | None = None
-    #: ``(holder, callee)``: deployment ``holder`` calls ``callee`` through a handle (compiler/handles.py).
+    #: ``(holder, callee)``: deployment ``holder`` calls ``callee`` through a handle (compiler/handle_refs.py).
     calls: tuple[tuple[str, str], ...] = ()
     #: ``(graph name, step names)``: graphs called inside this one (graph/subgraph.py), for diagrams.
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()

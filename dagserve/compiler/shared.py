@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from dagserve._errors import CompileError
-from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.handle_refs import HandleRef
 from dagserve.compiler.plan import DeploymentSpec, Plan
 from dagserve.graph.leaves import map_leaves
 

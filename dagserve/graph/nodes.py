@@ -279,7 +279,7 @@ class ModelClass(Stage):
                     "argument; constructor arguments are constants loaded once per replica. "
                     "Pass per-request values when calling the instance: model(x)."
                 )
-            # A model instance or function node is a handle (compiler/handles.py); not the rest.
+            # A model instance or function node is a handle (compiler/handle_refs.py); not the rest.
             if isinstance(value, (Stage, ModelClass)) and not isinstance(value, (ModelInstance, FunctionNode)):
                 raise GraphError(
                     f"Model {self.name!r} got {value!r} as a constructor argument; a model can hold a "

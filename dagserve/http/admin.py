@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, GraphError
-from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV
 from dagserve.http.errors import HTTPError, error_body
 from dagserve.http.jsonio import JSONBodyError, dump_json, parse_json
 from dagserve.runtime.request_id import current_request_id

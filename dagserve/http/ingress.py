@@ -44,10 +44,10 @@ from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
-from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
-from dagserve.http.streaming import StreamAnswer, first_item, stream_format
+from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
+from dagserve.http.stream_answers import StreamAnswer, first_item, stream_format
 from dagserve.observe.metrics import metrics_endpoint
-from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
+from dagserve.observe.server_timing import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import RequestContext
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope
 
     from dagserve.app import App
-    from dagserve.http.config import IngressConfig
+    from dagserve.http.settings import IngressConfig
 
 
 __all__ = ["Ingress", "create_app"]
@@ -150,7 +150,7 @@ class Ingress:
                 else:  # on a worker thread, so that the event loop keeps serving meanwhile
                     payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
                 ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE), protocol="http")
-                if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
+                if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/stream_answers.py
                     items = app.astream(payload, context=ctx)
                     first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
                     admitted = False  # the answer holds its slot until the stream ends

@@ -1,6 +1,6 @@
 """The ASGI layer around the ingress's routes: request ids, W3C trace context and the Host check
 (:class:`RequestIdMiddleware`), and the refusals dagserve's server decided before a request's
-body was read (``SCOPE_REJECT``, from :mod:`dagserve.http.protocol`)."""
+body was read (``SCOPE_REJECT``, from :mod:`dagserve.http.connections`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.responses import Response
 from dagserve.http.errors import error_body
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
-from dagserve.http.protocol import SCOPE_REJECT
+from dagserve.http.connections import SCOPE_REJECT
 from dagserve.observe.traceparent import TRACEPARENT_HEADER, request_trace
 from dagserve.runtime.request_id import (
     REQUEST_ID_HEADER,

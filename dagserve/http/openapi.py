@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.http.errors import error_schema
-from dagserve.http.streaming import stream_openapi
+from dagserve.http.stream_answers import stream_openapi
 
 if TYPE_CHECKING:
     from dagserve.app import App

@@ -15,7 +15,7 @@ from dagserve._errors import GraphError, OptionsError
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.app import App, AppGroup, deploy
 from dagserve.graph import Graph
-from dagserve.http.config import (
+from dagserve.http.settings import (
     ADMIN_TOKEN_ENV,
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -27,7 +27,7 @@ from dagserve.http.config import (
     IngressConfig,
 )
 from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
-from dagserve.http.protocol import check_server_options, run_server
+from dagserve.http.connections import check_server_options, run_server
 from dagserve.observe.logs import LOG_FORMATS, access_observer
 from dagserve.runtime.heap import settled_heap
 from dagserve.runtime.tracing import otlp_endpoint

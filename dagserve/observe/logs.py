@@ -18,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from dagserve.observe.trace import failing_node, outcome_of
+from dagserve.observe.server_timing import failing_node, outcome_of
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.runtime.tracing import current_trace_id
 

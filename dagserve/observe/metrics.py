@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
-from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of, trace_observer
+from dagserve.observe.server_timing import OUTCOMES, failing_node, outcome_of, trace_observer
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -122,7 +122,7 @@ class Metrics:
     # -- wiring ------------------------------------------------------------------------------------
     def instrument(self, app: App) -> None:
         """Record ``app``'s requests from now on (idempotent); also logs each request's path to
-        the ``dagserve.trace`` logger at DEBUG (:func:`~dagserve.observe.trace.trace_observer`)."""
+        the ``dagserve.trace`` logger at DEBUG (:func:`~dagserve.observe.server_timing.trace_observer`)."""
         with self._lock:
             if any(a is app for a in self._apps):
                 return

@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import OptionsError
-from dagserve.observe.trace import outcome_of
+from dagserve.observe.server_timing import outcome_of
 from dagserve.observe.traceparent import request_trace
 from dagserve.runtime.tracing import set_trace
 

@@ -215,7 +215,7 @@ class _Diagram:
         return calls[0].name if calls else f"(handle) {name}"
 
     def _handle_only_node(self, spec: DeploymentSpec) -> str:
-        """A deployment no step calls: nodes call it through handles (compiler/handles.py)."""
+        """A deployment no step calls: nodes call it through handles (compiler/handle_refs.py)."""
         lines: list[Line] = [(spec.name, ""), *self._deployment_lines(spec), ("called through handles", MUTED)]
         style = "rounded,filled" if spec.kind == "function" else "filled"
         return f'  {quote(self._deployment_id(spec.name))} [style="{style}", fillcolor="{FILL[spec.kind]}", label=<{label(lines)}>];'

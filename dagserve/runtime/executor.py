@@ -25,7 +25,7 @@ from dagserve._errors import (
     RequestError,
 )
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
-from dagserve.runtime.composition import run_map, run_optional
+from dagserve.runtime.composite_steps import run_map, run_optional
 from dagserve.runtime.failures import blame, node_failure, node_timeout_error
 from dagserve.runtime.streaming import open_stream, stream_readers
 from dagserve.runtime.tracing import RequestSpan, W3CTrace
@@ -257,7 +257,7 @@ class Executor:
             return await self._switch(step, values, ctx)
         if kind == "split":
             return await self._split(step, values, ctx)
-        if kind == "map":  # runtime/composition.py
+        if kind == "map":  # runtime/composite_steps.py
             return await run_map(self, step, values, ctx)
         if kind == "optional":
             return await run_optional(self, step, values, ctx)

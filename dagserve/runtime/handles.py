@@ -1,8 +1,8 @@
 """Handles: a node calling another deployment from its own code (issue 18, item 1).
 
 A model instance given to another model's constructor (directly or inside lists and dicts), or
-to a node call as an argument, is compiled to a :class:`~dagserve.compiler.handles.HandleRef`
-(``compiler/handles.py``); where the node runs, the backend turns each ref into a
+to a node call as an argument, is compiled to a :class:`~dagserve.compiler.handle_refs.HandleRef`
+(``compiler/handle_refs.py``); where the node runs, the backend turns each ref into a
 :class:`Handle`. The callee stays its own deployment: a handle call goes through the backend's
 usual call path (replica slots and queue, batching, ``timeout_s``), with the request id and the
 request's deadline of the caller.
@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
-from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.handle_refs import HandleRef
 from dagserve.compiler.plan import Step
 from dagserve.graph.leaves import any_leaf, map_leaves
 from dagserve.runtime.request_id import current_request_id, reset_request_id, set_request_id

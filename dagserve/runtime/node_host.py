@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dagserve._errors import DeployError, OverloadedError
 from dagserve.runtime.batching import Batcher
-from dagserve.runtime.replicas import QueueFull, ReplicaSlots
+from dagserve.runtime.replica_slots import QueueFull, ReplicaSlots
 from dagserve.runtime.streaming import close_streams, iterate
 from dagserve.runtime.sync_calls import SyncCalls, sync_force
 

@@ -8,7 +8,7 @@ import pytest
 
 import dagserve
 from dagserve.deploy_config import compile_with_config, format_size, graph_overrides, load_config, parse_size
-from dagserve.http.config import ServerConfig, server_config
+from dagserve.http.settings import ServerConfig, server_config
 from examples.quickstart import graph as reviews
 
 FILE = """\

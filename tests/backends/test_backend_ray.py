@@ -22,7 +22,7 @@ from dagserve.app import App
 from dagserve.backends.ray import serve_options
 from dagserve.backends.ray.backend import RayBackend
 from dagserve.backends.ray.cluster import start_local_ray, token_auth_enabled
-from dagserve.backends.ray.direct.protocol import FRAME_LENGTH
+from dagserve.backends.ray.direct.frames import FRAME_LENGTH
 from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT, free_port
 from dagserve.backends.ray.serve_options import deployment_options
 from dagserve.runtime.sync_calls import PROMOTE_AFTER
@@ -251,7 +251,7 @@ def test_inline_sync_option_reaches_the_replicas() -> None:
 
 
 def test_pending_replicas_are_explained_and_infeasible_requests_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dagserve.backends.ray.status import _Resources, problems
+    from dagserve.backends.ray.serve_status import _Resources, problems
 
     one_gpu = {"node": {"CPU": 2.0, "GPU": 1.0}}
     full = _Resources(one_gpu, {"node": {"CPU": 2.0, "GPU": 0.0}})

@@ -26,7 +26,7 @@ from dagserve.backends.ray.cluster import _START_FLAKES, _loopback_only
 from dagserve.backends.ray.direct import registry
 from dagserve.backends.ray.direct.auth import HELLO_BYTES, Handshake, derive_key
 from dagserve.backends.ray.direct.directory import socket_dir
-from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH
+from dagserve.backends.ray.direct.frames import CALL, FRAME_LENGTH
 
 pytestmark = pytest.mark.ray
 

@@ -22,9 +22,9 @@ from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.direct import directory as _directory
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.pool import DirectCall, DirectPool, PoolClosed, ReplicaLost
-from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, FrameLimits, dumps, same_user
+from dagserve.backends.ray.direct.frames import CALL, FRAME_LENGTH, FrameLimits, dumps, same_user
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
-from dagserve.runtime.replicas import QueueFull
+from dagserve.runtime.replica_slots import QueueFull
 
 from ..foreign_peer import foreign_peer, foreign_socket, needs_root
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dagserve import NodeError
-from dagserve.backends.ray.direct.protocol import STREAM_WINDOW
+from dagserve.backends.ray.direct.frames import STREAM_WINDOW
 
 from .test_direct import header, replicas, settle
 

@@ -16,7 +16,7 @@ import pytest
 
 from dagserve.backends.ray.direct.auth import HELLO_BYTES, PROOF_BYTES, AuthFailed, Handshake, derive_key
 from dagserve.backends.ray.direct.pool import DirectPool
-from dagserve.backends.ray.direct.protocol import CALL, FRAME_LENGTH, FrameLimits, dumps
+from dagserve.backends.ray.direct.frames import CALL, FRAME_LENGTH, FrameLimits, dumps
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 
 from .test_direct import Replica, header, serve, settle

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import dagserve
-from dagserve.backends.ray.direct.protocol import STREAM_WINDOW
+from dagserve.backends.ray.direct.frames import STREAM_WINDOW
 
 from .. import stream_checks as sc
 from .. import stream_graphs as sg

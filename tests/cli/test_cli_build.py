@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import dagserve
 from dagserve.backends.ray.cluster import serve_env
 from dagserve.cli.main import main
-from dagserve.http.serve_app import IMPORT_PATH, build
+from dagserve.rayserve.application import IMPORT_PATH, build
 
 CRD = Path(__file__).resolve().parents[1] / "data" / "kuberay" / "ray.io_rayservices.yaml"
 
@@ -35,7 +35,7 @@ def test_every_node_is_a_deployment_with_its_options(tmp_path: Path) -> None:
     ServeDeploySchema.model_validate(doc)  # Serve's own schema of `serve deploy` files
     assert doc["http_options"] == {"host": "127.0.0.1", "port": 8123}
     (app,) = doc["applications"]
-    assert app["import_path"] == IMPORT_PATH == "dagserve.http.serve_app:build"
+    assert app["import_path"] == IMPORT_PATH == "dagserve.rayserve.application:build"
     assert app["route_prefix"] == "/"
     assert app["args"]["target"] == "examples.quickstart:graph" and app["args"]["graph"] == "reviews"
     assert app["args"]["config"]["graphs"]["reviews"]["nodes"]["Toxicity"]["max_batch_size"] == 4  # Serve does not know it

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import dagserve.cli.run
 from dagserve.cli.main import main
-from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV
 from tests.cli.test_cli_run import URL, start, stop
 from tests.http.test_serve import lines_of, wait_for
 

@@ -20,7 +20,7 @@ import dagserve.cli.run
 from dagserve.cli.main import main
 from dagserve.cli.run import parse_size
 from dagserve.http.admin import token_for_url
-from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV
 from tests.http.test_serve import lines_of, wait_for
 from tests.otlp_receiver import Receiver
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import dagserve
 from dagserve.cli.main import main
-from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV
 from tests.background_server import BackgroundServer
 from tests.http.test_admin import make_graph
 

@@ -6,7 +6,7 @@ import pytest
 
 import dagserve
 from dagserve import CompileError, GraphError
-from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.handle_refs import HandleRef
 from dagserve.compiler.shared import share_deployments
 
 from .. import handle_graphs as hg
@@ -54,6 +54,6 @@ def test_share_deployments_merges_by_instance_and_renames_clashes() -> None:
     assert [d.name for d in whole.deployments] == ["Counter", "Counter_2", "FanOut", "Classifier", "Tools"]
     assert plans[0].deployments[0] is plans[1].deployments[0]  # one spec for the shared instance
     assert plans[2].step("Counter").deployment == "Counter_2"
-    assert whole.deployment("FanOut").init_args[0] == HandleRef("Classifier")
+    assert whole.deployment("FanOut").init_args[0] == HandleRef("Classifier", bounds=(64, None))
     with pytest.raises(CompileError, match=r"Several graphs are named 'ga'"):
         share_deployments([dagserve.compile(ga), dagserve.compile(ga)])

@@ -112,7 +112,7 @@ def test_constructor_arguments_must_be_constants() -> None:
 
 
 def test_model_instances_and_function_nodes_are_constructor_arguments_as_handles() -> None:
-    # Issue 18: an instance or function node given to a constructor is a handle (compiler/handles.py).
+    # Issue 18: an instance or function node given to a constructor is a handle (compiler/handle_refs.py).
     held = Model(Model())
     assert Model(scale=[double]).init_kwargs["scale"] == [double]
     assert isinstance(held.init_args[0], ModelInstance)

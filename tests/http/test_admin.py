@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 import dagserve
 from dagserve.http.admin import ADMIN_PREFIX, admin_mount, admin_routes, admin_token, graph_status
-from dagserve.http.config import ADMIN_TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV
 from dagserve.observe.metrics import Metrics
 from dagserve.observe.stats import stats_for
 

@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import dagserve
-from dagserve.http.protocol import SCOPE_HANGUP
+from dagserve.http.connections import SCOPE_HANGUP
 from tests.background_server import BackgroundServer
 from tests.http.test_timeouts import probe_graph, run_body, settled_stats, stats
 

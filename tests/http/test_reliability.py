@@ -178,8 +178,8 @@ _FORBIDDEN_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "sh
 #: shows each) or, over TCP, from peers that passed the cluster token's handshake first
 #: (backends/ray/direct/auth.py). The transport's other modules load through its ``loads``.
 #: Config files (the operator's, never a client's) are YAML read with ``yaml.safe_load`` only.
-_YAML_FILES = ("deploy_config.py", "cli/config.py", "cli/build.py", "http/serve_config.py")
-_UNPICKLING_ALLOWED = {"backends/ray/direct/protocol.py": {"pickle"}, **{f: {"yaml"} for f in _YAML_FILES}}
+_YAML_FILES = ("deploy_config.py", "cli/config.py", "cli/build.py", "rayserve/config_files.py")
+_UNPICKLING_ALLOWED = {"backends/ray/direct/frames.py": {"pickle"}, **{f: {"yaml"} for f in _YAML_FILES}}
 _YAML_SAFE = {"safe_load", "safe_dump"}
 
 

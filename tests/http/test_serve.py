@@ -23,7 +23,7 @@ import pytest
 
 import dagserve
 import dagserve.http.hosts as hosts
-import dagserve.http.protocol as proto
+import dagserve.http.connections as proto
 import dagserve.http.server as srv
 from tests import ingress_graphs as g
 

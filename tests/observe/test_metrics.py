@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 import dagserve
 from dagserve.observe.metrics import CONTENT_TYPE, Metrics, default_metrics, instrument, render_metrics
-from dagserve.observe.trace import (
+from dagserve.observe.server_timing import (
     format_trace,
     outcome_of,
     server_timing,

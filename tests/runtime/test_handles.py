@@ -8,7 +8,7 @@ import pytest
 
 import dagserve
 from dagserve import CompileError, GraphError, HandleError, RequestTimeoutError
-from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.handle_refs import HandleRef
 
 from .. import handle_graphs as hg
 

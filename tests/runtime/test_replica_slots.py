@@ -1,4 +1,4 @@
-"""The replica slots and queue (dagserve/runtime/replicas.py) on their own: the one mechanism the
+"""The replica slots and queue (dagserve/runtime/replica_slots.py) on their own: the one mechanism the
 local backend and Ray's direct transport both use (their own suites cover it in place:
 tests/backends/test_backend_local.py, tests/backends/test_direct.py)."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dagserve.runtime.replicas import QueueFull, ReplicaSlots
+from dagserve.runtime.replica_slots import QueueFull, ReplicaSlots
 
 
 @dataclass(eq=False)

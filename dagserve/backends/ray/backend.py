@@ -36,7 +36,7 @@ from dagserve.backends.base import Backend
 from dagserve.runtime.node_host import InProcessNode
 from dagserve.backends.ray import cluster as ray_cluster
 from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
-from dagserve.backends.ray.direct.protocol import DEFAULT_FRAME_TIMEOUT_S
+from dagserve.backends.ray.direct.frames import DEFAULT_FRAME_TIMEOUT_S
 from dagserve.backends.ray.direct_routing import DirectRouting, direct_limits, frame_limits
 from dagserve.backends.ray.replica import NodeReplica
 from dagserve.backends.ray.runner import RayRunner
@@ -164,7 +164,7 @@ class RayBackend(Backend):
         self._plan = plan
         self._app_name = plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
-        self._runner.reads_streams = stream_readers(plan)  # backends/ray/streams.py
+        self._runner.reads_streams = stream_readers(plan)  # backends/ray/remote_streams.py
         self._handle_timeouts()
         try:
             for spec in plan.deployments:
@@ -255,7 +255,7 @@ class RayBackend(Backend):
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:
-        from dagserve.backends.ray.status import node_statuses
+        from dagserve.backends.ray.serve_status import node_statuses
 
         plan = self._plan
         graph = plan.graph_name if plan is not None else ""
@@ -302,7 +302,7 @@ class RayBackend(Backend):
     def replicas(self, node: str) -> list[dict[str, Any]]:
         """The node's live replicas as Serve reports them (``replica_id``, ``state``, ``pid``,
         ``node_id``, ``actor_name`` ...), for diagnostics and tests."""
-        from dagserve.backends.ray.status import live_replicas
+        from dagserve.backends.ray.serve_status import live_replicas
 
         if not self._deployed or self._closed:
             return []
@@ -386,7 +386,7 @@ class RayBackend(Backend):
 
     def application(self, plan: Plan) -> Any:
         """The plan's Serve application (a bound deployment), for Serve to deploy rather than this
-        backend: ``serve deploy`` of a file ``dagserve build`` wrote (``dagserve.http.serve_app``)."""
+        backend: ``serve deploy`` of a file ``dagserve build`` wrote (``dagserve.rayserve.application``)."""
         self._plan, self._app_name = plan, plan.graph_name
         self._specs = {d.name: d for d in plan.deployments}
         self._versions = {d.name: 1 for d in plan.remote_deployments}
@@ -468,7 +468,7 @@ class RayBackend(Backend):
         return client.get_serve_details()  # type: ignore[no-any-return]
 
     def _replica_ids(self, name: str) -> list[str]:
-        from dagserve.backends.ray.status import replica_ids
+        from dagserve.backends.ray.serve_status import replica_ids
 
         return replica_ids(self._serve_details(), self._app_name or "", name)
 
@@ -483,7 +483,7 @@ class RayBackend(Backend):
     ) -> None:
         """Until every named node runs exactly its target replicas (none of ``replaced``), or with
         ``serving`` at least one, or the deadline; a request no Ray node can hold fails at once."""
-        from dagserve.backends.ray.status import describe_wait, problems
+        from dagserve.backends.ray.serve_status import describe_wait, problems
 
         delay = 0.05
         while True:

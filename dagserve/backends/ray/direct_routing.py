@@ -27,7 +27,7 @@ from dagserve.backends.ray.direct import registry
 from dagserve.backends.ray.direct.auth import ray_token_key
 from dagserve.backends.ray.direct.directory import socket_dir
 from dagserve.backends.ray.direct.pool import DirectPool
-from dagserve.backends.ray.direct.protocol import DEFAULT_MAX_FRAME_BYTES, FrameLimits
+from dagserve.backends.ray.direct.frames import DEFAULT_MAX_FRAME_BYTES, FrameLimits
 
 if TYPE_CHECKING:
     from dagserve._options import NodeOptions

@@ -4,7 +4,7 @@ handles or the direct transport): a typed value, read by name on both sides.
 A :class:`CallHeader` is a ``NamedTuple``, so it pickles small and fast (a tuple and the class's
 name) and replicas read ``header.step`` instead of an index. The ingress's runner builds it for
 node calls and streams (``backends/ray/runner.py``), a replica's handles for the calls its node
-code makes (``backends/ray/handles.py``).
+code makes (``backends/ray/replica_caller.py``).
 """
 
 from __future__ import annotations

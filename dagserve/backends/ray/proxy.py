@@ -1,6 +1,6 @@
 """Serve's HTTP proxy, for the Ray backend's ``ingress_replicas=N`` (the HTTP ingress on Serve).
 
-The ingress replica's class belongs to the HTTP layer (``dagserve.http.serve_ingress``) and reaches
+The ingress replica's class belongs to the HTTP layer (``dagserve.rayserve.ingress_deployment``) and reaches
 the backend through ``dagserve._hooks``.
 """
 

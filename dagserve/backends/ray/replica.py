@@ -33,12 +33,12 @@ from typing import Any
 from dagserve._errors import DagserveError, DeployError
 from dagserve._hooks import hooks
 from dagserve.backends.ray.direct.directory import socket_dir
-from dagserve.backends.ray.direct.protocol import FrameLimits
+from dagserve.backends.ray.direct.frames import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.backends.ray.header import CallHeader
-from dagserve.backends.ray.handles import ReplicaCaller, enter_call
-from dagserve.backends.ray.streams import replica_stream, resolve_sources
+from dagserve.backends.ray.replica_caller import ReplicaCaller, enter_call
+from dagserve.backends.ray.remote_streams import replica_stream, resolve_sources
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.heap import settle_heap
@@ -56,7 +56,7 @@ __all__ = ["LOOPBACK_ENV", "Header", "NodeReplica", "ReplicaSpec", "TargetRef", 
 LOOPBACK_ENV = "DAGSERVE_RAY_LOOPBACK"
 
 #: What travels with every call: (method, step name, request id, W3C traceparent or None[, extras
-#: for handles: backends/ray/handles.py]).
+#: for handles: backends/ray/replica_caller.py]).
 Header = CallHeader
 
 # Upper bound on threads for sync node code per replica; threads start only when needed.
@@ -269,7 +269,7 @@ class NodeReplica:
             direct.release()
 
     async def dagserve_stream(self, header: Header, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """A generator node's call (Serve streaming handle, backends/ray/streams.py): its items."""
+        """A generator node's call (Serve streaming handle, backends/ray/remote_streams.py): its items."""
         direct = self._direct
         if direct is not None:
             await direct.admit()
@@ -287,7 +287,7 @@ class NodeReplica:
     async def _run(self, header: Header, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call, however it came (Serve, or the direct transport)."""
         method, step, request_id, traceparent, _ = header
-        args, kwargs = resolve_sources(args, kwargs, self._peers)  # streams it reads (backends/ray/streams.py)
+        args, kwargs = resolve_sources(args, kwargs, self._peers)  # streams it reads (backends/ray/remote_streams.py)
         token = set_request_id(request_id)  # node code and log records see the request's id
         trace_token = set_trace(traceparent)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline

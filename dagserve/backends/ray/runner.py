@@ -21,11 +21,11 @@ from dagserve.backends.ray.direct.pool import DirectCall, PoolClosed, ReplicaLos
 from dagserve.backends.ray.direct_routing import direct_limits
 from dagserve.backends.ray.transports import Transport
 from dagserve.backends.ray.header import CallHeader
-from dagserve.backends.ray.handles import CallExtras
-from dagserve.backends.ray.streams import RayStream, read_streams
+from dagserve.backends.ray.replica_caller import CallExtras
+from dagserve.backends.ray.remote_streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.handles import InProcessHandles
-from dagserve.runtime.replicas import QueueFull
+from dagserve.runtime.replica_slots import QueueFull
 from dagserve.runtime.tracing import call_traceparent
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import OptionsError
-from dagserve.backends.ray.direct.protocol import FrameLimits
+from dagserve.backends.ray.direct.frames import FrameLimits
 from dagserve.backends.ray.replica import ReplicaSpec, ship
 from dagserve.runtime.tracing import otlp_endpoint
 

@@ -49,7 +49,7 @@ Its modules, one concern each: ``protocol`` (frames and their bounds, op codes, 
 peer-uid check), ``auth`` (the token handshake), ``registry`` (cross-node addresses), ``pool`` (the caller side: :class:`~.pool.DirectPool`, :class:`~.pool.DirectCall`),
 ``replica_server`` (the replica side: :class:`~.replica_server.ReplicaServer`) and ``directory``
 (the private socket directory of a node's replicas, and asking them for stats). The caller's
-replica picking and queue are :class:`dagserve.runtime.replicas.ReplicaSlots`, which the local
+replica picking and queue are :class:`dagserve.runtime.replica_slots.ReplicaSlots`, which the local
 backend uses too.
 
 This package imports no Ray (``dumps`` borrows Ray's cloudpickle when it must); the backend decides

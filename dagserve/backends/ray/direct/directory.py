@@ -15,7 +15,7 @@ import stat
 import tempfile
 from typing import Any
 
-from dagserve.backends.ray.direct.protocol import FRAME_LENGTH, OK, STATS, dumps, loads, same_user
+from dagserve.backends.ray.direct.frames import FRAME_LENGTH, OK, STATS, dumps, loads, same_user
 
 __all__ = ["replica_stats", "socket_dir"]
 

@@ -5,8 +5,8 @@ this Ray node) and, when given, the listing of replicas on other Ray nodes (reac
 after the token handshake, :mod:`.auth`), connects to each replica, sends each call to a replica
 on this Ray node with room or else the one with the fewest calls in flight, holds at most
 ``max_ongoing_requests`` calls on a replica and queues the rest (up to ``max_queued_requests``,
-then :class:`~dagserve.runtime.replicas.QueueFull`); the slots and the queue are
-:class:`~dagserve.runtime.replicas.ReplicaSlots`, as in the local backend. A call a replica
+then :class:`~dagserve.runtime.replica_slots.QueueFull`); the slots and the queue are
+:class:`~dagserve.runtime.replica_slots.ReplicaSlots`, as in the local backend. A call a replica
 refuses before running it (``BUSY``, ``REJECTED``) goes to another replica or first in the queue;
 a replica that goes away fails the calls it held with :class:`ReplicaLost`.
 """
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dagserve.backends.ray.direct.auth import Handshake
-from dagserve.backends.ray.direct.protocol import (
+from dagserve.backends.ray.direct.frames import (
     BUSY,
     CALL,
     CANCEL,
@@ -44,7 +44,7 @@ from dagserve.backends.ray.direct.protocol import (
     step_of,
     too_large,
 )
-from dagserve.runtime.replicas import QueueFull, ReplicaSlots
+from dagserve.runtime.replica_slots import QueueFull, ReplicaSlots
 
 __all__ = ["SCAN_INTERVAL_S", "Address", "DirectCall", "DirectPool", "DirectStream", "PoolClosed", "Remote", "ReplicaLost"]
 

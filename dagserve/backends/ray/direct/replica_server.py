@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dagserve.backends.ray.direct.auth import Handshake
-from dagserve.backends.ray.direct.protocol import (
+from dagserve.backends.ray.direct.frames import (
     BUSY,
     CALL,
     CANCEL,

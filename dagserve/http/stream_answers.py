@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve.http.errors import error_from_exception
 from dagserve.http.jsonio import dump_json
-from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
+from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send

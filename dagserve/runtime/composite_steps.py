@@ -1,4 +1,4 @@
-"""Running the composition steps (compiler/composition.py) for the executor: ``map`` and ``optional``.
+"""Running the composition steps (compiler/lowering.py) for the executor: ``map`` and ``optional``.
 
 The executor (runtime/executor.py) hands these steps here with itself; they use its evaluation
 (``_value``, ``_gather``) and its runner, so they work the same on every backend. Each item of a

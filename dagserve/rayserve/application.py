@@ -1,8 +1,8 @@
 """A graph as a Ray Serve application that Ray's own tools deploy (``serve deploy``, KubeRay).
 
-``dagserve build MODULE:ATTR -o serve.yaml`` (``dagserve.http.serve_config``) writes a Serve
+``dagserve build MODULE:ATTR -o serve.yaml`` (``dagserve.rayserve.config_files``) writes a Serve
 config file whose application Serve builds by calling :func:`build` (``import_path:
-dagserve.http.serve_app:build``) with the application's ``args``::
+dagserve.rayserve.application:build``) with the application's ``args``::
 
     args:
       target: examples.quickstart:graph   # MODULE:ATTR, importable on the cluster
@@ -28,14 +28,14 @@ from typing import Any
 from dagserve._errors import DagserveError, GraphError
 from dagserve.deploy_config import compile_with_config, import_target, load_config, suggest
 from dagserve.graph import Graph
-from dagserve.http.config import TOKEN_ENV, ServerConfig, server_config
+from dagserve.http.settings import TOKEN_ENV, ServerConfig, server_config
 from dagserve.http.hosts import served_hosts
 from dagserve.http.server import resolve_token
 
 __all__ = ["ARGS", "IMPORT_PATH", "build", "ingress_options", "select_graph"]
 
 #: Where Serve finds the application builder (the ``import_path`` of the files ``dagserve build`` writes).
-IMPORT_PATH = "dagserve.http.serve_app:build"
+IMPORT_PATH = "dagserve.rayserve.application:build"
 #: The builder's arguments.
 ARGS = ("target", "graph", "config")
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import HTTPError, NodeError, OverloadedError, RequestError, RequestTimeoutError
-from dagserve.runtime.composition import SKIPPED_HEADER
+from dagserve.runtime.composite_steps import SKIPPED_HEADER
 
 if TYPE_CHECKING:
     from dagserve.app import App

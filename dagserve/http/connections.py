@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, OptionsError
-from dagserve.http.config import (
+from dagserve.http.settings import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_SHUTDOWN_TIMEOUT_S,

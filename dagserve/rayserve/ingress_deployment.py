@@ -18,7 +18,7 @@ from ray import serve
 
 from dagserve.app import App
 from dagserve.backends.ray.backend import RayBackend
-from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
+from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV
 from dagserve.http.server import asgi_app, resolve_token
 from dagserve.runtime.heap import settle_heap
 

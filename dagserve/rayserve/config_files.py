@@ -1,7 +1,7 @@
 """The files ``dagserve build`` writes: a Ray Serve config file, or a KubeRay ``RayService``.
 
 A Serve config file (``serve deploy serve.yaml``) has one application per graph, built on the
-cluster by :func:`dagserve.http.serve_app.build` from ``import_path`` and ``args``, and lists every
+cluster by :func:`dagserve.rayserve.application.build` from ``import_path`` and ``args``, and lists every
 node as its own deployment with its options (replicas or autoscaling, CPU/GPU share, queue
 bounds, health checks), plus dagserve's ingress deployment. Serve's config overrides the code
 for those: edit one node's ``num_replicas`` and ``serve deploy`` again, and Serve changes that
@@ -25,8 +25,8 @@ from dagserve.backends.ray.proxy import INGRESS_DEPLOYMENT
 from dagserve.backends.ray.serve_options import deployment_options
 from dagserve.deploy_config import DeployConfig, compile_with_config, format_size
 from dagserve.graph import Graph
-from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV, server_config
-from dagserve.http.serve_app import IMPORT_PATH
+from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV, server_config
+from dagserve.rayserve.application import IMPORT_PATH
 
 __all__ = ["RAY_IMAGE", "RAY_VERSION", "kubernetes_name", "rayservice_manifest", "serve_config"]
 

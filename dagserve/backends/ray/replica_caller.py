@@ -1,6 +1,6 @@
 """Handles on Ray (issue 18, item 1): how a replica calls the deployments it holds.
 
-A replica turns the :class:`~dagserve.compiler.handles.HandleRef` in its constructor arguments,
+A replica turns the :class:`~dagserve.compiler.handle_refs.HandleRef` in its constructor arguments,
 and in the arguments of a call whose header says it carries some, into
 :class:`~dagserve.runtime.handles.Handle` objects calling through a :class:`ReplicaCaller`: each
 call goes to the callee's replicas (its own deployment: replicas, queue, batching) over the
@@ -18,7 +18,7 @@ import contextvars
 import time
 from typing import TYPE_CHECKING, Any
 
-from dagserve.compiler.handles import HandleRef
+from dagserve.compiler.handle_refs import HandleRef
 from dagserve.runtime.handles import (
     Handle,
     bounded,
