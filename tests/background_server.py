@@ -7,6 +7,7 @@ from typing import Any
 
 from dagserve._errors import DagserveError
 from dagserve.http.connections import make_server
+from dagserve.http.settings import ServerOptions
 
 __all__ = ["BackgroundServer"]
 
@@ -23,7 +24,8 @@ class BackgroundServer:
     def __init__(self, web: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         self._ready = threading.Event()
         options.setdefault("log_level", "warning")
-        self.server = make_server(web, host=host, port=port, on_ready=lambda url: self._ready.set(), **options)
+        server = ServerOptions(host=host, port=port, **options)
+        self.server = make_server(web, server, on_ready=lambda url: self._ready.set())
         self._thread = threading.Thread(target=self._run, name="dagserve-http", daemon=True)
         self._error: BaseException | None = None
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from dagserve.app import App, AppGroup
+    from dagserve.http.settings import ServerOptions
     from dagserve.backends import Backend
     from dagserve.deploy_config import DeployConfig
 
@@ -215,8 +216,9 @@ def run_command(target: str, **options: Any) -> None:
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
     graphs = load_graphs(target)
     check_config(config, graphs)  # every graph compiles with the file's node options
-    with _logging_to_stderr(options["log_level"], options["log_format"]):
-        _run(graphs, stored_admin_token=created, config=config, **options)
+    server = server_options(options)  # before deploying: a refusal costs nothing
+    with _logging_to_stderr(server.log_level, server.log_format):
+        _run(graphs, server, stored_admin_token=created, config=config, **options)
 
 
 def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
@@ -247,29 +249,51 @@ def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, boo
     return secrets.token_urlsafe(32), True
 
 
+def server_options(options: dict[str, Any]) -> ServerOptions:
+    """The server's options, built once from ``dagserve run``'s merged settings (flags over the
+    config file's ``server:`` section over the defaults; tokens also from the environment); the
+    keys it takes are removed from ``options``."""
+    from dagserve.http.settings import ServerOptions
+
+    take = {flag: options.pop(flag) for flag in _SERVER_FLAGS}
+    try:
+        return ServerOptions.build(
+            host=take["host"],
+            port=take["port"],
+            token=take["token"],
+            admin_token=take["admin_token"],
+            max_body_bytes=take["max_body_size"],
+            body_timeout_s=take["body_timeout"],
+            max_in_flight=take["max_in_flight"],
+            debug=take["debug"],
+            allowed_hosts=take["allowed_hosts"],
+            header_timeout_s=take["header_timeout"],
+            shutdown_timeout_s=take["shutdown_timeout"],
+            access_log=take["access_log"],
+            log_level=take["log_level"],
+            log_format=take["log_format"],
+        )
+    except DagserveError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+#: ``dagserve run``'s settings that make its :class:`~dagserve.http.settings.ServerOptions`.
+_SERVER_FLAGS = (
+    "host", "port", "token", "admin_token", "max_body_size", "body_timeout", "max_in_flight", "debug",
+    "allowed_hosts", "header_timeout", "shutdown_timeout", "access_log", "log_level", "log_format",
+)
+
+
 def _run(
     graphs: list[Graph],
+    server: ServerOptions,
     *,
-    host: str,
-    port: int,
     backend: str | None,
     address: str | None,
     allow_unauthenticated_ray: bool,
-    token: str | None,
-    admin_token: str | None,
-    max_body_size: int,
-    max_in_flight: int,
-    body_timeout: float,
-    header_timeout: float,
     request_timeout: float | None,
     ready_timeout: float | None,
-    shutdown_timeout: float,
     stream_timeout: float | None = None,
-    allowed_hosts: tuple[str, ...],
-    debug: bool,
-    access_log: bool,
-    log_level: str,
-    log_format: str = "text",
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
 ) -> None:
@@ -287,36 +311,20 @@ def _run(
         raise click.ClickException(str(exc)) from None
     served = [graph for app in apps for graph in (list(app.graphs.values()) or [app])]  # a group: each graph
     names = ", ".join(a.name for a in served)
+    admin_token = server.ingress.admin_token
     token_file: list[Path] = []
 
     def announce(url: str) -> None:
         if stored_admin_token and admin_token:
             # Written once the port is known (--port 0), before the URL line a client waits for.
-            path = write_token_file(host, urllib.parse.urlsplit(url).port or port, admin_token)
+            path = write_token_file(server.host, urllib.parse.urlsplit(url).port or server.port, admin_token)
             token_file.append(path)
             click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
         routes = url if len(served) == 1 else ", ".join(f"{url}{a.name}" for a in served)
         click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
 
     try:
-        serve(
-            apps,
-            host=host,
-            port=port,
-            token=token,
-            admin_token=admin_token,
-            max_body_bytes=max_body_size,
-            body_timeout_s=body_timeout,
-            header_timeout_s=header_timeout,
-            max_in_flight=max_in_flight,
-            shutdown_timeout_s=shutdown_timeout,
-            allowed_hosts=allowed_hosts,
-            debug=debug,
-            access_log=access_log,
-            log_level=log_level,
-            log_format=log_format,
-            on_ready=announce,
-        )
+        serve(apps, options=server, on_ready=announce)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -19,13 +19,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import DagserveError, OptionsError
-from dagserve.http.settings import (
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT_S,
-    positive,
-)
+from dagserve._errors import DagserveError
+from dagserve.http.settings import ServerOptions
 from dagserve.http.errors import error_body
 from dagserve.http.hosts import url_for
 from dagserve.http.jsonio import dump_json
@@ -36,46 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dagserve.serve")
 
-def check_server_options(header_timeout_s: float | None, max_header_bytes: int, shutdown_timeout_s: float) -> None:
-    if header_timeout_s is not None:
-        positive("header_timeout_s", header_timeout_s)
-    positive("max_header_bytes", max_header_bytes, integer=True)
-    if (
-        isinstance(shutdown_timeout_s, bool)
-        or not isinstance(shutdown_timeout_s, (int, float))
-        or shutdown_timeout_s < 0
-    ):
-        raise OptionsError(
-            f"Server option shutdown_timeout_s={shutdown_timeout_s!r} is invalid; it must be >= 0 seconds."
-        )
-
-
-def run_server(
-    web: Any,
-    *,
-    host: str,
-    port: int,
-    header_timeout_s: float | None = DEFAULT_HEADER_TIMEOUT_S,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-    access_log: bool = False,
-    log_level: str = "info",
-    log_format: str = "text",
-    on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve the ASGI app ``web`` with uvicorn until SIGINT/SIGTERM (main thread) or ``should_exit``."""
-    server = make_server(
-        web,
-        host=host,
-        port=port,
-        header_timeout_s=header_timeout_s,
-        max_header_bytes=max_header_bytes,
-        shutdown_timeout_s=shutdown_timeout_s,
-        access_log=access_log,
-        log_level=log_level,
-        log_format=log_format,
-        on_ready=on_ready,
-    )
+def run_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the ASGI app ``web`` with uvicorn as ``options`` say until SIGINT/SIGTERM (main
+    thread) or ``should_exit``."""
+    server = make_server(web, options, on_ready=on_ready)
     try:
         server.run()
     except SystemExit:
@@ -83,23 +42,12 @@ def run_server(
             raise
         # uvicorn logs why (typically the address is in use) and exits; a library should raise.
         raise DagserveError(
-            f"The HTTP server could not start on {host}:{port} (is the port in use? the log above says why)."
+            f"The HTTP server could not start on {options.host}:{options.port} (is the port in use? the log "
+            "above says why)."
         ) from None
 
 
-def make_server(
-    web: Any,
-    *,
-    host: str,
-    port: int,
-    header_timeout_s: float | None = DEFAULT_HEADER_TIMEOUT_S,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-    access_log: bool = False,
-    log_level: str | int | None = "info",
-    log_format: str = "text",
-    on_ready: Callable[[str], None] | None = None,
-) -> Any:
+def make_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> Any:
     """A configured (not yet running) uvicorn server for ``web``.
 
     Raises :class:`DagserveError` when the installed uvicorn lacks what dagserve's server
@@ -108,21 +56,20 @@ def make_server(
     import uvicorn
 
     check_uvicorn()
-    check_server_options(header_timeout_s, max_header_bytes, shutdown_timeout_s)
     config = uvicorn.Config(
         web,
-        host=host,
-        port=port,
-        http=protocol_class(header_timeout_s, max_header_bytes),
+        host=options.host,
+        port=options.port,
+        http=protocol_class(options.header_timeout_s, options.max_header_bytes),
         loop="auto",  # uvloop when installed
         lifespan="off",  # the ingress needs no startup/shutdown of its own: serve() owns the Apps
-        access_log=access_log,
-        log_config=_log_config(log_format),
-        log_level=log_level,
-        timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]
+        access_log=options.access_log,
+        log_config=_log_config(options.log_format),
+        log_level=options.log_level,
+        timeout_graceful_shutdown=options.shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
     )
-    return _server_class()(config, host=host, on_ready=on_ready)
+    return _server_class()(config, host=options.host, on_ready=on_ready)
 
 
 def _log_config(log_format: str = "text") -> dict[str, Any]:

@@ -7,11 +7,10 @@ Importing this module is cheap: Starlette and uvicorn load inside the functions 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import GraphError, OptionsError
+from dagserve._errors import GraphError
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.app import App, AppGroup, deploy
 from dagserve.graph import Graph
@@ -20,15 +19,16 @@ from dagserve.http.settings import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     TOKEN_ENV,
     IngressConfig,
+    ServerOptions,
+    resolve_token,
 )
-from dagserve.http.hosts import host_list, served_hosts, warn_if_exposed
-from dagserve.http.connections import check_server_options, run_server
-from dagserve.observe.logs import LOG_FORMATS, access_observer
+from dagserve.http.connections import run_server
+from dagserve.http.hosts import host_list, warn_if_exposed
+from dagserve.observe.logs import access_observer
 from dagserve.runtime.heap import settled_heap
 from dagserve.runtime.tracing import otlp_endpoint
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from dagserve.backends import Backend
     from dagserve.observe.otel import Tracing
 
-__all__ = ["asgi_app", "check_unique_names", "resolve_token", "serve"]
+__all__ = ["asgi_app", "check_unique_names", "serve"]
 
 logger = logging.getLogger("dagserve.serve")
 
@@ -105,6 +105,7 @@ def serve(
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     on_ready: Callable[[str], None] | None = None,
+    options: ServerOptions | None = None,
     **backend_options: Any,
 ) -> None:
     """Deploy the graph(s) and serve them over HTTP until SIGINT or SIGTERM; blocks.
@@ -126,21 +127,28 @@ def serve(
     request's headers. ``log_format="json"`` writes uvicorn's lines as JSON objects and adds one
     record per request on the ``dagserve.access`` logger (docs/operations.md). Traces are exported over OTLP/HTTP when ``$DAGSERVE_OTLP_ENDPOINT`` (or
     ``$OTEL_EXPORTER_OTLP_ENDPOINT``) names an endpoint (docs/tracing.md).
+
+    ``options`` (a :class:`~dagserve.http.settings.ServerOptions`, as ``dagserve run`` builds
+    from its flags) replaces every server option above when given.
     """
     items = _as_list(graph_or_graphs)
-    if log_format not in LOG_FORMATS:
-        raise OptionsError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}.")
-    check_server_options(header_timeout_s, DEFAULT_MAX_HEADER_BYTES, shutdown_timeout_s)
-    token = resolve_token(token, TOKEN_ENV)
-    config = IngressConfig(
-        token=token,
-        admin_token=resolve_token(admin_token, ADMIN_TOKEN_ENV),
-        max_body_bytes=max_body_bytes,
-        body_timeout_s=body_timeout_s,
-        max_in_flight=max_in_flight,
-        debug=debug,
-        allowed_hosts=served_hosts(host, token, allowed_hosts),
-    )
+    if options is None:
+        options = ServerOptions.build(
+            host=host,
+            port=port,
+            token=token,
+            admin_token=admin_token,
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout_s,
+            max_in_flight=max_in_flight,
+            debug=debug,
+            allowed_hosts=allowed_hosts,
+            header_timeout_s=header_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+            access_log=access_log,
+            log_level=log_level,
+            log_format=log_format,
+        )
     owned: list[App] = []  # deployed here, so shut down here
     tracing: Tracing | None = None
     try:
@@ -152,25 +160,15 @@ def serve(
         apps = list(served.values())
         from dagserve.http.ingress import create_app
 
-        web = create_app(served, config)
-        warn_if_exposed(host, config.token)
+        web = create_app(served, options.ingress)
+        warn_if_exposed(options.host, options.ingress.token)
         tracing = _traced(apps)
-        if log_format == "json":
+        if options.log_format == "json":
             for app in apps:
                 if access_observer not in app.observers:
                     app.observers.append(access_observer)  # one dagserve.access record per request
         with settled_heap():  # deployed: while serving, no GC scans of what the process holds for good
-            run_server(
-                web,
-                host=host,
-                port=port,
-                header_timeout_s=header_timeout_s,
-                shutdown_timeout_s=shutdown_timeout_s,
-                access_log=access_log,
-                log_level=log_level,
-                log_format=log_format,
-                on_ready=on_ready,
-            )
+            run_server(web, options, on_ready=on_ready)
     finally:
         if tracing is not None:
             tracing.shutdown()  # sends the spans still buffered
@@ -196,13 +194,6 @@ def _traced(apps: list[App]) -> Tracing | None:
 
 
 # -- helpers shared with the CLI ---------------------------------------------------------------------
-
-
-def resolve_token(token: str | None, env: str) -> str | None:
-    """``token``, else the environment variable ``env``; empty means none."""
-    if token is None:
-        token = os.environ.get(env)
-    return token or None
 
 
 def check_unique_names(items: Iterable[Graph | App | AppGroup]) -> None:

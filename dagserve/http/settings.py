@@ -1,5 +1,6 @@
-"""One ingress's limits and switches (:class:`IngressConfig`), the server defaults, and the
-``server:`` section of a config file (:class:`ServerConfig`).
+"""One ingress's limits and switches (:class:`IngressConfig`), one server's options as one value
+(:class:`ServerOptions`), the server defaults, and the ``server:`` section of a config file
+(:class:`ServerConfig`).
 
 Read by the ingress (``dagserve.http.ingress``) and set by ``asgi_app`` / ``serve``
 (``dagserve.http.server``); kept apart so that neither imports the other.
@@ -7,15 +8,18 @@ Read by the ingress (``dagserve.http.ingress``) and set by ``asgi_app`` / ``serv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dagserve._errors import OptionsError
 from dagserve.deploy_config import DeployConfig, parse_size, suggest
-from dagserve.http.hosts import check_host_entry
+from dagserve.http.hosts import check_host_entry, served_hosts
 from dagserve.http.jsonio import MAX_DEPTH
+from dagserve.observe.logs import LOG_FORMATS
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -28,6 +32,7 @@ __all__ = [
     "TOKEN_ENV",
     "IngressConfig",
     "ServerConfig",
+    "ServerOptions",
     "positive",
     "server_config",
 ]
@@ -75,6 +80,79 @@ class IngressConfig:
             positive("body_timeout_s", self.body_timeout_s)
         if self.max_in_flight is not None:
             positive("max_in_flight", self.max_in_flight, integer=True)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How one server serves: where it listens, how long a client may take to send a request's
+    head and how large it may be, how long requests in flight get at shutdown, what it logs, and
+    its ingress's limits (:class:`IngressConfig`).
+
+    Built once, by :meth:`build` from the options as ``dagserve.serve`` and ``dagserve run`` name
+    them (the CLI after merging its flags, the environment and a config file's ``server:``
+    section), and passed down whole: to the ingress (``ingress``) and to the uvicorn server
+    (``http/connections.py``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    header_timeout_s: float | None = DEFAULT_HEADER_TIMEOUT_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    access_log: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.header_timeout_s is not None:
+            positive("header_timeout_s", self.header_timeout_s)
+        positive("max_header_bytes", self.max_header_bytes, integer=True)
+        value = self.shutdown_timeout_s
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise OptionsError(f"Server option shutdown_timeout_s={value!r} is invalid; it must be >= 0 seconds.")
+        if self.log_format not in LOG_FORMATS:
+            raise OptionsError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}.")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: str | None = None,
+        admin_token: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
+        max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
+        debug: bool = False,
+        allowed_hosts: Iterable[str] | None = None,
+        title: str | None = None,
+        **server: Any,
+    ) -> ServerOptions:
+        """The options of a server bound to ``host``: ``token`` and ``admin_token`` default to
+        ``$DAGSERVE_TOKEN`` and ``$DAGSERVE_ADMIN_TOKEN``; bound to loopback without a token, it
+        answers only loopback ``Host`` names and ``allowed_hosts`` (web pages cannot reach it
+        through DNS rebinding); ``server`` holds the other fields."""
+        token = resolve_token(token, TOKEN_ENV)
+        ingress = IngressConfig(
+            token=token,
+            admin_token=resolve_token(admin_token, ADMIN_TOKEN_ENV),
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout_s,
+            max_in_flight=max_in_flight,
+            debug=debug,
+            title=title,
+            allowed_hosts=served_hosts(host, token, allowed_hosts),
+        )
+        return cls(host=host, port=port, ingress=ingress, **server)
+
+
+def resolve_token(token: str | None, env: str) -> str | None:
+    """``token``, else the environment variable ``env``; empty means none."""
+    if token is None:
+        token = os.environ.get(env)
+    return token or None
 
 
 def positive(name: str, value: Any, *, integer: bool = False) -> None:

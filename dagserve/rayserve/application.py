@@ -28,9 +28,8 @@ from typing import Any
 from dagserve._errors import DagserveError, GraphError
 from dagserve.deploy_config import compile_with_config, import_target, load_config, suggest
 from dagserve.graph import Graph
-from dagserve.http.settings import TOKEN_ENV, ServerConfig, server_config
 from dagserve.http.hosts import served_hosts
-from dagserve.http.server import resolve_token
+from dagserve.http.settings import TOKEN_ENV, ServerConfig, resolve_token, server_config
 
 __all__ = ["ARGS", "IMPORT_PATH", "build", "ingress_options", "select_graph"]
 

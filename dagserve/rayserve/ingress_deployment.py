@@ -18,8 +18,8 @@ from ray import serve
 
 from dagserve.app import App
 from dagserve.backends.ray.backend import RayBackend
-from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV
-from dagserve.http.server import asgi_app, resolve_token
+from dagserve.http.server import asgi_app
+from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV, resolve_token
 from dagserve.runtime.heap import settle_heap
 
 if TYPE_CHECKING:

@@ -50,8 +50,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Replaces deploying and serving with a record of the settings they would get."""
     calls: list[dict[str, Any]] = []
 
-    def record(graphs: list[Any], **options: Any) -> None:
-        calls.append({"graphs": [g.name for g in graphs], **options})
+    def record(graphs: list[Any], server: Any, **options: Any) -> None:
+        calls.append({"graphs": [g.name for g in graphs], "server": server, **options})
 
     monkeypatch.setattr(dagserve.cli.run, "_run", record)
     return calls
@@ -62,9 +62,10 @@ def test_code_then_file_then_flags(config_file: Path, captured: list[dict[str, A
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     (run,) = captured
-    assert run["port"] == 9000  # the flag beats the file
-    assert run["max_body_size"] == 1024 and run["max_in_flight"] == 7  # the file beats the defaults
-    assert run["header_timeout"] == 10.0  # neither: the default
+    server = run["server"]  # the one ServerOptions value the flags, the file and the defaults make
+    assert server.port == 9000  # the flag beats the file
+    assert server.ingress.max_body_bytes == 1024 and server.ingress.max_in_flight == 7  # the file beats the defaults
+    assert server.header_timeout_s == 10.0  # neither: the default
     sentiment = run["config"].graphs["reviews"].nodes["Sentiment"]
     assert sentiment == {"num_replicas": 3}
 
@@ -140,11 +141,11 @@ def test_the_files_tracing_and_log_settings_apply_under_the_environment_and_flag
     )
     args = ["run", "examples.quickstart:graph", "--config", str(config_file), "--no-admin"]
     assert CliRunner().invoke(main, args).exit_code == 0
-    assert captured[-1]["log_format"] == "json" and captured[-1]["stream_timeout"] == 42
+    assert captured[-1]["server"].log_format == "json" and captured[-1]["stream_timeout"] == 42
     import os
 
     assert os.environ[OTLP_ENDPOINT_ENV] == "http://127.0.0.1:4318"  # where the replicas read it at deploy
     monkeypatch.setenv(OTLP_ENDPOINT_ENV, "http://127.0.0.1:4000")  # the environment beats the file
     assert CliRunner().invoke(main, args + ["--log-format", "text"]).exit_code == 0
-    assert captured[-1]["log_format"] == "text"  # the flag beats the file
+    assert captured[-1]["server"].log_format == "text"  # the flag beats the file
     assert os.environ[OTLP_ENDPOINT_ENV] == "http://127.0.0.1:4000"

@@ -24,6 +24,7 @@ import pytest
 import dagserve
 import dagserve.http.hosts as hosts
 import dagserve.http.connections as proto
+from dagserve.http.settings import ServerOptions
 import dagserve.http.server as srv
 from tests import ingress_graphs as g
 
@@ -140,7 +141,7 @@ def test_several_graphs_are_deployed_together_and_share_their_nodes(monkeypatch:
 
     served: dict[str, Any] = {}
 
-    def run_server(web: Any, **kw: Any) -> None:  # serve "until stopped": call both graphs, then stop
+    def run_server(web: Any, options: Any, **kw: Any) -> None:  # serve "until stopped": call both graphs, then stop
         served.update(web.state.dagserve.apps)
         served["a"] = served["ga"].call(5)
         served["b"] = served["gb"].call({"x": 1})
@@ -155,7 +156,7 @@ def test_several_graphs_are_deployed_together_and_share_their_nodes(monkeypatch:
 
 
 def test_apps_passed_in_stay_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(srv, "run_server", lambda web, **kw: None)  # serve "until stopped": at once
+    monkeypatch.setattr(srv, "run_server", lambda web, options, **kw: None)  # serve "until stopped": at once
     app = dagserve.deploy(g.typed(), backend="local")
     try:
         dagserve.serve(app)
@@ -223,7 +224,7 @@ def test_serve_warns_before_listening_beyond_loopback_without_a_token(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     listened: list[str] = []
-    monkeypatch.setattr(srv, "run_server", lambda web, **kw: listened.append(kw["host"]))
+    monkeypatch.setattr(srv, "run_server", lambda web, options, **kw: listened.append(options.host))
     monkeypatch.delenv("DAGSERVE_TOKEN", raising=False)
     with caplog.at_level(logging.WARNING, logger="dagserve.serve"):
         dagserve.serve(g.typed(), host="0.0.0.0", backend="local")
@@ -267,7 +268,7 @@ def test_serve_checks_the_host_header_on_loopback_without_a_token(
     monkeypatch: pytest.MonkeyPatch, host: str, token: str | None, allowed: list[str] | None, expected: object
 ) -> None:
     served: list[object] = []
-    monkeypatch.setattr(srv, "run_server", lambda web, **kw: served.append(web.state.dagserve.config.allowed_hosts))
+    monkeypatch.setattr(srv, "run_server", lambda web, options, **kw: served.append(web.state.dagserve.config.allowed_hosts))
     monkeypatch.delenv("DAGSERVE_TOKEN", raising=False)
     dagserve.serve(g.typed(), host=host, backend="local", token=token, allowed_hosts=allowed, log_level="critical")
     assert served == [expected]
@@ -275,7 +276,7 @@ def test_serve_checks_the_host_header_on_loopback_without_a_token(
 
 def test_serve_takes_the_token_from_the_environment_for_the_host_check(monkeypatch: pytest.MonkeyPatch) -> None:
     served: list[object] = []
-    monkeypatch.setattr(srv, "run_server", lambda web, **kw: served.append(web.state.dagserve.config.allowed_hosts))
+    monkeypatch.setattr(srv, "run_server", lambda web, options, **kw: served.append(web.state.dagserve.config.allowed_hosts))
     monkeypatch.setenv("DAGSERVE_TOKEN", "from-env")
     dagserve.serve(g.typed(), backend="local")
     assert served == [None]
@@ -405,7 +406,7 @@ def test_the_server_refuses_to_start_on_a_uvicorn_it_cannot_extend(monkeypatch: 
     try:
         with pytest.raises(dagserve.DagserveError, match=r"cannot run on uvicorn .*capture_signals\(\) is missing.*"
                            r"pip install 'uvicorn\[standard\]>=0\.30,<0\.55'"):
-            proto.make_server(object(), host="127.0.0.1", port=0)
+            proto.make_server(object(), ServerOptions(host="127.0.0.1", port=0))
         app = dagserve.deploy(g.typed(), backend="local")
         with pytest.raises(dagserve.DagserveError, match="cannot run on uvicorn"):
             dagserve.serve(app, port=0)
