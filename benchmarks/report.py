@@ -191,6 +191,25 @@ def _notes(records: list[Record]) -> list[str]:
     return notes
 
 
+def curve_table(records: list[Record]) -> str:
+    """The ``curve`` records: one row per concurrency, req/s and p50/p99 per system."""
+    systems = list(dict.fromkeys(r["system"] for r in records))
+    levels = sorted({r["concurrency"] for r in records})
+    head = ["conc", *systems]
+    rows = []
+    for c in levels:
+        row = [str(c)]
+        for s in systems:
+            r = next((r for r in _ok(records) if r["system"] == s and r["concurrency"] == c), None)
+            row.append("-" if r is None else f"{r['rps']:.0f} ({r['p50_ms']:.2f}/{r['p99_ms']:.2f})")
+        rows.append(row)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = ["== curve: the chain as concurrency rises; req/s (p50/p99 ms)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
 def write_json(path: Path, records: list[Record]) -> None:
     """Write atomically (``*.tmp`` then rename) so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,8 @@ def stop_leftover_haproxy(state_dir: Path) -> list[int]:
 def main() -> None:
     args, workloads = parse_args(__doc__ or "", _add_flavor)
     tuned = args.flavor in ("tuned", "haproxy")
-    state_dir = Path(tempfile.mkdtemp(prefix="dagserve-bench-haproxy-")) if args.flavor == "haproxy" else None
+    # Short: Serve adds a 56-character directory, and HAProxy takes socket paths of 97 at most.
+    state_dir = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp")) if args.flavor == "haproxy" else None
     # Read once, when ray.serve._private.constants is imported: set it before importing ray.
     # Ray's worker processes inherit this environment from the driver.
     if tuned:
