@@ -127,12 +127,13 @@ def scaling(records: Sequence[Record]) -> list[Verdict]:
 JUDGES: tuple[Callable[[Sequence[Record]], list[Verdict]], ...] = (chain_ratios, batching, scaling)
 
 
-def judge(records: Sequence[Record]) -> list[Verdict]:
-    return [v for j in JUDGES for v in j(records)]
+def judge(records: Sequence[Record], judges: Sequence[Callable[[Sequence[Record]], list[Verdict]]] = JUDGES) -> list[Verdict]:
+    return [v for j in judges for v in j(records)]
 
 
-def summary(records: Sequence[Record]) -> str:
-    verdicts = judge(records)
+def summary(records: Sequence[Record], judges: Sequence[Callable[[Sequence[Record]], list[Verdict]]] = JUDGES) -> str:
+    """Every target of ``judges`` (default all), one line each, met / NOT MET / not measured."""
+    verdicts = judge(records, judges)
     met = sum(v.met is True for v in verdicts)
     lines = [f"== targets (issue 32): {met} of {len(verdicts)} met"]
     lines += [v.line() for v in verdicts]

@@ -40,6 +40,8 @@ __all__ = ["DEFAULT_BACKEND", "DEFAULT_REQUEST_TIMEOUT_S", "App", "deploy"]
 
 
 _SCALE_FIELDS = frozenset({"num_replicas", "autoscaling"})
+#: How long ``App.aprepare`` may wait for the backend's connections before reporting ready anyway.
+PREPARE_TIMEOUT_S = 5.0
 _UPDATE_FIELDS = frozenset(
     {"num_replicas", "autoscaling", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests",
      "max_queued_requests", "timeout_s", "retries", "num_cpus", "num_gpus", "memory", "resources"}
@@ -240,6 +242,17 @@ class App:
         if loop is current:
             return await self._run(payload, ctx, timeout_s)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
+
+    async def aprepare(self, timeout_s: float = PREPARE_TIMEOUT_S) -> None:
+        """Make the first request as fast as the later ones: bind the App to the running event loop
+        and let its backend open what requests use (the Ray backend: its handles and its direct
+        connections to the replicas). Best effort, within ``timeout_s``; what is not open by then
+        opens with the first request, as without this. ``dagserve.serve`` calls it before it
+        reports ready."""
+        for app in self._graphs.values() if self._graphs else (self,):
+            app._check_open()
+            if app._home_loop(asyncio.get_running_loop()) is asyncio.get_running_loop():
+                await app.backend.prepare(timeout_s)
 
     async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
         if self._plan.streams:  # call/acall of a streaming graph: its items in a list
