@@ -18,16 +18,14 @@ A chart whose records are missing is skipped, with a line saying so. Needs matpl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-Record = dict[str, Any]
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-OUT = ROOT / "docs" / "img"
+from benchmarks.report import RESULTS_DIR, Record, load_results
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "img"
 #: Fixed colours per system, so every chart reads the same.
 COLOURS = {
     "floor": "#444444",
@@ -37,23 +35,6 @@ COLOURS = {
     "serve-haproxy": "#d62728",
     "serve": "#d62728",
 }
-
-
-def load(results: Path) -> list[Record]:
-    """Every record of every results file, a later file's replacing an earlier one's for the same key."""
-    files = sorted(results.glob("*.json"), key=lambda p: (p.name == "latest.json", p.name))
-    merged: dict[tuple[Any, ...], Record] = {}
-    for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, list):
-            continue
-        for r in data:
-            if isinstance(r, dict) and "workload" in r and "system" in r:
-                merged[(r["workload"], r["system"], r.get("case"), r.get("concurrency"))] = r
-    return list(merged.values())
 
 
 def _plt() -> Any:
@@ -136,10 +117,10 @@ def scaling_chart(records: Iterable[Record], out: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.charts", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"directory of results (default {RESULTS})")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"directory of results (default {RESULTS_DIR})")
     parser.add_argument("--out", type=Path, default=OUT, help=f"where the SVGs go (default {OUT})")
     args = parser.parse_args(argv)
-    records = load(args.results)
+    records = load_results(args.results)
     for name, draw in (("curve", curve_chart), ("scaling", scaling_chart)):
         path = draw(records, args.out)
         print(f"{name}: {path}" if path else f"{name}: no records in {args.results}; not drawn")

@@ -21,6 +21,8 @@ from benchmarks.workloads import Case, Workload
 from benchmarks.wrk import WrkResult
 
 Record = dict[str, Any]
+#: Where ``benchmarks.run`` and the other benchmark scripts write their records.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def record(workload: Workload, case: Case, system: str, result: WrkResult, mode: str) -> Record:
@@ -216,3 +218,21 @@ def write_json(path: Path, records: list[Record]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def load_results(results: Path = RESULTS_DIR) -> list[Record]:
+    """Every record of every ``*.json`` list in ``results``, a later file's replacing an earlier
+    one's for the same workload, system, case and concurrency (``latest.json`` is read last)."""
+    files = sorted(results.glob("*.json"), key=lambda p: (p.name == "latest.json", p.name))
+    merged: dict[tuple[Any, ...], Record] = {}
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, list):
+            continue
+        for r in data:
+            if isinstance(r, dict) and "workload" in r and "system" in r:
+                merged[(r["workload"], r["system"], r.get("case"), r.get("concurrency"))] = r
+    return list(merged.values())

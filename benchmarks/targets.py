@@ -1,5 +1,8 @@
 """The performance targets of issue 32, judged from one run's records and printed as met / not met.
 
+``python -m benchmarks.targets [--results DIR]`` judges every saved result (``make bench`` ends
+with it); ``benchmarks.run`` and ``benchmarks.scaling`` print the targets of what they measured.
+
 Each target reads the records ``benchmarks.run`` (and ``benchmarks.scaling``) wrote; one whose
 figures are missing (a system not selected, or failed) is "not measured", never "met". Throughput
 targets compare req/s of two systems on the same case in the same run.
@@ -7,11 +10,14 @@ targets compare req/s of two systems on the same case in the same run.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-Record = dict[str, Any]
+from benchmarks.report import RESULTS_DIR, Record, load_results
 
 #: The chain's throughput ratios: (system, reference, minimum of system's req/s over reference's).
 CHAIN_RATIOS: tuple[tuple[str, str, float], ...] = (
@@ -30,6 +36,8 @@ BATCH_LOAD_FRACTION = 0.9
 #: Per-node (per-item) overhead "does not grow": the marginal cost of the wide half stays within
 #: this factor of the narrow half's (timing noise on a shared machine is ±15%).
 GROWTH_FACTOR = 1.25
+#: The systems the scaling targets judge (hand-written Serve is measured beside them, not judged).
+SCALING_SYSTEMS = ("dagserve",)
 #: The first request after ready is within this factor of the later requests' p50.
 FIRST_REQUEST_FACTOR = 2.0
 
@@ -101,7 +109,7 @@ def _growth(points: dict[int, float]) -> tuple[float, float] | None:
 def scaling(records: Sequence[Record]) -> list[Verdict]:
     out = []
     mine = [r for r in records if r.get("workload") == "scaling" and not r.get("failed")]
-    for system in dict.fromkeys(r["system"] for r in mine):
+    for system in SCALING_SYSTEMS:
         for shape, unit in (("fanout", "node"), ("map", "item")):
             points = {r["size"]: r["p50_ms"] * 1e3 for r in mine if r["system"] == system and r["shape"] == shape}
             if not points:
@@ -138,3 +146,15 @@ def summary(records: Sequence[Record], judges: Sequence[Callable[[Sequence[Recor
     lines = [f"== targets (issue 32): {met} of {len(verdicts)} met"]
     lines += [v.line() for v in verdicts]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"directory of results (default {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    print(summary(load_results(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
