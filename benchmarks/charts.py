@@ -2,8 +2,9 @@
 
     python -m benchmarks.charts [--results benchmarks/results] [--out docs/img]
 
-Reads every ``*.json`` list of records in ``--results`` (``latest.json`` last, so its records win
-over older files' for the same system, case and concurrency) and writes SVGs to ``--out``:
+Reads the ``curve`` and ``scaling`` records of every ``*.json`` list in ``--results``
+(``latest.json`` last, so its records win over older files' for the same system, case and
+concurrency) and writes SVGs to ``--out``:
 
 * ``bench-curve.svg``: the chain's throughput against latency (p50 and p99) as concurrency rises,
   one line per system (records of workload ``curve``, from ``benchmarks.run``);

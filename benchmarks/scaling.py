@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs in {log_dir}", file=sys.stderr, flush=True)
     records: list[report.Record] = []
     for shape in args.shapes:
-        sizes = SIZES[shape][:2] if args.quick else SIZES[shape]
+        sizes = SIZES[shape][:2] if args.quick and not args.sizes else SIZES[shape]
         for size in (s for s in sizes if not args.sizes or s in args.sizes):
             for system in args.systems:
                 try:

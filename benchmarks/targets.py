@@ -1,7 +1,8 @@
 """The performance targets of issue 32, judged from one run's records and printed as met / not met.
 
-``python -m benchmarks.targets [--results DIR]`` judges every saved result (``make bench`` ends
-with it); ``benchmarks.run`` and ``benchmarks.scaling`` print the targets of what they measured.
+``python -m benchmarks.targets [--results DIR]`` judges the saved results of the last run
+(``latest.json``) and of ``benchmarks.scaling`` (``scaling.json``); ``make bench`` ends with it.
+``benchmarks.run`` and ``benchmarks.scaling`` also print the targets of what they measured.
 
 Each target reads the records ``benchmarks.run`` (and ``benchmarks.scaling``) wrote; one whose
 figures are missing (a system not selected, or failed) is "not measured", never "met". Throughput
@@ -11,13 +12,14 @@ targets compare req/s of two systems on the same case in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import RESULTS_DIR, Record, load_results
+from benchmarks.report import RESULTS_DIR, Record
 
 #: The chain's throughput ratios: (system, reference, minimum of system's req/s over reference's).
 CHAIN_RATIOS: tuple[tuple[str, str, float], ...] = (
@@ -148,11 +150,24 @@ def summary(records: Sequence[Record], judges: Sequence[Callable[[Sequence[Recor
     return "\n".join(lines)
 
 
+def saved(results: Path = RESULTS_DIR) -> list[Record]:
+    """The records the targets judge: the last ``benchmarks.run`` (``latest.json``, one run, so its
+    ratios compare systems measured together) and ``benchmarks.scaling``'s (``scaling.json``)."""
+    out: list[Record] = []
+    for name in ("latest.json", "scaling.json"):
+        try:
+            data = json.loads((results / name).read_text())
+        except (OSError, ValueError):
+            continue
+        out += [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"directory of results (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
-    print(summary(load_results(args.results)))
+    print(summary(saved(args.results)))
     return 0
 
 
