@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["RayBackend"]
 
 log = logging.getLogger("dagserve.ray")
-#: How often ``prepare`` looks whether the direct pools have connected.
-_PREPARE_POLL_S = 0.02
 
 
 class RayBackend(Backend):
@@ -318,20 +317,9 @@ class RayBackend(Backend):
                 out[name] = counts
         return out
 
-    async def prepare(self, timeout_s: float) -> None:
-        """Create every deployed node's handle and open its direct pool, then wait (at most
-        ``timeout_s``) until each pool has a replica connected: the first request then goes direct
-        like the later ones, instead of through Serve's router while the pools connect."""
-        if self._closed:
-            return
-        names = [s.name for s in self._specs.values() if not s.inline]
-        for name in names:
-            self._handle(name)
-            self._direct_pool(name)  # opens the pool, which connects in the background
-        pools = [p for p in (self._direct.pools.get(n) for n in names) if p is not None]
-        deadline = time.monotonic() + timeout_s
-        while not all(p.usable for p in pools) and time.monotonic() < deadline:
-            await asyncio.sleep(_PREPARE_POLL_S)
+    async def prepare(self, timeout_s: float) -> None:  # the direct pools, connected (DirectRouting.prepare)
+        live = [] if self._closed else [s for s in self._specs.values() if not s.inline]
+        await self._direct.prepare(live, self._app_name or "", timeout_s)
 
     # -- direct transport ----------------------------------------------------------------------
     def _direct_pool(self, name: str) -> DirectPool | None:
@@ -593,11 +581,7 @@ class RayBackend(Backend):
 
 
 def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
-    total: dict[int, int] = {}
-    for counts in results:
-        for size, n in counts.items():
-            total[int(size)] = total.get(int(size), 0) + int(n)
-    return total
+    return dict(sum((Counter({int(k): int(n) for k, n in c.items()}) for c in results), Counter()))
 
 
 _LOGGING = {"enable_access_log": False}
