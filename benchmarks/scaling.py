@@ -15,7 +15,8 @@ items (``benchmarks/servers/scaling_graphs.py``), and the same graphs hand-writt
 
 Records (workload ``scaling``) are appended to ``benchmarks/results/scaling.json``, replacing those
 of the same system, shape and size; ``benchmarks.targets`` judges them and ``benchmarks.charts``
-draws them. ``--quick``: only the smallest and the middle size of each shape, 2 s of load.
+draws them. ``--quick``: 2 s of load, and only the smallest and the middle size of each shape
+unless ``--sizes`` names some.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import tempfile
@@ -108,7 +108,7 @@ def measure(system: str, shape: str, size: int, duration_s: float, log_dir: Path
         result = wrk.run(url, body(shape, size), connections=1, duration_s=duration_s)
         memory = rss_mb(proc.pid)
     finally:
-        _stop(proc)
+        launch.stop(proc, STOP_TIMEOUT_S)  # SIGTERM: a clean stop (the server shuts its Ray down)
     return {
         "workload": "scaling", "case": f"{shape}{size}", "system": system, "shape": shape, "size": size,
         "ready_s": round(ready_at - started, 3), "first_ms": round(first_ms, 3),
@@ -117,21 +117,6 @@ def measure(system: str, shape: str, size: int, duration_s: float, log_dir: Path
         "overhead_us_per_unit": round(result.p50_ms * 1e3 / size, 2), "rss_mb": round(memory, 1),
         "load_1m_before": round(os.getloadavg()[0], 2),
     }
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT (a clean stop: the server shuts its Ray down), then SIGKILL its process group."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 def table(records: list[report.Record]) -> str:
@@ -158,7 +143,7 @@ def merge(path: Path, new: list[report.Record]) -> list[report.Record]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smallest and middle sizes only, 2 s of load")
+    parser.add_argument("--quick", action="store_true", help="2 s of load; smallest and middle sizes unless --sizes")
     parser.add_argument("--systems", nargs="+", choices=("dagserve", "serve"), default=["dagserve", "serve"])
     parser.add_argument("--shapes", nargs="+", choices=tuple(SIZES), default=list(SIZES))
     parser.add_argument("--sizes", nargs="+", type=int, help="only these sizes (of the shapes' own)")

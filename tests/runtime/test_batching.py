@@ -105,6 +105,16 @@ async def _echo(items: list[int]) -> list[int]:
 # -- the window, driven by its own clock ------------------------------------------------------------
 
 
+def _after_a_crowd(n: int, ended: float, wait_s: float = 0.01) -> BatchWindow:
+    """A window that saw ``n`` calls arrive at 0 and leave together at ``ended``, as one batch."""
+    w = BatchWindow(max_batch_size=32, wait_s=wait_s)
+    for _ in range(n):
+        w.arrived(0.0)
+    w.batch_ended(ended)
+    w.left(n, ended)
+    return w
+
+
 def test_window_sends_a_lone_call_at_once_even_when_calls_follow_each_other_fast() -> None:
     w = BatchWindow(max_batch_size=32, wait_s=0.01)
     for k in range(5):
@@ -116,11 +126,7 @@ def test_window_sends_a_lone_call_at_once_even_when_calls_follow_each_other_fast
 
 
 def test_window_waits_for_the_crowd_of_the_last_busy_spell_then_sends_it_full() -> None:
-    w = BatchWindow(max_batch_size=32, wait_s=0.01)
-    for _ in range(8):
-        w.arrived(0.0)
-    w.batch_ended(0.02)
-    w.left(8, 0.02)
+    w = _after_a_crowd(8, ended=0.02)
     w.arrived(0.021)  # the first caller is back
     assert w.expected() == 8
     assert w.delay(queued=1, oldest_arrival=0.021, now=0.021) == pytest.approx(0.01)
@@ -130,21 +136,14 @@ def test_window_waits_for_the_crowd_of_the_last_busy_spell_then_sends_it_full() 
 
 
 def test_window_never_waits_past_its_timeout() -> None:
-    w = BatchWindow(max_batch_size=32, wait_s=0.01)
-    for _ in range(8):
-        w.arrived(0.0)
-    w.batch_ended(0.02)
-    w.left(8, 0.02)
+    w = _after_a_crowd(8, ended=0.02)
     w.arrived(0.021)
     assert w.delay(queued=1, oldest_arrival=0.021, now=0.025) == pytest.approx(0.006)
     assert w.delay(queued=1, oldest_arrival=0.021, now=0.5) == 0.0
 
 
 def test_window_forgets_the_crowd_after_a_quiet_window_and_when_it_shrinks() -> None:
-    w = BatchWindow(max_batch_size=32, wait_s=0.01)
-    for _ in range(8):
-        w.arrived(0.0)
-    w.left(8, 0.02)
+    w = _after_a_crowd(8, ended=0.02)
     w.arrived(0.02 + 0.011)  # quiet for longer than the window
     assert w.expected() == 1 and w.delay(queued=1, oldest_arrival=0.031, now=0.031) == 0.0
     w.left(1, 0.032)
@@ -172,10 +171,7 @@ def test_window_expects_no_more_than_max_batch_size() -> None:
 
 
 def test_window_of_zero_never_waits() -> None:
-    w = BatchWindow(max_batch_size=32, wait_s=0.0)
-    for _ in range(8):
-        w.arrived(0.0)
-    w.left(8, 0.0)
+    w = _after_a_crowd(8, ended=0.0, wait_s=0.0)
     w.arrived(0.0)
     assert w.delay(queued=1, oldest_arrival=0.0, now=0.0) == 0.0
 
