@@ -59,7 +59,7 @@ def curve_chart(records: Iterable[Record], out: Path) -> Path | None:
     if not mine:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for ax, key, title in ((axes[0], "p50_ms", "p50"), (axes[1], "p99_ms", "p99")):
         for system in dict.fromkeys(r["system"] for r in mine):
             pts = sorted((r for r in mine if r["system"] == system), key=lambda r: r["concurrency"])
@@ -83,7 +83,7 @@ def scaling_chart(records: Iterable[Record], out: Path) -> Path | None:
     if not mine:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
     systems = list(dict.fromkeys(r["system"] for r in mine))
     for shape, marker in (("fanout", "o"), ("map", "s")):
         for system in systems:
@@ -110,6 +110,8 @@ def scaling_chart(records: Iterable[Record], out: Path) -> Path | None:
         ax.set_ylabel(unit)
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_yscale("log")
+    axes[1][0].set_yscale("log")
     axes[1][0].axhline(2.0, color="#999999", linestyle=":", label="target: 2x")
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
