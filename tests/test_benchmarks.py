@@ -244,3 +244,28 @@ def test_profile_layers_put_each_stack_in_its_innermost_known_layer() -> None:
     assert total == 10
     assert by[NATIVE_LAYER] == 7 and by["direct transport (frames, pickling, socket writes)"] == 2
     assert by["Starlette (routing, request, response)"] == 1
+
+
+def test_haproxy_left_by_serve_is_stopped_by_pid_and_only_this_runs(tmp_path: Path) -> None:
+    """Two processes named haproxy (argv[0]), one reading this run's config, one another run's:
+    only the first is stopped."""
+    import subprocess
+    import sys
+
+    from benchmarks.servers.serve_app import stop_leftover_haproxy
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    sleeper = "import time; time.sleep(120)"
+
+    def fake_haproxy(state_dir: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["haproxy", "-c", sleeper, "-f", str(state_dir / "haproxy.cfg")], executable=sys.executable)
+
+    left, unrelated = fake_haproxy(mine), fake_haproxy(other)
+    try:
+        assert stop_leftover_haproxy(mine) == [left.pid]
+        assert left.wait(timeout=30) != 0
+        assert unrelated.poll() is None
+    finally:
+        for p in (left, unrelated):
+            p.kill()
+            p.wait()
