@@ -269,3 +269,31 @@ def test_haproxy_left_by_serve_is_stopped_by_pid_and_only_this_runs(tmp_path: Pa
         for p in (left, unrelated):
             p.kill()
             p.wait()
+
+
+def test_scaling_times_the_first_request_on_a_new_connection_and_reads_its_answer() -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from benchmarks.scaling import first_request
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            data = json.dumps({"got": body}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Echo) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            status, answer, ms = first_request(server.server_address[1], {"n": 3})
+        finally:
+            server.shutdown()
+    assert (status, answer) == (200, {"got": {"n": 3}}) and ms > 0
