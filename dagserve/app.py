@@ -245,8 +245,8 @@ class App:
 
     async def aprepare(self, timeout_s: float = PREPARE_TIMEOUT_S) -> None:
         """Make the first request as fast as the later ones: bind the App to the running event loop
-        and let its backend open what requests use (the Ray backend: its handles and its direct
-        connections to the replicas). Best effort, within ``timeout_s``; what is not open by then
+        and let its backend open what requests use (the Ray backend: its direct connections to the
+        replicas). Best effort, within ``timeout_s``; what is not open by then
         opens with the first request, as without this. ``dagserve.serve`` calls it before it
         reports ready."""
         for app in self._graphs.values() if self._graphs else (self,):
