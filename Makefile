@@ -22,10 +22,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not ray and not http" $(PYTEST_ARGS)
 
+# Every system and workload, the chain's curves, the scaling figures; then the charts
+# (docs/img/bench-*.svg, redrawn from benchmarks/results/*.json) and every target, met or not.
 bench: setup
 	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.stream_bench
+	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.charts
+	$(PY) -m benchmarks.targets
 
 bench-quick: setup
 	@./scripts/setup.sh --bench

@@ -94,7 +94,7 @@ def _wait_ready(server: RunningServer, cases: Sequence[Case], deadline: float, v
             pending.pop(0)
 
 
-def _stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM the server, SIGKILL it if it hangs (``timeout_s``), then clear anything left in its process group."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -149,7 +149,7 @@ def running(
             _wait_ready(server, cases, started + system.startup_timeout_s, verify)
             break
         except BaseException as exc:
-            _stop(process)
+            stop(process)
             lost_port = isinstance(exc, ServerError) and b"address already in use" in log_path.read_bytes()
             if lost_port and attempt + 1 < _PORT_ATTEMPTS:
                 continue
@@ -158,4 +158,4 @@ def running(
         server.startup_s = time.monotonic() - started
         yield server
     finally:
-        _stop(process, stop_timeout_s)
+        stop(process, stop_timeout_s)

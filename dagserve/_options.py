@@ -7,7 +7,8 @@ Defaults are chosen for serving under concurrency, not copied from Ray Serve:
   A batched node gets at least ``2 * max_batch_size`` so a full batch can form while another runs.
 * ``num_cpus=0``: a node reserves no CPU unless asked, so a graph of many small nodes fits on a
   laptop. Set ``num_cpus`` for CPU-heavy models so Ray does not pack too many replicas together.
-* ``batch_wait_timeout_s=0.01``: a batch waits at most 10 ms to fill.
+* ``batch_wait_timeout_s=0.01``: a batch waits at most 10 ms for the callers it expects (a lone
+  call, none: see docs/options.md#batching).
 """
 
 from __future__ import annotations

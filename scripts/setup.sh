@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs what is missing: the Debian packages (graphviz's `dot`; `wrk` for
-# benchmarks when asked; what the test suite drives for real with --test) and the Python package
+# benchmarks when asked, with the `bench` extra; what the test suite drives for real with --test) and the Python package
 # with its dev extras. With --test it also creates .venv-clients, a second environment for the
 # protocol clients whose dependencies clash with Ray's (tritonclient pins protobuf<7; Ray 2.60's
 # Serve needs protobuf>=7.35). Safe to run again: it only does work when something is missing or a
@@ -40,6 +40,16 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
   touch "$stamp"
+fi
+
+if [[ $mode == --bench ]]; then
+  # The benchmarks' own extra: Serve's HAProxy binary (serve-haproxy) and matplotlib (the charts).
+  bstamp="$VENV/.dagserve-bench-installed"
+  if [[ ! -f "$bstamp" || pyproject.toml -nt "$bstamp" ]]; then
+    echo "setup: installing the benchmark extra into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
+    touch "$bstamp"
+  fi
 fi
 
 if [[ $mode == --test ]]; then

@@ -142,3 +142,158 @@ def test_build_workload_times_compile_and_render_of_the_graphs_it_names(tmp_path
     assert all({"workload", "system", "rps", "p50_ms", "p99_ms", "errors", "concurrency"} <= set(r) for r in recs)
     assert [r["meets_target"] for r in recs if r["case"] in ("import", "first_answer")] == [True, True]
     assert "first_answer" in build.table(recs)
+
+
+# -- issue 32: the socket floor, the targets, the curves and charts ---------------------------------
+
+
+def test_socket_floor_answers_the_chain_and_hops_over_its_unix_sockets() -> None:
+    """socket-floor starts no Ray (three worker processes and a Starlette route): checked here."""
+    got = check.answers("socket-floor", stop_timeout_s=STOP_GRACE_S)
+    expected = {c.name: c.expected for w in ("chain", "hop") for c in WORKLOADS[w].cases}
+    assert got == {name: [answer] * 3 for name, answer in expected.items()}
+
+
+def test_batched_workload_measures_batching_at_64_8_and_1_connections() -> None:
+    cases = {c.name: c for c in WORKLOADS["batched"].cases}
+    assert {(c.batching, c.concurrency) for c in cases.values()} == {(b, n) for b in (True, False) for n in (64, 8, 1)}
+    assert (cases["batched"].concurrency, cases["unbatched"].concurrency) == (64, 64)  # names kept from earlier runs
+    assert cases["batched-c8"].ideal_rps == cases["unbatched-c8"].ideal_rps * 8
+
+
+def _rec(system: str, case: str, rps: float, p50: float = 1.0, **extra: Any) -> dict[str, Any]:
+    return {"workload": extra.pop("workload", "chain"), "system": system, "case": case, "rps": rps, "p50_ms": p50,
+            "p99_ms": p50 * 2, "concurrency": extra.pop("concurrency", 32), **extra}
+
+
+def test_targets_are_met_not_met_or_not_measured() -> None:
+    from benchmarks import targets
+
+    records = [
+        _rec("floor", "chain", 10_000), _rec("socket-floor", "chain", 5_000), _rec("dagserve", "chain", 4_500),
+        _rec("dagserve-local", "chain", 5_000), _rec("serve-haproxy", "chain", None),  # type: ignore[arg-type]
+    ]
+    verdicts = {v.target: v for v in targets.chain_ratios(records)}
+    assert verdicts["chain: dagserve >= 0.8x socket-floor req/s"].met is True  # 0.9x
+    assert verdicts["chain: dagserve >= 0.3x floor req/s"].met is True
+    assert verdicts["chain: dagserve-local >= 0.6x floor req/s"].met is False  # 0.5x
+    assert verdicts["chain: dagserve >= 10x serve-haproxy req/s"].met is None  # failed: not measured, never met
+    assert "[  NOT MET   ] chain: dagserve-local >= 0.6x floor req/s: 0.5x" in targets.summary(records)
+
+
+def test_batching_targets_compare_p50_alone_and_throughput_under_load() -> None:
+    from benchmarks import targets
+
+    def batched(case: str, rps: float, p50: float, ideal: float, concurrency: int) -> dict[str, Any]:
+        return _rec("dagserve-local", case, rps, p50, workload="batched", concurrency=concurrency,
+                    ideal_rps=ideal, fraction_of_ideal=rps / ideal)
+
+    records = [
+        batched("batched-c1", 49, 20.3, 50, 1), batched("unbatched-c1", 49, 20.0, 50, 1),
+        batched("batched-c8", 380, 21, 400, 8), batched("batched", 1200, 50, 1600, 64),
+    ]
+    met = {v.target.split(":")[0] + " " + v.target.split(" ")[-3]: v.met for v in targets.batching(records)}
+    assert list(met.values()) == [True, True, False]  # +0.3 ms alone; 95% at 8; 75% at 64
+
+
+def test_scaling_targets_judge_the_marginal_cost_per_node_and_the_first_request() -> None:
+    from benchmarks import targets
+
+    def point(size: int, p50: float, first: float) -> dict[str, Any]:
+        return {"workload": "scaling", "system": "dagserve", "case": f"fanout{size}", "shape": "fanout", "size": size,
+                "rps": 1.0, "p50_ms": p50, "first_ms": first}
+
+    flat = [point(1, 1.0, 1.5), point(5, 1.4, 2.0), point(20, 2.9, 9.0)]  # 100 µs per node, then 100
+    v = targets.scaling(flat)
+    assert [x.met for x in v] == [True, True, True, False]  # the last first request took 3.1x p50
+    growing = [point(1, 1.0, 1.0), point(5, 1.4, 1.0), point(20, 4.4, 1.0)]  # 100 µs per node, then 200
+    assert targets.scaling(growing)[0].met is False
+
+
+def test_curve_records_make_a_table_and_charts_are_drawn_from_saved_results(tmp_path: Path) -> None:
+    from benchmarks import charts, report
+
+    curve = [_rec(s, "chain", rps, p50, workload="curve", concurrency=c)
+             for s, k in (("floor", 3.0), ("dagserve", 1.0)) for c, rps, p50 in ((1, 1000 * k, 0.2), (8, 4000 * k, 0.5))]
+    scaling = [{"workload": "scaling", "system": "dagserve", "case": f"map{n}", "shape": "map", "size": n, "rps": 1.0,
+                "p50_ms": n * 0.1, "p99_ms": n * 0.2, "first_ms": n * 0.15, "ready_s": 20.0, "rss_mb": 900.0,
+                "overhead_us_per_unit": 100.0} for n in (10, 100, 1000)]
+    results = tmp_path / "results"
+    report.write_json(results / "latest.json", curve)
+    report.write_json(results / "scaling.json", scaling)
+    table = report.curve_table(curve)
+    assert table.splitlines()[2].split() == ["1", "3000", "(0.20/0.40)", "1000", "(0.20/0.40)"]
+    assert charts.main(["--results", str(results), "--out", str(tmp_path / "img")]) == 0
+    for name in ("bench-curve.svg", "bench-scaling.svg"):
+        assert (tmp_path / "img" / name).read_text().lstrip().startswith("<?xml")
+    drawn = (tmp_path / "img" / "bench-curve.svg").read_bytes()
+    charts.main(["--results", str(results), "--out", str(tmp_path / "img")])
+    assert (tmp_path / "img" / "bench-curve.svg").read_bytes() == drawn  # the same records draw the same file
+
+
+def test_profile_layers_put_each_stack_in_its_innermost_known_layer() -> None:
+    from benchmarks.profile_hop import NATIVE_LAYER, layers
+
+    raw = (
+        "Runner.run (asyncio/runners.py:118) 7\n"
+        "Runner.run (asyncio/runners.py:118);Executor.run (dagserve/runtime/executor.py:179);"
+        "Framed._flush (dagserve/backends/ray/direct/protocol.py:309) 2\n"
+        "Runner.run (asyncio/runners.py:118);Route.handle (starlette/routing.py:289) 1\n"
+    )
+    total, by = layers(raw)
+    assert total == 10
+    assert by[NATIVE_LAYER] == 7 and by["direct transport (frames, pickling, socket writes)"] == 2
+    assert by["Starlette (routing, request, response)"] == 1
+
+
+def test_haproxy_left_by_serve_is_stopped_by_pid_and_only_this_runs(tmp_path: Path) -> None:
+    """Two processes named haproxy (argv[0]), one reading this run's config, one another run's:
+    only the first is stopped."""
+    import subprocess
+    import sys
+
+    from benchmarks.servers.serve_app import stop_leftover_haproxy
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    sleeper = "import time; time.sleep(120)"
+
+    def fake_haproxy(state_dir: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["haproxy", "-c", sleeper, "-f", str(state_dir / "haproxy.cfg")], executable=sys.executable)
+
+    left, unrelated = fake_haproxy(mine), fake_haproxy(other)
+    try:
+        assert stop_leftover_haproxy(mine) == [left.pid]
+        assert left.wait(timeout=30) != 0
+        assert unrelated.poll() is None
+    finally:
+        for p in (left, unrelated):
+            p.kill()
+            p.wait()
+
+
+def test_scaling_times_the_first_request_on_a_new_connection_and_reads_its_answer() -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from benchmarks.scaling import first_request
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            data = json.dumps({"got": body}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Echo) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            status, answer, ms = first_request(server.server_address[1], {"n": 3})
+        finally:
+            server.shutdown()
+    assert (status, answer) == (200, {"got": {"n": 3}}) and ms > 0

@@ -145,7 +145,7 @@ def graph_for(workload: Workload, case: Case, inline: bool, sync: bool = False) 
                 x = step.options(name=f"step{k + 1}")(x)
             out = post.options(inline=True)(x)  # the ingress answers, as in the Serve version
         elif workload.name == "batched":
-            out = (BatchedDevice() if case.name == "batched" else Device())(x)
+            out = (BatchedDevice() if case.batching else Device())(x)
         elif workload.name == "fanout":
             out = co([branch(x, i) for i in range(FANOUT_BRANCHES)])
         elif workload.name == "replicas":

@@ -90,7 +90,7 @@ def main() -> None:
             elif workload.name == "batched":
                 for case in workload.cases:
                     device = BatchedDevice.remote()  # type: ignore[attr-defined]
-                    method = getattr(device, case.name)  # batched / unbatched
+                    method = device.batched if case.batching else device.unbatched
                     ray.get(method.remote(0))
 
                     async def run_device(x: int, method: Any = method) -> dict[str, Any]:

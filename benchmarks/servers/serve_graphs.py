@@ -143,7 +143,7 @@ def build_application(workload: Workload, case: Case, options: dict[str, Any]) -
         steps = [opt(Step, f"step{i}").bind() for i in range(1, case.hops + 1)]
         return opt(HopIngress, "ingress").bind(*steps)
     if workload.name == "batched":
-        model = BatchedModel if case.name == "batched" else UnbatchedModel
+        model = BatchedModel if case.batching else UnbatchedModel
         return opt(model, "model").bind()
     if workload.name == "fanout":
         branches = [opt(Branch, f"branch{i}").bind(i) for i in range(FANOUT_BRANCHES)]

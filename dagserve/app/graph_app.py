@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from dagserve.runtime.mapping import MapResult
     from dagserve.runtime.status import AppStatus
 
-__all__ = ["App"]
+__all__ = ["PREPARE_TIMEOUT_S", "App"]
+
+#: How long ``App.aprepare`` may wait for the backend's connections before reporting ready anyway.
+PREPARE_TIMEOUT_S = 5.0
 
 
 class App:
@@ -144,6 +147,16 @@ class App:
         if loop is current:
             return await self._run(payload, ctx, timeout_s)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(payload, ctx, timeout_s), loop))
+
+    async def aprepare(self, timeout_s: float = PREPARE_TIMEOUT_S) -> None:
+        """Make the first request as fast as the later ones: bind the App to the running event loop
+        and let its backend open what requests use (the Ray backend: its direct connections to the
+        replicas). Best effort, within ``timeout_s``; what is not open by then opens with the first
+        request, as without this. ``dagserve.serve`` calls it before it reports ready."""
+        self._check_open()
+        running = asyncio.get_running_loop()
+        if self._home_loop(running) is running:
+            await self.backend.prepare(timeout_s)
 
     async def _run(self, payload: Any, ctx: RequestContext, timeout_s: float | None) -> Any:
         """Run one request through its scope (runtime/scope.py): every door ends up here or in

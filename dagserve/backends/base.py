@@ -51,6 +51,10 @@ class Backend(abc.ABC):
     def bind_loop(self, loop: Any) -> None:  # noqa: B027 - optional hook
         """Called once with the event loop the App will run requests on."""
 
+    async def prepare(self, timeout_s: float) -> None:  # noqa: B027 - optional hook
+        """Open, on the bound loop, what the first request would otherwise open (connections,
+        handles), waiting at most ``timeout_s``; never fails a deploy (best effort)."""
+
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         """Per batched node, how many batches of each size ran since deploy (``{size: count}``).
 

@@ -208,6 +208,9 @@ def _server_class() -> type:
                 return
             port = self.servers[0].sockets[0].getsockname()[1]
             self.url = url_for(self._host, port)
+            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
+            if ingress is not None:
+                await ingress.prepare()  # connections open before ready is reported
             if self._on_ready is not None:
                 self._on_ready(self.url)
 

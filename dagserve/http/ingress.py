@@ -105,6 +105,16 @@ class Ingress:
         )
         self.starlette.state.dagserve = self
 
+    async def prepare(self) -> None:
+        """Before the server says it is ready: each graph opens its connections (``App.aprepare``),
+        so the first request is not the one that pays for them. A failure here is logged, not
+        raised: that graph's first request then opens them."""
+        for name, app in self.apps.items():
+            try:
+                await app.aprepare()
+            except Exception:  # noqa: BLE001 - best effort; requests still work without it
+                logger.exception("preparing graph %r before serving failed", name)
+
     # -- routing ---------------------------------------------------------------------------------
     def _routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = []

@@ -1,22 +1,32 @@
-"""An asyncio batcher: concurrent single calls in, one list call out.
+"""An asyncio batcher: concurrent single calls in, one list call out, adaptive so a lone call never waits.
 
-Both backends use it (the local one in-process, the Ray one inside each Serve replica): calls are
-grouped up to ``max_batch_size`` or until ``wait_s`` has passed since the first one waiting, one
-batch runs at a time per replica, and the next batch forms only when the previous one has finished,
-so whatever queued meanwhile goes together (Serve's own ``serve.batch`` closes a batch every
-``wait_s`` even while the model is busy, which keeps batches small under load). The user function
-takes a list and returns a list of the same length.
+Both backends use it (the local one in-process, the Ray one inside each Serve replica). One batch
+runs at a time per replica, up to ``max_batch_size`` items; what queued while a batch ran forms the
+next one (Serve's own ``serve.batch`` closes a batch every ``wait_s`` even while the model is busy,
+which keeps batches small under load). The user function takes a list and returns a list of the
+same length.
+
+When a batch goes is decided by :class:`BatchWindow`, from the calls the batcher has seen: a batch
+leaves as soon as it holds as many calls as are expected to come together (the most calls the node
+held at once in its last busy spell, at least 1), or ``wait_s`` after its oldest call arrived or
+the previous batch ended, whichever is later. A node called one request at a time therefore answers
+at once (its expected crowd is 1), while a node kept busy by N concurrent callers waits for all N
+of them, without a fixed window. After ``wait_s`` with nothing in it the crowd is forgotten, so the
+first call after a quiet spell never waits. The anchor is BentoML's adaptive batching, which sizes
+its wait from the arrivals it observes; counting the callers present rather than the arrival rate
+keeps a closed loop of one client (arrivals as fast as answers) from looking like a crowd.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dagserve._errors import NodeError
 
-__all__ = ["Batcher", "check_batch_result"]
+__all__ = ["BatchWindow", "Batcher", "check_batch_result"]
 
 
 def check_batch_result(node: str, result: Any, expected: int) -> list[Any]:
@@ -38,8 +48,55 @@ def check_batch_result(node: str, result: Any, expected: int) -> list[Any]:
     return list(result)
 
 
+class BatchWindow:
+    """When the next batch should leave: the batcher's policy, apart from asyncio and the clock.
+
+    Callers report every call that ``arrived`` and every call that ``left`` (answered, failed or
+    dropped), with the time; ``delay`` then says how long a batch of ``queued`` calls should still
+    wait. A *busy spell* lasts while the batcher holds any call; its peak (calls held at once,
+    queued or running) is the crowd expected next time, unless the batcher then stays empty longer
+    than ``wait_s``.
+    """
+
+    def __init__(self, max_batch_size: int, wait_s: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self.present = 0  # calls held now: queued or in the running batch
+        self._peak = 0  # most calls held at once in this busy spell
+        self._crowd = 1  # the peak of the last busy spell
+        self._idle_since: float | None = None
+        self._last_end = float("-inf")  # when the last batch finished
+
+    def arrived(self, now: float) -> None:
+        if self.present == 0 and self._idle_since is not None and now - self._idle_since > self.wait_s:
+            self._crowd = 1  # quiet for a whole window: nobody is coming back soon
+        self.present += 1
+        self._peak = max(self._peak, self.present)
+
+    def left(self, n: int, now: float) -> None:
+        self.present -= n
+        if self.present <= 0:
+            self.present = 0
+            self._crowd, self._peak = max(1, self._peak), 0
+            self._idle_since = now
+
+    def batch_ended(self, now: float) -> None:
+        self._last_end = now
+
+    def expected(self) -> int:
+        """How many calls the next batch waits for: the crowd seen, within ``max_batch_size``."""
+        return min(self.max_batch_size, max(self._crowd, self._peak))
+
+    def delay(self, queued: int, oldest_arrival: float, now: float) -> float:
+        """Seconds a batch of ``queued`` calls (the first arrived at ``oldest_arrival``) still waits; 0: go now."""
+        if queued >= self.expected():
+            return 0.0
+        # Calls queued behind a running batch wait from its end: the callers it answers come back.
+        return max(0.0, max(oldest_arrival, self._last_end) + self.wait_s - now)
+
+
 class Batcher:
-    """Groups ``submit(item)`` calls into ``run(list)`` calls."""
+    """Groups ``submit(item)`` calls into ``run(list)`` calls (``clock``: seconds, for the window)."""
 
     def __init__(
         self,
@@ -48,38 +105,50 @@ class Batcher:
         max_batch_size: int,
         wait_s: float,
         on_batch: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.node = node
         self._run = run
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self._on_batch = on_batch
-        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self.window = BatchWindow(max_batch_size, wait_s)
+        self._queue: list[tuple[Any, asyncio.Future[Any], float]] = []
+        self._timer: asyncio.Handle | None = None
         self._busy = False
         self.batch_sizes: list[int] = []  # recent sizes, for tests and metrics
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((item, fut))
+        now = self._clock()
+        self.window.arrived(now)
+        self._queue.append((item, fut, now))
         if not self._busy:
-            if len(self._queue) >= self.max_batch_size:
-                self._start(loop)
-            elif self._timer is None:
-                self._timer = loop.call_later(self.wait_s, self._start, loop)
+            self._arm(loop, now)
         return await fut
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        """(Re)schedule the next batch's start from the window's advice."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        delay = self.window.delay(len(self._queue), self._queue[0][2], now)
+        # Even "now" is the next turn of the loop, so calls submitted in this one go together.
+        self._timer = loop.call_soon(self._start, loop) if delay <= 0 else loop.call_later(delay, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
         if self._busy or not self._queue:
             return
-        batch = [(i, f) for i, f in self._queue[: self.max_batch_size] if not f.cancelled()]
+        taken = self._queue[: self.max_batch_size]
         del self._queue[: self.max_batch_size]
+        batch = [(i, f) for i, f, _ in taken if not f.cancelled()]
+        if len(batch) < len(taken):
+            self.window.left(len(taken) - len(batch), self._clock())
         if not batch:
-            self._schedule_next(loop)
+            if self._queue:
+                self._arm(loop, self._clock())
             return
         self._busy = True
         loop.create_task(self._execute(batch, loop))
@@ -108,14 +177,9 @@ class Batcher:
                 if not f.done():
                     f.set_result(r)
         finally:
+            now = self._clock()
             self._busy = False
-            self._schedule_next(loop)
-
-    def _schedule_next(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._queue:
-            return
-        if len(self._queue) >= self.max_batch_size:
-            self._start(loop)
-        elif self._timer is None:
-            # Whatever queued while the last batch ran has already waited; do not wait again.
-            self._timer = loop.call_later(0, self._start, loop)
+            self.window.batch_ended(now)
+            self.window.left(len(batch), now)
+            if self._queue:
+                self._arm(loop, now)

@@ -754,6 +754,23 @@ def test_the_ingress_ignores_a_socket_of_another_user_among_the_replicas(app: da
 
 
 @ray_test
+def test_prepare_connects_the_direct_transport_before_the_first_request(ray_instance: None) -> None:
+    """dagserve.serve prepares every App before it reports ready (App.aprepare): the first request
+    then goes straight to the replicas like the later ones, instead of through Serve's router while
+    the direct pools connect (that first request took 100-200 ms, the later ones about 1 ms)."""
+    with dagserve.deploy(dagserve.Graph(where, name="prepared"), backend="ray", ready_timeout_s=120) as app:
+
+        async def first_call_transport() -> tuple[str, str, Any]:
+            before = app.backend.transport("where")
+            await app.aprepare(timeout_s=60)
+            return before, app.backend.transport("where"), await app.acall(1)
+
+        before, after, answer = asyncio.run(first_call_transport())
+        assert (before, after) == ("serve", "direct")
+        assert isinstance(answer[0], int)
+
+
+@ray_test
 def test_a_node_is_timed_on_its_own_when_serve_resolves_its_input(ray_instance: None) -> None:
     """nap's response goes whole to doze through Serve (by value, and as an object reference);
     nobody awaits nap here, yet its time is its own and doze's does not include it."""

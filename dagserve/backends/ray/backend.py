@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -325,6 +326,10 @@ class RayBackend(Backend):
                 out[name] = counts
         return out
 
+    async def prepare(self, timeout_s: float) -> None:  # the direct pools, connected (DirectRouting.prepare)
+        live = [] if self._closed else [s for s in self._specs.values() if not s.inline]
+        await self._direct.prepare(live, self._app_name or "", timeout_s)
+
     # -- direct transport ----------------------------------------------------------------------
     def _transport(self, name: str) -> Transport:
         """The transport calls to remote node ``name`` take now (``transports.choose_transport``
@@ -543,11 +548,7 @@ class RayBackend(Backend):
 
 
 def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
-    total: dict[int, int] = {}
-    for counts in results:
-        for size, n in counts.items():
-            total[int(size)] = total.get(int(size), 0) + int(n)
-    return total
+    return dict(sum((Counter({int(k): int(n) for k, n in c.items()}) for c in results), Counter()))
 
 
 _LOGGING = {"enable_access_log": False}

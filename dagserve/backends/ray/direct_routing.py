@@ -54,6 +54,8 @@ DIRECT_ENV = "DAGSERVE_DIRECT_TRANSPORT"
 MAX_FRAME_ENV = "DAGSERVE_DIRECT_MAX_FRAME_BYTES"
 #: How often the ingress asks Ray again for its nodes (a cluster may grow or shrink).
 _DIRECT_RECHECK_S = 10.0
+#: How often ``prepare`` looks whether the pools it opened have connected.
+_PREPARE_POLL_S = 0.02
 #: Why there is no cross-node transport on a cluster without token authentication.
 NO_TOKEN = (
     "cross-node transport off: the Ray cluster runs without token authentication (RAY_AUTH_MODE=token "
@@ -128,6 +130,21 @@ class DirectRouting:
             auth_key=self.key,
             on_stale=stale,
         )
+
+    async def prepare(self, specs: list[DeploymentSpec], app_name: str, timeout_s: float) -> None:
+        """Open the pools of ``specs``' direct-eligible nodes now, on the running loop, and wait (at
+        most ``timeout_s``) until each has a replica connected: the first request then goes direct
+        like the later ones, not through Serve's router while the pools connect."""
+        if self.cluster is None:
+            return
+        for spec in specs:
+            limits = direct_limits(spec)
+            if limits is not None:
+                self.pool_for(spec.name, app_name, limits)  # opens the pool, which connects in the background
+        pools = [p for p in (self.pools.get(s.name) for s in specs) if p is not None]
+        deadline = time.monotonic() + timeout_s
+        while not all(p.usable for p in pools) and time.monotonic() < deadline:
+            await asyncio.sleep(_PREPARE_POLL_S)
 
     def is_direct(self, spec: DeploymentSpec) -> bool:
         """Do the node's calls go direct now?"""
