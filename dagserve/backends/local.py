@@ -25,8 +25,9 @@ from dagserve._errors import DeployError, OverloadedError
 from dagserve.backends.base import Backend
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.handles import InProcessHandles, RunnerCaller
+from dagserve.runtime.multiplex import attach_cache, model_report, reset_model_id, set_model_id, take_model_id
 from dagserve.runtime.replicas import QueueFull, ReplicaSlots
-from dagserve.runtime.status import AppStatus, NodeStatus
+from dagserve.runtime.status import AppStatus, NodeStatus, models_status
 from dagserve.runtime.streaming import close_streams, consume, iterate, stream_readers
 from dagserve.runtime.sync_calls import SyncCalls, sync_force
 
@@ -42,7 +43,7 @@ _ids = itertools.count(1)
 
 
 class _Replica:
-    __slots__ = ("batchers", "id", "instance", "ongoing", "spec", "sync", "takes_calls")
+    __slots__ = ("batchers", "id", "instance", "models", "ongoing", "spec", "sync", "takes_calls")
 
     def __init__(self, spec: DeploymentSpec, pool: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
         self.spec = spec
@@ -60,6 +61,11 @@ class _Replica:
                 ) from exc
         else:
             self.instance = None
+        #: The model ids it holds or loads (a multiplexed node, runtime/multiplex.py), for routing.
+        self.models: frozenset[str] = frozenset()
+        if spec.multiplexed is not None:
+            cache = attach_cache(self.instance, spec.multiplexed.loader, None)
+            cache.on_change = lambda: setattr(self, "models", cache.ids())
         self.batchers: dict[str, Batcher] = {}
         size = spec.options.max_batch_size
         if size is not None:
@@ -155,18 +161,22 @@ class _LocalDeployment:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: CallSpan | None = None, handles: bool = False
     ) -> Any:
         """One call on a replica with room; ``handles``: its arguments hold handles (the step's
-        templates do), so sync code runs on a thread."""
-        r = self.slots.for_new_call()
+        templates do), so sync code runs on a thread. A multiplexed node's call goes by its model id."""
+        model = None
+        if self._spec.multiplexed is not None:
+            kwargs, model = take_model_id(kwargs)
+        r = self.slots.for_new_call(model)
         if r is None:
             r = await self._wait_for_slot()
         else:
             r.ongoing += 1
+        token = set_model_id(model) if model is not None else None
         try:
             batcher = r.batchers.get(method)
             if span is not None:  # traces are exported (observe/otel.py)
                 span.set("dagserve.replica", r.id)
             if batcher is not None:
-                value = await batcher.submit(args[0])
+                value = await batcher.submit(args[0], model)
                 if span is not None:  # the batch this call was in has just finished: still the last one
                     span.set("dagserve.batch_size", batcher.batch_sizes[-1])
                 return value
@@ -177,6 +187,8 @@ class _LocalDeployment:
                 return await r.sync.call_with_handles(method, fn, *args, **kwargs)
             return await r.sync.call(method, fn, *args, **kwargs)
         finally:
+            if token is not None:
+                reset_model_id(token)
             self.release(r)
 
 
@@ -278,6 +290,7 @@ class LocalBackend(Backend):
                 options=d.spec.options.in_force(),
                 replica_ids=tuple(r.id for r in live),
                 transport="inline",  # every node runs in this process
+                models=models_status(_max_models(d.spec), {r.id: model_report(r.instance) for r in live}),
             )
         return AppStatus(graph=self._plan.graph_name if self._plan else "", backend=self.name, nodes=nodes)
 
@@ -343,6 +356,10 @@ class LocalBackend(Backend):
     def shutdown(self) -> None:
         self._deployments.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _max_models(spec: DeploymentSpec) -> int | None:
+    return spec.multiplexed.max_models_per_replica if spec.multiplexed is not None else None
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

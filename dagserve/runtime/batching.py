@@ -6,6 +6,10 @@ batch runs at a time per replica, and the next batch forms only when the previou
 so whatever queued meanwhile goes together (Serve's own ``serve.batch`` closes a batch every
 ``wait_s`` even while the model is busy, which keeps batches small under load). The user function
 takes a list and returns a list of the same length.
+
+A multiplexed node's calls carry their model id (``submit(item, model_id)``): a batch holds calls of
+one id only (that of the oldest call waiting), and runs with that id current
+(:func:`dagserve.model_id`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dagserve._errors import NodeError
+from dagserve.runtime.multiplex import reset_model_id, set_model_id
 
 __all__ = ["Batcher", "check_batch_result"]
 
@@ -54,15 +59,15 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self._on_batch = on_batch
-        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Any, asyncio.Future[Any], str | None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False
         self.batch_sizes: list[int] = []  # recent sizes, for tests and metrics
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, model_id: str | None = None) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((item, fut))
+        self._queue.append((item, fut, model_id))
         if not self._busy:
             if len(self._queue) >= self.max_batch_size:
                 self._start(loop)
@@ -76,15 +81,26 @@ class Batcher:
             self._timer = None
         if self._busy or not self._queue:
             return
-        batch = [(i, f) for i, f in self._queue[: self.max_batch_size] if not f.cancelled()]
-        del self._queue[: self.max_batch_size]
+        model_id = self._queue[0][2]
+        if model_id is None and all(m is None for _, _, m in self._queue[: self.max_batch_size]):
+            taken = self._queue[: self.max_batch_size]
+            del self._queue[: self.max_batch_size]
+        else:  # one model id per batch: the oldest call's; the others keep their places
+            taken, rest = [], []
+            for entry in self._queue:
+                (taken if entry[2] == model_id and len(taken) < self.max_batch_size else rest).append(entry)
+            self._queue = rest
+        batch = [(i, f) for i, f, _ in taken if not f.cancelled()]
         if not batch:
             self._schedule_next(loop)
             return
         self._busy = True
-        loop.create_task(self._execute(batch, loop))
+        loop.create_task(self._execute(batch, loop, model_id))
 
-    async def _execute(self, batch: list[tuple[Any, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _execute(
+        self, batch: list[tuple[Any, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop, model_id: str | None = None
+    ) -> None:
+        token = set_model_id(model_id) if model_id is not None else None  # this task's own context
         try:
             size = len(batch)
             self.batch_sizes.append(size)
@@ -108,6 +124,8 @@ class Batcher:
                 if not f.done():
                     f.set_result(r)
         finally:
+            if token is not None:
+                reset_model_id(token)
             self._busy = False
             self._schedule_next(loop)
 
