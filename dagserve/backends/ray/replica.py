@@ -38,11 +38,13 @@ from dagserve.backends.ray.direct.protocol import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.backends.ray.handles import ServeCaller, enter_call
+from dagserve.backends.ray.replica_models import ReplicaModels
 from dagserve.backends.ray.streams import replica_stream, resolve_sources
 from dagserve.runtime.batching import Batcher
 from dagserve.runtime.failures import blame, node_failure
 from dagserve.runtime.handles import leave_request, resolve_handles
 from dagserve.runtime.heap import settle_heap
+from dagserve.runtime.multiplex import reset_model_id, set_model_id, take_model_id
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.sync_calls import Mode, SyncCalls, sync_force
 from dagserve.runtime.tracing import ReplicaSpans, reset_trace, set_trace
@@ -154,6 +156,8 @@ class ReplicaSpec:
     frames: FrameLimits = field(default_factory=FrameLimits)
     #: Where the replica exports its spans (OTLP/HTTP), ``None``: no spans (runtime/tracing.py).
     otlp_endpoint: str | None = None
+    #: A multiplexed node's loader method (replica_models.py); ``None``: one model.
+    multiplexed: str | None = None
 
 
 class NodeReplica:
@@ -187,6 +191,7 @@ class NodeReplica:
                 ) from exc
         else:
             self._instance = None
+        self._models = ReplicaModels(self._instance, spec.multiplexed) if spec.multiplexed else None
         self._batch_counts: Counter[int] = Counter()
         self._batchers: dict[str, Batcher] = {}
         if spec.max_batch_size is not None:
@@ -257,6 +262,9 @@ class NodeReplica:
                 log.warning("Node %r: direct transport off, cannot listen on %s (%s)", self._name, server.path, exc)
                 return
             self._direct = server
+            if self._models is not None:  # callers learn the models it holds (replica_models.py)
+                self._models.server = server
+                self._models.announce()
             if self._stopping:
                 server.stop_accepting()
             elif server.tcp_address is not None:  # callers on other Ray nodes find it in Ray's KV store
@@ -317,10 +325,14 @@ class NodeReplica:
         token = set_request_id(request_id)  # node code and log records see the request's id
         trace_token = set_trace(header[3] if len(header) > 3 else None)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
+        model = None
+        if self._models is not None:  # dagserve.model_id() reads it (runtime/multiplex.py)
+            kwargs, model = take_model_id(kwargs)
+        model_token = set_model_id(model)
         try:
             batcher = self._batchers.get(method)
             if batcher is not None:
-                return await batcher.submit(args[0])
+                return await batcher.submit(args[0], model)
             fn = self._bound(method)
             if method in self._spec.async_methods:
                 return await fn(*args, **kwargs)
@@ -332,6 +344,7 @@ class NodeReplica:
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
             raise node_failure(step, exc) from exc  # a NodeError, or the HTTP status the node chose
         finally:
+            reset_model_id(model_token)
             if request is not None:
                 leave_request(request)
             reset_trace(trace_token)
@@ -394,6 +407,10 @@ class NodeReplica:
     def dagserve_batch_counts(self) -> dict[int, int]:
         """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
         return dict(self._batch_counts)
+
+    def dagserve_models(self) -> dict[str, Any] | None:
+        """A multiplexed node's models: held ids and counters (``ModelCache.report()``), else ``None``."""
+        return self._models.report() if self._models is not None else None
 
     def dagserve_sync_modes(self) -> dict[str, Mode]:
         """Where each sync method called so far runs next: probing, inline or threads (tests, diagnostics)."""

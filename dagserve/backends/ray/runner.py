@@ -23,6 +23,7 @@ from dagserve.backends.ray.handles import CallExtras
 from dagserve.backends.ray.streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.handles import InProcessHandles
+from dagserve.runtime.multiplex import MODEL_ID_KEY
 from dagserve.runtime.replicas import QueueFull
 from dagserve.runtime.tracing import call_traceparent
 
@@ -78,6 +79,7 @@ class _Pending:
         "handle",
         "header",
         "kwargs",
+        "model",
         "pool",
         "span",
         "spec",
@@ -106,6 +108,8 @@ class _Pending:
         self.header = header
         self.args = args
         self.kwargs = kwargs
+        # A multiplexed node's model id: the direct pool and Serve's router send it to a holder.
+        self.model: str | None = kwargs.get(MODEL_ID_KEY) if spec.multiplexed is not None else None
         self.upstream = [a for a in (*args, *kwargs.values()) if isinstance(a, _Pending)]
         self._response: Any = None
         self._dispatch: asyncio.Future[Any] | None = None
@@ -139,11 +143,12 @@ class _Pending:
             args = tuple(_value(a) for a in args)
             if kwargs:
                 kwargs = {k: _value(v) for k, v in kwargs.items()}
-            return self.pool.call(self.header, args, kwargs)
+            return self.pool.call(self.header, args, kwargs, model=self.model)
         args = tuple(_whole(a) for a in args)
         if kwargs:
             kwargs = {k: _whole(v) for k, v in kwargs.items()}
-        return self.handle.remote(self.header, *args, **kwargs)
+        handle = self.handle if self.model is None else self.handle.options(multiplexed_model_id=self.model)
+        return handle.remote(self.header, *args, **kwargs)
 
     def _watch(self) -> None:
         """This call's response goes whole to the next call: note when its result is ready."""
