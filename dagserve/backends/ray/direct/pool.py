@@ -252,7 +252,8 @@ class _ClientConn(Framed):
                 self.pool._slot_freed(self)
             elif status == MODELS:
                 self.model_report = value
-                self.models = frozenset(value.get("ids", ()))
+                # Calls sent here for a model it has not begun to load yet still count as its.
+                self.models = frozenset(value.get("ids", ())) | {c.model for c in self.calls.values() if c.model}
             return
         call = self.calls.pop(rid, None)
         if call is None:
