@@ -5,8 +5,8 @@ the registry is scraped (:class:`~dagserve.observe.metrics.Metrics` adds them to
 ``dagserve_model_loads_total``              counter ``{graph, node}``: models loaded
 ``dagserve_model_load_seconds_total``       counter ``{graph, node}``: time spent loading them
 ``dagserve_model_evictions_total``          counter ``{graph, node}``: models evicted (released)
-``dagserve_model_hits_total``               counter ``{graph, node}``: calls whose model was loaded
-``dagserve_model_misses_total``             counter ``{graph, node}``: calls that loaded (or waited)
+``dagserve_model_hits_total``               counter ``{graph, node}``: calls served without a load
+``dagserve_model_misses_total``             counter ``{graph, node}``: calls that loaded their model
 ``dagserve_model_load_failures_total``      counter ``{graph, node}``: loads that raised
 ``dagserve_models_held``                    gauge ``{graph, node}``: models held now, all replicas
 ``dagserve_model_hit_ratio``                gauge ``{graph, node}``: hits / (hits + misses)
@@ -31,8 +31,8 @@ _COUNTERS = (
     ("loads", "dagserve_model_loads", "Models a multiplexed node loaded."),
     ("load_seconds", "dagserve_model_load_seconds", "Seconds a multiplexed node spent loading models."),
     ("evictions", "dagserve_model_evictions", "Models a multiplexed node evicted (and released)."),
-    ("hits", "dagserve_model_hits", "Calls whose model was loaded already."),
-    ("misses", "dagserve_model_misses", "Calls whose model had to be loaded (or was being loaded)."),
+    ("hits", "dagserve_model_hits", "Calls served without a load of their own (loaded, or being loaded)."),
+    ("misses", "dagserve_model_misses", "Calls that loaded their model."),
     ("load_failures", "dagserve_model_load_failures", "Model loads that raised."),
 )
 

@@ -182,7 +182,9 @@ class ModelCache:
     load and the eviction it causes have finished. Safe from the event loop and from threads.
 
     ``on_change()`` is called whenever the ids held or being loaded change (the replica reports
-    them for routing); ``report()`` gives the counters for status and metrics.
+    them for routing); ``report()`` gives the counters for status and metrics: ``hits`` are calls
+    served without a load of their own (the model was loaded, or being loaded by another call),
+    ``misses`` the calls that loaded it (``loads`` counts those that succeeded).
     """
 
     def __init__(self, instance: Any, loader: _Loader, on_change: Callable[[], None] | None = None) -> None:
@@ -293,10 +295,11 @@ class ModelCache:
                 self._held.move_to_end(mid)
                 self.hits += 1
                 return model, None, None
-            self.misses += 1
             fut = self._loading.get(mid)
             if fut is not None:
+                self.hits += 1  # served by a load in flight: no load of its own (coalesced)
                 return None, fut, None
+            self.misses += 1
             fut = self._loading[mid] = concurrent.futures.Future()
             # Room for it before it loads (memory for the new weights), oldest first.
             evicted = self._evict(len(self._held) + len(self._loading) - self.max_models)

@@ -29,7 +29,8 @@ class NodeStatus:
     ``max_models_per_replica``, ``replicas`` (per replica id, the model ids it holds, least
     recently used first), and summed over those replicas ``loads``, ``load_seconds``,
     ``evictions``, ``hits``, ``misses``, ``load_failures`` and ``hit_ratio`` (hits over hits and
-    misses; ``None`` before the first call).
+    misses; ``None`` before the first call). A hit is a call served without a load of its own (its
+    model was loaded, or being loaded for another call); a miss is a call that loaded it.
     """
 
     name: str
