@@ -8,6 +8,7 @@ slope are unit-tested below.
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,15 @@ def test_build_workload_times_compile_and_render_of_the_graphs_it_names(tmp_path
     assert all({"workload", "system", "rps", "p50_ms", "p99_ms", "errors", "concurrency"} <= set(r) for r in recs)
     assert [r["meets_target"] for r in recs if r["case"] in ("import", "first_answer")] == [True, True]
     assert "first_answer" in build.table(recs)
+
+
+def test_multiplex_bench_draws_zipf_ids_and_computes_random_routing_loads() -> None:
+    from benchmarks.multiplex_bench import simulate_random, zipf_ids
+
+    ids = zipf_ids(32, 4000)
+    counts = collections.Counter(ids)
+    assert ids == zipf_ids(32, 4000)  # one seeded sequence for every system
+    assert counts.most_common(1)[0][0] == "m01" and set(counts) <= {f"m{k:02d}" for k in range(1, 33)}
+    assert simulate_random(["a", "a", "a"], replicas=1, slots=1) == 1
+    assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=1) == 4
+    assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=2) == 2
