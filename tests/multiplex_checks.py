@@ -123,6 +123,8 @@ def check_http(app: Any) -> None:
         r = client.post("/", json={"x": 4})
         assert r.status_code == 422 and r.json()["error"]["node"] == "Tenants"
         metrics = client.get("/metrics").text
+        op = client.get("/openapi.json").json()["paths"]["/"]["post"]
+        assert [p["name"] for p in op["parameters"]] == [MODEL_ID_HEADER]
     for name in ("dagserve_model_loads_total", "dagserve_model_hits_total", "dagserve_model_evictions_total"):
         assert f'{name}{{graph="tenants",node="Tenants"}}' in metrics
     assert 'dagserve_model_load_seconds_total{graph="tenants",node="Tenants"}' in metrics
