@@ -3,8 +3,11 @@ tests/multiplex_checks.py, from Python and over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 import dagserve
 
@@ -53,3 +56,19 @@ def test_http_header_status_and_metrics(tmp_path: Path) -> None:
         status = app.status().to_dict()["nodes"]["Tenants"]["models"]
         assert set(status["replicas"]) == set(app.status().nodes["Tenants"].replica_ids)
         assert Counter(m for h in status["replicas"].values() for m in h) == Counter({"h1": 1, "h2": 1})
+
+
+def test_a_requests_default_model_id_fills_a_missing_field_only() -> None:
+    """Without a schema the payload's missing field is a KeyError; the request's default model id
+    (the header over HTTP, RequestContext.model_id from Python) stands in for it."""
+    from dagserve import RequestContext, RequestError
+
+    with dagserve.deploy(mg.sync_tenants(), backend="local") as app:
+
+        async def call(payload: dict[str, object], default: str | None) -> object:
+            return await app.acall(payload, context=RequestContext(model_id=default))
+
+        assert asyncio.run(call({"x": 1}, "d")) == "d:1"
+        assert asyncio.run(call({"x": 2, "tenant": "p"}, "d")) == "p:2"  # the payload wins
+        with pytest.raises(RequestError, match="The payload has no 'tenant'"):
+            asyncio.run(call({"x": 3}, None))
