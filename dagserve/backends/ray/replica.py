@@ -325,10 +325,10 @@ class NodeReplica:
         token = set_request_id(request_id)  # node code and log records see the request's id
         trace_token = set_trace(header[3] if len(header) > 3 else None)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
-        model = None
+        model = model_token = None
         if self._models is not None:  # dagserve.model_id() reads it (runtime/multiplex.py)
             kwargs, model = take_model_id(kwargs)
-        model_token = set_model_id(model)
+            model_token = set_model_id(model)
         try:
             batcher = self._batchers.get(method)
             if batcher is not None:
@@ -344,7 +344,8 @@ class NodeReplica:
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
             raise node_failure(step, exc) from exc  # a NodeError, or the HTTP status the node chose
         finally:
-            reset_model_id(model_token)
+            if model_token is not None:
+                reset_model_id(model_token)
             if request is not None:
                 leave_request(request)
             reset_trace(trace_token)
