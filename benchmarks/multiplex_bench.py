@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ids", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--systems", nargs="+", default=["dagserve", "blind", "serve"], choices=["dagserve", "blind", "serve"])
+    systems = ["dagserve", "blind", "serve"]
+    parser.add_argument("--systems", nargs="+", default=systems, choices=systems)
     args = parser.parse_args(argv)
     from dagserve.backends.ray.cluster import start_local_ray
 
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         row = runners[system](warmup, measured, args.concurrency)
         row["req_s"] = len(measured) / row["seconds"]
         rows.append(row)
-        print(f"{system:<9} {row['req_s']:>8.0f} req/s  loads {row['loads']:>5}  hit ratio {row['hit_ratio']:.3f}", flush=True)
+        line = f"{system:<9} {row['req_s']:>8.0f} req/s  loads {row['loads']:>5}  hit ratio {row['hit_ratio']:.3f}"
+        print(line, flush=True)
     random_loads = simulate_random(measured)
     print(f"uniform random routing (simulated, one request at a time): {random_loads} loads")
     by = {r["system"]: r for r in rows}

@@ -152,7 +152,8 @@ def multiplexed(fn: Callable[..., Any] | None = None, /, *, max_models_per_repli
     model)`` on the class when it defines one, else the model's ``close()`` when it has one).
     ``self.load()`` without an id loads the current call's (:func:`model_id`). See docs/multiplexing.md.
     """
-    if isinstance(max_models_per_replica, bool) or not isinstance(max_models_per_replica, int) or max_models_per_replica < 1:
+    n = max_models_per_replica
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise GraphError(
             f"@dagserve.multiplexed(max_models_per_replica={max_models_per_replica!r}): give a whole number of "
             "models, at least 1."
@@ -162,7 +163,9 @@ def multiplexed(fn: Callable[..., Any] | None = None, /, *, max_models_per_repli
         if isinstance(load, _Loader):
             raise GraphError(f"{load.name!r} is already a multiplexed loader; decorate it once.")
         if not inspect.isfunction(load):
-            raise GraphError(f"@dagserve.multiplexed decorates a loader method `def load(self, model_id)`, not {load!r}.")
+            raise GraphError(
+                f"@dagserve.multiplexed decorates a loader method `def load(self, model_id)`, not {load!r}."
+            )
         params = list(inspect.signature(load).parameters)
         if len(params) != 2:
             raise GraphError(
@@ -308,7 +311,9 @@ class ModelCache:
             self._changed()
         return None, fut, evicted
 
-    def _loaded(self, mid: str, fut: concurrent.futures.Future[Any], model: Any, seconds: float) -> list[tuple[str, Any]]:
+    def _loaded(
+        self, mid: str, fut: concurrent.futures.Future[Any], model: Any, seconds: float
+    ) -> list[tuple[str, Any]]:
         with self._lock:
             self._loading.pop(mid, None)
             self._held[mid] = model

@@ -48,7 +48,8 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     images, labels = load_digits(return_X_y=True)
-    return tuple(train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels))  # type: ignore[return-value]
+    split = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
+    return tuple(split)  # type: ignore[return-value]
 
 
 @cache

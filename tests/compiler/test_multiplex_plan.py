@@ -39,7 +39,8 @@ def pick(x: int) -> str:
 def test_model_id_is_consumed_and_recorded_per_call_step() -> None:
     with dagserve.Input() as inp:
         t = Tenants()
-        g = dagserve.Graph({"a": t(inp["x"], model_id=inp["tenant"]), "b": t.explain(inp["x"], model_id="fixed")}, name="g")
+        out = {"a": t(inp["x"], model_id=inp["tenant"]), "b": t.explain(inp["x"], model_id="fixed")}
+        g = dagserve.Graph(out, name="g")
     plan = dagserve.compile(g)
     spec = plan.deployment("Tenants")
     assert spec.multiplexed == Multiplexing("load", 5)
