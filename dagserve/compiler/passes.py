@@ -40,7 +40,7 @@ from dagserve.graph import (
     SwitchNode,
 )
 from dagserve.graph.composition import reachable_on
-from dagserve.graph.nodes import loader_of
+from dagserve.graph.loaders import loader_of
 from dagserve.graph.subgraph import scope_of
 
 __all__ = ["compile"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from dagserve._errors import GraphError
 from dagserve.graph import nodes as _nodes
+from dagserve.graph.loaders import loader_of
 from dagserve.graph.nodes import (
     CallNode,
     Chain,
@@ -26,7 +27,6 @@ from dagserve.graph.nodes import (
     Node,
     Stage,
     _check_call,
-    loader_of,
     nodes_in,
     vars_chain,
 )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from dagserve._errors import GraphError
 from dagserve._options import NodeOptions, make_options
+from dagserve.graph.loaders import loader_of, take_model_id
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -31,7 +32,6 @@ __all__ = [
     "Node",
     "SelectNode",
     "Stage",
-    "loader_of",
     "node",
     "nodes_in",
     "walk",
@@ -378,8 +378,8 @@ class ModelMethod(Stage):
         fn = self.instance._method(self.method)
         model_id = None
         if loader_of(self.instance.model.cls) is not None:  # multiplexed: model_id= is dagserve's
-            model_id = _model_id_argument(self.instance.call_label(self.method), kwargs)
-            kwargs = {k: v for k, v in kwargs.items() if k != "model_id"}
+            label = self.instance.call_label(self.method)
+            model_id, kwargs = take_model_id(label, fn, kwargs, isinstance(kwargs.get("model_id"), Node))
         _check_call(
             self.instance.call_label(self.method),
             inspect.signature(fn),
@@ -392,47 +392,6 @@ class ModelMethod(Stage):
 
     def __repr__(self) -> str:
         return f"<dagserve method {self.instance.call_label(self.method)!r}>"
-
-
-#: What marks a multiplexed loader method (set by dagserve.multiplexed, runtime/multiplex.py).
-LOADER_ATTR = "__dagserve_multiplexed__"
-
-
-def loader_of(cls: type) -> tuple[str, int] | None:
-    """The class's multiplexed loader: ``(method name, max_models_per_replica)``, or ``None``.
-    Two loaders on one class are a :class:`GraphError` (which would a call's model come from?)."""
-    found = []
-    for name in sorted(vars_chain(cls)):
-        value = inspect.getattr_static(cls, name, None)
-        limit = getattr(value, LOADER_ATTR, None) if not isinstance(value, type) else None
-        if isinstance(limit, int):
-            found.append((name, limit))
-    if len(found) > 1:
-        names = ", ".join(repr(n) for n, _ in found)
-        raise GraphError(
-            f"Model class {cls.__name__!r} has {len(found)} @dagserve.multiplexed loaders ({names}); a class has "
-            "one loader, which every call's model_id= selects a model of."
-        )
-    return found[0] if found else None
-
-
-def _model_id_argument(label: str, kwargs: dict[str, Any]) -> Any:
-    """The ``model_id=`` of a call to a multiplexed class: required; a node, or a constant id."""
-    if "model_id" not in kwargs:
-        raise GraphError(
-            f"Node {label!r} is multiplexed (its class has a @dagserve.multiplexed loader): call it with "
-            "model_id=..., e.g. node(x, model_id=inp['tenant'])."
-        )
-    value = kwargs["model_id"]
-    if isinstance(value, Node):
-        return value
-    ok = isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
-    if not ok:
-        raise GraphError(
-            f"Node {label!r} got model_id={value!r}; a model id is a non-empty string of at most 256 "
-            "printable characters, or a graph node that gives one per request."
-        )
-    return value
 
 
 def vars_chain(cls: type) -> set[str]:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagserve._errors import GraphError, ModelIdError
-from dagserve.graph.nodes import LOADER_ATTR
+from dagserve.graph.loaders import LOADER_ATTR, MAX_MODEL_ID_LENGTH, valid_model_id
 
 __all__ = [
     "DEFAULT_MAX_MODELS",
@@ -64,7 +64,6 @@ log = logging.getLogger("dagserve.multiplex")
 MODEL_ID_KEY = "model_id"
 #: The HTTP header that gives the id when the payload lacks the field ``model_id=`` reads.
 MODEL_ID_HEADER = "x-dagserve-model-id"
-MAX_MODEL_ID_LENGTH = 256
 DEFAULT_MAX_MODELS = 3
 _CACHE_ATTR = "_dagserve_model_cache"
 
@@ -90,7 +89,7 @@ def reset_model_id(token: contextvars.Token[str | None]) -> None:
 
 def check_model_id(value: Any, node: str) -> str:
     """``value`` when it is a usable model id, else :class:`ModelIdError` (HTTP 422) naming ``node``."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_ID_LENGTH and value.isprintable():
+    if valid_model_id(value):
         return value
     if not isinstance(value, str):
         why = f"a {type(value).__name__}"

@@ -135,3 +135,17 @@ def test_a_batched_multiplexed_node_takes_one_item_and_its_model_id() -> None:
     with dagserve.Input() as inp:
         g = dagserve.Graph(Batched()(inp["x"], model_id=inp["t"]), name="g")
     assert dagserve.compile(g).step("Batched").model_id is not None
+
+
+def test_a_multiplexed_method_with_a_model_id_parameter_is_refused() -> None:
+    @dagserve.node
+    class Takes:
+        @dagserve.multiplexed(max_models_per_replica=1)
+        async def load(self, model_id: str) -> str:
+            return model_id
+
+        async def __call__(self, x: int, model_id: str) -> str:
+            return model_id
+
+    with dagserve.Input() as inp, pytest.raises(GraphError, match="drop the parameter and read the id"):
+        Takes()(inp["x"], model_id=inp["t"])
