@@ -354,27 +354,42 @@ class ModelCache:
             except Exception:  # noqa: BLE001 - reporting never fails a call
                 log.exception("Reporting the models of %s failed", type(self._instance).__name__)
 
-    def _release_call(self, mid: str, model: Any) -> Any:
+    def _releaser(self, mid: str, model: Any) -> Callable[[], Any] | None:
+        """What releases an evicted model: the class's ``unload``, else the model's ``close``."""
         if self._unload is not None:
-            return self._unload(self._instance, mid, model)
+            return functools.partial(self._unload, self._instance, mid, model)
         close = getattr(model, "close", None)
-        return close() if callable(close) else None
+        return close if callable(close) else None
 
     async def _release_async(self, mid: str, model: Any) -> None:
+        release = self._releaser(mid, model)
+        if release is None:
+            return
         try:
-            result = self._release_call(mid, model)
-            if inspect.isawaitable(result):
-                await result
+            if _is_async(release):
+                await release()
+            else:  # a plain close() may block (freeing device memory): not on the event loop
+                context = contextvars.copy_context()
+                result = await asyncio.get_running_loop().run_in_executor(None, context.run, release)
+                if inspect.isawaitable(result):
+                    await result
         except Exception:  # noqa: BLE001 - a failed release is logged; the call goes on
             log.exception("Releasing model %r of %s failed", mid, type(self._instance).__name__)
 
     def _release_sync(self, mid: str, model: Any) -> None:
+        release = self._releaser(mid, model)
+        if release is None:
+            return
         try:
-            result = self._release_call(mid, model)
+            result = release()
             if inspect.isawaitable(result):
                 asyncio.run(_awaited(result))  # a sync loader's thread has no running loop
         except Exception:  # noqa: BLE001
             log.exception("Releasing model %r of %s failed", mid, type(self._instance).__name__)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn.func if isinstance(fn, functools.partial) else fn)
 
 
 _MISSING: Any = object()
