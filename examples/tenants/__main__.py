@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return await asyncio.gather(*(app.acall(p) for p, _ in pairs))
 
         results = asyncio.run(run_all())
+        if args.backend == "ray":
+            time.sleep(1.5)  # Ray replicas send their counters about once a second (docs/multiplexing.md)
         models = app.status().nodes["CustomerModels"].models
     print(report(results, [y for _, y in pairs], models))
     print(f"cache hit ratio {models['hit_ratio']:.2f}")
