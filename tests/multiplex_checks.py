@@ -37,9 +37,9 @@ def burst(app: Any, payloads: list[dict[str, Any]]) -> list[Any]:
 
 
 def check_routing_to_holders(app: Any, log: str, settle_s: float = 0.0, exact: bool = True) -> None:
-    """Four ids over 2 replicas x 2 slots: each replica takes two (fewest models first; ``exact``:
-    nothing was loaded before), and then a burst of 80 calls over the ids held goes to holders
-    only: no load, no eviction."""
+    """Four ids over replicas of 2 slots: ``exact`` (2 replicas, nothing loaded before), each
+    replica takes two (fewest models first); then a burst of 80 calls over the ids held goes to
+    holders only: no load, no eviction."""
     for t in "abcd":
         assert app.call({"x": 1, "tenant": t})["model"] == t
     before = models(app, settle_s=settle_s)

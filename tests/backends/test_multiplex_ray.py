@@ -1,4 +1,4 @@
-"""Multiplexed nodes on the Ray backend (conftest.py's shared Ray, several replicas): the checks of
+"""Multiplexed nodes on the Ray backend (conftest.py's shared Ray, two or three replicas): the checks of
 tests/multiplex_checks.py over the direct transport, and routing by Serve's own
 ``multiplexed_model_id`` when calls go through Serve handles. Replica counters reach the caller
 about once a second (backends/ray/replica_models.py): checks of counters wait that long first."""
@@ -30,7 +30,7 @@ def wait_direct(app: dagserve.App, payload: dict[str, Any], node: str) -> None:
 
 def test_direct_transport_routing_concurrency_lru_and_release(shared_ray: None, tmp_path: Path) -> None:
     log = str(tmp_path / "models.log")
-    with dagserve.deploy(mg.tenants(log), backend="ray", ready_timeout_s=180) as app:
+    with dagserve.deploy(mg.tenants(log, replicas=3), backend="ray", ready_timeout_s=180) as app:
         wait_direct(app, {"x": 0, "tenant": "a"}, "Tenants")
         mc.check_routing_to_holders(app, log, settle_s=SETTLE_S, exact=False)
         mc.check_one_load_for_concurrent_calls(app, log)
