@@ -59,8 +59,10 @@ class ReplicaModels:
 
     def announce(self) -> None:
         """Send the report to every direct caller (when it changed since the last one)."""
+        if self.server is None:
+            return  # no direct callers (yet): Serve's router learns the ids from the controller
         report = self.report()
-        if self.server is not None and report != self._sent:
+        if report != self._sent:
             self._sent = report
             self.server.announce_models(report)
 
