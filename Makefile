@@ -28,6 +28,7 @@ bench: setup
 	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.stream_bench
+	$(PY) -m benchmarks.multiplex_bench
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.charts
 	$(PY) -m benchmarks.targets

@@ -39,6 +39,7 @@ from dagserve._errors import (
     GraphvizNotFoundError,
     HTTPError,
     InputValidationError,
+    ModelIdError,
     NodeError,
     NodeNotFoundError,
     NoRouteError,
@@ -58,6 +59,7 @@ from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
 from dagserve.runtime.mapping import MapResult
+from dagserve.runtime.multiplex import model_id, multiplexed
 from dagserve.runtime.request_id import RequestIdFilter, current_request_id
 from dagserve.runtime.status import AppStatus, NodeStatus
 
@@ -107,6 +109,7 @@ __all__ = [
     "Input",
     "InputValidationError",
     "MapResult",
+    "ModelIdError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
@@ -126,6 +129,8 @@ __all__ = [
     "current_request_id",
     "deploy",
     "map",
+    "model_id",
+    "multiplexed",
     "node",
     "optional",
     "serve",

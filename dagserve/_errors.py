@@ -11,6 +11,7 @@ One root, one class per kind of failure, so callers can catch by type::
     ├── AppClosedError              the App was shut down
     ├── RequestError                the caller's payload cannot be served       (HTTP 4xx)
     │   ├── InputValidationError    the payload failed the Input's schema       (HTTP 422)
+    │   │   └── ModelIdError        a model id that is not a usable id          (HTTP 422)
     │   └── NoRouteError            a switch had no case for the value          (HTTP 422)
     ├── NodeError                   a node raised while serving a request       (HTTP 500)
     ├── HTTPError                   a node chose the answer's status and detail (HTTP 4xx/5xx)
@@ -35,6 +36,7 @@ __all__ = [
     "GraphvizNotFoundError",
     "HTTPError",
     "InputValidationError",
+    "ModelIdError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
@@ -103,6 +105,18 @@ class InputValidationError(RequestError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.errors))
+
+
+class ModelIdError(InputValidationError):
+    """A multiplexed node's model id (``model_id=``, or the ``x-dagserve-model-id`` header) is not
+    a non-empty string of at most 256 printable characters; ``node`` names the node."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None, node: str | None = None) -> None:
+        super().__init__(message, errors)
+        self.node = node
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.errors, self.node))
 
 
 class NoRouteError(RequestError):

@@ -8,6 +8,7 @@ slope are unit-tested below.
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def test_profile_layers_put_each_stack_in_its_innermost_known_layer() -> None:
     raw = (
         "Runner.run (asyncio/runners.py:118) 7\n"
         "Runner.run (asyncio/runners.py:118);Executor.run (dagserve/runtime/executor.py:179);"
-        "Framed._flush (dagserve/backends/ray/direct/protocol.py:309) 2\n"
+        "Framed._flush (dagserve/backends/ray/direct/frames.py:309) 2\n"
         "Runner.run (asyncio/runners.py:118);Route.handle (starlette/routing.py:289) 1\n"
     )
     total, by = layers(raw)
@@ -297,3 +298,13 @@ def test_scaling_times_the_first_request_on_a_new_connection_and_reads_its_answe
         finally:
             server.shutdown()
     assert (status, answer) == (200, {"got": {"n": 3}}) and ms > 0
+def test_multiplex_bench_draws_zipf_ids_and_computes_random_routing_loads() -> None:
+    from benchmarks.multiplex_bench import simulate_random, zipf_ids
+
+    ids = zipf_ids(32, 4000)
+    counts = collections.Counter(ids)
+    assert ids == zipf_ids(32, 4000)  # one seeded sequence for every system
+    assert counts.most_common(1)[0][0] == "m01" and set(counts) <= {f"m{k:02d}" for k in range(1, 33)}
+    assert simulate_random(["a", "a", "a"], replicas=1, slots=1) == 1
+    assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=1) == 4
+    assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=2) == 2

@@ -354,3 +354,32 @@ def test_qa_stream_command_prints_answers(capsys: pytest.CaptureFixture[str]) ->
     assert main([]) == 0
     out = capsys.readouterr().out
     assert out.count("Q: ") == 3 and "first token after" in out
+
+
+# -- tenants ---------------------------------------------------------------------------------------
+
+
+def test_tenants_command_prints_what_it_prints_in_the_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.tenants.__main__ import main
+
+    main([])
+    out = capsys.readouterr().out
+    page = (Path(__file__).resolve().parent.parent / "docs" / "multiplexing.md").read_text()
+    shown = page.split("$ python -m examples.tenants\n", 1)[1].split("```", 1)[0]
+    assert out == shown
+
+
+def test_tenants_reads_the_customer_from_the_header_and_refuses_an_unknown_one() -> None:
+    import httpx
+
+    from examples.tenants import graph, holdout
+
+    from .background_server import BackgroundServer
+
+    payload, digit = holdout(1)[0]
+    with dagserve.deploy(graph, backend="local") as app, BackgroundServer(app.asgi()) as url:
+        bare = {"pixels": payload["pixels"]}
+        r = httpx.post(url, json=bare, headers={"x-dagserve-model-id": "hooli"})
+        assert r.status_code == 200 and r.json()["customer"] == "hooli" and r.json()["digit"] == digit
+        r = httpx.post(url, json={**bare, "customer": "nobody"})
+        assert r.status_code == 404 and "No model for customer 'nobody'" in r.text

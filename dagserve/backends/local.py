@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from dagserve.backends.base import Backend
 from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.node_host import InProcessNode, InProcessReplica
-from dagserve.runtime.status import AppStatus, NodeStatus
+from dagserve.runtime.multiplex import model_report
+from dagserve.runtime.status import AppStatus, NodeStatus, models_status
 from dagserve.runtime.streaming import consume, stream_readers
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class LocalBackend(Backend):
                 options=d.spec.options.in_force(),
                 replica_ids=tuple(r.id for r in live),
                 transport="inline",  # every node runs in this process
+                models=models_status(_max_models(d.spec), {r.id: model_report(r.host.instance) for r in live}),
             )
         return AppStatus(graph=self._plan.graph_name if self._plan else "", backend=self.name, nodes=nodes)
 
@@ -168,6 +170,10 @@ class LocalBackend(Backend):
     def shutdown(self) -> None:
         self._deployments.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _max_models(spec: DeploymentSpec) -> int | None:
+    return spec.multiplexed.max_models_per_replica if spec.multiplexed is not None else None
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

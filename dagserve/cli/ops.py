@@ -233,6 +233,22 @@ def _notes(status: dict[str, Any]) -> list[str]:
     return out
 
 
+def _models(status: dict[str, Any]) -> list[str]:
+    """A line per multiplexed node: its model cache's figures and the ids each replica holds."""
+    out = []
+    for name, node in status.get("nodes", {}).items():
+        m = node.get("models") or {}
+        if not m:
+            continue
+        ratio = "-" if m.get("hit_ratio") is None else f"{m['hit_ratio']:.2f}"
+        held = "; ".join(f"{r}: {', '.join(ids) or '-'}" for r, ids in (m.get("replicas") or {}).items())
+        out.append(
+            f"{name}: models (at most {m.get('max_models_per_replica')} per replica) {m.get('loads', 0)} loaded in "
+            f"{m.get('load_seconds', 0.0):.2f} s, {m.get('evictions', 0)} evicted, hit ratio {ratio}; {held or 'no replica'}"
+        )
+    return out
+
+
 def _print_status(data: dict[str, Any]) -> None:
     from rich.console import Console
 
@@ -244,6 +260,8 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(status_table(name, status))
         for note in _notes(status):
             console.print(f"  [yellow]{note}[/]")
+        for line in _models(status):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
         for line in _settings(status):
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 

@@ -24,7 +24,7 @@ from typing import Any
 from dagserve._errors import CompileError, OptionsError
 from dagserve.compiler.lowering import composition_edges, lower_composition
 from dagserve.compiler.handle_refs import add_handle_targets, check_handle_cycles, lower_step, spec_with_handles
-from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Ref, Step, refs_in
+from dagserve.compiler.plan import DeploymentSpec, Edge, Multiplexing, Plan, Ref, Step, refs_in
 from dagserve.compiler.stream_steps import check_streams, is_stream_callable
 from dagserve.graph import (
     CallNode,
@@ -40,6 +40,7 @@ from dagserve.graph import (
     SwitchNode,
 )
 from dagserve.graph.composition import reachable_on
+from dagserve.graph.loaders import loader_of
 from dagserve.graph.subgraph import scope_of
 
 __all__ = ["compile"]
@@ -90,6 +91,12 @@ def compile(graph: Graph, *, options: Mapping[str, Mapping[str, Any]] | None = N
         calls=tuple(calls),
         groups=_groups(nodes, step_names),
     )
+
+
+def multiplexing(cls: type) -> Multiplexing | None:
+    """A model class's ``@dagserve.multiplexed`` loader, as the plan records it."""
+    found = loader_of(cls)
+    return Multiplexing(*found) if found is not None else None
 
 
 def _groups(nodes: list[Node], names: dict[int, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -253,6 +260,11 @@ def _lower(
     if isinstance(n, CallNode):
         dep = dep_of[id(n.target)]
         streams = is_stream_callable(n.callable())  # its value is a stream of items (compiler/stream_steps.py)
+        if streams and n.model_id is not None:
+            raise CompileError(
+                f"Node {name!r} is a generator of a multiplexed class; multiplexed nodes return one value per "
+                "call (streaming is not supported for them). Return the whole result, or stream from another node."
+            )
         return Step(
             i,
             name,
@@ -265,6 +277,7 @@ def _lower(
             inline=n.target.node_options.inline,
             returns=None if streams else _return_annotation(n.callable(), batched=n.target.node_options.max_batch_size is not None),
             streams=streams,
+            model_id=_template(n.model_id, index),
         )
     if isinstance(n, SelectNode):
         return Step(i, name, "select", deps, key=n.key)
@@ -315,6 +328,7 @@ def _spec(name: str, source: Any, calls: list[Step]) -> DeploymentSpec:
         init_args=tuple(source.init_args),
         init_kwargs=dict(source.init_kwargs),
         source=source,
+        multiplexed=multiplexing(cls),
     )
 
 
@@ -536,7 +550,7 @@ def _edges(steps: tuple[Step, ...]) -> tuple[Edge, ...]:
             for pos, t in enumerate(s.args):
                 for r in refs_in(t):
                     labels.setdefault(r, None if isinstance(t, Ref) and len(s.args) == 1 else f"arg{pos}")
-            for k, t in s.kwargs.items():
+            for k, t in (*s.kwargs.items(), ("model_id", s.model_id)):
                 for r in refs_in(t):
                     labels.setdefault(r, k)
             edges.extend(Edge(steps[r].name, s.name, label) for r, label in labels.items())

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from dagserve._errors import NodeNotFoundError
 from dagserve._options import NodeOptions
 
-__all__ = ["DeploymentSpec", "Edge", "Plan", "Ref", "Step", "fill", "refs_in"]
+__all__ = ["DeploymentSpec", "Edge", "Multiplexing", "Plan", "Ref", "Step", "fill", "refs_in"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,15 @@ def fill(template: Any, values: list[Any]) -> Any:
 
 
 @dataclass(frozen=True)
+class Multiplexing:
+    """A model node with many models (``@dagserve.multiplexed``): its ``loader`` method and how
+    many models one replica holds at most."""
+
+    loader: str
+    max_models_per_replica: int
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     """One independently scalable unit: a model instance or a function node.
 
@@ -76,6 +85,8 @@ class DeploymentSpec:
     init_args: tuple[Any, ...] = ()
     init_kwargs: Mapping[str, Any] = field(default_factory=dict)
     source: Any = field(default=None, repr=False, compare=False)
+    #: Many models per replica (docs/multiplexing.md); ``None``: one model, or a function.
+    multiplexed: Multiplexing | None = None
 
     @property
     def inline(self) -> bool:
@@ -106,6 +117,10 @@ class Step:
 
     ``streams``: a call step whose node is a generator; its value is a stream of items
     (:mod:`dagserve.runtime.streaming`), read whole by the output or by one call step.
+
+    ``model_id``: a multiplexed node's call: where its model id comes from (a template: a
+    :class:`Ref` or a constant id); the executor passes it as the ``model_id`` keyword and the
+    backends route by it. ``None`` for every other step.
     """
 
     index: int
@@ -126,6 +141,7 @@ class Step:
     returns: Any = None
     on_error: Any = None  # optional steps: a function of the error, or None
     streams: bool = False
+    model_id: Any = None
 
     @property
     def lazy(self) -> bool:
@@ -213,6 +229,11 @@ class Plan:
                     "inline": d.inline,
                     "methods": list(d.methods),
                     "options": d.options.model_dump(mode="json", exclude={"name"}),
+                    "multiplexed": (
+                        {"loader": d.multiplexed.loader, "max_models_per_replica": d.multiplexed.max_models_per_replica}
+                        if d.multiplexed is not None
+                        else None
+                    ),
                 }
                 for d in self.deployments
             ],

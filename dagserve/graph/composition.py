@@ -16,6 +16,7 @@ from typing import Any
 
 from dagserve._errors import GraphError
 from dagserve.graph import nodes as _nodes
+from dagserve.graph.loaders import loader_of
 from dagserve.graph.nodes import (
     CallNode,
     Chain,
@@ -95,6 +96,11 @@ def map(node: Any, items: Any, *args: Any, **kwargs: Any) -> MapNode:  # noqa: A
             f"got {node!r}."
         )
     label = target.call_label(method)
+    if isinstance(target, ModelInstance) and loader_of(target.model.cls) is not None:
+        raise GraphError(
+            f"dagserve.map({label}, ...): {label!r} is multiplexed (a @dagserve.multiplexed loader), and map "
+            "does not carry a model id per item; call the node once on the whole list with model_id=."
+        )
     if not isinstance(items, Node):
         raise GraphError(
             f"dagserve.map({label}, items) maps over a list a node produces at run time, got {items!r}; "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from dagserve._errors import GraphError
 from dagserve._options import NodeOptions, make_options
+from dagserve.graph.loaders import loader_of, take_model_id
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -137,17 +138,28 @@ class Input(Node):
 class CallNode(Node):
     """A call of a function node or of a model instance's method."""
 
-    __slots__ = ("args", "kwargs", "method", "target")
+    __slots__ = ("args", "kwargs", "method", "model_id", "target")
 
-    def __init__(self, target: FunctionNode | ModelInstance, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        target: FunctionNode | ModelInstance,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        model_id: Any = None,
+    ) -> None:
         super().__init__()
         self.target = target
         self.method = method
         self.args = args
         self.kwargs = kwargs
+        #: A multiplexed node's model id for this call: a node or a constant (``None``: not multiplexed).
+        self.model_id = model_id
 
     def dependencies(self) -> tuple[Node, ...]:
-        return tuple(nodes_in((self.args, self.kwargs)))
+        if self.model_id is None:
+            return tuple(nodes_in((self.args, self.kwargs)))
+        return tuple(dict.fromkeys(nodes_in((self.args, self.kwargs, self.model_id))))
 
     def callable(self) -> Callable[..., Any]:
         """The user function or unbound method this node calls."""
@@ -364,6 +376,10 @@ class ModelMethod(Stage):
 
     def __call__(self, *args: Any, **kwargs: Any) -> CallNode:
         fn = self.instance._method(self.method)
+        model_id = None
+        if loader_of(self.instance.model.cls) is not None:  # multiplexed: model_id= is dagserve's
+            label = self.instance.call_label(self.method)
+            model_id, kwargs = take_model_id(label, fn, kwargs, isinstance(kwargs.get("model_id"), Node))
         _check_call(
             self.instance.call_label(self.method),
             inspect.signature(fn),
@@ -372,7 +388,7 @@ class ModelMethod(Stage):
             self.instance.node_options,
             bound=True,
         )
-        return CallNode(self.instance, self.method, args, kwargs)
+        return CallNode(self.instance, self.method, args, kwargs, model_id)
 
     def __repr__(self) -> str:
         return f"<dagserve method {self.instance.call_label(self.method)!r}>"

@@ -51,6 +51,7 @@ from dagserve.observe.server_timing import TRACE_HEADER, response_headers, trace
 from dagserve.render import live_svg
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import RequestContext
+from dagserve.runtime.multiplex import MODEL_ID_HEADER
 from dagserve.runtime.request_id import new_request_id
 
 if TYPE_CHECKING:
@@ -159,7 +160,12 @@ class Ingress:
                     payload = parse_json(body, max_depth=self.config.max_json_depth)
                 else:  # on a worker thread, so that the event loop keeps serving meanwhile
                     payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
-                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE), protocol="http")
+                ctx = RequestContext(
+                    request_id=rid,
+                    trace=request.scope.get(SCOPE_TRACE),
+                    protocol="http",
+                    model_id=request.headers.get(MODEL_ID_HEADER),
+                )
                 if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/stream_answers.py
                     items = app.astream(payload, context=ctx)
                     first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.http.errors import error_schema
 from dagserve.http.stream_answers import stream_openapi
+from dagserve.runtime.multiplex import MODEL_ID_HEADER
 
 if TYPE_CHECKING:
     from dagserve.app import App
@@ -380,9 +381,21 @@ def _graph_operation(
         "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}},
         "responses": responses,
     }
+    if any(s.model_id is not None for s in app.plan.steps):  # multiplexed (docs/multiplexing.md)
+        op["parameters"] = [_MODEL_ID_PARAMETER]
     if auth:
         op["security"] = [{"bearerAuth": []}]
     return op
+
+
+_MODEL_ID_PARAMETER = {
+    "name": MODEL_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "The model id of the graph's multiplexed node when the payload lacks the field it reads (the "
+    "payload wins): a non-empty string of at most 256 printable characters.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+}
 
 
 def _listing_operation(auth: bool) -> dict[str, Any]:

@@ -33,7 +33,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
                                               skipped because they (or what they need) failed
 ============================================  ====================================================
 
-Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`.
+Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`; multiplexed
+nodes' model caches theirs: :mod:`dagserve.observe.model_metrics`.
 
 Counters and histograms are updated after each request, on the App's event loop, in plain
 dicts under one lock; they become Prometheus families when the registry is scraped. (With
@@ -53,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dagserve.observe.model_metrics import ModelFamilies
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.server_timing import OUTCOMES, failing_node, outcome_of, trace_observer
 
@@ -361,7 +363,7 @@ class _LiveCollector:
 
     def describe(self) -> Iterable[Metric]:
         # Without describe(), registering would call collect() (and App.status()) right away.
-        return list(self._families())
+        return [*self._families(), *ModelFamilies().families()]
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
         return (
@@ -377,6 +379,7 @@ class _LiveCollector:
 
     def collect(self) -> Iterator[Metric]:
         in_flight, replicas, ready, batch = self._families()
+        models = ModelFamilies()  # observe/model_metrics.py
         for app in self._metrics.apps():
             graph = app.name
             in_flight.add_metric([graph], app.in_flight)
@@ -387,6 +390,7 @@ class _LiveCollector:
                 log.warning("Reading the state of graph %r for metrics failed: %s", graph, exc)
                 continue
             ready.add_metric([graph], 1.0 if status.ready else 0.0)
+            models.add(graph, status)
             for node in status.nodes.values():
                 if node.inline:
                     continue
@@ -401,6 +405,7 @@ class _LiveCollector:
         yield replicas
         yield ready
         yield batch
+        yield from models.families()
 
 
 def _buckets(counts: dict[int, int]) -> list[tuple[str, float]]:

@@ -79,6 +79,11 @@ def replica_lines(status: NodeStatus | None) -> list[Line]:
     lines: list[Line] = [(text, color)]
     if status.pending_reason:
         lines.append((short(status.pending_reason, 48), WARN))
+    models = status.models  # a multiplexed node's cache (docs/multiplexing.md)
+    if models:
+        held = sum(len(ids) for ids in models.get("replicas", {}).values())
+        ratio = models.get("hit_ratio")
+        lines.append((f"models {held} held, hit ratio {'-' if ratio is None else f'{ratio:.2f}'}", MUTED))
     return lines
 
 

@@ -15,6 +15,10 @@ of them, without a fixed window. After ``wait_s`` with nothing in it the crowd i
 first call after a quiet spell never waits. The anchor is BentoML's adaptive batching, which sizes
 its wait from the arrivals it observes; counting the callers present rather than the arrival rate
 keeps a closed loop of one client (arrivals as fast as answers) from looking like a crowd.
+
+A multiplexed node's calls carry their model id (``submit(item, model_id)``): a batch holds calls of
+one id only (that of the oldest call waiting), and runs with that id current
+(:func:`dagserve.model_id`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dagserve._errors import NodeError
+from dagserve.runtime.multiplex import reset_model_id, set_model_id
 
 __all__ = ["BatchWindow", "Batcher", "check_batch_result"]
 
@@ -114,17 +119,18 @@ class Batcher:
         self._on_batch = on_batch
         self._clock = clock
         self.window = BatchWindow(max_batch_size, wait_s)
-        self._queue: list[tuple[Any, asyncio.Future[Any], float]] = []
+        # (item, its future, when it arrived, its model id or None)
+        self._queue: list[tuple[Any, asyncio.Future[Any], float, str | None]] = []
         self._timer: asyncio.Handle | None = None
         self._busy = False
         self.batch_sizes: list[int] = []  # recent sizes, for tests and metrics
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, model_id: str | None = None) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         now = self._clock()
         self.window.arrived(now)
-        self._queue.append((item, fut, now))
+        self._queue.append((item, fut, now, model_id))
         if not self._busy:
             self._arm(loop, now)
         return await fut
@@ -141,9 +147,16 @@ class Batcher:
         self._timer = None
         if self._busy or not self._queue:
             return
-        taken = self._queue[: self.max_batch_size]
-        del self._queue[: self.max_batch_size]
-        batch = [(i, f) for i, f, _ in taken if not f.cancelled()]
+        model_id = self._queue[0][3]
+        if model_id is None and all(e[3] is None for e in self._queue[: self.max_batch_size]):
+            taken = self._queue[: self.max_batch_size]
+            del self._queue[: self.max_batch_size]
+        else:  # one model id per batch: the oldest call's; the others keep their places
+            taken, rest = [], []
+            for entry in self._queue:
+                (taken if entry[3] == model_id and len(taken) < self.max_batch_size else rest).append(entry)
+            self._queue = rest
+        batch = [(e[0], e[1]) for e in taken if not e[1].cancelled()]
         if len(batch) < len(taken):
             self.window.left(len(taken) - len(batch), self._clock())
         if not batch:
@@ -151,9 +164,12 @@ class Batcher:
                 self._arm(loop, self._clock())
             return
         self._busy = True
-        loop.create_task(self._execute(batch, loop))
+        loop.create_task(self._execute(batch, loop, model_id))
 
-    async def _execute(self, batch: list[tuple[Any, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _execute(
+        self, batch: list[tuple[Any, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop, model_id: str | None = None
+    ) -> None:
+        token = set_model_id(model_id) if model_id is not None else None  # this task's own context
         try:
             size = len(batch)
             self.batch_sizes.append(size)
@@ -177,6 +193,8 @@ class Batcher:
                 if not f.done():
                     f.set_result(r)
         finally:
+            if token is not None:
+                reset_model_id(token)
             now = self._clock()
             self._busy = False
             self.window.batch_ended(now)

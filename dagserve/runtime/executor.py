@@ -27,6 +27,7 @@ from dagserve._errors import (
 from dagserve.compiler.plan import Plan, Ref, Step, fill, refs_in
 from dagserve.runtime.composite_steps import run_map, run_optional
 from dagserve.runtime.failures import blame, node_failure, node_timeout_error
+from dagserve.runtime.multiplex import MODEL_ID_KEY, check_model_id
 from dagserve.runtime.streaming import open_stream, stream_readers
 from dagserve.runtime.tracing import RequestSpan, W3CTrace
 
@@ -75,6 +76,9 @@ class RequestContext:
     #: The door the request came in by ("python", "http", "oip", "grpc", "openai", "job", "batch"):
     #: metrics, access records and spans carry it. Each door sets it when it builds the context.
     protocol: str = "python"
+    #: The request's default model id (HTTP: the ``x-dagserve-model-id`` header): what a
+    #: multiplexed node's ``model_id=`` reading a payload field gets when the payload lacks it.
+    model_id: str | None = None
 
 
 def select(value: Any, key: Any) -> Any:
@@ -157,7 +161,9 @@ class Executor:
             if s.kind == "call"
         }
         # Per-step work that does not depend on the request, done once here, not per call.
-        self._keep = [None if s.inline or s.kind != "call" else _whole_refs(s) for s in steps]
+        self._keep = [None if s.inline or s.kind != "call" else _whole_refs(s) - set(refs_in(s.model_id)) for s in steps]
+        # Payload fields a multiplexed call reads its model id from: the header may give them.
+        self._model_id_fields = _model_id_fields(steps)
         self._inputs = [list(s.inputs) for s in steps]
         self._build_args = [_arg_builder(s) for s in steps]
         self._rng = random.Random()
@@ -202,7 +208,7 @@ class Executor:
                 v = await self._invoke(step, values, ctx)
             else:  # select
                 parent = step.inputs[0]
-                v = self._select(step, parent, values[parent])
+                v = self._select(step, parent, values[parent], ctx)
             values[step.index] = v
         return v
 
@@ -252,7 +258,7 @@ class Executor:
         if kind == "select":
             parent = step.inputs[0]
             v = await self._value(parent, values, ctx)
-            return self._select(step, parent, v)
+            return self._select(step, parent, v, ctx)
         if kind == "switch":
             return await self._switch(step, values, ctx)
         if kind == "split":
@@ -272,6 +278,8 @@ class Executor:
     async def _invoke(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         """Run call step ``step`` on its inputs' values, which are ready."""
         args, kwargs = self._build_args[step.index](values)
+        if step.model_id is not None:  # multiplexed: its model id goes with the call (and routes it)
+            kwargs = {**kwargs, MODEL_ID_KEY: check_model_id(fill(step.model_id, values), step.name)}
         if step.streams:  # its items flow as its reader pulls them (runtime/streaming.py)
             return open_stream(self.runner, step, args, kwargs, ctx)
         name = step.name
@@ -323,10 +331,12 @@ class Executor:
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             raise _node_error(name, exc) from exc
 
-    def _select(self, step: Step, parent: int, value: Any) -> Any:
+    def _select(self, step: Step, parent: int, value: Any, ctx: RequestContext | None = None) -> Any:
         try:
-            return select(value, step.key)
+            found = select(value, step.key)
         except (KeyError, IndexError, AttributeError, TypeError) as exc:
+            if step.index in self._model_id_fields and ctx is not None and ctx.model_id is not None:
+                return ctx.model_id  # the payload lacks the model id field: the header gives it
             if self._steps[parent].kind == "input":
                 raise RequestError(
                     f"The payload has no {step.key!r} (needed by {step.name!r}); send it in the request body."
@@ -339,6 +349,9 @@ class Executor:
                 node=step.name,
                 error_type=type(exc).__name__,
             ) from exc
+        if found is None and step.index in self._model_id_fields and ctx is not None and ctx.model_id is not None:
+            return ctx.model_id  # a schema's optional field left unset
+        return found
 
     async def _switch(self, step: Step, values: list[Any], ctx: RequestContext) -> Any:
         key = await self._value(step.inputs[0], values, ctx)
@@ -446,7 +459,18 @@ def _takes_whole(consumer: Step, i: int) -> bool:
     if i not in whole:
         return False
     nested = [t for t in (*consumer.args, *consumer.kwargs.values()) if not isinstance(t, Ref)]
-    return i not in refs_in(nested)
+    return i not in refs_in([*nested, consumer.model_id])
+
+
+def _model_id_fields(steps: tuple[Step, ...]) -> frozenset[int]:
+    """The select steps reading a payload field that a multiplexed call takes as its model id."""
+    out = set()
+    for s in steps:
+        if isinstance(s.model_id, Ref):
+            source = steps[s.model_id.index]
+            if source.kind == "select" and steps[source.inputs[0]].kind == "input":
+                out.add(source.index)
+    return frozenset(out)
 
 
 async def _gather_all(coros: list[Any]) -> None:

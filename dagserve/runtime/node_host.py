@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dagserve._errors import DeployError, OverloadedError
 from dagserve.runtime.batching import Batcher
+from dagserve.runtime.multiplex import ModelCache, attach_cache, reset_model_id, set_model_id, take_model_id
 from dagserve.runtime.replica_slots import QueueFull, ReplicaSlots
 from dagserve.runtime.streaming import close_streams, iterate
 from dagserve.runtime.sync_calls import SyncCalls, sync_force
@@ -54,6 +55,8 @@ class NodeCode:
     batch_wait_timeout_s: float = 0.01
     #: The node's ``inline_sync`` option: where its sync code runs (``None``: adaptive).
     inline_sync: bool | None = None
+    #: A multiplexed node's loader method (``@dagserve.multiplexed``, runtime/multiplex.py); ``None``: one model.
+    multiplexed: str | None = None
 
     @classmethod
     def of(cls, spec: DeploymentSpec) -> NodeCode:
@@ -70,6 +73,7 @@ class NodeCode:
             max_batch_size=options.max_batch_size,
             batch_wait_timeout_s=options.batch_wait_timeout_s,
             inline_sync=options.inline_sync,
+            multiplexed=spec.multiplexed.loader if spec.multiplexed is not None else None,
         )
 
 
@@ -81,7 +85,7 @@ class NodeHost:
     batch's size. Raises :class:`~dagserve.DeployError` when the model's ``__init__`` fails.
     """
 
-    __slots__ = ("batch_counts", "batchers", "code", "instance", "pool", "sync")
+    __slots__ = ("batch_counts", "batchers", "code", "instance", "models", "pool", "sync")
 
     def __init__(
         self,
@@ -105,6 +109,10 @@ class NodeHost:
                 raise DeployError(
                     f"Node {code.name!r} failed to start: its __init__ raised {type(exc).__name__}: {exc}"
                 ) from exc
+        #: A multiplexed node's model cache (runtime/multiplex.py), ``None`` for one model.
+        self.models: ModelCache | None = (
+            attach_cache(self.instance, code.multiplexed, None) if code.multiplexed is not None else None
+        )
         #: Batches run, by size (this host's).
         self.batch_counts: collections.Counter[int] = collections.Counter()
         counted = self._counter(on_batch)
@@ -135,18 +143,32 @@ class NodeHost:
             return self.code.target
         return getattr(self.instance, method)
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, handles: bool = False) -> Any:
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, handles: bool = False, model: str | None = None
+    ) -> Any:
         """One call of ``method`` (through its batcher when batched); ``handles``: its arguments
-        hold handles, so sync code runs on a thread (where ``handle.call()`` may wait)."""
-        batcher = self.batchers.get(method)
-        if batcher is not None:
-            return await batcher.submit(args[0])
-        fn = self.bound(method)
-        if method in self.code.async_methods:
-            return await fn(*args, **kwargs)
-        if handles:
-            return await self.sync.call_with_handles(method, fn, *args, **kwargs)
-        return await self.sync.call(method, fn, *args, **kwargs)
+        hold handles, so sync code runs on a thread (where ``handle.call()`` may wait); ``model``:
+        a multiplexed node's model id (:func:`dagserve.model_id` reads it; batches never mix ids)."""
+        token = set_model_id(model) if model is not None else None
+        try:
+            batcher = self.batchers.get(method)
+            if batcher is not None:
+                return await batcher.submit(args[0], model)
+            fn = self.bound(method)
+            if method in self.code.async_methods:
+                return await fn(*args, **kwargs)
+            if handles:
+                return await self.sync.call_with_handles(method, fn, *args, **kwargs)
+            return await self.sync.call(method, fn, *args, **kwargs)
+        finally:
+            if token is not None:
+                reset_model_id(token)
+
+    def take_model(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """A multiplexed node's call: its keyword arguments without the model id, and the id."""
+        if self.code.multiplexed is None:
+            return kwargs, None
+        return take_model_id(kwargs)
 
     async def run_batch(self, method: str, items: list[Any]) -> Any:
         """One batch of ``method`` (its batcher's call): the list of its results."""
@@ -173,7 +195,7 @@ _ids = itertools.count(1)
 class InProcessReplica:
     """An in-process replica: a host, its id, and its place in the node's slots."""
 
-    __slots__ = ("host", "id", "ongoing", "takes_calls")
+    __slots__ = ("host", "id", "models", "ongoing", "takes_calls")
 
     def __init__(self, host: NodeHost) -> None:
         self.host = host
@@ -181,6 +203,11 @@ class InProcessReplica:
         self.ongoing = 0
         #: Not draining (a plain attribute: read on every call by ReplicaSlots.pick).
         self.takes_calls = True
+        #: The model ids it holds or loads (a multiplexed node), for routing (ReplicaSlots.pick).
+        self.models: frozenset[str] = frozenset()
+        cache = host.models
+        if cache is not None:
+            cache.on_change = lambda: setattr(self, "models", cache.ids())
 
     @property
     def draining(self) -> bool:
@@ -235,10 +262,11 @@ class InProcessNode:
     def replicas(self, replicas: list[InProcessReplica]) -> None:  # replaced whole (scale, update, drain)
         self.slots.replicas = replicas
 
-    async def _slot(self) -> InProcessReplica:
-        """A replica with room, taken now; queue for one (handed over as one frees) when all are
-        busy, or :class:`OverloadedError` when the queue is full."""
-        r = self.slots.for_new_call()
+    async def _slot(self, model: str | None = None) -> InProcessReplica:
+        """A replica with room (for ``model``, one that holds it when one can: ReplicaSlots.pick),
+        taken now; queue for one (handed over as one frees) when all are busy, or
+        :class:`OverloadedError` when the queue is full."""
+        r = self.slots.for_new_call(model)
         if r is not None:
             r.ongoing += 1
             return r
@@ -272,13 +300,16 @@ class InProcessNode:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], span: CallSpan | None = None, handles: bool = False
     ) -> Any:
         """One call on a replica with room; ``handles``: its arguments hold handles (the step's
-        templates do), so sync code runs on a thread."""
-        r = await self._slot()
+        templates do), so sync code runs on a thread. A multiplexed node's call goes by its model id."""
+        model = None
+        if self.spec.multiplexed is not None:
+            kwargs, model = take_model_id(kwargs)
+        r = await self._slot(model)
         try:
             if span is None:
-                return await r.host.call(method, args, kwargs, handles=handles)
+                return await r.host.call(method, args, kwargs, handles=handles, model=model)
             span.set("dagserve.replica", r.id)  # traces are exported (observe/otel.py)
-            value = await r.host.call(method, args, kwargs, handles=handles)
+            value = await r.host.call(method, args, kwargs, handles=handles, model=model)
             size = r.host.last_batch_size(method)  # the batch this call was in has just finished
             if size is not None:
                 span.set("dagserve.batch_size", size)

@@ -11,6 +11,11 @@ in-process replicas and the Ray backend's direct transport (its :class:`DirectPo
 * While every replica is full, calls wait in one FIFO queue of at most ``max_queued``
   (``max_queued_requests``; ``None``: unbounded); past it, :class:`QueueFull` at once (the
   backend turns it into :class:`~dagserve.OverloadedError`, HTTP 503).
+* A call for model ``m`` of a multiplexed node (docs/multiplexing.md) goes to the least busy replica
+  that holds ``m`` and has room; when none does, to the replica with room holding the fewest
+  models (ties: fewest calls in flight, then random), which loads it. Each replica's ``models``
+  (the ids it holds or loads) come from its reports; the slots add ``m`` to the chosen one's at
+  once, so the calls for ``m`` that follow before its next report go there too.
 * A new call never overtakes a waiting one, and a freed slot goes straight to the oldest
   waiter: no retry timer.
 * A cancelled waiter leaves the queue (:meth:`ReplicaSlots.forget`).
@@ -29,6 +34,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import random
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -47,6 +53,9 @@ class SlotHolder(Protocol):
     def takes_calls(self) -> bool:
         """May it be sent a call now, its count aside (``False`` while it stops or refuses)?"""
         ...
+
+    #: The model ids it holds or loads (multiplexed nodes; an empty set for the others).
+    models: frozenset[str]
 
 
 R = TypeVar("R", bound=SlotHolder)
@@ -90,9 +99,12 @@ class ReplicaSlots(Generic[R, W]):
         self.waiters: collections.deque[W] = collections.deque()
         self._turn = itertools.count()
 
-    def pick(self) -> R | None:
+    def pick(self, model: str | None = None) -> R | None:
         """The replica with the fewest calls that may take one more (of ``near`` ones first, when
-        one of them has room); ``None`` when all are full."""
+        one of them has room), or for ``model`` the one :meth:`_for_model` says; ``None`` when all
+        are full."""
+        if model is not None:
+            return self._for_model(model)
         if self.near:
             best = self._least_busy(self.near)
             if best is not None:
@@ -115,10 +127,27 @@ class ReplicaSlots(Generic[R, W]):
                 best, fewest = r, busy
         return best
 
-    def for_new_call(self) -> R | None:
-        """The replica a new call may go to at once, or ``None``: it must :meth:`wait` (every
-        replica is full, or calls already wait; they go first)."""
-        return None if self.waiters else self.pick()
+    def _for_model(self, model: str) -> R | None:
+        """A holder of ``model`` with room (the least busy), else the replica with room holding the
+        fewest models (then the least busy, then at random), which is noted as holding it now."""
+        limit = self.max_ongoing
+        free = [r for r in self.replicas if r.ongoing < limit and r.takes_calls]
+        if not free:
+            return None
+        holders = [r for r in free if model in r.models]
+        if holders:
+            return min(holders, key=_busy)
+        fewest = min(len(r.models) for r in free)
+        free = [r for r in free if len(r.models) == fewest]
+        least = min(r.ongoing for r in free)
+        chosen = random.choice([r for r in free if r.ongoing == least])
+        chosen.models = chosen.models | {model}
+        return chosen
+
+    def for_new_call(self, model: str | None = None) -> R | None:
+        """The replica a new call (for ``model``, of a multiplexed node) may go to at once, or
+        ``None``: it must :meth:`wait` (every replica is full, or calls already wait; they go first)."""
+        return None if self.waiters else self.pick(model)
 
     def wait(self, waiter: W) -> None:
         """Queue ``waiter`` last (no replica had room for it), or raise :class:`QueueFull`."""
@@ -153,3 +182,7 @@ class ReplicaSlots(Generic[R, W]):
         """``waiter`` gave up (cancelled): it leaves the queue and no longer counts against the bound."""
         with contextlib.suppress(ValueError):
             self.waiters.remove(waiter)
+
+
+def _busy(replica: SlotHolder) -> int:
+    return replica.ongoing

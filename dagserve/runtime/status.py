@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["AppStatus", "NodeStatus"]
+__all__ = ["AppStatus", "NodeStatus", "models_status"]
 
 NodeState = Literal["RUNNING", "UPDATING", "PENDING", "UNHEALTHY", "STOPPED"]
 
@@ -24,6 +24,13 @@ class NodeStatus:
     TCP to replicas on other Ray nodes), ``"mixed"`` (both; ``transport_replicas`` counts the
     replicas reached each way) or ``"serve"`` (Serve's router); ``transport_note`` says why calls
     go through Serve when the direct transport is on but cannot be used.
+
+    ``models``: a multiplexed node's models (docs/multiplexing.md), empty for other nodes:
+    ``max_models_per_replica``, ``replicas`` (per replica id, the model ids it holds, least
+    recently used first), and summed over those replicas ``loads``, ``load_seconds``,
+    ``evictions``, ``hits``, ``misses``, ``load_failures`` and ``hit_ratio`` (hits over hits and
+    misses; ``None`` before the first call). A hit is a call served without a load of its own (its
+    model was loaded, or being loaded for another call); a miss is a call that loaded it.
     """
 
     name: str
@@ -40,6 +47,7 @@ class NodeStatus:
     transport: str | None = None
     transport_replicas: dict[str, int] = field(default_factory=dict)
     transport_note: str | None = None
+    models: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,26 @@ class AppStatus:
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "settings": self.settings,
         }
+
+
+_COUNTERS = ("loads", "load_seconds", "evictions", "hits", "misses")
+
+
+def models_status(max_models: int | None, reports: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """:attr:`NodeStatus.models` from each replica's cache report (``ModelCache.report()``;
+    ``None``: the replica did not answer). Empty for a node that is not multiplexed."""
+    if max_models is None:
+        return {}
+    out: dict[str, Any] = {"max_models_per_replica": max_models, "replicas": {}}
+    out.update(dict.fromkeys(_COUNTERS, 0))
+    out["load_failures"] = 0
+    for replica, report in reports.items():
+        if report is None:
+            continue
+        out["replicas"][replica] = list(report.get("held", ()))
+        for key in _COUNTERS:
+            out[key] += report.get(key, 0)
+        out["load_failures"] += report.get("failures", 0)
+    asked = out["hits"] + out["misses"]
+    out["hit_ratio"] = round(out["hits"] / asked, 4) if asked else None
+    return out

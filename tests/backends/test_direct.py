@@ -642,3 +642,26 @@ async def test_an_abandoned_pool_hangs_up_whatever_its_loop(directory: str, loop
         loop.close()
     finally:
         server.close()
+
+
+async def test_models_notices_route_a_multiplexed_nodes_calls_to_holders(directory: str) -> None:
+    """A replica's MODELS notice (backends/ray/replica_models.py) tells each caller the model ids it
+    holds, now and on connecting; a call for a model goes to its holder, a model nobody holds to
+    the replica holding the fewest, which counts as holding it at once."""
+    async with replicas(directory, "r0", "r1") as c:
+        report = {"ids": ["m"], "held": ["m"], "loads": 1}
+        c.servers["r1"].announce_models(report)
+        await settle()
+        conns = {conn.replica: conn for conn in c.pool._conns.values()}
+        assert (conns["r1"].models, conns["r0"].models) == ({"m"}, frozenset())
+        for i in range(6):
+            assert await c.pool.call(header("echo"), (i,), {}, model="m") == ("r1", i)
+        assert await c.pool.call(header("echo"), (9,), {}, model="n") == ("r0", 9)
+        assert conns["r0"].models == {"n"}
+        assert c.pool.model_reports() == {"r0": None, "r1": report}
+        late = await connected(directory, 2)  # a caller connecting later gets the last notice
+        try:
+            await settle()
+            assert {conn.replica: set(conn.models) for conn in late._conns.values()} == {"r0": set(), "r1": {"m"}}
+        finally:
+            late.close()

@@ -247,3 +247,23 @@ def test_the_installed_command_runs_in_a_shell(server: Server) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Classifier" in done.stdout and "tokenize" in done.stdout
+
+
+def test_status_shows_the_models_each_replica_of_a_multiplexed_node_holds() -> None:
+    from tests import multiplex_graphs as mg
+
+    app = dagserve.deploy(mg.tenants(replicas=1), backend="local")
+    try:
+        with BackgroundServer(dagserve.asgi_app(app, admin_token=TOKEN, token="")) as url:
+            for tenant in ("a", "b", "a", "c"):
+                assert httpx.post(url, json={"x": 1, "tenant": tenant}).status_code == 200
+            code, out = cli("status", "--url", url.rstrip("/"))
+            assert code == 0, out
+            code, raw = cli("status", "--json", "--url", url.rstrip("/"))
+            replica = app.status().nodes["Tenants"].replica_ids[0]
+    finally:
+        app.shutdown()
+    assert "Tenants: models (at most 2 per replica) 3 loaded in" in out
+    assert f"1 evicted, hit ratio 0.25; {replica}: a, c" in out
+    models = json.loads(raw)["graphs"]["tenants"]["nodes"]["Tenants"]["models"]
+    assert models["replicas"] == {replica: ["a", "c"]} and models["hits"] == 1

@@ -589,3 +589,13 @@ def test_the_docs_picture_shows_the_quickstart_graph() -> None:
     texts = _svg_texts((ROOT / "docs" / "img" / "quickstart.svg").read_text(encoding="utf-8"))
     for name in _drawn_names(graph):
         assert name in texts
+
+
+def test_the_live_view_shows_a_multiplexed_nodes_models_and_hit_ratio() -> None:
+    from tests import multiplex_graphs as mg
+
+    with dagserve.deploy(mg.tenants(replicas=1), backend="local") as app:
+        assert "models 0 held, hit ratio -" in _node_line(live_dot(app), "Tenants")
+        for tenant in ("a", "b", "a", "a"):
+            app.call({"x": 1, "tenant": tenant})
+        assert "models 2 held, hit ratio 0.50" in _node_line(live_dot(app), "Tenants")

@@ -256,14 +256,14 @@ class RayBackend(Backend):
 
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:
-        from dagserve.backends.ray.serve_status import node_statuses
+        from dagserve.backends.ray.serve_status import node_statuses, with_models
 
         plan = self._plan
         graph = plan.graph_name if plan is not None else ""
         details = self._serve_details() if self._deployed and not self._closed else None
         nodes = node_statuses(self._app_name or "", list(self._specs.values()), details)
         settings = ray_cluster.settings_report(self._runtime_env) if self._deployed else {}
-        nodes = self._direct.report(nodes, self._specs)
+        nodes = with_models(self._direct.report(nodes, self._specs), self)
         return AppStatus(graph=graph, backend=self.name, nodes=nodes, settings=settings)
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:

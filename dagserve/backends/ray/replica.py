@@ -37,6 +37,7 @@ from dagserve.backends.ray.direct.frames import FrameLimits
 from dagserve.backends.ray.direct.replica_server import ReplicaServer
 from dagserve.backends.ray.direct_routing import DirectRouting, announce, cross_node_listener, withdraw
 from dagserve.backends.ray.header import CallHeader
+from dagserve.backends.ray.replica_models import ReplicaModels
 from dagserve.backends.ray.replica_caller import ReplicaCaller, enter_call
 from dagserve.backends.ray.remote_streams import replica_stream, resolve_sources
 from dagserve.runtime.failures import blame, node_failure
@@ -178,6 +179,8 @@ class NodeReplica:
             spec, self._pool, resolve_init=lambda args, kwargs: resolve_handles((args, kwargs), self._caller.make)
         )
         instance = self._host.instance
+        # A multiplexed node's models: reported to its callers and to Serve's router (replica_models.py).
+        self._models = ReplicaModels(instance, spec.multiplexed) if spec.multiplexed else None
         user_check = getattr(instance, "check_health", None) if instance is not None else None
         self._user_check = user_check if callable(user_check) else None
         self._direct: ReplicaServer | None = None
@@ -231,6 +234,9 @@ class NodeReplica:
                 log.warning("Node %r: direct transport off, cannot listen on %s (%s)", self._name, server.path, exc)
                 return
             self._direct = server
+            if self._models is not None:  # callers learn the models it holds (replica_models.py)
+                self._models.server = server
+                self._models.announce()
             if self._stopping:
                 server.stop_accepting()
             elif server.tcp_address is not None:  # callers on other Ray nodes find it in Ray's KV store
@@ -291,8 +297,9 @@ class NodeReplica:
         token = set_request_id(request_id)  # node code and log records see the request's id
         trace_token = set_trace(traceparent)
         args, kwargs, request = enter_call(header, args, kwargs, self._caller)  # handles, deadline
+        kwargs, model = self._host.take_model(kwargs)  # a multiplexed node's model id (runtime/multiplex.py)
         try:
-            return await self._host.call(method, args, kwargs, handles=header.with_handles)
+            return await self._host.call(method, args, kwargs, handles=header.with_handles, model=model)
         except DagserveError as exc:
             raise blame(exc, step)  # an HTTPError the node raised names it
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in a node fails one request
@@ -347,6 +354,10 @@ class NodeReplica:
     def dagserve_batch_counts(self) -> dict[int, int]:
         """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
         return dict(self._host.batch_counts)
+
+    def dagserve_models(self) -> dict[str, Any] | None:
+        """A multiplexed node's models: held ids and counters (``ModelCache.report()``), else ``None``."""
+        return self._models.report() if self._models is not None else None
 
     def dagserve_sync_modes(self) -> dict[str, Mode]:
         """Where each sync method called so far runs next: probing, inline or threads (tests, diagnostics)."""

@@ -25,6 +25,7 @@ from dagserve.backends.ray.replica_caller import CallExtras
 from dagserve.backends.ray.remote_streams import RayStream, read_streams
 from dagserve.runtime.executor import node_timeout_error
 from dagserve.runtime.handles import InProcessHandles
+from dagserve.runtime.multiplex import MODEL_ID_KEY
 from dagserve.runtime.replica_slots import QueueFull
 from dagserve.runtime.tracing import call_traceparent
 
@@ -79,6 +80,7 @@ class _Pending:
         "ctx",
         "header",
         "kwargs",
+        "model",
         "span",
         "spec",
         "step",
@@ -105,6 +107,8 @@ class _Pending:
         self.header = header
         self.args = args
         self.kwargs = kwargs
+        # A multiplexed node's model id: the direct pool and Serve's router send it to a holder.
+        self.model: str | None = kwargs.get(MODEL_ID_KEY) if spec.multiplexed is not None else None
         self.upstream = [a for a in (*args, *kwargs.values()) if isinstance(a, _Pending)]
         self._response: Any = None
         self._dispatch: asyncio.Future[Any] | None = None
@@ -140,7 +144,7 @@ class _Pending:
             args = tuple(_whole(a) for a in args)
             if kwargs:
                 kwargs = {k: _whole(v) for k, v in kwargs.items()}
-        return self.transport.call(self.header, args, kwargs)
+        return self.transport.call(self.header, args, kwargs, model=self.model)
 
     def _watch(self) -> None:
         """This call's response goes whole to the next call: note when its result is ready."""

@@ -112,6 +112,7 @@ def replica_spec(spec: DeploymentSpec, *, direct: bool = True, frames: FrameLimi
         direct=direct,
         frames=frames or FrameLimits(),
         otlp_endpoint=otlp_endpoint(),  # this process's setting at deploy time: replicas export there too
+        multiplexed=spec.multiplexed.loader if spec.multiplexed is not None else None,
     )
 
 

@@ -9,14 +9,17 @@ request no Ray node can ever hold (none has that much, and no autoscaler can add
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dagserve.runtime.status import NodeStatus
+from dagserve.runtime.multiplex import model_report
+from dagserve.runtime.status import NodeStatus, models_status
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec
 
-__all__ = ["describe_wait", "live_replicas", "node_statuses", "problems", "replica_ids"]
+__all__ = ["describe_wait", "live_replicas", "node_statuses", "problems", "replica_ids", "with_models"]
 
 _RUNNING = "RUNNING"
 _EPS = 1e-9
@@ -304,3 +307,28 @@ def describe_wait(app: str | None, problems: dict[str, str], what: str, *, final
         f"Graph {app!r} was not {what} in time: node(s) {names} not ready ({lines}). Free or add the "
         "resources they wait for, lower their requests, or raise the wait (ready_timeout_s / wait_s)."
     )
+
+
+def with_models(nodes: dict[str, NodeStatus], backend: Any) -> dict[str, NodeStatus]:
+    """``nodes`` with each multiplexed node's models (:attr:`NodeStatus.models`): from the reports
+    its replicas send the direct pool (``MODELS`` notices), else asked through the node's Serve
+    handle (``dagserve_models``), for inline nodes from this process's replicas."""
+    out = dict(nodes)
+    for name, spec in backend._specs.items():
+        if spec.multiplexed is None or name not in out:
+            continue
+        reports: dict[str, dict[str, Any] | None] = {}
+        local = backend._local.get(name)
+        pool = backend._direct.pools.get(name)
+        if local is not None:
+            reports = {r.id: model_report(r.instance) for r in local.replicas if not r.draining}
+        elif pool is not None and pool.usable:
+            reports = pool.model_reports()
+        elif name in backend._handles and asyncio._get_running_loop() is None:
+            try:  # a handle the requests already use (one made here would bind Serve's router to this thread)
+                found = backend._handles[name].broadcast("dagserve_models").results(timeout_s=2.0)
+            except Exception:  # noqa: BLE001 - status is best effort: a busy or gone replica gives none
+                found = []
+            reports = {r["replica"]: r for r in found if isinstance(r, dict)}
+        out[name] = replace(out[name], models=models_status(spec.multiplexed.max_models_per_replica, reports))
+    return out

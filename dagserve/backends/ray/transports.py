@@ -40,8 +40,9 @@ class Transport(Protocol):
     #: May a call's arguments hold other calls' un-awaited responses (resolved where it runs)?
     takes_responses: bool
 
-    def call(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Send one call: an awaitable of its result, with ``cancel()``."""
+    def call(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any], model: str | None = None) -> Any:
+        """Send one call: an awaitable of its result, with ``cancel()``; ``model``: a multiplexed
+        node's model id, so that the call goes to a replica holding that model."""
 
     def stream(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Open a generator node's stream: an async iterator of its items, with ``cancel()``."""
@@ -59,8 +60,9 @@ class ServeTransport:
         self.handle = handle
         self._stream: Any = None  # the streaming handle, made on first use
 
-    def call(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self.handle.remote(header, *args, **kwargs)
+    def call(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any], model: str | None = None) -> Any:
+        handle = self.handle if model is None else self.handle.options(multiplexed_model_id=model)
+        return handle.remote(header, *args, **kwargs)
 
     def stream(self, header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._stream is None:

@@ -33,6 +33,7 @@ __all__ = [
     "ERROR",
     "FRAME_LENGTH",
     "ITEM",
+    "MODELS",
     "OK",
     "REJECTED",
     "ROOM",
@@ -53,9 +54,10 @@ log = logging.getLogger("dagserve.ray")
 #: Requests: ``(CALL, id, payload)``, ``(CANCEL, id)``, ``(STATS, id)``; a generator node's call
 #: ``(STREAM, id, payload)``, and ``(CREDIT, id, n)``: the caller read ``n`` more of its items.
 CALL, CANCEL, STATS, STREAM, CREDIT = 0, 1, 2, 3, 4
-#: Answers ``(id, status, value)``; notices ``(0, DRAINING | ROOM, None)``; a stream's items
+#: Answers ``(id, status, value)``; notices ``(0, DRAINING | ROOM, None)`` and ``(0, MODELS, report)``
+#: (a multiplexed node's replica: a dict whose ``ids`` are the model ids it holds or loads); a stream's items
 #: ``(id, ITEM, value)``, then its end ``(id, OK, None)`` or ``(id, ERROR, error)``.
-OK, ERROR, REJECTED, DRAINING, BUSY, ROOM, ITEM = 0, 1, 2, 3, 4, 5, 6
+OK, ERROR, REJECTED, DRAINING, BUSY, ROOM, ITEM, MODELS = 0, 1, 2, 3, 4, 5, 6, 7
 #: Items a replica sends of a stream before its caller grants more (``CREDIT``): the most a stream
 #: holds between a generator and its reader, whatever the stream's length.
 STREAM_WINDOW = 8

@@ -31,6 +31,7 @@ from dagserve.backends.ray.direct.frames import (
     CREDIT,
     DRAINING,
     ITEM,
+    MODELS,
     OK,
     REJECTED,
     ROOM,
@@ -72,14 +73,16 @@ class PoolClosed(Exception):
 class DirectCall:
     """One call through the pool; await it for the result. ``cancel()`` tells the replica."""
 
-    __slots__ = ("_conn", "_pool", "future", "payload", "rid", "step")
+    __slots__ = ("_conn", "_pool", "future", "model", "payload", "rid", "step")
     #: The request op it is sent with.
     op = CALL
 
-    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
+    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?", model: str | None = None) -> None:
         self._pool = pool
         self.payload = payload
         self.step = step
+        #: A multiplexed node's model id: the call goes to a replica holding it (ReplicaSlots).
+        self.model = model
         self.rid = next(pool._ids)
         self.future: asyncio.Future[Any] = pool._loop.create_future()
         self._conn: _ClientConn | None = None
@@ -141,8 +144,8 @@ class DirectStream(DirectCall):
     __slots__ = ("_granted", "_items", "_wake")
     op = STREAM
 
-    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?") -> None:
-        super().__init__(pool, payload, step)
+    def __init__(self, pool: DirectPool, payload: bytes, step: str = "?", model: str | None = None) -> None:
+        super().__init__(pool, payload, step, model)
         self._items: collections.deque[bytes] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
         self._granted = 0  # items read since the last CREDIT
@@ -201,6 +204,10 @@ class _ClientConn(Framed):
         self.draining = False
         #: The replica refused a call as full (``BUSY``): nothing is sent until it says ``ROOM``.
         self.full = False
+        #: A multiplexed node's model ids the replica holds or loads, and its last report
+        #: (``MODELS`` notices: backends/ray/replica_models.py).
+        self.models: frozenset[str] = frozenset()
+        self.model_report: dict[str, Any] | None = None
 
     @property
     def where(self) -> str:
@@ -243,6 +250,10 @@ class _ClientConn(Framed):
             elif status == ROOM:
                 self.full = False
                 self.pool._slot_freed(self)
+            elif status == MODELS:
+                self.model_report = value
+                # Calls sent here for a model it has not begun to load yet still count as its.
+                self.models = frozenset(value.get("ids", ())) | {c.model for c in self.calls.values() if c.model}
             return
         call = self.calls.pop(rid, None)
         if call is None:
@@ -333,9 +344,16 @@ class DirectPool:
         return self.call(header, args, kwargs, kind=DirectStream)  # type: ignore[return-value]
 
     def call(
-        self, header: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, kind: type[DirectCall] = DirectCall
+        self,
+        header: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        kind: type[DirectCall] = DirectCall,
+        model: str | None = None,
     ) -> DirectCall:
-        """Send one call (or queue it); raises :class:`QueueFull` when the queue is full."""
+        """Send one call (or queue it); raises :class:`QueueFull` when the queue is full. ``model``:
+        a multiplexed node's model id, which chooses the replica."""
         step = step_of(header)
         try:
             payload = dumps((header, args, kwargs))
@@ -345,7 +363,7 @@ class DirectPool:
         else:
             limit = self.limits.max_bytes
             error = too_large(step, "arguments", len(payload), limit) if len(payload) > limit else None
-        call = kind(self, payload, step)
+        call = kind(self, payload, step, model)
         if error is None and self._closed:
             error = PoolClosed("the pool is closed")
         if error is None:
@@ -365,7 +383,7 @@ class DirectPool:
                 call.future.set_exception(PoolClosed("the pool is closed"))
             return
         slots = self._slots
-        conn = slots.for_new_call()
+        conn = slots.for_new_call(call.model)
         if conn is not None:
             conn.submit(call)
         elif new:
@@ -513,6 +531,10 @@ class DirectPool:
             if c.future in pending:
                 c.cancel()
         return [f.result() for f in done if f.exception() is None]
+
+    def model_reports(self) -> dict[str, dict[str, Any] | None]:
+        """Per connected replica, the models it last reported (a multiplexed node; ``None``: none yet)."""
+        return {conn.replica: conn.model_report for conn in self._conns.values() if conn.accepting}
 
     def transports(self) -> dict[str, int]:
         """How many replicas this pool reaches, by way: ``"local socket"`` and ``"cross-node"``."""

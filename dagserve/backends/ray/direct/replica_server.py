@@ -24,6 +24,7 @@ from dagserve.backends.ray.direct.frames import (
     CANCEL,
     CREDIT,
     DRAINING,
+    MODELS,
     ERROR,
     ITEM,
     OK,
@@ -96,6 +97,8 @@ class ReplicaServer:
         # Who waits for a free slot (a refused connection, a call Serve routed), told when one frees.
         self._want_room: dict[Any, Callable[[], None]] = {}
         self._changed = asyncio.Event()  # a call finished or a caller hung up (for drain)
+        #: A multiplexed node's notice of the model ids it holds (sent to each new caller too).
+        self._models_frame: bytes | None = None
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -139,6 +142,13 @@ class ReplicaServer:
             waiting, self._want_room = self._want_room, {}
             for tell in waiting.values():  # all of them: those that lose the race wait again
                 tell()
+
+    def announce_models(self, report: dict[str, Any]) -> None:
+        """Tell every caller the models this replica holds or loads (``MODELS``: its report, whose
+        ``ids`` route calls), now and on connecting."""
+        self._models_frame = frame = dumps((0, MODELS, report))
+        for conn in self._conns:
+            conn.send(frame)
 
     # -- stopping --------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -219,6 +229,8 @@ class _ServerConn(Framed):
 
     def authenticated(self) -> None:
         self.server._conns.add(self)
+        if self.server._models_frame is not None:
+            self.send(self.server._models_frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The caller is gone: nobody waits for these results any more (as when Serve cancels).
