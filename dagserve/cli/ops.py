@@ -27,7 +27,7 @@ import click
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
 from dagserve.http.config import ADMIN_TOKEN_ENV
 
-__all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
+__all__ = ["AdminClient", "admin_client", "scale_command", "status_command", "update_command"]
 
 URL_ENV = "DAGSERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -62,13 +62,33 @@ class AdminClient:
         timeout = self.timeout_s + (wait_s if wait_s is not None else 120.0)
         return self._request("POST", path, body, timeout=timeout)  # type: ignore[no-any-return]
 
-    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+    def check(self) -> None:
+        """Fail early with the real cause: nothing answers at :attr:`url`, or a server answers but
+        this command has no token for it. (A wrong token is the server's 403, see :meth:`_explain`.)"""
+        req = urllib.request.Request(self.url + "/-/healthz", method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # something answers (a proxy, another root path): the admin request tells the rest
+        except (urllib.error.URLError, OSError) as exc:
+            raise click.ClickException(self._unreachable(exc)) from None
         if not self.token:
-            raise click.UsageError(
-                f"The admin routes need a token: pass --token or set ${ADMIN_TOKEN_ENV}. (A `dagserve run` on "
-                f"127.0.0.1 without one stores the token it creates in {token_dir()}, where this command "
-                f"looks; there is none for {self.url}.)"
+            raise click.ClickException(
+                f"A server answers at {self.url}, but this command has no admin token for it: pass --token or set "
+                f"${ADMIN_TOKEN_ENV} to the token the server was started with. (A `dagserve run` on 127.0.0.1 "
+                f"without one stores the token it creates in {token_dir()}, where this command looks; there is "
+                f"none for this address.)"
             )
+
+    def _unreachable(self, exc: BaseException) -> str:
+        reason = getattr(exc, "reason", exc)
+        return (
+            f"Nothing answers at {self.url} ({reason}). Is `dagserve run` serving there? Pass its address with "
+            f"--url or ${URL_ENV}."
+        )
+
+    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + ADMIN_PREFIX + path, data=data, method=method)
         req.add_header("authorization", f"Bearer {self.token}")
@@ -81,11 +101,7 @@ class AdminClient:
         except urllib.error.HTTPError as exc:
             raise click.ClickException(self._explain(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                f"Cannot reach a dagserve server at {self.url}: {reason}. Is `dagserve run` serving there? "
-                f"Pass its address with --url or ${URL_ENV}."
-            ) from None
+            raise click.ClickException(self._unreachable(exc)) from None
 
     def _explain(self, exc: urllib.error.HTTPError) -> str:
         try:
@@ -103,15 +119,30 @@ class AdminClient:
                 f"token: set ${ADMIN_TOKEN_ENV} (or pass admin_token=) when starting it."
             )
         if exc.code == 401:
-            return f"The server refused the request: {message or 'no token'}. Pass --token or set ${ADMIN_TOKEN_ENV}."
+            return (
+                f"The server at {self.url} answers but refused the request: {message or 'no token'}. Pass --token "
+                f"or set ${ADMIN_TOKEN_ENV}."
+            )
         if exc.code == 403:
             if self.stored:
                 return (
                     f"The server rejected the admin token stored in {token_dir()} (left by an earlier server on "
                     f"this address?); pass the server's token with --token or ${ADMIN_TOKEN_ENV}."
                 )
-            return f"The server rejected the admin token; use the one it was started with (${ADMIN_TOKEN_ENV})."
+            return (
+                f"The server at {self.url} answers but rejected the admin token; use the one it was started with "
+                f"(--token or ${ADMIN_TOKEN_ENV})."
+            )
         return message or f"HTTP {exc.code}: {exc.reason}"
+
+
+def admin_client(url: str, token: str | None) -> AdminClient:
+    """The client every command on a running server starts with (status, scale, update, and any
+    new one): it says first whether anything answers at ``url``, then whether a token is missing,
+    before the command's own request."""
+    client = AdminClient(url, token)
+    client.check()
+    return client
 
 
 def _q(part: str) -> str:
@@ -283,7 +314,7 @@ def status_command(graph: str | None, url: str, token: str | None, as_json: bool
     """Show every node of a running server's graphs (or of GRAPH): replicas target/running/pending,
     batching, GPU share, transport (inline, local socket, cross-node, serve), requests, errors and
     p50/p99 latency."""
-    data = AdminClient(url, token).status(graph)
+    data = admin_client(url, token).status(graph)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -320,7 +351,7 @@ def scale_command(
     if replicas is None and not auto:
         raise click.UsageError("Say how to scale: --replicas N, or --min/--max for autoscaling.")
     body: dict[str, Any] = {"num_replicas": replicas} if replicas is not None else {"autoscaling": auto}
-    result = AdminClient(url, token).change("scale", graph, node, body, wait_s)
+    result = admin_client(url, token).change("scale", graph, node, body, wait_s)
     _print_change(graph, node, result, "scaled")
 
 
@@ -361,7 +392,7 @@ def update_command(
     }
     if not body:
         raise click.UsageError("Nothing to update: give at least one option, e.g. --max-batch-size 16.")
-    result = AdminClient(url, token).change("update", graph, node, body, wait_s)
+    result = admin_client(url, token).change("update", graph, node, body, wait_s)
     _print_change(graph, node, result, "updated")
 
 

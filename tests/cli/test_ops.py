@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -46,8 +48,8 @@ def server() -> Iterator[Server]:
         app.shutdown()
 
 
-def cli(*args: str, token: str | None = TOKEN) -> tuple[int, str]:
-    env = {ADMIN_TOKEN_ENV: token} if token is not None else {ADMIN_TOKEN_ENV: ""}
+def cli(*args: str, token: str | None = TOKEN, env: dict[str, str] | None = None) -> tuple[int, str]:
+    env = {ADMIN_TOKEN_ENV: token or "", **(env or {})}
     result = CliRunner().invoke(main, list(args), env=env, terminal_width=120)
     return result.exit_code, result.output
 
@@ -139,7 +141,7 @@ def test_update_changes_batching(server: Server) -> None:
     ("args", "token", "code", "match"),
     [
         (("status",), "wrong", 1, "token"),
-        (("status",), None, 2, "need a token"),
+        (("status",), None, 1, "answers at"),
         (("scale", GRAPH, "Nope", "--replicas", "2"), TOKEN, 1, "has no node 'Nope'"),
         (("scale", "other", "Classifier", "--replicas", "2"), TOKEN, 1, "No graph named 'other'"),
         (("scale", GRAPH, "Classifier"), TOKEN, 2, "--replicas N, or --min/--max"),
@@ -230,12 +232,47 @@ def test_trace_header_on_request(server: Server) -> None:
     assert traced.headers["x-dagserve-request-id"] == traced.headers["x-request-id"]
 
 
-def test_nothing_listening_is_a_clear_error() -> None:
+@pytest.mark.parametrize("token", [TOKEN, None])
+@pytest.mark.parametrize(
+    "args", [("status",), ("scale", GRAPH, "Classifier", "-n", "2"), ("update", GRAPH, "embed", "--max-batch-size", "4")]
+)
+def test_nothing_listening_is_a_clear_error(args: tuple[str, ...], token: str | None, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    code, out = cli("status", "--url", f"http://127.0.0.1:{port}")
-    assert code == 1 and "Cannot reach a dagserve server" in out
+    code, out = cli(*args, "--url", f"http://127.0.0.1:{port}", token=token, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    out = out.replace("\n", " ")
+    assert code == 1, out
+    assert f"Nothing answers at http://127.0.0.1:{port}" in out and "--url" in out
+    assert "token" not in out and not out.startswith("Usage:")
+
+
+@pytest.mark.parametrize(("token", "match"), [(None, "has no admin token"), ("wrong", "rejected the admin token")])
+def test_a_server_that_answers_without_the_right_token_is_told_apart(
+    server: Server, token: str | None, match: str, tmp_path: Path
+) -> None:
+    code, out = cli("status", "--url", server.url, token=token, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    out = out.replace("\n", " ")
+    assert code == 1, out
+    assert f"{server.url}" in out and "answers" in out and match in out and "Nothing answers" not in out
+    assert not out.startswith("Usage:")
+
+
+def test_admin_actions_are_logged_once_done_and_refusals_as_refusals(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="dagserve.admin"):
+        code, _ = cli("scale", GRAPH, "Clasifier", "--replicas", "2", "--url", server.url)
+        assert code == 1
+        code, _ = cli("scale", GRAPH, "Classifier", "--replicas", "2", "--url", server.url)
+        assert code == 0
+        cli("status", "--url", server.url, token="wrong")
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dagserve.admin"]
+    assert not any("Clasifier" in m and "done" in m for _, m in records), records
+    refused = [m for level, m in records if level == "WARNING"]
+    assert any("Clasifier" in m and "refused with 404" in m for m in refused), records
+    assert any("/-/admin/status refused with 403" in m for m in refused), records
+    assert ("INFO", f"Admin scale of {GRAPH}/Classifier done: {{'num_replicas': 2}}") in records
 
 
 def test_the_installed_command_runs_in_a_shell(server: Server) -> None:
