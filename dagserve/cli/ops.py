@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from dagserve.cli.output import console as cli_console
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
 from dagserve.http.config import ADMIN_TOKEN_ENV
 
@@ -225,7 +226,7 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
     if show_batch:
         notes.append("batch: max size/wait")
     if show_transport:
-        notes.append("transport: socket (this Ray node), cross-node (TCP), serve, inline")
+        notes.append("transport: socket (this Ray node), cross-node (TCP), serve, inline, no calls yet")
     table = Table(
         title=title, caption="; ".join(notes), title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD
     )
@@ -264,10 +265,8 @@ def _notes(status: dict[str, Any]) -> list[str]:
     return out
 
 
-def _print_status(data: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console()
+def _print_status(data: dict[str, Any], *, verbose: bool = False) -> None:
+    console = cli_console()
     graphs = data.get("graphs", {})
     if not graphs:
         console.print("No graphs are served.")
@@ -275,7 +274,7 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(status_table(name, status))
         for note in _notes(status):
             console.print(f"  [yellow]{note}[/]")
-        for line in _settings(status):
+        for line in _settings(status) if verbose else ():
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -300,6 +299,7 @@ _token_option = click.option(
     envvar=ADMIN_TOKEN_ENV,
     help=f"Admin token (default: ${ADMIN_TOKEN_ENV}, else the one a loopback `dagserve run` stored for --url).",
 )
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON instead of tables.")
 _wait_option = click.option(
     "--wait", "wait_s", type=click.FloatRange(min=0), default=None, help="Seconds to wait for the new replicas."
 )
@@ -309,8 +309,9 @@ _wait_option = click.option(
 @click.argument("graph", required=False)
 @_url_option
 @_token_option
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON instead of tables.")
-def status_command(graph: str | None, url: str, token: str | None, as_json: bool) -> None:
+@_json_option
+@click.option("--verbose", "-v", is_flag=True, help="Also print the backend's settings in force (on Ray, Serve's).")
+def status_command(graph: str | None, url: str, token: str | None, as_json: bool, verbose: bool) -> None:
     """Show every node of a running server's graphs (or of GRAPH): replicas target/running/pending,
     batching, GPU share, transport (inline, local socket, cross-node, serve), requests, errors and
     p50/p99 latency."""
@@ -318,7 +319,7 @@ def status_command(graph: str | None, url: str, token: str | None, as_json: bool
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _print_status(data)
+        _print_status(data, verbose=verbose)
 
 
 @click.command("scale")
@@ -331,6 +332,7 @@ def status_command(graph: str | None, url: str, token: str | None, as_json: bool
 @_wait_option
 @_url_option
 @_token_option
+@_json_option
 def scale_command(
     graph: str,
     node: str,
@@ -341,6 +343,7 @@ def scale_command(
     wait_s: float | None,
     url: str,
     token: str | None,
+    as_json: bool,
 ) -> None:
     """Scale NODE of GRAPH on a running server while it serves: `--replicas N`, or autoscaling
     between `--min` and `--max`. Other nodes keep their replicas."""
@@ -352,7 +355,7 @@ def scale_command(
         raise click.UsageError("Say how to scale: --replicas N, or --min/--max for autoscaling.")
     body: dict[str, Any] = {"num_replicas": replicas} if replicas is not None else {"autoscaling": auto}
     result = admin_client(url, token).change("scale", graph, node, body, wait_s)
-    _print_change(graph, node, result, "scaled")
+    _print_change(graph, node, result, "scaled", as_json)
 
 
 @click.command("update")
@@ -366,6 +369,7 @@ def scale_command(
 @_wait_option
 @_url_option
 @_token_option
+@_json_option
 def update_command(
     graph: str,
     node: str,
@@ -377,6 +381,7 @@ def update_command(
     wait_s: float | None,
     url: str,
     token: str | None,
+    as_json: bool,
 ) -> None:
     """Change NODE's options on a running server with a rolling update (no request fails)."""
     body = {
@@ -393,15 +398,16 @@ def update_command(
     if not body:
         raise click.UsageError("Nothing to update: give at least one option, e.g. --max-batch-size 16.")
     result = admin_client(url, token).change("update", graph, node, body, wait_s)
-    _print_change(graph, node, result, "updated")
+    _print_change(graph, node, result, "updated", as_json)
 
 
-def _print_change(graph: str, node: str, result: dict[str, Any], verb: str) -> None:
-    from rich.console import Console
-
+def _print_change(graph: str, node: str, result: dict[str, Any], verb: str, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
     status = result.get("node", {})
     name = status.get("name", node)
-    console = Console()
+    console = cli_console()
     console.print(status_table(graph, {"nodes": {name: status}}, title=f"{verb.capitalize()} {graph}/{name}"))
     for note in _notes({"nodes": {name: status}}):
         console.print(f"  [yellow]{note}[/]")

@@ -22,8 +22,9 @@ class NodeStatus:
     process: inline nodes, every node of the local backend), ``"local socket"`` (the direct
     transport to replicas on the caller's Ray node), ``"cross-node"`` (the direct transport over
     TCP to replicas on other Ray nodes), ``"mixed"`` (both; ``transport_replicas`` counts the
-    replicas reached each way) or ``"serve"`` (Serve's router); ``transport_note`` says why calls
-    go through Serve when the direct transport is on but cannot be used.
+    replicas reached each way), ``"serve"`` (Serve's router) or ``"no calls yet"`` (the direct
+    transport connects at a node's first call); ``transport_note`` says why calls go through Serve
+    when the direct transport is on but cannot be used, or that nothing has called the node yet.
     """
 
     name: str

@@ -600,8 +600,11 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
         out = Times(3)(add_one.options(num_replicas="auto")(inp))
     graph = dagserve.Graph(out, name="transports")
     with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as app:
+        fresh = app.status().nodes["Times"]
+        assert (fresh.transport, fresh.transport_note) == ("no calls yet", None)  # not "serve" with no reason
         wait_until(lambda: app.call(1) == 6 and app.backend.transport("Times") == "direct", 10, "direct to Times")
         assert app.backend.transport("add_one") == "serve"
+        assert "autoscaled" in (app.status().nodes["add_one"].transport_note or "")
     with dagserve.deploy(graph, backend="ray", direct_transport=False, ready_timeout_s=120) as app:
         assert [app.call(i) for i in range(5)] == [(i + 1) * 3 for i in range(5)]
         assert app.backend.transport("Times") == "serve" and not app.backend._direct.pools

@@ -137,6 +137,17 @@ def test_jsonl_round_trip_keeps_order_and_reports_every_failure(tmp_path: Path) 
         assert word in result.output
 
 
+def test_json_prints_the_summary_as_one_object(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        main, ["batch", TARGET, str(write_jsonl(tmp_path / "in.jsonl", good(5))), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["processed"], summary["succeeded"], summary["failed"]) == (5, 5, 0)
+    assert summary["output"] == str(out) and set(summary["node_shares"]) == {"measure", "Upper"}
+
+
 def test_errors_file_takes_the_error_records(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [*good(4), {"id": 4, "text": "boom"}, *good(2, 5)])
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"

@@ -105,10 +105,12 @@ def test_status_prints_the_serve_settings_a_ray_graph_reports(capsys: pytest.Cap
         "replica_env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     }
     _print_status({"graphs": {"g": {"backend": "ray", "ready": True, "nodes": {}, "settings": settings}}})
+    assert "Serve" not in capsys.readouterr().out  # internal settings: only under --verbose
+    _print_status({"graphs": {"g": {"backend": "ray", "ready": True, "nodes": {}, "settings": settings}}}, verbose=True)
     out = capsys.readouterr().out
     assert "Serve in the serving process: throughput_optimized=True router_retry_backoff_s=[0.005, 0.01]" in out
     assert "carried to replicas: RAY_SERVE_ENABLE_DIRECT_INGRESS=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in out
-    _print_status({"graphs": {"g": {"backend": "local", "ready": True, "nodes": {}, "settings": {}}}})
+    _print_status({"graphs": {"g": {"backend": "local", "ready": True, "nodes": {}, "settings": {}}}}, verbose=True)
     assert "Serve" not in capsys.readouterr().out  # the local backend has none
 
 
@@ -273,6 +275,28 @@ def test_admin_actions_are_logged_once_done_and_refusals_as_refusals(
     assert any("Clasifier" in m and "refused with 404" in m for m in refused), records
     assert any("/-/admin/status refused with 403" in m for m in refused), records
     assert ("INFO", f"Admin scale of {GRAPH}/Classifier done: {{'num_replicas': 2}}") in records
+
+
+def test_scale_and_update_print_json_on_request(server: Server) -> None:
+    code, out = cli("scale", GRAPH, "Classifier", "-n", "2", "--json", "--url", server.url)
+    assert code == 0, out
+    assert json.loads(out)["node"]["target_replicas"] == 2
+    code, out = cli("update", GRAPH, "embed", "--max-batch-size", "4", "--json", "--url", server.url)
+    assert code == 0, out
+    assert json.loads(out)["node"]["options"]["max_batch_size"] == 4
+
+
+def test_piped_tables_print_whole_values(server: Server) -> None:
+    """A pipe is not a terminal: no column is cut to fit 80 (or $COLUMNS) characters."""
+    env = {**os.environ, ADMIN_TOKEN_ENV: TOKEN, "DAGSERVE_URL": server.url, "COLUMNS": "30"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dagserve", "status"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout, done.stdout
+    header = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["node"])
+    assert header.split() == ["node", "replicas", "batch", "requests", "errors", "p50", "p99"]
+    assert "replicas: target/running/pending (autoscaling min-max)" in " ".join(done.stdout.split())
 
 
 def test_the_installed_command_runs_in_a_shell(server: Server) -> None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIRECT_ENV",
     "MAX_FRAME_ENV",
+    "NOT_CALLED",
     "NO_TOKEN",
     "DirectRouting",
     "announce",
@@ -59,6 +60,10 @@ NO_TOKEN = (
     "cross-node transport off: the Ray cluster runs without token authentication (RAY_AUTH_MODE=token "
     "turns it on), so calls to replicas on other Ray nodes go through Serve"
 )
+
+
+#: A node's transport before its first call (the direct pool opens then).
+NOT_CALLED = "no calls yet"
 
 
 class DirectRouting:
@@ -158,8 +163,14 @@ class DirectRouting:
             if spec is None or spec.inline:
                 out[name] = replace(node, transport="inline")
                 continue
+            if self.cluster is not None and _direct_eligible(spec) and name not in self.pools:
+                # The pool opens at the node's first call: until then no transport is chosen.
+                out[name] = replace(node, transport=NOT_CALLED)
+                continue
             kind, counts = self.transport(spec)
             note = self.note if kind == "serve" and self.enabled else None
+            if kind == "serve" and note is None and self.enabled and not _direct_eligible(spec):
+                note = "autoscaled: Serve routes its calls, so its autoscaler sees them"
             out[name] = replace(node, transport=kind, transport_replicas=counts, transport_note=note)
         return out
 
