@@ -14,7 +14,7 @@ import click
 from dagserve._errors import DagserveError
 from dagserve.app import deploy
 from dagserve.cli.output import console as cli_console
-from dagserve.cli.targets import load_target
+from dagserve.cli.targets import InputError, app_dir_option, load_target
 from dagserve.graph import Graph
 from dagserve.offline.files import BatchError, BatchSummary, detect_format, run_batch
 
@@ -43,6 +43,7 @@ __all__ = ["batch_command"]
               help="Show a progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout instead of tables on stderr.")
+@app_dir_option
 def batch_command(
     target: str,
     input_path: Path,
@@ -56,6 +57,7 @@ def batch_command(
     errors_path: Path | None,
     progress: bool | None,
     as_json: bool,
+    app_dir: str | None,
 ) -> None:
     """Run the graph MODULE:ATTR over every record of INPUT (JSON Lines, CSV or Parquet).
 
@@ -66,11 +68,10 @@ def batch_command(
         dagserve batch examples.quickstart:graph reviews.jsonl -o scores.jsonl
     """
     console = cli_console(stderr=True)
-    graph = load_target(target)
+    graph = load_target(target, app_dir)
     if not isinstance(graph, Graph):
-        raise click.BadParameter(
-            f"{target!r} is a {type(graph).__name__}, not a dagserve.Graph; point at the Graph object.",
-            param_hint="MODULE:ATTR",
+        raise InputError(
+            f"{target!r} is a {type(graph).__name__}, not a dagserve.Graph; point at the Graph object.", "MODULE:ATTR"
         )
     if address is not None and backend != "ray":
         raise click.UsageError("--address is for --backend ray.")

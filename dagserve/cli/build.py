@@ -17,7 +17,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
-from dagserve.cli.targets import load_graphs
+from dagserve.cli.targets import app_dir_option, load_graphs
 from dagserve.http.config import ADMIN_TOKEN_ENV, TOKEN_ENV
 
 __all__ = ["build_command"]
@@ -41,8 +41,11 @@ __all__ = ["build_command"]
 @click.option("--working-dir", default=None, help="runtime_env working_dir: a directory or URI with your code, for a cluster without it.")
 @click.option("--name", default=None, help="The RayService's name [default: from the first graph's name].")
 @click.option("--image", default=None, help="Container image of the Ray cluster (rayservice): Ray 2.60 with dagserve and your code.")
+@app_dir_option
 @click.pass_context
-def build_command(ctx: click.Context, target: str, output: str, fmt: str, config_file: str | None, **options: Any) -> None:
+def build_command(
+    ctx: click.Context, target: str, output: str, fmt: str, config_file: str | None, app_dir: str | None, **options: Any
+) -> None:
     """Write a Ray Serve config file (or a KubeRay RayService) for the graph(s) at MODULE:ATTR.
 
     Every node becomes its own Serve deployment with its options, served through dagserve's
@@ -56,7 +59,7 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
 
     config = read_config(config_file)
     options = with_server_config(ctx, options, config)  # the file's server host and port, under the flags
-    graphs = load_graphs(target)
+    graphs = load_graphs(target, app_dir)
     check_config(config, graphs)
     try:
         document = serve_config(

@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from dagserve._errors import CompileError, OptionsError
-from dagserve.cli.targets import load_graphs
+from dagserve.cli.targets import InputError, app_dir_option, load_graphs
 from dagserve.deploy_config import DeployConfig, compile_with_config, format_size, load_config
 from dagserve.graph import Graph
 from dagserve._options import DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
@@ -59,7 +59,7 @@ def read_config(path: str | None) -> DeployConfig | None:
         config = load_config(path)
         server_config(config)
     except OptionsError as exc:
-        raise click.BadParameter(str(exc), param_hint="--config") from None
+        raise InputError(str(exc), "--config") from None
     return config
 
 
@@ -72,7 +72,7 @@ def check_config(config: DeployConfig | None, graphs: Sequence[Graph]) -> None:
         for graph in graphs:
             compile_with_config(graph, config.for_graph(graph.name))
     except (OptionsError, CompileError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--config") from None
+        raise InputError(str(exc), "--config") from None
 
 
 def with_server_config(ctx: click.Context, options: dict[str, Any], config: DeployConfig | None) -> dict[str, Any]:
@@ -188,8 +188,9 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
 )
 @click.argument("target", metavar="MODULE:ATTR")
 @config_option
+@app_dir_option
 @click.pass_context
-def config_command(ctx: click.Context, target: str, config_file: str | None) -> None:
+def config_command(ctx: click.Context, target: str, config_file: str | None, app_dir: str | None) -> None:
     """Print the configuration in force for the graph(s) at MODULE:ATTR, as a config file (YAML).
 
     Every node's options and every server setting of `dagserve run`, each with a comment saying
@@ -198,7 +199,7 @@ def config_command(ctx: click.Context, target: str, config_file: str | None) -> 
     dagserve config app:graph > dagserve.yaml; dagserve run app:graph --config dagserve.yaml
     """
     config = read_config(config_file)
-    graphs = load_graphs(target)
+    graphs = load_graphs(target, app_dir)
     check_config(config, graphs)
     # `dagserve run`'s defaults, from its command (found through the group: no import of cli.run here).
     root = ctx.find_root().command

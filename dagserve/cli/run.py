@@ -31,7 +31,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
-from dagserve.cli.targets import load_graphs
+from dagserve.cli.targets import app_dir_option, load_graphs
 from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
@@ -182,6 +182,7 @@ class _Size(click.ParamType):
     help="json: every dagserve log record as one JSON object per line, with request_id and trace_id, "
     "and one dagserve.access record per request (status, duration, per-node times).",
 )
+@app_dir_option
 @click.option(
     "--otlp-endpoint",
     envvar=OTLP_ENDPOINT_ENV,
@@ -213,7 +214,7 @@ def run_command(target: str, **options: Any) -> None:
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
-    graphs = load_graphs(target)
+    graphs = load_graphs(target, options.pop("app_dir"))
     check_config(config, graphs)  # every graph compiles with the file's node options
     with _logging_to_stderr(options["log_level"], options["log_format"]):
         _run(graphs, stored_admin_token=created, config=config, **options)
