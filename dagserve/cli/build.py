@@ -53,9 +53,7 @@ def build_command(
     change one node's num_replicas in the file and `serve deploy` again to scale that node only.
     Tokens are not written: the cluster's $DAGSERVE_TOKEN / $DAGSERVE_ADMIN_TOKEN are used.
     """
-    import yaml
-
-    from dagserve.http.serve_config import RAY_IMAGE, kubernetes_name, rayservice_manifest, serve_config
+    from dagserve.http.serve_config import RAY_IMAGE, dump_yaml, kubernetes_name, rayservice_manifest, serve_config
 
     config = read_config(config_file)
     options = with_server_config(ctx, options, config)  # the file's server host and port, under the flags
@@ -72,6 +70,13 @@ def build_command(
             working_dir=options["working_dir"],
         )
         if fmt == "rayservice":
+            if not options["image"]:
+                click.echo(
+                    f"dagserve: warning: no --image; the manifest runs {RAY_IMAGE}, which holds neither dagserve "
+                    "nor your code, so its replicas cannot start. Build an image FROM it that installs both (a "
+                    "Dockerfile is in docs/deploy.md#kuberay) and pass it with --image.",
+                    err=True,
+                )
             name = kubernetes_name(options["name"] or graphs[0].name)
             document = rayservice_manifest(document, name=name, image=options["image"] or RAY_IMAGE)
     except DagserveError as exc:
@@ -79,7 +84,7 @@ def build_command(
     how = "kubectl apply -f FILE" if fmt == "rayservice" else "serve deploy FILE"
     text = f"# Written by `dagserve build {target}`; deploy with `{how}` (docs/deploy.md).\n"
     text += f"# No tokens here: the ingress reads ${TOKEN_ENV} and ${ADMIN_TOKEN_ENV} from the cluster's environment.\n"
-    text += yaml.safe_dump(document, sort_keys=False)
+    text += dump_yaml(document)
     if output == "-":
         click.echo(text, nl=False)
         return
