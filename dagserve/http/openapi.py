@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
+from dagserve.runtime.executor import refuses_unknown_fields
 from dagserve.http.errors import error_schema
 from dagserve.http.streaming import stream_openapi
 
@@ -138,11 +139,24 @@ def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any]],
         mapping, top = {}, {}
     resolved = {key: schema for (key, _mode), schema in mapping.items()}
     components = dict(top.get("$defs", {}))
+    for name, app in apps.items():
+        if refuses_unknown_fields(app.plan.input_schema):
+            _close(resolved.get((name, "input")), components)
     out: dict[str, tuple[Any, Any]] = {}
     for name, app in apps.items():
         request_schema = _routed_fields(app.plan, resolved.get((name, "input"), _ANY), components)
         out[name] = (request_schema, _render(shapes[name], resolved))
     return out, components
+
+
+def _close(schema: Any, components: dict[str, Any]) -> None:
+    """``additionalProperties: false`` on a request schema (or the component it refers to): the
+    graph refuses unknown fields (:func:`~dagserve.runtime.executor.refuses_unknown_fields`)."""
+    ref = schema.get("$ref") if isinstance(schema, dict) else None
+    if isinstance(ref, str) and ref.startswith(_REF_TEMPLATE.format(model="")):
+        schema = components.get(ref.rsplit("/", 1)[1])
+    if isinstance(schema, dict) and schema.get("type") == "object":
+        schema["additionalProperties"] = False
 
 
 def _routed_fields(plan: Plan, request_schema: Any, components: dict[str, Any]) -> Any:
