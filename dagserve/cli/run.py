@@ -47,7 +47,7 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import is_loopback
 from dagserve.http.server import serve
-from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TraceIdFilter
+from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TextFormatter, TraceIdFilter
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 
@@ -337,7 +337,7 @@ def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
         handler.setFormatter(JsonFormatter())
     else:
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)

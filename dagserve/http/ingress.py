@@ -46,6 +46,7 @@ from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, Reque
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.streaming import StreamAnswer, first_item, stream_format
+from dagserve.observe.logs import log_failure
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
@@ -398,7 +399,7 @@ class Ingress:
         status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug)
         if status >= 500:
             if isinstance(exc, DagserveError):
-                logger.warning("request %s failed with %s: %s", rid, status, exc)
+                log_failure(logger, exc, rid, status, request.scope.get(SCOPE_TRACE))
             else:
                 logger.error("request %s failed", rid, exc_info=exc)
         elif logger.isEnabledFor(logging.DEBUG):

@@ -128,6 +128,39 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
     assert not [line for line in err.splitlines() if line.startswith("INFO")], err  # no text log lines left
 
 
+@pytest.mark.http
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_node_error_logs_its_traceback_once_with_the_request_and_trace_ids(log_format: str) -> None:
+    """Issue 30: the node's traceback (file and line of its code, dagserve's frames folded) is in
+    the server's log once per failed request, never in the response."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "local", "--log-format", log_format)
+    try:
+        base = URL.search(wait_for(lines_of(proc), "dagserve: serving failing at ")).group(0)  # type: ignore[union-attr]
+        headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "x-request-id": "tb-1"}
+        r = httpx.post(base, json=3, headers=headers, timeout=10)
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    assert r.status_code == 500 and r.json()["error"]["node"] == "boom"
+    assert "Traceback" not in r.text and "ingress_graphs.py" not in r.text
+    user_frame = f'File "{ROOT / "tests" / "ingress_graphs.py"}", line 61, in boom'
+    assert err.count("line 61, in boom") == 1, err  # once per failed request
+    assert "frame(s) of dagserve, Ray or the event loop hidden" in err
+    assert str(ROOT / "dagserve") + os.sep not in err  # dagserve's own frames are folded
+    if log_format == "json":
+        records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        (failed,) = [rec for rec in records if "traceback" in rec]
+        assert failed["level"] == "ERROR" and failed["node"] == "boom"
+        assert failed["request_id"] == "tb-1" and failed["trace_id"] == trace
+        assert failed["message"] == "request tb-1 failed with 500: Node 'boom' raised ValueError: boom at 3"
+        assert user_frame in failed["traceback"] and failed["traceback"].endswith("ValueError: boom at 3\n")
+    else:
+        line = next(line for line in err.splitlines() if "failed with 500" in line)
+        assert "ERROR" in line and "[tb-1]" in line
+        assert "ValueError: boom at 3" in err.split(line, 1)[1]  # the traceback follows the line
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
