@@ -47,6 +47,7 @@ from dagserve.http.config import (
 )
 from dagserve.http.hosts import is_loopback
 from dagserve.http.server import serve
+from dagserve.cli.output import LoggedProgress, Say, json_handlers
 from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TextFormatter, TraceIdFilter
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from dagserve.deploy_config import DeployConfig
 
 __all__ = ["parse_size", "run_command"]
+
+_log = logging.getLogger("dagserve.run")
 
 class _Size(click.ParamType):
     name = "size"
@@ -210,17 +213,24 @@ def run_command(target: str, **options: Any) -> None:
     config = read_config(options.pop("config_file"))
     options = with_server_config(click.get_current_context(), options, config)
     # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
-    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
+    say = Say(options["log_format"] == "json")
+    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"), say)
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
     graphs = load_graphs(target, options.pop("app_dir"))
     check_config(config, graphs)  # every graph compiles with the file's node options
     with _logging_to_stderr(options["log_level"], options["log_format"]):
-        _run(graphs, stored_admin_token=created, config=config, **options)
+        try:
+            _run(graphs, stored_admin_token=created, config=config, say=say, **options)
+        except click.ClickException as exc:
+            if not say.json:
+                raise
+            say(exc.format_message(), level=logging.ERROR)  # the last line is a JSON record too
+            raise SystemExit(exc.exit_code) from None
 
 
-def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
+def _admin_token(host: str, given: str | None, no_admin: bool, say: Say) -> tuple[str, bool]:
     """The admin token to serve with ("" for no admin routes), and whether it was created here."""
     token = configured_admin_token(given)
     if no_admin:
@@ -234,11 +244,11 @@ def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, boo
         return token, False
     if not is_loopback(host):
         # A token created here would only be readable on this machine; elsewhere it must be chosen.
-        click.echo(
+        say(
             f"dagserve: serving on {host} without admin routes; to scale or update from another machine, "
             f"pass --admin-token or set ${ADMIN_TOKEN_ENV} (and give the same to dagserve status/scale/update "
             "with --token).",
-            err=True,
+            level=logging.WARNING,
         )
         return "", False
     try:
@@ -273,9 +283,11 @@ def _run(
     log_format: str = "text",
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
+    say: Say | None = None,
 ) -> None:
     from rich.console import Console
 
+    say = say or Say(log_format == "json")
     console = Console(stderr=True)
     backend_options: dict[str, Any] = {"address": address} if address else {}
     if allow_unauthenticated_ray:
@@ -283,7 +295,7 @@ def _run(
     timeouts = {"request_timeout_s": request_timeout, "ready_timeout_s": ready_timeout, "stream_timeout_s": stream_timeout}
     deploy_options: dict[str, Any] = {k: v for k, v in timeouts.items() if v is not None}
     try:
-        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
+        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config, say.json)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     names = ", ".join(a.name for a in apps)
@@ -294,9 +306,9 @@ def _run(
             # Written once the port is known (--port 0), before the URL line a client waits for.
             path = write_token_file(host, urllib.parse.urlsplit(url).port or port, admin_token)
             token_file.append(path)
-            click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
+            say(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)")
         routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
-        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
+        say(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)", stdout=True, url=url)
 
     try:
         serve(
@@ -324,7 +336,7 @@ def _run(
             remove_token_file(path, admin_token or "")
         for app in reversed(apps):
             app.shutdown()
-    click.echo("dagserve: stopped.", err=True)
+    say("dagserve: stopped.")
 
 
 @contextlib.contextmanager
@@ -335,6 +347,8 @@ def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     if log_format == "json":
         handler.addFilter(TraceIdFilter())
         handler.setFormatter(JsonFormatter())
+        logging.captureWarnings(True)  # warnings.warn's lines are records too
+        json_handlers()
     else:
         handler.addFilter(RequestIdFilter())
         handler.setFormatter(TextFormatter())
@@ -347,6 +361,8 @@ def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        if log_format == "json":
+            logging.captureWarnings(False)
 
 
 def _deploy_all(
@@ -356,8 +372,10 @@ def _deploy_all(
     deploy_options: dict[str, Any],
     console: Console,
     config: DeployConfig | None = None,
+    json_lines: bool = False,
 ) -> list[App]:
-    """Deploy each graph, showing per graph how many of its nodes run so far."""
+    """Deploy each graph, showing per graph how many of its nodes run so far (as log records
+    with ``json_lines``: a progress display is no JSON)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dagserve._options import DEFAULT_BACKEND
@@ -365,10 +383,19 @@ def _deploy_all(
     from dagserve.backends import get_backend
 
     apps: list[App] = []
+    if json_lines and (backend or DEFAULT_BACKEND) == "ray":
+        # Ray and Serve give their loggers handlers of their own when imported: turn those to JSON
+        # before anything logs through them (json_handlers).
+        import ray.serve  # noqa: F401
+
+        json_handlers()
     try:
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
+        display = (
+            LoggedProgress(_log)
+            if json_lines
+            else Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+        )
+        with display as progress:
             for graph in graphs:
                 task = progress.add_task(f"deploying {graph.name}", total=1)
                 be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
@@ -388,6 +415,8 @@ def _deploy_all(
                     watcher.join(2)
                 apps.append(app)
                 progress.update(task, description=f"[green]ready[/] {graph.name}: {_count(be)}", completed=1)
+                if json_lines:
+                    json_handlers()  # loggers the backend set up on its own (Ray's) write JSON too
     except BaseException:
         for app in reversed(apps):
             app.shutdown()

@@ -107,7 +107,7 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
             "--otlp-endpoint", receiver.url, env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
         )  # fmt: skip
         try:
-            base = URL.search(wait_for(lines_of(proc), "dagserve: serving typed, echo at ")).group(0)  # type: ignore[union-attr]
+            base = json.loads(wait_for(lines_of(proc), "{"))["url"]  # the URL line is a record too
             headers = {"traceparent": f"00-{trace}-{parent}-01", "x-request-id": "cli-json-1"}
             r = httpx.post(base + "typed", json={"x": 2}, headers=headers, timeout=10)
             assert r.status_code == 200 and r.headers["traceparent"].split("-")[1] == trace
@@ -128,6 +128,52 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
     assert not [line for line in err.splitlines() if line.startswith("INFO")], err  # no text log lines left
 
 
+def only_json(text: str) -> list[dict[str, object]]:
+    """Every line of ``text`` parsed as a JSON object (fails on the first that is not one)."""
+    records = []
+    for line in text.splitlines():
+        assert line.startswith("{"), f"not a JSON line: {line!r}"
+        records.append(json.loads(line))
+    return records
+
+
+@pytest.mark.http
+def test_with_json_logs_every_line_the_command_writes_is_a_json_object() -> None:
+    """Issue 30: progress, the admin token's file, the URL and "stopped" were plain lines."""
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "local", "--log-format", "json")
+    try:
+        served = json.loads(wait_for(lines_of(proc), "{"))
+        assert httpx.post(served["url"], json=3, timeout=10).status_code == 500
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+        assert proc.stdout is not None
+        rest = proc.stdout.read()
+    assert code == 0, err
+    assert served["logger"] == "dagserve.run" and served["url"].startswith("http://127.0.0.1:")
+    assert served["message"].startswith("serving failing at ")
+    only_json(rest)
+    messages = [rec["message"] for rec in only_json(err)]
+    assert "ready failing: 1/1 nodes running" in messages  # the progress display, as records
+    assert any(str(m).startswith("admin token for dagserve status/scale/update in ") for m in messages)
+    assert messages[-1] == "stopped."
+
+
+@pytest.mark.ray
+def test_with_json_logs_on_ray_every_line_is_a_json_object_too() -> None:
+    """Ray's and Serve's own Python loggers write JSON too; Ray's workers keep to their log files."""
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "ray", "--log-format", "json")
+    try:
+        served = json.loads(wait_for(lines_of(proc), "{", timeout=180))
+        assert httpx.post(served["url"], json=3, timeout=60).status_code == 500
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    records = only_json(err)
+    assert any(rec["logger"].startswith("ray.serve") for rec in records), err  # e.g. "Started Serve"
+    (failed,) = [rec for rec in records if "traceback" in rec]
+    assert "line 61, in boom" in str(failed["traceback"])  # from the replica, in the serving process's log
+
+
 @pytest.mark.http
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_node_error_logs_its_traceback_once_with_the_request_and_trace_ids(log_format: str) -> None:
@@ -136,7 +182,10 @@ def test_a_node_error_logs_its_traceback_once_with_the_request_and_trace_ids(log
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     proc = start("tests.ingress_graphs:FAILING", "--backend", "local", "--log-format", log_format)
     try:
-        base = URL.search(wait_for(lines_of(proc), "dagserve: serving failing at ")).group(0)  # type: ignore[union-attr]
+        if log_format == "json":
+            base = json.loads(wait_for(lines_of(proc), "{"))["url"]
+        else:
+            base = URL.search(wait_for(lines_of(proc), "dagserve: serving failing at ")).group(0)  # type: ignore[union-attr]
         headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "x-request-id": "tb-1"}
         r = httpx.post(base, json=3, headers=headers, timeout=10)
     finally:
@@ -434,7 +483,7 @@ def test_stream_timeout_reaches_the_deployed_apps(monkeypatch: pytest.MonkeyPatc
 
     def deploy_all(
         graphs: object, backend: object, backend_options: object, deploy_options: dict[str, object], console: object,
-        config: object = None,
+        config: object = None, json_lines: bool = False,
     ) -> None:
         seen.update(deploy_options)
         raise Deployed
