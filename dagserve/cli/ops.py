@@ -211,7 +211,11 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
     nodes: dict[str, dict[str, Any]] = status.get("nodes", {})
     notes = []
     if title is None:
-        ready = "ready" if status.get("ready") else "NOT READY"
+        ready = "ready" if status.get("ready") else "serving" if status.get("serving") else "NOT READY"
+        waiting = sum(int(p.get("target_replicas", 0)) - int(p.get("running_replicas", 0))
+                      for p in (status.get("pending") or {}).values())
+        if waiting > 0:
+            ready += f", {waiting} replica(s) pending"
         title = f"{graph} ({status.get('backend', '?')}, {ready})"
         notes.append(f"{status.get('in_flight', 0)} in flight")
         lat = status.get("latency") or {}

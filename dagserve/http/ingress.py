@@ -354,21 +354,28 @@ class Ingress:
     async def _ready(self, request: Request) -> Response:
         if self.draining:
             raise HTTPError(503, "The server is shutting down.", error_type="NotReady", headers={"retry-after": "5"})
+        # Ready means serving: every node of every graph runs a replica. Replicas still pending
+        # (scaling up, or waiting for room on the cluster) are listed, but do not hold it back.
         states: dict[str, bool] = {}
+        pending: dict[str, dict[str, Any]] = {}
         for name, app in self.apps.items():
             try:
-                states[name] = (await run_in_threadpool(app.status)).ready
+                status = await run_in_threadpool(app.status)
             except Exception:  # a closed App or an unreachable backend is simply not ready
                 states[name] = False
+                continue
+            states[name] = status.serving
+            if status.pending:
+                pending[name] = status.pending
         if all(states.values()):
-            return _json({"ready": True, "graphs": states})
+            return _json({"ready": True, "graphs": states, "pending": pending})
         waiting = ", ".join(n for n, ok in states.items() if not ok)
         raise HTTPError(
             503,
-            f"Not ready: {waiting} (a deployment is starting, scaling up or unhealthy).",
+            f"Not ready: {waiting} (a node has no running replica yet: starting, or unhealthy).",
             error_type="NotReady",
             headers={"retry-after": "5"},
-            extra={"graphs": states},
+            extra={"graphs": states, "pending": pending},
         )
 
     def _pick_app(self, request: Request) -> App:

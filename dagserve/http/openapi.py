@@ -441,7 +441,7 @@ def _healthz_operation() -> dict[str, Any]:
 def _ready_operation() -> dict[str, Any]:
     return {
         "operationId": "ready",
-        "summary": "Readiness: every deployment of every graph runs its target replicas",
+        "summary": "Readiness: every node of every graph runs a replica (replicas still pending are listed)",
         "tags": ["health"],
         "responses": {
             "200": {
@@ -449,7 +449,7 @@ def _ready_operation() -> dict[str, Any]:
                 "headers": dict(_REQUEST_ID_HEADER),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/dagserve.Ready"}}},
             },
-            "503": _error_response("Not ready (deploying, scaling up, unhealthy or shutting down).", "503"),
+            "503": _error_response("Not ready (a node has no running replica yet, or shutting down).", "503"),
         },
     }
 
@@ -482,6 +482,12 @@ def _ready_schema() -> dict[str, Any]:
         "properties": {
             "ready": {"type": "boolean"},
             "graphs": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "pending": {
+                "type": "object",
+                "description": "Per graph, the nodes short of their target replicas: running, target, "
+                "pending replicas and why they wait.",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
+            },
         },
     }
 

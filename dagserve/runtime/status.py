@@ -45,7 +45,9 @@ class NodeStatus:
 
 @dataclass(frozen=True)
 class AppStatus:
-    """A deployed graph's state: ``ready`` when every node runs its target replicas.
+    """A deployed graph's state: ``ready`` when every node runs its target replicas; ``serving``
+    as soon as every node runs at least one (the graph answers requests; ``pending`` tells which
+    nodes still wait for replicas, say for room on the cluster).
 
     ``settings``: the backend's settings in force (on Ray, Serve's: those of the calling process
     and those carried to the replicas; docs/cluster.md), empty when it has none."""
@@ -59,11 +61,28 @@ class AppStatus:
     def ready(self) -> bool:
         return all(n.state == "RUNNING" and n.running_replicas >= n.target_replicas for n in self.nodes.values())
 
+    @property
+    def serving(self) -> bool:
+        """Every node has a running replica (or runs inline), so requests are answered."""
+        return all(n.inline or (n.running_replicas > 0 and n.state != "STOPPED") for n in self.nodes.values())
+
+    @property
+    def pending(self) -> dict[str, dict[str, Any]]:
+        """Per node short of its target: ``pending_replicas`` (started, not running yet) and ``reason``."""
+        return {
+            name: {"running_replicas": n.running_replicas, "target_replicas": n.target_replicas,
+                   "pending_replicas": n.pending_replicas, "reason": n.pending_reason}
+            for name, n in self.nodes.items()
+            if not n.inline and n.running_replicas < n.target_replicas
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph": self.graph,
             "backend": self.backend,
             "ready": self.ready,
+            "serving": self.serving,
+            "pending": self.pending,
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "settings": self.settings,
         }

@@ -90,6 +90,19 @@ def test_status_shows_each_nodes_transport_and_why_calls_go_through_serve() -> N
     assert _notes(status) == ["post: cross-node transport off: no token"]
 
 
+def test_status_says_a_graph_serves_while_replicas_wait() -> None:
+    from rich.console import Console
+
+    from dagserve.cli.ops import status_table
+
+    node = {"target_replicas": 5, "running_replicas": 4, "pending_replicas": 1}
+    status = {"backend": "ray", "ready": False, "serving": True, "nodes": {"OnGpu": node},
+              "pending": {"OnGpu": {"target_replicas": 5, "running_replicas": 4, "pending_replicas": 1}}}
+    console = Console(width=200, record=True)
+    console.print(status_table("g", status))
+    assert "g (ray, serving, 1 replica(s) pending)" in console.export_text()
+
+
 def test_status_json_and_one_graph(server: Server) -> None:
     code, out = cli("status", GRAPH, "--json", "--url", server.url)
     assert code == 0, out

@@ -106,7 +106,7 @@ async def test_unknown_route_is_404_and_wrong_method_405_with_allow(make: Make) 
 async def test_health_and_readiness(make: Make) -> None:
     c = await make([g.typed(), g.echoing()])
     assert (await c.get("/-/healthz")).json() == {"status": "ok"}
-    assert (await c.get("/-/ready")).json() == {"ready": True, "graphs": {"typed": True, "echo": True}}
+    assert (await c.get("/-/ready")).json() == {"ready": True, "graphs": {"typed": True, "echo": True}, "pending": {}}
 
 
 async def test_ready_is_503_when_a_graph_is_down_or_the_server_drains() -> None:
