@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, NodeError
+from dagserve.runtime.failures import node_traceback
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import Stream, close_streams, iterate
 
@@ -149,7 +150,12 @@ async def _next(gen: Any, step: str) -> Any:
 
 def _node_error(step: str, exc: BaseException) -> NodeError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
-    return NodeError(f"Node {step!r} raised {type(exc).__name__}: {text}", node=step, error_type=type(exc).__name__)
+    return NodeError(
+        f"Node {step!r} raised {type(exc).__name__}: {text}",
+        node=step,
+        error_type=type(exc).__name__,
+        traceback=node_traceback(exc),
+    )
 
 
 class _Opened:
