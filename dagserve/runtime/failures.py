@@ -56,8 +56,8 @@ def _machinery(filename: str) -> bool:
     parts = path.split(os.sep)
     for marker in ("site-packages", "dist-packages"):
         if marker in parts:
-            top = parts[len(parts) - 1 - parts[::-1].index(marker) + 1 :][:1]
-            return bool(top) and top[0] in _MACHINERY
+            last = len(parts) - 1 - parts[::-1].index(marker)  # the innermost one
+            return last + 1 < len(parts) and parts[last + 1] in _MACHINERY
     if path.startswith(_STDLIB_DIR):
         return path[len(_STDLIB_DIR) :].split(os.sep, 1)[0] in _STDLIB_MACHINERY
     return False
