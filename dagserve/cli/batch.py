@@ -78,11 +78,11 @@ def batch_command(
     try:
         detect_format(input_path, fmt)
     except BatchError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc), "INPUT") from None
     for p in [output_path] + ([errors_path] if errors_path else []):
         if p.exists() and p.stat().st_size > 0 and not (resume or overwrite):
             # Checked before deploying too, so a mistake costs no Ray start-up.
-            raise click.UsageError(
+            raise InputError(
                 f"{str(p)!r} already exists; pass --resume to continue that run or --overwrite to replace it."
             )
     show = console.is_terminal if progress is None else progress
