@@ -128,23 +128,31 @@ class NoRouteError(RequestError):
 class NodeError(DagserveError):
     """A node raised while serving a request; the original exception is ``__cause__``.
 
-    ``node`` is the failing node's name, ``error_type`` the original exception's type name.
+    ``node`` is the failing node's name, ``error_type`` the original exception's type name,
+    ``traceback`` the original's traceback as text with the node code's frames (dagserve's and
+    Ray's trimmed), for the server's log: it crosses processes with the error, where the chained
+    original does not.
     """
 
     status_code = 500
 
-    def __init__(self, message: str, *, node: str, error_type: str = "Exception") -> None:
+    def __init__(
+        self, message: str, *, node: str, error_type: str = "Exception", traceback: str | None = None
+    ) -> None:
         super().__init__(message)
         self.node = node
         self.error_type = error_type
+        self.traceback = traceback
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keeps the node name when the error crosses a process (Ray pickles it).
-        return (_rebuild_node_error, (type(self), str(self), self.node, self.error_type))
+        # Keeps the node name and traceback when the error crosses a process (Ray pickles it).
+        return (_rebuild_node_error, (type(self), str(self), self.node, self.error_type, self.traceback))
 
 
-def _rebuild_node_error(cls: type[NodeError], message: str, node: str, error_type: str) -> NodeError:
-    return cls(message, node=node, error_type=error_type)
+def _rebuild_node_error(
+    cls: type[NodeError], message: str, node: str, error_type: str, traceback: str | None = None
+) -> NodeError:
+    return cls(message, node=node, error_type=error_type, traceback=traceback)
 
 
 class HTTPError(DagserveError):

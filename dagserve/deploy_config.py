@@ -42,6 +42,7 @@ __all__ = [
     "GraphConfig",
     "compile_with_config",
     "format_size",
+    "graph_names",
     "graph_overrides",
     "import_target",
     "load_config",
@@ -189,22 +190,37 @@ def graph_overrides(
     return {node: dict(options) for node, options in section.nodes.items()} if section else {}
 
 
-def import_target(spec: str) -> Any:
+def import_target(spec: str, *, app_dir: str | None = None) -> Any:
     """Import ``MODULE:ATTR`` (e.g. ``examples.quickstart:graph``) and return the attribute.
 
-    The current directory is put on ``sys.path`` so project modules import as they do in Python.
-    Raises :class:`~dagserve.DagserveError` saying what went wrong and how to fix it.
+    ``app_dir`` (default: the current directory) is put first on ``sys.path``, so project modules
+    import as they do in Python. Raises :class:`~dagserve.DagserveError` saying what went wrong
+    and how to fix it: a module that is not found says where it was looked for, a missing
+    attribute names the module's closest graphs.
     """
     import importlib
+    import os
     import sys
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise DagserveError(f"{spec!r} is not MODULE:ATTR, e.g. examples.quickstart:graph.")
-    if "" not in sys.path and "." not in sys.path:
+    if app_dir is not None:
+        sys.path.insert(0, os.path.abspath(app_dir))
+    elif "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name) and module_name[len(exc.name):][:1] in ("", "."):
+            # The target itself (not something it imports) is not on the import path.
+            where = os.path.abspath(app_dir) if app_dir is not None else f"the current directory ({os.getcwd()})"
+            raise DagserveError(
+                f"cannot import module {module_name!r}: {exc}. Modules are looked up from {where} and the "
+                f"installed packages; run from the directory that holds {exc.name!r}, or point at it with "
+                "--app-dir DIR (or PYTHONPATH=DIR)."
+            ) from None
+        raise DagserveError(f"cannot import module {module_name!r}: {exc}.") from None
     except ImportError as exc:
         raise DagserveError(f"cannot import module {module_name!r}: {exc}.") from None
     obj: Any = module
@@ -212,8 +228,24 @@ def import_target(spec: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise DagserveError(f"module {module_name!r} has no attribute {attr!r}.") from None
+            graphs = graph_names(module)
+            listed = f" Graphs in it: {', '.join(graphs)}." if graphs else " It holds no dagserve.Graph."
+            raise DagserveError(
+                f"module {module_name!r} has no attribute {attr!r}.{suggest(attr, graphs)}{listed}"
+            ) from None
     return obj
+
+
+def graph_names(module: Any) -> list[str]:
+    """The module's attributes that are a :class:`~dagserve.Graph` or a list of them, sorted."""
+    from dagserve.graph import Graph
+
+    def is_graphs(value: Any) -> bool:
+        if isinstance(value, Graph):
+            return True
+        return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Graph) for v in value)
+
+    return sorted(name for name, value in vars(module).items() if not name.startswith("_") and is_graphs(value))
 
 
 def compile_with_config(

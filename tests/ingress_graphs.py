@@ -166,6 +166,7 @@ def overloaded() -> dagserve.Graph:
 
 #: For ``dagserve run tests.ingress_graphs:SLOW`` in subprocess tests.
 SLOW = slow()
+FAILING = failing()
 #: Two graphs in one server.
 BOTH = [typed(), echoing()]
 #: Two graphs with one name (and so one route): refused before either deploys.

@@ -4,8 +4,11 @@ The mechanism, for anyone writing a page:
 
 * A page is tested when it is listed in :data:`PAGES` or contains the line
   ``<!-- test-code-blocks -->`` (other pages opt in with that line).
-* Its ```` ```python ```` blocks run in order, in one namespace per page (like a notebook), with
-  the working directory set to a temporary directory. Write them to run as shown.
+* Its ```` ```python ```` blocks run in order, with the working directory set to a temporary
+  directory, each alone (its own namespace), so that a reader can copy any one of them and run
+  it as printed. A block that continues earlier ones says so in its first line, a comment that
+  starts with :data:`CONTINUES` (``# continues "Heading": what it uses``); it runs with what the
+  page's blocks before it defined, like a notebook cell.
 * A ```` ```text ```` block placed right after a python block is that block's expected output:
   what it prints must match, line for line (trailing spaces ignored).
 * ```` ```python legacy ```` blocks are code of another library (Ray Serve's removed API in the
@@ -34,6 +37,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- test-code-blocks -->"
+#: The first line of a python block that continues the page's earlier blocks.
+CONTINUES = "# continues"
 
 #: Pages whose code blocks must run (the examples-and-docs owner's pages).
 PAGES = [
@@ -121,7 +126,9 @@ def run_page(rel: str) -> int:
     path = ROOT / rel
     text = path.read_text(encoding="utf-8")
     found = blocks(text)
-    namespace: dict[str, Any] = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
+    name = f"docs_{path.stem.replace('-', '_')}"
+    page: dict[str, Any] = {"__name__": name}  # what the page's blocks defined so far
+    namespaces = [page]
     ran = 0
     try:
         for k, block in enumerate(found):
@@ -131,9 +138,19 @@ def run_page(rel: str) -> int:
             code = compile(block.code, where, "exec")
             if "legacy" in block.flags:
                 continue
+            namespace = page if continues(block) else {"__name__": name}
+            namespaces.append(namespace)
             out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                exec(code, namespace)  # noqa: S102 - running documentation is the point
+            try:
+                with contextlib.redirect_stdout(out):
+                    exec(code, namespace)  # noqa: S102 - running documentation is the point
+            except NameError as exc:
+                raise AssertionError(
+                    f"{where}: the block does not run alone ({exc}); define what it uses, or make its first "
+                    f"line say which earlier block it continues: {CONTINUES} \"Heading\": ..."
+                ) from exc
+            if namespace is not page:
+                page.update(namespace)
             ran += 1
             nxt = found[k + 1] if k + 1 < len(found) else None
             if _followed_by_output(text, block, nxt):
@@ -145,8 +162,14 @@ def run_page(rel: str) -> int:
                     + "\n".join(difflib.unified_diff(want, got, "shown", "printed", lineterm=""))
                 )
     finally:
-        _shutdown_apps(namespace)
+        for namespace in namespaces:
+            _shutdown_apps(namespace)
     return ran
+
+
+def continues(block: Block) -> bool:
+    """Does the block say (first line) that it continues the page's earlier blocks?"""
+    return block.code.lstrip().startswith(CONTINUES)
 
 
 # -- the mechanism itself ------------------------------------------------------------------------
@@ -171,6 +194,16 @@ def test_wrong_output_fails_with_page_and_line(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     with pytest.raises(AssertionError, match=r"page\.md:1: printed output differs"):
         run_page("page.md")
+
+
+def test_each_block_runs_alone_unless_it_says_it_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = tmp_path / "page.md"
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    page.write_text("# A\n```python\nx = 1\n```\n```python\nprint(x)\n```\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match=r"page\.md:5: the block does not run alone .*name 'x' is not defined"):
+        run_page("page.md")
+    page.write_text('```python\nx = 1\n```\n```python\n# continues "A": x\nprint(x)\n```\n```text\n1\n```\n')
+    assert run_page("page.md") == 2
 
 
 def test_legacy_blocks_are_compiled_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

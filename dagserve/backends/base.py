@@ -62,3 +62,10 @@ class Backend(abc.ABC):
         scraped. Backends that cannot see their batches return ``{}``.
         """
         return {}
+
+    def direct_transport_refusals(self) -> dict[tuple[str, str, str], int]:
+        """``(node, side, reason) -> count``: peers and connections a transport of the backend's
+        own refused (the Ray backend's direct transport: limits, peers of another user, failed
+        handshakes; ``side`` ``"caller"`` or ``"replica"``). Read when metrics are scraped;
+        ``{}`` for a backend without one."""
+        return {}

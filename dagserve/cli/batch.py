@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -12,7 +13,8 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.app import deploy
-from dagserve.cli.targets import load_target
+from dagserve.cli.output import console as cli_console
+from dagserve.cli.targets import InputError, app_dir_option, load_target
 from dagserve.graph import Graph
 from dagserve.offline.files import BatchError, BatchSummary, detect_format, run_batch
 
@@ -39,6 +41,9 @@ __all__ = ["batch_command"]
               help="Write error records to this file instead of OUTPUT.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as one JSON object on stdout instead of tables on stderr.")
+@app_dir_option
 def batch_command(
     target: str,
     input_path: Path,
@@ -51,6 +56,8 @@ def batch_command(
     overwrite: bool,
     errors_path: Path | None,
     progress: bool | None,
+    as_json: bool,
+    app_dir: str | None,
 ) -> None:
     """Run the graph MODULE:ATTR over every record of INPUT (JSON Lines, CSV or Parquet).
 
@@ -60,25 +67,22 @@ def batch_command(
 
         dagserve batch examples.quickstart:graph reviews.jsonl -o scores.jsonl
     """
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    graph = load_target(target)
+    console = cli_console(stderr=True)
+    graph = load_target(target, app_dir)
     if not isinstance(graph, Graph):
-        raise click.BadParameter(
-            f"{target!r} is a {type(graph).__name__}, not a dagserve.Graph; point at the Graph object.",
-            param_hint="MODULE:ATTR",
+        raise InputError(
+            f"{target!r} is a {type(graph).__name__}, not a dagserve.Graph; point at the Graph object.", "MODULE:ATTR"
         )
     if address is not None and backend != "ray":
         raise click.UsageError("--address is for --backend ray.")
     try:
         detect_format(input_path, fmt)
     except BatchError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc), "INPUT") from None
     for p in [output_path] + ([errors_path] if errors_path else []):
         if p.exists() and p.stat().st_size > 0 and not (resume or overwrite):
             # Checked before deploying too, so a mistake costs no Ray start-up.
-            raise click.UsageError(
+            raise InputError(
                 f"{str(p)!r} already exists; pass --resume to continue that run or --overwrite to replace it."
             )
     show = console.is_terminal if progress is None else progress
@@ -100,7 +104,10 @@ def batch_command(
         raise click.ClickException(str(exc)) from None
     finally:
         app.shutdown()
-    _print_summary(console, summary, output_path, errors_path)
+    if as_json:
+        click.echo(json.dumps(_summary_json(summary, output_path, errors_path)))
+    else:
+        _print_summary(console, summary, output_path, errors_path)
     if summary.interrupted:
         console.print(
             f"Interrupted after {summary.total_written} of {summary.total} records; run the same command "
@@ -181,6 +188,17 @@ class _ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _summary_json(s: BatchSummary, output_path: Path, errors_path: Path | None) -> dict[str, Any]:
+    """What :func:`_print_summary` shows, as a JSON document."""
+    return {
+        "total": s.total, "processed": s.processed, "succeeded": s.succeeded, "failed": s.failed,
+        "resumed_from": s.resumed_from, "previously_failed": s.previously_failed, "seconds": s.seconds,
+        "throughput_per_s": s.throughput, "interrupted": s.interrupted, "output": str(output_path),
+        "errors": str(errors_path) if errors_path else None,
+        "node_seconds": dict(s.node_seconds), "node_shares": s.node_shares(),
+    }
 
 
 def _print_summary(console: Any, s: BatchSummary, output_path: Path, errors_path: Path | None) -> None:

@@ -17,7 +17,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
-from dagserve.cli.targets import load_graphs
+from dagserve.cli.targets import app_dir_option, load_graphs
 from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV
 
 __all__ = ["build_command"]
@@ -41,8 +41,11 @@ __all__ = ["build_command"]
 @click.option("--working-dir", default=None, help="runtime_env working_dir: a directory or URI with your code, for a cluster without it.")
 @click.option("--name", default=None, help="The RayService's name [default: from the first graph's name].")
 @click.option("--image", default=None, help="Container image of the Ray cluster (rayservice): Ray 2.60 with dagserve and your code.")
+@app_dir_option
 @click.pass_context
-def build_command(ctx: click.Context, target: str, output: str, fmt: str, config_file: str | None, **options: Any) -> None:
+def build_command(
+    ctx: click.Context, target: str, output: str, fmt: str, config_file: str | None, app_dir: str | None, **options: Any
+) -> None:
     """Write a Ray Serve config file (or a KubeRay RayService) for the graph(s) at MODULE:ATTR.
 
     Every node becomes its own Serve deployment with its options, served through dagserve's
@@ -50,13 +53,11 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
     change one node's num_replicas in the file and `serve deploy` again to scale that node only.
     Tokens are not written: the cluster's $DAGSERVE_TOKEN / $DAGSERVE_ADMIN_TOKEN are used.
     """
-    import yaml
-
-    from dagserve.rayserve.config_files import RAY_IMAGE, kubernetes_name, rayservice_manifest, serve_config
+    from dagserve.rayserve.config_files import RAY_IMAGE, dump_yaml, kubernetes_name, rayservice_manifest, serve_config
 
     config = read_config(config_file)
     options = with_server_config(ctx, options, config)  # the file's server host and port, under the flags
-    graphs = load_graphs(target)
+    graphs = load_graphs(target, app_dir)
     check_config(config, graphs)
     try:
         document = serve_config(
@@ -69,6 +70,13 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
             working_dir=options["working_dir"],
         )
         if fmt == "rayservice":
+            if not options["image"]:
+                click.echo(
+                    f"dagserve: warning: no --image; the manifest runs {RAY_IMAGE}, which holds neither dagserve "
+                    "nor your code, so its replicas cannot start. Build an image FROM it that installs both (a "
+                    "Dockerfile is in docs/deploy.md#kuberay) and pass it with --image.",
+                    err=True,
+                )
             name = kubernetes_name(options["name"] or graphs[0].name)
             document = rayservice_manifest(document, name=name, image=options["image"] or RAY_IMAGE)
     except DagserveError as exc:
@@ -76,7 +84,7 @@ def build_command(ctx: click.Context, target: str, output: str, fmt: str, config
     how = "kubectl apply -f FILE" if fmt == "rayservice" else "serve deploy FILE"
     text = f"# Written by `dagserve build {target}`; deploy with `{how}` (docs/deploy.md).\n"
     text += f"# No tokens here: the ingress reads ${TOKEN_ENV} and ${ADMIN_TOKEN_ENV} from the cluster's environment.\n"
-    text += yaml.safe_dump(document, sort_keys=False)
+    text += dump_yaml(document)
     if output == "-":
         click.echo(text, nl=False)
         return

@@ -24,10 +24,11 @@ from typing import Any
 
 import click
 
+from dagserve.cli.output import console as cli_console
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
 from dagserve.http.settings import ADMIN_TOKEN_ENV
 
-__all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
+__all__ = ["AdminClient", "admin_client", "scale_command", "status_command", "update_command"]
 
 URL_ENV = "DAGSERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -62,13 +63,33 @@ class AdminClient:
         timeout = self.timeout_s + (wait_s if wait_s is not None else 120.0)
         return self._request("POST", path, body, timeout=timeout)  # type: ignore[no-any-return]
 
-    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+    def check(self) -> None:
+        """Fail early with the real cause: nothing answers at :attr:`url`, or a server answers but
+        this command has no token for it. (A wrong token is the server's 403, see :meth:`_explain`.)"""
+        req = urllib.request.Request(self.url + "/-/healthz", method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # something answers (a proxy, another root path): the admin request tells the rest
+        except (urllib.error.URLError, OSError) as exc:
+            raise click.ClickException(self._unreachable(exc)) from None
         if not self.token:
-            raise click.UsageError(
-                f"The admin routes need a token: pass --token or set ${ADMIN_TOKEN_ENV}. (A `dagserve run` on "
-                f"127.0.0.1 without one stores the token it creates in {token_dir()}, where this command "
-                f"looks; there is none for {self.url}.)"
+            raise click.ClickException(
+                f"A server answers at {self.url}, but this command has no admin token for it: pass --token or set "
+                f"${ADMIN_TOKEN_ENV} to the token the server was started with. (A `dagserve run` on 127.0.0.1 "
+                f"without one stores the token it creates in {token_dir()}, where this command looks; there is "
+                f"none for this address.)"
             )
+
+    def _unreachable(self, exc: BaseException) -> str:
+        reason = getattr(exc, "reason", exc)
+        return (
+            f"Nothing answers at {self.url} ({reason}). Is `dagserve run` serving there? Pass its address with "
+            f"--url or ${URL_ENV}."
+        )
+
+    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + ADMIN_PREFIX + path, data=data, method=method)
         req.add_header("authorization", f"Bearer {self.token}")
@@ -81,11 +102,7 @@ class AdminClient:
         except urllib.error.HTTPError as exc:
             raise click.ClickException(self._explain(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                f"Cannot reach a dagserve server at {self.url}: {reason}. Is `dagserve run` serving there? "
-                f"Pass its address with --url or ${URL_ENV}."
-            ) from None
+            raise click.ClickException(self._unreachable(exc)) from None
 
     def _explain(self, exc: urllib.error.HTTPError) -> str:
         try:
@@ -103,15 +120,30 @@ class AdminClient:
                 f"token: set ${ADMIN_TOKEN_ENV} (or pass admin_token=) when starting it."
             )
         if exc.code == 401:
-            return f"The server refused the request: {message or 'no token'}. Pass --token or set ${ADMIN_TOKEN_ENV}."
+            return (
+                f"The server at {self.url} answers but refused the request: {message or 'no token'}. Pass --token "
+                f"or set ${ADMIN_TOKEN_ENV}."
+            )
         if exc.code == 403:
             if self.stored:
                 return (
                     f"The server rejected the admin token stored in {token_dir()} (left by an earlier server on "
                     f"this address?); pass the server's token with --token or ${ADMIN_TOKEN_ENV}."
                 )
-            return f"The server rejected the admin token; use the one it was started with (${ADMIN_TOKEN_ENV})."
+            return (
+                f"The server at {self.url} answers but rejected the admin token; use the one it was started with "
+                f"(--token or ${ADMIN_TOKEN_ENV})."
+            )
         return message or f"HTTP {exc.code}: {exc.reason}"
+
+
+def admin_client(url: str, token: str | None) -> AdminClient:
+    """The client every command on a running server starts with (status, scale, update, and any
+    new one): it says first whether anything answers at ``url``, then whether a token is missing,
+    before the command's own request."""
+    client = AdminClient(url, token)
+    client.check()
+    return client
 
 
 def _q(part: str) -> str:
@@ -179,7 +211,11 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
     nodes: dict[str, dict[str, Any]] = status.get("nodes", {})
     notes = []
     if title is None:
-        ready = "ready" if status.get("ready") else "NOT READY"
+        ready = "ready" if status.get("ready") else "serving" if status.get("serving") else "NOT READY"
+        waiting = sum(int(p.get("target_replicas", 0)) - int(p.get("running_replicas", 0))
+                      for p in (status.get("pending") or {}).values())
+        if waiting > 0:
+            ready += f", {waiting} replica(s) pending"
         title = f"{graph} ({status.get('backend', '?')}, {ready})"
         notes.append(f"{status.get('in_flight', 0)} in flight")
         lat = status.get("latency") or {}
@@ -194,7 +230,7 @@ def status_table(graph: str, status: dict[str, Any], *, title: str | None = None
     if show_batch:
         notes.append("batch: max size/wait")
     if show_transport:
-        notes.append("transport: socket (this Ray node), cross-node (TCP), serve, inline")
+        notes.append("transport: socket (this Ray node), cross-node (TCP), serve, inline, no calls yet")
     table = Table(
         title=title, caption="; ".join(notes), title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD
     )
@@ -249,10 +285,8 @@ def _models(status: dict[str, Any]) -> list[str]:
     return out
 
 
-def _print_status(data: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console()
+def _print_status(data: dict[str, Any], *, verbose: bool = False) -> None:
+    console = cli_console()
     graphs = data.get("graphs", {})
     if not graphs:
         console.print("No graphs are served.")
@@ -262,7 +296,7 @@ def _print_status(data: dict[str, Any]) -> None:
             console.print(f"  [yellow]{note}[/]")
         for line in _models(status):
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-        for line in _settings(status):
+        for line in _settings(status) if verbose else ():
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -287,6 +321,7 @@ _token_option = click.option(
     envvar=ADMIN_TOKEN_ENV,
     help=f"Admin token (default: ${ADMIN_TOKEN_ENV}, else the one a loopback `dagserve run` stored for --url).",
 )
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON instead of tables.")
 _wait_option = click.option(
     "--wait", "wait_s", type=click.FloatRange(min=0), default=None, help="Seconds to wait for the new replicas."
 )
@@ -296,16 +331,17 @@ _wait_option = click.option(
 @click.argument("graph", required=False)
 @_url_option
 @_token_option
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON instead of tables.")
-def status_command(graph: str | None, url: str, token: str | None, as_json: bool) -> None:
+@_json_option
+@click.option("--verbose", "-v", is_flag=True, help="Also print the backend's settings in force (on Ray, Serve's).")
+def status_command(graph: str | None, url: str, token: str | None, as_json: bool, verbose: bool) -> None:
     """Show every node of a running server's graphs (or of GRAPH): replicas target/running/pending,
     batching, GPU share, transport (inline, local socket, cross-node, serve), requests, errors and
     p50/p99 latency."""
-    data = AdminClient(url, token).status(graph)
+    data = admin_client(url, token).status(graph)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _print_status(data)
+        _print_status(data, verbose=verbose)
 
 
 @click.command("scale")
@@ -318,6 +354,7 @@ def status_command(graph: str | None, url: str, token: str | None, as_json: bool
 @_wait_option
 @_url_option
 @_token_option
+@_json_option
 def scale_command(
     graph: str,
     node: str,
@@ -328,6 +365,7 @@ def scale_command(
     wait_s: float | None,
     url: str,
     token: str | None,
+    as_json: bool,
 ) -> None:
     """Scale NODE of GRAPH on a running server while it serves: `--replicas N`, or autoscaling
     between `--min` and `--max`. Other nodes keep their replicas."""
@@ -338,8 +376,8 @@ def scale_command(
     if replicas is None and not auto:
         raise click.UsageError("Say how to scale: --replicas N, or --min/--max for autoscaling.")
     body: dict[str, Any] = {"num_replicas": replicas} if replicas is not None else {"autoscaling": auto}
-    result = AdminClient(url, token).change("scale", graph, node, body, wait_s)
-    _print_change(graph, node, result, "scaled")
+    result = admin_client(url, token).change("scale", graph, node, body, wait_s)
+    _print_change(graph, node, result, "scaled", as_json)
 
 
 @click.command("update")
@@ -353,6 +391,7 @@ def scale_command(
 @_wait_option
 @_url_option
 @_token_option
+@_json_option
 def update_command(
     graph: str,
     node: str,
@@ -364,6 +403,7 @@ def update_command(
     wait_s: float | None,
     url: str,
     token: str | None,
+    as_json: bool,
 ) -> None:
     """Change NODE's options on a running server with a rolling update (no request fails)."""
     body = {
@@ -379,16 +419,17 @@ def update_command(
     }
     if not body:
         raise click.UsageError("Nothing to update: give at least one option, e.g. --max-batch-size 16.")
-    result = AdminClient(url, token).change("update", graph, node, body, wait_s)
-    _print_change(graph, node, result, "updated")
+    result = admin_client(url, token).change("update", graph, node, body, wait_s)
+    _print_change(graph, node, result, "updated", as_json)
 
 
-def _print_change(graph: str, node: str, result: dict[str, Any], verb: str) -> None:
-    from rich.console import Console
-
+def _print_change(graph: str, node: str, result: dict[str, Any], verb: str, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
     status = result.get("node", {})
     name = status.get("name", node)
-    console = Console()
+    console = cli_console()
     console.print(status_table(graph, {"nodes": {name: status}}, title=f"{verb.capitalize()} {graph}/{name}"))
     for note in _notes({"nodes": {name: status}}):
         console.print(f"  [yellow]{note}[/]")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dagserve._errors import DagserveError
-from dagserve.cli.targets import load_target
+from dagserve.cli.targets import InputError, app_dir_option, load_target
 from dagserve.compiler.plan import Plan
 from dagserve.graph import Graph
 from dagserve.render import FORMATS, render, to_dot
@@ -32,13 +32,12 @@ __all__ = ["render_command"]
     default=None,
     help="Output format when the file's suffix does not say it.",
 )
-def render_command(target: str, output: Path | None, fmt: str | None) -> None:
+@app_dir_option
+def render_command(target: str, output: Path | None, fmt: str | None, app_dir: str | None) -> None:
     """Draw the graph MODULE:ATTR (e.g. examples.quickstart:graph) as a diagram."""
-    obj = load_target(target)
+    obj = load_target(target, app_dir)
     if not isinstance(obj, (Graph, Plan)):
-        raise click.BadParameter(
-            f"{target!r} is a {type(obj).__name__}, not a dagserve.Graph.", param_hint="MODULE:ATTR"
-        )
+        raise InputError(f"{target!r} is a {type(obj).__name__}, not a dagserve.Graph.", "MODULE:ATTR")
     try:
         if output is None:
             if fmt not in (None, "dot"):

@@ -31,7 +31,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
-from dagserve.cli.targets import load_graphs
+from dagserve.cli.targets import app_dir_option, load_graphs
 from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
 from dagserve.http.admin import admin_token as configured_admin_token
@@ -47,7 +47,8 @@ from dagserve.http.settings import (
 )
 from dagserve.http.hosts import is_loopback
 from dagserve.http.server import serve
-from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TraceIdFilter
+from dagserve.cli.output import LoggedProgress, Say, json_handlers
+from dagserve.observe.logs import LOG_FORMATS, JsonFormatter, TextFormatter, TraceIdFilter
 from dagserve.runtime.request_id import RequestIdFilter
 from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from dagserve.deploy_config import DeployConfig
 
 __all__ = ["parse_size", "run_command"]
+
+_log = logging.getLogger("dagserve.run")
 
 class _Size(click.ParamType):
     name = "size"
@@ -183,6 +186,7 @@ class _Size(click.ParamType):
     help="json: every dagserve log record as one JSON object per line, with request_id and trace_id, "
     "and one dagserve.access record per request (status, duration, per-node times).",
 )
+@app_dir_option
 @click.option(
     "--otlp-endpoint",
     envvar=OTLP_ENDPOINT_ENV,
@@ -210,18 +214,25 @@ def run_command(target: str, **options: Any) -> None:
     config = read_config(options.pop("config_file"))
     options = with_server_config(click.get_current_context(), options, config)
     # Before importing or deploying anything: a refusal costs nothing, and nothing ever binds.
-    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"))
+    say = Say(options["log_format"] == "json")
+    options["admin_token"], created = _admin_token(options["host"], options["admin_token"], options.pop("no_admin"), say)
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
-    graphs = load_graphs(target)
+    graphs = load_graphs(target, options.pop("app_dir"))
     check_config(config, graphs)  # every graph compiles with the file's node options
     server = server_options(options)  # before deploying: a refusal costs nothing
     with _logging_to_stderr(server.log_level, server.log_format):
-        _run(graphs, server, stored_admin_token=created, config=config, **options)
+        try:
+            _run(graphs, server, stored_admin_token=created, config=config, say=say, **options)
+        except click.ClickException as exc:
+            if not say.json:
+                raise
+            say(exc.format_message(), level=logging.ERROR)  # the last line is a JSON record too
+            raise SystemExit(exc.exit_code) from None
 
 
-def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, bool]:
+def _admin_token(host: str, given: str | None, no_admin: bool, say: Say) -> tuple[str, bool]:
     """The admin token to serve with ("" for no admin routes), and whether it was created here."""
     token = configured_admin_token(given)
     if no_admin:
@@ -235,11 +246,11 @@ def _admin_token(host: str, given: str | None, no_admin: bool) -> tuple[str, boo
         return token, False
     if not is_loopback(host):
         # A token created here would only be readable on this machine; elsewhere it must be chosen.
-        click.echo(
+        say(
             f"dagserve: serving on {host} without admin routes; to scale or update from another machine, "
             f"pass --admin-token or set ${ADMIN_TOKEN_ENV} (and give the same to dagserve status/scale/update "
             "with --token).",
-            err=True,
+            level=logging.WARNING,
         )
         return "", False
     try:
@@ -296,9 +307,11 @@ def _run(
     stream_timeout: float | None = None,
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
+    say: Say | None = None,
 ) -> None:
     from rich.console import Console
 
+    say = say or Say(server.log_format == "json")
     console = Console(stderr=True)
     backend_options: dict[str, Any] = {"address": address} if address else {}
     if allow_unauthenticated_ray:
@@ -306,7 +319,7 @@ def _run(
     timeouts = {"request_timeout_s": request_timeout, "ready_timeout_s": ready_timeout, "stream_timeout_s": stream_timeout}
     deploy_options: dict[str, Any] = {k: v for k, v in timeouts.items() if v is not None}
     try:
-        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
+        apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config, say.json)
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None
     served = [graph for app in apps for graph in (list(app.graphs.values()) or [app])]  # a group: each graph
@@ -319,9 +332,9 @@ def _run(
             # Written once the port is known (--port 0), before the URL line a client waits for.
             path = write_token_file(server.host, urllib.parse.urlsplit(url).port or server.port, admin_token)
             token_file.append(path)
-            click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
+            say(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)")
         routes = url if len(served) == 1 else ", ".join(f"{url}{a.name}" for a in served)
-        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
+        say(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)", stdout=True, url=url)
 
     try:
         serve(apps, options=server, on_ready=announce)
@@ -332,7 +345,7 @@ def _run(
             remove_token_file(path, admin_token or "")
         for app in reversed(apps):
             app.shutdown()
-    click.echo("dagserve: stopped.", err=True)
+    say("dagserve: stopped.")
 
 
 @contextlib.contextmanager
@@ -343,9 +356,11 @@ def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     if log_format == "json":
         handler.addFilter(TraceIdFilter())
         handler.setFormatter(JsonFormatter())
+        logging.captureWarnings(True)  # warnings.warn's lines are records too
+        json_handlers()
     else:
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)
@@ -355,6 +370,8 @@ def _logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        if log_format == "json":
+            logging.captureWarnings(False)
 
 
 def _deploy_all(
@@ -364,17 +381,30 @@ def _deploy_all(
     deploy_options: dict[str, Any],
     console: Console,
     config: DeployConfig | None = None,
+    json_lines: bool = False,
 ) -> list[App | AppGroup]:
     """Deploy the graphs together, as ``dagserve.deploy([...])`` does (a node several graphs use
-    runs once), showing how many of their nodes run so far; one App per graph served."""
+    runs once), showing how many of their nodes run so far (as log records with ``json_lines``:
+    a progress display is no JSON); one App per graph served."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dagserve._options import DEFAULT_BACKEND
     from dagserve.app import deploy
     from dagserve.backends import get_backend
 
+    if json_lines and (backend or DEFAULT_BACKEND) == "ray":
+        # Ray and Serve give their loggers handlers of their own when imported: turn those to JSON
+        # before anything logs through them (json_handlers).
+        import ray.serve  # noqa: F401
+
+        json_handlers()
     names = ", ".join(g.name for g in graphs)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+    display = (
+        LoggedProgress(_log)
+        if json_lines
+        else Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+    )
+    with display as progress:
         task = progress.add_task(f"deploying {names}", total=1)
         be = get_backend(backend or DEFAULT_BACKEND, **backend_options)
         done = threading.Event()
@@ -390,6 +420,8 @@ def _deploy_all(
             done.set()
             watcher.join(2)
         progress.update(task, description=f"[green]ready[/] {names}: {_count(be)}", completed=1)
+    if json_lines:
+        json_handlers()  # loggers the backend set up on its own (Ray's) write JSON too
     return [app]
 
 

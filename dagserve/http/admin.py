@@ -297,10 +297,12 @@ class _Admin:
                 self._authorize(request)
                 return await handler(request)
             except HTTPError as exc:
+                _log_refusal(request, exc.status_code, str(exc))
                 headers = {"www-authenticate": 'Bearer realm="dagserve-admin"'} if exc.status_code == 401 else None
                 return _error(exc.status_code, exc.error_type, str(exc), headers)
             except DagserveError as exc:
                 status = 422 if isinstance(exc, GraphError) else exc.status_code
+                _log_refusal(request, status, str(exc))
                 return _error(status, type(exc).__name__, str(exc))
 
         endpoint.__name__ = handler.__name__
@@ -414,8 +416,15 @@ class _Admin:
             status = graph_status(app, self._metrics)
             return {"graph": app.name, "node": status["nodes"][app.plan.deployment(node).name]}
 
-        log.info("Admin %s of %s/%s: %s", what, app.name, node, body)
-        return _json(await run_in_threadpool(run))
+        result = await run_in_threadpool(run)
+        log.info("Admin %s of %s/%s done: %s", what, app.name, node, body)  # after it is done, never before
+        return _json(result)
+
+
+def _log_refusal(request: Request, status: int, message: str) -> None:
+    """A refused admin request (bad token, unknown graph or node, invalid options) is a warning
+    that says it was refused; only what was done is logged as done."""
+    log.warning("Admin %s %s refused with %d: %s", request.method, request.url.path, status, message)
 
 
 async def _body(request: Request) -> dict[str, Any]:

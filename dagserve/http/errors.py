@@ -124,8 +124,9 @@ def error_from_exception(
     else:
         status, error_type = 500, "InternalError"
         message = f"The server failed while handling the request ({type(exc).__name__}); see the server log."
-    if debug:
-        extra["traceback"] = "".join(traceback.format_exception(exc))
+    if debug:  # a node's own traceback when it has one (from a Ray replica too), else the ingress's
+        node_tb = getattr(exc, "traceback", None)
+        extra["traceback"] = node_tb if isinstance(node_tb, str) and node_tb else "".join(traceback.format_exception(exc))
     body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra)
     return status, body, headers
 

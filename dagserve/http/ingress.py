@@ -46,6 +46,7 @@ from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, Reque
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.stream_answers import StreamAnswer, first_item, stream_format
+from dagserve.observe.logs import log_failure
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.server_timing import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
@@ -369,21 +370,28 @@ class Ingress:
     async def _ready(self, request: Request) -> Response:
         if self.draining:
             raise HTTPError(503, "The server is shutting down.", error_type="NotReady", headers={"retry-after": "5"})
+        # Ready means serving: every node of every graph runs a replica. Replicas still pending
+        # (scaling up, or waiting for room on the cluster) are listed, but do not hold it back.
         states: dict[str, bool] = {}
+        pending: dict[str, dict[str, Any]] = {}
         for name, app in self.apps.items():
             try:
-                states[name] = (await run_in_threadpool(app.status)).ready
+                status = await run_in_threadpool(app.status)
             except Exception:  # a closed App or an unreachable backend is simply not ready
                 states[name] = False
+                continue
+            states[name] = status.serving
+            if status.pending:
+                pending[name] = status.pending
         if all(states.values()):
-            return _json({"ready": True, "graphs": states})
+            return _json({"ready": True, "graphs": states, "pending": pending})
         waiting = ", ".join(n for n, ok in states.items() if not ok)
         raise HTTPError(
             503,
-            f"Not ready: {waiting} (a deployment is starting, scaling up or unhealthy).",
+            f"Not ready: {waiting} (a node has no running replica yet: starting, or unhealthy).",
             error_type="NotReady",
             headers={"retry-after": "5"},
-            extra={"graphs": states},
+            extra={"graphs": states, "pending": pending},
         )
 
     def _pick_app(self, request: Request) -> App:
@@ -414,7 +422,7 @@ class Ingress:
         status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug)
         if status >= 500:
             if isinstance(exc, DagserveError):
-                logger.warning("request %s failed with %s: %s", rid, status, exc)
+                log_failure(logger, exc, rid, status, request.scope.get(SCOPE_TRACE))
             else:
                 logger.error("request %s failed", rid, exc_info=exc)
         elif logger.isEnabledFor(logging.DEBUG):

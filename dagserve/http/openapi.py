@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
+from dagserve.runtime.executor import refuses_unknown_fields
 from dagserve.http.errors import error_schema
 from dagserve.http.stream_answers import stream_openapi
 from dagserve.runtime.multiplex import MODEL_ID_HEADER
@@ -139,11 +140,24 @@ def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any]],
         mapping, top = {}, {}
     resolved = {key: schema for (key, _mode), schema in mapping.items()}
     components = dict(top.get("$defs", {}))
+    for name, app in apps.items():
+        if refuses_unknown_fields(app.plan.input_schema):
+            _close(resolved.get((name, "input")), components)
     out: dict[str, tuple[Any, Any]] = {}
     for name, app in apps.items():
         request_schema = _routed_fields(app.plan, resolved.get((name, "input"), _ANY), components)
         out[name] = (request_schema, _render(shapes[name], resolved))
     return out, components
+
+
+def _close(schema: Any, components: dict[str, Any]) -> None:
+    """``additionalProperties: false`` on a request schema (or the component it refers to): the
+    graph refuses unknown fields (:func:`~dagserve.runtime.executor.refuses_unknown_fields`)."""
+    ref = schema.get("$ref") if isinstance(schema, dict) else None
+    if isinstance(ref, str) and ref.startswith(_REF_TEMPLATE.format(model="")):
+        schema = components.get(ref.rsplit("/", 1)[1])
+    if isinstance(schema, dict) and schema.get("type") == "object":
+        schema["additionalProperties"] = False
 
 
 def _routed_fields(plan: Plan, request_schema: Any, components: dict[str, Any]) -> Any:
@@ -440,7 +454,7 @@ def _healthz_operation() -> dict[str, Any]:
 def _ready_operation() -> dict[str, Any]:
     return {
         "operationId": "ready",
-        "summary": "Readiness: every deployment of every graph runs its target replicas",
+        "summary": "Readiness: every node of every graph runs a replica (replicas still pending are listed)",
         "tags": ["health"],
         "responses": {
             "200": {
@@ -448,7 +462,7 @@ def _ready_operation() -> dict[str, Any]:
                 "headers": dict(_REQUEST_ID_HEADER),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/dagserve.Ready"}}},
             },
-            "503": _error_response("Not ready (deploying, scaling up, unhealthy or shutting down).", "503"),
+            "503": _error_response("Not ready (a node has no running replica yet, or shutting down).", "503"),
         },
     }
 
@@ -481,6 +495,12 @@ def _ready_schema() -> dict[str, Any]:
         "properties": {
             "ready": {"type": "boolean"},
             "graphs": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "pending": {
+                "type": "object",
+                "description": "Per graph, the nodes short of their target replicas: running, target, "
+                "pending replicas and why they wait.",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
+            },
         },
     }
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve.http.errors import error_from_exception
 from dagserve.http.jsonio import dump_json
 from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
+from dagserve.observe.logs import log_failure
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -170,8 +171,8 @@ class StreamAnswer:
                     await send({"type": "http.response.body", "body": encode(item), "more_body": True})
         except Exception as exc:  # noqa: BLE001 - after the first item, a failure is an event
             status, body, _ = error_from_exception(exc, request_id=self.request_id, debug=self.debug)
-            if status >= 500:
-                logger.warning("request %s: its stream failed with %s: %s", self.request_id, status, exc)
+            if status >= 500:  # once, with a failed node's traceback (observe/logs.py)
+                log_failure(logger, exc, self.request_id, status)
             data = dump_json(body)
             tail = (b"event: error\ndata: " + data + b"\n\n" + tail) if self.fmt == EVENT_STREAM else data + b"\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -4,6 +4,10 @@
   (``-`` outside a request), in the ingress and, on Ray, in the replicas' node code;
 * :class:`JsonFormatter` writes a record as one JSON object per line (``dagserve run
   --log-format json``);
+* :class:`TextFormatter` writes a record as a text line, followed by the failing node's traceback
+  when the record carries one (:func:`log_failure`);
+* :func:`log_failure` logs a failed request once, with the node's traceback (its own code's
+  frames; on Ray carried from the replica by the error) as the record's ``traceback`` field;
 * :func:`access_observer`, an App observer, logs one record per request on the
   ``dagserve.access`` logger at INFO: request id, trace id, graph, status, outcome, duration and
   per-node times (free when that logger is not enabled for INFO).
@@ -26,7 +30,17 @@ if TYPE_CHECKING:
     from dagserve.app import App
     from dagserve.runtime.executor import RequestContext
 
-__all__ = ["ACCESS_LOGGER", "LOG_FORMATS", "JsonFormatter", "TraceIdFilter", "access_observer", "status_of"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "LOG_FORMATS",
+    "TEXT_FORMAT",
+    "JsonFormatter",
+    "TextFormatter",
+    "TraceIdFilter",
+    "access_observer",
+    "log_failure",
+    "status_of",
+]
 
 #: The logger of the per-request records.
 ACCESS_LOGGER = "dagserve.access"
@@ -35,8 +49,13 @@ LOG_FORMATS = ("text", "json")
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
+#: ``dagserve run``'s text log lines.
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
+
 # Fields of a record that JsonFormatter copies when present (set with ``extra=``).
-_FIELDS = ("graph", "protocol", "status", "outcome", "duration_ms", "nodes", "route", "failed_node")
+_FIELDS = (
+    "graph", "protocol", "status", "outcome", "duration_ms", "nodes", "route", "failed_node", "node", "traceback", "url",
+)
 
 
 class TraceIdFilter(RequestIdFilter):
@@ -73,6 +92,39 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT` lines (or ``fmt``), each followed by the ``traceback`` its record
+    carries (a failed node's, see :func:`log_failure`)."""
+
+    def __init__(self, fmt: str | None = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        tb = getattr(record, "traceback", None)
+        return f"{text}\n{tb.rstrip()}" if isinstance(tb, str) and tb else text
+
+
+def log_failure(logger: logging.Logger, error: BaseException, request_id: str, status: int, trace: Any = None) -> None:
+    """Log the failure of request ``request_id`` once: the error's message and, for a node's
+    failure, the node and its traceback (``traceback``: text; a field of the JSON record), with
+    the request's ``trace_id`` when ``trace`` (its W3C trace context) is known. A node's failure
+    is an ERROR (its code has a bug to find), any other failure a WARNING."""
+    extra: dict[str, Any] = {"request_id": request_id}
+    trace_id = getattr(trace, "trace_id", None)
+    if trace_id:
+        extra["trace_id"] = trace_id
+    tb = getattr(error, "traceback", None)
+    node = getattr(error, "node", None)
+    if node is not None:
+        extra["node"] = node
+    if isinstance(tb, str) and tb:
+        extra["traceback"] = tb
+        logger.error("request %s failed with %s: %s", request_id, status, error, extra=extra)
+    else:
+        logger.warning("request %s failed with %s: %s", request_id, status, error, extra=extra)
 
 
 def status_of(error: BaseException | None) -> int:

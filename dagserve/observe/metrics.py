@@ -365,7 +365,9 @@ class _LiveCollector:
         # Without describe(), registering would call collect() (and App.status()) right away.
         return [*self._families(), *ModelFamilies().families()]
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily]:
+    def _families(
+        self,
+    ) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, HistogramMetricFamily, CounterMetricFamily]:
         return (
             GaugeMetricFamily("dagserve_requests_in_flight", "Requests running now.", labels=["graph"]),
             GaugeMetricFamily(
@@ -375,10 +377,17 @@ class _LiveCollector:
             HistogramMetricFamily(
                 "dagserve_batch_size", "Sizes of the batches that batched nodes ran.", labels=["graph", "node"]
             ),
+            CounterMetricFamily(
+                "dagserve_direct_transport_refusals",
+                "Peers and connections the direct transport refused: side caller (the serving process's "
+                "connections) or replica; reason other_user, bad_handshake, handshake_timeout, "
+                "frame_too_large or frame_stalled.",
+                labels=["graph", "node", "side", "reason"],
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        in_flight, replicas, ready, batch = self._families()
+        in_flight, replicas, ready, batch, refused = self._families()
         models = ModelFamilies()  # observe/model_metrics.py
         for app in self._metrics.apps():
             graph = app.name
@@ -386,6 +395,7 @@ class _LiveCollector:
             try:
                 status = app.status()
                 sizes = app.backend.batch_sizes()
+                refusals = app.backend.direct_transport_refusals()
             except Exception as exc:  # a node being torn down must not break the whole scrape
                 log.warning("Reading the state of graph %r for metrics failed: %s", graph, exc)
                 continue
@@ -401,10 +411,13 @@ class _LiveCollector:
                 if spec.batched:
                     counts = sizes.get(spec.name, {})
                     batch.add_metric([graph, spec.name], _buckets(counts), sum_value=float(sum(s * n for s, n in counts.items())))
+            for (node, side, reason), n in sorted(refusals.items()):
+                refused.add_metric([graph, node, side, reason], n)
         yield in_flight
         yield replicas
         yield ready
         yield batch
+        yield refused
         yield from models.families()
 
 

@@ -28,7 +28,7 @@ from dagserve.graph import Graph
 from dagserve.http.settings import ADMIN_TOKEN_ENV, TOKEN_ENV, server_config
 from dagserve.rayserve.application import IMPORT_PATH
 
-__all__ = ["RAY_IMAGE", "RAY_VERSION", "kubernetes_name", "rayservice_manifest", "serve_config"]
+__all__ = ["RAY_IMAGE", "RAY_VERSION", "dump_yaml", "kubernetes_name", "rayservice_manifest", "serve_config"]
 
 #: The Ray that dagserve is pinned to, and the image KubeRay runs by default (use one with your code).
 RAY_VERSION = "2.60.0"
@@ -107,8 +107,6 @@ def rayservice_manifest(serve: dict[str, Any], *, name: str, image: str = RAY_IM
     optional: without ``admin-token`` there are no admin routes). KubeRay runs Serve's proxy on
     every node on port 8000 behind the ``<name>-serve-svc`` Service.
     """
-    import yaml
-
     secret = secret or f"{name}-dagserve"
     env = [
         {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
@@ -116,7 +114,7 @@ def rayservice_manifest(serve: dict[str, Any], *, name: str, image: str = RAY_IM
     ]
     # KubeRay's proxy listens on every pod address: the ingress must answer the Service's names.
     apps = [_for_kubernetes(app) for app in serve["applications"]]
-    serve_v2 = yaml.safe_dump({"applications": apps}, sort_keys=False)
+    serve_v2 = dump_yaml({"applications": apps})
     ports = [
         {"containerPort": 6379, "name": "gcs-server"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -148,6 +146,23 @@ def rayservice_manifest(serve: dict[str, Any], *, name: str, image: str = RAY_IM
             },
         },
     }
+
+
+def dump_yaml(document: Any) -> str:
+    """``document`` as YAML a person edits by hand: no anchors or aliases (a value used twice is
+    written twice) and every multi-line string as a literal block (``serveConfigV2: |``)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return str(yaml.dump(document, Dumper=Dumper, sort_keys=False, width=120))
 
 
 def kubernetes_name(text: str) -> str:

@@ -9,6 +9,7 @@ once, and a switch or split evaluates only the branch it picks. Backends differ 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import random
@@ -31,7 +32,15 @@ from dagserve.runtime.multiplex import MODEL_ID_KEY, check_model_id
 from dagserve.runtime.streaming import open_stream, stream_readers
 from dagserve.runtime.tracing import RequestSpan, W3CTrace
 
-__all__ = ["Executor", "RequestContext", "Runner", "node_timeout_error", "select", "validate_payload"]
+__all__ = [
+    "Executor",
+    "RequestContext",
+    "Runner",
+    "node_timeout_error",
+    "refuses_unknown_fields",
+    "select",
+    "validate_payload",
+]
 
 _UNSET: Any = object()
 
@@ -101,25 +110,70 @@ def _is_object(value: Any) -> bool:
 
 
 def validate_payload(schema: Any, payload: Any) -> Any:
-    """Validate ``payload`` against a pydantic ``schema``; :class:`InputValidationError` lists each error."""
+    """Validate ``payload`` against a pydantic ``schema``; :class:`InputValidationError` lists each error.
+
+    A JSON object's fields the schema does not know are errors too (``extra_forbidden``, named),
+    unless the schema's ``model_config`` sets ``extra`` itself (``"allow"`` or ``"ignore"``): a
+    misspelt optional field must not run as if it were absent.
+    """
     if schema is None:
         return payload
     from pydantic import ValidationError
 
     if isinstance(payload, schema):
         return payload
+    errors = []
     try:
-        return schema.model_validate(payload)
+        value = schema.model_validate(payload)
     except ValidationError as exc:
         errors = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)
         ]
-        # An empty location is the payload itself (not a JSON object, say), never a field: a schema
-        # may well have a field named "body".
-        where = ", ".join(".".join(str(p) for p in e["loc"]) or "the payload itself" for e in errors[:5])
-        raise InputValidationError(
-            f"The payload does not match {schema.__name__}: {len(errors)} error(s) at {where}.", errors
-        ) from None
+    unknown = _unknown_fields(schema, payload)
+    if not errors and not unknown:
+        return value
+    errors += [{"loc": [key], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for key in unknown]
+    # An empty location is the payload itself (not a JSON object, say), never a field: a schema
+    # may well have a field named "body".
+    where = ", ".join(".".join(str(p) for p in e["loc"]) if e["loc"] else "the payload itself" for e in errors[:5])
+    message = f"The payload does not match {schema.__name__}: {len(errors)} error(s) at {where}"
+    if unknown:
+        known = ", ".join(schema.model_fields)
+        message += f" (unknown field(s) {', '.join(map(repr, unknown[:5]))}; the fields are: {known})"
+    raise InputValidationError(message + ".", errors) from None
+
+
+def refuses_unknown_fields(schema: Any) -> bool:
+    """Does :func:`validate_payload` refuse fields ``schema`` does not know (it does unless the
+    schema's ``model_config`` sets ``extra``)? ``None`` (no schema) refuses nothing."""
+    return schema is not None and _field_keys(schema) is not None
+
+
+def _unknown_fields(schema: Any, payload: Any) -> list[str]:
+    """The keys of a JSON object ``payload`` that ``schema`` has no field for, in payload order;
+    none when the schema says itself what to do with extra fields."""
+    keys = _field_keys(schema)
+    if keys is None or not isinstance(payload, Mapping):
+        return []
+    return [str(k) for k in payload if k not in keys]
+
+
+@functools.cache
+def _field_keys(schema: Any) -> frozenset[str] | None:
+    """Every key a field of ``schema`` is filled from (names and aliases), or ``None`` when the
+    schema's ``model_config`` sets ``extra`` (then pydantic's own rule holds)."""
+    if "extra" in schema.model_config:
+        return None
+    keys: set[str] = set()
+    for name, field in schema.model_fields.items():
+        keys.add(name)
+        for alias in (field.alias, field.validation_alias):
+            choices = getattr(alias, "choices", [alias])  # AliasChoices holds several
+            for choice in choices:
+                path = getattr(choice, "path", [choice])  # an AliasPath starts at a top-level key
+                if path and isinstance(path[0], str):
+                    keys.add(path[0])
+    return frozenset(keys)
 
 
 class Executor:

@@ -22,8 +22,9 @@ class NodeStatus:
     process: inline nodes, every node of the local backend), ``"local socket"`` (the direct
     transport to replicas on the caller's Ray node), ``"cross-node"`` (the direct transport over
     TCP to replicas on other Ray nodes), ``"mixed"`` (both; ``transport_replicas`` counts the
-    replicas reached each way) or ``"serve"`` (Serve's router); ``transport_note`` says why calls
-    go through Serve when the direct transport is on but cannot be used.
+    replicas reached each way), ``"serve"`` (Serve's router) or ``"no calls yet"`` (the direct
+    transport connects at a node's first call); ``transport_note`` says why calls go through Serve
+    when the direct transport is on but cannot be used, or that nothing has called the node yet.
 
     ``models``: a multiplexed node's models (docs/multiplexing.md), empty for other nodes:
     ``max_models_per_replica``, ``replicas`` (per replica id, the model ids it holds, least
@@ -52,7 +53,9 @@ class NodeStatus:
 
 @dataclass(frozen=True)
 class AppStatus:
-    """A deployed graph's state: ``ready`` when every node runs its target replicas.
+    """A deployed graph's state: ``ready`` when every node runs its target replicas; ``serving``
+    as soon as every node runs at least one (the graph answers requests; ``pending`` tells which
+    nodes still wait for replicas, say for room on the cluster).
 
     ``settings``: the backend's settings in force (on Ray, Serve's: those of the calling process
     and those carried to the replicas; docs/cluster.md), empty when it has none."""
@@ -66,11 +69,28 @@ class AppStatus:
     def ready(self) -> bool:
         return all(n.state == "RUNNING" and n.running_replicas >= n.target_replicas for n in self.nodes.values())
 
+    @property
+    def serving(self) -> bool:
+        """Every node has a running replica (or runs inline), so requests are answered."""
+        return all(n.inline or (n.running_replicas > 0 and n.state != "STOPPED") for n in self.nodes.values())
+
+    @property
+    def pending(self) -> dict[str, dict[str, Any]]:
+        """Per node short of its target: ``pending_replicas`` (started, not running yet) and ``reason``."""
+        return {
+            name: {"running_replicas": n.running_replicas, "target_replicas": n.target_replicas,
+                   "pending_replicas": n.pending_replicas, "reason": n.pending_reason}
+            for name, n in self.nodes.items()
+            if not n.inline and n.running_replicas < n.target_replicas
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph": self.graph,
             "backend": self.backend,
             "ready": self.ready,
+            "serving": self.serving,
+            "pending": self.pending,
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "settings": self.settings,
         }

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
+from dagserve.runtime.failures import node_traceback
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Step
@@ -113,6 +114,7 @@ class Stream:
                 f"item(s)): {text}",
                 node=self.name,
                 error_type=type(exc).__name__,
+                traceback=node_traceback(exc),
             )
             self._ended(error)
             await self.aclose()

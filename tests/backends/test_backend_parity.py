@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,20 @@ def test_every_payload_gives_the_same_answer_or_error(apps: dict[str, Any]) -> N
     assert by_case[None][1] == "InputValidationError"
     routes = {o[1]["y"] for p, o in zip(PAYLOADS, remote, strict=True) if p.get("case") == "split"}
     assert routes == {10, 11}  # eight users over a 50/50 keyed split reach both branches
+
+
+def test_a_node_error_carries_the_nodes_traceback_from_either_backend(apps: dict[str, Any]) -> None:
+    """The node's own frame (file and line) reaches the serving process, from a Ray replica too,
+    with dagserve's and Ray's frames folded; unknown payload fields are refused on both."""
+    for backend in ("local", "ray"):
+        with pytest.raises(NodeError) as info:
+            apps[backend].call({"case": "error", "x": 1})
+        tb = info.value.traceback or ""
+        assert re.search(r'example_graphs\.py", line \d+, in fail\n    raise ValueError', tb), tb
+        assert tb.endswith("ValueError: bad value 2\n") and "frame(s) of dagserve, Ray or the event loop hidden" in tb
+        assert "site-packages/ray/" not in tb and "/dagserve/runtime/" not in tb
+        with pytest.raises(dagserve.InputValidationError, match="unknown field"):
+            apps[backend].call({"case": "chain", "x": 1, "usr": "typo"})
 
 
 def test_shared_node_runs_once_and_switch_runs_only_the_chosen_branch(apps: dict[str, Any]) -> None:

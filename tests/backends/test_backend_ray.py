@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import dagserve
@@ -476,6 +477,19 @@ def test_deploy_returns_once_every_node_runs_and_an_infeasible_request_fails_at_
         assert node.pending_reason is not None and "no Ray node has a free 0.25 GPU" in node.pending_reason
         assert "node 'OnGpu' runs 4 of 5 replicas; 1 pending: no Ray node has a free 0.25 GPU" in caplog.text
         assert app.call(7) == 7
+        # It serves, so it is ready to take traffic; the replica waiting for room is listed.
+        status = app.status()
+        assert status.serving and not status.ready
+        assert status.pending["OnGpu"]["pending_replicas"] == 1 and "0.25 GPU" in status.pending["OnGpu"]["reason"]
+
+        async def ready() -> Any:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.asgi()), base_url="http://t") as c:
+                return await c.get("/-/ready")
+
+        answer = asyncio.run(ready())
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["ready"] is True and body["pending"]["five"]["OnGpu"]["pending_replicas"] == 1
 
     for options, resource in (({"num_gpus": 2}, "2 GPU"), ({"resources": {"tpu": 1}}, "1 of resource 'tpu'")):
         with dagserve.Input() as inp:
@@ -604,8 +618,11 @@ def test_autoscaled_nodes_and_opted_out_backends_go_through_serve(ray_instance: 
         out = Times(3)(add_one.options(num_replicas="auto")(inp))
     graph = dagserve.Graph(out, name="transports")
     with dagserve.deploy(graph, backend="ray", ready_timeout_s=120) as app:
+        fresh = app.status().nodes["Times"]
+        assert (fresh.transport, fresh.transport_note) == ("no calls yet", None)  # not "serve" with no reason
         wait_until(lambda: app.call(1) == 6 and app.backend.transport("Times") == "direct", 10, "direct to Times")
         assert app.backend.transport("add_one") == "serve"
+        assert "autoscaled" in (app.status().nodes["add_one"].transport_note or "")
     with dagserve.deploy(graph, backend="ray", direct_transport=False, ready_timeout_s=120) as app:
         assert [app.call(i) for i in range(5)] == [(i + 1) * 3 for i in range(5)]
         assert app.backend.transport("Times") == "serve" and not app.backend._direct.pools

@@ -156,7 +156,7 @@ def test_calls_to_another_raylet_go_over_tcp_and_those_on_this_one_over_its_sock
 def _calls(stats: list[Any] | None) -> int:
     """Calls in the batches of these replica stats (batch size -> batches)."""
     assert stats is not None
-    return sum(int(size) * n for counts in stats for size, n in counts.items())
+    return sum(int(size) * n for found in stats for size, n in found["batches"].items())
 
 
 def test_a_client_without_the_token_is_refused_before_any_pickle_is_read(app: dagserve.App, tmp_path: Path) -> None:
@@ -185,6 +185,20 @@ def test_a_client_without_the_token_is_refused_before_any_pickle_is_read(app: da
     time.sleep(0.5)
     assert not marker.exists()
     assert app.call(2)["value"] == 30  # the replica serves on
+    # Both refusals are counted by the far replica and scraped from it into Prometheus.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dagserve.observe.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.instrument(app)
+    samples = {
+        (s.labels["node"], s.labels["side"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+        if s.name == "dagserve_direct_transport_refusals_total"
+    }
+    assert samples.get(("Far", "replica", "bad_handshake"), 0) >= 2, samples
 
 
 def test_without_cluster_token_auth_calls_to_other_nodes_go_through_serve(

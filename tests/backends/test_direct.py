@@ -262,7 +262,7 @@ async def test_replica_stats_reads_every_replica(directory: str) -> None:
     servers = [await serve(directory, f"r{i}") for i in range(2)]
     try:
         stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
-        assert stats == [{4: 0}, {4: 0}]
+        assert stats == [{"batches": {4: 0}, "refusals": {}}] * 2
     finally:
         for s, _ in servers:
             s.close()
@@ -529,6 +529,9 @@ async def test_a_replica_drops_a_caller_that_announces_too_large_a_frame_or_stal
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the 0.2 s deadline
         writer.close()
         assert replica.started == [] and server._conns == set()
+        # Each refusal is counted by reason, and the replica reports them with its stats.
+        assert server.transport_refusals == {"frame_too_large": 1, "frame_stalled": 1}
+        assert server.stats()["refusals"] == {"frame_too_large": 1, "frame_stalled": 1}
     finally:
         server.close()
 
@@ -582,7 +585,7 @@ async def test_the_ingress_never_reads_from_a_socket_of_another_user(directory: 
                 assert [(await pool.call(header("echo"), (i,), {}))[0] for i in range(4)] == ["r1"] * 4
                 await pool.scan()  # not tried again
                 stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
-                assert stats == [{4: 4}]  # the planted socket's answer was not read either
+                assert [s["batches"] for s in stats] == [{4: 4}]  # the planted socket's answer was not read either
             finally:
                 pool.close()
         finally:

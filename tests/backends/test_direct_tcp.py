@@ -122,6 +122,8 @@ async def test_a_caller_with_the_wrong_token_is_refused_and_nothing_is_unpickled
         await pool.scan()
         assert not pool.usable and pool.transports() == {}
         assert "far" in pool._foreign  # not tried again
+        await settle()
+        assert far.transport_refusals["bad_handshake"] == 1  # counted where it was refused
     finally:
         pool.close()
     # A client that skips the handshake and sends a pickle straight away: it is never loaded.
@@ -137,6 +139,7 @@ async def test_a_caller_with_the_wrong_token_is_refused_and_nothing_is_unpickled
     writer.close()
     await settle()
     assert not marker.exists() and far_replica.started == [] and not far._conns
+    assert far.transport_refusals["bad_handshake"] == 2 and far.stats()["refusals"]["bad_handshake"] == 2
     far.close()
 
 

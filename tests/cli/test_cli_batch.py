@@ -137,6 +137,17 @@ def test_jsonl_round_trip_keeps_order_and_reports_every_failure(tmp_path: Path) 
         assert word in result.output
 
 
+def test_json_prints_the_summary_as_one_object(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        main, ["batch", TARGET, str(write_jsonl(tmp_path / "in.jsonl", good(5))), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["processed"], summary["succeeded"], summary["failed"]) == (5, 5, 0)
+    assert summary["output"] == str(out) and set(summary["node_shares"]) == {"measure", "Upper"}
+
+
 def test_errors_file_takes_the_error_records(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [*good(4), {"id": 4, "text": "boom"}, *good(2, 5)])
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
@@ -238,7 +249,7 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text("something\n")
     result = batch(src, "-o", out)
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and not result.output.startswith("Usage:")
     assert "already exists; pass --resume to continue that run or --overwrite" in result.output
     result = batch(src, "-o", out, "--resume")
     assert result.exit_code == 1 and "Line 1 of" in result.output and "is not a dagserve batch record" in result.output
@@ -298,12 +309,14 @@ def test_usage_errors(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     r = CliRunner().invoke(main, ["batch", "tests.cli.test_cli_batch:Item", str(src), "-o", str(out)])
     assert r.exit_code == 2 and "is a ModelMetaclass, not a dagserve.Graph" in r.output
+    assert r.output.startswith("Error: Invalid value for MODULE:ATTR")  # the input is wrong, not the usage
     r = batch(src, "-o", out, "--address", "127.0.0.1:1")
     assert r.exit_code == 2 and "--address is for --backend ray" in r.output
     txt = tmp_path / "in.txt"
     txt.write_text("{}\n")
     r = batch(txt, "-o", out)
     assert r.exit_code == 2 and "Cannot tell the format" in r.output and "--format jsonl|csv|parquet" in r.output
+    assert not r.output.startswith("Usage:")
     assert batch(txt, "-o", out, "--format", "jsonl").exit_code == 1  # {} lacks id and text
 
 

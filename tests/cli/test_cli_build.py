@@ -23,7 +23,7 @@ CRD = Path(__file__).resolve().parents[1] / "data" / "kuberay" / "ray.io_rayserv
 def run_build(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     result = CliRunner().invoke(main, ["build", *args], env=env)
     assert result.exit_code == 0, result.output
-    return yaml.safe_load(result.output)  # type: ignore[no-any-return]
+    return yaml.safe_load(result.stdout)  # type: ignore[no-any-return]
 
 
 def test_every_node_is_a_deployment_with_its_options(tmp_path: Path) -> None:
@@ -103,6 +103,46 @@ def test_the_rayservice_manifest_is_valid_against_kuberays_crd() -> None:
     serve_v2 = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_v2)
     assert serve_v2["applications"][0]["args"]["config"]["server"]["host"] == "0.0.0.0"
+
+
+def test_the_manifest_is_written_for_hands_a_literal_serve_config_and_no_anchors() -> None:
+    result = CliRunner().invoke(main, ["build", "examples.quickstart:graph", "--format", "rayservice", "--image", "x:1"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "  serveConfigV2: |\n    applications:\n" in text
+    assert "&id" not in text and "*id" not in text  # no YAML anchors or aliases
+    assert "warning" not in result.output
+    # An edit by hand of one node's replicas is a one-line change that still parses.
+    edited = text.replace("        num_replicas: 2\n", "        num_replicas: 5\n", 1)
+    serve_v2 = yaml.safe_load(yaml.safe_load(edited)["spec"]["serveConfigV2"])
+    sentiment = next(d for d in serve_v2["applications"][0]["deployments"] if d["name"] == "Sentiment")
+    assert sentiment["num_replicas"] == 5
+
+
+def test_a_manifest_without_an_image_warns_how_to_build_one() -> None:
+    result = CliRunner().invoke(main, ["build", "examples.quickstart:graph", "--format", "rayservice"])
+    assert result.exit_code == 0, result.output
+    warning = " ".join(result.stderr.split())
+    assert "no --image" in warning and "rayproject/ray:2.60.0" in warning and "docs/deploy.md#kuberay" in warning
+    assert yaml.safe_load(result.stdout)["kind"] == "RayService"  # the warning stays off stdout
+
+
+def test_the_docs_dockerfile_uses_the_pinned_ray() -> None:
+    """docs/deploy.md's Dockerfile starts FROM the image `dagserve build` targets, whose Ray is
+    the one pyproject.toml pins: a Ray upgrade that forgets one of the three fails here."""
+    import re
+    import tomllib
+
+    from dagserve.rayserve.config_files import RAY_IMAGE, RAY_VERSION
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in deps if d.startswith("ray[")]
+    assert pin.endswith(f"=={RAY_VERSION}"), pin
+    docs = (root / "docs" / "deploy.md").read_text()
+    (dockerfile,) = re.findall(r"```dockerfile\n(.*?)```", docs, re.S)
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == [RAY_IMAGE]
+    assert "pip install" in dockerfile and "dagserve" in dockerfile and "COPY . ." in dockerfile
 
 
 def test_a_manifest_kuberay_would_refuse_fails_validation() -> None:

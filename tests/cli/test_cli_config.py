@@ -100,6 +100,29 @@ def test_config_prints_the_configuration_in_force_as_a_file_it_reads_back(config
 
 
 @pytest.mark.http
+def test_config_names_the_source_of_every_setting(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagserve.runtime.tracing import OTLP_ENDPOINT_ENV
+
+    monkeypatch.setenv(OTLP_ENDPOINT_ENV, "http://127.0.0.1:4318")
+    args = ["config", "examples.quickstart:graph", "--config", str(config_file), "--port", "9000", "--log-format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = {line.strip().split(":")[0]: line.strip() for line in result.output.splitlines() if "#" in line[1:]}
+    assert lines["port"] == "port: 9000  # flag"  # the flag beats the file's 8123
+    assert lines["max_in_flight"] == "max_in_flight: 7  # file"
+    assert lines["otlp_endpoint"] == "otlp_endpoint: 'http://127.0.0.1:4318'  # environment"
+    # Settings the flags leave unset are printed with what unset means.
+    assert lines["request_timeout"] == "request_timeout: 60.0  # default"
+    assert lines["stream_timeout"] == "stream_timeout: 600.0  # default"
+    assert lines["ready_timeout"] == "ready_timeout: 120.0  # default"
+    nodes = result.output.split("server:")[0]
+    assert "num_replicas: 3  # file" in nodes and "batch_wait_timeout_s: 0.005  # code" in nodes and "max_batch_size: 4  # file" in nodes and "retries: 0  # default" in nodes
+    assert yaml.safe_load(result.output)["server"]["port"] == 9000
+
+
+@pytest.mark.http
 def test_run_serves_with_the_files_settings(config_file: Path) -> None:
     proc = start("examples.quickstart:graph", "--backend", "local", "--config", str(config_file))
     try:

@@ -107,7 +107,7 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
             "--otlp-endpoint", receiver.url, env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
         )  # fmt: skip
         try:
-            base = URL.search(wait_for(lines_of(proc), "dagserve: serving typed, echo at ")).group(0)  # type: ignore[union-attr]
+            base = json.loads(wait_for(lines_of(proc), "{"))["url"]  # the URL line is a record too
             headers = {"traceparent": f"00-{trace}-{parent}-01", "x-request-id": "cli-json-1"}
             r = httpx.post(base + "typed", json={"x": 2}, headers=headers, timeout=10)
             assert r.status_code == 200 and r.headers["traceparent"].split("-")[1] == trace
@@ -128,19 +128,128 @@ def test_run_with_json_logs_and_an_otlp_endpoint_exports_the_trace_and_logs_its_
     assert not [line for line in err.splitlines() if line.startswith("INFO")], err  # no text log lines left
 
 
+def only_json(text: str) -> list[dict[str, object]]:
+    """Every line of ``text`` parsed as a JSON object (fails on the first that is not one)."""
+    records = []
+    for line in text.splitlines():
+        assert line.startswith("{"), f"not a JSON line: {line!r}"
+        records.append(json.loads(line))
+    return records
+
+
+@pytest.mark.http
+def test_with_json_logs_every_line_the_command_writes_is_a_json_object() -> None:
+    """Issue 30: progress, the admin token's file, the URL and "stopped" were plain lines."""
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "local", "--log-format", "json")
+    try:
+        served = json.loads(wait_for(lines_of(proc), "{"))
+        assert httpx.post(served["url"], json=3, timeout=10).status_code == 500
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+        assert proc.stdout is not None
+        rest = proc.stdout.read()
+    assert code == 0, err
+    assert served["logger"] == "dagserve.run" and served["url"].startswith("http://127.0.0.1:")
+    assert served["message"].startswith("serving failing at ")
+    only_json(rest)
+    messages = [rec["message"] for rec in only_json(err)]
+    assert "ready failing: 1/1 nodes running" in messages  # the progress display, as records
+    assert any(str(m).startswith("admin token for dagserve status/scale/update in ") for m in messages)
+    assert messages[-1] == "stopped."
+
+
+@pytest.mark.ray
+def test_with_json_logs_on_ray_every_line_is_a_json_object_too() -> None:
+    """Ray's and Serve's own Python loggers write JSON too; Ray's workers keep to their log files."""
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "ray", "--log-format", "json")
+    try:
+        served = json.loads(wait_for(lines_of(proc), "{", timeout=180))
+        assert httpx.post(served["url"], json=3, timeout=60).status_code == 500
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    records = only_json(err)
+    assert any(rec["logger"].startswith("ray.serve") for rec in records), err  # e.g. "Started Serve"
+    (failed,) = [rec for rec in records if "traceback" in rec]
+    assert "line 61, in boom" in str(failed["traceback"])  # from the replica, in the serving process's log
+
+
+@pytest.mark.http
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_node_error_logs_its_traceback_once_with_the_request_and_trace_ids(log_format: str) -> None:
+    """Issue 30: the node's traceback (file and line of its code, dagserve's frames folded) is in
+    the server's log once per failed request, never in the response."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    proc = start("tests.ingress_graphs:FAILING", "--backend", "local", "--log-format", log_format)
+    try:
+        if log_format == "json":
+            base = json.loads(wait_for(lines_of(proc), "{"))["url"]
+        else:
+            base = URL.search(wait_for(lines_of(proc), "dagserve: serving failing at ")).group(0)  # type: ignore[union-attr]
+        headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "x-request-id": "tb-1"}
+        r = httpx.post(base, json=3, headers=headers, timeout=10)
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    assert r.status_code == 500 and r.json()["error"]["node"] == "boom"
+    assert "Traceback" not in r.text and "ingress_graphs.py" not in r.text
+    user_frame = f'File "{ROOT / "tests" / "ingress_graphs.py"}", line 61, in boom'
+    assert err.count("line 61, in boom") == 1, err  # once per failed request
+    assert "frame(s) of dagserve, Ray or the event loop hidden" in err
+    assert str(ROOT / "dagserve") + os.sep not in err  # dagserve's own frames are folded
+    if log_format == "json":
+        records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        (failed,) = [rec for rec in records if "traceback" in rec]
+        assert failed["level"] == "ERROR" and failed["node"] == "boom"
+        assert failed["request_id"] == "tb-1" and failed["trace_id"] == trace
+        assert failed["message"] == "request tb-1 failed with 500: Node 'boom' raised ValueError: boom at 3"
+        assert user_frame in failed["traceback"] and failed["traceback"].endswith("ValueError: boom at 3\n")
+    else:
+        line = next(line for line in err.splitlines() if "failed with 500" in line)
+        assert "ERROR" in line and "[tb-1]" in line
+        assert "ValueError: boom at 3" in err.split(line, 1)[1]  # the traceback follows the line
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
         ("examples.quickstart", "is not MODULE:ATTR"),
         ("no_such_module_xyz:graph", "cannot import module 'no_such_module_xyz'"),
         ("examples.quickstart:nope", "has no attribute 'nope'"),
+        ("examples.quickstart:grph", "has no attribute 'grph'. Did you mean 'graph'? Graphs in it: graph."),
         ("tests.ingress_graphs:NOT_A_GRAPH", "is a int, not a dagserve.Graph or a list of Graphs"),
     ],
 )
 def test_bad_targets_are_usage_errors(target: str, message: str) -> None:
     result = CliRunner().invoke(main, ["run", target])
     assert result.exit_code == 2
-    assert message in result.output
+    assert message in " ".join(result.output.split())
+    assert result.output.startswith("Error: Invalid value for MODULE:ATTR")  # not click's Usage: block
+
+
+def test_a_module_elsewhere_is_found_with_app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "far_graphs.py").write_text(
+        "import dagserve\n\n@dagserve.node\ndef twice(x: int) -> int:\n    return 2 * x\n\n"
+        "with dagserve.Input() as inp:\n    out = twice(inp)\nfar = dagserve.Graph(out, name='far')\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "far_graphs", raising=False)
+    missing = CliRunner().invoke(main, ["config", "far_graphs:far"])
+    out = " ".join(missing.output.split())
+    assert missing.exit_code == 2 and not out.startswith("Usage:")
+    assert "No module named 'far_graphs'" in out and f"from the current directory ({elsewhere})" in out
+    assert "--app-dir DIR" in out
+    found = CliRunner().invoke(main, ["config", "far_graphs:far", "--app-dir", str(project)])
+    assert found.exit_code == 0, found.output
+    assert "twice:" in found.output
+    sys.modules.pop("far_graphs", None)
 
 
 def test_address_needs_the_ray_backend() -> None:
@@ -275,9 +384,9 @@ def test_a_loopback_server_without_an_admin_token_makes_one_that_status_reads(pr
         assert wrong.exit_code == 1 and "rejected the admin token" in wrong.output
         from_env = CliRunner().invoke(main, ["status", "--url", base], env={ADMIN_TOKEN_ENV: "not-it"})
         assert from_env.exit_code == 1 and "rejected the admin token" in from_env.output
-        # Another port has no token stored: the message says where one would be.
+        # Another port: nothing answers there, and the message says so (not that a token is missing).
         other = CliRunner().invoke(main, ["status", "--url", f"http://127.0.0.1:{port + 1}"])
-        assert other.exit_code == 2 and "need a token" in other.output and str(token_dir) in other.output
+        assert other.exit_code == 1 and "Nothing answers at" in other.output
     finally:
         code, err = stop(proc, signal.SIGINT)
     assert code == 0, err
@@ -374,7 +483,7 @@ def test_stream_timeout_reaches_the_deployed_apps(monkeypatch: pytest.MonkeyPatc
 
     def deploy_all(
         graphs: object, backend: object, backend_options: object, deploy_options: dict[str, object], console: object,
-        config: object = None,
+        config: object = None, json_lines: bool = False,
     ) -> None:
         seen.update(deploy_options)
         raise Deployed

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -46,8 +48,8 @@ def server() -> Iterator[Server]:
         app.shutdown()
 
 
-def cli(*args: str, token: str | None = TOKEN) -> tuple[int, str]:
-    env = {ADMIN_TOKEN_ENV: token} if token is not None else {ADMIN_TOKEN_ENV: ""}
+def cli(*args: str, token: str | None = TOKEN, env: dict[str, str] | None = None) -> tuple[int, str]:
+    env = {ADMIN_TOKEN_ENV: token or "", **(env or {})}
     result = CliRunner().invoke(main, list(args), env=env, terminal_width=120)
     return result.exit_code, result.output
 
@@ -88,6 +90,19 @@ def test_status_shows_each_nodes_transport_and_why_calls_go_through_serve() -> N
     assert _notes(status) == ["post: cross-node transport off: no token"]
 
 
+def test_status_says_a_graph_serves_while_replicas_wait() -> None:
+    from rich.console import Console
+
+    from dagserve.cli.ops import status_table
+
+    node = {"target_replicas": 5, "running_replicas": 4, "pending_replicas": 1}
+    status = {"backend": "ray", "ready": False, "serving": True, "nodes": {"OnGpu": node},
+              "pending": {"OnGpu": {"target_replicas": 5, "running_replicas": 4, "pending_replicas": 1}}}
+    console = Console(width=200, record=True)
+    console.print(status_table("g", status))
+    assert "g (ray, serving, 1 replica(s) pending)" in console.export_text()
+
+
 def test_status_json_and_one_graph(server: Server) -> None:
     code, out = cli("status", GRAPH, "--json", "--url", server.url)
     assert code == 0, out
@@ -103,10 +118,12 @@ def test_status_prints_the_serve_settings_a_ray_graph_reports(capsys: pytest.Cap
         "replica_env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     }
     _print_status({"graphs": {"g": {"backend": "ray", "ready": True, "nodes": {}, "settings": settings}}})
+    assert "Serve" not in capsys.readouterr().out  # internal settings: only under --verbose
+    _print_status({"graphs": {"g": {"backend": "ray", "ready": True, "nodes": {}, "settings": settings}}}, verbose=True)
     out = capsys.readouterr().out
     assert "Serve in the serving process: throughput_optimized=True router_retry_backoff_s=[0.005, 0.01]" in out
     assert "carried to replicas: RAY_SERVE_ENABLE_DIRECT_INGRESS=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in out
-    _print_status({"graphs": {"g": {"backend": "local", "ready": True, "nodes": {}, "settings": {}}}})
+    _print_status({"graphs": {"g": {"backend": "local", "ready": True, "nodes": {}, "settings": {}}}}, verbose=True)
     assert "Serve" not in capsys.readouterr().out  # the local backend has none
 
 
@@ -139,7 +156,7 @@ def test_update_changes_batching(server: Server) -> None:
     ("args", "token", "code", "match"),
     [
         (("status",), "wrong", 1, "token"),
-        (("status",), None, 2, "need a token"),
+        (("status",), None, 1, "answers at"),
         (("scale", GRAPH, "Nope", "--replicas", "2"), TOKEN, 1, "has no node 'Nope'"),
         (("scale", "other", "Classifier", "--replicas", "2"), TOKEN, 1, "No graph named 'other'"),
         (("scale", GRAPH, "Classifier"), TOKEN, 2, "--replicas N, or --min/--max"),
@@ -232,12 +249,69 @@ def test_trace_header_on_request(server: Server) -> None:
     assert traced.headers["x-dagserve-request-id"] == traced.headers["x-request-id"]
 
 
-def test_nothing_listening_is_a_clear_error() -> None:
+@pytest.mark.parametrize("token", [TOKEN, None])
+@pytest.mark.parametrize(
+    "args", [("status",), ("scale", GRAPH, "Classifier", "-n", "2"), ("update", GRAPH, "embed", "--max-batch-size", "4")]
+)
+def test_nothing_listening_is_a_clear_error(args: tuple[str, ...], token: str | None, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    code, out = cli("status", "--url", f"http://127.0.0.1:{port}")
-    assert code == 1 and "Cannot reach a dagserve server" in out
+    code, out = cli(*args, "--url", f"http://127.0.0.1:{port}", token=token, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    out = out.replace("\n", " ")
+    assert code == 1, out
+    assert f"Nothing answers at http://127.0.0.1:{port}" in out and "--url" in out
+    assert "token" not in out and not out.startswith("Usage:")
+
+
+@pytest.mark.parametrize(("token", "match"), [(None, "has no admin token"), ("wrong", "rejected the admin token")])
+def test_a_server_that_answers_without_the_right_token_is_told_apart(
+    server: Server, token: str | None, match: str, tmp_path: Path
+) -> None:
+    code, out = cli("status", "--url", server.url, token=token, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    out = out.replace("\n", " ")
+    assert code == 1, out
+    assert f"{server.url}" in out and "answers" in out and match in out and "Nothing answers" not in out
+    assert not out.startswith("Usage:")
+
+
+def test_admin_actions_are_logged_once_done_and_refusals_as_refusals(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="dagserve.admin"):
+        code, _ = cli("scale", GRAPH, "Clasifier", "--replicas", "2", "--url", server.url)
+        assert code == 1
+        code, _ = cli("scale", GRAPH, "Classifier", "--replicas", "2", "--url", server.url)
+        assert code == 0
+        cli("status", "--url", server.url, token="wrong")
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dagserve.admin"]
+    assert not any("Clasifier" in m and "done" in m for _, m in records), records
+    refused = [m for level, m in records if level == "WARNING"]
+    assert any("Clasifier" in m and "refused with 404" in m for m in refused), records
+    assert any("/-/admin/status refused with 403" in m for m in refused), records
+    assert ("INFO", f"Admin scale of {GRAPH}/Classifier done: {{'num_replicas': 2}}") in records
+
+
+def test_scale_and_update_print_json_on_request(server: Server) -> None:
+    code, out = cli("scale", GRAPH, "Classifier", "-n", "2", "--json", "--url", server.url)
+    assert code == 0, out
+    assert json.loads(out)["node"]["target_replicas"] == 2
+    code, out = cli("update", GRAPH, "embed", "--max-batch-size", "4", "--json", "--url", server.url)
+    assert code == 0, out
+    assert json.loads(out)["node"]["options"]["max_batch_size"] == 4
+
+
+def test_piped_tables_print_whole_values(server: Server) -> None:
+    """A pipe is not a terminal: no column is cut to fit 80 (or $COLUMNS) characters."""
+    env = {**os.environ, ADMIN_TOKEN_ENV: TOKEN, "DAGSERVE_URL": server.url, "COLUMNS": "30"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dagserve", "status"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout, done.stdout
+    header = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["node"])
+    assert header.split() == ["node", "replicas", "batch", "requests", "errors", "p50", "p99"]
+    assert "replicas: target/running/pending (autoscaling min-max)" in " ".join(done.stdout.split())
 
 
 def test_the_installed_command_runs_in_a_shell(server: Server) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -106,7 +106,7 @@ async def test_unknown_route_is_404_and_wrong_method_405_with_allow(make: Make) 
 async def test_health_and_readiness(make: Make) -> None:
     c = await make([g.typed(), g.echoing()])
     assert (await c.get("/-/healthz")).json() == {"status": "ok"}
-    assert (await c.get("/-/ready")).json() == {"ready": True, "graphs": {"typed": True, "echo": True}}
+    assert (await c.get("/-/ready")).json() == {"ready": True, "graphs": {"typed": True, "echo": True}, "pending": {}}
 
 
 async def test_ready_is_503_when_a_graph_is_down_or_the_server_drains() -> None:
@@ -164,6 +164,44 @@ async def test_a_payload_that_is_not_an_object_is_named_as_the_payload_not_a_fie
     assert error["errors"][0]["loc"] == []
     error = assert_error(await c.post("/", json={"to": "x"}), 422, "InputValidationError")
     assert error["message"] == "The payload does not match Letter: 1 error(s) at body."
+
+
+class Order(BaseModel):
+    item: str
+    lang: str = "en"
+
+
+class LooseOrder(Order):
+    model_config = ConfigDict(extra="ignore")
+
+
+class OpenOrder(Order):
+    model_config = ConfigDict(extra="allow")
+
+
+async def test_unknown_fields_are_refused_by_name_unless_the_schema_says_otherwise(make: Make) -> None:
+    """Issue 30: {"langg": "fr"} ran as English. A schema that says nothing refuses it (422 naming
+    the field, no node runs); one that sets extra itself keeps pydantic's rule; no schema, no check."""
+    graphs = []
+    for schema, name in ((Order, "strict"), (LooseOrder, "loose"), (OpenOrder, "open")):
+        with dagserve.Input(schema=schema) as inp:
+            graphs.append(dagserve.Graph(g.echo(inp["lang"]), name=name))
+    with dagserve.Input() as inp:
+        graphs.append(dagserve.Graph(g.echo(inp["lang"]), name="plain"))
+    c = await make(graphs)
+    error = assert_error(await c.post("/strict", json={"item": "tea", "langg": "fr"}), 422, "InputValidationError")
+    assert error["errors"] == [{"loc": ["langg"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]
+    assert error["message"] == (
+        "The payload does not match Order: 1 error(s) at langg (unknown field(s) 'langg'; the fields are: item, lang)."
+    )
+    both = assert_error(await c.post("/strict", json={"langg": "fr"}), 422, "InputValidationError")
+    assert [e["loc"] for e in both["errors"]] == [["item"], ["langg"]]  # missing and unknown, in one answer
+    assert (await c.post("/strict", json={"item": "tea", "lang": "fr"})).json() == "fr"
+    assert (await c.post("/loose", json={"item": "tea", "langg": "fr"})).json() == "en"
+    assert (await c.post("/open", json={"item": "tea", "langg": "fr"})).json() == "en"
+    assert (await c.post("/plain", json={"lang": "fr", "langg": "x"})).json() == "fr"
+    spec = (await c.get("/openapi.json")).json()["components"]["schemas"]
+    assert spec["Order"]["additionalProperties"] is False and "additionalProperties" not in spec["LooseOrder"]
 
 
 # -- the Host header --------------------------------------------------------------------------------------

@@ -38,6 +38,17 @@ def test_errors(served: tuple[dagserve.App, str]) -> None:
     sc.check_http_error_mid_stream(served[1])
 
 
+def test_a_node_failing_mid_stream_is_logged_once_with_its_traceback(
+    served: tuple[dagserve.App, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="dagserve.http"):
+        r = httpx.post(served[1], json={"n": 5, "fail_at": 2}, headers={"accept": "application/x-ndjson"}, timeout=60)
+    assert r.status_code == 200 and "Traceback" not in r.text  # the error line carries no traceback
+    (failed,) = [rec for rec in caplog.records if "failed with 500" in rec.getMessage()]
+    assert failed.levelname == "ERROR" and failed.node == "produce"  # type: ignore[attr-defined]
+    assert 'stream_graphs.py", line 22, in _step' in failed.traceback  # type: ignore[attr-defined]
+
+
 def test_disconnect_stops_the_generator(served: tuple[dagserve.App, str], tmp_path: Any) -> None:
     app, url = served
     sc.check_http_disconnect(url, str(tmp_path / "steps.log"))

@@ -247,6 +247,19 @@ def test_select_and_validate_helpers() -> None:
     assert validate_payload(eg.Req, req) is req
 
 
+def test_unknown_fields_are_refused_but_aliases_are_fields() -> None:
+    from pydantic import AliasChoices, BaseModel, Field
+
+    class Aliased(BaseModel):
+        kind: str = Field("a", alias="type")
+        size: int = Field(1, validation_alias=AliasChoices("size", "n"))
+
+    assert validate_payload(Aliased, {"type": "b", "n": 3}).size == 3
+    with pytest.raises(InputValidationError, match=r"unknown field\(s\) 'nn'; the fields are: kind, size") as info:
+        validate_payload(Aliased, {"type": "b", "nn": 3})
+    assert info.value.errors == [{"loc": ["nn"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]
+
+
 async def test_a_reader_cancelled_by_its_siblings_failure_leaves_a_shared_step_to_its_other_readers() -> None:
     """b(z, a) and z are both outputs; a times out while z runs. Cancelling b's wait for z must not
     cancel z itself for the output's own read of it: the request fails with a's timeout, never with

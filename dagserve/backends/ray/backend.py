@@ -36,7 +36,6 @@ from dagserve._options import DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.backends.base import Backend
 from dagserve.runtime.node_host import InProcessNode
 from dagserve.backends.ray import cluster as ray_cluster
-from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.frames import DEFAULT_FRAME_TIMEOUT_S
 from dagserve.backends.ray.direct_routing import DirectRouting, direct_limits, frame_limits
 from dagserve.backends.ray.replica import NodeReplica
@@ -343,6 +342,12 @@ class RayBackend(Backend):
         """The direct transport's settings, for a backend attached elsewhere (ingress replicas)."""
         return self._direct.options()
 
+    def direct_transport_refusals(self) -> dict[tuple[str, str, str], int]:
+        """What the direct transport refused for this graph's nodes (limits, peers of another user,
+        failed handshakes): ``(node, side, reason) -> count``, see ``DirectRouting.transport_refusals``."""
+        names = [n for n, spec in self._specs.items() if not spec.inline]
+        return self._direct.transport_refusals(names, self._app_name or "", self._loop) if self._deployed else {}
+
     def direct_refusals(self) -> dict[str, int]:
         """Per node, the direct calls this process sent that a full replica refused (each went to
         another replica or waited in the queue; none failed): replicas shared with other callers."""
@@ -521,19 +526,9 @@ class RayBackend(Backend):
                 )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
-        direct = self._direct
-        if direct.cluster is not None and direct.single and not _in_event_loop():
-            # Straight from the replicas' sockets (all on this Ray node): right whichever transport the calls took.
-            directory = socket_dir(direct.cluster, self._app_name or "", name, direct.node_id)
-            try:
-                found = replica_stats(directory) if directory is not None else []
-            except Exception:  # noqa: BLE001 - metrics are best effort
-                found = []
-            if found:
-                return _sum_counts(found)
-        found = direct.replica_stats(name, self._loop)  # across Ray nodes: over the pool's connections
+        found = self._direct.stats(name, self._app_name or "", self._loop)  # the direct transport's STATS
         if found:
-            return _sum_counts(found)
+            return _sum_counts([f["batches"] for f in found])
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
         handle = self._serve_handles.made(name)
@@ -556,5 +551,3 @@ _LOGGING = {"enable_access_log": False}
 _DELETING_WAIT_S = 30.0
 
 
-def _in_event_loop() -> bool:
-    return asyncio._get_running_loop() is not None  # the public call raises instead of answering

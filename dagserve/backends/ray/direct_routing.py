@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve._errors import DeployError
 from dagserve.backends.ray.direct import registry
 from dagserve.backends.ray.direct.auth import ray_token_key
-from dagserve.backends.ray.direct.directory import socket_dir
+from dagserve.backends.ray.direct.directory import replica_stats, socket_dir
 from dagserve.backends.ray.direct.pool import DirectPool
 from dagserve.backends.ray.direct.frames import DEFAULT_MAX_FRAME_BYTES, FrameLimits
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIRECT_ENV",
     "MAX_FRAME_ENV",
+    "NOT_CALLED",
     "NO_TOKEN",
     "DirectRouting",
     "announce",
@@ -61,6 +62,10 @@ NO_TOKEN = (
     "cross-node transport off: the Ray cluster runs without token authentication (RAY_AUTH_MODE=token "
     "turns it on), so calls to replicas on other Ray nodes go through Serve"
 )
+
+
+#: A node's transport before its first call (the direct pool opens then).
+NOT_CALLED = "no calls yet"
 
 
 class DirectRouting:
@@ -168,8 +173,14 @@ class DirectRouting:
             if spec is None or spec.inline:
                 out[name] = replace(node, transport="inline")
                 continue
+            if self.cluster is not None and (direct_limits(spec) is not None) and name not in self.pools:
+                # The pool opens at the node's first call: until then no transport is chosen.
+                out[name] = replace(node, transport=NOT_CALLED)
+                continue
             kind, counts = self.transport(spec)
             note = self.note if kind == "serve" and self.enabled else None
+            if kind == "serve" and note is None and self.enabled and not (direct_limits(spec) is not None):
+                note = "autoscaled: Serve routes its calls, so its autoscaler sees them"
             out[name] = replace(node, transport=kind, transport_replicas=counts, transport_note=note)
         return out
 
@@ -183,6 +194,36 @@ class DirectRouting:
             return asyncio.run_coroutine_threadsafe(pool.stats(), loop).result(5.0)
         except Exception:  # noqa: BLE001 - stats are best effort
             return None
+
+    def stats(self, name: str, app_name: str, loop: asyncio.AbstractEventLoop | None) -> list[dict[str, Any]]:
+        """What every replica of node ``name`` answers to ``STATS`` (``batches``, ``refusals``):
+        on one Ray node straight from the replicas' sockets (whichever way the calls went), else
+        over the pool's connections (across nodes too); ``[]`` when none can be asked."""
+        if self.cluster is not None and self.single and asyncio._get_running_loop() is None:
+            directory = socket_dir(self.cluster, app_name, name, self.node_id)
+            try:
+                found = replica_stats(directory) if directory is not None else []
+            except Exception:  # noqa: BLE001 - stats are best effort
+                found = []
+            if found:
+                return found
+        return self.replica_stats(name, loop) or []
+
+    def transport_refusals(
+        self, names: list[str], app_name: str, loop: asyncio.AbstractEventLoop | None
+    ) -> dict[tuple[str, str, str], int]:
+        """``(node, side, reason) -> count`` of what the direct transport refused for nodes
+        ``names``: ``side`` is ``"caller"`` (this process's connections to the node's replicas)
+        or ``"replica"`` (the node's replicas, from their stats)."""
+        out: dict[tuple[str, str, str], int] = {}
+        for name in names:
+            pool = self.pools.get(name)
+            for reason, n in (pool.transport_refusals if pool is not None else {}).items():
+                out[(name, "caller", reason)] = n
+            for found in self.stats(name, app_name, loop):
+                for reason, n in (found.get("refusals") or {}).items():
+                    out[(name, "replica", reason)] = out.get((name, "replica", reason), 0) + int(n)
+        return out
 
     def refusals(self) -> dict[str, int]:
         """Per node, the direct calls a full replica refused (see ``RayBackend.direct_refusals``)."""

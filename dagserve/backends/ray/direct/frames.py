@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "same_user",
     "step_of",
     "too_large",
+    "REFUSAL_REASONS",
 ]
 
 log = logging.getLogger("dagserve.ray")
@@ -131,6 +133,12 @@ def too_large(step: str, what: str, size: int, limit: int) -> BaseException:
     )
 
 
+#: Why the direct transport refused a peer or dropped a connection, as counted (and exported as
+#: ``dagserve_direct_transport_refusals_total``): a process of another user on a local socket, a
+#: failed or missing token handshake (TCP), a frame over the size limit, a frame that stalled.
+REFUSAL_REASONS = ("other_user", "bad_handshake", "handshake_timeout", "frame_too_large", "frame_stalled")
+
+
 class Framed(asyncio.Protocol):
     """Length-prefixed pickles both ways; writes made in one loop iteration go out in one syscall.
 
@@ -142,9 +150,13 @@ class Framed(asyncio.Protocol):
     ``ready`` resolves once frames may flow (``True``), or with ``False`` when the peer was refused.
     """
 
-    def __init__(self, limits: FrameLimits, auth: Handshake | None = None) -> None:
+    def __init__(
+        self, limits: FrameLimits, auth: Handshake | None = None, refusals: Counter[str] | None = None
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self.foreign = False
+        #: Where this connection counts what it refuses, by reason (:data:`REFUSAL_REASONS`).
+        self._refusals = refusals
         self._auth = auth
         self.ready: asyncio.Future[bool] | None = None
         self._buf = bytearray()
@@ -167,6 +179,7 @@ class Framed(asyncio.Protocol):
         if not same_user(transport):
             # Frames are pickles: loading one from another user's process would run its code here.
             log.warning("Direct transport: refused a connection %s: the other process runs as another user.", self.where)
+            self._count("other_user")
             self.foreign = True
             self.ready.set_result(False)
             transport.abort()
@@ -183,6 +196,7 @@ class Framed(asyncio.Protocol):
             reply, rest = auth.feed(data)
         except AuthFailed as exc:
             log.warning("Direct transport: refused a connection %s: %s.", self.where, exc)
+            self._count("bad_handshake")
             self._refuse()
             return b""
         if reply:
@@ -205,7 +219,12 @@ class Framed(asyncio.Protocol):
         self._stall = None
         if self._auth is not None and self.transport is not None:
             log.warning("Direct transport: refused a connection %s: no handshake within %g s.", self.where, self._limits.timeout_s)
+            self._count("handshake_timeout")
             self._refuse()
+
+    def _count(self, reason: str) -> None:
+        if self._refusals is not None:
+            self._refusals[reason] += 1
 
     def _refuse(self) -> None:
         self.foreign = True
@@ -242,6 +261,7 @@ class Framed(asyncio.Protocol):
         while end - pos >= size:
             (n,) = FRAME_LENGTH.unpack_from(buf, pos)
             if n > self._max_frame:
+                self._count("frame_too_large")
                 self._break(f"a frame of {n} bytes was announced, over the limit of {self._limits.max_bytes} bytes")
                 return
             if end - pos - size < n:
@@ -274,6 +294,7 @@ class Framed(asyncio.Protocol):
         if left > 0:
             self._stall = self._loop.call_later(left, self._check_stall)
             return
+        self._count("frame_stalled")
         self._break(
             f"a frame stalled: {len(self._buf)} bytes of it came, then not the rest within "
             f"{self._limits.timeout_s:g} s"

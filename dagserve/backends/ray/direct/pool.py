@@ -195,7 +195,7 @@ class _StatsCall(DirectCall):
 
 class _ClientConn(Framed):
     def __init__(self, pool: DirectPool, replica: str, auth: Handshake | None = None) -> None:
-        super().__init__(pool.limits, auth)
+        super().__init__(pool.limits, auth, pool.transport_refusals)
         self.pool = pool
         self.replica = replica
         #: Over TCP to a replica on another Ray node (else a Unix socket on this one).
@@ -314,6 +314,8 @@ class DirectPool:
         self.limits = limits or FrameLimits()
         #: Calls a full replica refused (each went to another replica or waited in the queue).
         self.refusals = 0
+        #: What this pool's connections refused, by reason (protocol.REFUSAL_REASONS).
+        self.transport_refusals: collections.Counter[str] = collections.Counter()
         self._loop = loop
         self._ids = itertools.count(1)
         self._conns: dict[str, _ClientConn] = {}
@@ -516,7 +518,7 @@ class DirectPool:
         self._slots.wake()
 
     async def stats(self, timeout_s: float = 2.0) -> list[Any]:
-        """Each connected replica's stats (batch counts), on this node and across nodes alike;
+        """Each connected replica's stats (``batches``, ``refusals``: ReplicaServer.stats), on this node and across nodes alike;
         replicas that do not answer within ``timeout_s`` are left out."""
         calls = []
         for conn in list(self._conns.values()):

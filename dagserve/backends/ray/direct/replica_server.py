@@ -10,6 +10,7 @@ in order (``DRAINING``, ``REJECTED``, then the held calls finish).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
@@ -53,7 +54,7 @@ class ReplicaServer:
     """Serves one replica's calls on a Unix socket (runs on the replica's event loop).
 
     ``dispatch(header, args, kwargs)`` runs one call (the replica's node code); ``stats()``
-    answers ``STATS`` frames (batch counts). ``limit()`` is the replica's ``max_ongoing_requests``
+    answers ``STATS`` frames (batch counts; :meth:`stats` adds the refusals). ``limit()`` is the replica's ``max_ongoing_requests``
     (read per call: Serve changes it in place), over the direct calls and the calls Serve routes
     here (which take their slot with :meth:`admit`); a direct call past it is refused (``BUSY``).
     """
@@ -94,11 +95,17 @@ class ReplicaServer:
         self.ongoing = 0
         #: Direct calls refused because the replica was full (each was sent elsewhere or queued).
         self.refusals = 0
+        #: Peers and connections refused, by reason (protocol.REFUSAL_REASONS), sent with STATS.
+        self.transport_refusals: collections.Counter[str] = collections.Counter()
         # Who waits for a free slot (a refused connection, a call Serve routed), told when one frees.
         self._want_room: dict[Any, Callable[[], None]] = {}
         self._changed = asyncio.Event()  # a call finished or a caller hung up (for drain)
         #: A multiplexed node's notice of the model ids it holds (sent to each new caller too).
         self._models_frame: bytes | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """What a ``STATS`` frame answers: ``batches`` (the replica's batch counts) and ``refusals``."""
+        return {"batches": self._stats(), "refusals": dict(self.transport_refusals)}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -214,7 +221,7 @@ _ROOM_FRAME = dumps((0, ROOM, None))
 
 class _ServerConn(Framed):
     def __init__(self, server: ReplicaServer, auth: Handshake | None = None) -> None:
-        super().__init__(server.limits, auth)
+        super().__init__(server.limits, auth, server.transport_refusals)
         self.server = server
         self.tasks: dict[int, asyncio.Task[Any]] = {}
         self.credits: dict[int, asyncio.Semaphore] = {}  # per stream: items it may still send
@@ -270,7 +277,7 @@ class _ServerConn(Framed):
                 task.cancel()
         elif op == STATS:
             try:
-                self.send(dumps((rid, OK, dumps(self.server._stats()))))
+                self.send(dumps((rid, OK, dumps(self.server.stats()))))
             except Exception as exc:  # noqa: BLE001 - a stats failure is answered, not fatal
                 self.send(dumps((rid, ERROR, dumps(RuntimeError(str(exc))))))
 
