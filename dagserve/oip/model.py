@@ -82,11 +82,16 @@ class TensorField:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """The tensors a graph takes and gives (``inputs`` ``None``: any, the graph has no schema)."""
+    """The tensors a graph takes and gives (``inputs`` ``None``: any, the graph has no schema).
+
+    ``single_output``: the output is one tensor named ``output`` (``True``), tensors named by
+    its keys (``False``), or, when its type is not declared, by what it is (``None``: a dict or
+    a model gives named tensors, anything else ``output``).
+    """
 
     inputs: Mapping[str, TensorField] | None
     outputs: tuple[TensorField, ...]
-    single_output: bool
+    single_output: bool | None
 
     def payload(self, tensors: list[tuple[str, str, Any]]) -> dict[str, Any]:
         """The graph's payload from ``(name, datatype, array)`` tensors; :class:`TensorError`
@@ -115,11 +120,11 @@ class ModelSignature:
     def outputs_of(self, result: Any, wanted: list[str] | None = None) -> list[tuple[str, Any]]:
         """``(name, array)`` per output tensor of ``result``, only ``wanted`` ones when given."""
         declared = {f.name: f.datatype for f in self.outputs}
-        if self.single_output:
-            values = {SINGLE_OUTPUT: result}
-        else:
-            values = _fields(result)
-            if values is None:
+        values = None if self.single_output else _fields(result)
+        if values is None:
+            if self.single_output is None or self.single_output:
+                values = {SINGLE_OUTPUT: result}
+            else:
                 raise OutputTensorError(
                     f"The graph's output is a {type(result).__name__}; its model lists named outputs "
                     f"{sorted(declared)}, so it must return a dict (or a model) with those keys."
@@ -144,7 +149,15 @@ def signature(plan: Plan) -> ModelSignature:
     if isinstance(model_fields, dict):
         fields = tuple(_output_field(n, f.annotation) for n, f in model_fields.items())
         return ModelSignature(inputs, fields, single_output=False)
+    if _undeclared(annotation):
+        return ModelSignature(inputs, (), single_output=None)
     return ModelSignature(inputs, (_output_field(SINGLE_OUTPUT, annotation),), single_output=True)
+
+
+def _undeclared(annotation: Any) -> bool:
+    """No type, or a mapping or object type whose keys are not declared."""
+    base = typing.get_origin(annotation) or annotation
+    return annotation is None or annotation is Any or (isinstance(base, type) and issubclass(base, Mapping)) or base is object
 
 
 def _input_fields(schema: Any) -> dict[str, TensorField]:
