@@ -83,6 +83,12 @@ class _Size(click.ParamType):
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
 )
+@click.option(
+    "--grpc-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Also serve the Open Inference Protocol over gRPC on this port (0 picks a free one) [default: off].",
+)
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run: ray (one Serve deployment per node) or local (in-process) [default: ray].")
 @click.option("--address", default=None, help="Ray cluster address (passed to the backend as address=).")
 @click.option(
@@ -253,6 +259,7 @@ def _run(
     host: str,
     port: int,
     backend: str | None,
+    grpc_port: int | None = None,
     address: str | None,
     allow_unauthenticated_ray: bool,
     token: str | None,
@@ -315,6 +322,7 @@ def _run(
             log_level=log_level,
             log_format=log_format,
             on_ready=announce,
+            grpc_port=grpc_port,
         )
     except DagserveError as exc:
         raise click.ClickException(str(exc)) from None

@@ -93,6 +93,7 @@ class ServerConfig(BaseModel):
 
     host: str | None = None
     port: int | None = Field(None, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)
     max_body_size: int | None = Field(None, gt=0, description="bytes, or a size such as 1MiB")
     max_in_flight: int | None = Field(None, ge=1)
     body_timeout: float | None = Field(None, gt=0)

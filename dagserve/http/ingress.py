@@ -417,6 +417,13 @@ class Ingress:
         if shape is None:
             shape = error_shape(request.scope.get("path", ""), request.scope.get("root_path", ""))
         status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug, shape=shape)
+        self.log_failure(exc, status, rid)
+        if extra_headers:
+            headers.update(extra_headers)
+        return _error(status, body, headers)
+
+    def log_failure(self, exc: BaseException, status: int, rid: str) -> None:
+        """The server log's line for a failed request (a traceback only for an unexpected error)."""
         if status >= 500:
             if isinstance(exc, DagserveError):
                 logger.warning("request %s failed with %s: %s", rid, status, exc)
@@ -424,9 +431,6 @@ class Ingress:
                 logger.error("request %s failed", rid, exc_info=exc)
         elif logger.isEnabledFor(logging.DEBUG):
             logger.debug("request %s rejected with %s: %s", rid, status, exc)
-        if extra_headers:
-            headers.update(extra_headers)
-        return _error(status, body, headers)
 
     async def _dagserve_exception(self, request: Request, exc: Exception) -> Response:
         return self._error_response(exc, request, _rid(request.scope))

@@ -16,8 +16,8 @@ import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import DagserveError, OptionsError
 from dagserve.http.config import (
@@ -62,8 +62,10 @@ def run_server(
     log_level: str = "info",
     log_format: str = "text",
     on_ready: Callable[[str], None] | None = None,
+    companions: Sequence[Companion] = (),
 ) -> None:
-    """Serve the ASGI app ``web`` with uvicorn until SIGINT/SIGTERM (main thread) or ``should_exit``."""
+    """Serve the ASGI app ``web`` with uvicorn until SIGINT/SIGTERM (main thread) or ``should_exit``;
+    ``companions`` (e.g. the gRPC server) start before it and stop with it (see :class:`Companion`)."""
     server = make_server(
         web,
         host=host,
@@ -75,6 +77,7 @@ def run_server(
         log_level=log_level,
         log_format=log_format,
         on_ready=on_ready,
+        companions=companions,
     )
     try:
         server.run()
@@ -99,6 +102,7 @@ def make_server(
     log_level: str | int | None = "info",
     log_format: str = "text",
     on_ready: Callable[[str], None] | None = None,
+    companions: Sequence[Companion] = (),
 ) -> Any:
     """A configured (not yet running) uvicorn server for ``web``.
 
@@ -122,7 +126,7 @@ def make_server(
         timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
     )
-    return _server_class()(config, host=host, on_ready=on_ready)
+    return _server_class()(config, host=host, on_ready=on_ready, companions=tuple(companions))
 
 
 def _log_config(log_format: str = "text") -> dict[str, Any]:
@@ -249,15 +253,30 @@ def _server_class() -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
-        def __init__(self, config: Any, *, host: str, on_ready: Callable[[str], None] | None) -> None:
+        def __init__(
+            self, config: Any, *, host: str, on_ready: Callable[[str], None] | None, companions: tuple[Companion, ...] = ()
+        ) -> None:
             super().__init__(config)
             self._host = host
             self._on_ready = on_ready
+            self.companions = companions
             self.url: str | None = None
 
         async def startup(self, sockets: Any = None) -> None:
+            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
+            started: list[Companion] = []
+            try:
+                for companion in self.companions:  # bound first: a taken port stops everything before HTTP
+                    await companion.start(ingress)
+                    started.append(companion)
+            except BaseException:
+                for companion in reversed(started):
+                    await companion.stop(0)
+                raise
             await super().startup(sockets=sockets)
             if not self.started:
+                for companion in reversed(started):
+                    await companion.stop(0)
                 return
             port = self.servers[0].sockets[0].getsockname()[1]
             self.url = url_for(self._host, port)
@@ -268,7 +287,8 @@ def _server_class() -> type:
             ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
             if ingress is not None:
                 ingress.draining = True  # /-/ready says 503 while requests in flight finish
-            await super().shutdown(sockets=sockets)
+            grace = self.config.timeout_graceful_shutdown or 0
+            await asyncio.gather(super().shutdown(sockets=sockets), *(c.stop(grace) for c in self.companions))
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -286,6 +306,15 @@ def _server_class() -> type:
                     signal.signal(sig, handler)
 
     return Server
+
+
+class Companion(Protocol):
+    """A server that runs beside the HTTP one, on its loop (the gRPC server): ``start(ingress)``
+    before HTTP binds, ``stop(grace_s)`` while HTTP drains."""
+
+    async def start(self, ingress: Any) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
 
 
 #: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.
