@@ -201,8 +201,20 @@ def _annotation(plan: Plan, template: Any) -> Any:
     if isinstance(template, Ref):
         step = plan.steps[template.index]
         if step.kind == "call":
-            return step.returns
+            return _declared_return(plan, step) or step.returns
     return None
+
+
+def _declared_return(plan: Plan, step: Any) -> Any:
+    """The return annotation with its ``Annotated`` extras (the compiler's ``returns`` drops them)."""
+    spec = next((d for d in plan.deployments if d.name == step.deployment), None)
+    if spec is None:
+        return None
+    fn = spec.target if spec.kind == "function" else getattr(spec.target, step.method or "__call__", None)
+    try:
+        return typing.get_type_hints(fn, include_extras=True).get("return")
+    except Exception:  # unresolvable forward references: undeclared
+        return None
 
 
 def _fields(result: Any) -> dict[str, Any] | None:
