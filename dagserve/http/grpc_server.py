@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dagserve._errors import DagserveError, TensorError
 from dagserve.http.errors import error_from_exception
-from dagserve.http.ingress import Ingress, check_bearer
+from dagserve.http.ingress import Ingress
 from dagserve.http.oip import MODEL_VERSION, find_model, is_ready, model_metadata, server_metadata
 from dagserve.oip import grpc_predict_v2_pb2 as pb
 from dagserve.oip.codec import datatype_of, from_raw, from_values, to_raw
@@ -246,11 +246,8 @@ class _Service:
 
     # -- rules shared with the ingress -----------------------------------------------------------
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        token = self.ingress._token
-        if token is None:
-            return
         header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
-        check_bearer(header if isinstance(header, str) else None, token)
+        self.ingress.check_token(header if isinstance(header, str) else None)
 
     def _model(self, context: grpc.aio.ServicerContext, name: str, version: str, *, authorized: bool = False) -> App:
         if not authorized:

@@ -125,7 +125,8 @@ class Ingress:
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
-        routes += oip_routes(self)  # /v2/...: the Open Inference Protocol (http/oip.py)
+        # /v2/...: the Open Inference Protocol (http/oip.py)
+        routes += oip_routes(self.apps, self._authorize, self.run_graph, lambda: self.draining)
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
@@ -324,8 +325,12 @@ class Ingress:
 
     # -- auth --------------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
+        self.check_token(request.headers.get("authorization"))
+
+    def check_token(self, header: str | None) -> None:
+        """401 unless ``header`` (an Authorization value) carries the token, when one is configured."""
         if self._token is not None:
-            check_bearer(request.headers.get("authorization"), self._token)
+            check_bearer(header, self._token)
 
     def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:

@@ -38,10 +38,11 @@ from dagserve.oip.codec import HEADER_LENGTH, datatype_of, from_raw, from_values
 from dagserve.oip.model import ModelSignature, signature
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from starlette.types import Scope
 
     from dagserve.app import App
-    from dagserve.http.ingress import Ingress
 
 __all__ = ["MODEL_VERSION", "SERVER_EXTENSIONS", "model_metadata", "oip_routes", "server_metadata"]
 
@@ -87,8 +88,14 @@ async def is_ready(app: App) -> bool:
         return False
 
 
-def oip_routes(ingress: Ingress) -> list[BaseRoute]:
-    """The /v2 routes of ``ingress``."""
+def oip_routes(
+    apps: dict[str, App],
+    authorize: Callable[[Request], None],
+    run_graph: Callable[[Request, App, Door], Awaitable[Response]],
+    draining: Callable[[], bool],
+) -> list[BaseRoute]:
+    """The /v2 routes of an ingress serving ``apps``: ``authorize`` checks a request's token,
+    ``run_graph`` runs one graph request through a door, ``draining()`` says the server stops."""
     doors: dict[str, Door] = {}
 
     def door_of(app: App) -> Door:
@@ -101,38 +108,38 @@ def oip_routes(ingress: Ingress) -> list[BaseRoute]:
         return _json({"live": True})
 
     async def ready(request: Request) -> Response:
-        waiting = [name for name, app in ingress.apps.items() if ingress.draining or not await is_ready(app)]
+        waiting = [name for name, app in apps.items() if draining() or not await is_ready(app)]
         if waiting:
             raise HTTPError(503, f"Not ready: {', '.join(waiting)} (a deployment is starting, scaling or unhealthy).",
                             error_type="NotReady", headers={"retry-after": "5"})
         return _json({"ready": True})
 
     async def server(request: Request) -> Response:
-        ingress._authorize(request)
+        authorize(request)
         return _json(server_metadata())
 
     def model(request: Request) -> App:
-        ingress._authorize(request)
+        authorize(request)
         params = request.path_params
-        return find_model(ingress.apps, params["graph"], params.get("version"))
+        return find_model(apps, params["graph"], params.get("version"))
 
     async def metadata(request: Request) -> Response:
         return _json(model_metadata(model(request)))
 
     async def model_ready(request: Request) -> Response:
         app = model(request)
-        if ingress.draining or not await is_ready(app):
+        if draining() or not await is_ready(app):
             raise HTTPError(503, f"Model {app.name!r} is not ready.", error_type="NotReady", headers={"retry-after": "5"})
         return _json({"name": app.name, "ready": True})
 
     async def infer(request: Request) -> Response:
         params = request.path_params
         try:
-            app = find_model(ingress.apps, params["graph"], params.get("version"))
+            app = find_model(apps, params["graph"], params.get("version"))
         except HTTPError:
-            ingress._authorize(request)  # a caller without the token learns nothing of the models
+            authorize(request)  # a caller without the token learns nothing of the models
             raise
-        return await ingress.run_graph(request, app, door_of(app))
+        return await run_graph(request, app, door_of(app))
 
     routes: list[BaseRoute] = [
         Route("/v2/health/live", live, methods=["GET"], name="oip_live"),
@@ -174,11 +181,14 @@ def request_payload(sig: ModelSignature, doc: Any, binary: memoryview) -> tuple[
     answer needs of the request: its id, the outputs asked for, which of them in binary."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise TensorError('An infer request is a JSON object with "inputs": a list of tensors.')
+    if not isinstance(doc.get("id", ""), str) or not isinstance(doc.get("parameters", {}), dict):
+        raise TensorError('An infer request\'s "id" is a string and its "parameters" an object.')
     tensors = []
     at = 0
     for entry in doc["inputs"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise TensorError('Each of "inputs" is an object with a "name", a "datatype", a "shape" and "data".')
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("parameters", {}), dict):
+            raise TensorError('Each of "inputs" is an object with a "name", a "datatype", a "shape" and "data" '
+                              '(or "parameters": {"binary_data_size": N}).')
         name = entry["name"]
         size = _params(entry).get("binary_data_size")
         if size is not None:
@@ -193,12 +203,14 @@ def request_payload(sig: ModelSignature, doc: Any, binary: memoryview) -> tuple[
         raise TensorError(f"The body holds {len(binary) - at} bytes of binary data that no input claims.")
     binary_default = bool(_params(doc).get("binary_data_output", False))
     wanted: dict[str, bool] | None = None
-    if doc.get("outputs") is not None:
-        if not isinstance(doc["outputs"], list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in doc["outputs"]):
+    if "outputs" in doc:
+        if not isinstance(doc["outputs"], list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters", {}), dict)
+            for o in doc["outputs"]
+        ):
             raise TensorError('"outputs" is a list of objects, each with a "name".')
-        wanted = {o["name"]: bool(_params(o).get("binary_data", binary_default)) for o in doc["outputs"]}
-    request_id = doc.get("id")
-    return sig.payload(tensors), (request_id if isinstance(request_id, str) else None, wanted, binary_default)
+        wanted = {o["name"]: bool(_params(o).get("binary_data", binary_default)) for o in doc["outputs"]} or None
+    return sig.payload(tensors), (doc.get("id"), wanted, binary_default)
 
 
 def answer(model: str, sig: ModelSignature, result: Any, state: Any) -> tuple[bytes, str, dict[str, str] | None]:
@@ -254,3 +266,105 @@ def _check_type(scope: Scope, content_type: str | None) -> None:
 
 def _json(data: Any) -> Response:
     return Response(dump_json(data), media_type=JSON)
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+
+_OIP_ERROR = {"$ref": "#/components/schemas/oip.Error"}
+
+
+def oip_openapi(apps: dict[str, App], *, auth: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The /v2 routes' OpenAPI paths and component schemas (merged into the ingress's document)."""
+    from dagserve.graph.tensors import DATATYPES
+
+    tensor = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": list(DATATYPES)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": {"description": "The values, flat or nested row-major (BYTES: strings); absent when in binary."},
+            "parameters": {"type": "object", "description": "binary_data_size: bytes of this tensor after the JSON."},
+        },
+    }
+    components = {
+        "oip.Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "oip.Tensor": tensor,
+        "oip.InferRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object", "description": "binary_data_output: every output in binary."},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/oip.Tensor"}},
+                "outputs": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name"],
+                              "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}},
+                },
+            },
+        },
+        "oip.InferResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/oip.Tensor"}},
+            },
+        },
+    }
+    security = [{"bearerAuth": []}] if auth else None
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": _op("oip_live", "Liveness (Open Inference Protocol).", {"live": {"type": "boolean"}})},
+        "/v2/health/ready": {"get": _op("oip_ready", "Readiness of every model.", {"ready": {"type": "boolean"}})},
+        "/v2": {"get": _op("oip_server", "Server metadata.", {"name": {"type": "string"}}, security)},
+    }
+    for name, app in apps.items():
+        inputs = ", ".join(f"`{t['name']}` {t['datatype']} {t['shape']}" for t in model_metadata(app)["inputs"]) or "any"
+        infer = _op(
+            f"oip_infer_{name}",
+            f"Run graph {name!r} on tensors (inputs: {inputs}). JSON, or JSON then binary tensor data "
+            "(Inference-Header-Content-Length).",
+            None,
+            security,
+        )
+        infer["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/oip.InferRequest"}},
+                _OCTETS: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+        infer["responses"]["200"]["content"] = {
+            "application/json": {"schema": {"$ref": "#/components/schemas/oip.InferResponse"}},
+            _OCTETS: {"schema": {"type": "string", "format": "binary"}},
+        }
+        for status, why in (("400", "A tensor is unknown, missing or of the wrong datatype or shape."),
+                            ("404", "No such model."), ("500", "A node raised (named)."),
+                            ("503", "Overloaded; retry."), ("504", "Past the deadline.")):
+            infer["responses"][status] = {"description": why, "content": {"application/json": {"schema": _OIP_ERROR}}}
+        base = f"/v2/models/{name}"
+        paths[base] = {"get": _op(f"oip_model_{name}", f"Model metadata of {name!r}.", {"inputs": {"type": "array"}}, security)}
+        paths[base + "/ready"] = {"get": _op(f"oip_model_ready_{name}", f"Is {name!r} ready?", {"ready": {"type": "boolean"}}, security)}
+        paths[base + "/infer"] = {"post": infer}
+    return paths, components
+
+
+def _op(op_id: str, summary: str, props: dict[str, Any] | None, security: list[Any] | None = None) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if props is not None:
+        ok["content"] = {"application/json": {"schema": {"type": "object", "properties": props}}}
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["Open Inference Protocol"],
+        "responses": {"200": ok, "503": {"description": "Not ready.", "content": {"application/json": {"schema": _OIP_ERROR}}}},
+    }
+    if security:
+        op["security"] = security
+        op["responses"]["401"] = {"description": "The bearer token is missing or wrong.",
+                                  "content": {"application/json": {"schema": _OIP_ERROR}}}
+    return op
