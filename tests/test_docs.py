@@ -10,6 +10,8 @@ The mechanism, for anyone writing a page:
   what it prints must match, line for line (trailing spaces ignored).
 * ```` ```python legacy ```` blocks are code of another library (Ray Serve's removed API in the
   migration guide): they are compiled to check their syntax, never run.
+* ```` ```python clients ```` blocks call a served graph with a protocol client (tritonclient,
+  openai) that lives in .venv-clients: compiled here; tests/test_docs_protocols.py runs them.
 * Other blocks (bash, console, json, text elsewhere) are not run.
 * Apps a page deploys and leaves running are shut down after the page.
 
@@ -129,7 +131,7 @@ def run_page(rel: str) -> int:
                 continue
             where = f"{rel}:{block.line}"
             code = compile(block.code, where, "exec")
-            if "legacy" in block.flags:
+            if "legacy" in block.flags or "clients" in block.flags:
                 continue
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
@@ -191,7 +193,7 @@ def test_page_code_blocks_run(page: str, tmp_path: Path, monkeypatch: pytest.Mon
     ran = run_page(page)
     text = (ROOT / page).read_text(encoding="utf-8")
     # A page that shows Python must run some of it; a page without Python passes trivially.
-    assert ran > 0 or not any(b.language == "python" and "legacy" not in b.flags for b in blocks(text))
+    assert ran > 0 or not any(b.language == "python" and not b.flags & {"legacy", "clients"} for b in blocks(text))
 
 
 def test_readme_first_example_is_short_and_prints_what_it_shows() -> None:

@@ -12,6 +12,7 @@ tensors, each given to it as a numpy array.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -212,9 +213,23 @@ def _declared_return(plan: Plan, step: Any) -> Any:
         return None
     fn = spec.target if spec.kind == "function" else getattr(spec.target, step.method or "__call__", None)
     try:
-        return typing.get_type_hints(fn, include_extras=True).get("return")
+        annotation = typing.get_type_hints(fn, include_extras=True).get("return")
     except Exception:  # unresolvable forward references: undeclared
         return None
+    if step.streams:  # a generator node: its items' type
+        args = typing.get_args(annotation)
+        return args[0] if typing.get_origin(annotation) in _GENERATORS and args else None
+    return annotation
+
+
+_GENERATORS = (
+    collections.abc.Iterator,
+    collections.abc.Iterable,
+    collections.abc.Generator,
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+)
 
 
 def _fields(result: Any) -> dict[str, Any] | None:

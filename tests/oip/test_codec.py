@@ -139,3 +139,9 @@ def test_a_declared_return_annotation_is_the_output_tensor() -> None:
     assert [f.metadata() for f in sig.outputs] == [{"name": "output", "datatype": "INT64", "shape": [2]}]
     ((name, array),) = sig.outputs_of(np.array([1, 2], np.int32))
     assert name == "output" and array.dtype == np.int64
+
+
+def test_a_generator_nodes_items_are_its_outputs() -> None:
+    sig = signature(dagserve.compile(og.counting))
+    assert sig.single_output is None  # Iterator[dict[str, Any]]: named by each item's keys
+    assert [name for name, _ in sig.outputs_of({"i": 1, "word": "w"})] == ["i", "word"]
