@@ -262,8 +262,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _dagserve_run(target: str, cwd: Path) -> Iterator[str]:
-    """``dagserve run TARGET --backend local`` on a free port; yields the base URL."""
+def _dagserve_run(target: str, cwd: Path, *extra: str) -> Iterator[str]:
+    """``dagserve run TARGET --backend local`` (and ``extra`` options) on a free port; yields the base URL."""
     import os
     import subprocess
     import sys
@@ -274,7 +274,7 @@ def _dagserve_run(target: str, cwd: Path) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagserve", "run", target, "--backend", "local", "--port", str(port)],
+        [sys.executable, "-m", "dagserve", "run", target, "--backend", "local", "--port", str(port), *extra],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

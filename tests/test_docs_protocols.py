@@ -4,18 +4,13 @@ printing what the page shows."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.test_docs import ROOT, _free_port, _followed_by_output, blocks
+from tests.test_docs import ROOT, _dagserve_run, _free_port, _followed_by_output, blocks
 
 PAGE = ROOT / "docs" / "protocols.md"
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
@@ -31,30 +26,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]
     assert "dagserve run scoring:graphs --backend local --port 8000 --grpc-port 8001" in text
     cwd = tmp_path_factory.mktemp("protocols")
     (cwd / "scoring.py").write_text(module.code, encoding="utf-8")
-    port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagserve", "run", "scoring:graphs", "--backend", "local", "--port", str(port),
-         "--grpc-port", str(grpc_port), "--no-admin"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "dagserve run exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "dagserve run was not ready within 60 s"
-            time.sleep(0.2)
-        yield port, grpc_port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    grpc_port = _free_port()
+    with _dagserve_run("scoring:graphs", cwd, "--grpc-port", str(grpc_port), "--no-admin") as base:
+        yield int(base.rsplit(":", 1)[1]), grpc_port
 
 
 def _localised(text: str, port: int, grpc_port: int) -> str:
