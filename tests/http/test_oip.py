@@ -25,9 +25,14 @@ BODY = {
 }
 
 
+SEEN: list[dagserve.RequestContext] = []
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     apps = [dagserve.deploy(g, backend="local", request_timeout_s=10) for g in og.ALL]
+    SEEN.clear()
+    apps[0].observers.append(lambda app, ctx, error, seconds: SEEN.append(ctx))
     web = dagserve.asgi_app(apps, token="tok", max_body_bytes=64 * 1024, max_in_flight=1)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as c:
         yield c
@@ -67,7 +72,9 @@ async def test_json_infer_gives_the_values_of_app_call(client: httpx.AsyncClient
     outputs = {o["name"]: o for o in doc["outputs"]}
     assert outputs["sums"] == {"name": "sums", "datatype": "FP32", "shape": [2], "data": [6.0, 22.0]}
     assert outputs["greeting"]["data"] == ["hello ada"] and outputs["rows"]["data"] == [2]
-    assert r.headers["x-request-id"]
+    assert [(ctx.request_id, ctx.protocol) for ctx in SEEN] == [(r.headers["x-request-id"], "oip")]
+    await client.post("/tensors", json={"pixels": [[1, 1, 1, 1]], "name": "x"}, headers=AUTH)
+    assert SEEN[-1].protocol == "http"
 
 
 async def test_binary_tensor_data_in_and_out(client: httpx.AsyncClient) -> None:
