@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from dagserve._errors import DagserveError, TensorError
 from dagserve.http.errors import error_from_exception
 from dagserve.http.ingress import Ingress
-from dagserve.http.oip import MODEL_VERSION, find_model, is_ready, model_metadata, server_metadata
+from dagserve.http.oip import MODEL_VERSION, find_model, is_ready, model_metadata, server_metadata, streaming_model
 from dagserve.oip import grpc_predict_v2_pb2 as pb
 from dagserve.oip.codec import datatype_of, from_raw, from_values, to_raw
 from dagserve.oip.model import ModelSignature, signature
@@ -192,11 +192,13 @@ class _Service:
         admitted = False
         try:
             app = self._model(context, request.model_name, request.model_version)
+            if app.streams:
+                raise streaming_model(app.name, "ModelInfer")
             self.ingress._admit()
             admitted = True
             sig, payload, wanted = await self._decode(app, request)
             ctx = RequestContext(request_id=rid, trace=trace, protocol="grpc")
-            result = await app.acall(payload, context=ctx, timeout_s=context.time_remaining())
+            result = await app.acall(payload, context=ctx, timeout_s=_timeout(app, context))
             return _answer(app, sig, request.id, result, wanted)
         except Exception as exc:
             await self._abort(context, exc, rid)
@@ -218,7 +220,7 @@ class _Service:
                 admitted = True
                 sig, payload, wanted = await self._decode(app, request)
                 ctx = RequestContext(request_id=rid, trace=trace, protocol="grpc")
-                async for item in app.astream(payload, context=ctx, timeout_s=context.time_remaining()):
+                async for item in app.astream(payload, context=ctx, timeout_s=_timeout(app, context)):
                     yield pb.ModelStreamInferResponse(infer_response=_answer(app, sig, request.id, item, wanted))
             except Exception as exc:
                 status, message = self._failure(exc, rid)
@@ -269,6 +271,15 @@ class _Service:
         status, message = self._failure(exc, rid)
         context.set_trailing_metadata((("x-request-id", rid),))
         await context.abort(grpc_code(status), message)
+
+
+def _timeout(app: App, context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as the request's timeout, never past the graph's own (``None``: its own)."""
+    left = context.time_remaining()
+    limit = app.request_timeout_s
+    if left is None or (limit is not None and left >= limit):
+        return None
+    return max(left, 0.0)
 
 
 def _identity(context: grpc.aio.ServicerContext, request_id: str) -> tuple[str, Any]:

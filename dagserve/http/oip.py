@@ -44,7 +44,17 @@ if TYPE_CHECKING:
 
     from dagserve.app import App
 
-__all__ = ["MODEL_VERSION", "SERVER_EXTENSIONS", "model_metadata", "oip_routes", "server_metadata"]
+__all__ = [
+    "MODEL_VERSION",
+    "SERVER_EXTENSIONS",
+    "find_model",
+    "is_ready",
+    "model_metadata",
+    "oip_openapi",
+    "oip_routes",
+    "server_metadata",
+    "streaming_model",
+]
 
 #: A graph has one version as a model.
 MODEL_VERSION = "1"
@@ -155,6 +165,14 @@ def oip_routes(
     return routes
 
 
+def streaming_model(name: str, door: str) -> RequestError:
+    """The refusal of a one-answer infer on a streaming graph."""
+    return RequestError(
+        f"Model {name!r} streams its answer, which {door} cannot carry; call it over gRPC (ModelStreamInfer), "
+        "or through its JSON route."
+    )
+
+
 def infer_door(app: App) -> Door:
     """How the infer route of ``app`` reads tensors and writes them (see :class:`Door`)."""
     sig = signature(app.plan)
@@ -162,10 +180,7 @@ def infer_door(app: App) -> Door:
 
     def decode(body: bytes, scope: Scope, max_depth: int) -> tuple[Any, Any]:
         if streams:
-            raise RequestError(
-                f"Model {app.name!r} streams its answer, which OIP's REST infer cannot carry; call it over gRPC "
-                "(ModelStreamInfer), or through its JSON route."
-            )
+            raise streaming_model(app.name, "OIP's REST infer")
         header, binary = split_binary(body, _header(scope))
         doc = parse_json(header, max_depth=max_depth)
         return request_payload(sig, doc, binary)

@@ -287,8 +287,13 @@ def _server_class() -> type:
             ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
             if ingress is not None:
                 ingress.draining = True  # /-/ready says 503 while requests in flight finish
+            # Companions drain beside HTTP (their own tasks); uvicorn's shutdown stays in this one.
             grace = self.config.timeout_graceful_shutdown or 0
-            await asyncio.gather(super().shutdown(sockets=sockets), *(c.stop(grace) for c in self.companions))
+            stops = [asyncio.ensure_future(c.stop(grace)) for c in self.companions]
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                await asyncio.gather(*stops)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -113,6 +113,9 @@ def test_deadline_cancellation_admission_and_size(served: tuple[grpc.Channel, di
         infer(count_request(0), metadata=AUTH)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "max_in_flight=2" in info.value.details()
     assert [r.result().id for r in running] == ["my-id", "my-id"]
+    with pytest.raises(grpc.RpcError) as info:
+        infer(count_request(2, model="counting"), metadata=AUTH)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ModelStreamInfer" in info.value.details()
     # max_body_bytes bounds a message.
     big = count_request(0, "x" * 70_000)
     with pytest.raises(grpc.RpcError) as info:
