@@ -147,3 +147,19 @@ def test_a_taken_port_fails_before_http_binds() -> None:
             second = BackgroundServer(app.asgi(), companions=[GrpcServer("127.0.0.1", first.port)])
             with pytest.raises(dagserve.DagserveError, match="did not start"):
                 second.start(timeout_s=20)
+
+
+def test_a_graceful_stop_lets_the_call_in_flight_finish() -> None:
+    with dagserve.deploy(og.sleepy, backend="local") as app:
+        server = GrpcServer("127.0.0.1", 0)
+        bg = BackgroundServer(app.asgi(), companions=[server], shutdown_timeout_s=20)
+        bg.start()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            infer = rpc(channel, "ModelInfer", pb.ModelInferResponse)
+            running = infer.future(count_request(1, "done"))
+            wait_for(lambda: app.in_flight == 1)
+            bg.stop()
+            assert running.result(timeout=30).raw_output_contents[0] == b"\x04\x00\x00\x00done"
+            with pytest.raises(grpc.RpcError) as info:
+                infer(count_request(0), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
