@@ -12,6 +12,7 @@ when a value is validated, never when dagserve is imported.
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 from dagserve._errors import GraphError, TensorError
 
-__all__ = ["DATATYPES", "SCALAR_DATATYPES", "TensorSpec", "numpy_module", "tensor_spec_of"]
+__all__ = ["DATATYPES", "SCALAR_DATATYPES", "TensorSpec", "datatype_of_dtype", "numpy_module", "tensor_spec_of"]
 
 #: OIP datatype -> numpy dtype name (BYTES: an object array of ``bytes``).
 DATATYPES: dict[str, str] = {
@@ -89,9 +90,9 @@ class TensorSpec:
         np = numpy_module()
         if isinstance(value, np.ndarray):
             array = value
-            if _datatype_of_dtype(array.dtype) != self.datatype:
+            if datatype_of_dtype(array.dtype) != self.datatype:
                 raise TensorError(
-                    f"{where} is a tensor of {array.dtype} ({_datatype_of_dtype(array.dtype) or 'no OIP datatype'}); "
+                    f"{where} is a tensor of {array.dtype} ({datatype_of_dtype(array.dtype) or 'no OIP datatype'}); "
                     f"it takes {self.datatype}.",
                     input=where,
                 )
@@ -139,14 +140,20 @@ _JSON_LEAVES = {
 }
 
 
-def _datatype_of_dtype(dtype: Any) -> str | None:
-    name = str(dtype)
+def datatype_of_dtype(dtype: Any) -> str | None:
+    """The OIP datatype of a numpy dtype (``None``: it has none, e.g. complex numbers)."""
     if dtype.kind in "OSU":
         return "BYTES"
-    for datatype, np_name in DATATYPES.items():
-        if np_name == name:
-            return datatype
-    return None
+    found = _by_dtype().get(dtype)
+    if found is None and dtype.byteorder not in "=|":  # a big-endian array: its native twin
+        found = _by_dtype().get(dtype.newbyteorder("="))
+    return found
+
+
+@functools.cache
+def _by_dtype() -> dict[Any, str]:
+    np = numpy_module()
+    return {np.dtype(name): datatype for datatype, name in DATATYPES.items() if datatype != "BYTES"}
 
 
 def tensor_spec_of(annotation: Any) -> TensorSpec | None:

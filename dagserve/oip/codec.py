@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagserve._errors import TensorError
-from dagserve.graph.tensors import DATATYPES, numpy_module
+from dagserve.graph.tensors import DATATYPES, datatype_of_dtype, numpy_module
 
 __all__ = [
     "HEADER_LENGTH",
@@ -168,14 +168,7 @@ def _count_error(name: str, dims: tuple[int, ...], got: int) -> TensorError:
 
 def datatype_of(array: Any) -> str | None:
     """The OIP datatype of a numpy array (``None``: it has none, e.g. complex numbers)."""
-    kind = array.dtype.kind
-    if kind in "OSU":
-        return "BYTES"
-    name = array.dtype.name
-    for datatype, numpy_name in DATATYPES.items():
-        if numpy_name == name:
-            return datatype
-    return None
+    return datatype_of_dtype(array.dtype)
 
 
 def to_array(name: str, value: Any, datatype: str | None = None) -> Any:

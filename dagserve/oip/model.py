@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -94,6 +95,10 @@ class ModelSignature:
     outputs: tuple[TensorField, ...]
     single_output: bool | None
 
+    @functools.cached_property
+    def _declared(self) -> dict[str, str | None]:
+        return {f.name: f.datatype for f in self.outputs}
+
     def payload(self, tensors: list[tuple[str, str, Any]]) -> dict[str, Any]:
         """The graph's payload from ``(name, datatype, array)`` tensors; :class:`TensorError`
         names an unknown, repeated, missing or unfitting input."""
@@ -120,7 +125,7 @@ class ModelSignature:
 
     def outputs_of(self, result: Any, wanted: list[str] | None = None) -> list[tuple[str, Any]]:
         """``(name, array)`` per output tensor of ``result``, only ``wanted`` ones when given."""
-        declared = {f.name: f.datatype for f in self.outputs}
+        declared = self._declared
         values = None if self.single_output else _fields(result)
         if values is None:
             if self.single_output is None or self.single_output:
