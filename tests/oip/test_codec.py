@@ -145,3 +145,19 @@ def test_a_generator_nodes_items_are_its_outputs() -> None:
     sig = signature(dagserve.compile(og.counting))
     assert sig.single_output is None  # Iterator[dict[str, Any]]: named by each item's keys
     assert [name for name, _ in sig.outputs_of({"i": 1, "word": "w"})] == ["i", "word"]
+
+
+@dagserve.node
+def echo(payload: dict) -> dict:
+    return payload
+
+
+def test_a_graph_without_a_schema_takes_any_tensors_as_arrays() -> None:
+    with dagserve.Input() as inp:
+        graph = dagserve.Graph(echo(inp), name="echo_any")
+    sig = signature(dagserve.compile(graph))
+    assert sig.inputs is None and sig.outputs == ()
+    array = np.arange(3)
+    assert sig.payload([("anything", "INT64", array)]) == {"anything": array}
+    with pytest.raises(dagserve.TensorError, match="Input 'a' is sent twice"):
+        sig.payload([("a", "INT64", array), ("a", "INT64", array)])
