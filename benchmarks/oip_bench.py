@@ -5,8 +5,9 @@
 One ``dagserve run`` (HTTP and ``--grpc-port``) serves two graphs on 127.0.0.1:
 
 * ``chain``: pre (x+1) -> model (*2) -> post ({'y': n}), the ``chain`` workload's three trivial
-  steps with an ``x: int`` schema. Measured through the JSON route (``wrk``, 32 connections)
-  and through gRPC ``ModelInfer`` (32 calls in flight from one ``grpc.aio`` client process).
+  ``async def`` steps (benchmarks/servers/dagserve_app.py) with an ``x: int`` schema. Measured
+  through the JSON route (``wrk``, 32 connections) and through gRPC ``ModelInfer`` (32 calls in
+  flight from one ``grpc.aio`` client process).
   Target: gRPC >= 1.0x the JSON route. The gRPC client is Python and shares the machine's cores
   with the server, where wrk is C: the ratio understates gRPC.
   The server's CPU time per request is reported too (its process's user+system time over the
@@ -49,17 +50,17 @@ class X(BaseModel):
 
 
 @dagserve.node
-def pre(req: X) -> int:
+async def pre(req: X) -> int:
     return req.x + 1
 
 
 @dagserve.node
-def model(n: int) -> int:
+async def model(n: int) -> int:
     return n * 2
 
 
 @dagserve.node
-def post(n: int) -> dict[str, int]:
+async def post(n: int) -> dict[str, int]:
     return {"y": n}
 
 
