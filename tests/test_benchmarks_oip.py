@@ -10,7 +10,7 @@ import numpy as np
 
 import dagserve
 from benchmarks import oip_bench, wrk
-from dagserve.http.oip import request_payload
+from dagserve.http.oip_rest import request_payload
 from dagserve.oip.codec import split_binary
 from dagserve.oip.model import signature
 

@@ -4,7 +4,7 @@ The ingress runs every graph request the same way (token, admission, body limits
 hang-up cancellation, errors); a :class:`Door` supplies only what differs between protocols: the
 check of the body's type, turning the body into the graph's payload, turning the graph's output
 into the answer's bytes, and the shape of error answers. The JSON routes are one door
-(:data:`JSON_DOOR`), the Open Inference Protocol's infer routes another (``http/oip.py``).
+(:data:`JSON_DOOR`), the Open Inference Protocol's infer routes another (``http/oip_rest.py``).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from dagserve._errors import DagserveError, TensorError
 from dagserve.http.errors import error_from_exception
 from dagserve.http.ingress import Ingress
-from dagserve.http.oip import MODEL_VERSION, find_model, is_ready, model_metadata, server_metadata, streaming_model
+from dagserve.http.oip_rest import MODEL_VERSION, find_model, is_ready, model_metadata, server_metadata, streaming_model
 from dagserve.oip import grpc_predict_v2_pb2 as pb
 from dagserve.oip.codec import datatype_of, from_raw, from_values, to_raw
 from dagserve.oip.model import ModelSignature, signature

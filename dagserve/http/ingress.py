@@ -45,7 +45,7 @@ from dagserve.http.errors import HTTPError, error_body, error_from_exception, er
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
-from dagserve.http.oip import oip_routes
+from dagserve.http.oip_rest import oip_routes
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.streaming import StreamAnswer, first_item, stream_format
@@ -125,7 +125,7 @@ class Ingress:
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
-        # /v2/...: the Open Inference Protocol (http/oip.py)
+        # /v2/...: the Open Inference Protocol (http/oip_rest.py)
         routes += oip_routes(self.apps, self._authorize, self.run_graph, lambda: self.draining)
         admin_token = self.config.admin_token
         if admin_token:

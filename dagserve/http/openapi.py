@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.http.errors import error_schema
-from dagserve.http.oip import oip_openapi
+from dagserve.http.oip_rest import oip_openapi
 from dagserve.http.streaming import stream_openapi
 
 if TYPE_CHECKING:

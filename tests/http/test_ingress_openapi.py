@@ -78,7 +78,7 @@ async def test_single_graph_document_is_valid_openapi_31(deployed: list[dagserve
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["title"] == "dagserve: reviews"
     assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/reviews", "/-/healthz", "/-/ready"}
-    assert {p for p in doc["paths"] if p.startswith("/v2")} == {  # the Open Inference Protocol (http/oip.py)
+    assert {p for p in doc["paths"] if p.startswith("/v2")} == {  # the Open Inference Protocol (http/oip_rest.py)
         "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/reviews", "/v2/models/reviews/ready",
         "/v2/models/reviews/infer",
     }

@@ -1,4 +1,4 @@
-"""The OIP REST routes (dagserve/http/oip.py) in process: JSON and binary tensors, the OIP error
+"""The OIP REST routes (dagserve/http/oip_rest.py) in process: JSON and binary tensors, the OIP error
 shape on every /v2 refusal (the ingress's own too), the origin rule for bodies without a type."""
 
 from __future__ import annotations
