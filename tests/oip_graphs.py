@@ -71,3 +71,17 @@ with dagserve.Input(schema=Count) as _inp4:
     sleepy = dagserve.Graph(slow(_inp4), name="sleepy")
 
 ALL = [tensors, counting, failing, sleepy]
+
+
+@dagserve.node
+async def drip(req: Count) -> Any:
+    """One item every 0.2 s (a stream that a client can leave halfway)."""
+    import asyncio
+
+    for i in range(req.n):
+        yield {"i": i}
+        await asyncio.sleep(0.2)
+
+
+with dagserve.Input(schema=Count) as _inp5:
+    dripping = dagserve.Graph(drip(_inp5), name="dripping")

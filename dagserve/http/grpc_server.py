@@ -22,6 +22,7 @@ Tensors are read and written by :mod:`dagserve.oip` (the same codec as the REST 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -220,8 +221,11 @@ class _Service:
                 admitted = True
                 sig, payload, wanted = await self._decode(app, request)
                 ctx = RequestContext(request_id=rid, trace=trace, protocol="grpc")
-                async for item in app.astream(payload, context=ctx, timeout_s=_timeout(app, context)):
-                    yield pb.ModelStreamInferResponse(infer_response=_answer(app, sig, request.id, item, wanted))
+                # Closed at once when the call ends early (the client cancels): the graph's stream stops.
+                items = app.astream(payload, context=ctx, timeout_s=_timeout(app, context))
+                async with contextlib.aclosing(items):  # type: ignore[type-var]
+                    async for item in items:
+                        yield pb.ModelStreamInferResponse(infer_response=_answer(app, sig, request.id, item, wanted))
             except Exception as exc:
                 status, message = self._failure(exc, rid)
                 yield pb.ModelStreamInferResponse(

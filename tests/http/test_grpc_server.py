@@ -163,3 +163,20 @@ def test_a_graceful_stop_lets_the_call_in_flight_finish() -> None:
             with pytest.raises(grpc.RpcError) as info:
                 infer(count_request(0), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_leaving_a_stream_stops_the_graphs_stream() -> None:
+    with dagserve.deploy(og.dripping, backend="local") as app:
+        server = GrpcServer("127.0.0.1", 0)
+        with BackgroundServer(app.asgi(), companions=[server]), grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = channel.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelStreamInferResponse.FromString,
+            )
+            call = stream(iter([count_request(1000, model="dripping")]), timeout=60)
+            first = next(call)
+            assert first.error_message == "" and first.infer_response.outputs[0].name == "i"
+            assert app.in_flight == 1
+            call.cancel()
+            wait_for(lambda: app.in_flight == 0)
