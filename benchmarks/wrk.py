@@ -88,6 +88,13 @@ def lua_script(body: dict[str, Any]) -> str:
     )
 
 
+def file_script(path: str, headers: dict[str, str]) -> str:
+    """A script POSTing the bytes of the file at ``path`` (any bytes: tensors) with ``headers``."""
+    lines = ['wrk.method = "POST"', f'local f = assert(io.open("{path}", "rb"))', "wrk.body = f:read(\"*a\")", "f:close()"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    return "\n".join(lines) + "\n"
+
+
 def run(
     url: str,
     body: dict[str, Any],
@@ -95,16 +102,18 @@ def run(
     connections: int,
     duration_s: float,
     threads: int = 1,
+    script: str | None = None,
 ) -> WrkResult:
-    """Load ``url`` with POSTs of ``body`` for ``duration_s`` over ``connections`` connections."""
+    """Load ``url`` with POSTs of ``body`` (JSON) for ``duration_s`` over ``connections``
+    connections; ``script``: a Lua script of one's own instead (see :func:`file_script`)."""
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError(f"refusing to load {url!r}: benchmarks only send traffic to 127.0.0.1")
     wrk = shutil.which("wrk")
     if wrk is None:
         raise WrkError("wrk is not installed; install it (Debian/Ubuntu: apt-get install wrk)")
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="dagserve-bench-") as script:
-        script.write(lua_script(body))
-        script.flush()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="dagserve-bench-") as lua:
+        lua.write(script if script is not None else lua_script(body))
+        lua.flush()
         argv = [
             wrk,
             f"-t{min(threads, connections)}",
@@ -113,7 +122,7 @@ def run(
             f"--timeout={WRK_TIMEOUT_S}s",
             "--latency",
             "-s",
-            script.name,
+            lua.name,
             url,
         ]
         done = subprocess.run(

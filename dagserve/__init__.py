@@ -48,6 +48,7 @@ from dagserve._errors import (
     RenderError,
     RequestError,
     RequestTimeoutError,
+    TensorError,
 )
 from dagserve._options import Autoscaling, NodeOptions
 from dagserve._version import __version__ as __version__
@@ -55,6 +56,7 @@ from dagserve.app import App, AppGroup, deploy
 from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import Graph, Input, map, node, optional, split, switch
+from dagserve.graph.tensors import TensorSpec
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
@@ -124,6 +126,8 @@ __all__ = [
     "RequestIdFilter",
     "RequestTimeoutError",
     "Step",
+    "TensorError",
+    "TensorSpec",
     "asgi_app",
     "compile",
     "current_request_id",

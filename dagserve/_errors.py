@@ -12,7 +12,8 @@ One root, one class per kind of failure, so callers can catch by type::
     ├── RequestError                the caller's payload cannot be served       (HTTP 4xx)
     │   ├── InputValidationError    the payload failed the Input's schema       (HTTP 422)
     │   │   └── ModelIdError        a model id that is not a usable id          (HTTP 422)
-    │   └── NoRouteError            a switch had no case for the value          (HTTP 422)
+    │   ├── NoRouteError            a switch had no case for the value          (HTTP 422)
+    │   └── TensorError             a tensor's name, datatype or shape is wrong (HTTP 400)
     ├── NodeError                   a node raised while serving a request       (HTTP 500)
     ├── HTTPError                   a node chose the answer's status and detail (HTTP 4xx/5xx)
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
@@ -45,6 +46,7 @@ __all__ = [
     "RenderError",
     "RequestError",
     "RequestTimeoutError",
+    "TensorError",
 ]
 
 
@@ -123,6 +125,24 @@ class NoRouteError(RequestError):
     """A switch got a value that matches none of its cases and it has no default."""
 
     status_code = 422
+
+
+class TensorError(RequestError):
+    """A request's tensor does not fit the graph: an unknown or missing input, a wrong datatype
+    or shape, data that does not match its shape. ``input`` names the input to blame."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, input: str | None = None) -> None:
+        super().__init__(message)
+        self.input = input
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_tensor_error, (type(self), str(self), self.input))
+
+
+def _rebuild_tensor_error(cls: type[TensorError], message: str, input: str | None) -> TensorError:
+    return cls(message, input=input)
 
 
 class NodeError(DagserveError):

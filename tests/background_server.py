@@ -24,8 +24,9 @@ class BackgroundServer:
     def __init__(self, web: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         self._ready = threading.Event()
         options.setdefault("log_level", "warning")
+        companions = options.pop("companions", ())
         server = ServerOptions(host=host, port=port, **options)
-        self.server = make_server(web, server, on_ready=lambda url: self._ready.set())
+        self.server = make_server(web, server, on_ready=lambda url: self._ready.set(), companions=companions)
         self._thread = threading.Thread(target=self._run, name="dagserve-http", daemon=True)
         self._error: BaseException | None = None
 

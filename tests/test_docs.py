@@ -13,6 +13,8 @@ The mechanism, for anyone writing a page:
   what it prints must match, line for line (trailing spaces ignored).
 * ```` ```python legacy ```` blocks are code of another library (Ray Serve's removed API in the
   migration guide): they are compiled to check their syntax, never run.
+* ```` ```python clients ```` blocks call a served graph with a protocol client (tritonclient,
+  openai) that lives in .venv-clients: compiled here; tests/test_docs_protocols.py runs them.
 * Other blocks (bash, console, json, text elsewhere) are not run.
 * Apps a page deploys and leaves running are shut down after the page.
 
@@ -136,7 +138,7 @@ def run_page(rel: str) -> int:
                 continue
             where = f"{rel}:{block.line}"
             code = compile(block.code, where, "exec")
-            if "legacy" in block.flags:
+            if "legacy" in block.flags or "clients" in block.flags:
                 continue
             namespace = page if continues(block) else {"__name__": name}
             namespaces.append(namespace)
@@ -224,7 +226,7 @@ def test_page_code_blocks_run(page: str, tmp_path: Path, monkeypatch: pytest.Mon
     ran = run_page(page)
     text = (ROOT / page).read_text(encoding="utf-8")
     # A page that shows Python must run some of it; a page without Python passes trivially.
-    assert ran > 0 or not any(b.language == "python" and "legacy" not in b.flags for b in blocks(text))
+    assert ran > 0 or not any(b.language == "python" and not b.flags & {"legacy", "clients"} for b in blocks(text))
 
 
 def test_readme_first_example_is_short_and_prints_what_it_shows() -> None:
@@ -293,8 +295,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _dagserve_run(target: str, cwd: Path) -> Iterator[str]:
-    """``dagserve run TARGET --backend local`` on a free port; yields the base URL."""
+def _dagserve_run(target: str, cwd: Path, *extra: str) -> Iterator[str]:
+    """``dagserve run TARGET --backend local`` (and ``extra`` options) on a free port; yields the base URL."""
     import os
     import subprocess
     import sys
@@ -305,7 +307,7 @@ def _dagserve_run(target: str, cwd: Path) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagserve", "run", target, "--backend", "local", "--port", str(port)],
+        [sys.executable, "-m", "dagserve", "run", target, "--backend", "local", "--port", str(port), *extra],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

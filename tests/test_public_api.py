@@ -42,6 +42,8 @@ EXPECTED = [
     "RequestIdFilter",
     "RequestTimeoutError",
     "Step",
+    "TensorError",
+    "TensorSpec",
     "asgi_app",
     "compile",
     "current_request_id",
@@ -73,7 +75,8 @@ def test_import_is_light() -> None:
     # How fast the import is belongs to `make bench` (its build workload); here only what it pulls in.
     code = (
         "import sys, dagserve; "
-        "print([m for m in ('ray', 'starlette', 'uvicorn', 'graphviz', 'networkx', 'prometheus_client', 'rich') "
+        "print([m for m in ('ray', 'starlette', 'uvicorn', 'graphviz', 'networkx', 'prometheus_client', 'rich', 'numpy', "
+        "'grpc', 'google.protobuf') "
         "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -87,6 +87,12 @@ class _Size(click.ParamType):
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one."
 )
+@click.option(
+    "--grpc-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Also serve the Open Inference Protocol over gRPC on this port (0 picks a free one) [default: off].",
+)
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None, help="Where nodes run: ray (one Serve deployment per node) or local (in-process) [default: ray].")
 @click.option("--address", default=None, help="Ray cluster address (passed to the backend as address=).")
 @click.option(
@@ -283,6 +289,7 @@ def server_options(options: dict[str, Any]) -> ServerOptions:
             access_log=take["access_log"],
             log_level=take["log_level"],
             log_format=take["log_format"],
+            grpc_port=take["grpc_port"],
         )
     except DagserveError as exc:
         raise click.UsageError(str(exc)) from None
@@ -291,7 +298,7 @@ def server_options(options: dict[str, Any]) -> ServerOptions:
 #: ``dagserve run``'s settings that make its :class:`~dagserve.http.settings.ServerOptions`.
 _SERVER_FLAGS = (
     "host", "port", "token", "admin_token", "max_body_size", "body_timeout", "max_in_flight", "debug",
-    "allowed_hosts", "header_timeout", "shutdown_timeout", "access_log", "log_level", "log_format",
+    "allowed_hosts", "header_timeout", "shutdown_timeout", "access_log", "log_level", "log_format", "grpc_port",
 )
 
 

@@ -11,7 +11,17 @@ from dagserve.graph.composition import register_graph, start
 from dagserve.graph.nodes import Chain, ModelClass, Node, Stage, nodes_in, walk
 from dagserve.graph.subgraph import call_graph
 
-__all__ = ["Graph"]
+__all__ = ["RESERVED_GRAPH_NAMES", "Graph"]
+
+#: Graph names that routes of the server take, and which routes (a graph is served at /<name>).
+RESERVED_GRAPH_NAMES: dict[str, str] = {
+    "v1": "the OpenAI-compatible routes /v1/...",
+    "v2": "the Open Inference Protocol routes /v2/...",
+    "jobs": "the job routes /jobs/...",
+    "docs": "the API page /docs",
+    "metrics": "the Prometheus metrics /metrics",
+    "openapi.json": "the OpenAPI description /openapi.json",
+}
 
 
 class Graph:
@@ -32,6 +42,11 @@ class Graph:
             raise GraphError(
                 f"Graph name {name!r} is not usable in URLs and deployment names; use letters, digits, "
                 "'_', '-' and '.', at most 64 characters."
+            )
+        if name in RESERVED_GRAPH_NAMES:
+            raise GraphError(
+                f"Graph name {name!r} is reserved: a graph is served at /<name>, and /{name} is "
+                f"{RESERVED_GRAPH_NAMES[name]}. Rename the graph (reserved: {', '.join(RESERVED_GRAPH_NAMES)})."
             )
         if isinstance(output, (Chain, Stage)) and not isinstance(output, ModelClass):
             output = start(output)  # a zero-argument step is called with nothing

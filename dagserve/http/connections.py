@@ -16,8 +16,8 @@ import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve._errors import DagserveError
 from dagserve.http.settings import ServerOptions
@@ -31,10 +31,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dagserve.serve")
 
-def run_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+def run_server(
+    web: Any,
+    options: ServerOptions,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    companions: Sequence[Companion] = (),
+) -> None:
     """Serve the ASGI app ``web`` with uvicorn as ``options`` say until SIGINT/SIGTERM (main
-    thread) or ``should_exit``."""
-    server = make_server(web, options, on_ready=on_ready)
+    thread) or ``should_exit``; ``companions`` (e.g. the gRPC server) start before it and stop
+    with it (see :class:`Companion`)."""
+    server = make_server(web, options, on_ready=on_ready, companions=companions)
     try:
         server.run()
     except SystemExit:
@@ -47,7 +54,13 @@ def run_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], No
         ) from None
 
 
-def make_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], None] | None = None) -> Any:
+def make_server(
+    web: Any,
+    options: ServerOptions,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    companions: Sequence[Companion] = (),
+) -> Any:
     """A configured (not yet running) uvicorn server for ``web``.
 
     Raises :class:`DagserveError` when the installed uvicorn lacks what dagserve's server
@@ -69,7 +82,7 @@ def make_server(web: Any, options: ServerOptions, *, on_ready: Callable[[str], N
         timeout_graceful_shutdown=options.shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
     )
-    return _server_class()(config, host=options.host, on_ready=on_ready)
+    return _server_class()(config, host=options.host, on_ready=on_ready, companions=tuple(companions))
 
 
 def _log_config(log_format: str = "text") -> dict[str, Any]:
@@ -196,15 +209,30 @@ def _server_class() -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
-        def __init__(self, config: Any, *, host: str, on_ready: Callable[[str], None] | None) -> None:
+        def __init__(
+            self, config: Any, *, host: str, on_ready: Callable[[str], None] | None, companions: tuple[Companion, ...] = ()
+        ) -> None:
             super().__init__(config)
             self._host = host
             self._on_ready = on_ready
+            self.companions = companions
             self.url: str | None = None
 
         async def startup(self, sockets: Any = None) -> None:
+            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
+            started: list[Companion] = []
+            try:
+                for companion in self.companions:  # bound first: a taken port stops everything before HTTP
+                    await companion.start(ingress)
+                    started.append(companion)
+            except BaseException:
+                for companion in reversed(started):
+                    await companion.stop(0)
+                raise
             await super().startup(sockets=sockets)
             if not self.started:
+                for companion in reversed(started):
+                    await companion.stop(0)
                 return
             port = self.servers[0].sockets[0].getsockname()[1]
             self.url = url_for(self._host, port)
@@ -218,7 +246,13 @@ def _server_class() -> type:
             ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
             if ingress is not None:
                 ingress.draining = True  # /-/ready says 503 while requests in flight finish
-            await super().shutdown(sockets=sockets)
+            # Companions drain beside HTTP (their own tasks); uvicorn's shutdown stays in this one.
+            grace = self.config.timeout_graceful_shutdown or 0
+            stops = [asyncio.ensure_future(c.stop(grace)) for c in self.companions]
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                await asyncio.gather(*stops)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -236,6 +270,15 @@ def _server_class() -> type:
                     signal.signal(sig, handler)
 
     return Server
+
+
+class Companion(Protocol):
+    """A server that runs beside the HTTP one, on its loop (the gRPC server): ``start(ingress)``
+    before HTTP binds, ``stop(grace_s)`` while HTTP drains."""
+
+    async def start(self, ingress: Any) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
 
 
 #: Scope key dagserve's server sets to the connection's :class:`HangUpWatch`.

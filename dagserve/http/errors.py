@@ -9,6 +9,9 @@
 the dagserve error's class name for other dagserve errors, and a fixed name for HTTP-level ones
 (``InvalidJSON``, ``NotFound`` ...). ``node`` is ``null`` unless a node is to blame. A 422 adds
 ``errors`` (one entry per field: ``loc``, ``msg``, ``type``); debug mode adds ``traceback``.
+
+The Open Inference Protocol's routes (``/v2/...``) answer in that protocol's shape instead,
+``{"error": "<message>"}`` (:func:`error_shape` says which shape a path takes).
 Standard library only.
 """
 
@@ -21,7 +24,10 @@ from typing import Any
 from dagserve._errors import AppClosedError, DagserveError, InputValidationError, NodeError, OverloadedError
 from dagserve._errors import HTTPError as NodeHTTPError
 
-__all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "retry_after"]
+__all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "error_shape", "retry_after"]
+
+#: The error shapes: dagserve's own document, or the Open Inference Protocol's ``{"error": "..."}``.
+SHAPES = ("dagserve", "oip")
 
 # Names for statuses that reach us without a dagserve error (Starlette's own 404/405 ...).
 _STATUS_TYPES = {
@@ -71,6 +77,12 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+def error_shape(path: str, root_path: str = "") -> str:
+    """The error shape of the route at ``path``: ``"oip"`` under ``/v2``, else ``"dagserve"``."""
+    local = path[len(root_path) :] if root_path and path.startswith(root_path) else path
+    return "oip" if local == "/v2" or local.startswith("/v2/") else "dagserve"
+
+
 def error_body(
     status: int,
     error_type: str,
@@ -79,8 +91,11 @@ def error_body(
     request_id: str | None,
     node: str | None = None,
     extra: dict[str, Any] | None = None,
+    shape: str = "dagserve",
 ) -> dict[str, Any]:
-    """The error document (a dict ready for JSON)."""
+    """The error document (a dict ready for JSON), in ``shape`` (see :data:`SHAPES`)."""
+    if shape == "oip":
+        return {"error": message}
     error: dict[str, Any] = {
         "type": error_type,
         "message": message,
@@ -94,7 +109,7 @@ def error_body(
 
 
 def error_from_exception(
-    exc: BaseException, *, request_id: str | None, debug: bool = False
+    exc: BaseException, *, request_id: str | None, debug: bool = False, shape: str = "dagserve"
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, body, headers)`` for ``exc``: dagserve errors by their ``status_code``,
     anything else as a 500 that names only the exception's type (details go to the log)."""
@@ -127,7 +142,7 @@ def error_from_exception(
     if debug:  # a node's own traceback when it has one (from a Ray replica too), else the ingress's
         node_tb = getattr(exc, "traceback", None)
         extra["traceback"] = node_tb if isinstance(node_tb, str) and node_tb else "".join(traceback.format_exception(exc))
-    body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra)
+    body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra, shape=shape)
     return status, body, headers
 
 

@@ -38,11 +38,14 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dagserve._errors import DagserveError, GraphError
+from dagserve.graph.graph import RESERVED_GRAPH_NAMES
 from dagserve.http.admin import admin_routes
-from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
+from dagserve.http.doors import JSON_DOOR, Door
+from dagserve.http.errors import HTTPError, error_body, error_from_exception, error_shape, status_type
 from dagserve.http.hosts import HostFilter
-from dagserve.http.jsonio import dump_json, parse_json
+from dagserve.http.jsonio import dump_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
+from dagserve.http.oip_rest import oip_routes
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.stream_answers import StreamAnswer, first_item, stream_format
@@ -66,8 +69,6 @@ __all__ = ["Ingress", "create_app"]
 
 logger = logging.getLogger("dagserve.http")
 
-#: Paths a graph name may not take.
-RESERVED_NAMES = frozenset({"openapi.json", "docs", "metrics"})
 _JSON = "application/json"
 
 
@@ -83,10 +84,10 @@ class Ingress:
         if not apps:
             raise GraphError("The ingress needs at least one App to serve.")
         for name in apps:
-            if name in RESERVED_NAMES:
+            if name in RESERVED_GRAPH_NAMES:  # graphs are refused when built; a plan made otherwise is too
                 raise GraphError(
-                    f"Graph name {name!r} clashes with the ingress route /{name}; rename the graph "
-                    f"(names {sorted(RESERVED_NAMES)} are reserved)."
+                    f"Graph name {name!r} clashes with {RESERVED_GRAPH_NAMES[name]}; rename the graph "
+                    f"(reserved: {', '.join(RESERVED_GRAPH_NAMES)})."
                 )
         self.apps = dict(apps)
         self.config = config
@@ -136,6 +137,8 @@ class Ingress:
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
+        # /v2/...: the Open Inference Protocol (http/oip_rest.py)
+        routes += oip_routes(self.apps, self._authorize, self.run_graph, lambda: self.draining)
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
@@ -143,64 +146,75 @@ class Ingress:
         return routes
 
     # -- graph routes ----------------------------------------------------------------------------
-    def _graph_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
+    def _graph_endpoint(self, app: App, door: Door = JSON_DOOR) -> Callable[[Request], Awaitable[Response]]:
         async def run_graph(request: Request) -> Response:
-            rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
-            ctx: RequestContext | None = None
-            start = time.perf_counter()
-            auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
-            admitted = reading = False
-            try:
-                if self._token is not None:
-                    check_bearer(auth, self._token)
-                _check_content_type(content_type)
-                self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
-                admitted = reading = True
-                body = await self._read_body(request, content_length, expect)
-                if len(body) <= _PARSE_INLINE_BYTES:
-                    payload = parse_json(body, max_depth=self.config.max_json_depth)
-                else:  # on a worker thread, so that the event loop keeps serving meanwhile
-                    payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
-                ctx = RequestContext(
-                    request_id=rid,
-                    trace=request.scope.get(SCOPE_TRACE),
-                    protocol="http",
-                    model_id=request.headers.get(MODEL_ID_HEADER),
-                )
-                if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/stream_answers.py
-                    items = app.astream(payload, context=ctx)
-                    first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
-                    admitted = False  # the answer holds its slot until the stream ends
-                    return StreamAnswer(  # type: ignore[return-value]
-                        items, first, fmt, request_id=rid, headers=_trace(trace, ctx, start), on_end=self._release,
-                        debug=self.config.debug,
-                    )
-                result = await self._run_watched(app, payload, ctx, request)
-                content = dump_json(result)
-            except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
-                return self._error_response(_gone("before sending the whole body"), request, rid)
-            except asyncio.CancelledError:
-                if not self.draining:
-                    raise
-                # The server's shutdown grace period ran out: say so instead of a bare 500.
-                exc = HTTPError(
-                    503,
-                    "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
-                    error_type="ShuttingDown",
-                    headers=CLOSE,
-                )
-                return self._error_response(exc, request, rid)
-            except Exception as exc:
-                headers = _trace(trace, ctx, start)
-                if not reading and not await self._discard_body(request, content_length, expect):
-                    headers = {**(headers or {}), **CLOSE}
-                return self._error_response(exc, request, rid, headers)
-            finally:
-                if admitted:
-                    self.in_flight -= 1
-            return Response(content, media_type=_JSON, headers=_trace(trace, ctx, start))
+            return await self.run_graph(request, app, door)
 
         return run_graph
+
+    async def run_graph(self, request: Request, app: App, door: Door) -> Response:
+        """One graph request through ``door`` (http/doors.py): token, type check, admission, body,
+        payload, the graph (cancelled if the client hangs up), the answer or the error."""
+        rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
+        ctx: RequestContext | None = None
+        start = time.perf_counter()
+        auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
+        admitted = reading = False
+        try:
+            if self._token is not None:
+                check_bearer(auth, self._token)
+            door.check(request.scope, content_type)
+            self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
+            admitted = reading = True
+            body = await self._read_body(request, content_length, expect)
+            if len(body) <= _PARSE_INLINE_BYTES:
+                payload, state = door.decode(body, request.scope, self.config.max_json_depth)
+            else:  # on a worker thread, so that the event loop keeps serving meanwhile
+                payload, state = await run_in_threadpool(door.decode, body, request.scope, self.config.max_json_depth)
+            ctx = RequestContext(
+                request_id=rid,
+                trace=request.scope.get(SCOPE_TRACE),
+                protocol=door.protocol,
+                model_id=request.headers.get(MODEL_ID_HEADER),  # a multiplexed node's id when the payload has none
+            )
+            if door.streams and app.streams and (fmt := stream_format(accept)) != _JSON:  # http/stream_answers.py
+                items = app.astream(payload, context=ctx)
+                first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
+                admitted = False  # the answer holds its slot until the stream ends
+                return StreamAnswer(  # type: ignore[return-value]
+                    items, first, fmt, request_id=rid, headers=_trace(trace, ctx, start), on_end=self._release,
+                    debug=self.config.debug,
+                )
+            result = await self._run_watched(app, payload, ctx, request)
+            if len(body) <= _PARSE_INLINE_BYTES:
+                content, media, headers = door.encode(result, state)
+            else:  # a large request makes a large answer, as a rule: written off the event loop too
+                content, media, headers = await run_in_threadpool(door.encode, result, state)
+        except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
+            return self._error_response(_gone("before sending the whole body"), request, rid, shape=door.shape)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            # The server's shutdown grace period ran out: say so instead of a bare 500.
+            exc = HTTPError(
+                503,
+                "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
+                error_type="ShuttingDown",
+                headers=CLOSE,
+            )
+            return self._error_response(exc, request, rid, shape=door.shape)
+        except Exception as exc:
+            extra = _trace(trace, ctx, start)
+            if not reading and not await self._discard_body(request, content_length, expect):
+                extra = {**(extra or {}), **CLOSE}
+            return self._error_response(exc, request, rid, extra, shape=door.shape)
+        finally:
+            if admitted:
+                self.in_flight -= 1
+        timing = _trace(trace, ctx, start)
+        if headers:
+            timing = {**headers, **(timing or {})}
+        return Response(content, media_type=media, headers=timing)
 
     def _admit(self) -> None:
         """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
@@ -328,8 +342,12 @@ class Ingress:
 
     # -- auth --------------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
+        self.check_token(request.headers.get("authorization"))
+
+    def check_token(self, header: str | None) -> None:
+        """401 unless ``header`` (an Authorization value) carries the token, when one is configured."""
         if self._token is not None:
-            check_bearer(request.headers.get("authorization"), self._token)
+            check_bearer(header, self._token)
 
     def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
@@ -417,19 +435,32 @@ class Ingress:
 
     # -- errors ------------------------------------------------------------------------------------
     def _error_response(
-        self, exc: BaseException, request: Request, rid: str, extra_headers: Mapping[str, str] | None = None
+        self,
+        exc: BaseException,
+        request: Request,
+        rid: str,
+        extra_headers: Mapping[str, str] | None = None,
+        *,
+        shape: str | None = None,
     ) -> Response:
-        status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug)
+        if shape is None:
+            shape = error_shape(request.scope.get("path", ""), request.scope.get("root_path", ""))
+        status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug, shape=shape)
+        self.log_failure(exc, status, rid, request.scope.get(SCOPE_TRACE))
+        if extra_headers:
+            headers.update(extra_headers)
+        return _error(status, body, headers)
+
+    def log_failure(self, exc: BaseException, status: int, rid: str, trace: Any = None) -> None:
+        """The server log's line for a failed request: a node's failure with its traceback, the
+        request id and ``trace`` (observe/logs.py); an unexpected error with the ingress's traceback."""
         if status >= 500:
             if isinstance(exc, DagserveError):
-                log_failure(logger, exc, rid, status, request.scope.get(SCOPE_TRACE))
+                log_failure(logger, exc, rid, status, trace)
             else:
                 logger.error("request %s failed", rid, exc_info=exc)
         elif logger.isEnabledFor(logging.DEBUG):
             logger.debug("request %s rejected with %s: %s", rid, status, exc)
-        if extra_headers:
-            headers.update(extra_headers)
-        return _error(status, body, headers)
 
     async def _dagserve_exception(self, request: Request, exc: Exception) -> Response:
         return self._error_response(exc, request, _rid(request.scope))
@@ -445,7 +476,8 @@ class Ingress:
             message = f"{path!r} does not accept {request.method}; use {allow or 'another method'}."
         else:
             message = exc.detail if isinstance(exc.detail, str) else status_type(status)
-        body = error_body(status, status_type(status), message, request_id=_rid(request.scope))
+        shape = error_shape(request.url.path, request.scope.get("root_path", ""))
+        body = error_body(status, status_type(status), message, request_id=_rid(request.scope), shape=shape)
         return _error(status, body, dict(exc.headers or {}))
 
 
@@ -518,25 +550,6 @@ def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[
         return None
     traced = value is not None and trace_requested({TRACE_HEADER: value})
     return response_headers(ctx, traced, time.perf_counter() - start)
-
-
-def _check_content_type(value: str | None) -> None:
-    if value is None:
-        # A web page may send a body without a type to any server without asking first (a no-cors
-        # fetch); one typed application/json needs the server's consent (CORS), which we never give.
-        raise HTTPError(
-            415,
-            "The request has no Content-Type; send the body as application/json "
-            "(curl: -H 'content-type: application/json').",
-        )
-    media, _, params = value.partition(";")
-    media = media.strip().lower()
-    if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
-        raise HTTPError(415, f"The content type is {media!r}; send the body as application/json.")
-    for param in params.split(";"):
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise HTTPError(415, f"The body's charset is {val.strip()!r}; send JSON encoded as UTF-8.")
 
 
 def _too_large(declared: int | None, limit: int) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.runtime.executor import refuses_unknown_fields
 from dagserve.http.errors import error_schema
+from dagserve.http.oip_rest import oip_openapi
 from dagserve.http.stream_answers import stream_openapi
 from dagserve.runtime.multiplex import MODEL_ID_HEADER
 
@@ -77,6 +78,9 @@ def openapi_document(
         paths["/"] = {"get": _listing_operation(auth)}
     paths["/-/healthz"] = {"get": _healthz_operation()}
     paths["/-/ready"] = {"get": _ready_operation()}
+    oip_paths, oip_components = oip_openapi(dict(apps), auth=auth)  # /v2: the Open Inference Protocol
+    paths.update(oip_paths)
+    components.update(oip_components)
     if title is None:
         title = f"dagserve: {next(iter(apps))}" if single else "dagserve"
     doc: dict[str, Any] = {

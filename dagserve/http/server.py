@@ -105,6 +105,7 @@ def serve(
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     on_ready: Callable[[str], None] | None = None,
+    grpc_port: int | None = None,
     options: ServerOptions | None = None,
     **backend_options: Any,
 ) -> None:
@@ -126,7 +127,9 @@ def serve(
     those of :func:`asgi_app`; ``header_timeout_s`` bounds how long a client may take to send a
     request's headers. ``log_format="json"`` writes uvicorn's lines as JSON objects and adds one
     record per request on the ``dagserve.access`` logger (docs/operations.md). Traces are exported over OTLP/HTTP when ``$DAGSERVE_OTLP_ENDPOINT`` (or
-    ``$OTEL_EXPORTER_OTLP_ENDPOINT``) names an endpoint (docs/tracing.md).
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT``) names an endpoint (docs/tracing.md). ``grpc_port`` also
+    serves the Open Inference Protocol over gRPC on ``host`` at that port (``0`` picks one;
+    docs/protocols.md), with the same token, limits and deadlines.
 
     ``options`` (a :class:`~dagserve.http.settings.ServerOptions`, as ``dagserve run`` builds
     from its flags) replaces every server option above when given.
@@ -148,6 +151,7 @@ def serve(
             access_log=access_log,
             log_level=log_level,
             log_format=log_format,
+            grpc_port=grpc_port,
         )
     owned: list[App] = []  # deployed here, so shut down here
     tracing: Tracing | None = None
@@ -167,8 +171,9 @@ def serve(
             for app in apps:
                 if access_observer not in app.observers:
                     app.observers.append(access_observer)  # one dagserve.access record per request
+        companions = [] if options.grpc_port is None else [grpc_companion(options.host, options.grpc_port)]
         with settled_heap():  # deployed: while serving, no GC scans of what the process holds for good
-            run_server(web, options, on_ready=on_ready)
+            run_server(web, options, on_ready=on_ready, companions=companions)
     finally:
         if tracing is not None:
             tracing.shutdown()  # sends the spans still buffered
@@ -177,6 +182,13 @@ def serve(
                 app.shutdown()
             except Exception:
                 logger.exception("shutting down graph %r failed", app.name)
+
+
+def grpc_companion(host: str, port: int) -> Any:
+    """The gRPC server (http/grpc_server.py) to run beside HTTP; grpcio loads only now."""
+    from dagserve.http.grpc_server import GrpcServer
+
+    return GrpcServer(host, port)
 
 
 def _traced(apps: list[App]) -> Tracing | None:

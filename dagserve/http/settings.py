@@ -103,6 +103,9 @@ class ServerOptions:
     access_log: bool = False
     log_level: str = "info"
     log_format: str = "text"
+    #: Also serve the Open Inference Protocol over gRPC at this port on ``host`` (``0`` picks one;
+    #: ``None``: no gRPC; docs/protocols.md).
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.header_timeout_s is not None:
@@ -171,6 +174,7 @@ class ServerConfig(BaseModel):
 
     host: str | None = None
     port: int | None = Field(None, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)
     max_body_size: int | None = Field(None, gt=0, description="bytes, or a size such as 1MiB")
     max_in_flight: int | None = Field(None, ge=1)
     body_timeout: float | None = Field(None, gt=0)

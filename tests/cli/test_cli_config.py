@@ -172,3 +172,17 @@ def test_the_files_tracing_and_log_settings_apply_under_the_environment_and_flag
     assert CliRunner().invoke(main, args + ["--log-format", "text"]).exit_code == 0
     assert captured[-1]["server"].log_format == "text"  # the flag beats the file
     assert os.environ[OTLP_ENDPOINT_ENV] == "http://127.0.0.1:4000"
+
+
+def test_the_files_grpc_port_reaches_the_server_and_the_flag_beats_it(
+    config_file: Path, captured: list[dict[str, Any]]
+) -> None:
+    config_file.write_text(CONFIG + "  grpc_port: 50071\n")
+    args = ["run", "examples.quickstart:graph", "--config", str(config_file), "--no-admin"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert captured[-1]["server"].grpc_port == 50071
+    assert CliRunner().invoke(main, [*args, "--grpc-port", "50072"]).exit_code == 0
+    assert captured[-1]["server"].grpc_port == 50072
+    config_file.write_text(CONFIG + "  grpc_port: 70000\n")
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code != 0 and "grpc_port" in bad.output

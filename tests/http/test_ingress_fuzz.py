@@ -45,12 +45,21 @@ def served() -> Iterator[str]:
 
 def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: Path) -> None:
     assert SCHEMATHESIS.exists(), f"schemathesis is a dev dependency; expected {SCHEMATHESIS}"
+    # An OIP infer body's validity depends on its tensors' shapes and data sizes, which JSON Schema
+    # cannot say: a schema-valid body may well be a 400 there. Every other check still runs on them.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "[checks]\nenabled = true\n\n"  # every check (the CLI's --checks all would override the next lines)
+        '[[operations]]\ninclude-path-regex = "^/v2/models/[^/]+/infer$"\n'
+        "checks.positive_data_acceptance.enabled = false\n"
+        "warnings = false\n"  # and no warning that most generated bodies are refused: they are, rightly
+    )
     cmd = [
         str(SCHEMATHESIS),
+        "--config-file",
+        str(config),
         "run",
         f"{served}openapi.json",
-        "--checks",
-        "all",
         "--max-time",
         str(FUZZ_SECONDS),
         "--seed",
@@ -65,5 +74,6 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
     summary = proc.stdout[-3000:]
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "No issues found" in summary, summary
-    # every operation was exercised: the graphs, the listing, and the health routes
-    assert "7 selected / 7 total" in proc.stdout, summary
+    # every operation was exercised: the graphs, the listing, the health routes, and per graph
+    # the OIP model, ready and infer routes, with the OIP server, live and ready routes
+    assert "22 selected / 22 total" in proc.stdout, summary

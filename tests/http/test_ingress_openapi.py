@@ -77,7 +77,11 @@ async def test_single_graph_document_is_valid_openapi_31(deployed: list[dagserve
     validate(doc)
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["title"] == "dagserve: reviews"
-    assert set(doc["paths"]) == {"/", "/reviews", "/-/healthz", "/-/ready"}
+    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/reviews", "/-/healthz", "/-/ready"}
+    assert {p for p in doc["paths"] if p.startswith("/v2")} == {  # the Open Inference Protocol (http/oip_rest.py)
+        "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/reviews", "/v2/models/reviews/ready",
+        "/v2/models/reviews/infer",
+    }
     op = doc["paths"]["/"]["post"]
     assert op["operationId"] == "run_reviews_root"
     assert doc["paths"]["/reviews"]["post"]["operationId"] == "run_reviews"
@@ -124,7 +128,9 @@ async def test_response_schema_follows_the_output_structure_and_annotations(depl
 async def test_several_graphs_with_a_token_document_listing_and_security(deployed: list[dagserve.App]) -> None:
     doc = await fetch(dagserve.asgi_app(deployed, token="t"))
     validate(doc)
-    assert set(doc["paths"]) == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"}
+    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"}
+    assert doc["paths"]["/v2/models/echo/infer"]["post"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in doc["paths"]["/v2/health/live"]["get"]
     assert doc["info"]["title"] == "dagserve"
     assert doc["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
     for path in ("/shaped", "/echo", "/reviews"):
