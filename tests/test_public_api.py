@@ -17,6 +17,7 @@ EXPECTED = [
     "DeployError",
     "DeploymentSpec",
     "Edge",
+    "File",
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",

@@ -3,7 +3,8 @@
 Routes (one graph: ``POST /``, also at ``POST /<name>``; several: ``POST /<name>`` each and
 ``GET /`` lists them)::
 
-    POST /<name>        run the graph on the JSON body          (bearer token if configured)
+    POST /<name>        run the graph on the body               (bearer token if configured)
+                        JSON; multipart or a raw file when its schema has a binary field (http/bodies.py)
     GET  /              list the graphs (several graphs only)   (bearer token if configured)
     GET  /openapi.json  OpenAPI 3.1 description
     GET  /docs          interactive page (Swagger UI from a CDN)
@@ -39,11 +40,13 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dagserve._errors import DagserveError, GraphError
 from dagserve.http.admin import admin_routes
+from dagserve.http.bodies import JSON, InputShape, answer_body, body_kind, read_payload
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
 from dagserve.http.hosts import HostFilter
-from dagserve.http.jsonio import dump_json, parse_json
+from dagserve.http.jsonio import dump_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
+from dagserve.http.origin import check_same_origin
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.streaming import StreamAnswer, first_item, stream_format
 from dagserve.observe.metrics import metrics_endpoint
@@ -132,6 +135,9 @@ class Ingress:
 
     # -- graph routes ----------------------------------------------------------------------------
     def _graph_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
+        schema = app.plan.input_schema
+        shape = InputShape(schema) if schema is not None else None
+
         async def run_graph(request: Request) -> Response:
             rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
             ctx: RequestContext | None = None
@@ -141,14 +147,13 @@ class Ingress:
             try:
                 if self._token is not None:
                     check_bearer(auth, self._token)
-                _check_content_type(content_type)
+                kind = body_kind(content_type, shape)
+                if kind != JSON:  # bodies a web page can send cross-site (http/origin.py)
+                    check_same_origin(request.scope)
                 self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
                 admitted = reading = True
                 body = await self._read_body(request, content_length, expect)
-                if len(body) <= _PARSE_INLINE_BYTES:
-                    payload = parse_json(body, max_depth=self.config.max_json_depth)
-                else:  # on a worker thread, so that the event loop keeps serving meanwhile
-                    payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
+                payload = await self._payload(kind, body, shape, content_type, request.scope)
                 ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE))
                 if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
                     items = app.astream(payload, context=ctx)
@@ -159,7 +164,7 @@ class Ingress:
                         debug=self.config.debug,
                     )
                 result = await self._run_watched(app, payload, ctx, request)
-                content = dump_json(result)
+                content, media_type, answer_headers = answer_body(result)  # JSON, or bytes as they are
             except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
                 return self._error_response(_gone("before sending the whole body"), request, rid)
             except asyncio.CancelledError:
@@ -181,9 +186,30 @@ class Ingress:
             finally:
                 if admitted:
                     self.in_flight -= 1
-            return Response(content, media_type=_JSON, headers=_trace(trace, ctx, start))
+            headers = _trace(trace, ctx, start)
+            if answer_headers:
+                headers = {**answer_headers, **(headers or {})}
+            return Response(content, media_type=media_type, headers=headers)
 
         return run_graph
+
+    async def _payload(self, kind: str, body: bytes, shape: InputShape | None, content_type: str | None, scope: Scope) -> Any:
+        """The request's payload from its ``body`` (JSON, multipart or raw: http/bodies.py)."""
+        config = self.config
+        read = functools.partial(
+            read_payload,
+            kind,
+            body,
+            shape=shape,
+            content_type=content_type,
+            query=scope["query_string"].decode("latin-1"),
+            max_json_depth=config.max_json_depth,
+            max_parts=config.max_form_parts,
+            max_field_bytes=config.max_form_field_bytes,
+        )
+        if len(body) <= _PARSE_INLINE_BYTES:
+            return read()
+        return await run_in_threadpool(read)  # on a worker thread, so that the event loop keeps serving meanwhile
 
     def _admit(self) -> None:
         """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
@@ -494,25 +520,6 @@ def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[
         return None
     traced = value is not None and trace_requested({TRACE_HEADER: value})
     return response_headers(ctx, traced, time.perf_counter() - start)
-
-
-def _check_content_type(value: str | None) -> None:
-    if value is None:
-        # A web page may send a body without a type to any server without asking first (a no-cors
-        # fetch); one typed application/json needs the server's consent (CORS), which we never give.
-        raise HTTPError(
-            415,
-            "The request has no Content-Type; send the body as application/json "
-            "(curl: -H 'content-type: application/json').",
-        )
-    media, _, params = value.partition(";")
-    media = media.strip().lower()
-    if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
-        raise HTTPError(415, f"The content type is {media!r}; send the body as application/json.")
-    for param in params.split(";"):
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise HTTPError(415, f"The body's charset is {val.strip()!r}; send JSON encoded as UTF-8.")
 
 
 def _too_large(declared: int | None, limit: int) -> str:

@@ -1,0 +1,122 @@
+"""Graphs with files in and bytes out, for the binary body tests (importable by Ray replicas)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+import dagserve
+
+
+class Upload(BaseModel):
+    """One file field (so raw bodies work) and two others (from the query string or form fields)."""
+
+    image: dagserve.File
+    note: str = ""
+    scale: int = 1
+
+
+class Blob(BaseModel):
+    data: bytes
+    repeat: int = 1
+
+
+class Pair(BaseModel):
+    """Two binary fields (raw bodies refused), a list of files, and structured fields."""
+
+    a: bytes
+    b: dagserve.File | None = None
+    more: list[dagserve.File] = []
+    tags: list[str] = []
+    meta: dict[str, Any] = {}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dagserve.node
+def describe(req: Upload) -> dict[str, Any]:
+    f = req.image
+    return {
+        "size": len(f.content),
+        "sha": _digest(f.content),
+        "filename": f.filename,
+        "content_type": f.content_type,
+        "note": req.note,
+        "scale": req.scale,
+    }
+
+
+@dagserve.node
+def repeat(req: Blob) -> bytes:
+    return req.data * req.repeat
+
+
+@dagserve.node
+def pair(req: Pair) -> dict[str, Any]:
+    return {
+        "a": _digest(req.a),
+        "b": None if req.b is None else [_digest(req.b.content), req.b.filename, req.b.content_type],
+        "more": [[m.filename, len(m.content)] for m in req.more],
+        "tags": req.tags,
+        "meta": req.meta,
+    }
+
+
+@dagserve.node
+def as_file(req: Blob) -> dagserve.File:
+    return dagserve.File(req.data * req.repeat, content_type="image/png", filename="échelle 1.png")
+
+
+@dagserve.node
+def structured(req: Blob) -> dict[str, Any]:
+    return {"data": req.data, "file": dagserve.File(req.data, filename="d.bin", content_type="application/x-d")}
+
+
+@dagserve.node
+def chunks(req: Blob) -> Iterator[bytes]:
+    for _ in range(req.repeat):
+        yield req.data
+
+
+def upload() -> dagserve.Graph:
+    with dagserve.Input(schema=Upload) as inp:
+        out = describe(inp)
+    return dagserve.Graph(out, name="upload")
+
+
+def blob() -> dagserve.Graph:
+    with dagserve.Input(schema=Blob) as inp:
+        out = repeat(inp)
+    return dagserve.Graph(out, name="blob")
+
+
+def pairs() -> dagserve.Graph:
+    with dagserve.Input(schema=Pair) as inp:
+        out = pair(inp)
+    return dagserve.Graph(out, name="pairs")
+
+
+def file_out() -> dagserve.Graph:
+    with dagserve.Input(schema=Blob) as inp:
+        out = as_file(inp)
+    return dagserve.Graph(out, name="file_out")
+
+
+def mixed_out() -> dagserve.Graph:
+    with dagserve.Input(schema=Blob) as inp:
+        out = structured(inp)
+    return dagserve.Graph(out, name="mixed_out")
+
+
+def byte_stream() -> dagserve.Graph:
+    with dagserve.Input(schema=Blob) as inp:
+        out = chunks(inp)
+    return dagserve.Graph(out, name="byte_stream")
+
+
+ALL = (upload, blob, pairs, file_out, mixed_out, byte_stream)
