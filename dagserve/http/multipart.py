@@ -90,7 +90,9 @@ def parse_multipart(body: bytes, boundary: bytes, *, max_parts: int) -> list[Par
         while body.startswith((b" ", b"\t"), pos):  # transport padding (RFC 2046)
             pos += 1
         if not body.startswith(b"\r\n", pos):
-            raise MultipartError(_cut(number, boundary) if pos >= len(body) else f"The boundary line before part {number} is not followed by a line break.")
+            if pos >= len(body):
+                raise MultipartError(_cut(number, boundary))
+            raise MultipartError(f"The boundary line before part {number} is not followed by a line break.")
         pos += 2
         if body.startswith(b"\r\n", pos):  # a part without headers
             head, start = b"", pos + 2
@@ -180,7 +182,10 @@ def _header_params(value: str, where: str) -> tuple[str, dict[str, str]]:
             i = end
         if key.endswith("*"):
             charset, _, encoded = val.partition("''")
-            val = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            try:
+                val = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            except LookupError:
+                raise MultipartError(f"{where} names an unknown charset {charset[:40]!r} for {key!r}.") from None
         params.setdefault(key, val)
     return kind.strip().lower(), params
 
