@@ -119,7 +119,7 @@ def _cut(number: int, boundary: bytes) -> str:
 
 def _part(number: int, head: bytes, data: bytes) -> Part:
     disposition = content_type = None
-    for line in head.split(b"\r\n"):
+    for line in head.split(b"\r\n") if head else ():
         key, colon, value = line.partition(b":")
         if not colon or not key or key != key.strip():
             raise MultipartError(f"Part {number} has a malformed header line {_clip(line)!r}.")
