@@ -154,7 +154,7 @@ class Ingress:
                 admitted = reading = True
                 body = await self._read_body(request, content_length, expect)
                 payload = await self._payload(kind, body, shape, content_type, request.scope)
-                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE))
+                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE), protocol="http")
                 if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
                     items = app.astream(payload, context=ctx)
                     first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
