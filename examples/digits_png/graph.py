@@ -65,8 +65,7 @@ def decode(req: DigitUpload) -> list[float]:
     rows = np.array_split(np.arange(gray.shape[0]), 8)  # 8x8 cells, each the mean of its pixels
     cols = np.array_split(np.arange(gray.shape[1]), 8)
     grid = np.array([[gray[np.ix_(r, c)].mean() for c in cols] for r in rows])
-    peak = grid.max()
-    return (grid * (16.0 / peak) if peak > 0 else grid).reshape(-1).round(2).tolist()  # type: ignore[no-any-return]
+    return (grid * (16.0 / 255.0)).reshape(-1).round(2).tolist()  # type: ignore[no-any-return]
 
 
 @dagserve.node
