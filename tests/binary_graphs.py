@@ -83,40 +83,34 @@ def chunks(req: Blob) -> Iterator[bytes]:
         yield req.data
 
 
+def _graph(name: str, schema: type[BaseModel], step: Any) -> dagserve.Graph:
+    with dagserve.Input(schema=schema) as inp:
+        out = step(inp)
+    return dagserve.Graph(out, name=name)
+
+
 def upload() -> dagserve.Graph:
-    with dagserve.Input(schema=Upload) as inp:
-        out = describe(inp)
-    return dagserve.Graph(out, name="upload")
+    return _graph("upload", Upload, describe)
 
 
 def blob() -> dagserve.Graph:
-    with dagserve.Input(schema=Blob) as inp:
-        out = repeat(inp)
-    return dagserve.Graph(out, name="blob")
+    return _graph("blob", Blob, repeat)
 
 
 def pairs() -> dagserve.Graph:
-    with dagserve.Input(schema=Pair) as inp:
-        out = pair(inp)
-    return dagserve.Graph(out, name="pairs")
+    return _graph("pairs", Pair, pair)
 
 
 def file_out() -> dagserve.Graph:
-    with dagserve.Input(schema=Blob) as inp:
-        out = as_file(inp)
-    return dagserve.Graph(out, name="file_out")
+    return _graph("file_out", Blob, as_file)
 
 
 def mixed_out() -> dagserve.Graph:
-    with dagserve.Input(schema=Blob) as inp:
-        out = structured(inp)
-    return dagserve.Graph(out, name="mixed_out")
+    return _graph("mixed_out", Blob, structured)
 
 
 def byte_stream() -> dagserve.Graph:
-    with dagserve.Input(schema=Blob) as inp:
-        out = chunks(inp)
-    return dagserve.Graph(out, name="byte_stream")
+    return _graph("byte_stream", Blob, chunks)
 
 
 ALL = (upload, blob, pairs, file_out, mixed_out, byte_stream)
