@@ -32,9 +32,10 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 def check_same_origin(scope: dict[str, Any]) -> None:
     """Raise a 403 :class:`HTTPError` if the request comes from a web page of another origin.
 
-    Refused: ``Sec-Fetch-Site: cross-site`` or ``same-site``, and an ``Origin`` header that is
-    ``null`` or whose host and port differ from the request's ``Host`` (the server's own pages,
-    such as ``/docs``, pass). ``scope`` is the ASGI scope.
+    Refused: ``Sec-Fetch-Site: cross-site`` or ``same-site``; without Fetch Metadata (older
+    browsers), an ``Origin`` header that is ``null`` or whose host and port differ from the
+    request's ``Host``. The server's own pages (``/docs``) pass, and so do programs, which send
+    neither header. ``scope`` is the ASGI scope.
     """
     origin = site = host = None
     for key, value in scope["headers"]:
@@ -46,6 +47,9 @@ def check_same_origin(scope: dict[str, Any]) -> None:
             host = value.decode("latin-1").strip().lower()
     if site in ("cross-site", "same-site"):
         raise _refused(f"its Sec-Fetch-Site header says {site!r}")
+    if site in ("same-origin", "none"):
+        # The browser's own word, which no page can forge; it holds behind a proxy that rewrites Host.
+        return
     if origin is not None and _authority(origin) != _host_authority(host, scope.get("scheme", "http")):
         raise _refused(f"its Origin is {origin[:100]!r}, not this server ({host or 'no Host header'})")
 

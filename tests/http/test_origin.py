@@ -23,6 +23,8 @@ def scope(headers: dict[str, str], scheme: str = "http") -> dict[str, Any]:
         {"host": "api.example.com", "origin": "https://api.example.com", "sec-fetch-site": "same-origin"},  # TLS proxy
         {"host": "api.example.com:443", "origin": "https://api.example.com"},
         {"host": "127.0.0.1:8000", "sec-fetch-site": "none"},  # typed in the address bar, a bookmark
+        # Behind a proxy that rewrites Host, the browser's Sec-Fetch-Site still says same-origin.
+        {"host": "backend:8000", "origin": "https://models.example", "sec-fetch-site": "same-origin"},
     ],
 )
 def test_programs_and_the_servers_own_pages_pass(headers: dict[str, str]) -> None:
