@@ -139,7 +139,9 @@ def body_kind(content_type: str | None, shape: InputShape | None) -> str:
     if content_type is None:
         # A web page may send a body without a type to any server without asking first (a no-cors
         # fetch); one typed application/json needs the server's consent (CORS), which we never give.
-        raise HTTPError(415, f"The request has no Content-Type; send {takes} (curl: -H 'content-type: application/json').")
+        raise HTTPError(
+            415, f"The request has no Content-Type; send {takes} (curl: -H 'content-type: application/json')."
+        )
     media, _, params = content_type.partition(";")
     media = media.strip().lower()
     if media == _JSON_TYPE or (media.startswith("application/") and media.endswith("+json")):
@@ -245,11 +247,12 @@ def _from_base64(value: Any, loc: tuple[Any, ...]) -> Any:
         return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise _invalid(
-            [loc, "Not valid base64; a binary field takes base64 text in JSON (or send the file as multipart).", "base64"]
+            [loc, "Not valid base64; a binary field takes base64 text in JSON (or send the file as multipart).", _B64]
         ) from None
 
 
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
+_B64 = "base64"
 
 
 def _text_part(part: Part, max_field_bytes: int) -> Any:

@@ -193,7 +193,9 @@ class Ingress:
 
         return run_graph
 
-    async def _payload(self, kind: str, body: bytes, shape: InputShape | None, content_type: str | None, scope: Scope) -> Any:
+    async def _payload(
+        self, kind: str, body: bytes, shape: InputShape | None, content_type: str | None, scope: Scope
+    ) -> Any:
         """The request's payload from its ``body`` (JSON, multipart or raw: http/bodies.py)."""
         config = self.config
         read = functools.partial(

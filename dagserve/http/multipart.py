@@ -129,7 +129,9 @@ def _part(number: int, head: bytes, data: bytes) -> Part:
         elif name == b"content-type" and content_type is None:
             content_type = _text(value).strip() or None
     if disposition is None:
-        raise MultipartError(f"Part {number} has no Content-Disposition header; each part needs 'form-data; name=\"...\"'.")
+        raise MultipartError(
+            f"Part {number} has no Content-Disposition header; each part needs 'form-data; name=\"...\"'."
+        )
     kind, params = _header_params(disposition, f"The Content-Disposition of part {number}")
     if kind != "form-data" or "name" not in params:
         raise MultipartError(

@@ -73,7 +73,8 @@ def openapi_document(
         routes = ["/", f"/{name}"] if single else [f"/{name}"]
         for route in routes:
             op_id = _operation_id(f"run_{name}" + ("_root" if route == "/" else ""), op_ids)
-            paths[route] = {"post": _graph_operation(name, app, op_id, request_schema, response_schema, auth, components)}
+            operation = _graph_operation(name, app, op_id, request_schema, response_schema, auth, components)
+            paths[route] = {"post": operation}
     if not single:
         paths["/"] = {"get": _listing_operation(auth)}
     paths["/-/healthz"] = {"get": _healthz_operation()}

@@ -32,7 +32,8 @@ def encode_gray(pixels: np.ndarray) -> bytes:
     height, width = image.shape
     rows = np.hstack([np.zeros((height, 1), np.uint8), image])  # filter type 0 (None) before each row
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9)) + _chunk(b"IEND", b"")
+    data = zlib.compress(rows.tobytes(), 9)
+    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -56,7 +57,9 @@ def decode_gray(data: bytes) -> np.ndarray:
         raise PNGError("The PNG has no image header or no image data.")
     width, height, depth, colour, _, _, interlace = header
     if depth != 8 or colour not in _CHANNELS or interlace:
-        raise PNGError(f"Only 8-bit, non-interlaced gray/RGB(A) PNGs are read (this one: depth {depth}, colour type {colour}).")
+        raise PNGError(
+            f"Only 8-bit, non-interlaced gray/RGB(A) PNGs are read (this one: depth {depth}, colour type {colour})."
+        )
     if not 0 < width * height <= MAX_PIXELS:
         raise PNGError(f"The image is {width}x{height}; at most {MAX_PIXELS} pixels are read.")
     channels = _CHANNELS[colour]
