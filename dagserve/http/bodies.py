@@ -45,7 +45,7 @@ class _Field:
 class InputShape:
     """What the ingress must know of a graph's Input schema to read bodies that are not JSON."""
 
-    __slots__ = ("binary", "fields", "schema")
+    __slots__ = ("binary", "extra", "fields", "schema")
 
     def __init__(self, schema: Any) -> None:
         self.schema = schema
@@ -55,6 +55,8 @@ class InputShape:
         }
         #: The binary fields' names, in the schema's order.
         self.binary = tuple(name for name, f in self.fields.items() if f.binary)
+        #: Whether the schema takes fields it does not declare (``extra="allow"``).
+        self.extra = (getattr(schema, "model_config", None) or {}).get("extra") == "allow"
 
     # -- JSON ----------------------------------------------------------------------------------
     def decode_base64(self, payload: Any) -> Any:
@@ -77,11 +79,13 @@ class InputShape:
         values: dict[str, list[Any]] = {}
         for part in parts:
             spec = self.fields.get(part.name)
-            if spec is None:
-                values.setdefault(part.name, [])
+            if spec is None and not self.extra:
+                values.setdefault(part.name, [])  # refused by _collect, with the others
                 continue
-            if spec.binary == "file":
-                value: Any = File(part.data, filename=part.filename, content_type=_media_type(part.content_type))
+            if spec is None:  # a schema with extra="allow": a file part is a File, any other its text
+                value: Any = _file(part) if part.filename is not None else _text_part(part, max_field_bytes)
+            elif spec.binary == "file":
+                value = _file(part)
             elif spec.binary == "bytes":
                 value = part.data
             else:
@@ -108,7 +112,7 @@ class InputShape:
 
     def _collect(self, values: dict[str, list[Any]], what: str) -> dict[str, Any]:
         unknown = [name for name in values if name not in self.fields]
-        if unknown:
+        if unknown and not self.extra:
             known = ", ".join(self.fields) or "none"
             raise _invalid(
                 *(
@@ -119,7 +123,8 @@ class InputShape:
             )
         payload: dict[str, Any] = {}
         for name, given in values.items():
-            if self.fields[name].many:
+            spec = self.fields.get(name)
+            if (spec is None and len(given) > 1) or (spec is not None and spec.many):
                 payload[name] = given
             elif len(given) > 1:
                 raise _invalid([(name,), f"Given {len(given)} times; this field takes one value.", "too_many_values"])
@@ -253,6 +258,10 @@ def _from_base64(value: Any, loc: tuple[Any, ...]) -> Any:
 
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 _B64 = "base64"
+
+
+def _file(part: Part) -> File:
+    return File(part.data, filename=part.filename, content_type=_media_type(part.content_type))
 
 
 def _text_part(part: Part, max_field_bytes: int) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import dagserve
 from dagserve._errors import InputValidationError
@@ -142,6 +142,22 @@ def test_form_parts_fill_fields() -> None:
     with pytest.raises(InputValidationError, match="This form field is not UTF-8 text") as info:
         shape.from_parts([Part("text", b"\xff")], 100)
     assert info.value.errors[0]["loc"] == ["text"]
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    image: bytes
+
+
+def test_a_schema_that_allows_extra_fields_takes_unknown_parts() -> None:
+    parts = [Part("image", b"i"), Part("x", b"1"), Part("x", b"2"), Part("doc", b"d", "d.pdf", "application/pdf")]
+    assert InputShape(Open).from_parts(parts, 100) == {
+        "image": b"i", "x": ["1", "2"], "doc": dagserve.File(b"d", filename="d.pdf", content_type="application/pdf"),
+    }
+    assert read(RAW, b"i", "image/png", "colour=red", schema=Open) == {"image": b"i", "colour": "red"}
+    with pytest.raises(InputValidationError, match=r"Unknown part\(s\) 'x'"):
+        InputShape(One).from_parts([Part("image", b"i"), Part("x", b"1")], 100)
 
 
 def test_answer_body() -> None:
