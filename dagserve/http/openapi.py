@@ -420,6 +420,8 @@ def _binary_bodies(op: dict[str, Any], app: App, request_schema: Any, components
         },
         "required": model.get("required", []),
     }
+    if not shape.extra:
+        form["additionalProperties"] = False  # unknown parts are refused (422), as the docs say
     content = op["requestBody"]["content"]
     content["multipart/form-data"] = {"schema": form}
     if len(shape.binary) == 1:
