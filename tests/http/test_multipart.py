@@ -6,7 +6,11 @@ import os
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dagserve._errors import RequestError
+from dagserve.http.bodies import MULTIPART, InputShape, read_payload
 from dagserve.http.multipart import (
     MAX_PART_HEAD_BYTES,
     MultipartError,
@@ -15,6 +19,7 @@ from dagserve.http.multipart import (
     boundary_of,
     parse_multipart,
 )
+from tests.binary_graphs import Pair
 
 
 def parse(body: bytes, boundary: bytes = b"xx", max_parts: int = 100) -> list[Part]:
@@ -119,3 +124,43 @@ def test_a_body_of_near_delimiters_parses_in_one_pass() -> None:
     assert part.data == near
     with pytest.raises(MultipartError, match="ends inside part 1"):
         parse(HEAD + near)
+
+
+# -- properties ----------------------------------------------------------------------------------------
+
+_names = st.text(st.characters(blacklist_characters='"\\\r\n', blacklist_categories=["Cs"]), min_size=1, max_size=12)
+_parts = st.lists(st.tuples(_names, st.binary(max_size=200), st.none() | _names), max_size=6)
+
+
+def _encode(parts: list[tuple[str, bytes, str | None]], boundary: bytes) -> bytes:
+    out = b""
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += b"--" + boundary + b"\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\n" + data + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_parts)
+def test_what_an_encoder_writes_parses_back(parts: list[tuple[str, bytes, str | None]]) -> None:
+    boundary = b"----dagserve-boundary-7MA4YWxkTrZu0gW"  # not in the data: hypothesis draws short binaries
+    parsed = parse_multipart(_encode(parts, boundary), boundary, max_parts=10)
+    assert [(p.name, p.data, p.filename) for p in parsed] == parts
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from([b"b", b"--", b"x y"]))
+def test_any_bytes_are_parts_or_a_clear_error(body: bytes, boundary: bytes) -> None:
+    body = b"--" + boundary + b"\r\n" + body  # start where the parser has work to do
+    try:
+        parse_multipart(body, boundary, max_parts=5)
+    except (MultipartError, MultipartLimitError):
+        pass
+    # and through the payload builder: only request errors (4xx), never anything else
+    try:
+        read_payload(
+            MULTIPART, body, shape=InputShape(Pair), content_type="multipart/form-data; boundary=" + boundary.decode(),
+            query="", max_json_depth=10, max_parts=5, max_field_bytes=50,
+        )
+    except RequestError:
+        pass
