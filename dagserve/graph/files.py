@@ -7,6 +7,7 @@ bytes with that ``Content-Type``. Standard library and pydantic-core only.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,4 +96,6 @@ def _to_file(value: Any) -> File:
 
 
 def _as_dict(value: File) -> dict[str, Any]:
-    return {"content": value.content, "filename": value.filename, "content_type": value.content_type}
+    # base64 whatever the enclosing model's ser_json_bytes says: the shape a File field takes in JSON
+    content = base64.b64encode(value.content).decode("ascii")
+    return {"content": content, "filename": value.filename, "content_type": value.content_type}

@@ -83,5 +83,17 @@ def test_json_schema_and_json_dump_use_base64() -> None:
     )
 
 
+def test_a_file_inside_a_model_is_base64_whatever_the_models_bytes_setting() -> None:
+    from dagserve.http.jsonio import dump_json
+
+    class Out(BaseModel):
+        f: File
+        raw: bytes
+
+    out = Out(f=File(b"\xff", filename="x"), raw=b"ab")
+    assert dump_json(out) == b'{"f":{"content":"/w==","filename":"x","content_type":null},"raw":"ab"}'
+    assert out.model_dump()["f"] == File(b"\xff", filename="x")  # Python mode keeps the object
+
+
 def test_file_is_public() -> None:
     assert dagserve.File is File and "File" in dagserve.__all__
