@@ -119,7 +119,7 @@ class InputShape:
                     [(name,), f"The schema has no field {name!r} (its fields: {known}).", "extra_forbidden"]
                     for name in unknown
                 ),
-                summary=f"Unknown {what}(s) {', '.join(map(repr, unknown))}: {self.schema.__name__} has no such field.",
+                summary=f"Unknown {what}(s) {_names(unknown)}: {self.schema.__name__} has no such field.",
             )
         payload: dict[str, Any] = {}
         for name, given in values.items():
@@ -258,6 +258,12 @@ def _from_base64(value: Any, loc: tuple[Any, ...]) -> Any:
 
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 _B64 = "base64"
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    """The first few ``names``, quoted and clipped (they come from the client)."""
+    text = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _file(part: Part) -> File:

@@ -160,6 +160,17 @@ def test_a_schema_that_allows_extra_fields_takes_unknown_parts() -> None:
         InputShape(One).from_parts([Part("image", b"i"), Part("x", b"1")], 100)
 
 
+def test_many_unknown_parts_are_named_briefly() -> None:
+    parts = [Part("image", b"i")] + [Part(f"x{i}" * (1 if i else 30), b"") for i in range(8)]
+    with pytest.raises(InputValidationError) as info:
+        InputShape(One).from_parts(parts, 100)
+    assert str(info.value) == (
+        "Unknown part(s) 'x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0...', 'x1', 'x2', 'x3', 'x4' and 3 more: "
+        "One has no such field."
+    )
+    assert len(info.value.errors) == 8
+
+
 def test_answer_body() -> None:
     assert answer_body({"a": b"\x00"}) == (b'{"a":"AA=="}', "application/json", None)
     content, media, headers = answer_body(bytearray(b"ab"))
