@@ -1,11 +1,11 @@
 """The graph model users write: nodes (``nodes.py``), ``switch`` and ``split`` (``routing.py``) and
-``Graph`` (``graph.py``), ``map`` and ``optional`` (``composition.py``), ``File`` (``files.py``, the
+``Graph`` (``graph.py``), ``map`` and ``optional`` (``composition.py``), ``File`` (``file.py``, the
 type of an uploaded or answered file). It knows nothing of compiling, running or serving."""
 
 from __future__ import annotations
 
 from dagserve.graph.composition import MapNode, OptionalNode, map, optional
-from dagserve.graph.files import File
+from dagserve.graph.file import File
 from dagserve.graph.graph import Graph
 from dagserve.graph.nodes import (
     CallNode,

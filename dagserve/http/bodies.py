@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagserve._errors import InputValidationError
-from dagserve.graph.files import File, check_media_type
+from dagserve.graph.file import File, check_media_type
 from dagserve.http.errors import HTTPError
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.multipart import MultipartLimitError, Part, boundary_of, parse_multipart
