@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 import dagserve
 
@@ -32,6 +32,21 @@ class Pair(BaseModel):
     more: list[dagserve.File] = []
     tags: list[str] = []
     meta: dict[str, Any] = {}
+
+
+class StrictUpload(BaseModel):
+    """Only a file (for fuzzing from the OpenAPI document, which cannot say that the query string
+    fills the other fields only with a raw body)."""
+
+    model_config = ConfigDict(strict=True)
+
+    image: dagserve.File
+
+
+class StrictBlob(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    data: bytes
 
 
 def _digest(data: bytes) -> str:
@@ -73,6 +88,16 @@ def as_file(req: Blob) -> dagserve.File:
 
 
 @dagserve.node
+def measure(req: StrictUpload) -> dict[str, Any]:
+    return {"size": len(req.image.content), "type": req.image.content_type}
+
+
+@dagserve.node
+def strict_file(req: StrictBlob) -> dagserve.File:
+    return dagserve.File(req.data[::-1], content_type="application/octet-stream")
+
+
+@dagserve.node
 def structured(req: Blob) -> dict[str, Any]:
     return {"data": req.data, "file": dagserve.File(req.data, filename="d.bin", content_type="application/x-d")}
 
@@ -111,6 +136,14 @@ def mixed_out() -> dagserve.Graph:
 
 def byte_stream() -> dagserve.Graph:
     return _graph("byte_stream", Blob, chunks)
+
+
+def strict_upload() -> dagserve.Graph:
+    return _graph("strict_upload", StrictUpload, measure)
+
+
+def strict_file_out() -> dagserve.Graph:
+    return _graph("strict_file_out", StrictBlob, strict_file)
 
 
 ALL = (upload, blob, pairs, file_out, mixed_out, byte_stream)

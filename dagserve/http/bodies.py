@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from dagserve._errors import InputValidationError
 from dagserve.graph.file import File, check_media_type
 from dagserve.http.errors import HTTPError
@@ -40,6 +42,9 @@ _FORM = "multipart/form-data"
 class _Field:
     binary: str | None  # "bytes", "file" or None
     many: bool  # a list (tuple, set) of values: repeated parts or query parameters collect into it
+    #: Reads one value of this field from text (a form field, a query parameter), as pydantic reads
+    #: strings (``"3"``, ``"true"``, ``"2024-01-02"``), strict schemas included; ``None``: keep the text.
+    text: Any = None
 
 
 class InputShape:
@@ -122,14 +127,19 @@ class InputShape:
                 summary=f"Unknown {what}(s) {_names(unknown)}: {self.schema.__name__} has no such field.",
             )
         payload: dict[str, Any] = {}
+        errors: list[list[Any]] = []
         for name, given in values.items():
             spec = self.fields.get(name)
+            if spec is not None and spec.text is not None:
+                given = [_from_text(spec.text, v, (name, i) if spec.many else (name,), errors) for i, v in enumerate(given)]
             if (spec is None and len(given) > 1) or (spec is not None and spec.many):
                 payload[name] = given
             elif len(given) > 1:
-                raise _invalid([(name,), f"Given {len(given)} times; this field takes one value.", "too_many_values"])
+                errors.append([(name,), f"Given {len(given)} times; this field takes one value.", "too_many_values"])
             else:
                 payload[name] = given[0]
+        if errors:
+            raise _invalid(*errors)
         return payload
 
 
@@ -236,7 +246,24 @@ def _field(annotation: Any) -> _Field:
         else:
             break
     binary = "file" if annotation is File else "bytes" if annotation in (bytes, bytearray) else None
-    return _Field(binary, many)
+    text = None
+    if binary is None and annotation not in (str, Any):
+        try:
+            text = TypeAdapter(annotation)
+        except Exception:  # a type pydantic cannot read alone (a forward reference): the model judges the text
+            text = None
+    return _Field(binary, many, text)
+
+
+def _from_text(adapter: Any, value: Any, loc: tuple[Any, ...], errors: list[list[Any]]) -> Any:
+    """``value`` read by ``adapter`` when it is text (a JSON part is already typed); errors join ``errors``."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return adapter.validate_strings(value)
+    except ValidationError as exc:
+        errors.extend([(*loc, *e["loc"]), e["msg"], e["type"]] for e in exc.errors(include_url=False))
+        return value
 
 
 def _from_base64(value: Any, loc: tuple[Any, ...]) -> Any:

@@ -391,7 +391,6 @@ def _graph_operation(
 
 
 _BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
-_QUERY = "Only with a raw file body (with JSON or multipart, the field is in the body)."
 
 
 def _binary_bodies(op: dict[str, Any], app: App, request_schema: Any, components: dict[str, Any]) -> None:
@@ -427,16 +426,13 @@ def _binary_bodies(op: dict[str, Any], app: App, request_schema: Any, components
     if len(shape.binary) == 1:
         content["application/octet-stream"] = {"schema": _BINARY}
         content["image/*"] = {"schema": _BINARY}
+        # The query string fills the other fields only with a raw body, which OpenAPI cannot say of
+        # a parameter: the description says it (parameters would read as valid with JSON too).
+        others = [name for name in properties if name not in shape.binary]
         op["description"] += (
-            f" A raw body of any media type other than JSON fills the field {shape.binary[0]!r}; the other "
-            "fields then come from the query string."
+            f" A raw body of any media type other than JSON fills the field {shape.binary[0]!r}"
+            + (f"; the other fields ({', '.join(others)}) then come from the query string." if others else ".")
         )
-        required = set(model.get("required", []))
-        op["parameters"] = [
-            {"name": name, "in": "query", "required": name in required, "schema": prop, "description": _QUERY}
-            for name, prop in properties.items()
-            if name not in shape.binary
-        ]
 
 
 def _listing_operation(auth: bool) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any
 
 import pytest
@@ -113,7 +114,7 @@ def test_base64_in_json_standard_url_safe_unpadded_wrapped_and_as_an_object() ->
 
 def test_raw_bodies_and_their_query_strings() -> None:
     assert read(RAW, b"png", "image/png", "scale=2&tags=a&tags=b") == {
-        "image": dagserve.File(b"png", content_type="image/png"), "scale": "2", "tags": ["a", "b"],
+        "image": dagserve.File(b"png", content_type="image/png"), "scale": 2, "tags": ["a", "b"],
     }
     # A Content-Type that is no media type is dropped, not trusted.
     assert read(RAW, b"x", "image/png\x7f")["image"].content_type is None
@@ -136,7 +137,7 @@ def test_form_parts_fill_fields() -> None:
         "raw": b"r",
         "file": dagserve.File(b"f", filename="f.png", content_type="image/png"),
         "files": [dagserve.File(b"1", filename="1"), dagserve.File(b"2", filename="2")],
-        "numbers": ["1", "2"],
+        "numbers": [1, 2],
         "text": "json",
     }
     with pytest.raises(InputValidationError, match="This form field is not UTF-8 text") as info:
@@ -158,6 +159,28 @@ def test_a_schema_that_allows_extra_fields_takes_unknown_parts() -> None:
     assert read(RAW, b"i", "image/png", "colour=red", schema=Open) == {"image": b"i", "colour": "red"}
     with pytest.raises(InputValidationError, match=r"Unknown part\(s\) 'x'"):
         InputShape(One).from_parts([Part("image", b"i"), Part("x", b"1")], 100)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    image: bytes
+    n: int = 0
+    on: bool = False
+    day: date | None = None
+    counts: list[int] = []
+
+
+def test_text_fields_are_read_as_pydantic_reads_strings_even_for_strict_schemas() -> None:
+    parts = [Part("image", b"i"), Part("n", b"3"), Part("on", b"true"), Part("day", b"2024-01-02"), Part("counts", b"4")]
+    payload = InputShape(Strict).from_parts(parts, 100)
+    assert payload == {"image": b"i", "n": 3, "on": True, "day": date(2024, 1, 2), "counts": [4]}
+    assert Strict.model_validate(payload).n == 3  # a strict schema takes what the text became
+    bad = [Part("image", b"i"), Part("n", b"three"), Part("counts", b"1"), Part("counts", b"x")]
+    with pytest.raises(InputValidationError) as info:
+        InputShape(Strict).from_parts(bad, 100)
+    assert [(e["loc"], e["type"]) for e in info.value.errors] == [(["n"], "int_parsing"), (["counts", 1], "int_parsing")]
+    assert read(RAW, b"i", "image/png", "n=7&on=0", schema=Strict) == {"image": b"i", "n": 7, "on": False}
 
 
 def test_many_unknown_parts_are_named_briefly() -> None:

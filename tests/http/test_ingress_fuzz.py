@@ -37,8 +37,8 @@ def served() -> Iterator[str]:
         dagserve.deploy(g.strict(), backend="local"),
         dagserve.deploy(g.echoing(), backend="local"),
         dagserve.deploy(g.routed(), backend="local"),
-        dagserve.deploy(bg.upload(), backend="local"),  # multipart, raw and base64 bodies
-        dagserve.deploy(bg.file_out(), backend="local"),  # a bytes answer
+        dagserve.deploy(bg.strict_upload(), backend="local"),  # multipart, raw and base64 bodies
+        dagserve.deploy(bg.strict_file_out(), backend="local"),  # a bytes answer
     ]
     with BackgroundServer(dagserve.asgi_app(apps, token="fuzz-token")) as url:
         yield url
