@@ -55,7 +55,7 @@ from dagserve._version import __version__ as __version__
 from dagserve.app import App, AppGroup, deploy
 from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
-from dagserve.graph import Graph, Input, map, node, optional, split, switch
+from dagserve.graph import File, Graph, Input, map, node, optional, split, switch
 from dagserve.graph.tensors import TensorSpec
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
@@ -102,6 +102,7 @@ __all__ = [
     "DeployError",
     "DeploymentSpec",
     "Edge",
+    "File",
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",

@@ -30,6 +30,7 @@ import contextlib
 import difflib
 import io
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ def run_page(rel: str) -> int:
             if block.language != "python":
                 continue
             where = f"{rel}:{block.line}"
-            code = compile(block.code, where, "exec")
+            code = compile(block.code, where, "exec", dont_inherit=True)  # not this file's __future__ imports
             if "legacy" in block.flags or "clients" in block.flags:
                 continue
             namespace = page if continues(block) else {"__name__": name}
@@ -367,3 +368,45 @@ def test_getting_started_graph_serves_as_shown(tmp_path: Path) -> None:
     (tmp_path / "reviews.py").write_text(first.code, encoding="utf-8")
     with _dagserve_run("reviews:graph", tmp_path) as base:
         assert _check_curl(text, base) == 1
+
+
+# -- console blocks marked `tested`: commands run in a shell against a served graph ------------------
+
+
+def console_commands(text: str) -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` of every ```` ```console tested ```` block: a ``$ `` line
+    is a command, the lines under it its output."""
+    out: list[tuple[str, list[str]]] = []
+    for block in blocks(text):
+        if block.language != "console" or "tested" not in block.flags:
+            continue
+        for line in block.code.splitlines():
+            if line.startswith("$ "):
+                out.append((line[2:], []))
+            elif out:
+                out[-1][1].append(line.rstrip())
+    return out
+
+
+def test_console_commands_are_read_with_their_output() -> None:
+    text = "```console tested\n$ echo a\na\n$ true\n```\n```console\n$ not run\n```\n"
+    assert console_commands(text) == [("echo a", ["a"]), ("true", [])]
+
+
+@pytest.mark.http
+def test_protocols_page_commands_answer_as_shown(tmp_path: Path) -> None:
+    """docs/protocols.md: its sample file written, its curl calls (multipart, raw, base64 JSON, a PNG
+    answer) sent by real curl to ``dagserve run examples.digits_png:graphs``, answering as shown."""
+    import os
+    import subprocess
+
+    commands = console_commands((ROOT / "docs/protocols.md").read_text(encoding="utf-8"))
+    assert sum("curl" in c for c, _ in commands) >= 4
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with _dagserve_run("examples.digits_png:graphs", tmp_path) as base:
+        for command, expected in commands:
+            command = command.replace("127.0.0.1:8000", base.removeprefix("http://")).replace("python ", f"{sys.executable} ", 1)
+            done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{command!r} failed: {done.stderr}"
+            assert done.stdout.rstrip("\n").splitlines() == expected, f"{command!r} printed {done.stdout!r}, the page shows {expected}"
+    assert (tmp_path / "answer.png").read_bytes().startswith(b"\x89PNG")

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.http
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    """The page's graph module (its first python block) served as the page says."""
+    """The OIP section's graph module (its first python block) served as the page says."""
     text = PAGE.read_text(encoding="utf-8")
-    module = next(b for b in blocks(text) if b.language == "python" and not b.flags)
+    section = text[: text.index("## Open Inference Protocol")].count("\n") + 1  # the files section comes first
+    module = next(b for b in blocks(text) if b.language == "python" and not b.flags and b.line > section)
     assert "dagserve run scoring:graphs --backend local --port 8000 --grpc-port 8001" in text
     cwd = tmp_path_factory.mktemp("protocols")
     (cwd / "scoring.py").write_text(module.code, encoding="utf-8")
@@ -39,7 +40,7 @@ def test_curl_lines_answer_as_shown(served: tuple[int, int]) -> None:
     text = PAGE.read_text(encoding="utf-8")
     checked = 0
     for block in blocks(text):
-        if block.language != "console":
+        if block.language != "console" or "tested" in block.flags:  # those: the files section's (test_docs)
             continue
         for command, shown in re.findall(r"^\$ (curl .+)\n(.+)$", block.code, flags=re.M):
             done = subprocess.run(_localised(command, *served), shell=True, capture_output=True, text=True, timeout=30)

@@ -18,6 +18,7 @@ EXPECTED = [
     "DeployError",
     "DeploymentSpec",
     "Edge",
+    "File",
     "Graph",
     "GraphError",
     "GraphvizNotFoundError",

@@ -3,7 +3,8 @@
 Routes (one graph: ``POST /``, also at ``POST /<name>``; several: ``POST /<name>`` each and
 ``GET /`` lists them)::
 
-    POST /<name>        run the graph on the JSON body          (bearer token if configured)
+    POST /<name>        run the graph on the body               (bearer token if configured)
+                        JSON; multipart or a raw file when its schema has a binary field (http/bodies.py)
     GET  /              list the graphs (several graphs only)   (bearer token if configured)
     GET  /openapi.json  OpenAPI 3.1 description
     GET  /docs          interactive page (Swagger UI from a CDN)
@@ -40,7 +41,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from dagserve._errors import DagserveError, GraphError
 from dagserve.graph.graph import RESERVED_GRAPH_NAMES
 from dagserve.http.admin import admin_routes
-from dagserve.http.doors import JSON_DOOR, Door
+from dagserve.http.bodies import graph_door
+from dagserve.http.doors import Door
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, error_shape, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
@@ -146,7 +148,13 @@ class Ingress:
         return routes
 
     # -- graph routes ----------------------------------------------------------------------------
-    def _graph_endpoint(self, app: App, door: Door = JSON_DOOR) -> Callable[[Request], Awaitable[Response]]:
+    def _graph_endpoint(self, app: App, door: Door | None = None) -> Callable[[Request], Awaitable[Response]]:
+        """The route of ``app``'s graph through ``door``: by default dagserve's own, which takes
+        JSON, and files (multipart, a raw body, base64) for a schema with binary fields (http/bodies.py)."""
+        if door is None:
+            config = self.config
+            door = graph_door(app.plan.input_schema, config.max_form_parts, config.max_form_field_bytes)
+
         async def run_graph(request: Request) -> Response:
             return await self.run_graph(request, app, door)
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagserve.compiler.plan import Plan, Ref, refs_in
+from dagserve.http.bodies import InputShape
 from dagserve.runtime.executor import refuses_unknown_fields
 from dagserve.http.errors import error_schema
 from dagserve.http.oip_rest import oip_openapi
@@ -39,11 +40,13 @@ _ANY: dict[str, Any] = {}
 
 # What each error status means on a graph route (the 401 only when a token is required).
 _GRAPH_ERRORS = {
-    "400": "The body is not acceptable JSON (malformed, empty, not UTF-8, NaN, duplicate keys, too deep).",
+    "400": "The body is not acceptable JSON (malformed, empty, not UTF-8, NaN, duplicate keys, too deep) or "
+    "not well-formed multipart/form-data.",
     "401": "The bearer token is missing or wrong.",
     "408": "The request body did not arrive within the body deadline.",
-    "413": "The request body is larger than the limit.",
-    "415": "The content type is not application/json (UTF-8).",
+    "413": "The request body is larger than the limit (or a multipart body has too many parts or too large a field).",
+    "415": "The content type is not one the graph takes: application/json (UTF-8); multipart/form-data or a raw "
+    "file when its Input schema has a bytes or dagserve.File field.",
     "422": "The payload failed the Input schema (`errors` lists each field), or no switch case matched.",
     "500": "A node raised (`type` is the exception's type, `node` the node's name).",
     "503": "Overloaded or shutting down; retry after `Retry-After` seconds.",
@@ -73,7 +76,8 @@ def openapi_document(
         routes = ["/", f"/{name}"] if single else [f"/{name}"]
         for route in routes:
             op_id = _operation_id(f"run_{name}" + ("_root" if route == "/" else ""), op_ids)
-            paths[route] = {"post": _graph_operation(name, app, op_id, request_schema, response_schema, auth)}
+            operation = _graph_operation(name, app, op_id, request_schema, response_schema, auth, components)
+            paths[route] = {"post": operation}
     if not single:
         paths["/"] = {"get": _listing_operation(auth)}
     paths["/-/healthz"] = {"get": _healthz_operation()}
@@ -375,7 +379,7 @@ def _error_response(description: str, status: str) -> dict[str, Any]:
 
 
 def _graph_operation(
-    name: str, app: App, op_id: str, request_schema: Any, response_schema: Any, auth: bool
+    name: str, app: App, op_id: str, request_schema: Any, response_schema: Any, auth: bool, components: dict[str, Any]
 ) -> dict[str, Any]:
     description = app.graph.description or f"Runs the graph {name!r} on the JSON payload and returns its output."
     responses: dict[str, Any] = {
@@ -401,6 +405,7 @@ def _graph_operation(
     }
     if any(s.model_id is not None for s in app.plan.steps):  # multiplexed (docs/multiplexing.md)
         op["parameters"] = [_MODEL_ID_PARAMETER]
+    _binary_bodies(op, app, request_schema, components)
     if auth:
         op["security"] = [{"bearerAuth": []}]
     return op
@@ -414,6 +419,51 @@ _MODEL_ID_PARAMETER = {
     "payload wins): a non-empty string of at most 256 printable characters.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 256},
 }
+
+
+_BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+
+
+def _binary_bodies(op: dict[str, Any], app: App, request_schema: Any, components: dict[str, Any]) -> None:
+    """Describe on ``op`` what http/bodies.py takes beyond JSON, and a bytes or File answer."""
+    ok = op["responses"]["200"]
+    if ok["content"]["application/json"]["schema"].get("format") == "binary" and not app.streams:
+        ok["content"] = {"*/*": {"schema": _BINARY}}  # bytes answer as themselves, typed by the graph
+        ok["description"] = "The graph's output: its bytes, with the media type (and file name) it gave them."
+    ref = request_schema.get("$ref", "") if isinstance(request_schema, dict) else ""
+    model = components.get(ref.rsplit("/", 1)[-1]) if ref.startswith("#/components/schemas/") else None
+    shape = InputShape(app.plan.input_schema)
+    if not shape.binary or model is None:
+        return
+    properties = dict(model.get("properties", {}))
+    for name in shape.binary:  # JSON carries them as base64 text
+        prop = properties.get(name, {})
+        if prop.get("type") == "string":
+            prop["contentEncoding"] = "base64"
+    form = {
+        "type": "object",
+        "properties": {
+            name: ({"type": "array", "items": _BINARY} if shape.fields[name].many else _BINARY)
+            if name in shape.binary
+            else prop
+            for name, prop in properties.items()
+        },
+        "required": model.get("required", []),
+    }
+    if not shape.extra:
+        form["additionalProperties"] = False  # unknown parts are refused (422), as the docs say
+    content = op["requestBody"]["content"]
+    content["multipart/form-data"] = {"schema": form}
+    if len(shape.binary) == 1:
+        content["application/octet-stream"] = {"schema": _BINARY}
+        content["image/*"] = {"schema": _BINARY}
+        # The query string fills the other fields only with a raw body, which OpenAPI cannot say of
+        # a parameter: the description says it (parameters would read as valid with JSON too).
+        others = [name for name in properties if name not in shape.binary]
+        op["description"] += (
+            f" A raw body of any media type other than JSON fills the field {shape.binary[0]!r}"
+            + (f"; the other fields ({', '.join(others)}) then come from the query string." if others else ".")
+        )
 
 
 def _listing_operation(auth: bool) -> dict[str, Any]:

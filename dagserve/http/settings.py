@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_BODY_TIMEOUT_S",
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_FORM_FIELD_BYTES",
+    "DEFAULT_MAX_FORM_PARTS",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_SHUTDOWN_TIMEOUT_S",
@@ -43,6 +45,10 @@ TOKEN_ENV = "DAGSERVE_TOKEN"
 ADMIN_TOKEN_ENV = "DAGSERVE_ADMIN_TOKEN"
 #: Largest request body accepted (413 beyond), counted as it streams in.
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+#: Most parts (files and fields) one multipart/form-data body may have (413 beyond).
+DEFAULT_MAX_FORM_PARTS = 1000
+#: Largest form field (a multipart part that is not a file field) accepted (413 beyond).
+DEFAULT_MAX_FORM_FIELD_BYTES = 1024 * 1024
 #: The whole body must arrive within this many seconds of the headers (408 otherwise).
 DEFAULT_BODY_TIMEOUT_S = 30.0
 #: A request's headers must arrive within this many seconds of its first byte (408 otherwise).
@@ -65,6 +71,8 @@ class IngressConfig:
     body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
     max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT
     max_json_depth: int = MAX_DEPTH
+    max_form_parts: int = DEFAULT_MAX_FORM_PARTS
+    max_form_field_bytes: int = DEFAULT_MAX_FORM_FIELD_BYTES
     debug: bool = False
     title: str | None = None
     #: ``None``: any Host header; a tuple: loopback hosts and these names only (see HostFilter).
@@ -76,6 +84,8 @@ class IngressConfig:
                 check_host_entry(entry)
         positive("max_body_bytes", self.max_body_bytes, integer=True)
         positive("max_json_depth", self.max_json_depth, integer=True)
+        positive("max_form_parts", self.max_form_parts, integer=True)
+        positive("max_form_field_bytes", self.max_form_field_bytes, integer=True)
         if self.body_timeout_s is not None:
             positive("body_timeout_s", self.body_timeout_s)
         if self.max_in_flight is not None:

@@ -75,7 +75,7 @@ def stream_openapi(item_schema: Any) -> dict[str, Any]:
         ),
         "content": {
             EVENT_STREAM: {"schema": {"type": "string", "description": "data: <item as JSON> per item"}},
-            NDJSON: {"schema": item_schema, "description": "one item per line"},
+            NDJSON: {"schema": item_schema},  # a Media Type Object has no description (OpenAPI 3.1)
             _JSON: {"schema": {"type": "array", "items": item_schema}},
         },
     }

@@ -19,6 +19,7 @@ import pytest
 
 import dagserve
 from examples.quickstart import graph as quickstart
+from tests import binary_graphs as bg
 from tests import ingress_graphs as g
 from tests.background_server import BackgroundServer
 
@@ -36,6 +37,8 @@ def served() -> Iterator[str]:
         dagserve.deploy(g.strict(), backend="local"),
         dagserve.deploy(g.echoing(), backend="local"),
         dagserve.deploy(g.routed(), backend="local"),
+        dagserve.deploy(bg.strict_upload(), backend="local"),  # multipart, raw and base64 bodies
+        dagserve.deploy(bg.strict_file_out(), backend="local"),  # a bytes answer
     ]
     with BackgroundServer(dagserve.asgi_app(apps, token="fuzz-token")) as url:
         yield url
@@ -75,5 +78,6 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "No issues found" in summary, summary
     # every operation was exercised: the graphs, the listing, the health routes, and per graph
-    # the OIP model, ready and infer routes, with the OIP server, live and ready routes
-    assert "22 selected / 22 total" in proc.stdout, summary
+    # the OIP model, ready and infer routes, with the OIP server, live and ready routes (two of the
+    # graphs take files)
+    assert "30 selected / 30 total" in proc.stdout, summary

@@ -147,9 +147,9 @@ def _count(n: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("headers", "why"),
     [
-        ({"origin": "http://evil.example"}, "a web page at 'http://evil.example'"),
-        ({"sec-fetch-site": "cross-site"}, "Sec-Fetch-Site: cross-site"),
-        ({"sec-fetch-site": "same-site", "origin": "http://test"}, "Sec-Fetch-Site: same-site"),
+        ({"origin": "http://evil.example"}, "its Origin is 'http://evil.example'"),
+        ({"sec-fetch-site": "cross-site"}, "its Sec-Fetch-Site header says 'cross-site'"),
+        ({"sec-fetch-site": "same-site", "origin": "http://test"}, "its Sec-Fetch-Site header says 'same-site'"),
     ],
 )
 async def test_a_cross_site_body_without_a_type_is_403(client: httpx.AsyncClient, headers: dict[str, str], why: str) -> None:
