@@ -54,6 +54,7 @@ from dagserve.app import App, deploy
 from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import Graph, Input, map, node, optional, split, switch
+from dagserve import openai
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
@@ -126,6 +127,7 @@ __all__ = [
     "deploy",
     "map",
     "node",
+    "openai",
     "optional",
     "serve",
     "split",

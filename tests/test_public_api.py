@@ -46,6 +46,7 @@ EXPECTED = [
     "deploy",
     "map",
     "node",
+    "openai",
     "optional",
     "serve",
     "split",

@@ -9,7 +9,9 @@
 the dagserve error's class name for other dagserve errors, and a fixed name for HTTP-level ones
 (``InvalidJSON``, ``NotFound`` ...). ``node`` is ``null`` unless a node is to blame. A 422 adds
 ``errors`` (one entry per field: ``loc``, ``msg``, ``type``); debug mode adds ``traceback``.
-Standard library only.
+
+Under ``/v1/`` (the OpenAI-compatible routes) the same errors take OpenAI's shape instead,
+``{"error": {"message", "type", "param", "code"}}`` (:func:`shaped_error`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,32 @@ import math
 import traceback
 from typing import Any
 
-from dagserve._errors import AppClosedError, DagserveError, InputValidationError, NodeError, OverloadedError
+from dagserve._errors import (
+    AppClosedError,
+    DagserveError,
+    InputValidationError,
+    ModelNotFoundError,
+    NodeError,
+    OverloadedError,
+)
 from dagserve._errors import HTTPError as NodeHTTPError
+from dagserve.openai.protocol import error_document
 
-__all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "retry_after"]
+__all__ = [
+    "OPENAI_PREFIX",
+    "HTTPError",
+    "error_body",
+    "error_from_exception",
+    "error_schema",
+    "openai_error",
+    "retry_after",
+    "route_path",
+    "shaped_error",
+]
+
+#: Paths under this prefix are the OpenAI-compatible routes (http/openai_routes.py): their errors
+#: take OpenAI's shape.
+OPENAI_PREFIX = "/v1/"
 
 # Names for statuses that reach us without a dagserve error (Starlette's own 404/405 ...).
 _STATUS_TYPES = {
@@ -128,6 +152,31 @@ def error_from_exception(
         extra["traceback"] = "".join(traceback.format_exception(exc))
     body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra)
     return status, body, headers
+
+
+def openai_error(status: int, body: dict[str, Any], exc: BaseException | None = None) -> dict[str, Any]:
+    """The error document ``body`` (from :func:`error_body`) in OpenAI's shape; ``param`` and
+    ``code`` from ``exc`` when it has them (a :class:`~dagserve.ParameterError`)."""
+    param = getattr(exc, "param", None)
+    code = getattr(exc, "code", None)
+    if isinstance(exc, ModelNotFoundError):
+        code = "model_not_found"
+    elif isinstance(exc, InputValidationError) and exc.errors:
+        param = ".".join(str(p) for p in exc.errors[0].get("loc", ()))  # the graph's own schema refused it
+    return error_document(status, body["error"]["message"], param=param if isinstance(param, str) else None,
+                          code=code if isinstance(code, str) else None)
+
+
+def route_path(scope: Any) -> str:
+    """The request's path below the app's mount point (``root_path``)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def shaped_error(path: str, status: int, body: dict[str, Any], exc: BaseException | None = None) -> dict[str, Any]:
+    """``body`` as the route at ``path`` answers errors: OpenAI's shape under :data:`OPENAI_PREFIX`."""
+    return openai_error(status, body, exc) if path.startswith(OPENAI_PREFIX) else body
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

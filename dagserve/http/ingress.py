@@ -26,7 +26,8 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -39,13 +40,13 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dagserve._errors import DagserveError, GraphError
 from dagserve.http.admin import admin_routes
-from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
+from dagserve.http.errors import HTTPError, error_body, error_from_exception, route_path, shaped_error, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
-from dagserve.http.streaming import StreamAnswer, first_item, stream_format
+from dagserve.http.streaming import Framing, StreamAnswer, first_item, stream_format
 from dagserve.observe.metrics import metrics_endpoint
 from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
 from dagserve.render import live_svg
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from dagserve.http.config import IngressConfig
 
 
-__all__ = ["Ingress", "create_app"]
+__all__ = ["Call", "Ingress", "create_app"]
 
 logger = logging.getLogger("dagserve.http")
 
@@ -69,15 +70,21 @@ RESERVED_NAMES = frozenset({"openapi.json", "docs", "metrics"})
 _JSON = "application/json"
 
 
-def create_app(apps: Mapping[str, App], config: IngressConfig) -> Starlette:
-    """The Starlette application serving ``apps`` (graph name -> App) with ``config``."""
-    return Ingress(apps, config).starlette
+#: A door of the ingress besides its graph routes: given the ingress, its routes
+#: (``dagserve.http.openai_routes.openai_routes``). It enters graphs through :meth:`Ingress.run_request`.
+Door = Callable[["Ingress"], list[BaseRoute]]
+
+
+def create_app(apps: Mapping[str, App], config: IngressConfig, doors: tuple[Door, ...] = ()) -> Starlette:
+    """The Starlette application serving ``apps`` (graph name -> App) with ``config``, and the
+    routes of ``doors``."""
+    return Ingress(apps, config, doors).starlette
 
 
 class Ingress:
     """One ingress: its graphs, limits and counters, and the Starlette app that routes to them."""
 
-    def __init__(self, apps: Mapping[str, App], config: IngressConfig) -> None:
+    def __init__(self, apps: Mapping[str, App], config: IngressConfig, doors: tuple[Door, ...] = ()) -> None:
         if not apps:
             raise GraphError("The ingress needs at least one App to serve.")
         for name in apps:
@@ -98,7 +105,7 @@ class Ingress:
         self._body_deadline = FixedTimeout(config.body_timeout_s)
         self._openapi: dict[str, bytes] = {}
         self.starlette = Starlette(
-            routes=self._routes(),
+            routes=self._routes() + [route for door in doors for route in door(self)],
             # Right inside Starlette's own error middleware: the id exists before any route runs.
             middleware=[Middleware(RequestIdMiddleware, hosts=_host_filter(config.allowed_hosts))],
             exception_handlers={HTTPException: self._http_exception, DagserveError: self._dagserve_exception},
@@ -133,57 +140,76 @@ class Ingress:
     # -- graph routes ----------------------------------------------------------------------------
     def _graph_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
         async def run_graph(request: Request) -> Response:
-            rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
-            ctx: RequestContext | None = None
-            start = time.perf_counter()
-            auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
-            admitted = reading = False
-            try:
-                if self._token is not None:
-                    check_bearer(auth, self._token)
-                _check_content_type(content_type)
-                self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
-                admitted = reading = True
-                body = await self._read_body(request, content_length, expect)
-                if len(body) <= _PARSE_INLINE_BYTES:
-                    payload = parse_json(body, max_depth=self.config.max_json_depth)
-                else:  # on a worker thread, so that the event loop keeps serving meanwhile
-                    payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
-                ctx = RequestContext(request_id=rid, trace=request.scope.get(SCOPE_TRACE))
-                if app.streams and (fmt := stream_format(accept)) != _JSON:  # http/streaming.py
-                    items = app.astream(payload, context=ctx)
-                    first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
-                    admitted = False  # the answer holds its slot until the stream ends
-                    return StreamAnswer(  # type: ignore[return-value]
-                        items, first, fmt, request_id=rid, headers=_trace(trace, ctx, start), on_end=self._release,
-                        debug=self.config.debug,
-                    )
-                result = await self._run_watched(app, payload, ctx, request)
-                content = dump_json(result)
-            except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
-                return self._error_response(_gone("before sending the whole body"), request, rid)
-            except asyncio.CancelledError:
-                if not self.draining:
-                    raise
-                # The server's shutdown grace period ran out: say so instead of a bare 500.
-                exc = HTTPError(
-                    503,
-                    "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
-                    error_type="ShuttingDown",
-                    headers=CLOSE,
-                )
-                return self._error_response(exc, request, rid)
-            except Exception as exc:
-                headers = _trace(trace, ctx, start)
-                if not reading and not await self._discard_body(request, content_length, expect):
-                    headers = {**(headers or {}), **CLOSE}
-                return self._error_response(exc, request, rid, headers)
-            finally:
-                if admitted:
-                    self.in_flight -= 1
-            return Response(content, media_type=_JSON, headers=_trace(trace, ctx, start))
+            return await self.run_request(request, functools.partial(self._answer_graph, app))
 
         return run_graph
+
+    async def _answer_graph(self, app: App, call: Call) -> Response:
+        ctx = call.context("http")
+        if app.streams and (fmt := stream_format(call.accept)) != _JSON:  # http/streaming.py
+            items = app.astream(call.payload, context=ctx)
+            first = await self.run(call, app, lambda: first_item(items))
+            return self.streamed(call, items, first, fmt)  # type: ignore[return-value]
+        result = await self.run(call, app)
+        return Response(dump_json(result), media_type=_JSON, headers=call.headers())
+
+    # -- what every door shares (the graph routes here, the OpenAI routes in openai_routes.py) ----
+    async def run_request(self, request: Request, answer: Callable[[Call], Awaitable[Response]]) -> Response:
+        """One request through a door: the token, the content type, admission, the body read within
+        its limits and parsed as JSON, then ``answer(call)``; a failure anywhere is the route's
+        error answer (errors.py), and a client that hangs up is let go."""
+        rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
+        start = time.perf_counter()
+        auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
+        call: Call | None = None
+        admitted = reading = False
+        try:
+            if self._token is not None:
+                check_bearer(auth, self._token)
+            _check_content_type(content_type)
+            self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
+            admitted = reading = True
+            body = await self._read_body(request, content_length, expect)
+            if len(body) <= _PARSE_INLINE_BYTES:
+                payload = parse_json(body, max_depth=self.config.max_json_depth)
+            else:  # on a worker thread, so that the event loop keeps serving meanwhile
+                payload = await run_in_threadpool(parse_json, body, max_depth=self.config.max_json_depth)
+            call = Call(request, rid, payload, accept, trace, start)
+            return await answer(call)
+        except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
+            return self._error_response(_gone("before sending the whole body"), request, rid)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            # The server's shutdown grace period ran out: say so instead of a bare 500.
+            exc = HTTPError(
+                503,
+                "The server shut down before this request finished (its shutdown grace period ran out); retry it.",
+                error_type="ShuttingDown",
+                headers=CLOSE,
+            )
+            return self._error_response(exc, request, rid)
+        except Exception as exc:
+            headers = _trace(trace, call.ctx if call is not None else None, start)
+            if not reading and not await self._discard_body(request, content_length, expect):
+                headers = {**(headers or {}), **CLOSE}
+            return self._error_response(exc, request, rid, headers)
+        finally:
+            if admitted and not (call is not None and call.held):
+                self.in_flight -= 1
+
+    async def run(self, call: Call, app: App, run: Callable[[], Awaitable[Any]] | None = None) -> Any:
+        """``app.acall`` on the call's payload (or ``run``), cancelled when the client hangs up."""
+        assert call.ctx is not None  # set by call.context() first
+        return await self._run_watched(app, call.payload, call.ctx, call.request, run)
+
+    def streamed(self, call: Call, items: AsyncIterator[Any], first: tuple[bool, Any], fmt: str | Framing) -> StreamAnswer:
+        """The answer that streams ``items`` (``first`` awaited already); it holds the call's
+        admission slot until the stream ends."""
+        call.held = True
+        return StreamAnswer(
+            items, first, fmt, request_id=call.request_id, headers=call.headers(), on_end=self._release, debug=self.config.debug
+        )
 
     def _admit(self) -> None:
         """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
@@ -310,20 +336,21 @@ class Ingress:
             watcher.cancel()
 
     # -- auth --------------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
+    def authorize(self, request: Request) -> None:
+        """401 :class:`HTTPError` unless the request carries the graph token (when there is one)."""
         if self._token is not None:
             check_bearer(request.headers.get("authorization"), self._token)
 
     def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            self._authorize(request)
+            self.authorize(request)
             return await endpoint(request)
 
         return guarded
 
     # -- other routes ------------------------------------------------------------------------------
     async def _list_graphs(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         root = request.scope.get("root_path", "")
         graphs = [
             {"name": name, "path": f"{root}/{name}", "description": app.graph.description}
@@ -382,11 +409,11 @@ class Ingress:
         return app
 
     async def _plan_json(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         return _json(self._pick_app(request).plan.summary())
 
     async def _plan_svg(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         app = self._pick_app(request)
         svg = await run_in_threadpool(live_svg, app)
         return Response(svg, media_type="image/svg+xml")
@@ -396,6 +423,7 @@ class Ingress:
         self, exc: BaseException, request: Request, rid: str, extra_headers: Mapping[str, str] | None = None
     ) -> Response:
         status, body, headers = error_from_exception(exc, request_id=rid, debug=self.config.debug)
+        body = shaped_error(route_path(request.scope), status, body, exc)
         if status >= 500:
             if isinstance(exc, DagserveError):
                 logger.warning("request %s failed with %s: %s", rid, status, exc)
@@ -422,7 +450,30 @@ class Ingress:
         else:
             message = exc.detail if isinstance(exc.detail, str) else status_type(status)
         body = error_body(status, status_type(status), message, request_id=_rid(request.scope))
-        return _error(status, body, dict(exc.headers or {}))
+        return _error(status, shaped_error(route_path(request.scope), status, body), dict(exc.headers or {}))
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One request through a door, past the ingress's checks: what the door's answer needs."""
+
+    request: Request
+    request_id: str
+    payload: Any
+    accept: str | None
+    trace: str | None  # the x-dagserve-trace header
+    start: float  # time.perf_counter() when the request came
+    ctx: RequestContext | None = None
+    held: bool = False  # a streaming answer holds the admission slot until it ends
+
+    def context(self, protocol: str) -> RequestContext:
+        """The request's context for the graph (``protocol``: the door, for metrics and records)."""
+        self.ctx = RequestContext(request_id=self.request_id, trace=self.request.scope.get(SCOPE_TRACE), protocol=protocol)
+        return self.ctx
+
+    def headers(self) -> dict[str, str] | None:
+        """The answer's timing headers, if the client asked for them (x-dagserve-trace)."""
+        return _trace(self.trace, self.ctx, self.start)
 
 
 def check_bearer(header: str | None, token: bytes) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from dagserve.http.errors import error_body
+from dagserve.http.errors import error_body, route_path, shaped_error
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
 from dagserve.http.protocol import SCOPE_REJECT
@@ -85,7 +85,8 @@ class RequestIdMiddleware:
                 refused = (403, "HostNotAllowed", self.hosts.refusal(host))
             if refused is not None:
                 status, error_type, message = refused
-                body = dump_json(error_body(status, error_type, message, request_id=rid))
+                document = error_body(status, error_type, message, request_id=rid)
+                body = dump_json(shaped_error(route_path(scope), status, document))
                 headers = {**CLOSE, REQUEST_ID_HEADER: rid, TRACEPARENT_HEADER: trace.traceparent}
                 await Response(body, status, headers=headers, media_type=_JSON)(scope, receive, send)
                 return

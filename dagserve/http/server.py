@@ -79,9 +79,7 @@ def asgi_app(
         title=title,
         allowed_hosts=host_list(allowed_hosts),
     )
-    from dagserve.http.ingress import create_app
-
-    return create_app(_by_name(apps), config)
+    return _ingress(_by_name(apps), config)
 
 
 def serve(
@@ -152,9 +150,7 @@ def serve(
             item if isinstance(item, App) else _deployed(item, owned, backend, ready_timeout_s, request_timeout_s, backend_options)
             for item in items
         ]
-        from dagserve.http.ingress import create_app
-
-        web = create_app(_by_name(apps), config)
+        web = _ingress(_by_name(apps), config)
         warn_if_exposed(host, config.token)
         tracing = _traced(apps)
         if log_format == "json":
@@ -181,6 +177,15 @@ def serve(
                 app.shutdown()
             except Exception:
                 logger.exception("shutting down graph %r failed", app.name)
+
+
+def _ingress(apps: dict[str, App], config: IngressConfig) -> Any:
+    """The ingress for ``apps``: their graph routes, and the OpenAI routes of the graphs marked
+    with ``dagserve.openai`` (http/openai_routes.py)."""
+    from dagserve.http.ingress import create_app
+    from dagserve.http.openai_routes import openai_routes
+
+    return create_app(apps, config, doors=(openai_routes,))
 
 
 def _traced(apps: list[App]) -> Tracing | None:
