@@ -49,7 +49,7 @@ _FINISH = {"chat": frozenset({"stop", "length", "content_filter", "tool_calls"})
 # -- requests ------------------------------------------------------------------------------------------
 class _Loose(BaseModel):
     # Fields OpenAI adds later reach the graph in ``extra`` instead of failing the request.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class ChatMessage(_Loose):
