@@ -295,6 +295,9 @@ def _run(
             token_file.append(path)
             click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
         routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
+        models = sorted({g.openai.model for g in graphs if g.openai is not None})
+        if models:  # the OpenAI-compatible routes (docs/openai.md)
+            click.echo(f"dagserve: OpenAI models {', '.join(models)} at {url}v1", err=True)
         click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
 
     try:
