@@ -19,13 +19,18 @@ CLIENT = ROOT / "tests" / "clients" / "openai_client.py"
 CLIENT_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 
 
-def run_client(*args: str, timeout_s: float = 240) -> dict[str, Any]:
-    """Run the client script with ``args``; what it printed, as JSON."""
+def run_script(*args: str, timeout_s: float = 240) -> str:
+    """Run a script with the clients' Python (``args``: the script and its arguments); what it printed."""
     assert CLIENT_PYTHON.exists(), f"{CLIENT_PYTHON} is missing: run scripts/setup.sh --test to create .venv-clients"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    done = subprocess.run([str(CLIENT_PYTHON), str(CLIENT), *args], capture_output=True, text=True, timeout=timeout_s, env=env)
+    done = subprocess.run([str(CLIENT_PYTHON), *args], capture_output=True, text=True, timeout=timeout_s, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return done.stdout
+
+
+def run_client(*args: str) -> dict[str, Any]:
+    """Run tests/clients/openai_client.py with ``args``; what it printed, as JSON."""
+    return json.loads(run_script(str(CLIENT), *args).strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def check_conversation(url: str, token: str) -> None:

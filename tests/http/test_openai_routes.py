@@ -49,6 +49,26 @@ def test_the_openai_clients_cancellation_stops_the_generator(served: tuple[list[
     assert all(app.in_flight == 0 for app in apps)
 
 
+def test_the_client_block_of_docs_openai_md_prints_what_the_page_shows(tmp_path: Any) -> None:
+    from tests.test_docs import ROOT, blocks
+
+    page = blocks((ROOT / "docs/openai.md").read_text(encoding="utf-8"))
+    i = next(i for i, b in enumerate(page) if b.language == "python" and "from openai import OpenAI" in b.code)
+    code, shown = page[i].code, page[i + 1]
+    assert shown.language == "text"
+    apps = [dagserve.deploy(g, backend="local") for g in openai_models]
+    try:
+        with BackgroundServer(dagserve.asgi_app(apps)) as url:
+            script = tmp_path / "client.py"
+            script.write_text(code.replace("http://127.0.0.1:8000/", url), encoding="utf-8")
+            assert url in script.read_text(encoding="utf-8")
+            printed = oc.run_script(str(script))
+    finally:
+        for app in apps:
+            app.shutdown()
+    assert [line.rstrip() for line in printed.splitlines()] == [line.rstrip() for line in shown.code.splitlines()]
+
+
 def _events(text: str) -> list[Any]:
     """The ``data:`` payloads of an OpenAI stream, ``[DONE]`` as a string."""
     out = []
