@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from dagserve._errors import GraphError
@@ -50,13 +51,13 @@ class OpenAIEndpoint:
         if self.tools and self.kind != "chat":
             raise GraphError("tools=True is for chat models: /v1/completions has no tools.")
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         """The exact model names (what ``GET /v1/models`` lists): ``model``, then ``models``
         without the prefixes."""
         return (self.model, *(m for m in self.models if not m.endswith("*")))
 
-    @property
+    @cached_property
     def prefixes(self) -> tuple[str, ...]:
         """The prefixes of ``models`` (``"ft-*"`` -> ``"ft-"``)."""
         return tuple(m[:-1] for m in self.models if m.endswith("*"))

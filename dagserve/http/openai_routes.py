@@ -97,10 +97,10 @@ class _OpenAIDoor:
         return await self.ingress.run_request(request, functools.partial(self._answer, kind))
 
     async def _answer(self, kind: OpenAIKind, call: Call) -> Response:
-        body = parse_request(kind, call.payload)
+        body = parse_request(kind, call.payload)  # call.payload: a JSON object from here on
         endpoint, app = self.models.find(kind, body.model)
         refuse_unsupported(body, endpoint)
-        call.payload = graph_payload(body, endpoint)
+        call.payload = graph_payload(call.payload, body, endpoint)
         ctx = call.context("openai")
         usage = body.stream_options is not None and body.stream_options.include_usage
         answer = Answer(kind, body.model, request_id=call.request_id, include_usage=usage)

@@ -171,28 +171,42 @@ def _refuse(param: str, message: str, code: str = "unsupported_parameter") -> No
 _DOOR_FIELDS = frozenset(
     {"n", "stream_options", "logprobs", "top_logprobs", "best_of", "echo", "max_completion_tokens", "functions", "function_call"}
 )
-_TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
+_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+# The fields the graph sees and their defaults, per request kind (tools only with tools=True);
+# the fields the door knows (the others go to ``extra``).
+_CHAT_DEFAULTS = {f: i.default for f, i in ChatRequest.model_fields.items() if f not in _DOOR_FIELDS and f not in _TOOL_FIELDS}
+_COMPLETION_DEFAULTS = {f: i.default for f, i in CompletionRequest.model_fields.items() if f not in _DOOR_FIELDS}
+_CHAT_KNOWN = frozenset(ChatRequest.model_fields)
+_COMPLETION_KNOWN = frozenset(CompletionRequest.model_fields)
 
 
-def graph_payload(request: ChatRequest | CompletionRequest, endpoint: OpenAIEndpoint) -> dict[str, Any]:
-    """What the graph's ``Input`` receives: the request's fields as plain JSON values, ``stop``
-    as a list, ``max_tokens`` also from ``max_completion_tokens``, ``prompt`` as one string,
+def graph_payload(body: dict[str, Any], request: ChatRequest | CompletionRequest, endpoint: OpenAIEndpoint) -> dict[str, Any]:
+    """What the graph's ``Input`` receives from the request ``body`` (validated as ``request``):
+    its fields as the client sent them (``None`` when absent; ``messages`` as sent), ``stop`` as a
+    list, ``max_tokens`` also from ``max_completion_tokens``, ``prompt`` as one string,
     ``tools``/``tool_choice`` only for a graph served with ``tools=True``, and every field this
     module does not know in ``extra``."""
-    skip = _DOOR_FIELDS if endpoint.tools else _DOOR_FIELDS | _TOOL_FIELDS
-    payload: dict[str, Any] = {}
-    for name in type(request).model_fields:
-        if name not in skip:
-            payload[name] = getattr(request, name)
-    if isinstance(request, ChatRequest):
-        payload["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
-        if request.max_completion_tokens is not None:
-            payload["max_tokens"] = request.max_completion_tokens
+    chat = isinstance(request, ChatRequest)
+    defaults = _CHAT_DEFAULTS if chat else _COMPLETION_DEFAULTS
+    known = _CHAT_KNOWN if chat else _COMPLETION_KNOWN
+    payload = dict(defaults)
+    extra: dict[str, Any] = {}
+    for name, value in body.items():  # validated already: the client's own values
+        if name in defaults:
+            payload[name] = value
+        elif name not in known:
+            extra[name] = value
+    if endpoint.tools:
+        payload.update({name: body.get(name) for name in _TOOL_FIELDS})
+    if chat:
+        if request.max_completion_tokens is not None:  # type: ignore[union-attr]
+            payload["max_tokens"] = request.max_completion_tokens  # type: ignore[union-attr]
     else:
-        payload["prompt"] = request.prompt[0] if isinstance(request.prompt, list) else request.prompt
-    stop = request.stop
+        prompt = payload["prompt"]
+        payload["prompt"] = prompt[0] if isinstance(prompt, list) else prompt
+    stop = payload["stop"]
     payload["stop"] = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-    payload["extra"] = dict(request.model_extra or {})
+    payload["extra"] = extra
     return payload
 
 
@@ -356,6 +370,7 @@ class ModelTable(Generic[T]):
 
     def __init__(self) -> None:
         self._by_kind: dict[str, list[tuple[OpenAIEndpoint, T]]] = {"chat": [], "completions": []}
+        self._exact: dict[tuple[str, str], tuple[OpenAIEndpoint, T]] = {}  # (kind, name): the usual lookup
 
     def add(self, endpoint: OpenAIEndpoint, target: T) -> None:
         """Serve ``endpoint``'s names with ``target``; :class:`GraphError` for a name served twice."""
@@ -369,12 +384,17 @@ class ModelTable(Generic[T]):
                     "its own model names (model= and models=)."
                 )
         self._by_kind[endpoint.kind].append((endpoint, target))
+        for name in endpoint.names:
+            self._exact[(endpoint.kind, name)] = (endpoint, target)
 
     def __bool__(self) -> bool:
         return any(self._by_kind.values())
 
     def find(self, kind: OpenAIKind, name: str) -> tuple[OpenAIEndpoint, T]:
         """The endpoint and target serving ``name`` on the ``kind`` route; :class:`ModelNotFoundError`."""
+        found = self._exact.get((kind, name))
+        if found is not None:
+            return found
         for endpoint, target in self._by_kind[kind]:
             if endpoint.accepts(name):
                 return endpoint, target

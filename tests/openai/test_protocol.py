@@ -34,28 +34,37 @@ def chat(**fields: Any) -> ChatRequest:
     return request
 
 
+def payload_of(body: dict[str, Any], endpoint: OpenAIEndpoint = CHAT) -> dict[str, Any]:
+    """What the graph receives for the request ``body``."""
+    request = parse_request(endpoint.kind, body)
+    refuse_unsupported(request, endpoint)
+    return graph_payload(body, request, endpoint)
+
+
+def chat_payload(**fields: Any) -> dict[str, Any]:
+    return payload_of({"model": "m", "messages": MESSAGES, **fields})
+
+
 def test_a_chat_request_reaches_the_graph_as_plain_fields_with_the_unknown_ones_in_extra() -> None:
-    request = chat(max_completion_tokens=7, temperature=0.5, stop="\n", user="u1", seed=3, log="/tmp/x", metadata={"a": 1})
-    payload = graph_payload(request, CHAT)
-    assert payload["messages"] == MESSAGES and payload["model"] == "m"
-    assert (payload["max_tokens"], payload["temperature"], payload["stop"], payload["user"], payload["seed"]) == (7, 0.5, ["\n"], "u1", 3)
-    assert payload["extra"] == {"log": "/tmp/x", "metadata": {"a": 1}}
-    assert payload["stream"] is False and payload["top_p"] is None
+    seen = chat_payload(max_completion_tokens=7, temperature=0.5, stop="\n", user="u1", seed=3, log="/tmp/x", metadata={"a": 1})
+    assert seen["messages"] == MESSAGES and seen["model"] == "m"
+    assert (seen["max_tokens"], seen["temperature"], seen["stop"], seen["user"], seen["seed"]) == (7, 0.5, ["\n"], "u1", 3)
+    assert seen["extra"] == {"log": "/tmp/x", "metadata": {"a": 1}}
+    assert seen["stream"] is False and seen["top_p"] is None
     for door_only in ("n", "stream_options", "logprobs", "max_completion_tokens", "tools", "tool_choice"):
-        assert door_only not in payload
-    json.dumps(payload)  # plain JSON values: it crosses processes on Ray
-    # messages keep the fields OpenAI adds (tool_call_id) and drop the empty ones
-    tool = chat(messages=[{"role": "tool", "content": "42", "tool_call_id": "c1"}])
-    assert graph_payload(tool, CHAT)["messages"] == [{"role": "tool", "content": "42", "tool_call_id": "c1"}]
-    assert graph_payload(chat(stop=["a", "b"]), CHAT)["stop"] == ["a", "b"] and graph_payload(chat(), CHAT)["stop"] == []
+        assert door_only not in seen
+    json.dumps(seen)  # plain JSON values: it crosses processes on Ray
+    # messages as sent, with the fields OpenAI adds (tool_call_id)
+    tool = [{"role": "tool", "content": "42", "tool_call_id": "c1"}]
+    assert chat_payload(messages=tool)["messages"] == tool
+    assert chat_payload(stop=["a", "b"])["stop"] == ["a", "b"] and chat_payload()["stop"] == []
+    assert chat_payload(max_tokens=5, stream=True)["max_tokens"] == 5 and chat_payload(stream=True)["stream"] is True
 
 
 def test_a_completion_request_has_one_prompt() -> None:
-    request = parse_request("completions", {"model": "m", "prompt": ["once upon"], "max_tokens": 4, "suffix": "end"})
-    assert isinstance(request, CompletionRequest)
-    payload = graph_payload(request, COMPLETIONS)
-    assert payload["prompt"] == "once upon" and payload["suffix"] == "end" and payload["max_tokens"] == 4
-    assert "echo" not in payload and "best_of" not in payload
+    seen = payload_of({"model": "m", "prompt": ["once upon"], "max_tokens": 4, "suffix": "end"}, COMPLETIONS)
+    assert seen["prompt"] == "once upon" and seen["suffix"] == "end" and seen["max_tokens"] == 4
+    assert "echo" not in seen and "best_of" not in seen and seen["extra"] == {}
 
 
 @pytest.mark.parametrize(
@@ -112,11 +121,9 @@ def test_what_a_completions_graph_cannot_honour_is_refused(fields: dict[str, Any
 
 def test_a_graph_served_with_tools_gets_them() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
-    request = chat(tools=tools, tool_choice="auto")
     endpoint = OpenAIEndpoint("chat", "m", tools=True)
-    refuse_unsupported(request, endpoint)
-    payload = graph_payload(request, endpoint)
-    assert payload["tools"] == tools and payload["tool_choice"] == "auto"
+    seen = payload_of({"model": "m", "messages": MESSAGES, "tools": tools, "tool_choice": "auto"}, endpoint)
+    assert seen["tools"] == tools and seen["tool_choice"] == "auto" and seen["parallel_tool_calls"] is None
 
 
 def test_items_are_text_or_dicts_of_known_keys() -> None:
