@@ -26,6 +26,7 @@ bench: setup
 	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.stream_bench
+	$(PY) -m benchmarks.openai_bench
 
 bench-quick: setup
 	@./scripts/setup.sh --bench
