@@ -269,6 +269,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_ROLE_CHOICE = b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+
+
 class Answer:
     """One completion of the model ``model``: the chunks of its stream or the whole object.
 
@@ -291,14 +294,17 @@ class Answer:
         self.items = 0
         head = {"id": self.id, "object": self.object + ".chunk" if chat else self.object, "created": self.created, "model": model}
         # The JSON of a text chunk around its content, so that a token costs one string encoding.
-        opened = to_json(head)[:-1] + (b',"choices":[{"index":0,"delta":{"content":' if chat else b',"choices":[{"index":0,"text":')
+        self._start = to_json(head)[:-1]
+        opened = self._start + (b',"choices":[{"index":0,"delta":{"content":' if chat else b',"choices":[{"index":0,"text":')
         self._text_chunk = (opened, b'},"logprobs":null,"finish_reason":null}]' if chat else b',"logprobs":null,"finish_reason":null}]')
         self._tail = b',"usage":null}' if include_usage else b"}"
         self._head = head
 
     def opening(self) -> bytes | None:
         """The JSON of the first chunk: the assistant's role (chat); ``None`` for completions."""
-        return to_json(self._chunk({"role": "assistant", "content": ""}, None)) if self.kind == "chat" else None
+        if self.kind != "chat":
+            return None
+        return self._start + _ROLE_CHOICE + self._tail
 
     def chunk(self, item: Any) -> bytes:
         """The JSON of the chunk for one item the graph yielded."""
