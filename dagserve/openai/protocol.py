@@ -382,9 +382,10 @@ class ModelTable(Generic[T]):
         """Serve ``endpoint``'s names with ``target``; :class:`GraphError` for a name served twice."""
         for other, _ in self._by_kind[endpoint.kind]:
             clash = [n for n in endpoint.names if other.accepts(n)] + [n for n in other.names if endpoint.accepts(n)]
-            same = set(endpoint.prefixes) & set(other.prefixes)
-            if clash or same:
-                name = clash[0] if clash else same.pop() + "*"
+            # two prefixes overlap when one starts with the other ("ft-*" and "ft-a*" both take "ft-ab")
+            clash += [p + "*" for p in endpoint.prefixes for q in other.prefixes if p.startswith(q) or q.startswith(p)]
+            if clash:
+                name = clash[0]
                 raise GraphError(
                     f"The OpenAI {endpoint.kind} model {name!r} is served by two graphs; give each graph "
                     "its own model names (model= and models=)."

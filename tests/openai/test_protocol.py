@@ -204,7 +204,14 @@ def test_the_model_table_finds_by_name_and_prefix_and_refuses_clashes() -> None:
         table.find("completions", "other")
     with pytest.raises(ModelNotFoundError, match=r"'gpt' does not exist here; the models are \['alias', 'base', 'other'\]"):
         table.find("chat", "gpt")
-    for clash in (OpenAIEndpoint("chat", "ft-1"), OpenAIEndpoint("chat", "x", ("ft-*",)), OpenAIEndpoint("chat", "x", ("oth*",))):
+    clashes = (
+        OpenAIEndpoint("chat", "ft-1"),
+        OpenAIEndpoint("chat", "x", ("ft-*",)),
+        OpenAIEndpoint("chat", "x", ("ft-a*",)),
+        OpenAIEndpoint("chat", "x", ("f*",)),
+        OpenAIEndpoint("chat", "x", ("oth*",)),
+    )
+    for clash in clashes:
         with pytest.raises(GraphError, match="is served by two graphs"):
             table.add(clash, "again")
 
