@@ -8,9 +8,10 @@ Server-Sent Events, and as the OpenAI model ``bench`` at ``POST /v1/chat/complet
 ``"stream": true``: the same App, the same generator. A client in this process
 (:class:`benchmarks.stream_bench.Connection`, one keep-alive connection per concurrent stream)
 alternates between the two routes so that both see the same machine load: time to first token
-over ``--ttft-n`` streams one after the other, 20 ms apart (p50), and tokens/s with 32 streams at once,
-16 on each route (so that both see the same moment's load), over ``--rounds`` rounds. Targets: the OpenAI route's time to first token at most 1.2x, its
-tokens/s at least 0.9x the graph route's. Records go to ``benchmarks/results/openai.json``.
+over ``--ttft-n`` streams one after the other, 20 ms apart (p50), and tokens/s with 32 streams
+at once, 16 on each route (so that both see the same moment's load), over ``--rounds`` rounds.
+Targets: the OpenAI route's time to first token at most 1.2x, its tokens/s at least 0.9x the
+graph route's. Records go to ``benchmarks/results/openai.json``.
 """
 
 from __future__ import annotations

@@ -203,12 +203,15 @@ class Ingress:
         assert call.ctx is not None  # set by call.context() first
         return await self._run_watched(app, call.payload, call.ctx, call.request, run)
 
-    def streamed(self, call: Call, items: AsyncIterator[Any], first: tuple[bool, Any], fmt: str | Framing) -> StreamAnswer:
+    def streamed(
+        self, call: Call, items: AsyncIterator[Any], first: tuple[bool, Any], fmt: str | Framing
+    ) -> StreamAnswer:
         """The answer that streams ``items`` (``first`` awaited already); it holds the call's
         admission slot until the stream ends."""
         call.held = True
+        headers = call.headers()
         return StreamAnswer(
-            items, first, fmt, request_id=call.request_id, headers=call.headers(), on_end=self._release, debug=self.config.debug
+            items, first, fmt, request_id=call.request_id, headers=headers, on_end=self._release, debug=self.config.debug
         )
 
     def _admit(self) -> None:
@@ -468,7 +471,8 @@ class Call:
 
     def context(self, protocol: str) -> RequestContext:
         """The request's context for the graph (``protocol``: the door, for metrics and records)."""
-        self.ctx = RequestContext(request_id=self.request_id, trace=self.request.scope.get(SCOPE_TRACE), protocol=protocol)
+        trace = self.request.scope.get(SCOPE_TRACE)
+        self.ctx = RequestContext(request_id=self.request_id, trace=trace, protocol=protocol)
         return self.ctx
 
     def headers(self) -> dict[str, str] | None:

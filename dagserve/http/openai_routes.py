@@ -68,11 +68,12 @@ def openai_routes(ingress: Ingress) -> list[BaseRoute]:
     if not models:
         return []
     door = _OpenAIDoor(ingress, models)
+    chat, completions = functools.partial(door.complete, "chat"), functools.partial(door.complete, "completions")
     return [
         Route("/v1/models", door.list_models, methods=["GET"], name="openai_models"),
         Route("/v1/models/{model:path}", door.get_model, methods=["GET"], name="openai_model"),
-        Route("/v1/chat/completions", functools.partial(door.complete, "chat"), methods=["POST"], name="openai_chat"),
-        Route("/v1/completions", functools.partial(door.complete, "completions"), methods=["POST"], name="openai_completions"),
+        Route("/v1/chat/completions", chat, methods=["POST"], name="openai_chat"),
+        Route("/v1/completions", completions, methods=["POST"], name="openai_completions"),
     ]
 
 
@@ -106,7 +107,8 @@ class _OpenAIDoor:
         answer = Answer(kind, body.model, request_id=call.request_id, include_usage=usage)
         if not body.stream:
             result = await self.ingress.run(call, app)  # a streaming graph's items in a list
-            return Response(dump_json(answer.whole(result if app.streams else [result])), media_type=_JSON, headers=call.headers())
+            whole = answer.whole(result if app.streams else [result])
+            return Response(dump_json(whole), media_type=_JSON, headers=call.headers())
         items: AsyncIterator[Any]
         if app.streams:
             items = app.astream(call.payload, context=ctx)

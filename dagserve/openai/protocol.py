@@ -43,7 +43,10 @@ __all__ = [
 
 T = TypeVar("T")
 #: The finish reasons an item may give, per kind.
-_FINISH = {"chat": frozenset({"stop", "length", "content_filter", "tool_calls"}), "completions": frozenset({"stop", "length", "content_filter"})}
+_FINISH = {
+    "chat": frozenset({"stop", "length", "content_filter", "tool_calls"}),
+    "completions": frozenset({"stop", "length", "content_filter"}),
+}
 
 
 # -- requests ------------------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ def refuse_unsupported(request: ChatRequest | CompletionRequest, endpoint: OpenA
     """:class:`ParameterError` (400) for a parameter the graph cannot honour: several choices,
     log probabilities, tools for a graph served without ``tools=True``, ``echo``, ``best_of``."""
     if request.n > 1:
-        _refuse("n", f"n={request.n}: this server answers one choice per request; send n=1 (or leave it out).", "unsupported_value")
+        _refuse("n", f"n={request.n}: this server answers one choice per request; send n=1 (or leave it out).", _VALUE)
     if isinstance(request, ChatRequest):
         if request.logprobs or request.top_logprobs is not None:
             _refuse("logprobs", "logprobs and top_logprobs are not supported by this model; leave them out.")
@@ -154,13 +157,16 @@ def refuse_unsupported(request: ChatRequest | CompletionRequest, endpoint: OpenA
                     _refuse(param, f"The model {endpoint.model!r} does not take tools; leave out {param}.")
         return
     if isinstance(request.prompt, list) and len(request.prompt) != 1:
-        _refuse("prompt", f"prompt holds {len(request.prompt)} prompts; this server answers one per request.", "unsupported_value")
+        _refuse("prompt", f"prompt holds {len(request.prompt)} prompts; this server answers one per request.", _VALUE)
     if request.echo:
         _refuse("echo", "echo is not supported by this model; leave it out.")
     if request.best_of is not None and request.best_of > 1:
-        _refuse("best_of", f"best_of={request.best_of}: this server generates one completion; send best_of=1.", "unsupported_value")
+        _refuse("best_of", f"best_of={request.best_of}: this server generates one completion; send best_of=1.", _VALUE)
     if request.logprobs is not None:
         _refuse("logprobs", "logprobs is not supported by this model; leave it out.")
+
+
+_VALUE = "unsupported_value"
 
 
 def _refuse(param: str, message: str, code: str = "unsupported_parameter") -> None:
@@ -169,18 +175,23 @@ def _refuse(param: str, message: str, code: str = "unsupported_parameter") -> No
 
 #: Fields the door itself honours (or refuses): the graph does not see them.
 _DOOR_FIELDS = frozenset(
-    {"n", "stream_options", "logprobs", "top_logprobs", "best_of", "echo", "max_completion_tokens", "functions", "function_call"}
+    {"n", "stream_options", "logprobs", "top_logprobs", "best_of", "echo", "max_completion_tokens", "functions",
+     "function_call"}
 )
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 # The fields the graph sees and their defaults, per request kind (tools only with tools=True);
 # the fields the door knows (the others go to ``extra``).
-_CHAT_DEFAULTS = {f: i.default for f, i in ChatRequest.model_fields.items() if f not in _DOOR_FIELDS and f not in _TOOL_FIELDS}
+_CHAT_DEFAULTS = {
+    f: i.default for f, i in ChatRequest.model_fields.items() if f not in _DOOR_FIELDS and f not in _TOOL_FIELDS
+}
 _COMPLETION_DEFAULTS = {f: i.default for f, i in CompletionRequest.model_fields.items() if f not in _DOOR_FIELDS}
 _CHAT_KNOWN = frozenset(ChatRequest.model_fields)
 _COMPLETION_KNOWN = frozenset(CompletionRequest.model_fields)
 
 
-def graph_payload(body: dict[str, Any], request: ChatRequest | CompletionRequest, endpoint: OpenAIEndpoint) -> dict[str, Any]:
+def graph_payload(
+    body: dict[str, Any], request: ChatRequest | CompletionRequest, endpoint: OpenAIEndpoint
+) -> dict[str, Any]:
     """What the graph's ``Input`` receives from the request ``body`` (validated as ``request``):
     its fields as the client sent them (``None`` when absent; ``messages`` as sent), ``stop`` as a
     list, ``max_tokens`` also from ``max_completion_tokens``, ``prompt`` as one string,
@@ -269,7 +280,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_ROLE_CHOICE = b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+_ROLE_CHOICE = (
+    b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+)
 
 
 class Answer:
@@ -292,11 +305,14 @@ class Answer:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
         self.items = 0
-        head = {"id": self.id, "object": self.object + ".chunk" if chat else self.object, "created": self.created, "model": model}
+        kind_of_chunk = self.object + ".chunk" if chat else self.object
+        head = {"id": self.id, "object": kind_of_chunk, "created": self.created, "model": model}
         # The JSON of a text chunk around its content, so that a token costs one string encoding.
         self._start = to_json(head)[:-1]
-        opened = self._start + (b',"choices":[{"index":0,"delta":{"content":' if chat else b',"choices":[{"index":0,"text":')
-        self._text_chunk = (opened, b'},"logprobs":null,"finish_reason":null}]' if chat else b',"logprobs":null,"finish_reason":null}]')
+        choice = b',"choices":[{"index":0,"delta":{"content":' if chat else b',"choices":[{"index":0,"text":'
+        opened = self._start + choice
+        closed = b',"logprobs":null,"finish_reason":null}]'
+        self._text_chunk = (opened, b"}" + closed if chat else closed)
         self._tail = b',"usage":null}' if include_usage else b"}"
         self._head = head
 

@@ -36,7 +36,18 @@ import dagserve
 
 from .corpus import PASSAGES
 
-__all__ = ["Generator", "Question", "Reranker", "Retriever", "answer", "chat", "completion", "graph", "openai_models", "question_of"]
+__all__ = [
+    "Generator",
+    "Question",
+    "Reranker",
+    "Retriever",
+    "answer",
+    "chat",
+    "completion",
+    "graph",
+    "openai_models",
+    "question_of",
+]
 
 #: Passages the retriever hands the reranker.
 CANDIDATES = 6
