@@ -104,6 +104,8 @@ class Ingress:
         # The body deadline, on one loop timer for all requests (see runtime/deadlines.py).
         self._body_deadline = FixedTimeout(config.body_timeout_s)
         self._openapi: dict[str, bytes] = {}
+        #: What the doors add to the OpenAPI document: ``{"paths": {...}, "schemas": {...}}``.
+        self.described: dict[str, dict[str, Any]] = {"paths": {}, "schemas": {}}
         self.starlette = Starlette(
             routes=self._routes() + [route for door in doors for route in door(self)],
             # Right inside Starlette's own error middleware: the id exists before any route runs.
@@ -209,10 +211,8 @@ class Ingress:
         """The answer that streams ``items`` (``first`` awaited already); it holds the call's
         admission slot until the stream ends."""
         call.held = True
-        headers = call.headers()
-        return StreamAnswer(
-            items, first, fmt, request_id=call.request_id, headers=headers, on_end=self._release, debug=self.config.debug
-        )
+        rid, headers, debug = call.request_id, call.headers(), self.config.debug
+        return StreamAnswer(items, first, fmt, request_id=rid, headers=headers, on_end=self._release, debug=debug)
 
     def _admit(self) -> None:
         """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
@@ -367,7 +367,12 @@ class Ingress:
         if doc is None:
             doc = dump_json(
                 openapi_document(
-                    self.apps, single=self.single, auth=self._token is not None, root_path=root, title=self.config.title
+                    self.apps,
+                    single=self.single,
+                    auth=self._token is not None,
+                    root_path=root,
+                    title=self.config.title,
+                    described=self.described,
                 )
             )
             self._openapi[root] = doc

@@ -32,6 +32,8 @@ from dagserve.http.jsonio import dump_json
 from dagserve.http.streaming import EVENT_STREAM, first_item
 from dagserve.openai.protocol import (
     Answer,
+    ChatRequest,
+    CompletionRequest,
     ModelTable,
     graph_payload,
     model_object,
@@ -68,6 +70,9 @@ def openai_routes(ingress: Ingress) -> list[BaseRoute]:
     if not models:
         return []
     door = _OpenAIDoor(ingress, models)
+    described = _openapi(auth=ingress.config.token is not None)
+    for part in ("paths", "schemas"):
+        ingress.described[part].update(described[part])
     chat, completions = functools.partial(door.complete, "chat"), functools.partial(door.complete, "completions")
     return [
         Route("/v1/models", door.list_models, methods=["GET"], name="openai_models"),
@@ -147,3 +152,74 @@ class _Chunks:
 async def _nothing() -> AsyncIterator[Any]:
     return
     yield  # an async generator with no items
+
+
+# -- the OpenAPI description (GET /openapi.json, /docs) ---------------------------------------------------
+_ERROR = {"$ref": "#/components/schemas/openai.Error"}
+_ERRORS = {
+    "400": "An invalid or unsupported parameter (`param` names it).",
+    "401": "The bearer token (the API key) is missing or wrong.",
+    "404": "No graph serves the `model` (`model_not_found`).",
+    "413": "The body is too large.",
+    "415": "The body is not JSON.",
+    "500": "A node failed (the message names it).",
+    "503": "The server runs max_in_flight requests already; retry.",
+    "504": "The request's deadline passed.",
+}
+
+
+def _openapi(*, auth: bool) -> dict[str, dict[str, Any]]:
+    """The ``/v1/`` routes' paths and schemas, for the ingress's OpenAPI document."""
+    schemas: dict[str, Any] = {
+        "openai.Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type", "param", "code"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string", "description": "invalid_request_error or server_error"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": ["string", "null"]},
+                    },
+                }
+            },
+        }
+    }
+    for model in (ChatRequest, CompletionRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/openai.{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas[f"openai.{name}"] = sub
+        schemas[f"openai.{model.__name__}"] = schema
+    security = {"security": [{"bearerAuth": []}]} if auth else {}
+    errors = {status: {"description": text, "content": {_JSON: {"schema": _ERROR}}} for status, text in _ERRORS.items()}
+
+    def operation(op_id: str, summary: str, answer: str, **more: Any) -> dict[str, Any]:
+        responses = {"200": {"description": answer, "content": {_JSON: {"schema": {"type": "object"}}}}}
+        if "requestBody" in more:
+            responses["200"]["content"][EVENT_STREAM] = {
+                "schema": {"type": "string", "description": "with stream: true, data: <chunk> lines, then data: [DONE]"}
+            }
+        return {"operationId": op_id, "summary": summary, "tags": ["openai"], "responses": {**responses, **errors},
+                **security, **more}
+
+    def body(model: type) -> dict[str, Any]:
+        ref = {"$ref": f"#/components/schemas/openai.{model.__name__}"}
+        return {"requestBody": {"required": True, "content": {_JSON: {"schema": ref}}}}
+
+    model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths = {
+        "/v1/models": {"get": operation("openai_list_models", "List the OpenAI models", "{object: list, data: [...]}")},
+        "/v1/models/{model}": {
+            "get": operation("openai_get_model", "One OpenAI model", "{id, object: model}", parameters=[model_param])
+        },
+        "/v1/chat/completions": {
+            "post": operation("openai_chat", "OpenAI chat completion", "A chat.completion", **body(ChatRequest))
+        },
+        "/v1/completions": {
+            "post": operation("openai_completion", "OpenAI completion", "A text_completion", **body(CompletionRequest))
+        },
+    }
+    return {"paths": paths, "schemas": schemas}

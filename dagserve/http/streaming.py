@@ -74,7 +74,7 @@ def stream_openapi(item_schema: Any) -> dict[str, Any]:
         ),
         "content": {
             EVENT_STREAM: {"schema": {"type": "string", "description": "data: <item as JSON> per item"}},
-            NDJSON: {"schema": item_schema, "description": "one item per line"},
+            NDJSON: {"schema": item_schema},  # one item per line (a media type has no description)
             _JSON: {"schema": {"type": "array", "items": item_schema}},
         },
     }

@@ -234,3 +234,15 @@ def test_a_server_at_its_limit_answers_503_in_openais_shape() -> None:
             raise AssertionError("the first stream sent nothing")
 
         _openai_error(asyncio.run(both()), 503, "overloaded")
+
+
+def test_the_openapi_document_describes_the_v1_routes(served: tuple[list[dagserve.App], str]) -> None:
+    from openapi_spec_validator import validate
+
+    doc = httpx.get(served[1] + "openapi.json").json()
+    validate(doc)
+    assert {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/completions"} <= set(doc["paths"])
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/openai.ChatRequest"}
+    assert "text/event-stream" in chat["responses"]["200"]["content"] and chat["security"] == [{"bearerAuth": []}]
+    assert "messages" in doc["components"]["schemas"]["openai.ChatRequest"]["properties"]
