@@ -27,7 +27,6 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -40,15 +39,16 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dagserve._errors import DagserveError, GraphError
 from dagserve.http.admin import admin_routes
+from dagserve.http.calls import Call, timing_headers
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, route_path, shaped_error, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
-from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
+from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
 from dagserve.http.protocol import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.streaming import Framing, StreamAnswer, first_item, stream_format
 from dagserve.observe.metrics import metrics_endpoint
-from dagserve.observe.trace import TRACE_HEADER, response_headers, trace_requested
+from dagserve.observe.trace import TRACE_HEADER
 from dagserve.render import live_svg
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import RequestContext
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from dagserve.http.config import IngressConfig
 
 
-__all__ = ["Call", "Ingress", "create_app"]
+__all__ = ["Ingress", "create_app"]
 
 logger = logging.getLogger("dagserve.http")
 
@@ -192,7 +192,7 @@ class Ingress:
             )
             return self._error_response(exc, request, rid)
         except Exception as exc:
-            headers = _trace(trace, call.ctx if call is not None else None, start)
+            headers = timing_headers(trace, call.ctx if call is not None else None, start)
             if not reading and not await self._discard_body(request, content_length, expect):
                 headers = {**(headers or {}), **CLOSE}
             return self._error_response(exc, request, rid, headers)
@@ -461,30 +461,6 @@ class Ingress:
         return _error(status, shaped_error(route_path(request.scope), status, body), dict(exc.headers or {}))
 
 
-@dataclass(eq=False, slots=True)
-class Call:
-    """One request through a door, past the ingress's checks: what the door's answer needs."""
-
-    request: Request
-    request_id: str
-    payload: Any
-    accept: str | None
-    trace: str | None  # the x-dagserve-trace header
-    start: float  # time.perf_counter() when the request came
-    ctx: RequestContext | None = None
-    held: bool = False  # a streaming answer holds the admission slot until it ends
-
-    def context(self, protocol: str) -> RequestContext:
-        """The request's context for the graph (``protocol``: the door, for metrics and records)."""
-        trace = self.request.scope.get(SCOPE_TRACE)
-        self.ctx = RequestContext(request_id=self.request_id, trace=trace, protocol=protocol)
-        return self.ctx
-
-    def headers(self) -> dict[str, str] | None:
-        """The answer's timing headers, if the client asked for them (x-dagserve-trace)."""
-        return _trace(self.trace, self.ctx, self.start)
-
-
 def check_bearer(header: str | None, token: bytes) -> None:
     """Raise a 401 :class:`HTTPError` unless ``header`` is ``Bearer <token>`` (constant-time compare)."""
     if header is None:
@@ -545,15 +521,6 @@ def _graph_headers(scope: Scope) -> list[str | None]:
         if i is not None and found[i] is None:
             found[i] = value.decode("latin-1")
     return found
-
-
-def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
-    """Timing headers when the client asked for them (``value``: its x-dagserve-trace header),
-    and the nodes an ``optional`` skipped."""
-    if ctx is None or (value is None and not ctx.skipped):
-        return None
-    traced = value is not None and trace_requested({TRACE_HEADER: value})
-    return response_headers(ctx, traced, time.perf_counter() - start)
 
 
 def _check_content_type(value: str | None) -> None:

@@ -45,7 +45,8 @@ from dagserve.openai.protocol import (
 if TYPE_CHECKING:
     from dagserve.app import App
     from dagserve.graph.endpoint import OpenAIKind
-    from dagserve.http.ingress import Call, Ingress
+    from dagserve.http.calls import Call
+    from dagserve.http.ingress import Ingress
 
 __all__ = ["openai_routes", "served_models"]
 
