@@ -38,13 +38,13 @@ def check_conversation(url: str, token: str) -> None:
     seen = run_client("conversation", url.rstrip("/") + "/v1", token)
     assert seen["models"] == ["base", "qa-stream", "slow"] and seen["model"] == "qa-stream"
     chat = seen["chat"]
-    assert chat["object"] == "chat.completion" and chat["role"] == "assistant" and chat["finish_reason"] == "stop"
+    assert chat["object"] == "chat.completion" and chat["role"] == "assistant" and chat["finish_reason"] == "length"
     assert chat["content"].startswith("Bees make honey")
     assert chat["usage"]["completion_tokens"] == 10 and chat["usage"]["total_tokens"] == 10
     stream = seen["chat_stream"]
     assert stream["roles"] == ["assistant"] and len(stream["pieces"]) == 10  # one chunk per token
     assert "".join(stream["pieces"]) == chat["content"]  # the same question, the same answer
-    assert stream["finish_reasons"] == ["stop"] and len(stream["ids"]) == 1
+    assert stream["finish_reasons"] == ["length"] and len(stream["ids"]) == 1
     assert stream["usage"] == [chat["usage"]] and not stream["last_has_choices"]
     assert seen["completion"]["object"] == "text_completion" and seen["completion"]["text"]
     assert "".join(seen["completion_stream"]) == seen["completion"]["text"]

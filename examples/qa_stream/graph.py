@@ -100,15 +100,17 @@ class Reranker:
 class Generator:
     """A word-level Markov chain (two words of context) trained on the corpus at start-up."""
 
-    def __init__(self, token_delay_s: float = 0.01) -> None:
+    def __init__(self, token_delay_s: float = 0.01, finish_reasons: bool = False) -> None:
         self.delay = token_delay_s  # a real model's time per token, roughly
+        # As an OpenAI model: the token that uses up max_tokens says so ({"finish_reason": "length"}).
+        self.finish_reasons = finish_reasons
         self.chain: dict[tuple[str, str], list[str]] = defaultdict(list)
         for passage in PASSAGES:
             words = passage.split()
             for a, b, c in zip(words, words[1:], words[2:], strict=False):
                 self.chain[(a, b)].append(c)
 
-    async def generate(self, q: Question, passages: list[dict[str, Any]]) -> AsyncIterator[str]:
+    async def generate(self, q: Question, passages: list[dict[str, Any]]) -> AsyncIterator[Any]:
         """The answer, one token at a time (a word and its trailing space)."""
         rng = random.Random(q.question)  # the same question, the same answer
         grounding = set().union(*(p["text"].split() for p in passages)) if passages else set()
@@ -123,6 +125,9 @@ class Generator:
             word = rng.choice(grounded or choices)
             words.append(word)
             await asyncio.sleep(self.delay)
+            if self.finish_reasons and len(words) == q.max_tokens:
+                yield {"content": word + " ", "finish_reason": "length"}
+                break
             yield word + " "
             if word.endswith(".") and len(words) >= 12:
                 break
@@ -145,11 +150,12 @@ def question_of(request: dict[str, Any]) -> Question:
     return Question(question=text, max_tokens=min(request.get("max_tokens") or 40, 200))
 
 
-def answer(question: Any) -> Any:
-    """The pipeline on a question node: retrieve, rerank, generate (a stream of tokens)."""
+def answer(question: Any, *, finish_reasons: bool = False) -> Any:
+    """The pipeline on a question node: retrieve, rerank, generate (a stream of tokens; with
+    ``finish_reasons``, the last one a dict saying ``"length"`` when it used up ``max_tokens``)."""
     candidates = Retriever().search(question)
     passages = Reranker().rerank(question, candidates)
-    return Generator().generate(question, passages)
+    return Generator(finish_reasons=finish_reasons).generate(question, passages)
 
 
 with dagserve.Input(schema=Question) as question:
@@ -161,7 +167,7 @@ with dagserve.Input(schema=Question) as question:
 
 # The same pipeline as the OpenAI model "qa-stream", for chat and for completions (docs/openai.md).
 with dagserve.Input() as request:
-    tokens = answer(question_of(request))
+    tokens = answer(question_of(request), finish_reasons=True)
     chat = dagserve.openai.chat(dagserve.Graph(tokens, name="qa_chat"), model="qa-stream")
     completion = dagserve.openai.completions(dagserve.Graph(tokens, name="qa_complete"), model="qa-stream")
 #: Both, for ``dagserve run examples.qa_stream:openai_models``.
