@@ -246,3 +246,13 @@ def test_the_openapi_document_describes_the_v1_routes(served: tuple[list[dagserv
     assert chat["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/openai.ChatRequest"}
     assert "text/event-stream" in chat["responses"]["200"]["content"] and chat["security"] == [{"bearerAuth": []}]
     assert "messages" in doc["components"]["schemas"]["openai.ChatRequest"]["properties"]
+
+
+def test_without_a_marked_graph_there_are_no_v1_routes_and_the_404_says_so_in_openais_shape() -> None:
+    with dagserve.Input() as r:
+        plain = dagserve.Graph(og.tuned_reply(r), name="plain")
+    with dagserve.deploy(plain, backend="local") as app, BackgroundServer(app.asgi()) as url:
+        assert "/v1/models" not in httpx.get(url + "openapi.json").json()["paths"]
+        _openai_error(httpx.get(url + "v1/models"), 404, "not_found")
+        body = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+        assert httpx.post(url + "plain", json=body).json()["content"] == "[m] a"  # its own route still works
