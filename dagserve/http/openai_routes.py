@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dagserve._errors import ModelNotFoundError
+from dagserve._errors import GraphOutputError, ModelNotFoundError
 from dagserve.http.errors import openai_error
 from dagserve.http.jsonio import dump_json
 from dagserve.http.streaming import EVENT_STREAM, first_item
@@ -122,7 +122,13 @@ class _OpenAIDoor:
         else:  # a graph that answers in one piece: a stream of one chunk
             items, first = _nothing(), (True, await self.ingress.run(call, app))
         if first[0]:
-            piece(first[1], kind)  # a graph that yields the wrong thing fails before the stream starts
+            try:
+                piece(first[1], kind)  # a graph that yields the wrong thing fails before the stream starts
+            except GraphOutputError:
+                close = getattr(items, "aclose", None)
+                if close is not None:
+                    await close()  # the generator stops here, not when it is collected
+                raise
         return self.ingress.streamed(call, items, first, _Chunks(answer))  # type: ignore[return-value]
 
 

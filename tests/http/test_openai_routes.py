@@ -165,6 +165,12 @@ def test_the_graph_sees_the_request_fields_and_the_door(served: tuple[list[dagse
 
 @dagserve.node
 async def fails_after_one(request: dict[str, Any]) -> AsyncIterator[Any]:
+    if request["extra"].get("bad_first"):
+        try:
+            yield 3.5
+        finally:
+            with open(request["extra"]["bad_first"], "w") as f:
+                f.write("closed")
     yield "first "
     if request["extra"].get("bad_item"):
         yield 42
@@ -201,6 +207,13 @@ def test_a_failure_after_the_first_chunk_is_an_error_chunk_without_done(odd: str
     # not streamed: the same failure is an ordinary error answer
     r = httpx.post(odd + "v1/chat/completions", json={**body, "stream": False})
     assert "fails_after_one" in _openai_error(r, 500)
+
+
+def test_a_wrong_first_item_is_an_error_answer_and_the_generator_is_closed(odd: str, tmp_path: Any) -> None:
+    closed = tmp_path / "closed"
+    body = {"model": "failing", "messages": [{"role": "user", "content": "a"}], "stream": True, "bad_first": str(closed)}
+    assert "got 3.5 (float)" in _openai_error(httpx.post(odd + "v1/chat/completions", json=body), 500)
+    assert closed.read_text() == "closed"
 
 
 def test_a_graph_served_with_tools_gets_them_and_answers_with_tool_calls(odd: str) -> None:
