@@ -1,0 +1,37 @@
+"""Unit tests of dagserve/http/errors.py's shapes: dagserve's own, and OpenAI's under /v1/."""
+
+from __future__ import annotations
+
+from dagserve import InputValidationError, NodeError
+from dagserve.http.errors import error_from_exception, openai_error, route_path, shaped_error
+from dagserve.openai import ModelNotFoundError, ParameterError
+
+
+def test_the_route_path_is_below_the_mount_point() -> None:
+    assert route_path({"path": "/ml/v1/models", "root_path": "/ml"}) == "/v1/models"
+    assert route_path({"path": "/v1/models", "root_path": ""}) == "/v1/models"
+    assert route_path({"path": "/v1/models"}) == "/v1/models"
+
+
+def test_only_the_v1_routes_answer_in_openais_shape() -> None:
+    status, body, _ = error_from_exception(ParameterError("n=2 ...", param="n", code="unsupported_value"), request_id="r")
+    assert status == 400 and shaped_error("/qa", status, body) is body
+    assert shaped_error("/v1/chat/completions", status, body, ParameterError("x", param="n", code="c")) == {
+        "error": {"message": "n=2 ...", "type": "invalid_request_error", "param": "n", "code": "c"}
+    }
+
+
+def test_openai_errors_keep_what_each_exception_says() -> None:
+    def shaped(exc: Exception) -> dict[str, object]:
+        status, body, _ = error_from_exception(exc, request_id="r")
+        return openai_error(status, body, exc)["error"]  # type: ignore[no-any-return]
+
+    assert shaped(ModelNotFoundError("no 'm'")) == {
+        "message": "no 'm'", "type": "invalid_request_error", "param": None, "code": "model_not_found"
+    }
+    invalid = shaped(InputValidationError("bad", [{"loc": ["messages", 0], "msg": "m", "type": "t"}]))
+    assert invalid["param"] == "messages.0" and invalid["type"] == "invalid_request_error"
+    failed = shaped(NodeError("Node 'gen' raised ValueError: boom", node="gen", error_type="ValueError"))
+    assert failed == {"message": "Node 'gen' raised ValueError: boom", "type": "server_error", "param": None, "code": None}
+    hidden = shaped(RuntimeError("secret detail"))
+    assert "secret" not in hidden["message"] and hidden["type"] == "server_error"  # the log has it, not the answer
