@@ -30,6 +30,7 @@ bench: setup
 	$(PY) -m benchmarks.stream_bench
 	$(PY) -m benchmarks.multiplex_bench
 	$(PY) -m benchmarks.oip_bench
+	$(PY) -m benchmarks.openai_bench
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.charts
 	$(PY) -m benchmarks.targets

@@ -173,17 +173,27 @@ class Connection:
             pending += chunk
             *events, pending = pending.split(b"\n\n")
             for event in events:
-                if event.startswith(b"data: "):
+                kind = self.kind(event)
+                if kind == "item":
                     items += 1
                     if first is None:
                         first = time.perf_counter() - start
-                elif event.startswith(b"event: end"):
+                elif kind == "end":
                     ended = True
-                elif event.startswith(b"event: error"):
+                elif kind == "error":
                     raise OSError(f"stream failed: {event!r}")
         if ended:  # the answer's last chunk (size 0) follows the end event
             await reader.readuntil(b"\r\n\r\n")
         return first if first is not None else float("nan"), items, time.perf_counter() - start
+
+    @staticmethod
+    def kind(event: bytes) -> str | None:
+        """What one event of the stream is: ``item``, ``end``, ``error`` or ``None`` (dagserve's SSE)."""
+        if event.startswith(b"data: "):
+            return "item"
+        if event.startswith(b"event: end"):
+            return "end"
+        return "error" if event.startswith(b"event: error") else None
 
     def close(self) -> None:
         if self._conn is not None:

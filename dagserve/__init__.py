@@ -57,6 +57,7 @@ from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import File, Graph, Input, map, node, optional, split, switch
 from dagserve.graph.tensors import TensorSpec
+from dagserve import openai
 from dagserve.http.server import asgi_app, serve
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
@@ -137,6 +138,7 @@ __all__ = [
     "model_id",
     "multiplexed",
     "node",
+    "openai",
     "optional",
     "serve",
     "split",

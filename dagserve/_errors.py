@@ -13,11 +13,14 @@ One root, one class per kind of failure, so callers can catch by type::
     │   ├── InputValidationError    the payload failed the Input's schema       (HTTP 422)
     │   │   └── ModelIdError        a model id that is not a usable id          (HTTP 422)
     │   ├── NoRouteError            a switch had no case for the value          (HTTP 422)
-    │   └── TensorError             a tensor's name, datatype or shape is wrong (HTTP 400)
+    │   ├── TensorError             a tensor's name, datatype or shape is wrong (HTTP 400)
+    │   ├── ParameterError          a protocol parameter is invalid or unsupported (HTTP 400)
+    │   └── ModelNotFoundError      no graph serves the requested model name    (HTTP 404)
     ├── NodeError                   a node raised while serving a request       (HTTP 500)
     ├── HTTPError                   a node chose the answer's status and detail (HTTP 4xx/5xx)
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
     ├── OverloadedError             a queue was full; retry later               (HTTP 503)
+    ├── GraphOutputError            the output does not fit the protocol served (HTTP 500)
     └── RenderError                 a diagram could not be drawn
         └── GraphvizNotFoundError   Graphviz's `dot` program is not installed
 
@@ -34,15 +37,18 @@ __all__ = [
     "DagserveError",
     "DeployError",
     "GraphError",
+    "GraphOutputError",
     "GraphvizNotFoundError",
     "HTTPError",
     "InputValidationError",
     "ModelIdError",
+    "ModelNotFoundError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
     "OptionsError",
     "OverloadedError",
+    "ParameterError",
     "RenderError",
     "RequestError",
     "RequestTimeoutError",
@@ -143,6 +149,34 @@ class TensorError(RequestError):
 
 def _rebuild_tensor_error(cls: type[TensorError], message: str, input: str | None) -> TensorError:
     return cls(message, input=input)
+
+
+class ParameterError(RequestError):
+    """A request parameter of a protocol (the OpenAI routes) is invalid, or valid but not supported
+    by the graph (``n > 1``, ``tools`` for a graph without them): refused, never ignored.
+
+    ``param`` names it (``"messages[0].role"``), ``code`` says why (``"unsupported_parameter"``).
+    """
+
+    status_code = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_parameter, (type(self), str(self), self.param, self.code))
+
+
+def _rebuild_parameter(cls: type[ParameterError], message: str, param: str | None, code: str | None) -> ParameterError:
+    return cls(message, param=param, code=code)
+
+
+class ModelNotFoundError(RequestError, LookupError):
+    """A request named a model (``"model": ...``) that no graph here serves."""
+
+    status_code = 404
 
 
 class NodeError(DagserveError):
@@ -256,6 +290,11 @@ def _rebuild_overloaded(
     cls: type[OverloadedError], message: str, node: str | None, retry_after_s: float
 ) -> OverloadedError:
     return cls(message, node=node, retry_after_s=retry_after_s)
+
+
+class GraphOutputError(DagserveError):
+    """A graph's output does not fit the protocol it is served by (an OpenAI model's graph that
+    yields something other than text or ``{"content": ...}`` dicts); fix the graph."""
 
 
 class RenderError(DagserveError):

@@ -53,6 +53,7 @@ EXPECTED = [
     "model_id",
     "multiplexed",
     "node",
+    "openai",
     "optional",
     "serve",
     "split",

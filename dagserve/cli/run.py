@@ -341,6 +341,9 @@ def _run(
             token_file.append(path)
             say(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)")
         routes = url if len(served) == 1 else ", ".join(f"{url}{a.name}" for a in served)
+        models = sorted({g.openai.model for g in graphs if g.openai is not None})
+        if models:  # the OpenAI-compatible routes (docs/openai.md)
+            say(f"dagserve: OpenAI models {', '.join(models)} at {url}v1")
         say(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)", stdout=True, url=url)
 
     try:

@@ -90,6 +90,7 @@ def compile(graph: Graph, *, options: Mapping[str, Mapping[str, Any]] | None = N
         description=graph.description,
         calls=tuple(calls),
         groups=_groups(nodes, step_names),
+        openai=graph.openai,
     )
 
 

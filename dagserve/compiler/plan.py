@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from dagserve._errors import NodeNotFoundError
 from dagserve._options import NodeOptions
+from dagserve.graph.endpoint import OpenAIEndpoint
 
 __all__ = ["DeploymentSpec", "Edge", "Multiplexing", "Plan", "Ref", "Step", "fill", "refs_in"]
 
@@ -173,6 +174,8 @@ class Plan:
     calls: tuple[tuple[str, str], ...] = ()
     #: ``(graph name, step names)``: graphs called inside this one (graph/subgraph.py), for diagrams.
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: How the graph is served as an OpenAI model (graph/endpoint.py), if it is: the HTTP layer reads it.
+    openai: OpenAIEndpoint | None = None
 
     @property
     def inline_nodes(self) -> tuple[str, ...]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 from dagserve._errors import GraphError, GraphvizNotFoundError
 from dagserve._hooks import hooks
 from dagserve.graph.composition import register_graph, start
+from dagserve.graph.endpoint import OpenAIEndpoint
 from dagserve.graph.nodes import Chain, ModelClass, Node, Stage, nodes_in, walk
 from dagserve.graph.subgraph import call_graph
 
@@ -34,6 +36,9 @@ class Graph:
 
         graph = dagserve.Graph(clean >> Classifier(vocab) >> respond, name="pipeline")
     """
+
+    #: How the graph is served as an OpenAI model (``dagserve.openai.chat``), if it is.
+    openai: OpenAIEndpoint | None = None
 
     def __init__(self, output: Any, *, name: str = "default", description: str | None = None) -> None:
         import re
@@ -78,6 +83,20 @@ class Graph:
             stack.append((n, True))
             stack.extend((d, False) for d in reversed(n.dependencies()) if id(d) not in seen)
         return order
+
+    def served_as(self, endpoint: OpenAIEndpoint) -> Graph:
+        """A copy of this graph (the same nodes and name) served as the OpenAI model ``endpoint``;
+        ``dagserve.openai.chat`` and ``dagserve.openai.completions`` call it."""
+        if self.openai is not None:
+            raise GraphError(
+                f"Graph {self.name!r} is already served as the OpenAI {self.openai.kind} model "
+                f"{self.openai.model!r}; build another Graph on the same output (with its own name) "
+                "to serve it under a second route."
+            )
+        marked = copy.copy(self)
+        marked.openai = endpoint
+        register_graph(marked, marked.nodes())
+        return marked
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """This graph as a step of the graph being built: ``post(review_graph(inp["review"]))``.

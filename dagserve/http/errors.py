@@ -11,7 +11,9 @@ the dagserve error's class name for other dagserve errors, and a fixed name for 
 ``errors`` (one entry per field: ``loc``, ``msg``, ``type``); debug mode adds ``traceback``.
 
 The Open Inference Protocol's routes (``/v2/...``) answer in that protocol's shape instead,
-``{"error": "<message>"}`` (:func:`error_shape` says which shape a path takes).
+``{"error": "<message>"}``, and the OpenAI-compatible routes (``/v1/...``) in OpenAI's,
+``{"error": {"message", "type", "param", "code"}}``: :func:`error_shape` says which shape a
+path takes, and every error answer is built in it (:func:`error_body`, :func:`error_from_exception`).
 Standard library only.
 """
 
@@ -21,13 +23,35 @@ import math
 import traceback
 from typing import Any
 
-from dagserve._errors import AppClosedError, DagserveError, InputValidationError, NodeError, OverloadedError
+from dagserve._errors import (
+    AppClosedError,
+    DagserveError,
+    InputValidationError,
+    ModelNotFoundError,
+    NodeError,
+    OverloadedError,
+)
 from dagserve._errors import HTTPError as NodeHTTPError
+from dagserve.openai.protocol import error_document
 
-__all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "error_shape", "retry_after"]
+__all__ = [
+    "OPENAI_PREFIX",
+    "HTTPError",
+    "error_body",
+    "error_from_exception",
+    "error_schema",
+    "error_shape",
+    "openai_error",
+    "retry_after",
+]
 
-#: The error shapes: dagserve's own document, or the Open Inference Protocol's ``{"error": "..."}``.
-SHAPES = ("dagserve", "oip")
+#: The error shapes: dagserve's own document, the Open Inference Protocol's ``{"error": "..."}``,
+#: or OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
+SHAPES = ("dagserve", "oip", "openai")
+
+#: Paths under this prefix are the OpenAI-compatible routes (http/openai_routes.py): their errors
+#: take OpenAI's shape.
+OPENAI_PREFIX = "/v1/"
 
 # Names for statuses that reach us without a dagserve error (Starlette's own 404/405 ...).
 _STATUS_TYPES = {
@@ -78,9 +102,12 @@ def retry_after(seconds: float) -> str:
 
 
 def error_shape(path: str, root_path: str = "") -> str:
-    """The error shape of the route at ``path``: ``"oip"`` under ``/v2``, else ``"dagserve"``."""
+    """The error shape of the route at ``path`` (below the mount point ``root_path``): ``"oip"``
+    under ``/v2``, ``"openai"`` under ``/v1/``, else ``"dagserve"``."""
     local = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-    return "oip" if local == "/v2" or local.startswith("/v2/") else "dagserve"
+    if local == "/v2" or local.startswith("/v2/"):
+        return "oip"
+    return "openai" if local.startswith(OPENAI_PREFIX) else "dagserve"
 
 
 def error_body(
@@ -92,10 +119,14 @@ def error_body(
     node: str | None = None,
     extra: dict[str, Any] | None = None,
     shape: str = "dagserve",
+    exc: BaseException | None = None,
 ) -> dict[str, Any]:
-    """The error document (a dict ready for JSON), in ``shape`` (see :data:`SHAPES`)."""
+    """The error document (a dict ready for JSON), in ``shape`` (see :data:`SHAPES`); ``exc``
+    (the error) gives OpenAI's ``param`` and ``code``."""
     if shape == "oip":
         return {"error": message}
+    if shape == "openai":
+        return openai_error(status, {"error": {"message": message}}, exc)
     error: dict[str, Any] = {
         "type": error_type,
         "message": message,
@@ -142,8 +173,21 @@ def error_from_exception(
     if debug:  # a node's own traceback when it has one (from a Ray replica too), else the ingress's
         node_tb = getattr(exc, "traceback", None)
         extra["traceback"] = node_tb if isinstance(node_tb, str) and node_tb else "".join(traceback.format_exception(exc))
-    body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra, shape=shape)
+    body = error_body(status, error_type, message, request_id=request_id, node=node, extra=extra, shape=shape, exc=exc)
     return status, body, headers
+
+
+def openai_error(status: int, body: dict[str, Any], exc: BaseException | None = None) -> dict[str, Any]:
+    """The error document ``body`` (from :func:`error_body`) in OpenAI's shape; ``param`` and
+    ``code`` from ``exc`` when it has them (a :class:`~dagserve.ParameterError`)."""
+    param = getattr(exc, "param", None)
+    code = getattr(exc, "code", None)
+    if isinstance(exc, ModelNotFoundError):
+        code = "model_not_found"
+    elif isinstance(exc, InputValidationError) and exc.errors:
+        param = ".".join(str(p) for p in exc.errors[0].get("loc", ()))  # the graph's own schema refused it
+    return error_document(status, body["error"]["message"], param=param if isinstance(param, str) else None,
+                          code=code if isinstance(code, str) else None)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -42,6 +42,9 @@ from dagserve._errors import DagserveError, GraphError
 from dagserve.graph.graph import RESERVED_GRAPH_NAMES
 from dagserve.http.admin import admin_routes
 from dagserve.http.bodies import graph_door
+from dagserve.http.body_reader import BodyReader
+from dagserve.http.calls import Call
+from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.doors import Door
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, error_shape, status_type
 from dagserve.http.hosts import HostFilter
@@ -49,15 +52,12 @@ from dagserve.http.jsonio import dump_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.oip_rest import oip_routes
 from dagserve.http.openapi import docs_page, openapi_document
-from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
-from dagserve.http.stream_answers import StreamAnswer, first_item, stream_format
+from dagserve.http.stream_answers import Framing, StreamAnswer, first_item, stream_format
 from dagserve.observe.logs import log_failure
 from dagserve.observe.metrics import metrics_endpoint
-from dagserve.observe.server_timing import TRACE_HEADER, response_headers, trace_requested
+from dagserve.observe.server_timing import TRACE_HEADER
 from dagserve.render import live_svg
-from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import RequestContext
-from dagserve.runtime.multiplex import MODEL_ID_HEADER
 from dagserve.runtime.request_id import new_request_id
 
 if TYPE_CHECKING:
@@ -74,15 +74,21 @@ logger = logging.getLogger("dagserve.http")
 _JSON = "application/json"
 
 
-def create_app(apps: Mapping[str, App], config: IngressConfig) -> Starlette:
-    """The Starlette application serving ``apps`` (graph name -> App) with ``config``."""
-    return Ingress(apps, config).starlette
+#: Routes of the ingress besides its graph routes: given the ingress, its routes
+#: (``dagserve.http.openai_routes.openai_routes``). They enter graphs through :meth:`Ingress.run_request`.
+RouteSet = Callable[["Ingress"], list[BaseRoute]]
+
+
+def create_app(apps: Mapping[str, App], config: IngressConfig, route_sets: tuple[RouteSet, ...] = ()) -> Starlette:
+    """The Starlette application serving ``apps`` (graph name -> App) with ``config``, and the
+    routes of ``route_sets``."""
+    return Ingress(apps, config, route_sets).starlette
 
 
 class Ingress:
     """One ingress: its graphs, limits and counters, and the Starlette app that routes to them."""
 
-    def __init__(self, apps: Mapping[str, App], config: IngressConfig) -> None:
+    def __init__(self, apps: Mapping[str, App], config: IngressConfig, route_sets: tuple[RouteSet, ...] = ()) -> None:
         if not apps:
             raise GraphError("The ingress needs at least one App to serve.")
         for name in apps:
@@ -100,10 +106,12 @@ class Ingress:
         self.draining = False
         self._token = _token_bytes(config.token)
         # The body deadline, on one loop timer for all requests (see runtime/deadlines.py).
-        self._body_deadline = FixedTimeout(config.body_timeout_s)
+        self.bodies = BodyReader(config)  # bodies read within the limits (http/body_reader.py)
         self._openapi: dict[str, bytes] = {}
+        #: What the route sets add to the OpenAPI document: ``{"paths": {...}, "schemas": {...}}``.
+        self.described: dict[str, dict[str, Any]] = {"paths": {}, "schemas": {}}
         self.starlette = Starlette(
-            routes=self._routes(),
+            routes=self._routes() + [route for routes in route_sets for route in routes(self)],
             # Right inside Starlette's own error middleware: the id exists before any route runs.
             middleware=[Middleware(RequestIdMiddleware, hosts=_host_filter(config.allowed_hosts))],
             exception_handlers={HTTPException: self._http_exception, DagserveError: self._dagserve_exception},
@@ -140,7 +148,7 @@ class Ingress:
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
         # /v2/...: the Open Inference Protocol (http/oip_rest.py)
-        routes += oip_routes(self.apps, self._authorize, self.run_graph, lambda: self.draining)
+        routes += oip_routes(self.apps, self.authorize, self.run_graph, lambda: self.draining)
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
@@ -156,17 +164,44 @@ class Ingress:
             door = graph_door(app.plan.input_schema, config.max_form_parts, config.max_form_field_bytes)
 
         async def run_graph(request: Request) -> Response:
-            return await self.run_graph(request, app, door)
+            return await self.run_request(request, door, functools.partial(self._answer_graph, app))
 
         return run_graph
 
+    async def _answer_graph(self, app: App, call: Call) -> Response:
+        """A graph route's answer: the graph run on the call's payload, its output through the
+        call's door (or its stream, by Accept)."""
+        door = call.door
+        ctx = call.context(door.protocol)
+        if door.streams and app.streams and (fmt := stream_format(call.accept)) != _JSON:  # http/stream_answers.py
+            items = app.astream(call.payload, context=ctx)
+            first = await self.run(call, app, lambda: first_item(items))
+            return self.streamed(call, items, first, fmt)  # type: ignore[return-value]
+        result = await self.run(call, app)
+        if call.size <= _PARSE_INLINE_BYTES:
+            content, media, headers = door.encode(result, call.state)
+        else:  # a large request makes a large answer, as a rule: written off the event loop too
+            content, media, headers = await run_in_threadpool(door.encode, result, call.state)
+        timing = call.headers()
+        if headers:
+            timing = {**headers, **(timing or {})}
+        return Response(content, media_type=media, headers=timing)
+
     async def run_graph(self, request: Request, app: App, door: Door) -> Response:
-        """One graph request through ``door`` (http/doors.py): token, type check, admission, body,
-        payload, the graph (cancelled if the client hangs up), the answer or the error."""
+        """One request of ``app``'s graph through ``door`` (the OIP infer routes' way in)."""
+        return await self.run_request(request, door, functools.partial(self._answer_graph, app))
+
+    # -- what every door shares (graph routes, OIP's, the OpenAI routes in openai_routes.py) -------
+    async def run_request(self, request: Request, door: Door, answer: Callable[[Call], Awaitable[Response]]) -> Response:
+        """One request through ``door`` (http/doors.py): the token, the door's type check,
+        admission, the body read within its limits and decoded by the door (on a worker thread
+        when large), then ``answer(call)``; a failure anywhere is the door's error answer
+        (errors.py), and a client that hangs up is let go. The graph's own run, its request scope
+        (runtime/scope.py), is the answer's: :meth:`run`."""
         rid: str = request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
-        ctx: RequestContext | None = None
         start = time.perf_counter()
         auth, content_type, content_length, trace, expect, accept = _graph_headers(request.scope)
+        call: Call | None = None
         admitted = reading = False
         try:
             if self._token is not None:
@@ -174,30 +209,13 @@ class Ingress:
             door.check(request.scope, content_type)
             self._admit()  # before the body: a slow upload holds a slot too (body_timeout_s bounds it)
             admitted = reading = True
-            body = await self._read_body(request, content_length, expect)
+            body = await self.bodies.read(request, content_length, expect)
             if len(body) <= _PARSE_INLINE_BYTES:
                 payload, state = door.decode(body, request.scope, self.config.max_json_depth)
             else:  # on a worker thread, so that the event loop keeps serving meanwhile
                 payload, state = await run_in_threadpool(door.decode, body, request.scope, self.config.max_json_depth)
-            ctx = RequestContext(
-                request_id=rid,
-                trace=request.scope.get(SCOPE_TRACE),
-                protocol=door.protocol,
-                model_id=request.headers.get(MODEL_ID_HEADER),  # a multiplexed node's id when the payload has none
-            )
-            if door.streams and app.streams and (fmt := stream_format(accept)) != _JSON:  # http/stream_answers.py
-                items = app.astream(payload, context=ctx)
-                first = await self._run_watched(app, payload, ctx, request, lambda: first_item(items))
-                admitted = False  # the answer holds its slot until the stream ends
-                return StreamAnswer(  # type: ignore[return-value]
-                    items, first, fmt, request_id=rid, headers=_trace(trace, ctx, start), on_end=self._release,
-                    debug=self.config.debug,
-                )
-            result = await self._run_watched(app, payload, ctx, request)
-            if len(body) <= _PARSE_INLINE_BYTES:
-                content, media, headers = door.encode(result, state)
-            else:  # a large request makes a large answer, as a rule: written off the event loop too
-                content, media, headers = await run_in_threadpool(door.encode, result, state)
+            call = Call(request, rid, payload, accept, trace, start, door=door, state=state, size=len(body))
+            return await answer(call)
         except ClientDisconnect:  # nobody is listening any more; answer for the log's sake
             return self._error_response(_gone("before sending the whole body"), request, rid, shape=door.shape)
         except asyncio.CancelledError:
@@ -212,17 +230,27 @@ class Ingress:
             )
             return self._error_response(exc, request, rid, shape=door.shape)
         except Exception as exc:
-            extra = _trace(trace, ctx, start)
-            if not reading and not await self._discard_body(request, content_length, expect):
-                extra = {**(extra or {}), **CLOSE}
-            return self._error_response(exc, request, rid, extra, shape=door.shape)
+            headers = call.headers() if call is not None else None
+            if not reading and not await self.bodies.discard(request, content_length, expect):
+                headers = {**(headers or {}), **CLOSE}
+            return self._error_response(exc, request, rid, headers, shape=door.shape)
         finally:
-            if admitted:
+            if admitted and not (call is not None and call.held):
                 self.in_flight -= 1
-        timing = _trace(trace, ctx, start)
-        if headers:
-            timing = {**headers, **(timing or {})}
-        return Response(content, media_type=media, headers=timing)
+
+    async def run(self, call: Call, app: App, run: Callable[[], Awaitable[Any]] | None = None) -> Any:
+        """``app.acall`` on the call's payload (or ``run``), cancelled when the client hangs up."""
+        assert call.ctx is not None  # set by call.context() first
+        return await self._run_watched(app, call.payload, call.ctx, call.request, run)
+
+    def streamed(
+        self, call: Call, items: AsyncIterator[Any], first: tuple[bool, Any], fmt: str | Framing
+    ) -> StreamAnswer:
+        """The answer that streams ``items`` (``first`` awaited already); it holds the call's
+        admission slot until the stream ends."""
+        call.held = True
+        rid, headers, debug = call.request_id, call.headers(), self.config.debug
+        return StreamAnswer(items, first, fmt, request_id=rid, headers=headers, on_end=self._release, debug=debug)
 
     def _admit(self) -> None:
         """Count one more graph request, or refuse it with 503 when ``max_in_flight`` run already."""
@@ -235,70 +263,6 @@ class Ingress:
                 headers={"retry-after": "1"},
             )
         self.in_flight += 1
-
-    async def _read_body(self, request: Request, declared: str | None, expect: str | None) -> bytes:
-        """The body, read as it streams in, stopped at the size limit or the deadline.
-
-        ``declared`` is the Content-Length header, ``expect`` the Expect header, if any. A body
-        over the limit gets 413 once its rest is read and dropped (see :meth:`_discard_body`).
-        """
-        limit = self.config.max_body_bytes
-        if declared is not None:
-            if not declared.isdigit():
-                raise HTTPError(400, f"The Content-Length header {declared!r} is not a number.", headers=CLOSE)
-            if int(declared) > limit:
-                drained = await self._discard_body(request, declared, expect)
-                raise HTTPError(413, _too_large(int(declared), limit), headers=None if drained else CLOSE)
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with self._body_deadline():
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        break
-                    if chunk:
-                        chunks.append(chunk)
-        except TimeoutError:
-            raise HTTPError(
-                408,
-                error_type="RequestBodyTimeout",
-                message=f"The request body did not arrive within {self.config.body_timeout_s:g} s "
-                f"({size} bytes came); send it faster or raise body_timeout_s.",
-                headers=CLOSE,
-            ) from None
-        if size > limit:  # a body without Content-Length (chunked) that grew past the limit
-            drained = await self._discard_body(request, None, None, read=size)
-            raise HTTPError(413, _too_large(None, limit), headers=None if drained else CLOSE)
-        return b"".join(chunks)
-
-    async def _discard_body(self, request: Request, declared: str | None, expect: str | None, read: int = 0) -> bool:
-        """Read and drop the rest of a body the ingress refused; ``True`` once it is all read.
-
-        Clients such as urllib and requests send the whole body before they read the answer: a
-        connection closed with their body unread resets, and they never see the answer. So the
-        rest is read (``read`` bytes came already), up to twice ``max_body_bytes`` in all and
-        within ``body_timeout_s``; beyond either, or when the client waits for
-        ``100 Continue`` before sending, ``False``: answer with ``Connection: close``.
-        """
-        if read == 0 and expect is not None and expect.strip().lower() == "100-continue":
-            return False  # nothing sent yet; reading would ask for the body with 100 Continue
-        cap = 2 * self.config.max_body_bytes
-        if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            return False
-        try:
-            async with self._body_deadline():
-                while True:
-                    message = await request.receive()
-                    if message["type"] != "http.request":
-                        return False  # the client went away
-                    read += len(message.get("body", b""))
-                    if read > cap:
-                        return False
-                    if not message.get("more_body", False):
-                        return True
-        except TimeoutError:
-            return False
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -349,7 +313,8 @@ class Ingress:
             watcher.cancel()
 
     # -- auth --------------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
+    def authorize(self, request: Request) -> None:
+        """401 :class:`HTTPError` unless the request carries the graph token (when there is one)."""
         self.check_token(request.headers.get("authorization"))
 
     def check_token(self, header: str | None) -> None:
@@ -359,14 +324,14 @@ class Ingress:
 
     def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            self._authorize(request)
+            self.authorize(request)
             return await endpoint(request)
 
         return guarded
 
     # -- other routes ------------------------------------------------------------------------------
     async def _list_graphs(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         root = request.scope.get("root_path", "")
         graphs = [
             {"name": name, "path": f"{root}/{name}", "description": app.graph.description}
@@ -380,7 +345,12 @@ class Ingress:
         if doc is None:
             doc = dump_json(
                 openapi_document(
-                    self.apps, single=self.single, auth=self._token is not None, root_path=root, title=self.config.title
+                    self.apps,
+                    single=self.single,
+                    auth=self._token is not None,
+                    root_path=root,
+                    title=self.config.title,
+                    described=self.described,
                 )
             )
             self._openapi[root] = doc
@@ -432,11 +402,11 @@ class Ingress:
         return app
 
     async def _plan_json(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         return _json(self._pick_app(request).plan.summary())
 
     async def _plan_svg(self, request: Request) -> Response:
-        self._authorize(request)
+        self.authorize(request)
         app = self._pick_app(request)
         svg = await run_in_threadpool(live_svg, app)
         return Response(svg, media_type="image/svg+xml")
@@ -551,18 +521,6 @@ def _graph_headers(scope: Scope) -> list[str | None]:
     return found
 
 
-def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[str, str] | None:
-    """Timing headers when the client asked for them (``value``: its x-dagserve-trace header),
-    and the nodes an ``optional`` skipped."""
-    if ctx is None or (value is None and not ctx.skipped):
-        return None
-    traced = value is not None and trace_requested({TRACE_HEADER: value})
-    return response_headers(ctx, traced, time.perf_counter() - start)
-
-
-def _too_large(declared: int | None, limit: int) -> str:
-    size = f"is {declared} bytes" if declared is not None else "is larger than that"
-    return f"The request body {size}; the limit is {limit} bytes (max_body_bytes). Send less, or raise the limit."
 
 
 def _rid(scope: Scope) -> str:

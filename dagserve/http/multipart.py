@@ -1,7 +1,7 @@
 """A ``multipart/form-data`` body (RFC 7578) split into its parts: :func:`parse_multipart`.
 
 The ingress has the whole body in memory already (read under ``max_body_bytes``, see
-``Ingress._read_body``), so the parser works on one ``bytes`` object: every step is a
+``BodyReader.read``, http/body_reader.py), so the parser works on one ``bytes`` object: every step is a
 ``bytes.find`` from where the last one stopped (linear in the body, whatever it holds; CPython's
 search has no quadratic worst case) and each part's head is searched only within
 :data:`MAX_PART_HEAD_BYTES`. Parts are slices of the body, never copied twice. Large bodies are

@@ -61,8 +61,10 @@ def openapi_document(
     auth: bool,
     root_path: str = "",
     title: str | None = None,
+    described: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for an ingress serving ``apps`` (name -> App)."""
+    """The OpenAPI 3.1 document for an ingress serving ``apps`` (name -> App); ``described``:
+    the ``paths`` and ``schemas`` its doors add (the OpenAI routes)."""
     from dagserve._version import __version__
 
     schemas, components = _graph_schemas(apps)
@@ -85,6 +87,9 @@ def openapi_document(
     oip_paths, oip_components = oip_openapi(dict(apps), auth=auth)  # /v2: the Open Inference Protocol
     paths.update(oip_paths)
     components.update(oip_components)
+    if described:
+        paths.update(described["paths"])
+        components.update(described["schemas"])
     if title is None:
         title = f"dagserve: {next(iter(apps))}" if single else "dagserve"
     doc: dict[str, Any] = {

@@ -79,9 +79,7 @@ def asgi_app(
         title=title,
         allowed_hosts=host_list(allowed_hosts),
     )
-    from dagserve.http.ingress import create_app
-
-    return create_app(_by_name(apps), config)
+    return _ingress(_by_name(apps), config)
 
 
 def serve(
@@ -162,9 +160,7 @@ def serve(
             owned.append(deploy(graphs[0] if len(graphs) == 1 else graphs, backend, **timeouts, **backend_options))
         served = _by_name([item for item in items if not isinstance(item, Graph)] + owned)
         apps = list(served.values())
-        from dagserve.http.ingress import create_app
-
-        web = create_app(served, options.ingress)
+        web = _ingress(served, options.ingress)
         warn_if_exposed(options.host, options.ingress.token)
         tracing = _traced(apps)
         if options.log_format == "json":
@@ -189,6 +185,15 @@ def grpc_companion(host: str, port: int) -> Any:
     from dagserve.http.grpc_server import GrpcServer
 
     return GrpcServer(host, port)
+
+
+def _ingress(apps: dict[str, App], config: IngressConfig) -> Any:
+    """The ingress for ``apps``: their graph routes, and the OpenAI routes of the graphs marked
+    with ``dagserve.openai`` (http/openai_routes.py)."""
+    from dagserve.http.ingress import create_app
+    from dagserve.http.openai_routes import openai_routes
+
+    return create_app(apps, config, route_sets=(openai_routes,))
 
 
 def _traced(apps: list[App]) -> Tracing | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagserve.http.errors import error_from_exception
 from dagserve.http.jsonio import dump_json
@@ -31,7 +31,7 @@ from dagserve.observe.logs import log_failure
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-__all__ = ["EVENT_STREAM", "NDJSON", "StreamAnswer", "first_item", "stream_format", "stream_openapi"]
+__all__ = ["EVENT_STREAM", "NDJSON", "Framing", "StreamAnswer", "first_item", "stream_format", "stream_openapi"]
 
 logger = logging.getLogger("dagserve.http")
 
@@ -97,8 +97,68 @@ def _line(item: Any) -> bytes:
     return dump_json(item) + b"\n"
 
 
+class Framing(Protocol):
+    """How a stream's items become bytes: dagserve's SSE and NDJSON (by :func:`stream_format`),
+    or a protocol's own (the OpenAI routes' chunks, http/openai_routes.py)."""
+
+    media_type: str
+
+    def opening(self) -> bytes:
+        """Written with the first item (or alone, for an empty stream)."""
+        ...
+
+    def item(self, item: Any) -> bytes:
+        """One item."""
+        ...
+
+    def closing(self) -> bytes:
+        """Written after the last item."""
+        ...
+
+    def failure(self, status: int, body: dict[str, Any], exc: BaseException) -> bytes:
+        """Written instead of :meth:`closing` when the stream fails after its first item;
+        ``body`` is the error document of :mod:`dagserve.http.errors`."""
+        ...
+
+
+class _EventStream:
+    """Server-Sent Events: ``data: <item>`` each, ``event: error`` on a failure, ``event: end``."""
+
+    media_type = EVENT_STREAM
+    item = staticmethod(_event)
+
+    def opening(self) -> bytes:
+        return b""
+
+    def closing(self) -> bytes:
+        return b"event: end\ndata: {}\n\n"
+
+    def failure(self, status: int, body: dict[str, Any], exc: BaseException) -> bytes:
+        return b"event: error\ndata: " + dump_json(body) + b"\n\n" + self.closing()
+
+
+class _Lines:
+    """NDJSON: one item per line; a failure is a last line holding the error body."""
+
+    media_type = NDJSON
+    item = staticmethod(_line)
+
+    def opening(self) -> bytes:
+        return b""
+
+    def closing(self) -> bytes:
+        return b""
+
+    def failure(self, status: int, body: dict[str, Any], exc: BaseException) -> bytes:
+        return dump_json(body) + b"\n"
+
+
+_FRAMINGS: dict[str, Framing] = {EVENT_STREAM: _EventStream(), NDJSON: _Lines()}
+
+
 class StreamAnswer:
-    """An ASGI answer that writes a stream's items as they come (``fmt``: :func:`stream_format`).
+    """An ASGI answer that writes a stream's items as they come (``fmt``: :func:`stream_format`,
+    or a :class:`Framing` of a protocol's own).
 
     ``on_end`` is called once when the answer is over (whatever happened). The error written after
     the first item has the shape of :mod:`dagserve.http.errors` (``request_id`` in it).
@@ -108,7 +168,7 @@ class StreamAnswer:
         self,
         items: AsyncIterator[Any],
         first: tuple[bool, Any],
-        fmt: str,
+        fmt: str | Framing,
         *,
         request_id: str,
         headers: dict[str, str] | None,
@@ -117,7 +177,7 @@ class StreamAnswer:
     ) -> None:
         self.items = items
         self.first = first
-        self.fmt = fmt
+        self.framing = _FRAMINGS[fmt] if isinstance(fmt, str) else fmt
         self.request_id = request_id
         self.headers = headers or {}
         self.on_end = on_end
@@ -154,27 +214,29 @@ class StreamAnswer:
                 self.on_end()
 
     async def _write(self, send: Send) -> None:
-        encode = _event if self.fmt == EVENT_STREAM else _line
+        framing = self.framing
+        encode = framing.item
         headers = [
-            (b"content-type", self.fmt.encode()),
+            (b"content-type", framing.media_type.encode()),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),  # proxies such as nginx: do not hold the stream back
             *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        tail = b"event: end\ndata: {}\n\n" if self.fmt == EVENT_STREAM else b""
+        head = framing.opening()
         try:
             has, item = self.first
             if has:
-                await send({"type": "http.response.body", "body": encode(item), "more_body": True})
+                await send({"type": "http.response.body", "body": head + encode(item), "more_body": True})
+                head = b""
                 async for item in self.items:
                     await send({"type": "http.response.body", "body": encode(item), "more_body": True})
+            tail = head + framing.closing()
         except Exception as exc:  # noqa: BLE001 - after the first item, a failure is an event
             status, body, _ = error_from_exception(exc, request_id=self.request_id, debug=self.debug)
             if status >= 500:  # once, with a failed node's traceback (observe/logs.py)
                 log_failure(logger, exc, self.request_id, status)
-            data = dump_json(body)
-            tail = (b"event: error\ndata: " + data + b"\n\n" + tail) if self.fmt == EVENT_STREAM else data + b"\n"
+            tail = head + framing.failure(status, body, exc)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

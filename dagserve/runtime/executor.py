@@ -506,8 +506,11 @@ def _whole_refs(step: Step) -> set[int]:
 
 
 def _takes_whole(consumer: Step, i: int) -> bool:
-    """Does ``consumer`` read step ``i`` only as a whole top-level argument of a remote call?"""
-    if consumer.kind != "call" or consumer.inline:
+    """Does ``consumer`` read step ``i`` only as a whole top-level argument of a remote call?
+
+    A stream's call is not one: it awaits its arguments itself (backends/ray/remote_streams.py), and a
+    call result awaited there cannot also be handed on un-awaited to another call."""
+    if consumer.kind != "call" or consumer.inline or consumer.streams:
         return False
     whole = _whole_refs(consumer)
     if i not in whole:

@@ -18,11 +18,18 @@ From Python::
         for token in app.stream({"question": "How do bees make honey?"}):
             print(token, end="", flush=True)
 
-The graph lives in :mod:`examples.qa_stream.graph`.
+As an OpenAI model (``qa-stream``), for the ``openai`` client, LangChain or any chat front-end
+(docs/openai.md)::
+
+    dagserve run examples.qa_stream:openai_models
+    curl -N 127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' \
+         -d '{"model": "qa-stream", "stream": true, "messages": [{"role": "user", "content": "How do bees make honey?"}]}'
+
+The graphs live in :mod:`examples.qa_stream.graph`.
 """
 
 from __future__ import annotations
 
-from .graph import Question, graph
+from .graph import Question, chat, completion, graph, openai_models
 
-__all__ = ["Question", "graph"]
+__all__ = ["Question", "chat", "completion", "graph", "openai_models"]

@@ -492,3 +492,20 @@ def test_stream_timeout_reaches_the_deployed_apps(monkeypatch: pytest.MonkeyPatc
     result = CliRunner().invoke(main, ["run", "examples.qa_stream:graph", "--backend", "local", "--stream-timeout", "30"])
     assert isinstance(result.exception, Deployed), result.output
     assert seen["stream_timeout_s"] == 30.0
+
+
+@pytest.mark.http
+def test_run_serves_the_openai_models_of_a_list_of_marked_graphs() -> None:
+    proc = start("examples.qa_stream:openai_models", "--backend", "local", env={"DAGSERVE_TOKEN": "cli-token"})
+    try:
+        line = wait_for(lines_of(proc), "dagserve: serving qa_chat, qa_complete at ")
+        base = URL.search(line).group(0)  # type: ignore[union-attr]
+        ok = {"authorization": "Bearer cli-token"}
+        assert [m["id"] for m in httpx.get(base + "v1/models", headers=ok, timeout=10).json()["data"]] == ["qa-stream"]
+        body = {"model": "qa-stream", "prompt": "How do bees make honey?", "max_tokens": 3}
+        assert httpx.post(base + "v1/completions", json=body, headers=ok, timeout=30).json()["choices"][0]["text"] == "Bees make honey "
+        assert httpx.post(base + "v1/completions", json=body, timeout=10).json()["error"]["code"] == "invalid_api_key"
+    finally:
+        code, err = stop(proc, signal.SIGTERM)
+    assert code == 0, err
+    assert f"OpenAI models qa-stream at {base}v1" in err

@@ -274,3 +274,27 @@ async def test_a_reader_cancelled_by_its_siblings_failure_leaves_a_shared_step_t
         await ex.run(1)
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+def test_a_call_result_a_stream_reads_is_never_handed_on_unawaited() -> None:
+    """On Ray a stream's call awaits its arguments itself: a result it reads cannot also travel
+    un-awaited to another call (the same response object, awaited here, no longer pickles)."""
+
+    @dagserve.node
+    def question(x: int) -> int:
+        return x
+
+    @dagserve.node
+    def search(q: int) -> int:
+        return q
+
+    @dagserve.node
+    async def tokens(q: int, found: int) -> Any:
+        yield q + found
+
+    with dagserve.Input() as inp:
+        q = question(inp)
+        graph = dagserve.Graph(tokens(q, search(q)), name="stream_reads_a_call")
+    ex, _ = make(graph, passthrough=True)
+    plan = dagserve.compile(graph)
+    assert not ex._pass[plan.step("question").index]
