@@ -58,3 +58,10 @@ class Backend(abc.ABC):
         scraped. Backends that cannot see their batches return ``{}``.
         """
         return {}
+
+    def ongoing(self) -> dict[str, int]:
+        """Per node, the calls its replicas hold now (running or queued there), for the dashboard.
+
+        Backends that cannot see them cheaply from the caller's process return ``{}``.
+        """
+        return {}

@@ -6,7 +6,9 @@ Routes (one graph: ``POST /``, also at ``POST /<name>``; several: ``POST /<name>
     POST /<name>        run the graph on the JSON body          (bearer token if configured)
     GET  /              list the graphs (several graphs only)   (bearer token if configured)
     GET  /openapi.json  OpenAPI 3.1 description
-    GET  /docs          interactive page (Swagger UI from a CDN)
+    GET  /docs          interactive page (Swagger UI, served from the package)
+    GET  /-/dashboard   the live dashboard, and /-/dashboard/data its JSON (dagserve.http.dashboard)
+    GET  /-/static/...  the pages' scripts and styles (dagserve.http.assets)
     GET  /-/healthz     the process answers
     GET  /-/ready       every deployment of every graph is ready (503 otherwise)
     GET  /-/graph       the plan as JSON          (?graph=<name> when several)
@@ -39,6 +41,8 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from dagserve._errors import DagserveError, GraphError
 from dagserve.http.admin import admin_routes
+from dagserve.http.assets import DOCS_CSP, STATIC_PREFIX, page_headers, static_endpoint
+from dagserve.http.dashboard import Dashboard
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json, parse_json
@@ -122,8 +126,10 @@ class Ingress:
             Route("/-/ready", self._ready, methods=["GET"], name="ready"),
             Route("/-/graph", self._plan_json, methods=["GET"], name="plan"),
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
+            Route(STATIC_PREFIX + "/{path:path}", static_endpoint, methods=["GET"], name="static"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
+        routes += Dashboard(self.apps, self.config).routes()
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
@@ -345,7 +351,7 @@ class Ingress:
 
     async def _docs(self, request: Request) -> Response:
         title = self.config.title or ("dagserve: " + ", ".join(self.apps))
-        return HTMLResponse(docs_page(title, "openapi.json"))
+        return HTMLResponse(docs_page(title, "openapi.json"), headers=page_headers(DOCS_CSP))
 
     async def _healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})

@@ -140,6 +140,7 @@ def serve(
         max_in_flight=max_in_flight,
         debug=debug,
         allowed_hosts=served_hosts(host, token, allowed_hosts),
+        local_dashboard=True,
     )
     if backend is not None and not isinstance(backend, str) and sum(isinstance(i, Graph) for i in items) > 1:
         raise OptionsError(

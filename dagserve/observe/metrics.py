@@ -149,6 +149,11 @@ class Metrics:
                 out[node] = {"requests": calls, "errors": errors}
         return out
 
+    def request_counts(self, graph: str) -> dict[str, int]:
+        """Requests of ``graph`` since it was instrumented, by outcome (every outcome, zeros too)."""
+        with self._series_lock:
+            return {outcome: self._requests.get((graph, outcome), 0) for outcome in OUTCOMES}
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format (may block; see the module docstring)."""
         return generate_latest(self.registry)
