@@ -6,6 +6,7 @@
 "use strict";
 (function () {
   var POLL_MS = 2000;
+  var SHOWN_ERRORS = 8;
   var WINDOW_S = 900;
   var SVG = "http://www.w3.org/2000/svg";
   var TOKEN_KEY = "dagserve-admin-token";
@@ -480,12 +481,14 @@
     var t = state.hist.t;
     var width = Math.max(260, box.clientWidth || 320), height = 170;
     var left = 48, right = 10, top = 10, bottom = 22;
+    // The last 15 minutes, or since the first point when the server is younger (at least a minute).
     var now = t.length ? t[t.length - 1] : Date.now() / 1000;
-    var start = now - WINDOW_S;
+    var start = Math.max(now - WINDOW_S, Math.min(t.length ? t[0] : now, now - 60));
+    var span = now - start;
     var max = 0;
     series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v > max) max = v; }); });
     var ymax = integer ? 4 * Math.max(1, Math.ceil(max / 4)) : niceMax(max);
-    function X(time) { return left + (time - start) / WINDOW_S * (width - left - right); }
+    function X(time) { return left + (time - start) / span * (width - left - right); }
     function Y(v) { return top + (1 - v / ymax) * (height - top - bottom); }
     var root = svg("svg", { viewBox: "0 0 " + width + " " + height, width: width, height: height, class: "chart-svg" });
     for (var i = 0; i <= 4; i++) {
@@ -493,9 +496,14 @@
       root.appendChild(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" }));
       root.appendChild(svg("text", { x: left - 6, y: y + 4, "text-anchor": "end", class: "axis" }, fmt(v)));
     }
-    for (var m = 0; m <= 15; m += 5) {
-      var tx = X(start + m * 60);
-      root.appendChild(svg("text", { x: tx, y: height - 6, "text-anchor": m === 0 ? "start" : m === 15 ? "end" : "middle", class: "axis" }, m === 15 ? "now" : "-" + (15 - m) + " min"));
+    var steps = [10, 15, 30, 60, 120, 300, 600];
+    var step = steps.filter(function (st) { return span / st <= Math.max(2, Math.floor((width - left) / 90)); })[0] || 600;
+    for (var tick = Math.ceil(start / step) * step; tick <= now; tick += step) {
+      var tx = X(tick);
+      if (tx < left + 18 || tx > width - right - 18) continue;
+      root.appendChild(svg("line", { x1: tx, x2: tx, y1: height - bottom, y2: height - bottom + 4, class: "grid" }));
+      var label = fmtTime(tick);
+      root.appendChild(svg("text", { x: tx, y: height - 6, "text-anchor": "middle", class: "axis" }, step >= 60 ? label.slice(0, 5) : label));
     }
     series.forEach(function (s) {
       var d = "", pen = false, prevY = null;
@@ -621,11 +629,12 @@
 
   function errorTable(errors, withNode) {
     if (!errors.length) return el("p", { class: "hint" }, "None recently.");
-    var t = el("table", { class: "errors" });
+    var wrap = el("div", { class: "table-scroll" });
+    var t = wrap.appendChild(el("table", { class: "errors" }));
     var head = el("tr");
     ["time"].concat(withNode ? ["node"] : []).concat(["type", "outcome", "request id"]).forEach(function (h) { head.appendChild(el("th", {}, h)); });
     t.appendChild(head);
-    errors.slice(0, 20).forEach(function (e) {
+    errors.slice(0, SHOWN_ERRORS).forEach(function (e) {
       var tr = el("tr");
       tr.appendChild(el("td", {}, fmtTime(e.time)));
       if (withNode) tr.appendChild(el("td", {}, e.node || "–"));
@@ -634,7 +643,8 @@
       tr.appendChild(el("td", { class: "mono" }, e.request_id));
       t.appendChild(tr);
     });
-    return t;
+    if (errors.length > SHOWN_ERRORS) wrap.appendChild(el("p", { class: "hint" }, (errors.length - SHOWN_ERRORS) + " older not shown"));
+    return wrap;
   }
 
   function controls(dep, f) {
