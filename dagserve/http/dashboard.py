@@ -66,7 +66,10 @@ class Dashboard:
         given = [config.admin_token] if not config.local_dashboard else [config.admin_token, config.token]
         self._tokens = [t.encode("utf-8") for t in given if t]
         self._cookies = [_cookie_value(t) for t in self._tokens]
-        self.histories: dict[str, History] = {name: history_for(app) for name, app in self.apps.items() if not app.closed}
+        # Recording starts with the server (not when the page first opens), and only where a page can be.
+        self.histories: dict[str, History] = (
+            {name: history_for(app) for name, app in self.apps.items() if not app.closed} if self.enabled else {}
+        )
 
     @property
     def enabled(self) -> bool:

@@ -264,6 +264,8 @@ class History:
         snapshot gave as ``now``; all points when ``None``) and the recent errors."""
         with self._lock:
             times, series = self._ring.since(since)
+            # No newer point: the next point's time will be later than now (points are added under this lock).
+            now = times[-1] if times else since if since is not None else time.time()
             latest = dict(self._latest)
             errors = {node: list(d) for node, d in self._errors.items()}
         nodes = {name: dict(figures) for name, figures in latest.pop("nodes", {}).items()}
@@ -274,7 +276,7 @@ class History:
         }
         return {
             **latest,
-            "now": times[-1] if times else since,
+            "now": now,
             "nodes": nodes,
             "recent_errors": errors.get("", []),
             "history": {
