@@ -295,7 +295,7 @@ def _run(
             token_file.append(path)
             click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
         routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
-        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)")
+        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; dashboard: {url}-/dashboard; Ctrl+C to stop)")
 
     try:
         serve(

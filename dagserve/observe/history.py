@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagserve.observe.metrics import Metrics, default_metrics
-from dagserve.observe.stats import stats_for
+from dagserve.observe.stats import Latency, stats_for
 from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of
 
 if TYPE_CHECKING:
@@ -164,7 +164,9 @@ class History:
         now = time.monotonic()
         requests = self.metrics.request_counts(app.name)
         counts = self.metrics.node_counts(app.name)
-        latency = self.stats.deployments(app.plan, since=self._last[0] if self._last else None)
+        # Charts: the calls of this interval; cards: the recent window (a minute), steadier to read.
+        interval = self.stats.deployments(app.plan, since=self._last[0] if self._last else None)
+        window = self.stats.deployments(app.plan)
         try:
             status = app.status()
         except Exception as exc:  # a node being torn down, an App closing: no replica figures this time
@@ -179,9 +181,12 @@ class History:
         for outcome, n in requests.items():
             values[f"requests:{outcome}"] = (n - last[1].get(outcome, 0)) / dt if last and dt > 0 else None
         for name in self._nodes:
-            node = nodes[name] = self._node_figures(name, counts, latency, status, batches, ongoing, last, dt)
+            node = nodes[name] = self._node_figures(name, counts, window.get(name), status, batches, ongoing, last, dt)
+            lat = interval.get(name)
             for s in NODE_SERIES:
                 values[f"{name}:{s}"] = node.get(s)
+            values[f"{name}:p50_s"] = lat.p50_s if lat else None
+            values[f"{name}:p99_s"] = lat.p99_s if lat else None
         features = self._features()
         for name, node in nodes.items():
             node["features"] = {feature: figures[name] for feature, figures in features.items() if name in figures}
@@ -203,7 +208,7 @@ class History:
         self,
         name: str,
         counts: dict[str, dict[str, int]],
-        latency: Mapping[str, Any],
+        lat: Latency | None,
         status: Any,
         batches: dict[str, dict[int, int]],
         ongoing: dict[str, int],
@@ -212,13 +217,12 @@ class History:
     ) -> dict[str, Any]:
         count = counts.get(name, {"requests": 0, "errors": 0})
         before = last[2].get(name, {"requests": 0, "errors": 0}) if last else None
-        lat = latency.get(name)
         out: dict[str, Any] = {
             "calls": count["requests"],
             "errors": count["errors"],
             "calls_per_s": (count["requests"] - before["requests"]) / dt if before is not None and dt > 0 else None,
             "errors_per_s": (count["errors"] - before["errors"]) / dt if before is not None and dt > 0 else None,
-            "p50_s": lat.p50_s if lat else None,
+            "p50_s": lat.p50_s if lat else None,  # over the recent window (stats.DEFAULT_WINDOW_S)
             "p99_s": lat.p99_s if lat else None,
             "in_flight": ongoing.get(name),
         }
@@ -277,6 +281,7 @@ class History:
         return {
             **latest,
             "now": now,
+            "latency_window_s": self.stats.window_s,
             "nodes": nodes,
             "recent_errors": errors.get("", []),
             "history": {

@@ -129,6 +129,13 @@ def test_the_dashboard_shows_the_graph_live_and_scales_a_node(tab: Tab) -> None:
             assert tab.page.query_selector("#scale-form") is None
 
             scale_from_the_page(tab, app, "Sentiment", 3)
+
+            # An option update from the same panel (the admin route .../update).
+            tab.page.fill("#update-max-ongoing-requests", "50")
+            tab.page.click("#update-button")
+            tab.wait("() => document.getElementById('control-message').textContent.startsWith('Updated')")
+            assert app.status().nodes["Sentiment"].options["max_ongoing_requests"] == 50
+            tab.wait("() => document.getElementById('panel-options').textContent.includes('max ongoing 50')")
         tab.check_clean()
     finally:
         app.shutdown()

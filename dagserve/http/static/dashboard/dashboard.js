@@ -602,7 +602,7 @@
     if (f.transport) row(facts, "transport", f.transport);
     row(facts, "calls", fmtInt(f.calls) + " (" + fmtRate(f.calls_per_s) + "/s)");
     row(facts, "errors", fmtInt(f.errors) + " (" + fmtRate(f.errors_per_s) + "/s)", f.errors_per_s > 0 ? "bad" : "");
-    row(facts, "latency", "p50 " + fmtDur(f.p50_s) + " · p99 " + fmtDur(f.p99_s));
+    row(facts, "latency", "p50 " + fmtDur(f.p50_s) + " · p99 " + fmtDur(f.p99_s) + " (last " + Math.round(state.data.latency_window_s || 60) + " s)");
     row(facts, "in flight", f.in_flight === null || f.in_flight === undefined ? "– (not seen from the ingress)" : fmtInt(f.in_flight));
     if (f.batch) row(facts, "batches", fmtInt(f.batch.batches) + " · avg " + f.batch.mean.toFixed(1) + " · max " + f.batch.max);
     var options = $("panel-options");
