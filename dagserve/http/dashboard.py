@@ -294,7 +294,7 @@ def _page(title: str) -> str:
   <aside class="card panel" id="panel"><p class="hint">Select a node to see its options, recent errors and controls.</p></aside>
   <section class="charts">
     <div class="card chart-card"><div class="card-head"><h2>Requests/s by outcome</h2></div><div class="chart" id="chart-requests"></div></div>
-    <div class="card chart-card"><div class="card-head"><h2>Latency p50 / p99 per node</h2></div><div class="chart" id="chart-latency"></div></div>
+    <div class="card chart-card"><div class="card-head"><h2>Latency per node</h2><span class="hint">p99 solid, p50 dashed</span></div><div class="chart" id="chart-latency"></div></div>
     <div class="card chart-card"><div class="card-head"><h2>Replicas per node</h2></div><div class="chart" id="chart-replicas"></div></div>
   </section>
   <section class="card errors-card" id="errors"></section>

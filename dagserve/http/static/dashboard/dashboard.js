@@ -523,10 +523,10 @@
     });
     var legend = el("div", { class: "legend" });
     series.forEach(function (s) {
-      if (s.hideEmpty && !s.values.some(function (v) { return v; })) return;
+      if (s.noLegend || (s.hideEmpty && !s.values.some(function (v) { return v; }))) return;
       var item = el("span", { class: "key" });
       item.appendChild(el("i", { class: s.dash ? "dash" : "" })).style.borderColor = s.color;
-      item.appendChild(document.createTextNode(s.label + " " + fmt(lastValue(s.values) || 0)));
+      item.appendChild(document.createTextNode(s.legend ? s.legend() : s.label + " " + fmt(lastValue(s.values) || 0)));
       legend.appendChild(item);
     });
     clear(box);
@@ -548,8 +548,12 @@
     nodeNames().forEach(function (n, i) {
       var color = PALETTE[i % PALETTE.length];
       var h = hist.nodes[n] || {};
-      latency.push({ label: n + " p99", color: color, values: h.p99_s || [] });
-      latency.push({ label: n + " p50", color: color, values: h.p50_s || [], dash: true });
+      var f = state.data.nodes[n];
+      latency.push({
+        label: n + " p99", color: color, values: h.p99_s || [], hideEmpty: true,
+        legend: function () { return n + " " + fmtDur(f.p50_s) + " / " + fmtDur(f.p99_s); }
+      });
+      latency.push({ label: n + " p50", color: color, values: h.p50_s || [], dash: true, noLegend: true });
       if (!state.data.nodes[n].inline) replicas.push({ label: n, color: color, values: h.running || [] });
     });
     drawChart("chart-latency", latency, function (v) { return v ? fmtDur(v) : "0"; }, false);
