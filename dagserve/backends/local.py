@@ -286,7 +286,8 @@ class LocalBackend(Backend):
 
     def ongoing(self) -> dict[str, int]:
         # Read from another thread while the loop runs: plain ints and a list copy, never wrong by more than a call.
-        return {name: sum(r.ongoing for r in list(d.replicas)) + len(d.slots.waiters) for name, d in list(self._deployments.items())}
+        deployments = list(self._deployments.items())
+        return {name: sum(r.ongoing for r in list(d.replicas)) + len(d.slots.waiters) for name, d in deployments}
 
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         from dataclasses import replace

@@ -295,7 +295,8 @@ def _run(
             token_file.append(path)
             click.echo(f"dagserve: admin token for dagserve status/scale/update in {path} (removed on exit)", err=True)
         routes = url if len(apps) == 1 else ", ".join(f"{url}{a.name}" for a in apps)
-        click.echo(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; dashboard: {url}-/dashboard; Ctrl+C to stop)")
+        pages = f"API docs: {url}docs; dashboard: {url}-/dashboard"
+        click.echo(f"dagserve: serving {names} at {routes}  ({pages}; Ctrl+C to stop)")
 
     try:
         serve(

@@ -26,7 +26,17 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["DOCS_CSP", "PAGE_CSP", "STATIC_DIR", "STATIC_PREFIX", "VENDORED", "page_headers", "static_endpoint", "static_files"]
+__all__ = [
+    "DOCS_CSP",
+    "PAGE_CSP",
+    "STATIC_DIR",
+    "STATIC_PREFIX",
+    "VENDORED",
+    "page_headers",
+    "static_endpoint",
+    "static_files",
+    "vendored",
+]
 
 #: Where the files are served, relative to the ingress's root.
 STATIC_PREFIX = "/-/static"

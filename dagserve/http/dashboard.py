@@ -37,7 +37,7 @@ from dagserve.observe.history import History, history_for
 from dagserve.render.labels import option_lines
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from starlette.requests import Request
     from starlette.responses import Response
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
     from dagserve.app import App
     from dagserve.http.config import IngressConfig
+
+    #: Raises an HTTPError unless the Authorization header carries the token (``ingress.check_bearer``).
+    BearerCheck = Callable[[str | None, bytes], None]
 
 __all__ = ["COOKIE", "DASHBOARD_PATH", "OUTPUT_ID", "Dashboard", "check_same_origin", "topology"]
 
@@ -59,9 +62,10 @@ _COOKIE_MESSAGE = b"dagserve dashboard cookie v1"
 class Dashboard:
     """The dashboard of one ingress: its routes, who may see them, and each graph's history."""
 
-    def __init__(self, apps: Mapping[str, App], config: IngressConfig) -> None:
+    def __init__(self, apps: Mapping[str, App], config: IngressConfig, check_bearer: BearerCheck) -> None:
         self.apps = dict(apps)
         self.config = config
+        self._check_bearer = check_bearer  # the ingress's (http/ingress.py): one copy of the header's rules
         # Under app.asgi() only the admin token opens it; served by dagserve, the request token too.
         given = [config.admin_token] if not config.local_dashboard else [config.admin_token, config.token]
         self._tokens = [t.encode("utf-8") for t in given if t]
@@ -90,13 +94,18 @@ class Dashboard:
     def _allowed(self, request: Request) -> bool:
         header = request.headers.get("authorization")
         if header is not None:
-            scheme, _, value = header.strip().partition(" ")
-            given = value.strip().encode("utf-8", "replace")
-            return scheme.lower() == "bearer" and any(hmac.compare_digest(given, t) for t in self._tokens)
+            return any(self._bearer_is(header, t) for t in self._tokens)
         cookie = request.cookies.get(COOKIE)
         if cookie is not None and any(hmac.compare_digest(cookie.encode("ascii", "replace"), c) for c in self._cookies):
             return True
         return self.config.local_dashboard and not self.config.token and _from_this_machine(request)
+
+    def _bearer_is(self, header: str, token: bytes) -> bool:
+        try:
+            self._check_bearer(header, token)
+        except HTTPError:
+            return False
+        return True
 
     def _refusal(self) -> HTTPError:
         if not self._tokens:
@@ -124,7 +133,8 @@ class Dashboard:
         if token is not None:
             given = token.encode("utf-8", "replace")
             if not any(hmac.compare_digest(given, t) for t in self._tokens):
-                return _refused_page(HTTPError(401, "That token is not this server's token.", error_type="Unauthorized"))
+                wrong = HTTPError(401, "That token is not this server's token.", error_type="Unauthorized")
+                return _refused_page(wrong)
             root = request.scope.get("root_path", "")
             query = {k: v for k, v in request.query_params.items() if k != "token"}
             target = root + DASHBOARD_PATH + ("?" + urllib.parse.urlencode(query) if query else "")
@@ -159,7 +169,8 @@ class Dashboard:
         try:
             since = float(since_text) if since_text else None
         except ValueError:
-            raise HTTPError(400, f"since must be a number (the 'now' of a previous answer), got {since_text!r}.") from None
+            message = f"since must be a number (the 'now' of a previous answer), got {since_text!r}."
+            raise HTTPError(400, message) from None
         body = history.snapshot(since)
         _describe_options(history.app.plan, body["nodes"])
         body["graph"] = name
@@ -178,12 +189,16 @@ def check_same_origin(request: Request) -> None:
     ``Origin`` header naming another host. Clients that are not browsers send neither."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
-        raise HTTPError(403, f"This route answers pages of its own origin only (Sec-Fetch-Site: {site[:40]}).", error_type="CrossSiteRequest")
+        raise _cross_site(f"(Sec-Fetch-Site: {site[:40]})")
     origin = request.headers.get("origin")
     if origin is not None:
         netloc = urllib.parse.urlsplit(origin).netloc.lower()
         if origin == "null" or netloc != request.headers.get("host", "").lower():
-            raise HTTPError(403, f"This route answers pages of its own origin only, not {origin[:100]!r}.", error_type="CrossSiteRequest")
+            raise _cross_site(f"(Origin: {origin[:100]!r})")
+
+
+def _cross_site(said: str) -> HTTPError:
+    return HTTPError(403, f"This route answers pages of its own origin only {said}.", error_type="CrossSiteRequest")
 
 
 def topology(plan: Plan) -> dict[str, Any]:
@@ -230,7 +245,8 @@ def topology(plan: Plan) -> dict[str, Any]:
     for holder, callee in plan.calls:
         source, target = first_step.get(holder, holder), first_step.get(callee, callee)
         edges.setdefault((source, target), {"source": source, "target": target, "label": "handle", "dashed": True})
-    nodes.append({"id": OUTPUT_ID, "kind": "output", "step": "output", "deployment": None, "streams": bool(plan.streams)})
+    output = {"id": OUTPUT_ID, "kind": "output", "step": "output", "deployment": None, "streams": bool(plan.streams)}
+    nodes.append(output)
     return {"nodes": nodes, "edges": list(edges.values())}
 
 

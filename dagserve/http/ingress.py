@@ -129,7 +129,7 @@ class Ingress:
             Route(STATIC_PREFIX + "/{path:path}", static_endpoint, methods=["GET"], name="static"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
-        routes += Dashboard(self.apps, self.config).routes()
+        routes += Dashboard(self.apps, self.config, check_bearer).routes()
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
