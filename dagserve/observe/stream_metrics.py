@@ -84,7 +84,7 @@ class StreamMetrics:
                 self._cancelled[app.name] = self._cancelled.get(app.name, 0) + 1
 
     def figures(self, graph: str) -> dict[str, dict[str, float]]:
-        """Per streaming node of ``graph``: ``items`` streamed and ``first_item_mean_s`` (the mean
+        """Per streaming node of ``graph``: ``items`` streamed and ``first_item_s`` (the mean
         time to a stream's first item), since start; for the dashboard (observe/history.py)."""
         with self._lock:
             out: dict[str, dict[str, float]] = {}
@@ -95,7 +95,7 @@ class StreamMetrics:
                 starts = sum(first[:-1]) if first else 0
                 figures = out[node] = {"items": n}
                 if starts:
-                    figures["first_item_mean_s"] = first[-1] / starts  # type: ignore[index]
+                    figures["first_item_s"] = first[-1] / starts  # type: ignore[index]
             return out
 
     def cancelled(self, graph: str) -> int:

@@ -43,6 +43,13 @@ class Tab:
     def wait(self, script: str, arg: Any = None) -> None:
         self.page.wait_for_function(script, arg=arg, timeout=WAIT_MS)
 
+    def wait_text(self, selector: str, pattern: str) -> None:
+        """Until the element ``selector`` exists and its text matches the regular expression ``pattern``."""
+        self.wait(
+            "([sel, re]) => { const e = document.querySelector(sel); return e !== null && new RegExp(re).test(e.textContent); }",
+            [selector, pattern],
+        )
+
     def text(self, selector: str) -> str:
         return self.page.text_content(selector, timeout=WAIT_MS) or ""
 
@@ -94,12 +101,9 @@ def scale_from_the_page(tab: Tab, app: dagserve.App, node: str, replicas: int) -
     page.wait_for_selector("#scale-form", timeout=WAIT_MS)
     page.fill("#scale-replicas", str(replicas))
     page.click("#scale-button")
-    tab.wait("() => document.getElementById('control-message').textContent.startsWith('Scaled')")
+    tab.wait_text("#control-message", "^Scaled")
     assert app.status().nodes[node].target_replicas == replicas
-    tab.wait(
-        "([sel, text]) => document.querySelector(sel).textContent.startsWith(text)",
-        [card_line(node, "replicas"), f"replicas {replicas}/{replicas}"],
-    )
+    tab.wait_text(card_line(node, "replicas"), f"^replicas {replicas}/{replicas}")
 
 
 def test_the_dashboard_shows_the_graph_live_and_scales_a_node(tab: Tab) -> None:
@@ -115,16 +119,16 @@ def test_the_dashboard_shows_the_graph_live_and_scales_a_node(tab: Tab) -> None:
                 r = client.post("/", json={"text": f"a great film {i}", "lang": "en" if i % 3 else "fr"})
                 assert r.status_code == 200
             assert client.post("/", json={"lang": 3}).status_code == 422  # a client error, for the chart
-            tab.wait("() => document.querySelector('#summary-requests b').textContent === '31'")
-            tab.wait("sel => document.querySelector(sel).textContent.startsWith('calls 30 ')", card_line("clean", "calls"))
-            tab.wait("sel => !document.querySelector(sel).textContent.includes('p50 –')", card_line("clean", "latency"))
-            tab.wait("sel => document.querySelector(sel).textContent.startsWith('batch avg')", card_line("Toxicity", "batch"))
+            tab.wait_text("#summary-requests b", "^31$")
+            tab.wait_text(card_line("clean", "calls"), "^calls 30 ")
+            tab.wait_text(card_line("clean", "latency"), "^p50 [0-9]")
+            tab.wait_text(card_line("Toxicity", "batch"), "^batch avg")
             tab.wait("() => document.querySelectorAll('#chart-requests path.series').length >= 1")
             tab.wait("() => document.querySelectorAll('#chart-latency path.series').length >= 1")
 
             # The node panel: options in force, no controls until the admin token is typed.
             tab.page.click('#diagram [data-node="Toxicity"]')
-            tab.wait("() => document.getElementById('panel-title').textContent === 'Toxicity'")
+            tab.wait_text("#panel-title", "^Toxicity$")
             assert "batch 16, wait 5 ms" in tab.text("#panel-options")
             assert tab.page.query_selector("#scale-form") is None
 
@@ -133,9 +137,9 @@ def test_the_dashboard_shows_the_graph_live_and_scales_a_node(tab: Tab) -> None:
             # An option update from the same panel (the admin route .../update).
             tab.page.fill("#update-max-ongoing-requests", "50")
             tab.page.click("#update-button")
-            tab.wait("() => document.getElementById('control-message').textContent.startsWith('Updated')")
+            tab.wait_text("#control-message", "^Updated")
             assert app.status().nodes["Sentiment"].options["max_ongoing_requests"] == 50
-            tab.wait("() => document.getElementById('panel-options').textContent.includes('max ongoing 50')")
+            tab.wait_text("#panel-options", "max ongoing 50")
         tab.check_clean()
     finally:
         app.shutdown()
@@ -150,30 +154,44 @@ def test_errors_show_with_their_request_ids(tab: Tab) -> None:
             r = client.post("/", json=41, headers={"x-request-id": "trace-me-41"})
             assert r.status_code == 500
             tab.page.goto(url + "-/dashboard")
-            tab.wait("() => document.getElementById('errors').textContent.includes('trace-me-41')")
+            tab.wait_text("#errors", "trace-me-41")
             assert "ValueError" in tab.text("#errors")
             assert "bad value" not in tab.text("body")  # the message carries the payload: never shown
             tab.page.click('#diagram [data-node="fail"]')
-            tab.wait("() => document.getElementById('panel-errors').textContent.includes('trace-me-41')")
+            tab.wait_text("#panel-errors", "trace-me-41")
         tab.check_clean()
     finally:
         app.shutdown()
 
 
-def test_a_server_of_several_graphs_shows_each(tab: Tab) -> None:
-    apps = [dagserve.deploy(reviews, backend="local"), dagserve.deploy(chain(), backend="local")]
+def test_a_server_of_several_graphs_shows_each_and_their_features(tab: Tab) -> None:
+    from dagserve.observe.history import FEATURES
+    from tests.stream_graphs import chain as streamed
+
+    def queue(app: dagserve.App, metrics: Any) -> dict[str, dict[str, Any]]:
+        return {"Toxicity": {"depth": 7}} if app.name == "reviews" else {}
+
+    FEATURES["queue"] = queue  # how a feature built beside the dashboard shows its figures
+    apps = [dagserve.deploy(reviews, backend="local"), dagserve.deploy(streamed, backend="local")]
     try:
-        with serve_apps(*apps) as url:
+        with serve_apps(*apps) as url, httpx.Client(base_url=url) as client:
             tab.page.goto(url + "-/dashboard")
             tab.wait("() => document.querySelectorAll('.graph-tab').length === 2")
             check_every_node_appears(tab, url, "reviews")
+            tab.wait_text(card_line("Toxicity", "feature:queue"), "^queue: depth 7$")
+
+            r = client.post("/chain", json={"n": 3}, headers={"accept": "text/event-stream"})
+            assert r.status_code == 200
             tab.page.click('.graph-tab[data-graph="chain"]')
-            tab.wait("() => document.querySelector('#diagram [data-node=\"Scale\"]') !== null")
+            tab.wait("() => document.querySelector('#diagram [data-node=\"produce\"]') !== null")
             check_every_node_appears(tab, url, "chain")
             assert tab.page.url.endswith("?graph=chain")
             assert tab.page.get_attribute('.graph-tab[data-graph="chain"]', "aria-current") == "page"
+            # Streams' figures (observe/stream_metrics.py) on the generator's card.
+            tab.wait_text(card_line("produce", "feature:stream"), "^stream: .*items 3")
         tab.check_clean()
     finally:
+        del FEATURES["queue"]
         for a in apps:
             a.shutdown()
 

@@ -41,11 +41,11 @@ def test_the_dashboard_of_a_ray_graph_is_live_and_scales_a_node(ray_app: dagserv
         with serve_apps(ray_app) as url, httpx.Client(base_url=url, timeout=60) as client:
             tab.page.goto(url + "-/dashboard")
             check_every_node_appears(tab, url)
-            tab.wait("() => document.querySelector('#summary-backend b').textContent === 'ray'")
+            tab.wait_text("#summary-backend b", "^ray$")
             for i in range(10):
                 assert client.post("/", json=i).status_code == 200
-            tab.wait("sel => document.querySelector(sel).textContent.startsWith('calls 10 ')", card_line("Scale", "calls"))
-            tab.wait("sel => document.querySelector(sel).textContent.startsWith('replicas 1/1')", card_line("Scale", "replicas"))
+            tab.wait_text(card_line("Scale", "calls"), "^calls 10 ")
+            tab.wait_text(card_line("Scale", "replicas"), "^replicas 1/1")
             scale_from_the_page(tab, ray_app, "Scale", 2)
             assert len(ray_app.status().nodes["Scale"].replica_ids) == 2
         tab.check_clean()

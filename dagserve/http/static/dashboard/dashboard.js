@@ -237,7 +237,7 @@
   }
 
   // -- the diagram ----------------------------------------------------------------------------------
-  var CARD_W = 224, LINE_H = 17, HEAD_H = 30, SMALL_W = 108, SMALL_H = 36, GAP_X = 64, GAP_Y = 22;
+  var CARD_W = 240, LINE_H = 17, HEAD_H = 30, SMALL_W = 108, SMALL_H = 36, GAP_X = 64, GAP_Y = 22;
 
   function cardLines(node, figures) {
     var lines = ["replicas", "calls", "latency", "load"];
@@ -431,12 +431,13 @@
   }
 
   function featureText(name, figures) {
-    var parts = Object.keys(figures).sort().map(function (k) {
+    // In the order the feature gives its figures: the first ones fit on the card.
+    var parts = Object.keys(figures).map(function (k) {
       var v = figures[k];
       return figureName(k).replace(/ \(s\)$/, "") + " " + (/_s$/.test(k) && typeof v === "number" ? fmtDur(v) : fmtValue(v));
     });
     var text = name + ": " + parts.join(" · ");
-    return text.length > 34 ? text.slice(0, 33) + "…" : text;
+    return text.length > 38 ? text.slice(0, 37) + "…" : text;
   }
 
   function updateCards(d) {
@@ -620,7 +621,7 @@
       feats.appendChild(el("h3", {}, name));
       var t = el("table", { class: "facts" });
       var figures = f.features[name];
-      Object.keys(figures).sort().forEach(function (k) {
+      Object.keys(figures).forEach(function (k) {
         var v = figures[k];
         row(t, figureName(k).replace(/ \(s\)$/, ""), /_s$/.test(k) && typeof v === "number" ? fmtDur(v) : fmtValue(v));
       });
