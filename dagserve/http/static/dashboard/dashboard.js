@@ -80,6 +80,9 @@
     fetch(url, { credentials: "same-origin", cache: "no-store", headers: { accept: "application/json" } })
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
+          if (r.status === 404 && state.graph) { // ?graph= names no graph of this server: show the first
+            state.graph = null; state.since = null; state.topo = null; state.generation += 1;
+          }
           if (!r.ok) throw new Error(body && body.error ? body.error.message : "HTTP " + r.status);
           return body;
         });
@@ -522,6 +525,7 @@
       path.appendChild(svg("title", {}, s.label));
       root.appendChild(path);
     });
+    var tip = hover(root, series, t, fmt, X, start, span, width, left, right, top, height - bottom);
     var legend = el("div", { class: "legend" });
     series.forEach(function (s) {
       if (s.noLegend || (s.hideEmpty && !s.values.some(function (v) { return v; }))) return;
@@ -533,6 +537,45 @@
     clear(box);
     box.appendChild(root);
     box.appendChild(legend);
+    box.appendChild(tip);
+  }
+
+  // A cursor and the values at the nearest point, while the pointer is over a chart.
+  function hover(root, series, t, fmt, X, start, span, width, left, right, top, bottom) {
+    var cursor = svg("line", { y1: top, y2: bottom, class: "cursor" });
+    cursor.style.display = "none";
+    root.appendChild(cursor);
+    var tip = el("div", { class: "tip" });
+    tip.hidden = true;
+    function hide() { cursor.style.display = "none"; tip.hidden = true; }
+    root.addEventListener("pointerleave", hide);
+    root.addEventListener("pointermove", function (ev) {
+      var rect = root.getBoundingClientRect();
+      var x = (ev.clientX - rect.left) * width / rect.width;
+      var time = start + (x - left) / (width - left - right) * span;
+      var best = -1, distance = Infinity;
+      for (var j = 0; j < t.length; j++) {
+        var d = Math.abs(t[j] - time);
+        if (t[j] >= start && d < distance) { distance = d; best = j; }
+      }
+      if (best < 0) { hide(); return; }
+      var px = X(t[best]);
+      cursor.setAttribute("x1", px); cursor.setAttribute("x2", px);
+      cursor.style.display = "";
+      clear(tip);
+      tip.appendChild(el("b", {}, fmtTime(t[best])));
+      series.forEach(function (s) {
+        var v = s.values[best];
+        if (v === null || v === undefined || (s.hideEmpty && !v)) return;
+        var line = tip.appendChild(el("div"));
+        line.appendChild(el("i", { class: s.dash ? "dash" : "" })).style.borderColor = s.color;
+        line.appendChild(document.createTextNode(s.label + " " + fmt(v)));
+      });
+      tip.hidden = false;
+      var shown = px * rect.width / width;
+      tip.style.left = Math.max(0, Math.min(shown + 12, rect.width - tip.offsetWidth)) + "px";
+    });
+    return tip;
   }
 
   function nodeNames() {
