@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import math
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -165,12 +166,17 @@ class Dashboard:
         history = self.histories.get(name)
         if history is None:
             raise HTTPError(404, f"No graph {name!r} is served here; graphs: {sorted(self.apps)}.")
-        since_text = request.query_params.get("since")
-        try:
-            since = float(since_text) if since_text else None
-        except ValueError:
-            message = f"since must be a number (the 'now' of a previous answer), got {since_text!r}."
-            raise HTTPError(400, message) from None
+        since = _since(request.query_params.get("since"))
+        if since is None:  # the whole history (tens of thousands of values): off the event loop
+            from starlette.concurrency import run_in_threadpool
+
+            content = await run_in_threadpool(self._answer, name, history, since)
+        else:
+            content = self._answer(name, history, since)
+        headers = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+        return Response(content, media_type="application/json", headers=headers)
+
+    def _answer(self, name: str, history: History, since: float | None) -> bytes:
         body = history.snapshot(since)
         _describe_options(history.app.plan, body["nodes"])
         body["graph"] = name
@@ -178,9 +184,8 @@ class Dashboard:
         body["admin"] = bool(self.config.admin_token)
         if since is None:
             body["topology"] = topology(history.app.plan)
-        headers = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
         # lenient: options in force may hold values JSON has no type for; the page only prints them.
-        return Response(dump_json(body, lenient=True), media_type="application/json", headers=headers)
+        return dump_json(body, lenient=True)
 
 
 def check_same_origin(request: Request) -> None:
@@ -195,6 +200,16 @@ def check_same_origin(request: Request) -> None:
         netloc = urllib.parse.urlsplit(origin).netloc.lower()
         if origin == "null" or netloc != request.headers.get("host", "").lower():
             raise _cross_site(f"(Origin: {origin[:100]!r})")
+
+
+def _since(text: str | None) -> float | None:
+    try:
+        since = float(text) if text else None
+    except ValueError:
+        since = math.nan
+    if since is not None and not math.isfinite(since):
+        raise HTTPError(400, f"since must be a number (the 'now' of a previous answer), got {text!r}.")
+    return since
 
 
 def _cross_site(said: str) -> HTTPError:
