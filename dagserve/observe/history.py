@@ -167,13 +167,9 @@ class History:
         # Charts: the calls of this interval; cards: the recent window (a minute), steadier to read.
         interval = self.stats.deployments(app.plan, since=self._last[0] if self._last else None)
         window = self.stats.deployments(app.plan)
-        try:
-            status = app.status()
-        except Exception as exc:  # a node being torn down, an App closing: no replica figures this time
-            log.debug("status of graph %r failed while sampling: %s", app.name, exc)
-            status = None
-        batches = app.backend.batch_sizes()
-        ongoing = app.backend.ongoing()
+        status = self._read(app.status, None)
+        batches = self._read(app.backend.batch_sizes, {})
+        ongoing = self._read(app.backend.ongoing, {})
         values: dict[str, float | None] = {}
         nodes: dict[str, dict[str, Any]] = {}
         last = self._last
@@ -203,6 +199,14 @@ class History:
                 self._ring.append(time.time(), values)
             self._latest = latest
             self._last = (now, requests, counts, batches)
+
+    def _read(self, read: Callable[[], Any], default: Any) -> Any:
+        """What ``read`` answers, or ``default`` this time (a node being torn down, an App closing)."""
+        try:
+            return read()
+        except Exception as exc:
+            log.debug("reading the state of graph %r while sampling failed: %s", self.app.name, exc)
+            return default
 
     def _node_figures(
         self,
