@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CHROMIUM_ARGS", "Offline", "chromium", "chromium_path", "missing_reason"]
+__all__ = ["CHROMIUM_ARGS", "Offline", "browser_tests_skip_reason", "chromium", "chromium_path", "missing_reason"]
 
 #: No sandbox as root (CI and this machine run as root), and nothing of Chromium's own traffic.
 CHROMIUM_ARGS = [
@@ -46,14 +46,29 @@ def missing_reason() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "Playwright for Python is not installed (pip install -e '.[dev]')"
+    given = os.environ.get("DAGSERVE_CHROMIUM")
+    if given and chromium_path() is None:
+        return f"DAGSERVE_CHROMIUM={given} is not an executable"
     if chromium_path() is None:
         return "no Chromium on this machine (scripts/setup.sh --test installs Debian's chromium)"
     return None
 
 
+def browser_tests_skip_reason() -> str | None:
+    """Why the browser tests skip here, or ``None`` when they run. On CI (``$CI`` set) they never
+    skip: ``scripts/setup.sh --test`` installs Chromium there, so a missing one is a failure."""
+    reason = missing_reason()
+    if reason is None or os.environ.get("CI"):
+        return None
+    return f"browser tests need Chromium and Playwright: {reason}"
+
+
 @contextlib.contextmanager
 def chromium() -> Iterator[Any]:
     """A headless Chromium (a Playwright ``Browser``), closed on exit."""
+    reason = missing_reason()
+    if reason is not None:
+        raise RuntimeError(f"Cannot start the browser: {reason}.")
     from playwright.sync_api import sync_playwright
 
     args = list(CHROMIUM_ARGS)

@@ -17,16 +17,16 @@ from dagserve.http.config import IngressConfig
 from dagserve.http.ingress import create_app
 from examples.quickstart import graph as reviews
 from tests.background_server import BackgroundServer
-from tests.browser import Offline, chromium, missing_reason
+from tests.browser import Offline, browser_tests_skip_reason, chromium
 from tests.example_graphs import chain
 
 ADMIN = "dash-admin-token"
 WAIT_MS = 90_000  # generous: a loaded 2-core CI; the conditions usually hold within a poll or two
 
-_reason = missing_reason()
+_skip = browser_tests_skip_reason()
 pytestmark = [pytest.mark.http, pytest.mark.timeout(300)]
-if _reason is not None:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium and Playwright: {_reason}"))
+if _skip is not None:
+    pytestmark.append(pytest.mark.skip(reason=_skip))
 
 
 class Tab:

@@ -10,14 +10,14 @@ import httpx
 import pytest
 
 import dagserve
-from tests.browser import chromium, missing_reason
+from tests.browser import browser_tests_skip_reason, chromium
 from tests.example_graphs import chain
 from tests.http.test_dashboard_browser import Tab, card_line, check_every_node_appears, scale_from_the_page, serve_apps
 
-_reason = missing_reason()
+_skip = browser_tests_skip_reason()
 pytestmark = [pytest.mark.ray, pytest.mark.http, pytest.mark.timeout(300)]
-if _reason is not None:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium and Playwright: {_reason}"))
+if _skip is not None:
+    pytestmark.append(pytest.mark.skip(reason=_skip))
 
 
 @pytest.fixture(scope="module")
