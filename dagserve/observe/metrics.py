@@ -150,9 +150,14 @@ class Metrics:
         return out
 
     def request_counts(self, graph: str) -> dict[str, int]:
-        """Requests of ``graph`` since it was instrumented, by outcome (every outcome, zeros too)."""
+        """Requests of ``graph`` since it was instrumented, by outcome (every outcome, zeros too;
+        summed over any further labels of the series)."""
+        out = dict.fromkeys(OUTCOMES, 0)
         with self._series_lock:
-            return {outcome: self._requests.get((graph, outcome), 0) for outcome in OUTCOMES}
+            for key, n in self._requests.items():
+                if key[0] == graph and key[1] in out:
+                    out[key[1]] += n
+        return out
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (may block; see the module docstring)."""
