@@ -58,9 +58,10 @@ RECENT_ERRORS = 20
 #: The series kept per node, in this order.
 NODE_SERIES = ("calls_per_s", "errors_per_s", "p50_s", "p99_s", "running", "target", "in_flight")
 
-#: A feature's figures per node: ``source(app) -> {node: {figure: number or text}}``. Features
-#: built beside the dashboard (multiplexed models, queued jobs...) add theirs to :data:`FEATURES`
-#: under their name; the dashboard shows them in each node's ``features[name]``.
+#: A feature's figures per node: ``source(app) -> {node: {figure: number or text}}``, the node
+#: ``""`` for the graph as a whole. Features built beside the dashboard (multiplexed models,
+#: queued jobs...) add theirs to :data:`FEATURES` under their name; the dashboard shows them in
+#: each node's ``features[name]`` (and the graph's ``features[name]``).
 FeatureSource = Callable[["App", Metrics], Mapping[str, Mapping[str, Any]]]
 
 
@@ -192,6 +193,8 @@ class History:
             "in_flight": app.in_flight,
             "requests": requests,
             "streams_cancelled": self.metrics.streams.cancelled(app.name) if app.streams else None,
+            # A feature's figures of the graph as a whole (a jobs queue's depth) come under the node "".
+            "features": {feature: figures[""] for feature, figures in features.items() if "" in figures},
             "nodes": nodes,
         }
         with self._lock:

@@ -170,7 +170,7 @@ def test_a_server_of_several_graphs_shows_each_and_their_features(tab: Tab) -> N
     from tests.stream_graphs import chain as streamed
 
     def queue(app: dagserve.App, metrics: Any) -> dict[str, dict[str, Any]]:
-        return {"Toxicity": {"depth": 7}} if app.name == "reviews" else {}
+        return {"Toxicity": {"depth": 7}, "": {"waiting": 2}} if app.name == "reviews" else {}
 
     FEATURES["queue"] = queue  # how a feature built beside the dashboard shows its figures
     apps = [dagserve.deploy(reviews, backend="local"), dagserve.deploy(streamed, backend="local")]
@@ -180,6 +180,7 @@ def test_a_server_of_several_graphs_shows_each_and_their_features(tab: Tab) -> N
             tab.wait("() => document.querySelectorAll('.graph-tab').length === 2")
             check_every_node_appears(tab, url, "reviews")
             tab.wait_text(card_line("Toxicity", "feature:queue"), "^queue: depth 7$")
+            tab.wait_text('[data-feature="queue:waiting"]', "^queue waiting2$")  # the graph's own figures
 
             r = client.post("/chain", json={"n": 3}, headers={"accept": "text/event-stream"})
             assert r.status_code == 200

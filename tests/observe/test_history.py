@@ -99,7 +99,7 @@ def test_batch_sizes_and_features_show_on_their_nodes(caplog: pytest.LogCaptureF
     app = dagserve.deploy(batched(), backend="local")
 
     def queue(app: dagserve.App, metrics: Any) -> dict[str, dict[str, Any]]:
-        return {"batch_size": {"depth": 3}}
+        return {"batch_size": {"depth": 3}, "": {"jobs_waiting": 5}}
 
     def broken(app: dagserve.App, metrics: Any) -> dict[str, dict[str, Any]]:
         raise RuntimeError("feature bug")
@@ -111,8 +111,10 @@ def test_batch_sizes_and_features_show_on_their_nodes(caplog: pytest.LogCaptureF
         list(app.map(range(8)))
         with caplog.at_level(logging.ERROR, "dagserve.dashboard"):
             history.sample()
-        node = history.snapshot()["nodes"]["batch_size"]
+        snap = history.snapshot()
+        node = snap["nodes"]["batch_size"]
         assert node["features"] == {"queue": {"depth": 3}}
+        assert snap["features"] == {"queue": {"jobs_waiting": 5}}  # the graph's own figures
         assert "feature bug" in caplog.text  # logged; the other figures are still there
         assert node["batch"]["batches"] >= 1 and 1 <= node["batch"]["mean"] <= 8 and node["batch"]["max"] <= 8
     finally:

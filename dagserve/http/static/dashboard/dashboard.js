@@ -196,6 +196,17 @@
       s.appendChild(el("b", {}, it[1]));
       box.appendChild(s);
     });
+    // Figures features give for the graph as a whole (a queue's depth...).
+    Object.keys(d.features || {}).sort().forEach(function (name) {
+      var figures = d.features[name];
+      Object.keys(figures).forEach(function (k) {
+        var s = el("span", { class: "stat", "data-feature": name + ":" + k });
+        s.appendChild(el("small", {}, name + " " + figureName(k).replace(/ \(s\)$/, "")));
+        var v = figures[k];
+        s.appendChild(el("b", {}, /_s$/.test(k) && typeof v === "number" ? fmtDur(v) : fmtValue(v)));
+        box.appendChild(s);
+      });
+    });
   }
 
   function renderAdmin(d) {
