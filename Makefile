@@ -6,7 +6,7 @@ PORT   ?= 8000
 GRAPH  ?= examples.quickstart:graph
 BACKEND ?= ray
 
-.PHONY: setup run test test-fast bench bench-quick chaos clean
+.PHONY: setup run test test-fast bench bench-quick chaos docs-images clean
 
 setup:
 	@./scripts/setup.sh
@@ -41,6 +41,10 @@ bench-quick: setup
 
 chaos: setup
 	$(PY) -m benchmarks.chaos
+
+# Screenshots of the live dashboard for docs/ and the README (headless Chromium; ~2 minutes).
+docs-images: setup
+	$(PY) scripts/docs_images.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

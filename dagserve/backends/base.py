@@ -63,6 +63,13 @@ class Backend(abc.ABC):
         """
         return {}
 
+    def ongoing(self) -> dict[str, int]:
+        """Per node, the calls its replicas hold now (running or queued there), for the dashboard.
+
+        Backends that cannot see them cheaply from the caller's process return ``{}``.
+        """
+        return {}
+
     def direct_transport_refusals(self) -> dict[tuple[str, str, str], int]:
         """``(node, side, reason) -> count``: peers and connections a transport of the backend's
         own refused (the Ray backend's direct transport: limits, peers of another user, failed

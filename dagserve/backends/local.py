@@ -111,6 +111,11 @@ class LocalBackend(Backend):
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         return {name: dict(d.batch_counts) for name, d in list(self._deployments.items()) if d.batch_counts}
 
+    def ongoing(self) -> dict[str, int]:
+        # Read from another thread while the loop runs: plain ints and a list copy, never wrong by more than a call.
+        deployments = list(self._deployments.items())
+        return {name: sum(r.ongoing for r in list(d.replicas)) + len(d.slots.waiters) for name, d in deployments}
+
     def scale(self, spec: DeploymentSpec, options: NodeOptions, *, wait_s: float) -> None:
         from dataclasses import replace
 

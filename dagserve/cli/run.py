@@ -344,7 +344,8 @@ def _run(
         models = sorted({g.openai.model for g in graphs if g.openai is not None})
         if models:  # the OpenAI-compatible routes (docs/openai.md)
             say(f"dagserve: OpenAI models {', '.join(models)} at {url}v1")
-        say(f"dagserve: serving {names} at {routes}  (API docs: {url}docs; Ctrl+C to stop)", stdout=True, url=url)
+        pages = f"API docs: {url}docs; dashboard: {url}-/dashboard"
+        say(f"dagserve: serving {names} at {routes}  ({pages}; Ctrl+C to stop)", stdout=True, url=url)
 
     try:
         serve(apps, options=server, on_ready=announce)

@@ -7,7 +7,9 @@ Routes (one graph: ``POST /``, also at ``POST /<name>``; several: ``POST /<name>
                         JSON; multipart or a raw file when its schema has a binary field (http/bodies.py)
     GET  /              list the graphs (several graphs only)   (bearer token if configured)
     GET  /openapi.json  OpenAPI 3.1 description
-    GET  /docs          interactive page (Swagger UI from a CDN)
+    GET  /docs          interactive page (Swagger UI, served from the package)
+    GET  /-/dashboard   the live dashboard, and /-/dashboard/data its JSON (dagserve.http.dashboard)
+    GET  /-/static/...  the pages' scripts and styles (dagserve.http.assets)
     GET  /-/healthz     the process answers
     GET  /-/ready       every deployment of every graph is ready (503 otherwise)
     GET  /-/graph       the plan as JSON          (?graph=<name> when several)
@@ -41,9 +43,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from dagserve._errors import DagserveError, GraphError
 from dagserve.graph.graph import RESERVED_GRAPH_NAMES
 from dagserve.http.admin import admin_routes
+from dagserve.http.assets import DOCS_CSP, STATIC_PREFIX, page_headers, static_endpoint
 from dagserve.http.bodies import graph_door
 from dagserve.http.body_reader import BodyReader
 from dagserve.http.calls import Call
+from dagserve.http.dashboard import Dashboard
 from dagserve.http.connections import SCOPE_HANGUP, HangUpWatch, cancel_on_hang_up
 from dagserve.http.doors import Door
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, error_shape, status_type
@@ -145,10 +149,12 @@ class Ingress:
             Route("/-/ready", self._ready, methods=["GET"], name="ready"),
             Route("/-/graph", self._plan_json, methods=["GET"], name="plan"),
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
+            Route(STATIC_PREFIX + "/{path:path}", static_endpoint, methods=["GET"], name="static"),
         ]
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
         # /v2/...: the Open Inference Protocol (http/oip_rest.py)
         routes += oip_routes(self.apps, self.authorize, self.run_graph, lambda: self.draining)
+        routes += Dashboard(self.apps, self.config, check_bearer).routes()
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
@@ -358,7 +364,7 @@ class Ingress:
 
     async def _docs(self, request: Request) -> Response:
         title = self.config.title or ("dagserve: " + ", ".join(self.apps))
-        return HTMLResponse(docs_page(title, "openapi.json"))
+        return HTMLResponse(docs_page(title, "openapi.json"), headers=page_headers(DOCS_CSP))
 
     async def _healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})

@@ -111,22 +111,22 @@ def openapi_document(
 
 
 def docs_page(title: str, spec_url: str = "openapi.json") -> str:
-    """An HTML page running Swagger UI (loaded from the jsDelivr CDN) on ``spec_url``."""
+    """An HTML page running Swagger UI on ``spec_url``, every file served by the ingress itself
+    (``/-/static/``, :mod:`dagserve.http.assets`): no CDN, no inline script."""
     t = html.escape(title)
     u = html.escape(spec_url, quote=True)
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{t}</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="stylesheet" href="-/static/swagger-ui/swagger-ui.css">
+<script src="-/static/swagger-ui/swagger-ui-bundle.js" defer></script>
+<script src="-/static/docs.js" defer></script>
 </head>
 <body>
-<div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>
-window.ui = SwaggerUIBundle({{url: "{u}", dom_id: "#swagger-ui", deepLinking: true}});
-</script>
+<div id="swagger-ui" data-spec-url="{u}"></div>
 </body>
 </html>
 """

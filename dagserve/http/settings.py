@@ -77,6 +77,10 @@ class IngressConfig:
     title: str | None = None
     #: ``None``: any Host header; a tuple: loopback hosts and these names only (see HostFilter).
     allowed_hosts: tuple[str, ...] | None = None
+    #: Served by dagserve itself (``serve``): the dashboard opens on this machine without a token
+    #: when graph routes need none, and takes the request token too. ``False`` (``asgi_app``): the
+    #: admin routes' rules (http/dashboard.py).
+    local_dashboard: bool = False
 
     def __post_init__(self) -> None:
         if self.allowed_hosts is not None:
@@ -157,6 +161,7 @@ class ServerOptions:
             debug=debug,
             title=title,
             allowed_hosts=served_hosts(host, token, allowed_hosts),
+            local_dashboard=True,  # a server dagserve binds itself (http/dashboard.py says what that allows)
         )
         return cls(host=host, port=port, ingress=ingress, **server)
 

@@ -151,6 +151,16 @@ class Metrics:
                 out[node] = {"requests": calls, "errors": errors}
         return out
 
+    def request_counts(self, graph: str) -> dict[str, int]:
+        """Requests of ``graph`` since it was instrumented, by outcome (every outcome, zeros too;
+        summed over any further labels of the series)."""
+        out = dict.fromkeys(OUTCOMES, 0)
+        with self._series_lock:
+            for key, n in self._requests.items():
+                if key[0] == graph and key[1] in out:
+                    out[key[1]] += n
+        return out
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format (may block; see the module docstring)."""
         return generate_latest(self.registry)

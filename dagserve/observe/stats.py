@@ -142,11 +142,13 @@ class LatencyStats:
         with self._lock:
             return self._summarise([self._requests], now)
 
-    def deployments(self, plan: Plan) -> dict[str, Latency]:
+    def deployments(self, plan: Plan, *, since: float | None = None) -> dict[str, Latency]:
         """Latency per deployment of ``plan``: the samples of all its steps together.
 
         A model instance called in several places (or through several methods) is one deployment
-        with several steps; status tables list deployments, so they read this.
+        with several steps; status tables list deployments, so they read this. ``since`` (a time
+        of this recorder's clock, ``time.monotonic()`` by default) keeps only later samples: the
+        dashboard's history asks for the interval since its last point.
         """
         steps: dict[str, list[str]] = {}
         for s in plan.steps:
@@ -156,13 +158,14 @@ class LatencyStats:
         out: dict[str, Latency] = {}
         with self._lock:
             for dep, names in steps.items():
-                lat = self._summarise([self._nodes[n] for n in names if n in self._nodes], now)
+                lat = self._summarise([self._nodes[n] for n in names if n in self._nodes], now, since)
                 if lat is not None:
                     out[dep] = lat
         return out
 
-    def _summarise(self, series: Iterable[_Series], now: float) -> Latency | None:
+    def _summarise(self, series: Iterable[_Series], now: float, since: float | None = None) -> Latency | None:
         cutoff = now - self.window_s
+        newer = cutoff if since is None else max(cutoff, since)
         values: list[float] = []
         errors = 0
         oldest = now
@@ -174,16 +177,17 @@ class LatencyStats:
             if not samples:
                 continue
             full = full or len(samples) == samples.maxlen
-            oldest = min(oldest, samples[0][0])
-            for _, seconds, failed in samples:
-                values.append(seconds)
-                errors += failed
+            for at, seconds, failed in samples:
+                if at >= newer:
+                    oldest = min(oldest, at)
+                    values.append(seconds)
+                    errors += failed
         if not values:
             return None
         values.sort()
         # A full buffer covers only the span since its oldest sample; otherwise the whole window
         # (or the time since recording started, if shorter) is the denominator.
-        span = now - oldest if full else min(self.window_s, now - self._started)
+        span = now - oldest if full else min(self.window_s, now - self._started, now - newer)
         return Latency(
             count=len(values),
             errors=errors,

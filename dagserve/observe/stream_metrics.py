@@ -83,6 +83,26 @@ class StreamMetrics:
             with self._lock:
                 self._cancelled[app.name] = self._cancelled.get(app.name, 0) + 1
 
+    def figures(self, graph: str) -> dict[str, dict[str, float]]:
+        """Per streaming node of ``graph``: ``items`` streamed and ``first_item_s`` (the mean
+        time to a stream's first item), since start; for the dashboard (observe/history.py)."""
+        with self._lock:
+            out: dict[str, dict[str, float]] = {}
+            for (g, node), n in self._items.items():
+                if g != graph:
+                    continue
+                first = self._first.get((g, node))
+                starts = sum(first[:-1]) if first else 0
+                figures = out[node] = {"items": n}
+                if starts:
+                    figures["first_item_s"] = first[-1] / starts  # type: ignore[index]
+            return out
+
+    def cancelled(self, graph: str) -> int:
+        """Streams of ``graph`` stopped before their end (the client went away)."""
+        with self._lock:
+            return self._cancelled.get(graph, 0)
+
     # -- the collector -----------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:
         return list(self._families())

@@ -617,4 +617,6 @@ async def test_mounted_inside_a_users_starlette_app(user_app: tuple[Starlette, d
         doc = (await c.get("/ml/openapi.json")).json()
         assert doc["servers"] == [{"url": "/ml"}]
         page = (await c.get("/ml/docs")).text
-        assert 'url: "openapi.json"' in page and "swagger-ui" in page
+        assert 'data-spec-url="openapi.json"' in page and "swagger-ui" in page
+        # Relative to /ml/docs, the page's files are under the mount too.
+        assert (await c.get("/ml/-/static/swagger-ui/swagger-ui-bundle.js")).status_code == 200

@@ -158,10 +158,16 @@ async def test_docs_page_loads_swagger_ui_on_the_document(deployed: list[dagserv
         transport=httpx.ASGITransport(app=deployed[2].asgi(title="Reviews <API>")), base_url="http://t"
     ) as c:
         r = await c.get("/docs")
+        bundle = await c.get("/-/static/swagger-ui/swagger-ui-bundle.js")
     assert r.headers["content-type"].startswith("text/html")
     assert "<title>Reviews &lt;API&gt;</title>" in r.text
-    assert "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" in r.text
-    assert 'url: "openapi.json"' in r.text
+    # Swagger UI from the package (http/assets.py), started by a file: no CDN, no inline script.
+    assert '<script src="-/static/swagger-ui/swagger-ui-bundle.js" defer></script>' in r.text
+    assert 'data-spec-url="openapi.json"' in r.text
+    assert "http" not in r.text.replace("http-equiv", "")
+    assert "<script>" not in r.text
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
 
 
 # -- switches on input fields: the values they accept --------------------------------------------

@@ -148,3 +148,24 @@ def test_stats_for_installs_one_observer_that_records_real_requests() -> None:
         requests = stats.requests()
         assert requests is not None and requests.count == 4 and requests.errors == 1
         assert requests.p50_s >= stats.node("double").p50_s  # type: ignore[union-attr]
+
+
+def test_deployments_since_keeps_only_the_later_samples() -> None:
+    clock = FakeClock()
+    stats = LatencyStats(window_s=60, clock=clock)
+    plan = dagserve.compile(_two_nodes())
+    stats.observe({"pre": 0.5})
+    clock.now += 2
+    mark = clock.now
+    stats.observe({"pre": 0.001})
+    stats.observe({"pre": 0.003})
+    recent = stats.deployments(plan, since=mark)["pre"]
+    assert recent.count == 2 and recent.p99_s == 0.003
+    assert stats.deployments(plan)["pre"].count == 3
+    assert stats.deployments(plan, since=clock.now + 1) == {}
+
+
+def _two_nodes() -> dagserve.Graph:
+    from tests.example_graphs import chain
+
+    return chain()
