@@ -39,6 +39,9 @@ from dagserve._errors import (
     GraphvizNotFoundError,
     HTTPError,
     InputValidationError,
+    JobAttemptsExhaustedError,
+    JobCancelledError,
+    JobNotFoundError,
     NodeError,
     NodeNotFoundError,
     NoRouteError,
@@ -55,6 +58,7 @@ from dagserve.compiler.passes import compile
 from dagserve.compiler.plan import DeploymentSpec, Edge, Plan, Step
 from dagserve.graph import Graph, Input, map, node, optional, split, switch
 from dagserve.http.server import asgi_app, serve
+from dagserve.jobs import Job, JobSettings
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
 from dagserve.runtime.mapping import MapResult
@@ -78,11 +82,13 @@ def _replica_spans(endpoint: str, replica: str) -> Any:
 def _wire() -> None:
     from dagserve import render as _render
     from dagserve._hooks import hooks
+    from dagserve.http.jsonio import dump_json
 
     hooks.to_dot, hooks.render, hooks.to_svg = _render.to_dot, _render.render, _render.to_svg
     hooks.asgi_app = asgi_app
     hooks.serve_ingress = _serve_ingress
     hooks.replica_spans = _replica_spans
+    hooks.dump_json = dump_json
 
 
 _wire()
@@ -105,6 +111,11 @@ __all__ = [
     "HandleError",
     "Input",
     "InputValidationError",
+    "Job",
+    "JobAttemptsExhaustedError",
+    "JobCancelledError",
+    "JobNotFoundError",
+    "JobSettings",
     "MapResult",
     "NoRouteError",
     "NodeError",

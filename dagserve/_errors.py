@@ -16,6 +16,9 @@ One root, one class per kind of failure, so callers can catch by type::
     ├── HTTPError                   a node chose the answer's status and detail (HTTP 4xx/5xx)
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
     ├── OverloadedError             a queue was full; retry later               (HTTP 503)
+    ├── JobNotFoundError            no job has that id (or its result expired)  (HTTP 404)
+    ├── JobCancelledError           the job was cancelled before it finished    (HTTP 409)
+    ├── JobAttemptsExhaustedError   the job's server died on every attempt      (HTTP 500)
     └── RenderError                 a diagram could not be drawn
         └── GraphvizNotFoundError   Graphviz's `dot` program is not installed
 
@@ -35,6 +38,9 @@ __all__ = [
     "GraphvizNotFoundError",
     "HTTPError",
     "InputValidationError",
+    "JobAttemptsExhaustedError",
+    "JobCancelledError",
+    "JobNotFoundError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
@@ -214,6 +220,26 @@ def _rebuild_overloaded(
     cls: type[OverloadedError], message: str, node: str | None, retry_after_s: float
 ) -> OverloadedError:
     return cls(message, node=node, retry_after_s=retry_after_s)
+
+
+class JobNotFoundError(DagserveError, LookupError):
+    """No job has this id here: it never existed, or it finished longer ago than the results are
+    kept (``--jobs-ttl``)."""
+
+    status_code = 404
+
+
+class JobCancelledError(DagserveError):
+    """The job was cancelled (``job.cancel()``, ``DELETE /-/jobs/{id}``) before it finished."""
+
+    status_code = 409
+
+
+class JobAttemptsExhaustedError(DagserveError):
+    """The job's server stopped (crashed, was killed) while running it on every attempt
+    (``--jobs-max-attempts``); the job failed for good instead of running again."""
+
+    status_code = 500
 
 
 class RenderError(DagserveError):

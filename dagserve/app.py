@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -24,6 +25,8 @@ from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_
 from dagserve.backends import Backend, get_backend
 from dagserve.deploy_config import ConfigSource, compile_with_config
 from dagserve.graph import Graph
+from dagserve.jobs import Job, JobSettings, JobStore
+from dagserve.jobs.host import JobsHost, job_capacity
 from dagserve.runtime.deadlines import FixedTimeout
 from dagserve.runtime.executor import Executor, RequestContext
 from dagserve.runtime.handles import enter_request, leave_request
@@ -33,6 +36,7 @@ from dagserve.runtime.tracing import reset_trace, set_trace
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import DeploymentSpec, Plan
+    from dagserve.jobs import JobQueue
     from dagserve.runtime.mapping import MapResult
     from dagserve.runtime.status import AppStatus
 
@@ -62,6 +66,8 @@ def deploy(
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
     config: ConfigSource | None = None,
+    jobs_store: str | os.PathLike[str] | JobStore | None = None,
+    jobs: JobSettings | None = None,
     **backend_options: Any,
 ) -> App:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App`.
@@ -78,6 +84,8 @@ def deploy(
     ``stream_timeout_s`` bounds a whole stream of a graph whose output streams (docs/streaming.md).
     ``config`` (a path to a YAML config file, or a dict of the same shape) overrides node options
     set in code: ``graphs: {<graph name>: {nodes: {<node>: {num_replicas: 3}}}}`` (docs/deploy.md).
+    ``jobs_store`` keeps the jobs of ``app.submit`` (docs/jobs.md): ``None`` in memory for the App's
+    life, a SQLite file path or ``redis://HOST:PORT/DB`` durably; ``jobs`` sets how they run.
 
     Raises :class:`~dagserve.CompileError` for an invalid graph, :class:`~dagserve.OptionsError`
     for a config naming an unknown graph, node or option, and
@@ -101,6 +109,11 @@ def deploy(
     for g, p in zip(graphs, per_graph, strict=True):
         view = app._graphs[g.name] = App(g, p, be, **timeouts)
         view._parent = app
+    app._jobs = JobsHost(
+        jobs_store, jobs or JobSettings(), graphs=[g.name for g in graphs] or [app.name], capacity=job_capacity(plan),
+        run=app._run_job, home_loop=app._home_loop, encode=hooks.need("dump_json"),
+        in_flight=lambda: app.in_flight + sum(view.in_flight for view in app._graphs.values()),
+    )
     return app
 
 
@@ -158,6 +171,7 @@ class App:
         self.item_observer: Callable[[str, str, float], None] | None = None
         #: Opens each request's span when traces are exported (observe/otel.py ``Tracing.install``).
         self.tracing: RequestTracing | None = None
+        self._jobs: JobsHost | None = None  # set by deploy (dagserve/jobs/host.py)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -377,11 +391,42 @@ class App:
         # The HTTP layer, above this one; an App of several graphs serves each at its name.
         return hooks.need("asgi_app")(list(self._graphs.values()) or self, **options)
 
+    # -- jobs (dagserve/jobs, docs/jobs.md) -----------------------------------------------------
+    def submit(self, payload: Any, graph: str | None = None, key: str | None = None) -> Job:
+        """Queue the graph's run on ``payload`` (stored when this returns); a repeated idempotency
+        ``key`` returns the first job. ``app.submit({"text": "..."}).result(timeout=600)``."""
+        self._check_open()
+        return self._job_host().submit(payload, self._for(graph).name, key)
+
+    def job(self, job_id: str) -> Job:
+        """The job ``job_id`` (:class:`~dagserve.JobNotFoundError` if there is none)."""
+        return self._job_host().job(job_id)
+
+    def jobs(self, status: str | None = None, *, graph: str | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+        """Jobs in submission order, from the one after the id ``after``, at most ``limit``."""
+        return self._job_host().jobs(graph, status, limit, after)
+
+    def job_queue(self) -> JobQueue:
+        """The jobs' queue, its worker started on the App's loop (the HTTP routes and servers call it)."""
+        return self._job_host().queue()
+
+    def _job_host(self) -> JobsHost:
+        root = self._parent or self
+        if root._jobs is None:
+            raise DagserveError("This App has no job queue; deploy it with dagserve.deploy.")
+        return root._jobs
+
+    async def _run_job(self, payload: Any, graph: str, ctx: RequestContext) -> Any:
+        return await self.acall(payload, context=ctx, graph=graph if self._graphs else None)
+
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:
-        """Per node: deployment name, target/running/pending replicas (and why), options in force."""
+        """Per node: deployment name, target/running/pending replicas (and why), options in force;
+        ``jobs``: the job queue's figures once it is used."""
         self._check_open()
-        return self.backend.status()
+        jobs = (self._parent or self)._jobs
+        stats = jobs.stats() if jobs is not None else None
+        return self.backend.status() if stats is None else replace(self.backend.status(), jobs=stats)
 
     def scale(self, node: Any, *, wait_s: float = 60.0, **options: Any) -> None:
         """Change one node's replicas while traffic flows: ``app.scale("Classifier", num_replicas=4)``.
@@ -459,6 +504,8 @@ class App:
                 return
             self._closed = True
         try:
+            if self._jobs is not None:
+                self._jobs.shutdown()  # first: running jobs go back to the queue, not fail with the nodes
             self.backend.shutdown()
         finally:
             if self._thread is not None and self._loop is not None:
