@@ -21,7 +21,7 @@ from typing import Any
 from dagserve._errors import AppClosedError, DagserveError, InputValidationError, NodeError, OverloadedError
 from dagserve._errors import HTTPError as NodeHTTPError
 
-__all__ = ["HTTPError", "error_body", "error_from_exception", "error_schema", "retry_after"]
+__all__ = ["HTTPError", "client_gone", "error_body", "error_from_exception", "error_schema", "retry_after"]
 
 # Names for statuses that reach us without a dagserve error (Starlette's own 404/405 ...).
 _STATUS_TYPES = {
@@ -59,6 +59,11 @@ class HTTPError(NodeHTTPError):
         super().__init__(status_code, message, headers=headers)
         self.error_type = error_type or status_type(status_code)
         self.extra = extra or {}
+
+
+def client_gone(when: str) -> HTTPError:
+    """The answer to a client that disconnected (nobody reads it: it is for the log)."""
+    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers={"connection": "close"})
 
 
 def status_type(status: int) -> str:

@@ -40,7 +40,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from dagserve._errors import DagserveError, GraphError
 from dagserve.http.admin import admin_routes
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, status_type
+from dagserve.http.errors import client_gone as _gone
 from dagserve.http.hosts import HostFilter
+from dagserve.http.job_routes import JobRoutes
+from dagserve.http.jsonio import check_content_type as _check_content_type
 from dagserve.http.jsonio import dump_json, parse_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.openapi import docs_page, openapi_document
@@ -97,6 +100,7 @@ class Ingress:
         # The body deadline, on one loop timer for all requests (see runtime/deadlines.py).
         self._body_deadline = FixedTimeout(config.body_timeout_s)
         self._openapi: dict[str, bytes] = {}
+        self.jobs = JobRoutes(self)  # http/job_routes.py
         self.starlette = Starlette(
             routes=self._routes(),
             # Right inside Starlette's own error middleware: the id exists before any route runs.
@@ -123,12 +127,22 @@ class Ingress:
             Route("/-/graph", self._plan_json, methods=["GET"], name="plan"),
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
         ]
+        routes += self.jobs.routes()
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
         admin_token = self.config.admin_token
         if admin_token:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
             routes.append(Mount("/-/admin", routes=list(admin_routes(self.apps, admin_token)), name="admin"))
         return routes
+
+    # -- the server's start and stop (dagserve's uvicorn server calls them on its loop) ----------
+    def start(self) -> None:
+        """Start the Apps' job workers on this loop: jobs a previous server left queued run now."""
+        self.jobs.queues()
+
+    async def stop(self) -> None:
+        """Once requests in flight finished: stop the job workers (their jobs go back to the queue)."""
+        await self.jobs.stop()
 
     # -- graph routes ----------------------------------------------------------------------------
     def _graph_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
@@ -452,11 +466,6 @@ _PARSE_INLINE_BYTES = 64 * 1024
 _GONE_WHILE_RUNNING = "while its graph ran; the graph's work was cancelled"
 
 
-def _gone(when: str) -> HTTPError:
-    """The answer to a client that disconnected (nobody reads it: it is for the log)."""
-    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers=CLOSE)
-
-
 def _host_filter(allowed_hosts: tuple[str, ...] | None) -> HostFilter | None:
     return None if allowed_hosts is None else HostFilter(allowed_hosts)
 
@@ -494,25 +503,6 @@ def _trace(value: str | None, ctx: RequestContext | None, start: float) -> dict[
         return None
     traced = value is not None and trace_requested({TRACE_HEADER: value})
     return response_headers(ctx, traced, time.perf_counter() - start)
-
-
-def _check_content_type(value: str | None) -> None:
-    if value is None:
-        # A web page may send a body without a type to any server without asking first (a no-cors
-        # fetch); one typed application/json needs the server's consent (CORS), which we never give.
-        raise HTTPError(
-            415,
-            "The request has no Content-Type; send the body as application/json "
-            "(curl: -H 'content-type: application/json').",
-        )
-    media, _, params = value.partition(";")
-    media = media.strip().lower()
-    if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
-        raise HTTPError(415, f"The content type is {media!r}; send the body as application/json.")
-    for param in params.split(";"):
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise HTTPError(415, f"The body's charset is {val.strip()!r}; send JSON encoded as UTF-8.")
 
 
 def _too_large(declared: int | None, limit: int) -> str:

@@ -259,6 +259,9 @@ def _server_class() -> type:
             await super().startup(sockets=sockets)
             if not self.started:
                 return
+            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
+            if ingress is not None:
+                ingress.start()  # the job workers, on this loop (http/job_routes.py)
             port = self.servers[0].sockets[0].getsockname()[1]
             self.url = url_for(self._host, port)
             if self._on_ready is not None:
@@ -269,6 +272,8 @@ def _server_class() -> type:
             if ingress is not None:
                 ingress.draining = True  # /-/ready says 503 while requests in flight finish
             await super().shutdown(sockets=sockets)
+            if ingress is not None:
+                await ingress.stop()  # the job workers: jobs running here go back to the queue
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from dagserve.jobs.job import Job
 from dagserve.jobs.queue import JobQueue, JobRun
 from dagserve.jobs.record import JobSettings
-from dagserve.jobs.store import JobStore, open_store
+from dagserve._errors import OptionsError
+from dagserve.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from dagserve.compiler.plan import Plan
 
-__all__ = ["JobsHost", "job_capacity"]
+__all__ = ["JobsHost", "job_capacity", "open_store"]
 
 log = logging.getLogger("dagserve.jobs")
 
@@ -124,3 +125,25 @@ class JobsHost:
                 return
         queue.close()
 
+
+def open_store(where: str | os.PathLike[str] | JobStore | None) -> JobStore:
+    """The store at ``where``: ``None`` (in memory), a SQLite path, ``redis://HOST:PORT/DB``, or a store."""
+    if isinstance(where, JobStore):
+        return where
+    if where is None:
+        from dagserve.jobs.sqlite import SQLiteStore
+
+        return SQLiteStore(":memory:")
+    text = os.fspath(where)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        from dagserve.jobs.redis import RedisStore
+
+        return RedisStore(text)
+    if "://" in text:
+        raise OptionsError(
+            f"jobs_store={text!r} is not a store dagserve knows: give a SQLite file path, "
+            "redis://HOST:PORT/DB, or None (in memory)."
+        )
+    from dagserve.jobs.sqlite import SQLiteStore
+
+    return SQLiteStore(text)

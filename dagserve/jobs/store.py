@@ -1,4 +1,4 @@
-"""Where jobs are kept: the :class:`JobStore` interface, and :func:`open_store` for a location.
+"""Where jobs are kept: the :class:`JobStore` interface, and the default place of a SQLite file.
 
 A store is synchronous and thread-safe; the queue (:mod:`dagserve.jobs.queue`) calls it on its
 own threads, never on the event loop. Every state change is one atomic step of the store (one
@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dagserve._errors import OptionsError
 from dagserve.jobs.record import JobRecord
 
-__all__ = ["JobStore", "default_db_path", "open_store"]
+__all__ = ["JobStore", "default_db_path", "state_dir"]
 
 
 class JobStore(ABC):
@@ -105,26 +104,3 @@ def default_db_path(host: str, port: int) -> Path:
     name = host.strip("[]").lower()
     name = "127.0.0.1" if name == "localhost" else name
     return state_dir() / f"jobs-{name.replace(':', '_')}-{port}.sqlite3"
-
-
-def open_store(where: str | os.PathLike[str] | JobStore | None) -> JobStore:
-    """The store at ``where``: ``None`` (in memory), a SQLite path, ``redis://HOST:PORT/DB``, or a store."""
-    if isinstance(where, JobStore):
-        return where
-    if where is None:
-        from dagserve.jobs.sqlite import SQLiteStore
-
-        return SQLiteStore(":memory:")
-    text = os.fspath(where)
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        from dagserve.jobs.redis import RedisStore
-
-        return RedisStore(text)
-    if "://" in text:
-        raise OptionsError(
-            f"jobs_store={text!r} is not a store dagserve knows: give a SQLite file path, "
-            "redis://HOST:PORT/DB, or None (in memory)."
-        )
-    from dagserve.jobs.sqlite import SQLiteStore
-
-    return SQLiteStore(text)

@@ -1,0 +1,203 @@
+"""The job routes of the ingress (docs/jobs.md): submit now, fetch the graph's answer later.
+
+::
+
+    POST   /<graph>/jobs     queue a job with the graph route's body: 202 {"id", "status": "queued"},
+                             Location: <mount path>/-/jobs/<id>; Idempotency-Key: the first job again
+    POST   /jobs             the same, when one graph is served
+    GET    /-/jobs/<id>      the job: id, graph, status, attempts, created/started/finished, and its
+                             result (as the graph route answers) or error (the usual error shape)
+    DELETE /-/jobs/<id>      cancel a queued or running job
+    GET    /-/jobs           list them: ?graph=&status=&limit=&after=<id of the last one seen>
+
+Every route takes the graph routes' bearer token. Body limits, admission and the error shape are
+the ingress's own (:class:`~dagserve.http.ingress.Ingress`); the queue is the App's
+(``app.job_queue()``, :mod:`dagserve.jobs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dagserve._errors import JobNotFoundError
+from dagserve.http.errors import HTTPError, client_gone, error_from_exception
+from dagserve.http.jsonio import check_content_type, dump_json, parse_json
+from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID
+from dagserve.jobs import FINISHED, JobQueue, JobRecord
+from dagserve.jobs.error_record import rebuild_error
+from dagserve.runtime.request_id import new_request_id
+
+if TYPE_CHECKING:
+    from starlette.requests import Request as _Request
+
+    from dagserve.app import App
+    from dagserve.http.config import IngressConfig
+
+
+class Ingress(Protocol):
+    """What the job routes use of :class:`~dagserve.http.ingress.Ingress` (which holds them)."""
+
+    apps: dict[str, App]
+    single: bool
+    config: IngressConfig
+    in_flight: int
+
+    def _authorize(self, request: _Request) -> None: ...
+    def _admit(self) -> None: ...
+    async def _read_body(self, request: _Request, declared: str | None, expect: str | None) -> bytes: ...
+    async def _discard_body(self, request: _Request, declared: str | None, expect: str | None, read: int = 0) -> bool: ...
+    def _error_response(
+        self, exc: BaseException, request: _Request, rid: str, extra_headers: dict[str, str] | None = None
+    ) -> Response: ...
+
+__all__ = ["JOBS_PATH", "JobRoutes"]
+
+#: Where a job's record lives (under the path the ingress is mounted at).
+JOBS_PATH = "/-/jobs"
+_JSON = "application/json"
+#: Bodies up to this size are parsed on the event loop; larger ones on a thread (as the graph route).
+_PARSE_INLINE_BYTES = 64 * 1024
+_MAX_LIMIT = 1000
+
+
+class JobRoutes:
+    """The job routes of ``ingress``; the queues are its Apps' (one per App deployed together)."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+
+    def routes(self) -> list[BaseRoute]:
+        ingress = self.ingress
+        routes: list[BaseRoute] = []
+        for name, app in ingress.apps.items():
+            submit = self._submit_endpoint(app)
+            if ingress.single:
+                routes.append(Route("/jobs", submit, methods=["POST"], name="jobs_submit"))
+            routes.append(Route(f"/{name}/jobs", submit, methods=["POST"], name=f"jobs_submit:{name}"))
+        routes += [
+            Route(JOBS_PATH, self._list, methods=["GET"], name="jobs_list"),
+            Route(JOBS_PATH + "/{job_id}", self._show, methods=["GET"], name="jobs_show"),
+            Route(JOBS_PATH + "/{job_id}", self._cancel, methods=["DELETE"], name="jobs_cancel"),
+        ]
+        return routes
+
+    def queues(self) -> list[JobQueue]:
+        """The distinct queues of the served Apps (their workers started on this loop)."""
+        out: list[JobQueue] = []
+        for app in self.ingress.apps.values():
+            queue = app.job_queue()
+            if all(queue is not q for q in out):
+                out.append(queue)
+        return out
+
+    async def stop(self) -> None:
+        """Stop the workers (the server is stopping): jobs running here go back to their queue."""
+        await asyncio.gather(*(q.stop() for q in self.queues()), return_exceptions=True)
+
+    # -- submitting --------------------------------------------------------------------------------
+    def _submit_endpoint(self, app: App) -> Callable[[Request], Awaitable[Response]]:
+        ingress = self.ingress
+
+        async def submit_job(request: Request) -> Response:
+            rid = _rid(request)
+            headers = request.headers
+            content_length, expect = headers.get("content-length"), headers.get("expect")
+            admitted = reading = False
+            try:
+                ingress._authorize(request)
+                check_content_type(headers.get("content-type"))
+                ingress._admit()  # only while the body arrives and is stored: a running job holds no slot
+                admitted = reading = True
+                body = await ingress._read_body(request, content_length, expect)
+                reading = False
+                if len(body) <= _PARSE_INLINE_BYTES:
+                    parse_json(body, max_depth=ingress.config.max_json_depth)  # refused now, not when it runs
+                else:
+                    await run_in_threadpool(parse_json, body, max_depth=ingress.config.max_json_depth)
+                record, created = await app.job_queue().asubmit(app.name, body.decode("utf-8"), headers.get("idempotency-key"))
+            except ClientDisconnect:
+                return ingress._error_response(client_gone("before sending the whole body"), request, rid)
+            except Exception as exc:
+                extra = None
+                if reading and not await ingress._discard_body(request, content_length, expect):
+                    extra = CLOSE
+                return ingress._error_response(exc, request, rid, extra)
+            finally:
+                if admitted:
+                    ingress.in_flight -= 1
+            location = f"{request.scope.get('root_path', '')}{JOBS_PATH}/{record.id}"
+            answer_headers = {"location": location}
+            if not created:
+                answer_headers["idempotent-replayed"] = "true"
+            return _json({"id": record.id, "status": record.status}, 202 if created else 200, answer_headers)
+
+        return submit_job
+
+    # -- reading and cancelling --------------------------------------------------------------------
+    async def _find(self, job_id: str) -> tuple[JobQueue, JobRecord]:
+        for queue in self.queues():
+            record = await queue.aget(job_id)
+            if record is not None:
+                return queue, record
+        raise JobNotFoundError(
+            f"There is no job {job_id!r}: it never existed here, or it finished longer ago than results are kept (--jobs-ttl)."
+        )
+
+    async def _show(self, request: Request) -> Response:
+        self.ingress._authorize(request)
+        _, record = await self._find(request.path_params["job_id"])
+        return Response(self._document(record), media_type=_JSON)
+
+    async def _cancel(self, request: Request) -> Response:
+        self.ingress._authorize(request)
+        queue, record = await self._find(request.path_params["job_id"])
+        if record.status in FINISHED:
+            raise HTTPError(409, f"Job {record.id} already {record.status}; there is nothing to cancel.", error_type="JobFinished")
+        record = await queue.acancel(record.id) or record
+        return Response(self._document(record), media_type=_JSON)
+
+    async def _list(self, request: Request) -> Response:
+        self.ingress._authorize(request)
+        query = request.query_params
+        limit = _limit(query.get("limit"))
+        graph, status, after = query.get("graph"), query.get("status"), query.get("after")
+        found: list[JobRecord] = []
+        for queue in self.queues():
+            found += await queue.alist(graph=graph, status=status, limit=limit, after=after)
+        found.sort(key=lambda r: (r.created, r.seq))
+        page = found[:limit]
+        jobs = [self._view(r, result=False) for r in page]
+        return _json({"jobs": jobs, "next": page[-1].id if len(page) == limit else None})
+
+    def _view(self, record: JobRecord, *, result: bool = True) -> dict[str, Any]:
+        view = record.to_dict(result=result)
+        if record.error is not None:
+            _, body, _ = error_from_exception(rebuild_error(record.error), request_id=record.id)
+            view["error"] = body["error"]
+        return view
+
+    def _document(self, record: JobRecord) -> bytes:
+        return dump_json(self._view(record))
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 100
+    if not value.isdigit() or not 1 <= int(value) <= _MAX_LIMIT:
+        raise HTTPError(400, f"limit={value!r} must be a whole number from 1 to {_MAX_LIMIT}.")
+    return int(value)
+
+
+def _rid(request: Request) -> str:
+    return request.scope.get(SCOPE_REQUEST_ID) or new_request_id()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dump_json(data), status_code=status, media_type=_JSON, headers=headers)
