@@ -31,6 +31,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
+from dagserve.cli.jobs import jobs_options, jobs_store_for
 from dagserve.cli.targets import load_graphs
 from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from dagserve.app import App
     from dagserve.backends import Backend
     from dagserve.deploy_config import DeployConfig
+    from dagserve.jobs import JobSettings
 
 __all__ = ["parse_size", "run_command"]
 
@@ -190,6 +192,7 @@ class _Size(click.ParamType):
     help=f"Export OpenTelemetry traces over OTLP/HTTP to URL, e.g. http://127.0.0.1:4318 [env {OTLP_ENDPOINT_ENV}, "
     "else OTEL_EXPORTER_OTLP_ENDPOINT; default: off]. Needs pip install 'dagserve[otel]'.",
 )
+@jobs_options
 def run_command(target: str, **options: Any) -> None:
     """Serve the graph(s) at MODULE:ATTR over HTTP (e.g. examples.quickstart:graph).
 
@@ -213,6 +216,7 @@ def run_command(target: str, **options: Any) -> None:
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
+    options["jobs_store"], options["jobs"] = jobs_store_for(options, options["host"], options["port"])
     graphs = load_graphs(target)
     check_config(config, graphs)  # every graph compiles with the file's node options
     with _logging_to_stderr(options["log_level"], options["log_format"]):
@@ -272,6 +276,8 @@ def _run(
     log_format: str = "text",
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
+    jobs_store: str | None = None,
+    jobs: JobSettings | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -281,6 +287,7 @@ def _run(
         backend_options["allow_unauthenticated_ray"] = True
     timeouts = {"request_timeout_s": request_timeout, "ready_timeout_s": ready_timeout, "stream_timeout_s": stream_timeout}
     deploy_options: dict[str, Any] = {k: v for k, v in timeouts.items() if v is not None}
+    deploy_options.update(jobs_store=jobs_store, jobs=jobs)  # docs/jobs.md
     try:
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config)
     except DagserveError as exc:

@@ -1,0 +1,43 @@
+"""Graphs the job tests serve (importable by ``dagserve run`` and by Ray's replicas).
+
+``work``: sleeps ``payload["sleep"]`` seconds (default 0) and answers ``{"n": payload["n"] * 2}``;
+``n == -1`` fails with ValueError. Each run appends the job's id (the request id of a job) to the
+file named by ``$DAGSERVE_TEST_RUN_LOG``, when set, so that a test can count runs per job.
+``stream``: a streaming graph yielding ``payload["n"]`` items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import dagserve
+
+
+@dagserve.node
+async def double(payload: dict) -> dict:
+    log = os.environ.get("DAGSERVE_TEST_RUN_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(dagserve.current_request_id() + "\n")
+    await asyncio.sleep(float(payload.get("sleep", 0)))
+    if payload["n"] == -1:
+        raise ValueError("n must not be -1")
+    return {"n": payload["n"] * 2}
+
+
+@dagserve.node
+async def count(payload: dict) -> AsyncIterator[int]:
+    for i in range(payload["n"]):
+        yield i
+
+
+with dagserve.Input() as inp:
+    work = dagserve.Graph(double(inp), name="work")
+
+with dagserve.Input() as inp:
+    stream = dagserve.Graph(count(inp), name="stream")
+
+#: Both, served together.
+both = [work, stream]
