@@ -41,3 +41,14 @@ with dagserve.Input() as inp:
 
 #: Both, served together.
 both = [work, stream]
+
+
+@dagserve.node(max_ongoing_requests=2, max_queued_requests=2)
+async def narrow(payload: dict) -> dict:
+    await asyncio.sleep(float(payload.get("sleep", 0.05)))
+    return {"n": payload["n"]}
+
+
+with dagserve.Input() as inp:
+    #: A node that takes 2 calls at once and queues 2 more (a fifth gets 503).
+    tight = dagserve.Graph(narrow(inp), name="tight")

@@ -116,7 +116,6 @@ class JobRoutes:
                 ingress._admit()  # only while the body arrives and is stored: a running job holds no slot
                 admitted = reading = True
                 body = await ingress._read_body(request, content_length, expect)
-                reading = False
                 if len(body) <= _PARSE_INLINE_BYTES:
                     parse_json(body, max_depth=ingress.config.max_json_depth)  # refused now, not when it runs
                 else:
@@ -126,7 +125,8 @@ class JobRoutes:
                 return ingress._error_response(client_gone("before sending the whole body"), request, rid)
             except Exception as exc:
                 extra = None
-                if reading and not await ingress._discard_body(request, content_length, expect):
+                # Refused before its body was read (token, type, admission): read and drop it first.
+                if not reading and not await ingress._discard_body(request, content_length, expect):
                     extra = CLOSE
                 return ingress._error_response(exc, request, rid, extra)
             finally:
