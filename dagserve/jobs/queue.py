@@ -147,7 +147,14 @@ class JobQueue:
         return record, created
 
     def encode_payload(self, payload: Any) -> str:
-        return self._encode(payload).decode("utf-8")
+        """``payload`` as JSON text (the store keeps JSON, as the HTTP route takes)."""
+        try:
+            return self._encode(payload).decode("utf-8")
+        except DagserveError:
+            raise RequestError(
+                f"The job's payload cannot be written as JSON (it holds a value of type {_unwritable(payload)}); submit dicts, "
+                "lists, strings, numbers, booleans and None, as the graph's HTTP route takes."
+            ) from None
 
     async def aget(self, job_id: str) -> JobRecord | None:
         return await self._call(self.store.get, job_id)
@@ -392,6 +399,15 @@ class JobQueue:
                 task.cancel()
         self._pool.submit(self.store.close)
         self._pool.shutdown(wait=True)
+
+
+def _unwritable(value: Any) -> str:
+    """The type name of the first thing in ``value`` that JSON cannot hold (a guess for the message)."""
+    if isinstance(value, dict):
+        return next((_unwritable(v) for v in value.values() if not isinstance(v, (str, int, float, bool, type(None)))), "value")
+    if isinstance(value, (list, tuple)):
+        return next((_unwritable(v) for v in value if not isinstance(v, (str, int, float, bool, type(None)))), "value")
+    return type(value).__name__
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
