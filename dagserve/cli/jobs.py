@@ -128,7 +128,7 @@ def _explain(exc: urllib.error.HTTPError) -> str:
 def _when(value: float | None) -> str:
     if value is None:
         return "-"
-    return datetime.datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
+    return datetime.datetime.fromtimestamp(value).strftime("%m-%d %H:%M:%S")
 
 
 def _print_table(jobs: list[dict[str, Any]], next_id: str | None) -> None:
@@ -136,16 +136,18 @@ def _print_table(jobs: list[dict[str, Any]], next_id: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, title_justify="left")
-    for column in ("id", "graph", "status", "attempts", "created", "finished", "error"):
-        table.add_column(column, no_wrap=column != "error")
+    table = Table(box=box.SIMPLE_HEAD, caption="tries: attempts; times: local, month-day", caption_justify="left")
+    for column in ("id", "graph", "status", "tries", "created", "error"):
+        wide = column in ("id", "status")  # an id is copied whole; a status is one word
+        table.add_column(column, no_wrap=wide, min_width=24 if column == "id" else 9 if column == "status" else None,
+                         overflow="fold")
     colours = {"failed": "red", "cancelled": "yellow", "running": "cyan", "succeeded": "green"}
     for job in jobs:
         status = job["status"]
         error = job.get("error") or {}
         table.add_row(
             job["id"], job["graph"], f"[{colours[status]}]{status}[/]" if status in colours else status,
-            str(job["attempts"]), _when(job.get("created")), _when(job.get("finished")),
+            str(job["attempts"]), _when(job.get("created")),
             f"{error.get('type')}: {error.get('message')}" if error else "",
         )
     console = Console()
