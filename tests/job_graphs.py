@@ -52,3 +52,18 @@ async def narrow(payload: dict) -> dict:
 with dagserve.Input() as inp:
     #: A node that takes 2 calls at once and queues 2 more (a fifth gets 503).
     tight = dagserve.Graph(narrow(inp), name="tight")
+
+
+@dagserve.node(
+    max_ongoing_requests=2,
+    autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0,
+                 "metrics_interval_s": 0.5, "look_back_period_s": 1, "downscale_delay_s": 600},
+)
+async def first(payload: dict) -> dict:
+    await asyncio.sleep(float(payload.get("sleep", 0.5)))
+    return {"n": payload["n"]}
+
+
+with dagserve.Input() as inp:
+    #: An autoscaling first node (1-2 replicas, 1 request each as the target).
+    scaled = dagserve.Graph(first(inp), name="scaled")
