@@ -410,6 +410,10 @@ class App:
         """The jobs' queue, its worker started on the App's loop (the HTTP routes and servers call it)."""
         return self._job_host().queue()
 
+    def job_queue_in_use(self) -> JobQueue | None:
+        """The jobs' queue if something used it already (the metrics read it), else ``None``."""
+        return self._job_host().opened()
+
     def _job_host(self) -> JobsHost:
         root = self._parent or self
         if root._jobs is None:
@@ -425,7 +429,7 @@ class App:
         ``jobs``: the job queue's figures once it is used."""
         self._check_open()
         jobs = (self._parent or self)._jobs
-        stats = jobs.stats() if jobs is not None else None
+        stats = jobs.stats(self.name if self._parent is not None else None) if jobs is not None else None
         return self.backend.status() if stats is None else replace(self.backend.status(), jobs=stats)
 
     def scale(self, node: Any, *, wait_s: float = 60.0, **options: Any) -> None:

@@ -244,8 +244,20 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(status_table(name, status))
         for note in _notes(status):
             console.print(f"  [yellow]{note}[/]")
-        for line in _settings(status):
+        for line in _settings(status) + _jobs(status):
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _jobs(status: dict[str, Any]) -> list[str]:
+    """The job queue's line (docs/jobs.md), when the graph's queue is in use."""
+    jobs = status.get("jobs")
+    if not jobs:
+        return []
+    oldest = f" (oldest waiting {_ms(jobs['oldest_age_s'])})" if jobs.get("oldest_age_s") is not None else ""
+    return [
+        f"jobs: {jobs['queued']} queued{oldest}, {jobs['running']} running ({jobs['running_here']} here, at most "
+        f"{jobs['concurrency']} at once); store {jobs['store']}"
+    ]
 
 
 def _settings(status: dict[str, Any]) -> list[str]:

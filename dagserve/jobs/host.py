@@ -68,10 +68,6 @@ class JobsHost:
         self._queue: JobQueue | None = None
         self._lock = threading.Lock()
 
-    @property
-    def opened(self) -> bool:
-        return self._queue is not None
-
     def queue(self) -> JobQueue:
         """The queue, its store opened and its worker started on the App's loop (the running loop
         when called from one: where the App serves)."""
@@ -105,9 +101,13 @@ class JobsHost:
         queue = self.queue()
         return [Job(r.id, queue) for r in queue.list_sync(graph, status, limit, after)]
 
-    def stats(self) -> dict[str, Any] | None:
-        """The queue's figures (``None`` before it was first used)."""
-        return self._queue.stats() if self._queue is not None else None
+    def opened(self) -> JobQueue | None:
+        """The queue if it was used already (else ``None``: nothing is opened or started)."""
+        return self._queue
+
+    def stats(self, graph: str | None = None) -> dict[str, Any] | None:
+        """The queue's figures, for ``graph`` or all its graphs (``None`` before it was first used)."""
+        return self._queue.stats(None if graph is None else [graph]) if self._queue is not None else None
 
     def shutdown(self) -> None:
         """Stop the worker: jobs running here go back to the queue (or, when the loop is gone,

@@ -15,6 +15,7 @@ nothing of the App or of HTTP.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -40,7 +41,7 @@ from dagserve.jobs.record import STATUSES, JobRecord, JobSettings, new_job_id
 from dagserve.jobs.store import JobStore
 from dagserve.runtime.executor import RequestContext
 
-__all__ = ["JobQueue", "JobRun", "QueueCounters"]
+__all__ = ["RUN_SECONDS_BUCKETS", "JobQueue", "JobRun", "QueueCounters"]
 
 log = logging.getLogger("dagserve.jobs")
 
@@ -58,26 +59,33 @@ PURGE_EVERY_S = 60.0
 MAX_LIST = 1000
 
 
+#: Bounds (seconds) of the run-time histogram: jobs take from a second to hours.
+RUN_SECONDS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0)
+
+
 @dataclass
 class QueueCounters:
-    """What this process's worker did (the metrics read them): outcomes and run times."""
+    """What this process's worker did, for the metrics: outcomes (``succeeded``, ``failed``,
+    ``cancelled``, ``requeued``) and a histogram of run times per graph (per-bucket counts of
+    :data:`RUN_SECONDS_BUCKETS`, then +Inf, then the sum)."""
 
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (graph, outcome) -> count
-    run_seconds: dict[str, list[float]] = field(default_factory=dict)  # graph -> run times (bounded)
+    run_seconds: dict[str, list[float]] = field(default_factory=dict)  # graph -> histogram
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, graph: str, outcome: str, seconds: float | None = None) -> None:
         with self.lock:
             self.outcomes[(graph, outcome)] = self.outcomes.get((graph, outcome), 0) + 1
             if seconds is not None:
-                runs = self.run_seconds.setdefault(graph, [])
-                runs.append(seconds)
+                h = self.run_seconds.get(graph)
+                if h is None:
+                    h = self.run_seconds[graph] = [0.0] * (len(RUN_SECONDS_BUCKETS) + 2)
+                h[bisect.bisect_left(RUN_SECONDS_BUCKETS, seconds)] += 1
+                h[-1] += seconds
 
-    def drain_runs(self) -> dict[str, list[float]]:
-        """The run times recorded since the last drain (the metrics fold them into a histogram)."""
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, list[float]]]:
         with self.lock:
-            runs, self.run_seconds = self.run_seconds, {}
-        return runs
+            return dict(self.outcomes), {g: list(h) for g, h in self.run_seconds.items()}
 
 
 class JobQueue:
@@ -184,10 +192,10 @@ class JobQueue:
     async def acancel(self, job_id: str) -> JobRecord | None:
         return await self._call(self.cancel, job_id)
 
-    def stats(self) -> dict[str, Any]:
-        """Queue depth and running jobs of this queue's graphs, the oldest queued job's age, and
-        what this process runs (blocking: it asks the store)."""
-        data = self.store.stats(self.graphs)
+    def stats(self, graphs: Sequence[str] | None = None) -> dict[str, Any]:
+        """Queue depth and running jobs of ``graphs`` (default: this queue's), the oldest queued
+        job's age, and what this process runs (blocking: it asks the store)."""
+        data = self.store.stats(self.graphs if graphs is None else graphs)
         oldest = data.pop("oldest_created")
         data["oldest_age_s"] = max(0.0, time.time() - oldest) if oldest is not None else None
         data["running_here"] = len(self._running)

@@ -33,7 +33,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
                                               skipped because they (or what they need) failed
 ============================================  ====================================================
 
-Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`.
+Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`; queued
+jobs too: :mod:`dagserve.observe.job_metrics`.
 
 Counters and histograms are updated after each request, on the App's event loop, in plain
 dicts under one lock; they become Prometheus families when the registry is scraped. (With
@@ -53,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dagserve.observe.job_metrics import JobMetrics
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.trace import OUTCOMES, failing_node, outcome_of, trace_observer
 
@@ -118,6 +120,7 @@ class Metrics:
         self.registry.register(_LiveCollector(self))
         self.streams = StreamMetrics()  # observe/stream_metrics.py
         self.registry.register(self.streams)
+        self.registry.register(JobMetrics(self.apps))  # observe/job_metrics.py
 
     # -- wiring ------------------------------------------------------------------------------------
     def instrument(self, app: App) -> None:
