@@ -95,7 +95,12 @@ class JobRoutes:
             queue = app.job_queue()
             if all(queue is not q for q in out):
                 out.append(queue)
+                if self._load not in queue.loads:
+                    queue.loads.append(self._load)  # jobs yield to this ingress's requests too
         return out
+
+    def _load(self) -> int:
+        return self.ingress.in_flight
 
     async def stop(self) -> None:
         """Stop the workers (the server is stopping): jobs running here go back to their queue."""

@@ -53,6 +53,10 @@ JobRun = Callable[[Any, str, RequestContext], Awaitable[Any]]
 POLL_S = 0.5
 #: How long the worker waits before it tries again after an overloaded graph sent a job back.
 OVERLOAD_PAUSE_S = 0.2
+#: How often the event loop's lateness is probed, and the smoothed lateness above which it counts
+#: as saturated by interactive traffic (then jobs start one at a time).
+LAG_PROBE_S = 0.05
+BUSY_LAG_S = 0.005
 #: How often finished jobs past their time are deleted.
 PURGE_EVERY_S = 60.0
 #: Most jobs a listing returns at once.
@@ -126,6 +130,10 @@ class JobQueue:
         self._waiters: dict[str, list[Callable[[], None]]] = {}
         self._waiters_lock = threading.Lock()
         self._closed = False
+        #: The event loop is saturated: with interactive requests in flight, one job at a time.
+        self.busy = False
+        #: Other requests in flight that jobs yield to (the HTTP ingress adds its own: submissions).
+        self.loads: list[Callable[[], int]] = []
 
     # -- the store, off the event loop -------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -243,7 +251,8 @@ class JobQueue:
         self._wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work(), name="dagserve-jobs"),
-                       loop.create_task(self._heartbeat(), name="dagserve-jobs-heartbeat")]
+                       loop.create_task(self._heartbeat(), name="dagserve-jobs-heartbeat"),
+                       loop.create_task(self._watch_loop(), name="dagserve-jobs-loop-watch")]
 
     def wake(self) -> None:
         """A job was queued: let the worker look now (from any thread)."""
@@ -258,10 +267,27 @@ class JobQueue:
 
     def room(self) -> int:
         """Jobs the worker may start now: within ``concurrency``, and within what interactive
-        requests leave of ``capacity``."""
+        requests leave of ``capacity``; while the event loop is saturated (interactive traffic
+        keeps it busy: :meth:`_watch_loop`, and requests other than jobs are in flight), one job at
+        a time, so that jobs still progress."""
         running = len(self._running)
+        if self.busy and (self._interactive() or any(load() for load in self.loads)):
+            return 0 if running else 1
         free_capacity = self.capacity - self._interactive() - running
         return max(0, min(self.concurrency - running, free_capacity))
+
+    async def _watch_loop(self) -> None:
+        """Measure how late the event loop runs a timer (a smoothed average): late means busy."""
+        lag = 0.0
+        while not self._closed:
+            start = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_S)
+            late = max(0.0, time.perf_counter() - start - LAG_PROBE_S)
+            lag = 0.7 * lag + 0.3 * late
+            busy = lag > BUSY_LAG_S
+            if self.busy and not busy:
+                self.wake()  # room again: start jobs now, not at the next poll
+            self.busy = busy
 
     async def _work(self) -> None:
         assert self._wake is not None

@@ -231,3 +231,16 @@ def test_a_foreign_exception_names_only_its_type() -> None:
     record = error_record(KeyError("secret detail"))
     assert "secret" not in json.dumps(record) and "KeyError" in record["message"]
     assert rebuild_error(record).status_code == 500
+
+
+async def test_a_saturated_loop_with_interactive_requests_starts_one_job_at_a_time() -> None:
+    graph, requests = Graph(), [0]
+    queue = JobQueue(open_store(None), graph, graphs=["g"], settings=JobSettings(concurrency=4), encode=encode, capacity=10)
+    queue.loads.append(lambda: requests[0])
+    queue.busy = True  # as _watch_loop sets it when timers run late
+    assert queue.room() == 4  # busy with jobs alone: they go on at full concurrency
+    requests[0] = 3
+    assert queue.room() == 1  # busy with requests: one job at a time, so that jobs still progress
+    queue.busy = False
+    assert queue.room() == 4
+    queue.close()
