@@ -26,6 +26,7 @@ bench: setup
 	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.stream_bench
+	$(PY) -m benchmarks.job_bench
 
 bench-quick: setup
 	@./scripts/setup.sh --bench
@@ -33,6 +34,7 @@ bench-quick: setup
 
 chaos: setup
 	$(PY) -m benchmarks.chaos
+	$(PY) -m benchmarks.job_chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
