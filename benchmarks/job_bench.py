@@ -20,16 +20,14 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from benchmarks import wrk
+from benchmarks.dagserve_run import DagserveRun
+from benchmarks.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "jobs.json"
@@ -37,44 +35,15 @@ PAYLOAD = {"text": "What a GREAT film", "lang": "en"}
 TARGET = 0.5
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def server(directory: Path, *extra: str) -> Iterator[str]:
+def server(directory: Path) -> Iterator[str]:
     """``dagserve run`` on a free port with its jobs in ``directory``; yields the base URL."""
-    port = free_port()
-    log = (directory / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagserve", "run", "examples.quickstart:graph", "--backend", "local", "--port", str(port),
-         "--no-admin", "--jobs-db", str(directory / "jobs.sqlite3"), *extra],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    run = DagserveRun("examples.quickstart:graph", free_port(), "--jobs-db", str(directory / "jobs.sqlite3"),
+                      out=directory / "server.log", ready_timeout_s=60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dagserve run exited; see {directory / 'server.log'}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("dagserve run was not ready within 60 s")
-            time.sleep(0.2)
-        yield url
+        yield run.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        run.stop()
 
 
 def measure(url: str, duration_s: float, connections: int) -> dict[str, float]:

@@ -21,22 +21,17 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 import dagserve
 from benchmarks.chaos import HttpClient
+from benchmarks.dagserve_run import DagserveRun
+from benchmarks.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "jobs-chaos.json"
@@ -63,66 +58,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, port: int, store_args: list[str], run_log: Path, out: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self._out = out.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagserve", "run", "benchmarks.job_chaos:graph", "--backend", "local", "--port",
-             str(port), "--no-admin", "--jobs-concurrency", str(CONCURRENCY), *store_args],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), RUN_LOG_ENV: str(run_log)},
-            stdout=self._out, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dagserve run exited; see {out}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError("dagserve run was not ready within 60 s")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._out.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._out.close()
-
-
-@contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory), "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def start(port: int, store_args: list[str], run_log: Path, out: Path) -> DagserveRun:
+    return DagserveRun("benchmarks.job_chaos:graph", port, "--jobs-concurrency", str(CONCURRENCY), *store_args,
+                       out=out, env={RUN_LOG_ENV: str(run_log)}, ready_timeout_s=60)
 
 
 def runs(path: Path) -> Counter[str]:
@@ -161,11 +99,11 @@ def scenario(store: str, n: int, directory: Path) -> dict[str, Any]:
     run_log, out, port = directory / "runs.log", directory / "server.log", free_port()
     with contextlib.ExitStack() as stack:
         if store == "redis":
-            store_args = ["--jobs-store", stack.enter_context(redis_server(directory)), "--jobs-lease", "2"]
+            store_args = ["--jobs-store", stack.enter_context(RedisServer(directory)), "--jobs-lease", "2"]
         else:
             store_args = ["--jobs-db", str(directory / "jobs.sqlite3")]
         started = time.monotonic()
-        server = Server(port, store_args, run_log, out)
+        server = start(port, store_args, run_log, out)
         try:
             submitting = time.monotonic()
             ids = asyncio.run(submit_all(port, n))
@@ -178,7 +116,7 @@ def scenario(store: str, n: int, directory: Path) -> dict[str, Any]:
                     time.sleep(0.02)
                 server.kill()
                 log(f"[{store}] SIGKILL {kill} after {sum(runs(run_log).values())} runs; restarting on the same store")
-                server = Server(port, store_args, run_log, out)
+                server = start(port, store_args, run_log, out)
             while True:
                 records = asyncio.run(statuses(port, ids))
                 if all(r["status"] not in ("queued", "running") for r in records):

@@ -19,20 +19,18 @@ import json
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from dagserve.cli.ops import DEFAULT_URL, URL_ENV, base_url, request_json
 from dagserve.http.config import TOKEN_ENV
 from dagserve.jobs import STATUSES, JobSettings, default_db_path
 from dagserve.jobs.record import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TTL_S
 
 __all__ = ["jobs_command", "jobs_options", "jobs_store_for"]
 
-URL_ENV = "DAGSERVE_URL"
-DEFAULT_URL = "http://127.0.0.1:8000"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -87,29 +85,15 @@ def jobs_store_for(options: dict[str, Any], host: str, port: int) -> tuple[str |
 class JobsClient:
     """A tiny client for the job routes; errors become :class:`click.ClickException`."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 30.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
-        self.url = url.rstrip("/")
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = base_url(url)
         self.token = token
-        self.timeout_s = timeout_s
 
     def request(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.url + path, method=method)
-        req.add_header("accept", "application/json")
-        if self.token:
-            req.add_header("authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise click.ClickException(_explain(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise click.ClickException(
-                f"Cannot reach a dagserve server at {self.url}: {getattr(exc, 'reason', exc)}. Is `dagserve run` "
-                f"serving there? Pass its address with --url or ${URL_ENV}."
-            ) from None
+        return request_json(method, self.url + path, self.token, _explain)
+
+    def job(self, method: str, job_id: str) -> Any:
+        return self.request(method, "/-/jobs/" + urllib.parse.quote(job_id, safe=""))
 
 
 def _explain(exc: urllib.error.HTTPError) -> str:
@@ -193,8 +177,7 @@ def list_command(graph: str | None, status: str | None, limit: int, after: str |
 @_token_option
 def show_command(job_id: str, url: str, token: str | None) -> None:
     """Print job ID as JSON: its status, attempts, times, and result or error."""
-    data = JobsClient(url, token).request("GET", "/-/jobs/" + urllib.parse.quote(job_id, safe=""))
-    click.echo(json.dumps(data, indent=2))
+    click.echo(json.dumps(JobsClient(url, token).job("GET", job_id), indent=2))
 
 
 @jobs_command.command("cancel")
@@ -203,5 +186,5 @@ def show_command(job_id: str, url: str, token: str | None) -> None:
 @_token_option
 def cancel_command(job_id: str, url: str, token: str | None) -> None:
     """Cancel job ID if it is queued or running (a running job stops as if its client hung up)."""
-    data = JobsClient(url, token).request("DELETE", "/-/jobs/" + urllib.parse.quote(job_id, safe=""))
+    data = JobsClient(url, token).job("DELETE", job_id)
     click.echo(f"Job {data['id']} is {data['status']}.")

@@ -20,6 +20,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -27,7 +28,7 @@ import click
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
 from dagserve.http.config import ADMIN_TOKEN_ENV
 
-__all__ = ["AdminClient", "scale_command", "status_command", "update_command"]
+__all__ = ["AdminClient", "base_url", "request_json", "scale_command", "status_command", "update_command"]
 
 URL_ENV = "DAGSERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -37,10 +38,7 @@ class AdminClient:
     """A tiny client for the admin routes; errors become :class:`click.ClickException` with a fix."""
 
     def __init__(self, url: str, token: str | None, *, timeout_s: float = 30.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self.timeout_s = timeout_s
         self.stored = False  # the token came from the file a loopback `dagserve run` wrote
         if not token:
@@ -69,23 +67,8 @@ class AdminClient:
                 f"127.0.0.1 without one stores the token it creates in {token_dir()}, where this command "
                 f"looks; there is none for {self.url}.)"
             )
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + ADMIN_PREFIX + path, data=data, method=method)
-        req.add_header("authorization", f"Bearer {self.token}")
-        req.add_header("accept", "application/json")
-        if data is not None:
-            req.add_header("content-type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise click.ClickException(self._explain(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                f"Cannot reach a dagserve server at {self.url}: {reason}. Is `dagserve run` serving there? "
-                f"Pass its address with --url or ${URL_ENV}."
-            ) from None
+        return request_json(method, self.url + ADMIN_PREFIX + path, self.token, self._explain, body=body,
+                            timeout_s=timeout or self.timeout_s)
 
     def _explain(self, exc: urllib.error.HTTPError) -> str:
         try:
@@ -112,6 +95,41 @@ class AdminClient:
                 )
             return f"The server rejected the admin token; use the one it was started with (${ADMIN_TOKEN_ENV})."
         return message or f"HTTP {exc.code}: {exc.reason}"
+
+
+def base_url(url: str) -> str:
+    """``url`` without its trailing slash; a usage error unless it is an http(s) URL."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
+    return url.rstrip("/")
+
+
+def request_json(
+    method: str, url: str, token: str | None, explain: Callable[[urllib.error.HTTPError], str], *,
+    body: Any = None, timeout_s: float = 30.0,
+) -> Any:
+    """One JSON request to a dagserve server; an error answer becomes a :class:`click.ClickException`
+    saying ``explain(error)``, an unreachable server one saying how to point at it."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    req.add_header("accept", "application/json")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(explain(exc)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        server = urllib.parse.urlunsplit(urllib.parse.urlsplit(url)[:2] + ("", "", ""))
+        raise click.ClickException(
+            f"Cannot reach a dagserve server at {server}: {reason}. Is `dagserve run` serving there? "
+            f"Pass its address with --url or ${URL_ENV}."
+        ) from None
 
 
 def _q(part: str) -> str:

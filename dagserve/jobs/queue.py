@@ -57,6 +57,8 @@ OVERLOAD_PAUSE_S = 0.2
 #: as saturated by interactive traffic (then jobs start one at a time).
 LAG_PROBE_S = 0.05
 BUSY_LAG_S = 0.005
+#: While saturated, at least this long between the starts of two jobs.
+BUSY_GAP_S = 0.1
 #: How often finished jobs past their time are deleted.
 PURGE_EVERY_S = 60.0
 #: Most jobs a listing returns at once.
@@ -132,6 +134,7 @@ class JobQueue:
         self._closed = False
         #: The event loop is saturated: with interactive requests in flight, one job at a time.
         self.busy = False
+        self._last_start = 0.0
         #: Other requests in flight that jobs yield to (the HTTP ingress adds its own: submissions).
         self.loads: list[Callable[[], int]] = []
 
@@ -269,10 +272,11 @@ class JobQueue:
         """Jobs the worker may start now: within ``concurrency``, and within what interactive
         requests leave of ``capacity``; while the event loop is saturated (interactive traffic
         keeps it busy: :meth:`_watch_loop`, and requests other than jobs are in flight), one job at
-        a time, so that jobs still progress."""
+        a time with a pause between them, so that jobs still progress."""
         running = len(self._running)
         if self.busy and (self._interactive() or any(load() for load in self.loads)):
-            return 0 if running else 1
+            # A trickle, so that jobs still progress: one at a time, a pause between them.
+            return 1 if not running and time.monotonic() - self._last_start >= BUSY_GAP_S else 0
         free_capacity = self.capacity - self._interactive() - running
         return max(0, min(self.concurrency - running, free_capacity))
 
@@ -301,6 +305,8 @@ class JobQueue:
                     jobs = await self._call(self.store.claim, self.graphs, self.owner, room, now, now + self.settings.lease_s)
                 except Exception:
                     log.exception("Taking jobs from the store %s failed; trying again shortly.", self.store.location)
+            if jobs:
+                self._last_start = time.monotonic()
             for record in jobs:
                 self._running[record.id] = asyncio.get_running_loop().create_task(self._run_one(record))
             if jobs and len(jobs) == room:

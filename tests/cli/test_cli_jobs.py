@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +16,18 @@ import pytest
 from click.testing import CliRunner
 
 from dagserve.cli.main import main
-from tests.redis_server import RedisServer, free_port
+from benchmarks.dagserve_run import DagserveRun
+from benchmarks.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.http
 
 
-class Server:
-    """One ``dagserve run tests.job_graphs:work --backend local`` on a fixed port."""
-
-    def __init__(self, port: int, *args: str, env: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagserve", "run", "tests.job_graphs:work", "--backend", "local", "--port", str(port),
-             "--no-admin", *args],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dagserve run exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, "dagserve run was not ready within 90 s"
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.stderr.read() if self.proc.stderr and not self.proc.stderr.closed else ""
+def Server(port: int, *args: str, env: dict[str, str]) -> DagserveRun:  # noqa: N802 - reads as the class it makes
+    """``dagserve run tests.job_graphs:work --backend local`` on ``port``, its output in the test's directory."""
+    out = Path(env["DAGSERVE_TEST_RUN_LOG"]).with_name(f"server-{port}.log")
+    return DagserveRun("tests.job_graphs:work", port, *args, out=out, env=env)
 
 
 @pytest.fixture

@@ -51,6 +51,15 @@ class Graph:
             self.running -= 1
 
 
+async def started(graph: Graph) -> None:
+    """Wait until the graph runs a job (bounded)."""
+    for _ in range(500):
+        if graph.running:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no job started within 5 s")
+
+
 def encode(value: Any) -> bytes:
     return json.dumps(value).encode()
 
@@ -121,10 +130,7 @@ async def test_a_failed_job_keeps_a_typed_error(setup: tuple[JobQueue, Graph]) -
 async def test_cancelling_a_running_job_cancels_its_run(setup: tuple[JobQueue, Graph]) -> None:
     queue, graph = setup
     record, _ = await queue.asubmit("g", '{"wait": true}')
-    for _ in range(200):
-        if graph.running:
-            break
-        await asyncio.sleep(0.01)
+    await started(graph)
     cancelled = await queue.acancel(record.id)
     assert cancelled is not None and cancelled.status == "cancelled"
     for _ in range(200):
@@ -150,10 +156,7 @@ async def test_stopping_sends_running_jobs_back_to_the_queue(tmp_path: Path) -> 
     queue = JobQueue(open_store(store_path), graph, graphs=["g"], settings=JobSettings(), encode=encode, capacity=10)
     queue.start(asyncio.get_running_loop())
     record, _ = await queue.asubmit("g", '{"wait": true}')
-    for _ in range(200):
-        if graph.running:
-            break
-        await asyncio.sleep(0.01)
+    await started(graph)
     await queue.stop()
     store = open_store(store_path)
     stored = store.get(record.id)
@@ -164,10 +167,7 @@ async def test_stopping_sends_running_jobs_back_to_the_queue(tmp_path: Path) -> 
 async def test_a_job_taken_over_elsewhere_stops_here(setup: tuple[JobQueue, Graph]) -> None:
     queue, graph = setup
     record, _ = await queue.asubmit("g", '{"wait": true}')
-    for _ in range(200):
-        if graph.running:
-            break
-        await asyncio.sleep(0.01)
+    await started(graph)
     # Another server's recovery took it (as if this one's lease had lapsed).
     queue.store.recover(time.time(), 3, time.time() + 100, {}, everything=True)
     for _ in range(500):  # the heartbeat (every lease_s / 3) stops the old run; the job runs again
@@ -241,6 +241,8 @@ async def test_a_saturated_loop_with_interactive_requests_starts_one_job_at_a_ti
     assert queue.room() == 4  # busy with jobs alone: they go on at full concurrency
     requests[0] = 3
     assert queue.room() == 1  # busy with requests: one job at a time, so that jobs still progress
+    queue._last_start = time.monotonic()
+    assert queue.room() == 0  # ... with a pause between two
     queue.busy = False
     assert queue.room() == 4
     queue.close()

@@ -1,5 +1,6 @@
-"""A real ``redis-server`` (the Debian package) on 127.0.0.1 and a free port, in a temporary
-directory, for tests: ``with RedisServer(tmp_path) as url: ...`` (``redis://127.0.0.1:PORT/0``)."""
+"""A real ``redis-server`` (the Debian package) on 127.0.0.1 and a free port, in a given directory,
+for the job chaos run and the tests: ``with RedisServer(tmp_path) as url: ...``
+(``redis://127.0.0.1:PORT/0``)."""
 
 from __future__ import annotations
 
