@@ -28,7 +28,7 @@ from dagserve.graph import Graph
 from dagserve.jobs import Job, JobSettings, JobStore
 from dagserve.jobs.host import JobsHost, job_capacity
 from dagserve.runtime.deadlines import FixedTimeout
-from dagserve.runtime.executor import Executor, RequestContext
+from dagserve.runtime.executor import Executor, RequestContext, validate_payload
 from dagserve.runtime.handles import enter_request, leave_request
 from dagserve.runtime.request_id import reset_request_id, set_request_id
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
@@ -396,7 +396,9 @@ class App:
         """Queue the graph's run on ``payload`` (stored when this returns); a repeated idempotency
         ``key`` returns the first job. ``app.submit({"text": "..."}).result(timeout=600)``."""
         self._check_open()
-        return self._job_host().submit(payload, self._for(graph).name, key)
+        app = self._for(graph)
+        validate_payload(app.plan.input_schema, payload)  # refused now (InputValidationError), not when it runs
+        return self._job_host().submit(payload, app.name, key)
 
     def job(self, job_id: str) -> Job:
         """The job ``job_id`` (:class:`~dagserve.JobNotFoundError` if there is none)."""

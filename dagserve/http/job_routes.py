@@ -30,8 +30,9 @@ from dagserve._errors import JobNotFoundError
 from dagserve.http.errors import HTTPError, client_gone, error_from_exception
 from dagserve.http.jsonio import check_content_type, dump_json, parse_json
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID
-from dagserve.jobs import FINISHED, JobQueue, JobRecord
+from dagserve.jobs import FINISHED, STATUSES, JobQueue, JobRecord
 from dagserve.jobs.error_record import rebuild_error
+from dagserve.runtime.executor import validate_payload
 from dagserve.runtime.request_id import new_request_id
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class Ingress(Protocol):
         self, exc: BaseException, request: _Request, rid: str, extra_headers: dict[str, str] | None = None
     ) -> Response: ...
 
-__all__ = ["JOBS_PATH", "JobRoutes"]
+__all__ = ["JOBS_PATH", "JobRoutes", "job_paths", "job_schemas"]
 
 #: Where a job's record lives (under the path the ingress is mounted at).
 JOBS_PATH = "/-/jobs"
@@ -83,8 +84,7 @@ class JobRoutes:
             routes.append(Route(f"/{name}/jobs", submit, methods=["POST"], name=f"jobs_submit:{name}"))
         routes += [
             Route(JOBS_PATH, self._list, methods=["GET"], name="jobs_list"),
-            Route(JOBS_PATH + "/{job_id}", self._show, methods=["GET"], name="jobs_show"),
-            Route(JOBS_PATH + "/{job_id}", self._cancel, methods=["DELETE"], name="jobs_cancel"),
+            Route(JOBS_PATH + "/{job_id}", self._one, methods=["GET", "DELETE"], name="job"),
         ]
         return routes
 
@@ -122,9 +122,10 @@ class JobRoutes:
                 admitted = reading = True
                 body = await ingress._read_body(request, content_length, expect)
                 if len(body) <= _PARSE_INLINE_BYTES:
-                    parse_json(body, max_depth=ingress.config.max_json_depth)  # refused now, not when it runs
+                    payload = parse_json(body, max_depth=ingress.config.max_json_depth)
                 else:
-                    await run_in_threadpool(parse_json, body, max_depth=ingress.config.max_json_depth)
+                    payload = await run_in_threadpool(parse_json, body, max_depth=ingress.config.max_json_depth)
+                validate_payload(app.plan.input_schema, payload)  # refused now (422), not when it runs
                 record, created = await app.job_queue().asubmit(app.name, body.decode("utf-8"), headers.get("idempotency-key"))
             except ClientDisconnect:
                 return ingress._error_response(client_gone("before sending the whole body"), request, rid)
@@ -154,6 +155,10 @@ class JobRoutes:
         raise JobNotFoundError(
             f"There is no job {job_id!r}: it never existed here, or it finished longer ago than results are kept (--jobs-ttl)."
         )
+
+    async def _one(self, request: Request) -> Response:
+        """One route for both methods, so that a 405 lists them both in ``Allow``."""
+        return await (self._cancel(request) if request.method == "DELETE" else self._show(request))
 
     async def _show(self, request: Request) -> Response:
         self.ingress._authorize(request)
@@ -206,3 +211,113 @@ def _rid(request: Request) -> str:
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dump_json(data), status_code=status, media_type=_JSON, headers=headers)
+
+
+# -- the OpenAPI description of the job routes (dagserve/http/openapi.py adds it) ----------------------
+JOB_REF = "#/components/schemas/dagserve.Job"
+
+
+def job_schemas(error: dict[str, Any]) -> dict[str, Any]:
+    """The components the job routes use; ``error``: the inner object of the error document."""
+    times = {"type": ["number", "null"], "description": "Unix seconds."}
+    return {
+        "dagserve.JobAccepted": {
+            "type": "object",
+            "required": ["id", "status"],
+            "properties": {"id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)}},
+        },
+        "dagserve.Job": {
+            "type": "object",
+            "required": ["id", "graph", "status", "attempts", "created", "started", "finished"],
+            "properties": {
+                "id": {"type": "string"},
+                "graph": {"type": "string"},
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "attempts": {"type": "integer", "minimum": 0},
+                "created": {"type": "number", "description": "Unix seconds."},
+                "started": times,
+                "finished": times,
+                "key": {"type": "string", "description": "The Idempotency-Key it was submitted with."},
+                "result": {"description": "The graph's answer, as its route gives it (succeeded jobs)."},
+                "error": error,
+            },
+        },
+        "dagserve.JobList": {
+            "type": "object",
+            "required": ["jobs", "next"],
+            "properties": {
+                "jobs": {"type": "array", "items": {"$ref": JOB_REF}},
+                "next": {"type": ["string", "null"], "description": "The `after` of the next page; null on the last."},
+            },
+        },
+    }
+
+
+def job_paths(
+    graphs: dict[str, Any], single: bool, auth: bool, error_response: Callable[[str, str], dict[str, Any]]
+) -> dict[str, Any]:
+    """The job routes' path items: ``graphs`` maps each graph's name to its request body schema."""
+
+    def responses(ok: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+        out = dict(ok)
+        for status, text in errors.items():
+            if status != "401" or auth:
+                out[status] = error_response(text, status)
+        return out
+
+    def operation(op_id: str, summary: str, ok: dict[str, Any], errors: dict[str, str], **extra: Any) -> dict[str, Any]:
+        op = {"operationId": op_id, "summary": summary, "tags": ["jobs"], "responses": responses(ok, errors), **extra}
+        if auth:
+            op["security"] = [{"bearerAuth": []}]
+        return op
+
+    def body(schema_ref: str, text: str) -> dict[str, Any]:
+        return {"description": text, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
+
+    accepted = {
+        "202": {**body("#/components/schemas/dagserve.JobAccepted", "Stored; fetch it at `Location`."),
+                "headers": {"location": {"description": "The job's record.", "schema": {"type": "string"}}}},
+        "200": body("#/components/schemas/dagserve.JobAccepted", "The first job submitted with this Idempotency-Key."),
+    }
+    submit_errors = dict(_SUBMIT_ERRORS)
+    key_header = {"name": "idempotency-key", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                  "description": "A repeated key returns the first job instead of queueing another."}
+    paths: dict[str, Any] = {}
+    for name, request_schema in graphs.items():
+        for route in (["/jobs"] if single else []) + [f"/{name}/jobs"]:
+            paths[route] = {"post": operation(
+                f"submit_{name}" + ("_root" if route == "/jobs" else ""), f"Queue a job of graph {name!r}", accepted,
+                submit_errors, parameters=[key_header],
+                requestBody={"required": True, "content": {"application/json": {"schema": request_schema}}},
+            )}
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    one = {"200": body(JOB_REF, "The job: its result or error once finished.")}
+    paths[JOBS_PATH + "/{job_id}"] = {
+        "get": operation("get_job", "A job", one, {"401": _AUTH, "404": "No such job (or its result expired)."},
+                         parameters=[job_id]),
+        "delete": operation("cancel_job", "Cancel a job", one, {"401": _AUTH, "404": "No such job.",
+                                                                "409": "The job finished already."}, parameters=[job_id]),
+    }
+    query = [
+        {"name": "graph", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": list(STATUSES)}},
+        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_LIMIT}},
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    paths[JOBS_PATH] = {"get": operation(
+        "list_jobs", "List jobs", {"200": body("#/components/schemas/dagserve.JobList", "A page of jobs, oldest first.")},
+        {"400": "A bad limit or status.", "401": _AUTH}, parameters=query,
+    )}
+    return paths
+
+
+_AUTH = "The bearer token is missing or wrong."
+_SUBMIT_ERRORS = {
+    "400": "The body is not acceptable JSON, or the idempotency key is too long.",
+    "401": _AUTH,
+    "408": "The request body did not arrive within the body deadline.",
+    "413": "The request body is larger than the limit.",
+    "415": "The content type is not application/json (UTF-8).",
+    "422": "The payload failed the Input schema (`errors` lists each field); nothing was stored.",
+    "503": "Too many requests at once; retry after `Retry-After` seconds.",
+}

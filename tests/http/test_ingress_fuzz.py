@@ -51,6 +51,14 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
         f"{served}openapi.json",
         "--checks",
         "all",
+        # DELETE /-/jobs/{id} cancels a job and keeps its record (docs/jobs.md): it never deletes it.
+        "--exclude-checks",
+        "use_after_free",
+        # Every warning but missing_test_data: random job ids answer 404 (ids cannot be guessed).
+        "--warnings",
+        "missing_auth,base_url_mismatch,validation_mismatch,missing_deserializer,unused_openapi_auth,"
+        "unsupported_regex,method_not_allowed,unmatched_filter,unresolvable_reference,low_valid_rate,"
+        "rate_limited,dictionary_mismatch,timeout_units",
         "--max-time",
         str(FUZZ_SECONDS),
         "--seed",
@@ -65,5 +73,6 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
     summary = proc.stdout[-3000:]
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "No issues found" in summary, summary
-    # every operation was exercised: the graphs, the listing, and the health routes
-    assert "7 selected / 7 total" in proc.stdout, summary
+    # every operation was exercised: the graphs, the listing, the health routes and the job routes
+    # (a submit per graph, a job's GET and DELETE, the job listing)
+    assert "14 selected / 14 total" in proc.stdout, summary

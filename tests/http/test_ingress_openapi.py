@@ -77,7 +77,9 @@ async def test_single_graph_document_is_valid_openapi_31(deployed: list[dagserve
     validate(doc)
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["title"] == "dagserve: reviews"
-    assert set(doc["paths"]) == {"/", "/reviews", "/-/healthz", "/-/ready"}
+    jobs = {"/jobs", "/reviews/jobs", "/-/jobs", "/-/jobs/{job_id}"}  # http/job_routes.py
+    assert set(doc["paths"]) == {"/", "/reviews", "/-/healthz", "/-/ready"} | jobs
+    assert doc["paths"]["/jobs"]["post"]["operationId"] == "submit_reviews_root"
     op = doc["paths"]["/"]["post"]
     assert op["operationId"] == "run_reviews_root"
     assert doc["paths"]["/reviews"]["post"]["operationId"] == "run_reviews"
@@ -124,7 +126,8 @@ async def test_response_schema_follows_the_output_structure_and_annotations(depl
 async def test_several_graphs_with_a_token_document_listing_and_security(deployed: list[dagserve.App]) -> None:
     doc = await fetch(dagserve.asgi_app(deployed, token="t"))
     validate(doc)
-    assert set(doc["paths"]) == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"}
+    jobs = {"/shaped/jobs", "/echo/jobs", "/reviews/jobs", "/-/jobs", "/-/jobs/{job_id}"}
+    assert set(doc["paths"]) == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"} | jobs
     assert doc["info"]["title"] == "dagserve"
     assert doc["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
     for path in ("/shaped", "/echo", "/reviews"):
