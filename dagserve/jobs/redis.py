@@ -187,7 +187,7 @@ class RedisStore(JobStore):
             self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
             self._redis.ping()
         except (redis.RedisError, ValueError) as exc:
-            raise OptionsError(f"Cannot reach the jobs store {self.location}: {exc}.") from None
+            raise OptionsError(f"Cannot reach the jobs store {self.location}: {str(exc).rstrip('.')}.") from None
         self._scripts = {
             name: self._redis.register_script(code)
             for name, code in {"add": _ADD, "claim": _CLAIM, "renew": _RENEW, "finish": _FINISH, "release": _RELEASE,
