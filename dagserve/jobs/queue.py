@@ -390,7 +390,7 @@ class JobQueue:
                         self._notify(job_id)
                 if self.store.shared:
                     await self._recover(everything=False)
-                if time.monotonic() - last_purge >= PURGE_EVERY_S:
+                if time.monotonic() - last_purge >= min(PURGE_EVERY_S, self.settings.ttl_s):
                     last_purge = time.monotonic()
                     await self._call(self.store.purge, time.time())
             except Exception:

@@ -93,3 +93,20 @@ def test_an_unknown_store_is_refused() -> None:
         dagserve.OptionsError, match="kafka://x"
     ):
         app.submit({"n": 1})
+
+
+def test_finished_jobs_are_deleted_after_their_ttl() -> None:
+    settings = dagserve.JobSettings(ttl_s=0.3, lease_s=0.3)  # the heartbeat (every lease_s / 3) purges
+    with dagserve.deploy(job_graphs.work, backend="local", jobs=settings) as app:
+        job = app.submit({"n": 1})
+        assert job.result(timeout=30) == {"n": 2}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                job.status()
+            except dagserve.JobNotFoundError:
+                break
+            assert time.monotonic() < deadline, "the finished job was not deleted after its TTL"
+            time.sleep(0.05)
+        with pytest.raises(dagserve.JobNotFoundError):
+            app.job(job.id)
