@@ -94,6 +94,8 @@ class Ingress:
         self.single = len(self.apps) == 1
         #: Graph requests running now (bounded by ``config.max_in_flight``).
         self.in_flight = 0
+        #: Requests admitted since start (graph requests and job submissions): jobs yield to them.
+        self.admitted = 0
         #: Set when the server starts shutting down: /-/ready answers 503 from then on.
         self.draining = False
         self._token = _token_bytes(config.token)
@@ -210,6 +212,7 @@ class Ingress:
                 headers={"retry-after": "1"},
             )
         self.in_flight += 1
+        self.admitted += 1
 
     async def _read_body(self, request: Request, declared: str | None, expect: str | None) -> bytes:
         """The body, read as it streams in, stopped at the size limit or the deadline.

@@ -49,6 +49,7 @@ class Ingress(Protocol):
     single: bool
     config: IngressConfig
     in_flight: int
+    admitted: int
 
     def _authorize(self, request: _Request) -> None: ...
     def _admit(self) -> None: ...
@@ -100,7 +101,7 @@ class JobRoutes:
         return out
 
     def _load(self) -> int:
-        return self.ingress.in_flight
+        return self.ingress.admitted
 
     async def stop(self) -> None:
         """Stop the workers (the server is stopping): jobs running here go back to their queue."""

@@ -57,6 +57,8 @@ OVERLOAD_PAUSE_S = 0.2
 #: as saturated by interactive traffic (then jobs start one at a time).
 LAG_PROBE_S = 0.05
 BUSY_LAG_S = 0.005
+#: ... or the CPU time the process uses per second of wall time above which it counts as saturated.
+BUSY_CPU = 0.85
 #: While saturated, at least this long between the starts of two jobs.
 BUSY_GAP_S = 0.1
 #: How often finished jobs past their time are deleted.
@@ -131,12 +133,17 @@ class JobQueue:
         self._cancelled: set[str] = set()  # running here, cancelled by a user: not sent back to the queue
         self._waiters: dict[str, list[Callable[[], None]]] = {}
         self._waiters_lock = threading.Lock()
+        self._pending: list[tuple[JobRecord, asyncio.Future[tuple[JobRecord, bool]]]] = []
+        self._writing = False
         self._closed = False
         #: The event loop is saturated: with interactive requests in flight, one job at a time.
         self.busy = False
         self._last_start = 0.0
-        #: Other requests in flight that jobs yield to (the HTTP ingress adds its own: submissions).
+        #: Counts of other requests begun (each only grows) that jobs yield to: the HTTP ingress
+        #: adds its own (graph requests and submissions alike).
         self.loads: list[Callable[[], int]] = []
+        #: Requests other than jobs ran during the last probe (see :meth:`_watch_loop`).
+        self.contended = False
 
     # -- the store, off the event loop -------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -159,11 +166,34 @@ class JobQueue:
         return record, created
 
     async def asubmit(self, graph: str, payload_json: str, key: str | None = None) -> tuple[JobRecord, bool]:
-        """:meth:`submit` for the event loop: acknowledged once the store holds the job."""
-        record, created = await self._call(self.store.add, self.new_record(graph, payload_json, key))
+        """:meth:`submit` for the event loop: acknowledged once the store holds the job. Jobs
+        submitted while the store writes others are written together, in one commit."""
+        future: asyncio.Future[tuple[JobRecord, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((self.new_record(graph, payload_json, key), future))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._write_pending())
+        record, created = await future
         if created:
             self.wake()
         return record, created
+
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    stored = await self._call(self.store.add_many, [record for record, _ in batch])
+                except Exception as exc:  # every submission of the batch hears of it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, stored, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._writing = False
 
     def encode_payload(self, payload: Any) -> str:
         """``payload`` as JSON text (the store keeps JSON, as the HTTP route takes)."""
@@ -270,25 +300,30 @@ class JobQueue:
 
     def room(self) -> int:
         """Jobs the worker may start now: within ``concurrency``, and within what interactive
-        requests leave of ``capacity``; while the event loop is saturated (interactive traffic
-        keeps it busy: :meth:`_watch_loop`, and requests other than jobs are in flight), one job at
-        a time with a pause between them, so that jobs still progress."""
+        requests leave of ``capacity``; while the process is saturated (:meth:`_watch_loop`) and
+        requests other than jobs came meanwhile, one job at a time with a pause between them, so
+        that jobs still progress."""
         running = len(self._running)
-        if self.busy and (self._interactive() or any(load() for load in self.loads)):
+        if self.busy and self.contended:
             # A trickle, so that jobs still progress: one at a time, a pause between them.
             return 1 if not running and time.monotonic() - self._last_start >= BUSY_GAP_S else 0
         free_capacity = self.capacity - self._interactive() - running
         return max(0, min(self.concurrency - running, free_capacity))
 
     async def _watch_loop(self) -> None:
-        """Measure how late the event loop runs a timer (a smoothed average): late means busy."""
-        lag = 0.0
+        """Is the process saturated? Its event loop runs timers late, or it keeps a whole CPU busy
+        (the event loop holds the GIL: one core is all it can use). Both smoothed."""
+        lag, cpu = 0.0, 0.0
+        counted = sum(load() for load in self.loads)
         while not self._closed:
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             await asyncio.sleep(LAG_PROBE_S)
-            late = max(0.0, time.perf_counter() - start - LAG_PROBE_S)
-            lag = 0.7 * lag + 0.3 * late
-            busy = lag > BUSY_LAG_S
+            wall = time.perf_counter() - start
+            lag = 0.7 * lag + 0.3 * max(0.0, wall - LAG_PROBE_S)
+            cpu = 0.7 * cpu + 0.3 * (time.process_time() - used) / wall
+            busy = lag > BUSY_LAG_S or cpu > BUSY_CPU
+            before, counted = counted, sum(load() for load in self.loads)
+            self.contended = counted != before or self._interactive() > 0
             if self.busy and not busy:
                 self.wake()  # room again: start jobs now, not at the next poll
             self.busy = busy

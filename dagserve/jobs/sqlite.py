@@ -75,21 +75,35 @@ class SQLiteStore(JobStore):
 
     # -- writing -----------------------------------------------------------------------------------
     def add(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        return self.add_many([record])[0]
+
+    def add_many(self, records: Sequence[JobRecord]) -> list[tuple[JobRecord, bool]]:
+        """One transaction, one commit for all of them (submissions that arrive together)."""
+        out: list[tuple[JobRecord, bool]] = []
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "INSERT INTO jobs (id, graph, status, idem_key, payload, created) VALUES (?, ?, 'queued', ?, ?, ?)",
-                    (record.id, record.graph, record.key, record.payload, record.created),
-                )
-            except sqlite3.IntegrityError:
-                if record.key is None:
-                    raise
-                row = self._db.execute(
-                    f"SELECT {_ALL} FROM jobs WHERE graph = ? AND idem_key = ?", (record.graph, record.key)
-                ).fetchone()
+                for record in records:
+                    out.append(self._insert(record))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
+    def _insert(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        if record.key is not None:
+            row = self._db.execute(
+                f"SELECT {_ALL} FROM jobs WHERE graph = ? AND idem_key = ?", (record.graph, record.key)
+            ).fetchone()
+            if row is not None:
                 return _record(row), False
-            record.seq = int(cur.lastrowid or 0)
-            return record, True
+        cur = self._db.execute(
+            "INSERT INTO jobs (id, graph, status, idem_key, payload, created) VALUES (?, ?, 'queued', ?, ?, ?)",
+            (record.id, record.graph, record.key, record.payload, record.created),
+        )
+        record.seq = int(cur.lastrowid or 0)
+        return record, True
 
     def claim(self, graphs: Sequence[str], owner: str, n: int, now: float, lease_until: float) -> list[JobRecord]:
         if n <= 0 or not graphs:

@@ -40,6 +40,10 @@ class JobStore(ABC):
         """Store a new queued job; with ``record.key`` already used for its graph, the first job
         instead. Returns (the job, whether it is new). Durable once it returns."""
 
+    def add_many(self, records: Sequence[JobRecord]) -> list[tuple[JobRecord, bool]]:
+        """:meth:`add` for several jobs at once (a store may commit them together)."""
+        return [self.add(record) for record in records]
+
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...
 

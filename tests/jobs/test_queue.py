@@ -234,15 +234,32 @@ def test_a_foreign_exception_names_only_its_type() -> None:
 
 
 async def test_a_saturated_loop_with_interactive_requests_starts_one_job_at_a_time() -> None:
-    graph, requests = Graph(), [0]
+    graph = Graph()
     queue = JobQueue(open_store(None), graph, graphs=["g"], settings=JobSettings(concurrency=4), encode=encode, capacity=10)
-    queue.loads.append(lambda: requests[0])
-    queue.busy = True  # as _watch_loop sets it when timers run late
+    queue.busy = True  # as _watch_loop sets it when timers run late or a CPU is full
     assert queue.room() == 4  # busy with jobs alone: they go on at full concurrency
-    requests[0] = 3
+    queue.contended = True  # other requests came meanwhile
     assert queue.room() == 1  # busy with requests: one job at a time, so that jobs still progress
     queue._last_start = time.monotonic()
     assert queue.room() == 0  # ... with a pause between two
     queue.busy = False
     assert queue.room() == 4
     queue.close()
+
+
+async def test_the_loop_watch_sees_other_requests_come() -> None:
+    graph, begun = Graph(), [0]
+    queue = JobQueue(open_store(None), graph, graphs=["g"], settings=JobSettings(), encode=encode, capacity=10)
+    queue.loads.append(lambda: begun[0])
+    queue.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.2)
+        assert not queue.contended
+        for _ in range(100):  # requests keep coming
+            begun[0] += 1
+            await asyncio.sleep(0.01)
+            if queue.contended:
+                break
+        assert queue.contended
+    finally:
+        await queue.stop()
