@@ -67,3 +67,20 @@ async def first(payload: dict) -> dict:
 with dagserve.Input() as inp:
     #: An autoscaling first node (1-2 replicas, 1 request each as the target).
     scaled = dagserve.Graph(first(inp), name="scaled")
+
+
+def queue_scaled() -> dagserve.Graph:
+    """A first node scaled by the job queue's depth (dagserve.jobs.autoscale), 1-2 replicas."""
+    policy = {"policy_function": "dagserve.jobs.autoscale:QueueDepthPolicy",
+              "policy_kwargs": {"store": os.environ["DAGSERVE_TEST_QUEUE_DB"], "graph": "queue_scaled",
+                                "jobs_per_replica": 5}}
+
+    @dagserve.node(autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 100,
+                                "upscale_delay_s": 0, "metrics_interval_s": 0.5, "look_back_period_s": 1,
+                                "downscale_delay_s": 600, "policy": policy})
+    async def deep(payload: dict) -> dict:
+        await asyncio.sleep(float(payload.get("sleep", 0.5)))
+        return {"n": payload["n"]}
+
+    with dagserve.Input() as inp:
+        return dagserve.Graph(deep(inp), name="queue_scaled")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -91,4 +92,36 @@ def test_queued_jobs_scale_up_the_first_node(shared_ray: None) -> None:
             assert time.monotonic() < deadline, "the queued jobs did not scale the first node up"
             time.sleep(0.5)
         for job in jobs:
+            job.cancel()
+
+
+def test_the_queue_depth_policy_scales_the_first_node(shared_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One job at a time (so requests alone would never ask for a second replica) and 20 queued:
+    the policy (dagserve.jobs.autoscale), reading the SQLite store from Serve's controller, wants
+    ceil(20 / 5) replicas, at most 2."""
+    db = tmp_path / "jobs.sqlite3"
+    monkeypatch.setenv("DAGSERVE_TEST_QUEUE_DB", str(db))
+    graph = job_graphs.queue_scaled()
+    with dagserve.deploy(graph, backend="ray", jobs_store=db, jobs=dagserve.JobSettings(concurrency=1)) as app:
+        assert app.status().nodes["deep"].running_replicas == 1
+        jobs = [app.submit({"n": i, "sleep": 1}) for i in range(20)]
+        deadline = time.monotonic() + 120
+        while app.status().nodes["deep"].running_replicas < 2:
+            assert time.monotonic() < deadline, "the queue's depth did not scale the first node up"
+            time.sleep(0.5)
+        for job in jobs:
+            job.cancel()
+
+
+def test_the_queue_depth_policy_wants_replicas_for_the_jobs(tmp_path: Path) -> None:
+    from dagserve.jobs.autoscale import QueueDepthPolicy
+
+    with dagserve.deploy(job_graphs.work, backend="local", jobs_store=tmp_path / "q.sqlite3",
+                         jobs=dagserve.JobSettings(concurrency=1)) as app:
+        for i in range(7):
+            app.submit({"n": i, "sleep": 30})
+        policy = QueueDepthPolicy(str(tmp_path / "q.sqlite3"), "work", jobs_per_replica=3)
+        assert policy.jobs() == 7  # 6 queued and 1 running
+        assert QueueDepthPolicy(str(tmp_path / "missing" / "no.sqlite3"), "work").jobs() == 0
+        for job in app.jobs():
             job.cancel()
