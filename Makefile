@@ -33,6 +33,7 @@ bench-quick: setup
 	$(PY) -m benchmarks.run --quick
 
 chaos: setup
+	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.chaos
 	$(PY) -m benchmarks.job_chaos
 
