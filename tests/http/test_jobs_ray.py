@@ -81,18 +81,23 @@ def test_cli_path_on_ray(served: tuple[str, dagserve.App]) -> None:
     assert shown.exit_code == 0 and json.loads(shown.output)["result"] == {"n": 4}
 
 
+def scales_up_with_jobs(app: dagserve.App, node: str, jobs: int, sleep: float) -> None:
+    """``node`` runs 1 replica; once ``jobs`` jobs are queued it runs 2 (within 120 s)."""
+    assert app.status().nodes[node].running_replicas == 1
+    submitted = [app.submit({"n": i, "sleep": sleep}) for i in range(jobs)]
+    deadline = time.monotonic() + 120
+    while app.status().nodes[node].running_replicas < 2:
+        assert time.monotonic() < deadline, f"the queued jobs did not scale {node!r} up"
+        time.sleep(0.5)
+    for job in submitted:
+        job.cancel()
+
+
 def test_queued_jobs_scale_up_the_first_node(shared_ray: None) -> None:
     """1-2 replicas taking 2 requests each: the worker runs up to 2 jobs at once (half of 2 x 2),
     1 ongoing request per replica is the target, so a queue of jobs brings the second replica."""
     with dagserve.deploy(job_graphs.scaled, backend="ray") as app:
-        assert app.status().nodes["first"].running_replicas == 1
-        jobs = [app.submit({"n": i, "sleep": 0.5}) for i in range(40)]
-        deadline = time.monotonic() + 120
-        while app.status().nodes["first"].running_replicas < 2:
-            assert time.monotonic() < deadline, "the queued jobs did not scale the first node up"
-            time.sleep(0.5)
-        for job in jobs:
-            job.cancel()
+        scales_up_with_jobs(app, "first", 40, 0.5)
 
 
 def test_the_queue_depth_policy_scales_the_first_node(shared_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,16 +106,9 @@ def test_the_queue_depth_policy_scales_the_first_node(shared_ray: None, tmp_path
     ceil(20 / 5) replicas, at most 2."""
     db = tmp_path / "jobs.sqlite3"
     monkeypatch.setenv("DAGSERVE_TEST_QUEUE_DB", str(db))
-    graph = job_graphs.queue_scaled()
-    with dagserve.deploy(graph, backend="ray", jobs_store=db, jobs=dagserve.JobSettings(concurrency=1)) as app:
-        assert app.status().nodes["deep"].running_replicas == 1
-        jobs = [app.submit({"n": i, "sleep": 1}) for i in range(20)]
-        deadline = time.monotonic() + 120
-        while app.status().nodes["deep"].running_replicas < 2:
-            assert time.monotonic() < deadline, "the queue's depth did not scale the first node up"
-            time.sleep(0.5)
-        for job in jobs:
-            job.cancel()
+    with dagserve.deploy(job_graphs.queue_scaled(), backend="ray", jobs_store=db,
+                         jobs=dagserve.JobSettings(concurrency=1)) as app:
+        scales_up_with_jobs(app, "deep", 20, 1.0)
 
 
 def test_the_queue_depth_policy_wants_replicas_for_the_jobs(tmp_path: Path) -> None:
