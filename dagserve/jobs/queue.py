@@ -134,7 +134,7 @@ class JobQueue:
         self._waiters: dict[str, list[Callable[[], None]]] = {}
         self._waiters_lock = threading.Lock()
         self._pending: list[tuple[JobRecord, asyncio.Future[tuple[JobRecord, bool]]]] = []
-        self._writing = False
+        self._writer: asyncio.Task[None] | None = None  # writes _pending, one commit per batch
         self._closed = False
         #: The event loop is saturated: with interactive requests in flight, one job at a time.
         self.busy = False
@@ -168,32 +168,33 @@ class JobQueue:
     async def asubmit(self, graph: str, payload_json: str, key: str | None = None) -> tuple[JobRecord, bool]:
         """:meth:`submit` for the event loop: acknowledged once the store holds the job. Jobs
         submitted while the store writes others are written together, in one commit."""
-        future: asyncio.Future[tuple[JobRecord, bool]] = asyncio.get_running_loop().create_future()
-        self._pending.append((self.new_record(graph, payload_json, key), future))
-        if not self._writing:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._write_pending())
-        record, created = await future
+        loop = asyncio.get_running_loop()
+        record = self.new_record(graph, payload_json, key)
+        if loop is not self._loop:  # not the worker's loop (an ingress mounted elsewhere): on its own
+            record, created = await self._call(self.store.add, record)
+        else:
+            future: asyncio.Future[tuple[JobRecord, bool]] = loop.create_future()
+            self._pending.append((record, future))
+            if self._writer is None or self._writer.done():
+                self._writer = loop.create_task(self._write_pending())
+            record, created = await future
         if created:
             self.wake()
         return record, created
 
     async def _write_pending(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    stored = await self._call(self.store.add_many, [record for record, _ in batch])
-                except Exception as exc:  # every submission of the batch hears of it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, stored, strict=True):
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                stored = await self._call(self.store.add_many, [record for record, _ in batch])
+            except Exception as exc:  # every submission of the batch hears of it
+                for _, future in batch:
                     if not future.done():
-                        future.set_result(result)
-        finally:
-            self._writing = False
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, stored, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     def encode_payload(self, payload: Any) -> str:
         """``payload`` as JSON text (the store keeps JSON, as the HTTP route takes)."""
