@@ -131,6 +131,7 @@ class JobQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()  # running here, cancelled by a user: not sent back to the queue
+        self._claiming = False  # a claim is in flight
         self._waiters: dict[str, list[Callable[[], None]]] = {}
         self._waiters_lock = threading.Lock()
         self._pending: list[tuple[JobRecord, asyncio.Future[tuple[JobRecord, bool]]]] = []
@@ -336,15 +337,21 @@ class JobQueue:
             room = self.room()
             jobs: list[JobRecord] = []
             if room > 0:
+                self._claiming = True
                 try:
                     now = time.time()
                     jobs = await self._call(self.store.claim, self.graphs, self.owner, room, now, now + self.settings.lease_s)
                 except Exception:
                     log.exception("Taking jobs from the store %s failed; trying again shortly.", self.store.location)
+                finally:
+                    self._claiming = False
             if jobs:
                 self._last_start = time.monotonic()
             for record in jobs:
+                if record.id in self._cancelled:  # cancelled while it was being claimed
+                    continue
                 self._running[record.id] = asyncio.get_running_loop().create_task(self._run_one(record))
+            self._cancelled &= self._running.keys()
             if jobs and len(jobs) == room:
                 await asyncio.sleep(0)  # maybe more: look again once the new tasks started
                 continue
@@ -397,12 +404,17 @@ class JobQueue:
         self._notify(record.id)
 
     def _cancel_here(self, job_id: str) -> None:
-        loop, task = self._loop, self._running.get(job_id)
-        if loop is None or task is None:
+        """Stop ``job_id``'s run if it runs here (decided on the worker's loop)."""
+        loop = self._loop
+        if loop is None:
             return
 
         def cancel() -> None:
-            if not task.done():
+            task = self._running.get(job_id)
+            if task is None:
+                if self._claiming:  # maybe among the jobs being claimed: do not start it
+                    self._cancelled.add(job_id)
+            elif not task.done():
                 self._cancelled.add(job_id)
                 task.cancel()
 
