@@ -19,6 +19,7 @@ One root, one class per kind of failure, so callers can catch by type::
     ├── JobNotFoundError            no job has that id (or its result expired)  (HTTP 404)
     ├── JobCancelledError           the job was cancelled before it finished    (HTTP 409)
     ├── JobAttemptsExhaustedError   the job's server died on every attempt      (HTTP 500)
+    ├── JobStoreError               the jobs store (SQLite, Redis) failed       (HTTP 503)
     └── RenderError                 a diagram could not be drawn
         └── GraphvizNotFoundError   Graphviz's `dot` program is not installed
 
@@ -41,6 +42,7 @@ __all__ = [
     "JobAttemptsExhaustedError",
     "JobCancelledError",
     "JobNotFoundError",
+    "JobStoreError",
     "NoRouteError",
     "NodeError",
     "NodeNotFoundError",
@@ -240,6 +242,13 @@ class JobAttemptsExhaustedError(DagserveError):
     (``--jobs-max-attempts``); the job failed for good instead of running again."""
 
     status_code = 500
+
+
+class JobStoreError(DagserveError):
+    """The store of the job queue (the SQLite file, the Redis server) failed or cannot be reached;
+    nothing was stored. Retry later; the server's log has the store's own error."""
+
+    status_code = 503
 
 
 class RenderError(DagserveError):

@@ -30,6 +30,7 @@ EXPECTED = [
     "JobCancelledError",
     "JobNotFoundError",
     "JobSettings",
+    "JobStoreError",
     "MapResult",
     "NoRouteError",
     "NodeError",

@@ -40,7 +40,7 @@ class Job:
 
     def record(self) -> JobRecord:
         """The job as stored now; :class:`~dagserve.JobNotFoundError` if there is none."""
-        record = self._queue.store.get(self.id)
+        record = self._queue.get(self.id)
         if record is None:
             raise _not_found(self.id)
         return record

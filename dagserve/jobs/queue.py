@@ -33,6 +33,7 @@ from dagserve._errors import (
     DagserveError,
     JobAttemptsExhaustedError,
     JobCancelledError,
+    JobStoreError,
     OverloadedError,
     RequestError,
 )
@@ -148,8 +149,21 @@ class JobQueue:
 
     # -- the store, off the event loop -------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        call = functools.partial(self._stored, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def _stored(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` of the store; its own failures become :class:`JobStoreError`."""
+        try:
+            return fn(*args, **kwargs)
+        except DagserveError:
+            raise
+        except Exception as exc:
+            log.error("The jobs store %s failed", self.store.location, exc_info=exc)
+            raise JobStoreError(
+                f"The jobs store {self.store.location} failed ({type(exc).__name__}: {exc}); nothing was changed. "
+                "Retry shortly; if it goes on, check the store (disk space, the Redis server)."
+            ) from exc
 
     # -- submitting and reading --------------------------------------------------------------------
     def new_record(self, graph: str, payload_json: str, key: str | None) -> JobRecord:
@@ -161,7 +175,7 @@ class JobQueue:
 
     def submit(self, graph: str, payload_json: str, key: str | None = None) -> tuple[JobRecord, bool]:
         """Store a job (blocking; any thread); (the job, whether it is new: else the key's first)."""
-        record, created = self.store.add(self.new_record(graph, payload_json, key))
+        record, created = self._stored(self.store.add, self.new_record(graph, payload_json, key))
         if created:
             self.wake()
         return record, created
@@ -207,6 +221,10 @@ class JobQueue:
                 "lists, strings, numbers, booleans and None, as the graph's HTTP route takes."
             ) from None
 
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job as stored (blocking; any thread)."""
+        return self._stored(self.store.get, job_id)
+
     async def aget(self, job_id: str) -> JobRecord | None:
         return await self._call(self.store.get, job_id)
 
@@ -220,13 +238,13 @@ class JobQueue:
             raise RequestError(f"There is no job status {status!r}; use one of {', '.join(STATUSES)}.")
         if limit < 1:
             raise RequestError(f"limit={limit} must be at least 1.")
-        return self.store.list(graph=graph, status=status, limit=min(limit, MAX_LIST), after=after)
+        return self._stored(self.store.list, graph=graph, status=status, limit=min(limit, MAX_LIST), after=after)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a queued or running job (blocking; any thread); the job as it is now, or ``None``."""
         now = time.time()
         error = error_record(JobCancelledError(f"Job {job_id} was cancelled before it finished."))
-        record = self.store.cancel(job_id, now, now + self.settings.ttl_s, error)
+        record = self._stored(self.store.cancel, job_id, now, now + self.settings.ttl_s, error)
         if record is not None and record.status == "cancelled":
             self._cancel_here(job_id)
             self._notify(job_id)
@@ -238,7 +256,7 @@ class JobQueue:
     def stats(self, graphs: Sequence[str] | None = None) -> dict[str, Any]:
         """Queue depth and running jobs of ``graphs`` (default: this queue's), the oldest queued
         job's age, and what this process runs (blocking: it asks the store)."""
-        data = self.store.stats(self.graphs if graphs is None else graphs)
+        data = self._stored(self.store.stats, self.graphs if graphs is None else graphs)
         oldest = data.pop("oldest_created")
         data["oldest_age_s"] = max(0.0, time.time() - oldest) if oldest is not None else None
         data["running_here"] = len(self._running)

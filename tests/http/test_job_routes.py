@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import dagserve
+from benchmarks.redis_server import RedisServer
 from tests import job_graphs
 from tests.background_server import BackgroundServer
 
@@ -202,4 +204,24 @@ def test_a_burst_of_jobs_never_makes_the_graphs_requests_answer_503() -> None:
         assert statuses == [200] * 45
         assert done == ["succeeded"] * 60
     finally:
+        app.shutdown()
+
+
+def test_a_store_that_fails_answers_503_and_stores_nothing(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path)
+    url = redis.start()
+    app = dagserve.deploy(job_graphs.work, backend="local", jobs_store=url)
+    try:
+        with BackgroundServer(app.asgi()) as base, httpx.Client(base_url=base, timeout=30) as client:
+            assert client.post("/jobs", json={"n": 1}).status_code == 202
+            redis.stop()  # the store goes away
+            r = client.post("/jobs", json={"n": 2})
+            assert r.status_code == 503 and r.headers["retry-after"]
+            error = r.json()["error"]
+            assert error["type"] == "JobStoreError" and "redis://127.0.0.1" in error["message"]
+            assert "Traceback" not in r.text
+            with pytest.raises(dagserve.JobStoreError, match="Retry shortly"):
+                app.submit({"n": 3})
+    finally:
+        redis.stop()
         app.shutdown()
