@@ -158,8 +158,7 @@ class JobQueue:
             return fn(*args, **kwargs)
         except DagserveError:
             raise
-        except Exception as exc:
-            log.error("The jobs store %s failed", self.store.location, exc_info=exc)
+        except Exception as exc:  # the caller logs it (the HTTP layer, the worker)
             raise JobStoreError(
                 f"The jobs store {self.store.location} failed ({type(exc).__name__}: {exc}); nothing was changed. "
                 "Retry shortly; if it goes on, check the store (disk space, the Redis server)."
@@ -351,6 +350,7 @@ class JobQueue:
     async def _work(self) -> None:
         assert self._wake is not None
         await self._recover(everything=not self.store.shared)
+        failures = 0
         while not self._closed:
             room = self.room()
             jobs: list[JobRecord] = []
@@ -359,8 +359,12 @@ class JobQueue:
                 try:
                     now = time.time()
                     jobs = await self._call(self.store.claim, self.graphs, self.owner, room, now, now + self.settings.lease_s)
-                except Exception:
-                    log.exception("Taking jobs from the store %s failed; trying again shortly.", self.store.location)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1 or failures % 60 == 0:  # not twice a second while a store is down
+                        log.warning("Taking jobs from the store failed (%d time(s) in a row): %s", failures, exc)
+                    await asyncio.sleep(min(5.0, POLL_S * failures))
                 finally:
                     self._claiming = False
             if jobs:
