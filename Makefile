@@ -31,6 +31,7 @@ bench: setup
 	$(PY) -m benchmarks.multiplex_bench
 	$(PY) -m benchmarks.oip_bench
 	$(PY) -m benchmarks.openai_bench
+	$(PY) -m benchmarks.job_bench
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.charts
 	$(PY) -m benchmarks.targets
@@ -40,7 +41,9 @@ bench-quick: setup
 	$(PY) -m benchmarks.run --quick
 
 chaos: setup
+	@./scripts/setup.sh --bench
 	$(PY) -m benchmarks.chaos
+	$(PY) -m benchmarks.job_chaos
 
 # Screenshots of the live dashboard for docs/ and the README (headless Chromium; ~2 minutes).
 docs-images: setup

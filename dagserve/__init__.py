@@ -39,6 +39,10 @@ from dagserve._errors import (
     GraphvizNotFoundError,
     HTTPError,
     InputValidationError,
+    JobAttemptsExhaustedError,
+    JobCancelledError,
+    JobNotFoundError,
+    JobStoreError,
     ModelIdError,
     NodeError,
     NodeNotFoundError,
@@ -59,6 +63,7 @@ from dagserve.graph import File, Graph, Input, map, node, optional, split, switc
 from dagserve.graph.tensors import TensorSpec
 from dagserve import openai
 from dagserve.http.server import asgi_app, serve
+from dagserve.jobs import Job, JobSettings
 from dagserve.runtime.executor import RequestContext
 from dagserve.runtime.handles import Handle, HandleError
 from dagserve.runtime.mapping import MapResult
@@ -83,11 +88,13 @@ def _replica_spans(endpoint: str, replica: str) -> Any:
 def _wire() -> None:
     from dagserve import render as _render
     from dagserve._hooks import hooks
+    from dagserve.http.jsonio import dump_json
 
     hooks.to_dot, hooks.render, hooks.to_svg = _render.to_dot, _render.render, _render.to_svg
     hooks.asgi_app = asgi_app
     hooks.serve_ingress = _serve_ingress
     hooks.replica_spans = _replica_spans
+    hooks.dump_json = dump_json
 
 
 _wire()
@@ -112,6 +119,12 @@ __all__ = [
     "HandleError",
     "Input",
     "InputValidationError",
+    "Job",
+    "JobAttemptsExhaustedError",
+    "JobCancelledError",
+    "JobNotFoundError",
+    "JobSettings",
+    "JobStoreError",
     "MapResult",
     "ModelIdError",
     "NoRouteError",

@@ -21,6 +21,10 @@ One root, one class per kind of failure, so callers can catch by type::
     ├── RequestTimeoutError         a node or the request ran past its deadline (HTTP 504)
     ├── OverloadedError             a queue was full; retry later               (HTTP 503)
     ├── GraphOutputError            the output does not fit the protocol served (HTTP 500)
+    ├── JobNotFoundError            no job has that id (or its result expired)  (HTTP 404)
+    ├── JobCancelledError           the job was cancelled before it finished    (HTTP 409)
+    ├── JobAttemptsExhaustedError   the job's server died on every attempt      (HTTP 500)
+    ├── JobStoreError               the jobs store (SQLite, Redis) failed       (HTTP 503)
     └── RenderError                 a diagram could not be drawn
         └── GraphvizNotFoundError   Graphviz's `dot` program is not installed
 
@@ -41,6 +45,10 @@ __all__ = [
     "GraphvizNotFoundError",
     "HTTPError",
     "InputValidationError",
+    "JobAttemptsExhaustedError",
+    "JobCancelledError",
+    "JobNotFoundError",
+    "JobStoreError",
     "ModelIdError",
     "ModelNotFoundError",
     "NoRouteError",
@@ -290,6 +298,33 @@ def _rebuild_overloaded(
     cls: type[OverloadedError], message: str, node: str | None, retry_after_s: float
 ) -> OverloadedError:
     return cls(message, node=node, retry_after_s=retry_after_s)
+
+
+class JobNotFoundError(DagserveError, LookupError):
+    """No job has this id here: it never existed, or it finished longer ago than the results are
+    kept (``--jobs-ttl``)."""
+
+    status_code = 404
+
+
+class JobCancelledError(DagserveError):
+    """The job was cancelled (``job.cancel()``, ``DELETE /-/jobs/{id}``) before it finished."""
+
+    status_code = 409
+
+
+class JobAttemptsExhaustedError(DagserveError):
+    """The job's server stopped (crashed, was killed) while running it on every attempt
+    (``--jobs-max-attempts``); the job failed for good instead of running again."""
+
+    status_code = 500
+
+
+class JobStoreError(DagserveError):
+    """The store of the job queue (the SQLite file, the Redis server) failed or cannot be reached;
+    nothing was stored. Retry later; the server's log has the store's own error."""
+
+    status_code = 503
 
 
 class GraphOutputError(DagserveError):

@@ -1,8 +1,9 @@
 """The few calls that point up the layers, filled in by ``dagserve/__init__.py``.
 
 Imports point one way (docs/architecture.md): the graph model knows nothing of rendering, the App
-nothing of HTTP, the Ray backend nothing of the ingress. Four things still need a
-higher layer: ``Graph.render()`` (the render module), ``App.asgi()`` (the HTTP layer),
+nothing of HTTP, the Ray backend nothing of the ingress. These still need a
+higher layer: ``Graph.render()`` (the render module), ``App.asgi()`` (the HTTP layer), a job's
+result written as JSON as the HTTP routes write it (``app.submit``),
 ``ingress_replicas=N`` on the Ray backend (the ingress as a Serve deployment) and a Ray
 replica's spans when traces are exported (observe/otel.py). The lower layer
 calls the hook named here; the package's ``__init__``, which sits above every layer, sets it.
@@ -34,6 +35,9 @@ class Hooks:
     #: ``dagserve.observe.otel.replica_spans(endpoint, replica_id) -> ReplicaSpans``: a Ray
     #: replica's spans, exported over OTLP; imports the OpenTelemetry SDK, so only when tracing.
     replica_spans: Callable[[str, str], Any] | None = None
+    #: ``dagserve.http.jsonio.dump_json(value) -> bytes``: jobs store payloads and results as the
+    #: HTTP routes write JSON (numpy arrays, pydantic models ...).
+    dump_json: Callable[[Any], bytes] | None = None
 
     def need(self, name: str) -> Callable[..., Any]:
         """The hook ``name``; a clear error when dagserve was not imported as a package."""

@@ -106,14 +106,17 @@ def _shared_ray_stopped_at_the_end() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_runtime_dir() -> Iterator[None]:
-    """Admin token files of every server the suite starts (``dagserve run`` on loopback makes one)
-    go to a directory of this session, never to the user's own runtime or config directory."""
+    """Admin token files and jobs databases of every server the suite starts (``dagserve run`` on
+    loopback makes them) go to a directory of this session, never to the user's own directories."""
     with tempfile.TemporaryDirectory(prefix="dagserve-tests-") as runtime:
         os.chmod(runtime, 0o700)
-        old = os.environ.get("XDG_RUNTIME_DIR")
+        # The jobs files of loopback servers (``dagserve run`` keeps one per host:port) go here too.
+        old = {name: os.environ.get(name) for name in ("XDG_RUNTIME_DIR", "XDG_STATE_HOME")}
         os.environ["XDG_RUNTIME_DIR"] = runtime
+        os.environ["XDG_STATE_HOME"] = os.path.join(runtime, "state")
         yield
-        if old is None:
-            os.environ.pop("XDG_RUNTIME_DIR", None)
-        else:
-            os.environ["XDG_RUNTIME_DIR"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

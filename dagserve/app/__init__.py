@@ -8,9 +8,11 @@ The package: :func:`deploy` (here), :class:`App` (``graph_app.py``: one graph's 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from dagserve._errors import DeployError, GraphError
+from dagserve._hooks import hooks
 from dagserve._options import DEFAULT_BACKEND, DEFAULT_READY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S
 from dagserve.app.deployment import Deployment
 from dagserve.app.graph_app import App
@@ -18,6 +20,8 @@ from dagserve.app.group import AppGroup
 from dagserve.backends import Backend, get_backend
 from dagserve.deploy_config import ConfigSource, compile_with_config
 from dagserve.graph import Graph
+from dagserve.jobs import JobSettings, JobStore
+from dagserve.jobs.host import JobsHost, job_capacity
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -34,6 +38,8 @@ def deploy(
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
     config: ConfigSource | None = None,
+    jobs_store: str | os.PathLike[str] | JobStore | None = None,
+    jobs: JobSettings | None = None,
     **backend_options: Any,
 ) -> App | AppGroup:
     """Compile ``graph`` and bring it up on ``backend``; returns the running :class:`App` (an
@@ -53,6 +59,9 @@ def deploy(
     ``config`` (a path to a YAML config file, or a dict of the same shape) overrides node options
     set in code: ``graphs: {<graph name>: {nodes: {<node>: {num_replicas: 3}}}}`` (docs/deploy.md).
 
+    ``jobs_store`` keeps the jobs of ``app.submit`` (docs/jobs.md): ``None`` in memory for the App's
+    life, a SQLite file path or ``redis://HOST:PORT/DB`` durably; ``jobs`` sets how they run.
+
     Raises :class:`~dagserve.CompileError` for an invalid graph, :class:`~dagserve.OptionsError`
     for a config naming an unknown graph, node or option, and
     :class:`~dagserve.DeployError` when deployments are not ready within ``ready_timeout_s``.
@@ -71,11 +80,20 @@ def deploy(
             be.shutdown()
         raise
     timeouts = {"request_timeout_s": request_timeout_s, "stream_timeout_s": stream_timeout_s}
-    if not graphs:
-        return App(graph, plan, be, **timeouts)
     shared = Deployment(be, plan)
-    apps = {g.name: App(g, p, be, **timeouts, deployment=shared) for g, p in zip(graphs, per_graph, strict=True)}
-    return AppGroup(shared, apps)
+    if not graphs:
+        apps = {plan.graph_name: App(graph, plan, be, **timeouts, deployment=shared)}
+    else:
+        apps = {g.name: App(g, p, be, **timeouts, deployment=shared) for g, p in zip(graphs, per_graph, strict=True)}
+
+    async def run_job(payload: Any, name: str, ctx: Any) -> Any:
+        return await apps[name].acall(payload, context=ctx)
+
+    shared.jobs = JobsHost(
+        jobs_store, jobs or JobSettings(), graphs=list(apps), capacity=job_capacity(plan), run=run_job,
+        home_loop=shared.home_loop, encode=hooks.need("dump_json"), in_flight=lambda: sum(a.in_flight for a in apps.values()),
+    )
+    return next(iter(apps.values())) if not graphs else AppGroup(shared, apps)
 
 
 def _compile(graph: Any, config: ConfigSource | None) -> tuple[list[Graph], Plan, list[Plan]]:

@@ -19,6 +19,7 @@ from dagserve._options import make_options
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend
+    from dagserve.jobs.host import JobsHost
     from dagserve.compiler.plan import DeploymentSpec, Plan
     from dagserve.runtime.status import AppStatus
 
@@ -52,6 +53,8 @@ class Deployment:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: The queued jobs of the graphs (dagserve/jobs, docs/jobs.md), set by ``deploy``.
+        self.jobs: JobsHost | None = None
 
     @property
     def name(self) -> str:
@@ -97,9 +100,12 @@ class Deployment:
         return loop
 
     # -- operating -----------------------------------------------------------------------------
-    def status(self) -> AppStatus:
+    def status(self, graph: str | None = None) -> AppStatus:
+        """The backend's status, with the job queue's figures (of ``graph``, else all) once it is used."""
         self.check_open(self.name)
-        return self.backend.status()
+        status = self.backend.status()
+        stats = self.jobs.stats(graph) if self.jobs is not None else None
+        return status if stats is None else replace(status, jobs=stats)
 
     def scale(self, node: Any, *, wait_s: float, **options: Any) -> None:
         self.check_open(self.name)
@@ -149,15 +155,16 @@ class Deployment:
         for member in self.members:
             member.spec_replaced(new)
 
-    def shutdown(self, before: list[Any] | None = None) -> None:
-        """Tear the deployments down (idempotent); ``before``: what to call first (a job queue)."""
+    def shutdown(self) -> None:
+        """Tear the deployments down (idempotent); the job queue stops first, so that running jobs
+        go back to the queue instead of failing with the nodes."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
         try:
-            for stop in before or ():
-                stop()
+            if self.jobs is not None:
+                self.jobs.shutdown()
             self.backend.shutdown()
         finally:
             if self._thread is not None and self._loop is not None:

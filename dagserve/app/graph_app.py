@@ -13,12 +13,14 @@ from dagserve._errors import DagserveError, NodeNotFoundError, RequestTimeoutErr
 from dagserve._hooks import hooks
 from dagserve.app.deployment import Deployment
 from dagserve.runtime.deadlines import FixedTimeout
-from dagserve.runtime.executor import Executor, RequestContext
+from dagserve.runtime.executor import Executor, RequestContext, validate_payload
 from dagserve.runtime.scope import RequestObserver, RequestScope, RequestTracing
 from dagserve.runtime.streaming import DEFAULT_STREAM_TIMEOUT_S, StreamRun, ahop, hop
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend
+    from dagserve.jobs import Job, JobQueue
+    from dagserve.jobs.host import JobsHost
     from dagserve.compiler.plan import DeploymentSpec, Plan
     from dagserve.graph import Graph
     from dagserve.runtime.mapping import MapResult
@@ -266,11 +268,43 @@ class App:
         # The HTTP layer, above this one; an App of several graphs serves each at its name.
         return hooks.need("asgi_app")(self, **options)
 
+    # -- jobs (dagserve/jobs, docs/jobs.md) -----------------------------------------------------
+    def submit(self, payload: Any, graph: str | None = None, key: str | None = None) -> Job:
+        """Queue the graph's run on ``payload`` (stored when this returns); a repeated idempotency
+        ``key`` returns the first job. ``app.submit({"text": "..."}).result(timeout=600)``."""
+        self._check_open()
+        self._for(graph)
+        validate_payload(self._plan.input_schema, payload)  # refused now (InputValidationError), not when it runs
+        return self._job_host().submit(payload, self.name, key)
+
+    def job(self, job_id: str) -> Job:
+        """The job ``job_id`` (:class:`~dagserve.JobNotFoundError` if there is none)."""
+        return self._job_host().job(job_id)
+
+    def jobs(self, status: str | None = None, *, graph: str | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+        """Jobs in submission order, from the one after the id ``after``, at most ``limit``."""
+        return self._job_host().jobs(graph, status, limit, after)
+
+    def job_queue(self) -> JobQueue:
+        """The jobs' queue, its worker started on the App's loop (the HTTP routes and servers call it)."""
+        return self._job_host().queue()
+
+    def job_queue_in_use(self) -> JobQueue | None:
+        """The jobs' queue if something used it already (the metrics read it), else ``None``."""
+        return self._job_host().opened()
+
+    def _job_host(self) -> JobsHost:
+        jobs = self.deployment.jobs
+        if jobs is None:
+            raise DagserveError("This App has no job queue; deploy it with dagserve.deploy.")
+        return jobs
+
     # -- operating -----------------------------------------------------------------------------
     def status(self) -> AppStatus:
-        """Per node: deployment name, target/running/pending replicas (and why), options in force."""
+        """Per node: deployment name, target/running/pending replicas (and why), options in force;
+        ``jobs``: the job queue's figures (this graph's) once it is used."""
         self._check_open()
-        return self.deployment.status()
+        return self.deployment.status(self.name if len(self.deployment.members) > 1 else None)
 
     def scale(self, node: Any, *, wait_s: float = 60.0, **options: Any) -> None:
         """Change one node's replicas while traffic flows: ``app.scale("Classifier", num_replicas=4)``.

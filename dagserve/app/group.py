@@ -13,6 +13,7 @@ from dagserve.app.graph_app import App
 
 if TYPE_CHECKING:
     from dagserve.backends import Backend
+    from dagserve.jobs import Job, JobQueue
     from dagserve.compiler.plan import Plan
     from dagserve.runtime.executor import RequestContext
     from dagserve.runtime.mapping import MapResult
@@ -96,6 +97,28 @@ class AppGroup:
     def map_results(self, payloads: Iterable[Any], *, graph: str | None = None, **options: Any) -> Iterator[MapResult[Any]]:
         """:meth:`App.map_results <dagserve.App.map_results>` of the graph ``graph``."""
         return self._for(graph).map_results(payloads, **options)
+
+    # -- jobs: the graphs share one queue ---------------------------------------------------------
+    def submit(self, payload: Any, graph: str | None = None, key: str | None = None) -> Job:
+        """:meth:`App.submit <dagserve.App.submit>` of the graph ``graph``."""
+        return self._for(graph).submit(payload, key=key)
+
+    def job(self, job_id: str) -> Job:
+        """The job ``job_id`` of any of the graphs."""
+        return self._any().job(job_id)
+
+    def jobs(self, status: str | None = None, *, graph: str | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+        """Jobs of every graph (or of ``graph``), in submission order (:meth:`App.jobs <dagserve.App.jobs>`)."""
+        return self._any().jobs(status, graph=graph, limit=limit, after=after)
+
+    def job_queue(self) -> JobQueue:
+        return self._any().job_queue()
+
+    def job_queue_in_use(self) -> JobQueue | None:
+        return self._any().job_queue_in_use()
+
+    def _any(self) -> App:
+        return next(iter(self._graphs.values()))
 
     def asgi(self, **options: Any) -> Any:
         """The ASGI app serving every graph at ``POST /<name>`` (``GET /`` lists them); ``options``

@@ -40,6 +40,12 @@ def _build() -> click.Command:
     return build_command
 
 
+def _jobs() -> click.Command:
+    from dagserve.cli.jobs import jobs_command
+
+    return jobs_command
+
+
 def _ops(name: str) -> Callable[[], click.Command]:
     def load() -> click.Command:
         from dagserve.cli import ops
@@ -59,6 +65,7 @@ COMMANDS: dict[str, Callable[[], click.Command]] = {
     "batch": _batch,
     "config": _config,
     "build": _build,
+    "jobs": _jobs,
 }
 
 

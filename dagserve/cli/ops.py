@@ -20,6 +20,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -28,7 +29,7 @@ from dagserve.cli.output import console as cli_console
 from dagserve.http.admin import ADMIN_PREFIX, TokenFileError, token_dir, token_for_url
 from dagserve.http.settings import ADMIN_TOKEN_ENV
 
-__all__ = ["AdminClient", "admin_client", "scale_command", "status_command", "update_command"]
+__all__ = ["AdminClient", "admin_client", "base_url", "request_json", "scale_command", "status_command", "update_command"]
 
 URL_ENV = "DAGSERVE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -38,10 +39,7 @@ class AdminClient:
     """A tiny client for the admin routes; errors become :class:`click.ClickException` with a fix."""
 
     def __init__(self, url: str, token: str | None, *, timeout_s: float = 30.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self.timeout_s = timeout_s
         self.stored = False  # the token came from the file a loopback `dagserve run` wrote
         if not token:
@@ -83,26 +81,11 @@ class AdminClient:
             )
 
     def _unreachable(self, exc: BaseException) -> str:
-        reason = getattr(exc, "reason", exc)
-        return (
-            f"Nothing answers at {self.url} ({reason}). Is `dagserve run` serving there? Pass its address with "
-            f"--url or ${URL_ENV}."
-        )
+        return unreachable(self.url, exc)
 
     def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + ADMIN_PREFIX + path, data=data, method=method)
-        req.add_header("authorization", f"Bearer {self.token}")
-        req.add_header("accept", "application/json")
-        if data is not None:
-            req.add_header("content-type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise click.ClickException(self._explain(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise click.ClickException(self._unreachable(exc)) from None
+        return request_json(method, self.url + ADMIN_PREFIX + path, self.token, self._explain, body=body,
+                            timeout_s=timeout or self.timeout_s)
 
     def _explain(self, exc: urllib.error.HTTPError) -> str:
         try:
@@ -144,6 +127,46 @@ def admin_client(url: str, token: str | None) -> AdminClient:
     client = AdminClient(url, token)
     client.check()
     return client
+
+
+def base_url(url: str) -> str:
+    """``url`` without its trailing slash; a usage error unless it is an http(s) URL."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_URL}.", param_hint="--url")
+    return url.rstrip("/")
+
+
+def request_json(
+    method: str, url: str, token: str | None, explain: Callable[[urllib.error.HTTPError], str], *,
+    body: Any = None, timeout_s: float = 30.0,
+) -> Any:
+    """One JSON request to a dagserve server; an error answer becomes a :class:`click.ClickException`
+    saying ``explain(error)``, an unreachable server one saying how to point at it."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    req.add_header("accept", "application/json")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(explain(exc)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        server = urllib.parse.urlunsplit(urllib.parse.urlsplit(url)[:2] + ("", "", ""))
+        raise click.ClickException(unreachable(server, exc)) from None
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """What a command says when nothing answers at ``url`` (not a token problem: see AdminClient.check)."""
+    reason = getattr(exc, "reason", exc)
+    return (
+        f"Nothing answers at {url} ({reason}). Is `dagserve run` serving there? Pass its address with "
+        f"--url or ${URL_ENV}."
+    )
 
 
 def _q(part: str) -> str:
@@ -296,8 +319,22 @@ def _print_status(data: dict[str, Any], *, verbose: bool = False) -> None:
             console.print(f"  [yellow]{note}[/]")
         for line in _models(status):
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+        for line in _jobs(status):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
         for line in _settings(status) if verbose else ():
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _jobs(status: dict[str, Any]) -> list[str]:
+    """The job queue's line (docs/jobs.md), when the graph's queue is in use."""
+    jobs = status.get("jobs")
+    if not jobs:
+        return []
+    oldest = f" (oldest waiting {_ms(jobs['oldest_age_s'])})" if jobs.get("oldest_age_s") is not None else ""
+    return [
+        f"jobs: {jobs['queued']} queued{oldest}, {jobs['running']} running ({jobs['running_here']} here, at most "
+        f"{jobs['concurrency']} at once); store {jobs['store']}"
+    ]
 
 
 def _settings(status: dict[str, Any]) -> list[str]:

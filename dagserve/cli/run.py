@@ -31,6 +31,7 @@ import click
 
 from dagserve._errors import DagserveError
 from dagserve.cli.config import check_config, config_option, read_config, with_server_config
+from dagserve.cli.jobs import jobs_options, jobs_store_for
 from dagserve.cli.targets import app_dir_option, load_graphs
 from dagserve.deploy_config import parse_size
 from dagserve.graph import Graph
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from dagserve.http.settings import ServerOptions
     from dagserve.backends import Backend
     from dagserve.deploy_config import DeployConfig
+    from dagserve.jobs import JobSettings
 
 __all__ = ["parse_size", "run_command"]
 
@@ -201,6 +203,7 @@ class _Size(click.ParamType):
     help=f"Export OpenTelemetry traces over OTLP/HTTP to URL, e.g. http://127.0.0.1:4318 [env {OTLP_ENDPOINT_ENV}, "
     "else OTEL_EXPORTER_OTLP_ENDPOINT; default: off]. Needs pip install 'dagserve[otel]'.",
 )
+@jobs_options
 def run_command(target: str, **options: Any) -> None:
     """Serve the graph(s) at MODULE:ATTR over HTTP (e.g. examples.quickstart:graph).
 
@@ -225,6 +228,7 @@ def run_command(target: str, **options: Any) -> None:
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
+    options["jobs_store"], options["jobs"] = jobs_store_for(options, options["host"], options["port"])
     graphs = load_graphs(target, options.pop("app_dir"))
     check_config(config, graphs)  # every graph compiles with the file's node options
     server = server_options(options)  # before deploying: a refusal costs nothing
@@ -315,6 +319,8 @@ def _run(
     stored_admin_token: bool = False,
     config: DeployConfig | None = None,
     say: Say | None = None,
+    jobs_store: str | None = None,
+    jobs: JobSettings | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -325,6 +331,7 @@ def _run(
         backend_options["allow_unauthenticated_ray"] = True
     timeouts = {"request_timeout_s": request_timeout, "ready_timeout_s": ready_timeout, "stream_timeout_s": stream_timeout}
     deploy_options: dict[str, Any] = {k: v for k, v in timeouts.items() if v is not None}
+    deploy_options.update(jobs_store=jobs_store, jobs=jobs)  # docs/jobs.md
     try:
         apps = _deploy_all(graphs, backend, backend_options, deploy_options, console, config, say.json)
     except DagserveError as exc:

@@ -236,8 +236,8 @@ def _server_class() -> type:
                 return
             port = self.servers[0].sockets[0].getsockname()[1]
             self.url = url_for(self._host, port)
-            ingress = getattr(getattr(self.config.app, "state", None), "dagserve", None)
             if ingress is not None:
+                ingress.start()  # the job workers, on this loop (http/job_routes.py)
                 await ingress.prepare()  # connections open before ready is reported
             if self._on_ready is not None:
                 self._on_ready(self.url)
@@ -253,6 +253,8 @@ def _server_class() -> type:
                 await super().shutdown(sockets=sockets)
             finally:
                 await asyncio.gather(*stops)
+            if ingress is not None:
+                await ingress.stop()  # the job workers: jobs running here go back to the queue
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -37,6 +37,7 @@ from dagserve.openai.protocol import error_document
 __all__ = [
     "OPENAI_PREFIX",
     "HTTPError",
+    "client_gone",
     "error_body",
     "error_from_exception",
     "error_schema",
@@ -89,6 +90,11 @@ class HTTPError(NodeHTTPError):
         super().__init__(status_code, message, headers=headers)
         self.error_type = error_type or status_type(status_code)
         self.extra = extra or {}
+
+
+def client_gone(when: str) -> HTTPError:
+    """The answer to a client that disconnected (nobody reads it: it is for the log)."""
+    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers={"connection": "close"})
 
 
 def status_type(status: int) -> str:

@@ -53,6 +53,8 @@ from dagserve.http.doors import Door
 from dagserve.http.errors import HTTPError, error_body, error_from_exception, error_shape, status_type
 from dagserve.http.hosts import HostFilter
 from dagserve.http.jsonio import dump_json
+from dagserve.http.errors import client_gone as _gone
+from dagserve.http.job_routes import JobRoutes
 from dagserve.http.middleware import CLOSE, SCOPE_REQUEST_ID, SCOPE_TRACE, RequestIdMiddleware
 from dagserve.http.oip_rest import oip_routes
 from dagserve.http.openapi import docs_page, openapi_document
@@ -106,6 +108,8 @@ class Ingress:
         self.single = len(self.apps) == 1
         #: Graph requests running now (bounded by ``config.max_in_flight``).
         self.in_flight = 0
+        #: Requests admitted since start (graph requests and job submissions): jobs yield to them.
+        self.admitted = 0
         #: Set when the server starts shutting down: /-/ready answers 503 from then on.
         self.draining = False
         self._token = _token_bytes(config.token)
@@ -114,6 +118,7 @@ class Ingress:
         self._openapi: dict[str, bytes] = {}
         #: What the route sets add to the OpenAPI document: ``{"paths": {...}, "schemas": {...}}``.
         self.described: dict[str, dict[str, Any]] = {"paths": {}, "schemas": {}}
+        self.jobs = JobRoutes(self)  # http/job_routes.py
         self.starlette = Starlette(
             routes=self._routes() + [route for routes in route_sets for route in routes(self)],
             # Right inside Starlette's own error middleware: the id exists before any route runs.
@@ -151,6 +156,7 @@ class Ingress:
             Route("/-/graph.svg", self._plan_svg, methods=["GET"], name="plan_svg"),
             Route(STATIC_PREFIX + "/{path:path}", static_endpoint, methods=["GET"], name="static"),
         ]
+        routes += self.jobs.routes()
         routes.append(Route("/metrics", self._guarded(metrics_endpoint(self.apps)), methods=["GET"], name="metrics"))
         # /v2/...: the Open Inference Protocol (http/oip_rest.py)
         routes += oip_routes(self.apps, self.authorize, self.run_graph, lambda: self.draining)
@@ -160,6 +166,15 @@ class Ingress:
             # The admin module checks its token on every route itself (401 missing, 403 wrong).
             routes.append(Mount("/-/admin", routes=list(admin_routes(self.apps, admin_token)), name="admin"))
         return routes
+
+    # -- the server's start and stop (dagserve's uvicorn server calls them on its loop) ----------
+    def start(self) -> None:
+        """Start the Apps' job workers on this loop: jobs a previous server left queued run now."""
+        self.jobs.queues()
+
+    async def stop(self) -> None:
+        """Once requests in flight finished: stop the job workers (their jobs go back to the queue)."""
+        await self.jobs.stop()
 
     # -- graph routes ----------------------------------------------------------------------------
     def _graph_endpoint(self, app: App, door: Door | None = None) -> Callable[[Request], Awaitable[Response]]:
@@ -269,6 +284,7 @@ class Ingress:
                 headers={"retry-after": "1"},
             )
         self.in_flight += 1
+        self.admitted += 1
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -490,11 +506,6 @@ _PARSE_INLINE_BYTES = 64 * 1024
 
 
 _GONE_WHILE_RUNNING = "while its graph ran; the graph's work was cancelled"
-
-
-def _gone(when: str) -> HTTPError:
-    """The answer to a client that disconnected (nobody reads it: it is for the log)."""
-    return HTTPError(499, f"The client disconnected {when}.", error_type="ClientDisconnected", headers=CLOSE)
 
 
 def _host_filter(allowed_hosts: tuple[str, ...] | None) -> HostFilter | None:

@@ -26,8 +26,11 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from dagserve._errors import DagserveError, RequestError
+from dagserve.http.errors import HTTPError
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONBodyError", "OutputEncodingError", "dump_json", "parse_json"]
+__all__ = [
+    "MAX_DEPTH", "MAX_INT_DIGITS", "JSONBodyError", "OutputEncodingError", "check_content_type", "dump_json", "parse_json",
+]
 
 #: Deepest nesting of arrays/objects a request body may have.
 MAX_DEPTH = 100
@@ -200,3 +203,26 @@ def dump_json(value: Any, *, lenient: bool = False) -> bytes:
 
 def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+_JSON = "application/json"
+
+
+def check_content_type(value: str | None) -> None:
+    """A 415 :class:`~dagserve.http.errors.HTTPError` unless ``value`` (a Content-Type header) is JSON in UTF-8."""
+    if value is None:
+        # A web page may send a body without a type to any server without asking first (a no-cors
+        # fetch); one typed application/json needs the server's consent (CORS), which we never give.
+        raise HTTPError(
+            415,
+            "The request has no Content-Type; send the body as application/json "
+            "(curl: -H 'content-type: application/json').",
+        )
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    if media != _JSON and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPError(415, f"The content type is {media!r}; send the body as application/json.")
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HTTPError(415, f"The body's charset is {val.strip()!r}; send JSON encoded as UTF-8.")

@@ -25,6 +25,7 @@ from dagserve.compiler.plan import Plan, Ref, refs_in
 from dagserve.http.bodies import InputShape
 from dagserve.runtime.executor import refuses_unknown_fields
 from dagserve.http.errors import error_schema
+from dagserve.http.job_routes import job_paths, job_schemas
 from dagserve.http.oip_rest import oip_openapi
 from dagserve.http.stream_answers import stream_openapi
 from dagserve.runtime.multiplex import MODEL_ID_HEADER
@@ -74,7 +75,7 @@ def openapi_document(
     paths: dict[str, Any] = {}
     op_ids: set[str] = set()
     for name, app in apps.items():
-        request_schema, response_schema = schemas[name]
+        request_schema, response_schema, _ = schemas[name]
         routes = ["/", f"/{name}"] if single else [f"/{name}"]
         for route in routes:
             op_id = _operation_id(f"run_{name}" + ("_root" if route == "/" else ""), op_ids)
@@ -84,6 +85,10 @@ def openapi_document(
         paths["/"] = {"get": _listing_operation(auth)}
     paths["/-/healthz"] = {"get": _healthz_operation()}
     paths["/-/ready"] = {"get": _ready_operation()}
+    components.update(job_schemas(components["dagserve.Error"]["properties"]["error"]))  # http/job_routes.py
+    # A job's body is checked against the Input schema when it is submitted; which switch case it
+    # takes is known only when it runs (a job whose value no case matches fails with 422 then).
+    paths.update(job_paths({name: schemas[name][2] for name in apps}, single, auth, _error_response))
     oip_paths, oip_components = oip_openapi(dict(apps), auth=auth)  # /v2: the Open Inference Protocol
     paths.update(oip_paths)
     components.update(oip_components)
@@ -135,8 +140,9 @@ def docs_page(title: str, spec_url: str = "openapi.json") -> str:
 # -- schemas from the plans -------------------------------------------------------------------
 
 
-def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
-    """Per graph (request schema, response schema), and the shared component schemas."""
+def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any, Any]], dict[str, Any]]:
+    """Per graph (request schema, response schema, the Input schema alone), and the shared
+    component schemas (the request schema adds what switch cases accept)."""
     from pydantic import TypeAdapter
 
     adapters: dict[tuple[str, str], TypeAdapter[Any]] = {}
@@ -156,10 +162,10 @@ def _graph_schemas(apps: Mapping[str, App]) -> tuple[dict[str, tuple[Any, Any]],
     for name, app in apps.items():
         if refuses_unknown_fields(app.plan.input_schema):
             _close(resolved.get((name, "input")), components)
-    out: dict[str, tuple[Any, Any]] = {}
+    out: dict[str, tuple[Any, Any, Any]] = {}
     for name, app in apps.items():
-        request_schema = _routed_fields(app.plan, resolved.get((name, "input"), _ANY), components)
-        out[name] = (request_schema, _render(shapes[name], resolved))
+        plain = resolved.get((name, "input"), _ANY)
+        out[name] = (_routed_fields(app.plan, plain, components), _render(shapes[name], resolved), plain)
     return out, components
 
 

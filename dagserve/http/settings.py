@@ -205,6 +205,13 @@ class ServerConfig(BaseModel):
     stream_timeout: float | None = Field(None, gt=0)
     #: Where OpenTelemetry traces go (OTLP/HTTP, e.g. http://otel-collector:4318); docs/tracing.md.
     otlp_endpoint: str | None = None
+    #: The job queue (docs/jobs.md): a SQLite file, or a redis:// URL, and how jobs run.
+    jobs_db: str | None = None
+    jobs_store: str | None = None
+    jobs_ttl: float | None = Field(None, gt=0)
+    jobs_max_attempts: int | None = Field(None, ge=1)
+    jobs_concurrency: int | None = Field(None, ge=1)
+    jobs_lease: float | None = Field(None, gt=0)
 
     @field_validator("max_body_size", mode="before")
     @classmethod

@@ -34,7 +34,8 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
 ============================================  ====================================================
 
 Streams (generator nodes) have their own series: :mod:`dagserve.observe.stream_metrics`; multiplexed
-nodes' model caches theirs: :mod:`dagserve.observe.model_metrics`.
+nodes' model caches theirs: :mod:`dagserve.observe.model_metrics`; queued jobs too:
+:mod:`dagserve.observe.job_metrics`.
 
 Counters and histograms are updated after each request, on the App's event loop, in plain
 dicts under one lock; they become Prometheus families when the registry is scraped. (With
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from dagserve.observe.job_metrics import JobMetrics
 from dagserve.observe.model_metrics import ModelFamilies
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.server_timing import OUTCOMES, failing_node, outcome_of, trace_observer
@@ -120,6 +122,7 @@ class Metrics:
         self.registry.register(_LiveCollector(self))
         self.streams = StreamMetrics()  # observe/stream_metrics.py
         self.registry.register(self.streams)
+        self.registry.register(JobMetrics(self.apps))  # observe/job_metrics.py
 
     # -- wiring ------------------------------------------------------------------------------------
     def instrument(self, app: App) -> None:

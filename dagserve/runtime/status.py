@@ -58,12 +58,15 @@ class AppStatus:
     nodes still wait for replicas, say for room on the cluster).
 
     ``settings``: the backend's settings in force (on Ray, Serve's: those of the calling process
-    and those carried to the replicas; docs/cluster.md), empty when it has none."""
+    and those carried to the replicas; docs/cluster.md), empty when it has none. ``jobs``: the job
+    queue's figures once it is used (``queued``, ``running``, ``oldest_age_s``, ``running_here``,
+    ``concurrency``, ``store``; docs/jobs.md)."""
 
     graph: str
     backend: str
     nodes: dict[str, NodeStatus]
     settings: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -93,6 +96,7 @@ class AppStatus:
             "pending": self.pending,
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "settings": self.settings,
+            **({"jobs": self.jobs} if self.jobs is not None else {}),
         }
 
 

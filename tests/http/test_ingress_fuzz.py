@@ -56,6 +56,11 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
         '[[operations]]\ninclude-path-regex = "^/v2/models/[^/]+/infer$"\n'
         "checks.positive_data_acceptance.enabled = false\n"
         "warnings = false\n"  # and no warning that most generated bodies are refused: they are, rightly
+        # A job of a graph with file fields takes JSON only, without base64 decoding yet (docs/jobs.md):
+        # a schema-valid base64 body is refused there (422) until it does.
+        '[[operations]]\ninclude-path-regex = "^/strict_(upload|file_out)/jobs$"\n'
+        "checks.positive_data_acceptance.enabled = false\n"
+        "warnings = false\n"
     )
     cmd = [
         str(SCHEMATHESIS),
@@ -63,6 +68,14 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
         str(config),
         "run",
         f"{served}openapi.json",
+        # DELETE /-/jobs/{id} cancels a job and keeps its record (docs/jobs.md): it never deletes it.
+        "--exclude-checks",
+        "use_after_free",
+        # Every warning but missing_test_data: random job ids answer 404 (ids cannot be guessed).
+        "--warnings",
+        "missing_auth,base_url_mismatch,validation_mismatch,missing_deserializer,unused_openapi_auth,"
+        "unsupported_regex,method_not_allowed,unmatched_filter,unresolvable_reference,low_valid_rate,"
+        "rate_limited,dictionary_mismatch,timeout_units",
         "--max-time",
         str(FUZZ_SECONDS),
         "--seed",
@@ -77,7 +90,7 @@ def test_schemathesis_finds_no_failures_with_all_checks(served: str, tmp_path: P
     summary = proc.stdout[-3000:]
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert "No issues found" in summary, summary
-    # every operation was exercised: the graphs, the listing, the health routes, and per graph
-    # the OIP model, ready and infer routes, with the OIP server, live and ready routes (two of the
-    # graphs take files)
-    assert "30 selected / 30 total" in proc.stdout, summary
+    # every operation was exercised: the graphs, the listing, the health routes, per graph the OIP
+    # model, ready and infer routes with the OIP server, live and ready routes (two of the graphs
+    # take files), and the job routes (a submit per graph, a job's GET and DELETE, the listing)
+    assert "39 selected / 39 total" in proc.stdout, summary

@@ -77,7 +77,9 @@ async def test_single_graph_document_is_valid_openapi_31(deployed: list[dagserve
     validate(doc)
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["title"] == "dagserve: reviews"
-    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/reviews", "/-/healthz", "/-/ready"}
+    jobs = {"/jobs", "/reviews/jobs", "/-/jobs", "/-/jobs/{job_id}"}  # http/job_routes.py
+    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/reviews", "/-/healthz", "/-/ready"} | jobs
+    assert doc["paths"]["/jobs"]["post"]["operationId"] == "submit_reviews_root"
     assert {p for p in doc["paths"] if p.startswith("/v2")} == {  # the Open Inference Protocol (http/oip_rest.py)
         "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/reviews", "/v2/models/reviews/ready",
         "/v2/models/reviews/infer",
@@ -128,7 +130,8 @@ async def test_response_schema_follows_the_output_structure_and_annotations(depl
 async def test_several_graphs_with_a_token_document_listing_and_security(deployed: list[dagserve.App]) -> None:
     doc = await fetch(dagserve.asgi_app(deployed, token="t"))
     validate(doc)
-    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"}
+    jobs = {"/shaped/jobs", "/echo/jobs", "/reviews/jobs", "/-/jobs", "/-/jobs/{job_id}"}
+    assert {p for p in doc["paths"] if not p.startswith("/v2")} == {"/", "/shaped", "/echo", "/reviews", "/-/healthz", "/-/ready"} | jobs
     assert doc["paths"]["/v2/models/echo/infer"]["post"]["security"] == [{"bearerAuth": []}]
     assert "security" not in doc["paths"]["/v2/health/live"]["get"]
     assert doc["info"]["title"] == "dagserve"
