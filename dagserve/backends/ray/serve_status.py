@@ -320,13 +320,14 @@ def with_models(nodes: dict[str, NodeStatus], backend: Any) -> dict[str, NodeSta
         reports: dict[str, dict[str, Any] | None] = {}
         local = backend._local.get(name)
         pool = backend._direct.pools.get(name)
+        handle = backend._serve_handles.made(name)  # one the requests already use (transports.py)
         if local is not None:
-            reports = {r.id: model_report(r.instance) for r in local.replicas if not r.draining}
+            reports = {r.id: model_report(r.host.instance) for r in local.replicas if not r.draining}
         elif pool is not None and pool.usable:
             reports = pool.model_reports()
-        elif name in backend._handles and asyncio._get_running_loop() is None:
-            try:  # a handle the requests already use (one made here would bind Serve's router to this thread)
-                found = backend._handles[name].broadcast("dagserve_models").results(timeout_s=2.0)
+        elif handle is not None and asyncio._get_running_loop() is None:
+            try:  # (a handle made here would bind Serve's router to this thread)
+                found = handle.broadcast("dagserve_models").results(timeout_s=2.0)
             except Exception:  # noqa: BLE001 - status is best effort: a busy or gone replica gives none
                 found = []
             reports = {r["replica"]: r for r in found if isinstance(r, dict)}
