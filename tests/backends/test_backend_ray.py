@@ -580,7 +580,7 @@ def test_ingress_replicas_serve_http_through_serves_proxy_beside_another_graph(
             assert client.post(url + "/", json=41).status_code == 401
             bad = client.post(url + "/", content=b"{oops", headers={"content-type": "application/json", **auth})
             assert bad.status_code == 400 and bad.json()["error"]["type"] == "InvalidJSON"
-            assert client.get(url + "/-/ready").json() == {"ready": True, "graphs": {"neighbour": True}}
+            assert client.get(url + "/-/ready").json() == {"ready": True, "graphs": {"neighbour": True}, "pending": {}}
         assert other.call(1) == 2  # the App still runs the graph in this process too
         assert {"features", "neighbour"} <= serve_apps()
         with pytest.raises(DeployError, match=r"A graph named 'neighbour' is already deployed on this Ray"):
