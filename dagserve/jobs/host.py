@@ -73,7 +73,7 @@ class JobsHost:
         when called from one: where the App serves)."""
         with self._lock:
             queue = self._queue
-            if queue is None:
+            if queue is None or queue._closed:  # a server that served it stopped: open it again
                 queue = self._queue = JobQueue(
                     open_store(self.where), self._run, graphs=self._graphs, settings=self.settings,
                     encode=self._encode, capacity=self._capacity,
@@ -102,12 +102,16 @@ class JobsHost:
         return [Job(r.id, queue) for r in queue.list_sync(graph, status, limit, after)]
 
     def opened(self) -> JobQueue | None:
-        """The queue if it was used already (else ``None``: nothing is opened or started)."""
-        return self._queue
+        """The queue if it was used already and still runs (else ``None``: nothing is opened or started)."""
+        queue = self._queue
+        return queue if queue is not None and not queue._closed else None
 
     def stats(self, graph: str | None = None) -> dict[str, Any] | None:
         """The queue's figures, for ``graph`` or all its graphs (``None`` before it was first used)."""
-        return self._queue.stats(None if graph is None else [graph]) if self._queue is not None else None
+        queue = self._queue
+        if queue is None or queue._closed:
+            return None
+        return queue.stats(None if graph is None else [graph])
 
     def shutdown(self) -> None:
         """Stop the worker: jobs running here go back to the queue (or, when the loop is gone,
