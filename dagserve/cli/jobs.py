@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import functools
 import os
 import urllib.error
 import urllib.parse
@@ -58,8 +59,11 @@ def jobs_options(command: F) -> F:
     return command
 
 
-def jobs_store_for(options: dict[str, Any], host: str, port: int) -> tuple[str | None, JobSettings]:
-    """Pop the ``--jobs-*`` options: (the store for ``deploy(jobs_store=)``, the settings)."""
+def jobs_store_for(
+    options: dict[str, Any], host: str, port: int, say: Callable[[str], None] = functools.partial(click.echo, err=True)
+) -> tuple[str | None, JobSettings]:
+    """Pop the ``--jobs-*`` options: (the store for ``deploy(jobs_store=)``, the settings); ``say``
+    tells the user where jobs are kept when that is not where they might think."""
     db, store = options.pop("jobs_db"), options.pop("jobs_store")
     settings = JobSettings(
         ttl_s=options.pop("jobs_ttl"), max_attempts=options.pop("jobs_max_attempts"),
@@ -75,8 +79,7 @@ def jobs_store_for(options: dict[str, Any], host: str, port: int) -> tuple[str |
     if db:
         return os.path.expanduser(db), settings
     if port == 0:
-        click.echo("dagserve: jobs are kept in memory (--port 0 has no state file of its own; pass --jobs-db PATH).",
-                   err=True)
+        say("dagserve: jobs are kept in memory (--port 0 has no state file of its own; pass --jobs-db PATH).")
         return None, settings
     return str(default_db_path(host, port)), settings
 

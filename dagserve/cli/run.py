@@ -228,7 +228,7 @@ def run_command(target: str, **options: Any) -> None:
     endpoint = options.pop("otlp_endpoint")
     if endpoint:  # for the ingress and, read when the graphs deploy, for the Ray replicas
         os.environ[OTLP_ENDPOINT_ENV] = endpoint
-    options["jobs_store"], options["jobs"] = jobs_store_for(options, options["host"], options["port"])
+    options["jobs_store"], options["jobs"] = jobs_store_for(options, options["host"], options["port"], say)
     graphs = load_graphs(target, options.pop("app_dir"))
     check_config(config, graphs)  # every graph compiles with the file's node options
     server = server_options(options)  # before deploying: a refusal costs nothing
