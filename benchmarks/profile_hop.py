@@ -37,8 +37,8 @@ NATIVE_LAYER = "native code under Python: uvloop's loop and socket I/O, Ray's co
 LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("direct transport (frames, pickling, socket writes)", re.compile(r"backends/ray/direct/")),
     ("Ray runner (calls, results)", re.compile(r"backends/ray/")),
+    ("request scope (runtime/scope.py, app/)", re.compile(r"dagserve/runtime/scope\.py|dagserve/app/")),
     ("executor (the graph's dataflow)", re.compile(r"dagserve/runtime/")),
-    ("request scope (app.py)", re.compile(r"dagserve/app\.py")),
     ("dagserve ingress (http/)", re.compile(r"dagserve/http/")),
     ("Starlette (routing, request, response)", re.compile(r"starlette/")),
     ("uvicorn + httptools (HTTP parsing, transport)", re.compile(r"uvicorn/|httptools")),
