@@ -138,13 +138,19 @@ class Ingress:
                 logger.exception("preparing graph %r before serving failed", name)
 
     # -- routing ---------------------------------------------------------------------------------
-    def _routes(self) -> list[BaseRoute]:
+    def graph_routes(self, suffix: str, endpoint: Callable[[App], Any], route_name: str) -> list[BaseRoute]:
+        """A ``POST`` route per served graph at ``/<name><suffix>``, plus ``<suffix>`` (``/`` when
+        empty) for the only one when one graph is served; ``endpoint(app)`` makes each handler."""
         routes: list[BaseRoute] = []
         for name, app in self.apps.items():
-            endpoint = self._graph_endpoint(app)
+            handler = endpoint(app)
             if self.single:
-                routes.append(Route("/", endpoint, methods=["POST"], name="graph_root"))
-            routes.append(Route(f"/{name}", endpoint, methods=["POST"], name=f"graph:{name}"))
+                routes.append(Route(suffix or "/", handler, methods=["POST"], name=route_name))
+            routes.append(Route(f"/{name}{suffix}", handler, methods=["POST"], name=f"{route_name}:{name}"))
+        return routes
+
+    def _routes(self) -> list[BaseRoute]:
+        routes = self.graph_routes("", self._graph_endpoint, "graph")
         if not self.single:
             routes.append(Route("/", self._list_graphs, methods=["GET"], name="graphs"))
         routes += [

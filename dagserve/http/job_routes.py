@@ -87,13 +87,7 @@ class JobRoutes:
         self.ingress = ingress
 
     def routes(self) -> list[BaseRoute]:
-        ingress = self.ingress
-        routes: list[BaseRoute] = []
-        for name, app in ingress.apps.items():
-            submit = self._submit_endpoint(app)
-            if ingress.single:
-                routes.append(Route("/jobs", submit, methods=["POST"], name="jobs_submit"))
-            routes.append(Route(f"/{name}/jobs", submit, methods=["POST"], name=f"jobs_submit:{name}"))
+        routes = self.ingress.graph_routes("/jobs", self._submit_endpoint, "jobs_submit")
         routes += [
             Route(JOBS_PATH, self._list, methods=["GET"], name="jobs_list"),
             Route(JOBS_PATH + "/{job_id}", self._one, methods=["GET", "DELETE"], name="job"),
