@@ -21,7 +21,7 @@ class Classifier:
 
     async def __call__(self, crops: list[int]) -> list[str]:
         self.items += len(crops)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # long enough that concurrent calls queue behind a running batch
         return [f"c{c}{self.suffix}" for c in crops]
 
     async def seen(self) -> int:

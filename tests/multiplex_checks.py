@@ -96,7 +96,7 @@ def check_per_id_batches(app: Any) -> None:
         assert a["model"] == p["tenant"]
         assert p["x"] in a["batch"]
         assert all(item.startswith(a["model"]) for item in a["batch"])  # one id per batch
-    assert max(len(a["batch"]) for a in answers) > 1
+    assert max(len(a["batch"]) for a in answers) > 1, answers
 
 
 def check_bad_model_id(app: Any) -> None:
