@@ -33,6 +33,7 @@ Every message says what happened, where (the node's name) and how to fix it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 __all__ = [
@@ -338,3 +339,28 @@ class RenderError(DagserveError):
 
 class GraphvizNotFoundError(RenderError):
     """Graphviz's ``dot`` program is not on PATH; ``to_dot()`` still works without it."""
+
+
+#: Every value of the ``outcome`` label, in the order tables show them.
+OUTCOMES = ("ok", "client_error", "node_error", "timeout", "overloaded", "cancelled", "error")
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """The ``outcome`` label of a finished request: ``ok``, ``client_error`` (the caller's payload,
+    HTTP 4xx), ``node_error`` (a node raised), ``timeout``, ``overloaded`` (a queue was full),
+    ``cancelled`` (the caller went away) or ``error`` (anything else, e.g. a closed App)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, RequestError):
+        return "client_error"
+    if isinstance(error, NodeError):
+        return "node_error"
+    if isinstance(error, HTTPError):  # a status a node chose (or the ingress answered)
+        return "client_error" if error.status_code < 500 else "node_error"
+    if isinstance(error, RequestTimeoutError):
+        return "timeout"
+    if isinstance(error, OverloadedError):
+        return "overloaded"
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return "error"

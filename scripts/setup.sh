@@ -13,11 +13,12 @@ PYTHON=${PYTHON:-python3}
 mode=${1:-}
 
 # Debian package -> the command that shows it is installed.
-declare -A bin_of=([graphviz]=dot [wrk]=wrk [redis-server]=redis-server [chromium]=chromium)
+declare -A bin_of=([graphviz]=dot [wrk]=wrk [nghttp2-client]=h2load [redis-server]=redis-server [chromium]=chromium)
 want_debs=(graphviz)
-[[ $mode == --bench ]] && want_debs+=(wrk redis-server)
-# What the suite runs for real: a Redis server (the jobs store), a headless Chromium (pages).
-[[ $mode == --test ]] && want_debs+=(redis-server chromium)
+[[ $mode == --bench ]] && want_debs+=(wrk nghttp2-client redis-server)
+# What the suite runs for real: a Redis server (the jobs store), a headless Chromium (pages),
+# h2load (the gRPC benchmark's load, checked by a test).
+[[ $mode == --test ]] && want_debs+=(redis-server chromium nghttp2-client)
 
 missing=()
 for pkg in "${want_debs[@]}"; do

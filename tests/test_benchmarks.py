@@ -308,3 +308,17 @@ def test_multiplex_bench_draws_zipf_ids_and_computes_random_routing_loads() -> N
     assert simulate_random(["a", "a", "a"], replicas=1, slots=1) == 1
     assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=1) == 4
     assert simulate_random(["a", "b", "a", "b"], replicas=1, slots=2) == 2
+
+
+def test_multiplex_bench_bounds_the_hit_ratio_with_a_clairvoyant_cache() -> None:
+    from benchmarks.multiplex_bench import best_hit_ratio, simulate_random, zipf_ids
+
+    # Slots 2: a, b load; a hits; c evicts b (needed after a); a hits; b loads: 2 hits of 6.
+    assert best_hit_ratio(["a", "b", "a", "c", "a", "b"], 2) == 2 / 6
+    assert best_hit_ratio(["a"] * 4, 1) == 3 / 4
+    # Never below an LRU of the same slots in one place (random routing over 1 replica).
+    ids = zipf_ids(32, 2000)
+    assert best_hit_ratio(ids, 16) >= 1 - simulate_random(ids, replicas=1, slots=16) / len(ids)
+    # The workload: 4,000 measured requests after the 200 of the warm-up, 16 slots.
+    measured = zipf_ids(32, 4200)[200:]
+    assert best_hit_ratio(measured, 16) + 16 / 4000 < 0.9

@@ -70,6 +70,13 @@ class Backend(abc.ABC):
         """
         return {}
 
+    def handle_calls(self) -> dict[tuple[str, str, str], list[float]]:
+        """The calls nodes made through handles, one observation each, as latency histograms by
+        ``(graph, node, outcome)`` (runtime/call_stats.py): those made in the App's process and,
+        where replicas run elsewhere (Ray), by the live replicas, summed. Read when metrics are
+        scraped (blocking). ``{}`` for a backend without handles."""
+        return {}
+
     def direct_transport_refusals(self) -> dict[tuple[str, str, str], int]:
         """``(node, side, reason) -> count``: peers and connections a transport of the backend's
         own refused (the Ray backend's direct transport: limits, peers of another user, failed

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagserve.backends.base import Backend
+from dagserve.runtime.call_stats import merge as merge_calls
 from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.node_host import InProcessNode, InProcessReplica
 from dagserve.runtime.multiplex import model_report
@@ -110,6 +111,9 @@ class LocalBackend(Backend):
 
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         return {name: dict(d.batch_counts) for name, d in list(self._deployments.items()) if d.batch_counts}
+
+    def handle_calls(self) -> dict[tuple[str, str, str], list[float]]:
+        return merge_calls([self._handles.stats.snapshot()])
 
     def ongoing(self) -> dict[str, int]:
         # Read from another thread while the loop runs: plain ints and a list copy, never wrong by more than a call.

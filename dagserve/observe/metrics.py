@@ -19,9 +19,12 @@ What is exported (``graph`` is the graph's name, ``node`` a deployment's name as
 ``dagserve_requests_in_flight``               gauge ``{graph}``: requests running now
 ``dagserve_node_requests_total``              counter ``{graph, node, outcome}``: node calls; the
                                               node an error names gets that outcome, the other
-                                              nodes of a failed request get ``aborted``
+                                              nodes of a failed request get ``aborted``; a
+                                              call through a handle counts with its own outcome
 ``dagserve_node_latency_seconds``             histogram ``{graph, node}``: one observation per call
-                                              (the node's own time: from its inputs being ready)
+                                              (the node's own time: from its inputs being ready),
+                                              calls through handles too, on every backend (the
+                                              caller's time; ``Node.method`` for another method)
 ``dagserve_batch_size``                       histogram ``{graph, node}``: sizes of the batches
                                               batched nodes ran (from the backend)
 ``dagserve_replicas``                         gauge ``{graph, node, state}``: ``target``,
@@ -48,7 +51,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,7 @@ from dagserve.observe.job_metrics import JobMetrics
 from dagserve.observe.model_metrics import ModelFamilies
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.server_timing import OUTCOMES, failing_node, outcome_of, trace_observer
+from dagserve.runtime.call_stats import LATENCY_BUCKETS, new_histogram, observe
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -86,8 +89,6 @@ Endpoint = Callable[["Request"], Awaitable["Response"]]
 #: ``Content-Type`` of :func:`render_metrics`'s output.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-#: Seconds; from a 1 ms business-logic node to a minute-long generation.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Batch sizes; powers of two, as batch limits usually are.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -147,11 +148,28 @@ class Metrics:
             return list(self._apps)
 
     def node_counts(self, graph: str) -> dict[str, dict[str, int]]:
-        """Per node of ``graph``: ``{"requests": calls, "errors": calls that failed there}``."""
+        """Per node of ``graph``: ``{"requests": calls, "errors": calls that failed there}``, the
+        calls through handles included (blocking: on Ray it asks the replicas; call it from a thread)."""
         out: dict[str, dict[str, int]] = {}
         for (g, node), (calls, errors) in list(self._counts.items()):
             if g == graph:
                 out[node] = {"requests": calls, "errors": errors}
+        for app in self.apps():
+            if app.name != graph:
+                continue
+            try:
+                calls = app.backend.handle_calls()
+            except Exception as exc:  # noqa: BLE001 - best effort, as at scrape time
+                log.warning("Reading the handle calls of graph %r failed: %s", graph, exc)
+                break
+            for (g, node, outcome), h in calls.items():
+                if g == graph:
+                    n = int(sum(h[:-1]))
+                    into = out.setdefault(node, {"requests": 0, "errors": 0})
+                    into["requests"] += n
+                    if outcome in ERROR_OUTCOMES:
+                        into["errors"] += n
+            break
         return out
 
     def request_counts(self, graph: str) -> dict[str, int]:
@@ -189,7 +207,10 @@ class Metrics:
             requests[key] = requests.get(key, 0) + 1
             _observe(self._request_latency, (graph,), seconds)
             node_requests = self._node_requests
+            through = ctx.through_handles
             for step, secs in ctx.timings.items():
+                if through is not None and step in through and step not in nodes:
+                    continue  # calls through handles: counted one by one (Backend.handle_calls)
                 s = series.get(step)
                 if s is None:
                     s = series[step] = self._node_series(graph, nodes.get(step, step))
@@ -206,8 +227,7 @@ class Metrics:
                         s.counts[1] += 1
                 node_requests[key] = node_requests.get(key, 0) + 1
                 h = s.latency
-                h[bisect_left(LATENCY_BUCKETS, secs)] += 1  # as _observe
-                h[-1] += secs
+                observe(h, secs)
                 s.counts[0] += 1
             for step, branch in ctx.route.items():
                 key = (graph, step, branch)
@@ -220,7 +240,7 @@ class Metrics:
         """Node ``node``'s latency histogram and totals (created now if new); hold ``_series_lock``."""
         latency = self._node_latency.get((graph, node))
         if latency is None:
-            latency = self._node_latency[(graph, node)] = _new_histogram()
+            latency = self._node_latency[(graph, node)] = new_histogram()
         counts = self._counts.setdefault((graph, node), [0, 0])
         return _NodeSeries(graph, node, latency, counts)
 
@@ -236,18 +256,12 @@ class Metrics:
             )
 
 
-def _new_histogram() -> list[float]:
-    """Per-bucket (not cumulative) counts, then +Inf, then the sum."""
-    return [0.0] * (len(LATENCY_BUCKETS) + 2)
-
-
 def _observe(series: dict[tuple[str, ...], list[float]], key: tuple[str, ...], value: float) -> None:
-    """One histogram observation."""
+    """One histogram observation (per-bucket counts, then +Inf, then the sum: runtime/call_stats.py)."""
     h = series.get(key)
     if h is None:
-        h = series[key] = _new_histogram()
-    h[bisect_left(LATENCY_BUCKETS, value)] += 1  # the first bucket whose bound is >= value (le)
-    h[-1] += value
+        h = series[key] = new_histogram()
+    observe(h, value)
 
 
 class _NodeSeries:
@@ -305,6 +319,7 @@ class _RequestCollector:
 
     def collect(self) -> Iterator[Metric]:
         requests, request_latency, node_requests, node_latency, routes, skipped = self._metrics._snapshot()
+        _add_handle_calls(self._metrics.apps(), node_requests, node_latency)
         req_f, req_lat_f, node_f, node_lat_f, route_f, skipped_f = self._families()
         for labels, value in requests.items():
             req_f.add_metric(list(labels), value)
@@ -319,6 +334,32 @@ class _RequestCollector:
         for labels, value in skipped.items():
             skipped_f.add_metric(list(labels), value)
         yield from (req_f, req_lat_f, node_f, node_lat_f, route_f, skipped_f)
+
+
+def _add_handle_calls(
+    apps: list[App], node_requests: dict[tuple[str, ...], int], node_latency: dict[tuple[str, ...], list[float]]
+) -> None:
+    """Add to the node series the calls nodes made through handles, one observation per call
+    (``Backend.handle_calls``: made in this process or by replicas elsewhere), each under the graph
+    of the request it served. A graph's App reads them from the backend it shares with the other
+    graphs deployed with it, and takes its own graph's only. Each call counts with its own outcome."""
+    for app in apps:
+        try:
+            calls = app.backend.handle_calls()
+        except Exception as exc:  # a node being torn down must not break the whole scrape
+            log.warning("Reading the handle calls of graph %r for metrics failed: %s", app.name, exc)
+            continue
+        for (graph, node, outcome), h in calls.items():
+            if graph != app.name:
+                continue
+            key = (graph, node, outcome)
+            node_requests[key] = node_requests.get(key, 0) + int(sum(h[:-1]))
+            into = node_latency.get((graph, node))
+            if into is None:
+                node_latency[(graph, node)] = list(h)
+            else:
+                for i, v in enumerate(h):
+                    into[i] += v
 
 
 def _cumulative(h: list[float]) -> list[tuple[str, float]]:

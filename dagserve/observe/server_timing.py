@@ -14,13 +14,12 @@ that metrics and logs share. Standard library only: importing it costs nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagserve._errors import HTTPError, NodeError, OverloadedError, RequestError, RequestTimeoutError
+from dagserve._errors import OUTCOMES, outcome_of
 from dagserve.runtime.composite_steps import SKIPPED_HEADER
 
 if TYPE_CHECKING:
@@ -45,32 +44,8 @@ logger = logging.getLogger("dagserve.trace")
 #: Request header asking for the per-node timings in the response (any of 1/true/yes/on).
 TRACE_HEADER = "x-dagserve-trace"
 
-#: Every value of the ``outcome`` label, in the order tables show them.
-OUTCOMES = ("ok", "client_error", "node_error", "timeout", "overloaded", "cancelled", "error")
-
 # RFC 9110 token characters; Server-Timing metric names must be tokens.
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
-
-
-def outcome_of(error: BaseException | None) -> str:
-    """The ``outcome`` label of a finished request: ``ok``, ``client_error`` (the caller's payload,
-    HTTP 4xx), ``node_error`` (a node raised), ``timeout``, ``overloaded`` (a queue was full),
-    ``cancelled`` (the caller went away) or ``error`` (anything else, e.g. a closed App)."""
-    if error is None:
-        return "ok"
-    if isinstance(error, RequestError):
-        return "client_error"
-    if isinstance(error, NodeError):
-        return "node_error"
-    if isinstance(error, HTTPError):  # a status a node chose (or the ingress answered)
-        return "client_error" if error.status_code < 500 else "node_error"
-    if isinstance(error, RequestTimeoutError):
-        return "timeout"
-    if isinstance(error, OverloadedError):
-        return "overloaded"
-    if isinstance(error, asyncio.CancelledError):
-        return "cancelled"
-    return "error"
 
 
 def failing_node(error: BaseException | None) -> str | None:

@@ -88,6 +88,12 @@ class RequestContext:
     #: The request's default model id (HTTP: the ``x-dagserve-model-id`` header): what a
     #: multiplexed node's ``model_id=`` reading a payload field gets when the payload lacks it.
     model_id: str | None = None
+    #: The graph the request runs (the scope sets it): calls through handles that replicas make
+    #: elsewhere count under it (runtime/call_stats.py).
+    graph: str | None = None
+    #: Names in ``timings`` that calls through handles made (None: none yet); metrics count those
+    #: calls one by one from the caller's ``CallStats`` instead (runtime/call_stats.py).
+    through_handles: set[str] | None = None
 
 
 def select(value: Any, key: Any) -> Any:

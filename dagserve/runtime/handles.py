@@ -28,10 +28,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dagserve._errors import DagserveError, NodeError, RequestTimeoutError
+from dagserve._errors import DagserveError, NodeError, RequestTimeoutError, outcome_of
 from dagserve.compiler.handle_refs import HandleRef
 from dagserve.compiler.plan import Step
 from dagserve.graph.leaves import any_leaf, map_leaves
+from dagserve.runtime.call_stats import CallStats
 from dagserve.runtime.request_id import current_request_id, reset_request_id, set_request_id
 
 if TYPE_CHECKING:
@@ -205,6 +206,11 @@ class InProcessHandles:
         self._caller = caller
         self._holds: dict[int, tuple[Step, bool]] = {}  # id(step) -> (step, its templates hold refs)
 
+    @property
+    def stats(self) -> CallStats:
+        """The calls made through these handles (:attr:`RunnerCaller.stats`)."""
+        return self._caller.stats
+
     def resolve(self, value: Any) -> Any:
         return resolve_handles(value, lambda ref: Handle(ref.deployment, self._caller))
 
@@ -242,7 +248,9 @@ class InProcessHandles:
 class RunnerCaller:
     """Handle calls through an App's :class:`~dagserve.runtime.executor.Runner`, as the executor
     makes call steps: the callee's slots, queue, batching and ``timeout_s`` apply, the call's
-    time goes into the request's timings under the callee's name, and errors name it."""
+    time goes into the request's timings under the callee's name (and ``through_handles``), and
+    errors name it. Each call is also one observation in :attr:`stats` (metrics count calls
+    through handles from there, on every backend alike: runtime/call_stats.py)."""
 
     def __init__(
         self,
@@ -254,6 +262,8 @@ class RunnerCaller:
         self._spec = spec
         self.loop = loop  # type: ignore[method-assign]
         self._steps: dict[tuple[str, str], Step] = {}
+        #: The calls made, by (graph, callee, outcome).
+        self.stats = CallStats()
 
     def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         step = self._steps.get((deployment, method))
@@ -271,14 +281,22 @@ class RunnerCaller:
         left = time_left(ctx, step.name)
         token = set_request_id(ctx.request_id)
         start = time.perf_counter()
+        error: BaseException | None = None
         try:
             pending = self._runner().call(step, args, kwargs, ctx)
             timeout = self._spec(step.deployment).options.timeout_s  # type: ignore[arg-type]
             return await bounded(pending, step.name, ctx.request_id, left, timeout)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             reset_request_id(token)
             elapsed = time.perf_counter() - start
             ctx.timings[step.name] = ctx.timings.get(step.name, 0.0) + elapsed
+            if ctx.through_handles is None:
+                ctx.through_handles = set()
+            ctx.through_handles.add(step.name)
+            self.stats.record(ctx.graph or "", step.name, outcome_of(error), elapsed)
 
 
 def time_left(ctx: RequestContext | None, name: str) -> float | None:

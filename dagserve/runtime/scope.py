@@ -57,6 +57,11 @@ class ScopeOwner(Protocol):
     observers: list[RequestObserver]
     tracing: RequestTracing | None
 
+    @property
+    def name(self) -> str:
+        """The graph's name."""
+        ...
+
 
 class RequestScope:
     """One request from its start to its end (see the module's docstring).
@@ -76,6 +81,8 @@ class RequestScope:
         self._ended = False
         if timeout_s is not None and ctx.deadline is None:
             ctx.deadline = time.monotonic() + timeout_s
+        if ctx.graph is None:
+            ctx.graph = owner.name
 
     def begin(self) -> None:
         """The request starts: counted in flight, its span opened (traces exported only).

@@ -262,7 +262,7 @@ async def test_replica_stats_reads_every_replica(directory: str) -> None:
     servers = [await serve(directory, f"r{i}") for i in range(2)]
     try:
         stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
-        assert stats == [{"batches": {4: 0}, "refusals": {}}] * 2
+        assert stats == [{"batches": {4: 0}, "refusals": {}, "handle_calls": []}] * 2
     finally:
         for s, _ in servers:
             s.close()

@@ -14,7 +14,9 @@ import pytest
 
 import dagserve
 from dagserve import HandleError, NodeError, RequestTimeoutError
+from dagserve.observe.metrics import Metrics, instrument
 
+from .. import handle_checks as hc
 from .. import handle_graphs as hg
 
 pytestmark = pytest.mark.ray
@@ -146,3 +148,16 @@ def test_graphs_deployed_together_share_replicas_and_nested_graphs_run(app: dags
     assert [d.name for d in app.plan.deployments].count("Counter") == 1
     with pytest.raises(NodeError, match=r"Node 'review/sentiment' raised ValueError: boom"):
         app.call({"review": {"text": "boom"}}, graph="outer")
+
+
+def test_calls_replicas_make_through_handles_are_node_calls_in_the_metrics(app: dagserve.App) -> None:
+    # FanOut's replicas call from their own processes; their figures come with the replicas' STATS.
+    hc.check_calls_through_handles_are_node_calls(app, _named(app, "fan_out", hg.Classifier), _named(app, "fan_out", hg.Tools))
+    # An inline node holding handles calls from this process: its calls count under its own graph.
+    metrics = Metrics()
+    instrument(app.graphs["inline_holders"], metrics)
+    before, _ = hc.node_series(metrics)
+    app.graphs["inline_holders"].call(2)
+    after, _ = hc.node_series(metrics)
+    classifier = _named(app, "fan_out", hg.Classifier)
+    assert after.get(("inline_holders", classifier, "ok"), 0) - before.get(("inline_holders", classifier, "ok"), 0) == 1

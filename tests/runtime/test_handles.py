@@ -10,6 +10,7 @@ import dagserve
 from dagserve import CompileError, GraphError, HandleError, RequestTimeoutError
 from dagserve.compiler.handle_refs import HandleRef
 
+from .. import handle_checks as hc
 from .. import handle_graphs as hg
 
 
@@ -142,3 +143,10 @@ def test_sync_code_holding_or_given_handles_never_runs_inline_on_the_loop() -> N
         assert [r.host.sync.modes() for r in app.backend._deployments["SyncUser"].replicas] == [{"__call__": "threads"}]
         # Given a handle per call: each such call runs on a thread, so it never proves itself fast.
         assert [r.host.sync.modes() for r in app.backend._deployments["use_handle"].replicas] == [{"__call__": "probing"}]
+
+
+def test_calls_through_handles_are_node_calls_in_the_metrics() -> None:
+    classifier, tools = hg.Classifier(), hg.Tools()
+    graphs = [hg.fan_out_graph(classifier, tools), hg.retry_graph(tools=tools)]
+    with dagserve.deploy(graphs, backend="local") as group:
+        hc.check_calls_through_handles_are_node_calls(group, "Classifier", "Tools")

@@ -49,6 +49,7 @@ from dagserve.backends.ray.serve_options import (
     deployment_options,
     replica_spec,
 )
+from dagserve.runtime.call_stats import merge as merge_calls
 from dagserve.runtime.handles import InProcessHandles, RunnerCaller
 from dagserve.runtime.status import AppStatus
 from dagserve.runtime.streaming import stream_readers
@@ -325,6 +326,19 @@ class RayBackend(Backend):
                 out[name] = counts
         return out
 
+    def handle_calls(self) -> dict[tuple[str, str, str], list[float]]:
+        """The calls through handles that inline nodes made here and the replicas of the other
+        nodes holding handles made, summed over those live now (runtime/call_stats.py)."""
+        plan = self._plan
+        if plan is None or not self._deployed or self._closed:
+            return {}
+        found: list[Any] = [self._inline_handles.stats.snapshot()]  # inline nodes' calls, made here
+        for name in sorted({caller for caller, _ in plan.calls}):
+            spec = self._specs.get(name)
+            if spec is not None and not spec.inline:
+                found.extend(self._replica_figures(name, "handle_calls", "dagserve_handle_calls"))
+        return merge_calls(found)
+
     async def prepare(self, timeout_s: float) -> None:  # the direct pools, connected (DirectRouting.prepare)
         live = [] if self._closed else [s for s in self._specs.values() if not s.inline]
         await self._direct.prepare(live, self._app_name or "", timeout_s)
@@ -526,24 +540,28 @@ class RayBackend(Backend):
                 )
 
     def _remote_batch_counts(self, name: str) -> dict[int, int]:
-        found = self._direct.stats(name, self._app_name or "", self._loop)  # the direct transport's STATS
+        return _sum_counts(self._replica_figures(name, "batches", "dagserve_batch_counts"))
+
+    def _replica_figures(self, name: str, key: str, method: str) -> list[Any]:
+        """Figure ``key`` of every live replica of node ``name``: from the direct transport's
+        ``STATS`` (``ReplicaServer.stats``), else by calling the replicas' ``method``."""
+        found = self._direct.stats(name, self._app_name or "", self._loop)
         if found:
-            return _sum_counts([f["batches"] for f in found])
+            return [f.get(key) for f in found]
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
         handle = self._serve_handles.made(name)
         if handle is None:
-            return {}  # no request reached the node through this App yet: no batches either
+            return []  # no request reached the node through this App yet: no figures either
         try:
-            response = handle.broadcast("dagserve_batch_counts")
-            results = response.results(timeout_s=2.0)
+            response = handle.broadcast(method)
+            return list(response.results(timeout_s=2.0))
         except Exception:  # noqa: BLE001 - metrics are best effort; a busy or gone replica gives none
-            return {}
-        return _sum_counts(results)
+            return []
 
 
-def _sum_counts(results: list[dict[int, int]]) -> dict[int, int]:
-    return dict(sum((Counter({int(k): int(n) for k, n in c.items()}) for c in results), Counter()))
+def _sum_counts(results: list[dict[int, int] | None]) -> dict[int, int]:
+    return dict(sum((Counter({int(k): int(n) for k, n in c.items()}) for c in results if c), Counter()))
 
 
 _LOGGING = {"enable_access_log": False}

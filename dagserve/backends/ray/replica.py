@@ -219,6 +219,7 @@ class NodeReplica:
             stream=self._stream,
             tcp_host=host,
             auth_key=key,
+            handle_calls=self._caller.stats.snapshot,
         )
         entry = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id, node_id)
         self._announced: tuple[str, str, str, str] | None = None
@@ -354,6 +355,11 @@ class NodeReplica:
     def dagserve_batch_counts(self) -> dict[int, int]:
         """How many batches of each size this replica ran (read by ``Backend.batch_sizes``)."""
         return dict(self._host.batch_counts)
+
+    def dagserve_handle_calls(self) -> list[list[Any]]:
+        """The calls this replica's node made through handles (``CallStats.snapshot``), for
+        ``Backend.handle_calls`` when the direct transport is off."""
+        return self._caller.stats.snapshot()
 
     def dagserve_models(self) -> dict[str, Any] | None:
         """A multiplexed node's models: held ids and counters (``ModelCache.report()``), else ``None``."""

@@ -18,6 +18,7 @@ import contextvars
 import time
 from typing import TYPE_CHECKING, Any
 
+from dagserve._errors import outcome_of
 from dagserve.compiler.handle_refs import HandleRef
 from dagserve.runtime.handles import (
     Handle,
@@ -30,12 +31,14 @@ from dagserve.runtime.handles import (
 )
 from dagserve.backends.ray.header import CallHeader
 from dagserve.backends.ray.transports import ServeTransport, Transport, choose_transport
+from dagserve.runtime.call_stats import CallStats
 from dagserve.runtime.request_id import current_request_id, new_request_id
 from dagserve.runtime.tracing import current_traceparent
 
 if TYPE_CHECKING:
     from dagserve.backends.ray.direct_routing import DirectRouting
     from dagserve.compiler.plan import DeploymentSpec, Step
+    from dagserve.runtime.executor import RequestContext
 
 __all__ = ["CallExtras", "ReplicaCaller", "enter_call"]
 
@@ -52,7 +55,7 @@ class CallExtras:
         #: Deployment reached through handles -> its timeout_s in force (set by the backend).
         self.timeouts: dict[str, float | None] = {}
 
-    def __call__(self, step: Step, spec: DeploymentSpec, deadline: float | None) -> dict[str, Any] | None:
+    def __call__(self, step: Step, spec: DeploymentSpec, ctx: RequestContext) -> dict[str, Any] | None:
         seen = self._seen.get(id(step))
         if seen is None or seen[0] is not step or seen[1] is not spec:
             args = holds_handles((step.args, dict(step.kwargs)))
@@ -60,8 +63,8 @@ class CallExtras:
             seen = self._seen[id(step)] = (step, spec, args, holder)
         if not (seen[2] or seen[3]):
             return None
-        left = None if deadline is None else deadline - time.monotonic()
-        return {"handles": seen[2], "deadline_s": left, "timeouts": self.timeouts}
+        left = None if ctx.deadline is None else ctx.deadline - time.monotonic()
+        return {"handles": seen[2], "deadline_s": left, "timeouts": self.timeouts, "graph": ctx.graph}
 
 
 def enter_call(
@@ -80,14 +83,22 @@ def enter_call(
     from dagserve.runtime.executor import RequestContext
 
     left = extras.get("deadline_s")
-    ctx = RequestContext(request_id=header.request_id, deadline=None if left is None else time.monotonic() + left)
+    graph = extras.get("graph")
+    ctx = RequestContext(
+        request_id=header.request_id,
+        deadline=None if left is None else time.monotonic() + left,
+        graph=graph if isinstance(graph, str) else None,
+    )
     return args, kwargs, enter_request(ctx)
 
 
 class ReplicaCaller:
     """A replica's handle calls, to the callee's replicas over the transport
     :func:`~dagserve.backends.ray.transports.choose_transport` picks, as for every other call:
-    the replica's own direct pools (``peers``) where they apply, else Serve's ``DeploymentHandle``."""
+    the replica's own direct pools (``peers``) where they apply, else Serve's ``DeploymentHandle``.
+
+    Each call's time and outcome go into :attr:`stats` under the graph of the request it serves
+    (the replica sends them with its ``STATS``: ``Backend.handle_calls``, observe/metrics.py)."""
 
     def __init__(self, peers: DirectRouting | None = None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +107,8 @@ class ReplicaCaller:
         self._serve: dict[str, ServeTransport] = {}
         self._timeouts: dict[str, float | None] = {}
         self._bounds: dict[str, tuple[int, int | None] | None] = {}
+        #: The calls made, by (graph, callee, outcome).
+        self.stats = CallStats()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The replica's event loop: sync node code in worker threads sends its calls there."""
@@ -143,11 +156,20 @@ class ReplicaCaller:
         ctx = current_request()
         request_id = ctx.request_id if ctx is not None else (current_request_id() or new_request_id())
         left = time_left(ctx, name)
-        extras = {"handles": holds_handles((args, kwargs)), "deadline_s": left, "timeouts": self._timeouts}
+        graph = ctx.graph if ctx is not None else None
+        extras = {"handles": holds_handles((args, kwargs)), "deadline_s": left, "timeouts": self._timeouts, "graph": graph}
         header = CallHeader(method, name, request_id, current_traceparent(), extras)
-        response = self.transport(deployment).call(header, args, kwargs)
-        timeout = self._timeouts.get(deployment)
-        return await bounded(response, name, request_id, left, timeout, unwrap=_cause, cancel=response.cancel)
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            response = self.transport(deployment).call(header, args, kwargs)
+            timeout = self._timeouts.get(deployment)
+            return await bounded(response, name, request_id, left, timeout, unwrap=_cause, cancel=response.cancel)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.stats.record(graph or "", name, outcome_of(error), time.perf_counter() - start)
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -432,7 +432,7 @@ class RayRunner:
             step.name,
             ctx.request_id,
             call_traceparent(ctx),
-            self._extras(step, b._specs[name], ctx.deadline),
+            self._extras(step, b._specs[name], ctx),
         )
         return _Pending(b._transport(name), b._specs[name], step, header, args, kwargs, ctx)
 

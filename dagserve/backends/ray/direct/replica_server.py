@@ -54,7 +54,8 @@ class ReplicaServer:
     """Serves one replica's calls on a Unix socket (runs on the replica's event loop).
 
     ``dispatch(header, args, kwargs)`` runs one call (the replica's node code); ``stats()``
-    answers ``STATS`` frames (batch counts; :meth:`stats` adds the refusals). ``limit()`` is the replica's ``max_ongoing_requests``
+    answers ``STATS`` frames (batch counts; :meth:`stats` adds the refusals and, given
+    ``handle_calls``, the calls the node made through handles: runtime/call_stats.py). ``limit()`` is the replica's ``max_ongoing_requests``
     (read per call: Serve changes it in place), over the direct calls and the calls Serve routes
     here (which take their slot with :meth:`admit`); a direct call past it is refused (``BUSY``).
     """
@@ -70,6 +71,7 @@ class ReplicaServer:
         stream: Callable[[Any, tuple[Any, ...], dict[str, Any]], AsyncIterator[Any]] | None = None,
         tcp_host: str | None = None,
         auth_key: bytes | None = None,
+        handle_calls: Callable[[], Any] | None = None,
     ) -> None:
         if tcp_host is not None and not auth_key:
             raise ValueError("the cross-node listener needs the cluster's token (no unauthenticated pickle on TCP)")
@@ -85,6 +87,7 @@ class ReplicaServer:
         #: ``stream(header, args, kwargs)``: a generator node's items (``STREAM`` frames).
         self._stream = stream
         self._stats = stats
+        self._handle_calls = handle_calls
         self.limit: Callable[[], int] = limit or _unlimited
         self.limits = limits or FrameLimits()
         self._server: asyncio.AbstractServer | None = None
@@ -104,8 +107,10 @@ class ReplicaServer:
         self._models_frame: bytes | None = None
 
     def stats(self) -> dict[str, Any]:
-        """What a ``STATS`` frame answers: ``batches`` (the replica's batch counts) and ``refusals``."""
-        return {"batches": self._stats(), "refusals": dict(self.transport_refusals)}
+        """What a ``STATS`` frame answers: ``batches`` (the replica's batch counts), ``refusals``
+        and ``handle_calls`` (``CallStats.snapshot``; empty without ``handle_calls``)."""
+        calls = self._handle_calls() if self._handle_calls is not None else []
+        return {"batches": self._stats(), "refusals": dict(self.transport_refusals), "handle_calls": calls}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
