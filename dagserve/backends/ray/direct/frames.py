@@ -43,8 +43,10 @@ __all__ = [
     "STREAM_WINDOW",
     "FrameLimits",
     "Framed",
+    "call_payload",
     "dumps",
     "loads",
+    "read_call",
     "same_user",
     "step_of",
     "too_large",
@@ -95,6 +97,18 @@ def dumps(obj: Any) -> bytes:
     from ray import cloudpickle
 
     return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+def call_payload(header: CallHeader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A call's frame body: its header as a plain tuple, then its arguments. (A ``NamedTuple``
+    pickles with its class, by name: 1.7 µs against 0.4 µs for the tuple, on each call.)"""
+    return dumps((tuple(header), args, kwargs))
+
+
+def read_call(payload: bytes) -> tuple[CallHeader, tuple[Any, ...], dict[str, Any]]:
+    """What :func:`call_payload` wrote: the header (a :class:`CallHeader` again), args, kwargs."""
+    header, args, kwargs = loads(payload)
+    return CallHeader(*header), args, kwargs
 
 
 def loads(data: bytes) -> Any:

@@ -40,6 +40,7 @@ from dagserve.backends.ray.direct.frames import (
     STREAM_WINDOW,
     Framed,
     FrameLimits,
+    call_payload,
     dumps,
     loads,
     step_of,
@@ -358,7 +359,7 @@ class DirectPool:
         a multiplexed node's model id, which chooses the replica."""
         step = step_of(header)
         try:
-            payload = dumps((header, args, kwargs))
+            payload = call_payload(header, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - unpicklable arguments fail this call only
             payload = b""
             error: BaseException | None = exc

@@ -37,7 +37,7 @@ from dagserve.backends.ray.direct.frames import (
     Framed,
     FrameLimits,
     dumps,
-    loads,
+    read_call,
     step_of,
     too_large,
 )
@@ -294,7 +294,7 @@ class _ServerConn(Framed):
         the caller cannot load fails that call only."""
         header: Any = None
         try:
-            header, args, kwargs = loads(payload)
+            header, args, kwargs = read_call(payload)
             value = await self.server._dispatch(header, args, kwargs)
             try:
                 status, data = OK, dumps(value)
@@ -317,7 +317,7 @@ class _ServerConn(Framed):
         header: Any = None
         items: Any = None
         try:
-            header, args, kwargs = loads(payload)
+            header, args, kwargs = read_call(payload)
             if self.server._stream is None:
                 raise RuntimeError("this replica serves no streams over the direct transport")
             items = self.server._stream(header, args, kwargs)
