@@ -124,6 +124,9 @@ class Batcher:
         self._timer: asyncio.Handle | None = None
         self._busy = False
         self.batch_sizes: list[int] = []  # recent sizes, for tests and metrics
+        #: The size of the batch whose callers were answered last (what they read when they resume:
+        #: the next batch may have started already, see :meth:`_execute`).
+        self.answered = 0
 
     async def submit(self, item: Any, model_id: str | None = None) -> Any:
         loop = asyncio.get_running_loop()
@@ -170,6 +173,7 @@ class Batcher:
         self, batch: list[tuple[Any, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop, model_id: str | None = None
     ) -> None:
         token = set_model_id(model_id) if model_id is not None else None  # this task's own context
+        ended = False
         try:
             size = len(batch)
             self.batch_sizes.append(size)
@@ -185,19 +189,36 @@ class Batcher:
                         f.cancel()
                     raise
                 # SystemExit/KeyboardInterrupt from node code fail the batch's requests, not the loop.
+                self.answered = size
                 for _, f in batch:
                     if not f.done():
                         f.set_exception(exc)
                 return
-            for (_, f), r in zip(batch, results, strict=True):
-                if not f.done():
-                    f.set_result(r)
+            # The next batch is due before this one's callers are answered: its start goes first on
+            # the loop, so the model does not sit idle while the callers' code (their answers, on
+            # the local backend whole HTTP responses) runs.
+            self._ended(loop, size)
+            ended = True
+            loop.call_soon(self._answer, batch, results)
         finally:
             if token is not None:
                 reset_model_id(token)
-            now = self._clock()
-            self._busy = False
-            self.window.batch_ended(now)
-            self.window.left(len(batch), now)
-            if self._queue:
-                self._arm(loop, now)
+            if not ended:
+                self._ended(loop, len(batch))
+
+    def _answer(self, batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+        """Each caller of a finished batch gets its result (unless it gave up meanwhile). Their
+        code runs next, before any other batch is answered: :attr:`answered` is their batch's size."""
+        self.answered = len(batch)
+        for (_, f), r in zip(batch, results, strict=True):
+            if not f.done():
+                f.set_result(r)
+
+    def _ended(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        """A batch of ``size`` calls finished: the next one is armed (started at once when due)."""
+        now = self._clock()
+        self._busy = False
+        self.window.batch_ended(now)
+        self.window.left(size, now)
+        if self._queue:
+            self._arm(loop, now)

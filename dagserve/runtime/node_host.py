@@ -186,7 +186,7 @@ class NodeHost:
     def last_batch_size(self, method: str) -> int | None:
         """The size of the batch ``method``'s last call ran in (``None``: not batched, or none yet)."""
         batcher = self.batchers.get(method)
-        return batcher.batch_sizes[-1] if batcher is not None and batcher.batch_sizes else None
+        return batcher.answered or None if batcher is not None else None
 
 
 _ids = itertools.count(1)

@@ -222,3 +222,31 @@ def test_check_batch_result_messages() -> None:
         check_batch_result("n", {"a": 1}, 1)
     with pytest.raises(NodeError, match=r"returned 3 results for a batch of 2 inputs; return exactly one result per input"):
         check_batch_result("n", [1, 2, 3], 2)
+
+
+async def test_the_next_batch_starts_before_the_callers_of_the_last_one_resume() -> None:
+    """A batch's callers run their own code (on the local backend, whole HTTP answers) after the
+    next batch has started, so the model does not wait for them; each still reads its own batch's
+    size in ``answered`` when it resumes."""
+    events: list[str] = []
+
+    async def run(items: list[str]) -> list[str]:
+        events.append("start " + "".join(items))
+        await asyncio.sleep(0.01)
+        return items
+
+    b = Batcher("n", run, max_batch_size=2, wait_s=0.05)  # the lone "e" waits that long for a partner
+
+    async def caller(item: str) -> tuple[str, int]:
+        out = await b.submit(item)
+        events.append("resume " + out)
+        return out, b.answered
+
+    # Two callers, then three more queued while the first batch runs: batches ab, cd, e.
+    first = [asyncio.ensure_future(caller(i)) for i in "ab"]
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(caller(i)) for i in "cde"]
+    results = await asyncio.wait_for(asyncio.gather(*first, *later), NET_S)
+    assert results == [("a", 2), ("b", 2), ("c", 2), ("d", 2), ("e", 1)]
+    assert events.index("start cd") < events.index("resume a")
+    assert b.batch_sizes == [2, 2, 1]
