@@ -151,7 +151,7 @@ def access_observer(app: App, ctx: RequestContext, error: BaseException | None, 
         "status": status,
         "outcome": outcome,
         "duration_ms": ms,
-        "nodes": {name: round(s * 1000, 3) for name, s in ctx.timings.items()},
+        "nodes": {name: round(s * 1000, 3) for name, s in ctx.shown_timings().items()},
     }
     if ctx.trace is not None:
         extra["trace_id"] = ctx.trace.trace_id

@@ -207,10 +207,7 @@ class Metrics:
             requests[key] = requests.get(key, 0) + 1
             _observe(self._request_latency, (graph,), seconds)
             node_requests = self._node_requests
-            through = ctx.through_handles
-            for step, secs in ctx.timings.items():
-                if through is not None and step in through and step not in nodes:
-                    continue  # calls through handles: counted one by one (Backend.handle_calls)
+            for step, secs in ctx.timings.items():  # the graph's steps; handle calls: Backend.handle_calls
                 s = series.get(step)
                 if s is None:
                     s = series[step] = self._node_series(graph, nodes.get(step, step))

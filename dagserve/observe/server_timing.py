@@ -63,7 +63,7 @@ def format_trace(graph: str, ctx: RequestContext, error: BaseException | None, s
     ``request 9c95e3… graph=reviews outcome=ok 1.2 ms: clean 0.17 ms, Sentiment 0.5 ms; route switch=default``.
     Nodes appear in the order they finished."""
     parts = [f"request {ctx.request_id} graph={graph} outcome={outcome_of(error)} {_ms(seconds)} ms"]
-    nodes = ", ".join(f"{name} {_ms(s)} ms" for name, s in ctx.timings.items())
+    nodes = ", ".join(f"{name} {_ms(s)} ms" for name, s in ctx.shown_timings().items())
     line = f"{parts[0]}: {nodes}" if nodes else parts[0]
     if ctx.route:
         line += "; route " + ", ".join(f"{k}={v}" for k, v in ctx.route.items())
@@ -86,7 +86,7 @@ def trace_observer(app: App, ctx: RequestContext, error: BaseException | None, s
     logger.debug(
         "%s",
         format_trace(app.name, ctx, error, seconds),
-        extra={"request_id": ctx.request_id, "graph": app.name, "timings": dict(ctx.timings), "route": dict(ctx.route)},
+        extra={"request_id": ctx.request_id, "graph": app.name, "timings": dict(ctx.shown_timings()), "route": dict(ctx.route)},
     )
 
 
@@ -97,7 +97,7 @@ def server_timing(ctx: RequestContext, seconds: float | None = None) -> str:
     ``desc``.
     """
     entries = []
-    for name, s in ctx.timings.items():
+    for name, s in ctx.shown_timings().items():
         token = _NOT_TOKEN.sub("_", name)
         desc = "" if token == name else ';desc="' + _header_safe(name).replace("\\", "\\\\").replace('"', '\\"') + '"'
         entries.append(f"{token};dur={_ms(s)}{desc}")

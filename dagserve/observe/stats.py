@@ -93,7 +93,7 @@ class LatencyStats:
     def __call__(self, app: App, ctx: RequestContext, error: BaseException | None, seconds: float) -> None:
         # The App calls observers after every request, on its event loop: keep this cheap.
         failed_node = getattr(error, "node", None) if error is not None else None
-        self.observe(ctx.timings, seconds, failed=error is not None, failed_node=failed_node)
+        self.observe(ctx.shown_timings(), seconds, failed=error is not None, failed_node=failed_node)
 
     def observe(
         self,

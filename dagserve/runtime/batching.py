@@ -189,10 +189,10 @@ class Batcher:
                         f.cancel()
                     raise
                 # SystemExit/KeyboardInterrupt from node code fail the batch's requests, not the loop.
-                self.answered = size
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
+                # Answered in turn after the next batch's start, as results are (see below).
+                self._ended(loop, size)
+                ended = True
+                loop.call_soon(self._fail, batch, exc)
                 return
             # The next batch is due before this one's callers are answered: its start goes first on
             # the loop, so the model does not sit idle while the callers' code (their answers, on
@@ -213,6 +213,13 @@ class Batcher:
         for (_, f), r in zip(batch, results, strict=True):
             if not f.done():
                 f.set_result(r)
+
+    def _fail(self, batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+        """Each caller of a failed batch gets its error (as :meth:`_answer`)."""
+        self.answered = len(batch)
+        for _, f in batch:
+            if not f.done():
+                f.set_exception(exc)
 
     def _ended(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         """A batch of ``size`` calls finished: the next one is armed (started at once when due)."""

@@ -51,8 +51,10 @@ class CallStats:
         observe(h, seconds)
 
     def snapshot(self) -> list[list[Any]]:
-        """The series as plain lists (``[graph, node, outcome, histogram]``), fit for JSON and frames."""
-        return [[*key, list(h)] for key, h in self.series.items()]
+        """The series as plain lists (``[graph, node, outcome, histogram]``), fit for JSON and frames.
+        Safe from another thread (a scrape) while the loop records: the items are copied first, in
+        one step under the GIL, and a histogram read mid-update is off by one call at most."""
+        return [[*key, list(h)] for key, h in list(self.series.items())]
 
 
 def merge(snapshots: list[Any]) -> dict[tuple[str, str, str], list[float]]:

@@ -91,9 +91,22 @@ class RequestContext:
     #: The graph the request runs (the scope sets it): calls through handles that replicas make
     #: elsewhere count under it (runtime/call_stats.py).
     graph: str | None = None
-    #: Names in ``timings`` that calls through handles made (None: none yet); metrics count those
-    #: calls one by one from the caller's ``CallStats`` instead (runtime/call_stats.py).
-    through_handles: set[str] | None = None
+    #: Time of the calls node code made through handles in this process, summed per callee
+    #: (``None``: none). Kept apart from ``timings`` (the graph's own steps, which metrics count per
+    #: request): metrics count handle calls one by one from the caller's ``CallStats``
+    #: (runtime/call_stats.py); Server-Timing and access records show both (:meth:`shown_timings`).
+    handle_timings: dict[str, float] | None = None
+
+    def shown_timings(self) -> Mapping[str, float]:
+        """``timings`` with the calls through handles added, summed per name (what Server-Timing,
+        access records and the status windows show)."""
+        extra = self.handle_timings
+        if not extra:
+            return self.timings
+        out = dict(self.timings)
+        for name, seconds in extra.items():
+            out[name] = out.get(name, 0.0) + seconds
+        return out
 
 
 def select(value: Any, key: Any) -> Any:

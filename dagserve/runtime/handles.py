@@ -248,7 +248,7 @@ class InProcessHandles:
 class RunnerCaller:
     """Handle calls through an App's :class:`~dagserve.runtime.executor.Runner`, as the executor
     makes call steps: the callee's slots, queue, batching and ``timeout_s`` apply, the call's
-    time goes into the request's timings under the callee's name (and ``through_handles``), and
+    time goes into the request's ``handle_timings`` under the callee's name, and
     errors name it. Each call is also one observation in :attr:`stats` (metrics count calls
     through handles from there, on every backend alike: runtime/call_stats.py)."""
 
@@ -292,10 +292,10 @@ class RunnerCaller:
         finally:
             reset_request_id(token)
             elapsed = time.perf_counter() - start
-            ctx.timings[step.name] = ctx.timings.get(step.name, 0.0) + elapsed
-            if ctx.through_handles is None:
-                ctx.through_handles = set()
-            ctx.through_handles.add(step.name)
+            spent = ctx.handle_timings
+            if spent is None:
+                spent = ctx.handle_timings = {}
+            spent[step.name] = spent.get(step.name, 0.0) + elapsed
             self.stats.record(ctx.graph or "", step.name, outcome_of(error), elapsed)
 
 

@@ -262,7 +262,8 @@ async def test_replica_stats_reads_every_replica(directory: str) -> None:
     servers = [await serve(directory, f"r{i}") for i in range(2)]
     try:
         stats = await asyncio.get_running_loop().run_in_executor(None, replica_stats, directory)
-        assert stats == [{"batches": {4: 0}, "refusals": {}, "handle_calls": []}] * 2
+        assert [{k: v for k, v in s.items() if k != "replica"} for s in stats] == [{"batches": {4: 0}, "refusals": {}, "handle_calls": []}] * 2
+        assert sorted(s["replica"] for s in stats) == ["r0", "r1"]
     finally:
         for s, _ in servers:
             s.close()

@@ -9,6 +9,7 @@ import pytest
 import dagserve
 from dagserve import CompileError, GraphError, HandleError, RequestTimeoutError
 from dagserve.compiler.handle_refs import HandleRef
+from dagserve.observe.metrics import Metrics, instrument
 
 from .. import handle_checks as hc
 from .. import handle_graphs as hg
@@ -64,8 +65,11 @@ def test_handle_calls_async_sync_remote_and_as_call_argument() -> None:
         assert set(app.status().nodes) == {"FanOut", "SyncUser", "use_handle", "Classifier", "Tools"}
         ctx = dagserve.RequestContext()
         asyncio.run(app.acall({"n": 2}, context=ctx))
-        # Handle calls are timed under the callee's name, like the graph's own calls.
-        assert {"Classifier", "Tools.double", "Tools.request_id"} <= set(ctx.timings)
+        # Handle calls are timed under the callee's name, apart from the graph's own steps, and
+        # shown with them (Server-Timing, access records).
+        assert {"Classifier", "Tools.double", "Tools.request_id"} <= set(ctx.handle_timings or {})
+        assert not {"Classifier", "Tools.double"} & set(ctx.timings)
+        assert set(ctx.timings) | set(ctx.handle_timings or {}) == set(ctx.shown_timings())
 
 
 def test_callee_batches_calls_arriving_through_handles() -> None:
@@ -150,3 +154,36 @@ def test_calls_through_handles_are_node_calls_in_the_metrics() -> None:
     graphs = [hg.fan_out_graph(classifier, tools), hg.retry_graph(tools=tools)]
     with dagserve.deploy(graphs, backend="local") as group:
         hc.check_calls_through_handles_are_node_calls(group, "Classifier", "Tools")
+
+
+@dagserve.node
+class Doubler:
+    async def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+@dagserve.node
+class CallsDoubler:
+    def __init__(self, doubler: object) -> None:
+        self.doubler = doubler
+
+    async def __call__(self, x: int) -> int:
+        return int(await self.doubler.acall(x)) + 1  # type: ignore[attr-defined]
+
+
+def test_a_node_called_by_the_graph_and_through_a_handle_counts_each_call_once() -> None:
+    doubler = Doubler()
+    with dagserve.Input() as inp:
+        g = dagserve.Graph(doubler(CallsDoubler(doubler)(inp)), name="both")
+    with dagserve.deploy(g, backend="local") as app:
+        metrics = Metrics()
+        instrument(app, metrics)
+        ctx = dagserve.RequestContext()
+        assert asyncio.run(app.acall(3, context=ctx)) == 14
+        assert "Doubler" in ctx.timings and "Doubler" in (ctx.handle_timings or {})  # its graph step's own time too
+        for x in range(4):
+            assert app.call(x) == 2 * (2 * x + 1)
+        calls, observed = hc.node_series(metrics)
+        # 5 requests: each called Doubler once as the graph's step and once through the handle.
+        assert calls[("both", "Doubler", "ok")] == 10 and observed[("both", "Doubler")] == 10
+        assert calls[("both", "CallsDoubler", "ok")] == 5

@@ -151,6 +151,8 @@ class RayBackend(Backend):
         self._runtime_env: dict[str, Any] = {}  # every deployment's: Serve's settings (cluster.py)
         self._ingress_spread: dict[str, Any] | None = None  # Serve options spreading ingress replicas
         self._app_name: str | None = None
+        #: (node, replica id) -> the handle calls that replica last reported (handle_calls()).
+        self._handle_calls_seen: dict[tuple[str, str], Any] = {}
         self._deployed = False
         self._attached = False  # an ingress replica's view of an application deployed elsewhere
         self._closed = False
@@ -328,16 +330,30 @@ class RayBackend(Backend):
 
     def handle_calls(self) -> dict[tuple[str, str, str], list[float]]:
         """The calls through handles that inline nodes made here and the replicas of the other
-        nodes holding handles made, summed over those live now (runtime/call_stats.py)."""
+        nodes holding handles made (runtime/call_stats.py). Each replica's last answer is kept, by
+        replica id, after it stops or while it is too busy to answer, so the sums never go back
+        (Prometheus would read a drop as a counter reset); without the direct transport, the
+        replicas Serve's handle reaches now answer."""
         plan = self._plan
         if plan is None or not self._deployed or self._closed:
             return {}
+        seen = self._handle_calls_seen
         found: list[Any] = [self._inline_handles.stats.snapshot()]  # inline nodes' calls, made here
         for name in sorted({caller for caller, _ in plan.calls}):
             spec = self._specs.get(name)
-            if spec is not None and not spec.inline:
+            if spec is None or spec.inline:
+                continue
+            answers = self._direct.stats(name, self._app_name or "", self._loop)
+            if not answers:
                 found.extend(self._replica_figures(name, "handle_calls", "dagserve_handle_calls"))
-        return merge_calls(found)
+                continue
+            for answer in answers:
+                replica = answer.get("replica")
+                if isinstance(replica, str):
+                    seen[(name, replica)] = answer.get("handle_calls") or []
+                else:
+                    found.append(answer.get("handle_calls"))
+        return merge_calls([*found, *seen.values()])
 
     async def prepare(self, timeout_s: float) -> None:  # the direct pools, connected (DirectRouting.prepare)
         live = [] if self._closed else [s for s in self._specs.values() if not s.inline]

@@ -215,7 +215,9 @@ class _Pending:
         finally:
             self._finished = time.perf_counter()
             if self.ctx is not None:
-                self._record(self.ctx.timings)
+                # A call through a handle (a step of no plan: index -1) is timed by its caller
+                # (RunnerCaller, in ctx.handle_timings), not among the graph's steps.
+                self._record(self.ctx.timings if self.step.index >= 0 else {})
 
     def _record(self, timings: dict[str, float]) -> None:
         """Put this call's own time in ``timings``, then that of the calls it took whole that

@@ -107,10 +107,12 @@ class ReplicaServer:
         self._models_frame: bytes | None = None
 
     def stats(self) -> dict[str, Any]:
-        """What a ``STATS`` frame answers: ``batches`` (the replica's batch counts), ``refusals``
-        and ``handle_calls`` (``CallStats.snapshot``; empty without ``handle_calls``)."""
+        """What a ``STATS`` frame answers: ``batches`` (the replica's batch counts), ``refusals``,
+        ``handle_calls`` (``CallStats.snapshot``; empty without ``handle_calls``) and ``replica``
+        (its id: the socket's name)."""
         calls = self._handle_calls() if self._handle_calls is not None else []
-        return {"batches": self._stats(), "refusals": dict(self.transport_refusals), "handle_calls": calls}
+        replica = os.path.basename(self.path).removesuffix(".sock")  # the Serve replica's id
+        return {"batches": self._stats(), "refusals": dict(self.transport_refusals), "handle_calls": calls, "replica": replica}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
