@@ -154,22 +154,13 @@ class Metrics:
         for (g, node), (calls, errors) in list(self._counts.items()):
             if g == graph:
                 out[node] = {"requests": calls, "errors": errors}
-        for app in self.apps():
-            if app.name != graph:
-                continue
-            try:
-                calls = app.backend.handle_calls()
-            except Exception as exc:  # noqa: BLE001 - best effort, as at scrape time
-                log.warning("Reading the handle calls of graph %r failed: %s", graph, exc)
-                break
-            for (g, node, outcome), h in calls.items():
-                if g == graph:
-                    n = int(sum(h[:-1]))
-                    into = out.setdefault(node, {"requests": 0, "errors": 0})
-                    into["requests"] += n
-                    if outcome in ERROR_OUTCOMES:
-                        into["errors"] += n
-            break
+        app = next((a for a in self.apps() if a.name == graph), None)
+        for (node, outcome), h in (_handle_calls_of(app, {}) if app is not None else {}).items():
+            n = int(sum(h[:-1]))
+            into = out.setdefault(node, {"requests": 0, "errors": 0})
+            into["requests"] += n
+            if outcome in ERROR_OUTCOMES:
+                into["errors"] += n
         return out
 
     def request_counts(self, graph: str) -> dict[str, int]:
@@ -338,17 +329,11 @@ def _add_handle_calls(
 ) -> None:
     """Add to the node series the calls nodes made through handles, one observation per call
     (``Backend.handle_calls``: made in this process or by replicas elsewhere), each under the graph
-    of the request it served. A graph's App reads them from the backend it shares with the other
-    graphs deployed with it, and takes its own graph's only. Each call counts with its own outcome."""
+    of the request it served. Each call counts with its own outcome."""
+    read: dict[int, dict[tuple[str, str, str], list[float]]] = {}  # per backend, once per scrape
     for app in apps:
-        try:
-            calls = app.backend.handle_calls()
-        except Exception as exc:  # a node being torn down must not break the whole scrape
-            log.warning("Reading the handle calls of graph %r for metrics failed: %s", app.name, exc)
-            continue
-        for (graph, node, outcome), h in calls.items():
-            if graph != app.name:
-                continue
+        graph = app.name
+        for (node, outcome), h in _handle_calls_of(app, read).items():
             key = (graph, node, outcome)
             node_requests[key] = node_requests.get(key, 0) + int(sum(h[:-1]))
             into = node_latency.get((graph, node))
@@ -357,6 +342,23 @@ def _add_handle_calls(
             else:
                 for i, v in enumerate(h):
                     into[i] += v
+
+
+def _handle_calls_of(app: App, read: dict[int, dict[tuple[str, str, str], list[float]]]) -> dict[tuple[str, str], list[float]]:
+    """``(node, outcome) -> histogram`` of the calls through handles made for ``app``'s graph. The
+    graphs deployed together share a backend: it is asked once per ``read`` (a cache by backend),
+    and each graph takes its own calls. ``{}`` when the backend cannot say (logged)."""
+    backend = app.backend
+    calls = read.get(id(backend))
+    if calls is None:
+        try:
+            calls = backend.handle_calls()
+        except Exception as exc:  # noqa: BLE001 - a node being torn down must not break the whole scrape
+            log.warning("Reading the handle calls of graph %r for metrics failed: %s", app.name, exc)
+            calls = {}
+        read[id(backend)] = calls
+    graph = app.name
+    return {(node, outcome): h for (g, node, outcome), h in calls.items() if g == graph}
 
 
 def _cumulative(h: list[float]) -> list[tuple[str, float]]:
