@@ -61,7 +61,7 @@ from dagserve.observe.job_metrics import JobMetrics
 from dagserve.observe.model_metrics import ModelFamilies
 from dagserve.observe.stream_metrics import StreamMetrics, cumulative
 from dagserve.observe.server_timing import OUTCOMES, failing_node, outcome_of, trace_observer
-from dagserve.runtime.call_stats import LATENCY_BUCKETS, new_histogram, observe
+from dagserve.runtime.call_stats import LATENCY_BUCKETS, add, new_histogram, observe
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -340,8 +340,7 @@ def _add_handle_calls(
             if into is None:
                 node_latency[(graph, node)] = list(h)
             else:
-                for i, v in enumerate(h):
-                    into[i] += v
+                add(into, h)
 
 
 def _handle_calls_of(app: App, read: dict[int, dict[tuple[str, str, str], list[float]]]) -> dict[tuple[str, str], list[float]]:

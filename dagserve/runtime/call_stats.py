@@ -1,11 +1,11 @@
 """Latency histograms of calls, kept where the calls are made and merged where they are exported.
 
-A node's calls through handles (issue 25) run wherever the calling node's replica runs. On the
-local backend that is the App's own process, and each call's time goes into its request's
-timings (``RunnerCaller``). On Ray it is a replica process: its :class:`CallStats` records each call
-there, the replica sends :meth:`CallStats.snapshot` with its other figures when asked (the
-direct transport's ``STATS`` frame), and :func:`merge` sums the snapshots of every replica into
-the series ``dagserve_node_requests_total`` and ``dagserve_node_latency_seconds`` are made of
+A node's calls through handles (issue 25) run wherever the calling node runs, and its caller
+records each one in a :class:`CallStats`: ``RunnerCaller`` in the App's process (the local
+backend, Ray's inline nodes), ``ReplicaCaller`` in a Ray replica, which sends
+:meth:`CallStats.snapshot` with its other figures when asked (the direct transport's ``STATS``
+frame). ``Backend.handle_calls`` sums the snapshots with :func:`merge`, and the metrics add them to
+the series ``dagserve_node_requests_total`` and ``dagserve_node_latency_seconds``
 (observe/metrics.py).
 
 A series is keyed ``(graph, node, outcome)``: the graph of the request the call served, the
@@ -19,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "CallStats", "merge", "new_histogram", "observe"]
+__all__ = ["LATENCY_BUCKETS", "CallStats", "add", "merge", "new_histogram", "observe"]
 
 #: Upper bounds in seconds of the latency histograms' buckets (requests, nodes, handle calls).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -28,6 +28,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 def new_histogram() -> list[float]:
     """Zero counts for every bucket and +Inf, then a zero sum."""
     return [0.0] * (len(LATENCY_BUCKETS) + 2)
+
+
+def add(into: list[float], h: list[float]) -> None:
+    """Add histogram ``h`` into ``into`` (same buckets)."""
+    for i, v in enumerate(h):
+        into[i] += v
 
 
 def observe(h: list[float], seconds: float) -> None:
@@ -75,6 +81,5 @@ def merge(snapshots: list[Any]) -> dict[tuple[str, str, str], list[float]]:
             if into is None:
                 out[(graph, node, outcome)] = values
             else:
-                for i, v in enumerate(values):
-                    into[i] += v
+                add(into, values)
     return out

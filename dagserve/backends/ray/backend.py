@@ -345,7 +345,7 @@ class RayBackend(Backend):
                 continue
             answers = self._direct.stats(name, self._app_name or "", self._loop)
             if not answers:
-                found.extend(self._replica_figures(name, "handle_calls", "dagserve_handle_calls"))
+                found.extend(self._broadcast_figures(name, "dagserve_handle_calls"))
                 continue
             for answer in answers:
                 replica = answer.get("replica")
@@ -564,6 +564,11 @@ class RayBackend(Backend):
         found = self._direct.stats(name, self._app_name or "", self._loop)
         if found:
             return [f.get(key) for f in found]
+        return self._broadcast_figures(name, method)
+
+    def _broadcast_figures(self, name: str, method: str) -> list[Any]:
+        """What every replica of node ``name`` answers to its ``method``, through Serve's handle
+        (when the direct transport cannot ask them)."""
         # Only through a handle the requests already use: a handle made here, off the App's event
         # loop, would bind Serve's router to this thread (and requests would then use it).
         handle = self._serve_handles.made(name)
